@@ -1,0 +1,1 @@
+"""workzone: road-work detection."""

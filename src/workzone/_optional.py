@@ -1,0 +1,22 @@
+"""Lazy imports of optional dependencies with an actionable error."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from workzone.errors import MissingExtraError
+
+
+def require(module: str, extra: str, purpose: str = "") -> ModuleType:
+    """Import ``module`` or raise :class:`MissingExtraError` naming the extra to install.
+
+    Args:
+        module: dotted module name, e.g. ``"torch"``.
+        extra: the workzone extra that installs it, e.g. ``"train"``.
+        purpose: what it is needed for, for the message.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(module, extra, purpose) from exc
