@@ -1,0 +1,191 @@
+"""YAML -> :class:`PipelineConfig`, with errors that name the file, line, stage and key.
+
+Built-in pipelines are addressed by name (``default``), files by path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from workzone.config.schema import COMMON_STAGE_KEYS, PipelineConfig
+from workzone.errors import ConfigError, UnknownStageKind
+from workzone.stages.base import Stage, StageParams
+
+__all__ = ["load_pipeline_config", "parse_pipeline", "validate_params", "dump_pipeline", "builtin_pipeline_path",
+           "builtin_pipelines"]
+
+_BUILTIN_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+def builtin_pipelines() -> list[str]:
+    return sorted(p.stem for p in _BUILTIN_DIR.glob("*.yaml"))
+
+
+def builtin_pipeline_path(name: str) -> Path:
+    return _BUILTIN_DIR / f"{name}.yaml"
+
+
+def load_pipeline_config(ref: str | Path) -> tuple[PipelineConfig, Path]:
+    """Read a pipeline by built-in name or path.
+
+    Returns:
+        The validated config and the file it came from (relative model paths resolve against its folder).
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not validate.
+    """
+    path = Path(ref)
+    if not path.suffix and not path.exists():
+        if str(ref) not in builtin_pipelines():
+            raise ConfigError(
+                f"no pipeline file {ref!r} and no built-in pipeline of that name; built-in: {', '.join(builtin_pipelines())}"
+            )
+        path = builtin_pipeline_path(str(ref))
+    if not path.is_file():
+        raise ConfigError(f"pipeline file {path} does not exist")
+    return parse_pipeline(path.read_text(encoding="utf-8"), str(path)), path
+
+
+def parse_pipeline(text: str, filename: str = "<pipeline>") -> PipelineConfig:
+    """Parse and validate pipeline YAML text."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{filename}: not valid YAML: {exc}") from exc
+    if node is None:
+        raise ConfigError(f"{filename}: the file is empty")
+    lines: dict[tuple, int] = {}
+    data = _to_python(node, (), lines)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}:1: a pipeline must be a mapping with a 'tiers' list")
+    tiers = data.get("tiers")
+    if isinstance(tiers, list):
+        for ti, tier in enumerate(tiers):
+            stages = tier.get("stages") if isinstance(tier, dict) else None
+            if not isinstance(stages, list):
+                continue
+            for si, st in enumerate(stages):
+                if isinstance(st, dict):
+                    stages[si] = _split_stage(st, filename, lines, ("tiers", ti, "stages", si))
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, filename, lines, data)) from exc
+
+
+def _split_stage(entry: dict, filename: str, lines: dict, loc: tuple) -> dict:
+    """Validate a stage entry's kind-specific keys against that kind's Params model."""
+    from workzone.stages.registry import get_stage_class
+
+    where = f"{filename}:{lines.get(loc, '?')}"
+    name = entry.get("name", "<unnamed>")
+    kind = entry.get("kind")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}: stage {name!r} has no 'kind'")
+    try:
+        cls = get_stage_class(kind)
+    except UnknownStageKind as exc:
+        raise UnknownStageKind(kind, exc.known) from None
+    except ImportError as exc:
+        raise ConfigError(f"{where}: stage {name!r} (kind {kind}): cannot import its module: {exc}") from exc
+    common = {k: v for k, v in entry.items() if k in COMMON_STAGE_KEYS}
+    raw = {k: v for k, v in entry.items() if k not in COMMON_STAGE_KEYS}
+    if "params" in raw and isinstance(raw["params"], dict) and len(raw) == 1:
+        raw = raw["params"]  # also accept an explicit `params:` mapping
+    common["params"] = validate_params(cls, str(name), raw, filename=filename, lines=lines, loc=loc)
+    common["kind"] = cls.kind
+    return common
+
+
+def validate_params(cls: type[Stage], name: str, raw: dict[str, Any], *, filename: str = "<params>",
+                    lines: dict | None = None, loc: tuple = ()) -> StageParams:
+    """Validate ``raw`` against ``cls.Params``; errors name the stage, kind and key."""
+    try:
+        return cls.Params.model_validate(raw)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(params)"
+            first = err["loc"][0] if err["loc"] else None
+            line = (lines or {}).get(loc + (first,)) or (lines or {}).get(loc, "?")
+            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            value = "" if err["type"] in ("extra_forbidden", "missing") else f", got {err.get('input')!r}"
+            msgs.append(f"{filename}:{line}: stage {name!r} (kind {cls.kind}): {key}: {what}{value}")
+        raise ConfigError("\n".join(msgs)) from exc
+
+
+def _format_errors(exc: ValidationError, filename: str, lines: dict, data: Any) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        # Find the deepest location we have a line for.
+        line = "?"
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        stage = _stage_name(data, loc)
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        prefix = f"stage {stage!r}: " if stage else ""
+        msgs.append(f"{filename}:{line}: {prefix}{key}: {what}")
+    return "\n".join(msgs)
+
+
+def _stage_name(data: Any, loc: tuple) -> str | None:
+    if len(loc) >= 4 and loc[0] == "tiers" and loc[2] == "stages":
+        try:
+            return data["tiers"][loc[1]]["stages"][loc[3]].get("name")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return None
+    return None
+
+
+def _to_python(node: yaml.Node, path: tuple, lines: dict) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for k, v in node.value:
+            key = k.value  # pipeline keys are plain scalars
+            out[key] = _to_python(v, path + (key,), lines)
+            lines[path + (key,)] = k.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, path + (i,), lines) for i, v in enumerate(node.value)]
+    loader = yaml.SafeLoader("")
+    return loader.construct_object(node, deep=True)
+
+
+def dump_pipeline(cfg: PipelineConfig) -> str:
+    """Serialise a config back to YAML in the same flat form the loader reads."""
+    tiers = []
+    for tier in cfg.tiers:
+        stages = []
+        for st in tier.stages:
+            entry: dict[str, Any] = {"name": st.name, "kind": st.kind}
+            for key in ("enabled", "timeout_s", "cost", "device"):
+                val = getattr(st, key)
+                if val is not None and not (key == "enabled" and val is True):
+                    entry[key] = val
+            entry.update(st.params.model_dump(mode="json", exclude_defaults=True))
+            stages.append(entry)
+        t: dict[str, Any] = {"name": tier.name, "stages": stages}
+        t["fusion"] = tier.fusion.model_dump(mode="json")
+        ex = tier.exit.model_dump(mode="json", exclude_none=True)
+        if ex:
+            t["exit"] = ex
+        tiers.append(t)
+    doc: dict[str, Any] = {"name": cfg.name}
+    if cfg.description:
+        doc["description"] = cfg.description
+    doc["version"] = cfg.version
+    if cfg.deadline_s is not None:
+        doc["deadline_s"] = cfg.deadline_s
+    doc["tiers"] = tiers
+    if cfg.tuning:
+        doc["tuning"] = cfg.tuning
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,101 @@
+"""Typed pipeline configuration.
+
+A pipeline is a list of tiers; each tier is a list of stages plus the fusion that turns every
+stage score gathered so far into a probability, and the exit thresholds that let confident images
+leave. Fusion and thresholds are written by ``workzone tune``; nothing here is a hand-set default
+of the shipped pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from workzone.stages.base import StageParams
+
+__all__ = ["ExitThresholds", "FusionParams", "StageSpec", "TierConfig", "PipelineConfig", "COMMON_STAGE_KEYS"]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+#: Keys of a stage entry that belong to the cascade; every other key is a param of the stage kind.
+COMMON_STAGE_KEYS = ("name", "kind", "enabled", "timeout_s", "cost", "device")
+
+
+class ExitThresholds(BaseModel):
+    """An image leaves after this tier when P(road work) >= upper or <= lower."""
+
+    model_config = _STRICT
+    lower: float | None = Field(default=None, ge=0.0, le=1.0)
+    upper: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ExitThresholds":
+        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        return self
+
+
+class FusionParams(BaseModel):
+    """Weighted log-odds pooling: z = bias + sum(weight[s] * log_odds[s]); p = sigmoid(z).
+
+    A stage that abstains or failed contributes nothing. The weights come from a logistic
+    regression fitted by ``workzone tune``, so p is calibrated on the data it was fitted on.
+    """
+
+    model_config = _STRICT
+    bias: float = 0.0
+    weights: dict[str, float] = Field(default_factory=dict)
+    fitted: bool = False
+
+
+class StageSpec(BaseModel):
+    """One stage entry of a tier; ``params`` holds the kind's own validated parameters."""
+
+    model_config = _STRICT
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: str = Field(min_length=1)
+    enabled: bool = True
+    timeout_s: float | None = Field(default=None, gt=0)
+    cost: float | None = Field(default=None, ge=0, description="ms per image on the reference machine")
+    device: str | None = None
+    params: StageParams = Field(default_factory=StageParams)
+
+
+class TierConfig(BaseModel):
+    model_config = _STRICT
+    name: str = Field(min_length=1)
+    stages: tuple[StageSpec, ...] = Field(min_length=1)
+    fusion: FusionParams = Field(default_factory=FusionParams)
+    exit: ExitThresholds = Field(default_factory=ExitThresholds)
+
+
+class PipelineConfig(BaseModel):
+    """A whole pipeline file."""
+
+    model_config = _STRICT
+    name: str = "pipeline"
+    description: str = ""
+    version: int = Field(default=1, ge=1, le=1)
+    deadline_s: float | None = Field(default=None, gt=0, description="default per-request deadline")
+    tiers: tuple[TierConfig, ...] = Field(min_length=1)
+    tuning: dict[str, Any] = Field(default_factory=dict, description="how fusion and exits were fitted")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PipelineConfig":
+        seen: list[str] = []
+        for tier in self.tiers:
+            for st in tier.stages:
+                if st.name in seen:
+                    raise ValueError(f"stage name {st.name!r} is used twice; stage names must be unique")
+                seen.append(st.name)
+            unknown = [k for k in tier.fusion.weights if k not in seen]
+            if unknown:
+                raise ValueError(
+                    f"tier {tier.name!r}: fusion weights name {unknown}, which are not stages of this tier "
+                    f"or an earlier one ({seen})"
+                )
+        return self
+
+    def stage_names(self) -> list[str]:
+        return [s.name for t in self.tiers for s in t.stages]

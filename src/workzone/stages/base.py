@@ -1,0 +1,110 @@
+"""The stage interface every backend implements.
+
+A stage receives a batch of decoded images and returns, per image, a log-odds score for road work
+(or ``None`` to abstain) plus the evidence behind it. The cascade measures latency, enforces
+timeouts and isolates failures, so stages only do their one job.
+
+Lifecycle: ``__init__`` (cheap, validates params) -> ``await load()`` (reads weights, opens
+clients) -> ``await warmup()`` -> many ``await predict(batch)`` -> ``await aclose()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from workzone.types import Image, StageOutput
+
+__all__ = ["Stage", "StageParams", "StageContext"]
+
+
+class StageParams(BaseModel):
+    """Base of every stage's ``Params``: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may depend on besides its params (injected, never global).
+
+    Attributes:
+        base_dir: folder of the pipeline file; relative paths in params resolve against it.
+        device: preferred compute device ("cpu", "cuda", "cuda:1", ...).
+        extras: dependencies injected by the host (e.g. a shared HTTP client).
+    """
+
+    base_dir: Path = field(default_factory=Path.cwd)
+    device: str = "cpu"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, path: str | Path) -> Path:
+        """Resolve a path from params: ``builtin:NAME`` is a file shipped in ``workzone/models``."""
+        text = str(path)
+        if text.startswith("builtin:"):
+            return Path(__file__).resolve().parent.parent / "models" / text.removeprefix("builtin:")
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+class Stage(ABC):
+    """One scorer in the cascade.
+
+    Subclasses set ``kind`` and ``Params`` and implement :meth:`predict`. CPU-bound work belongs in
+    :meth:`run_blocking` so stages in the same tier overlap.
+
+    Attributes:
+        name: the stage's name in the pipeline (unique).
+        params: validated parameters.
+        cost: declared cost per image in milliseconds of the reference machine; the tuner uses it
+            to trade accuracy for speed.
+    """
+
+    kind: ClassVar[str] = ""
+    Params: ClassVar[type[StageParams]] = StageParams
+    #: Default cost per image (ms on the 2-core reference machine) when the pipeline gives none.
+    default_cost: ClassVar[float] = 10.0
+
+    def __init__(self, name: str, params: StageParams, context: StageContext | None = None,
+                 cost: float | None = None) -> None:
+        if not isinstance(params, self.Params):
+            raise TypeError(f"stage {name!r}: expected params of type {self.Params.__name__}, got {type(params).__name__}")
+        self.name = name
+        self.params = params
+        self.context = context or StageContext()
+        self.cost = float(self.default_cost if cost is None else cost)
+
+    async def load(self) -> None:
+        """Load weights, open clients. Called once before the first predict."""
+
+    async def warmup(self) -> None:
+        """Run a throw-away prediction so the first real request is not slow."""
+
+    @abstractmethod
+    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+        """Score a batch of images.
+
+        Returns:
+            One :class:`StageOutput` per input image, in order.
+        """
+
+    async def aclose(self) -> None:
+        """Release resources. Safe to call twice."""
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, for ``GET /v1/pipeline`` and ``workzone check``."""
+        return {"name": self.name, "kind": self.kind, "cost": self.cost,
+                "params": self.params.model_dump(mode="json")}
+
+    @staticmethod
+    async def run_blocking(fn: Any, *args: Any) -> Any:
+        """Run CPU-bound or blocking ``fn(*args)`` in a worker thread."""
+        return await asyncio.to_thread(fn, *args)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

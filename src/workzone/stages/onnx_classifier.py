@@ -1,0 +1,158 @@
+"""Embedded ONNX image classifier: whole image, overlapping tiles, or flip test-time augmentation.
+
+The model contract (see ``workzone/models/MODEL_CARD.md``): input ``image`` float32
+[N, 3, S, S] RGB in [0, 1] (normalisation inside the graph), output ``logit`` [N] or [N, 1]
+road-work log-odds. A JSON sidecar next to the ``.onnx`` file gives ``input_size`` and ``resize``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from workzone._optional import require
+from workzone.errors import ModelFileError, StageError
+from workzone.io.images import ResizeMode, resize_for_model, tile_boxes
+from workzone.stages.base import Stage, StageParams
+from workzone.stages.registry import register_stage
+from workzone.types import Box, Evidence, Image, StageOutput
+
+__all__ = ["OnnxClassifierParams", "OnnxClassifierStage"]
+
+
+class OnnxClassifierParams(StageParams):
+    model: str = Field(default="builtin:roadwork_lite0.onnx", description="ONNX file, or builtin:NAME")
+    input_size: int | None = Field(default=None, ge=16, le=2048, description="override the sidecar's input size")
+    resize: ResizeMode | None = Field(default=None, description="override the sidecar's resize mode")
+    tiles: int = Field(default=1, ge=1, le=6, description="grid of overlapping tiles per side (1 = whole image)")
+    overlap: float = Field(default=0.25, ge=0.0, lt=0.9)
+    include_full: bool = Field(default=False, description="with tiles > 1, also score the whole image")
+    pool: Literal["max", "mean", "logsumexp"] = Field(default="max", description="how tile scores combine")
+    flip: bool = Field(default=False, description="average with the horizontally flipped image (TTA)")
+    batch_size: int = Field(default=16, ge=1, le=512)
+    threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
+
+
+@register_stage("onnx_classifier")
+class OnnxClassifierStage(Stage):
+    """Scores images with an ONNX classifier; tiles find small evidence the whole frame misses."""
+
+    Params = OnnxClassifierParams
+    default_cost = 30.0
+    params: OnnxClassifierParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._session = None
+        self._size = 224
+        self._mode: ResizeMode = "squash"
+        # onnxruntime sessions are thread-safe for run(), but we serialise so that concurrent batches
+        # do not oversubscribe the cores (each run already uses every intra-op thread).
+        self._lock = threading.Lock()
+
+    async def load(self) -> None:
+        await self.run_blocking(self._load_sync)
+
+    def _load_sync(self) -> None:
+        ort = require("onnxruntime", "default", "the ONNX classifier")
+        path = self.context.resolve(self.params.model)
+        if not path.is_file():
+            raise ModelFileError(f"stage {self.name!r}: model file {path} does not exist")
+        meta = _read_sidecar(path)
+        self._size = int(self.params.input_size or meta.get("input_size", 224))
+        self._mode = self.params.resize or meta.get("resize", "squash")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.params.threads or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if self.context.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise ModelFileError(f"stage {self.name!r}: cannot load {path}: {exc}") from exc
+        names = [i.name for i in self._session.get_inputs()]
+        if names != ["image"]:
+            raise ModelFileError(f"stage {self.name!r}: {path} must have one input named 'image', has {names}")
+
+    async def warmup(self) -> None:
+        await self.run_blocking(self._infer, np.zeros((1, 3, self._size, self._size), np.float32))
+
+    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+        if self._session is None:
+            raise StageError(self.name, "predict() called before load()")
+        return await self.run_blocking(self._predict_sync, list(batch))
+
+    def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
+        p = self.params
+        crops: list[np.ndarray] = []
+        owners: list[tuple[int, tuple[int, int, int, int] | None]] = []
+        for idx, img in enumerate(batch):
+            regions: list[tuple[int, int, int, int] | None] = []
+            if p.tiles == 1 or p.include_full:
+                regions.append(None)
+            if p.tiles > 1:
+                regions.extend(tile_boxes(img.width, img.height, p.tiles, p.overlap))
+            for r in regions:
+                px = img.pixels if r is None else img.pixels[r[1]:r[3], r[0]:r[2]]
+                x = resize_for_model(px, self._size, self._mode)
+                crops.append(x)
+                owners.append((idx, r))
+                if p.flip:
+                    crops.append(x[:, :, ::-1].copy())
+                    owners.append((idx, r))
+        logits = np.concatenate([self._infer(np.stack(crops[i:i + p.batch_size]))
+                                 for i in range(0, len(crops), p.batch_size)])
+        per_image: list[list[tuple[float, tuple[int, int, int, int] | None]]] = [[] for _ in batch]
+        # With flip TTA, the two views of a region are adjacent: average them first.
+        step = 2 if p.flip else 1
+        for k in range(0, len(logits), step):
+            idx, region = owners[k]
+            per_image[idx].append((float(np.mean(logits[k:k + step])), region))
+        return [self._summarise(batch[i], per_image[i]) for i in range(len(batch))]
+
+    def _summarise(self, img: Image, scored: list[tuple[float, tuple[int, int, int, int] | None]]) -> StageOutput:
+        values = np.array([s for s, _ in scored], dtype=np.float64)
+        if self.params.pool == "max":
+            z = float(values.max())
+        elif self.params.pool == "mean":
+            z = float(values.mean())
+        else:
+            m = values.max()
+            z = float(m + math.log(np.exp(values - m).sum() / len(values)))
+        best_score, best_region = max(scored, key=lambda t: t[0])
+        boxes: tuple[Box, ...] = ()
+        if best_region is not None:
+            x1, y1, x2, y2 = best_region
+            boxes = (Box("roadwork-tile", _sigmoid(best_score), x1, y1, x2, y2),)
+        notes = (f"{len(scored)} view(s), pooled by {self.params.pool}",) if len(scored) > 1 else ()
+        return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            out = self._session.run(None, {"image": x.astype(np.float32, copy=False)})[0]
+        return np.asarray(out, dtype=np.float64).reshape(len(x), -1)[:, 0]
+
+    async def aclose(self) -> None:
+        self._session = None
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+def _read_sidecar(model_path: Path) -> dict:
+    side = model_path.with_suffix(".json")
+    if not side.is_file():
+        return {}
+    try:
+        return json.loads(side.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{side}: not valid JSON ({exc})") from exc
