@@ -31,8 +31,8 @@ class ExitThresholds(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> "ExitThresholds":
-        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
-            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"lower ({self.lower}) must not be above upper ({self.upper})")
         return self
 
 

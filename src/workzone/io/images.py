@@ -92,13 +92,21 @@ def decode_image(data: Any, *, limits: ImageLimits = DEFAULT_LIMITS, source: str
     if isinstance(data, Path):
         return _from_path(data, limits, source)
     if isinstance(data, str):
-        if _DATA_URL.match(data) or (len(data) > 512 and not os.path.exists(data[:4096])):
+        if _DATA_URL.match(data) or _looks_like_base64(data):
             return _from_bytes(_b64decode(data), limits, source or "<base64>")
         return _from_path(Path(data), limits, source)
     raise InvalidImageError(
         f"unsupported image input of type {type(data).__name__}; pass a path, bytes, a base64 string, "
         "a PIL image or a numpy array"
     )
+
+
+def _looks_like_base64(text: str) -> bool:
+    # A string that names an existing file is a path; otherwise long runs of base64 characters are
+    # an encoded image. Path-like strings ("x.jpg") contain characters base64 never uses.
+    if len(text) < 16 or len(text) < 4096 and os.path.exists(text):
+        return False
+    return _B64_CHARS.match(text.encode("ascii", "replace")[:65536]) is not None
 
 
 def _b64decode(text: str) -> bytes:
@@ -117,9 +125,9 @@ def _b64decode(text: str) -> bytes:
 
 def _from_path(path: Path, limits: ImageLimits, source: str | None) -> Image:
     label = source or str(path)
-    if not path.exists():
-        raise InvalidImageError(f"{path}: no such file")
-    if not path.is_file():
+    if not os.path.exists(path):  # os.path.exists, unlike Path.exists, returns False on over-long names
+        raise InvalidImageError(f"{str(path)[:200]}: no such file (and not a base64-encoded image)")
+    if not os.path.isfile(path):
         raise InvalidImageError(f"{path}: not a regular file")
     size = path.stat().st_size
     if size > limits.max_bytes:

@@ -1,0 +1,101 @@
+"""Exit thresholds that maximise MCC under a cost budget.
+
+Given every image's fused probability after each tier (from a run with no early exit), choose for
+each tier but the last a lower and an upper exit threshold. An image leaves at the first tier whose
+probability is <= lower or >= upper and is labelled road work when that probability is > 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from workzone.evaluation.metrics import matthews_corrcoef
+
+__all__ = ["CascadeSimulation", "simulate_cascade", "tune_exit_thresholds"]
+
+# Candidate thresholds: "never exit" plus a grid dense near the extremes, where confident exits live.
+_LOWER = [None] + [0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+_UPPER = [None] + [0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.87, 0.84, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5]
+
+
+@dataclass(frozen=True)
+class CascadeSimulation:
+    mcc: float
+    cost: float
+    exit_rates: tuple[float, ...]
+    predictions: np.ndarray
+
+
+def simulate_cascade(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarray,
+                     thresholds: list[tuple[float | None, float | None]]) -> CascadeSimulation:
+    """Replay the cascade's exit rule on precomputed probabilities.
+
+    Args:
+        probs: shape (tiers, n): fused probability of each image after each tier.
+        labels: shape (n,), in {0, 1}.
+        tier_costs: shape (tiers,): cost per image of running each tier.
+        thresholds: (lower, upper) for every tier but the last; None = never exit that way.
+    """
+    t, n = probs.shape
+    active = np.ones(n, dtype=bool)
+    final = np.zeros(n)
+    cost = np.zeros(n)
+    rates = []
+    for k in range(t):
+        cost[active] += tier_costs[k]
+        if k == t - 1:
+            leave = active.copy()
+        else:
+            lo, hi = thresholds[k]
+            leave = active & (((probs[k] <= lo) if lo is not None else False) | ((probs[k] >= hi) if hi is not None else False))
+        final[leave] = probs[k][leave]
+        rates.append(float(leave.sum()) / n)
+        active &= ~leave
+    pred = (final > 0.5).astype(int)
+    return CascadeSimulation(matthews_corrcoef(labels, pred), float(cost.mean()), tuple(rates), pred)
+
+
+def tune_exit_thresholds(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarray,
+                         max_cost: float | None = None, sweeps: int = 3) -> tuple[list[tuple[float | None, float | None]], CascadeSimulation]:
+    """Coordinate search for the thresholds with the best MCC whose mean cost is within ``max_cost``.
+
+    Among settings with equal MCC, the cheaper wins, so confident images leave as early as the data
+    allows. Without a budget the search is for the best MCC at the lowest cost.
+
+    Returns:
+        The thresholds per non-final tier and the simulation of the chosen setting.
+
+    Raises:
+        ValueError: not even the cheapest setting meets ``max_cost``.
+    """
+    t = probs.shape[0]
+    if t == 1:
+        return [], simulate_cascade(probs, labels, tier_costs, [])
+    # Start from the cheapest setting (everything exits after tier 1), then improve tier by tier.
+    current: list[tuple[float | None, float | None]] = [(0.5, 0.5)] + [(None, None)] * (t - 2)
+    if t > 2:
+        current = [(0.5, 0.5)] * (t - 1)
+    best = simulate_cascade(probs, labels, tier_costs, current)
+    if max_cost is not None and best.cost > max_cost + 1e-9:
+        raise ValueError(f"the cheapest cascade costs {best.cost:.1f} per image, over the budget of {max_cost:.1f}")
+
+    def better(a: CascadeSimulation, b: CascadeSimulation) -> bool:
+        if max_cost is not None and a.cost > max_cost + 1e-9:
+            return False
+        return (a.mcc > b.mcc + 1e-12) or (abs(a.mcc - b.mcc) <= 1e-12 and a.cost < b.cost - 1e-9)
+
+    for _ in range(sweeps):
+        changed = False
+        for k in range(t - 1):
+            for lo in _LOWER:
+                for hi in _UPPER:
+                    trial = list(current)
+                    trial[k] = (lo, hi)
+                    sim = simulate_cascade(probs, labels, tier_costs, trial)
+                    if better(sim, best):
+                        best, current, changed = sim, trial, True
+        if not changed:
+            break
+    return current, best

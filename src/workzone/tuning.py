@@ -1,0 +1,109 @@
+"""``workzone tune``: fit fusion weights and exit thresholds on labelled data.
+
+1. Run every stage on every image (no early exit) and keep each stage's log-odds.
+2. For each tier, fit a logistic regression over the scores of that tier's and earlier stages:
+   that is the tier's fusion (calibrated log-odds pooling).
+3. Replay the cascade on those probabilities and choose exit thresholds that maximise MCC under
+   the cost budget (cost = each stage's measured ms per image from step 1).
+4. Measure each stage's contribution: MCC of the tuned cascade with and without it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from workzone.config.schema import ExitThresholds, PipelineConfig
+from workzone.evaluation.metrics import matthews_corrcoef
+from workzone.fusion.calibration import fit_fusion, fused_log_odds
+from workzone.fusion.thresholds import simulate_cascade, tune_exit_thresholds
+from workzone.types import Decision
+
+__all__ = ["TuneResult", "collect_scores", "tune_pipeline"]
+
+
+@dataclass
+class TuneResult:
+    config: PipelineConfig
+    summary: dict[str, Any]
+
+
+def collect_scores(decisions: list[Decision]) -> tuple[list[dict[str, float | None]], dict[str, float]]:
+    """Per-image stage log-odds and each stage's mean measured latency (ms per image)."""
+    scores = [{s.stage: s.log_odds for s in d.stages} for d in decisions]
+    lat: dict[str, list[float]] = {}
+    for d in decisions:
+        for s in d.stages:
+            lat.setdefault(s.stage, []).append(s.latency_ms)
+    return scores, {k: float(np.mean(v)) for k, v in lat.items()}
+
+
+def _tier_stage_names(config: PipelineConfig) -> list[list[str]]:
+    return [[s.name for s in t.stages if s.enabled] for t in config.tiers]
+
+
+def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labels: np.ndarray,
+             l2: float, drop: str | None = None):
+    tiers = _tier_stage_names(config)
+    fusions, probs, seen = [], [], []
+    for names in tiers:
+        seen = seen + [n for n in names if n != drop]
+        fus = fit_fusion(scores, labels, seen, l2=l2) if seen else None
+        fusions.append(fus)
+        z = fused_log_odds(scores, fus) if fus is not None else np.zeros(len(scores))
+        probs.append(1.0 / (1.0 + np.exp(-z)))
+    return fusions, np.vstack(probs)
+
+
+def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: list[int], *,
+                  max_cost: float | None = None, l2: float = 1e-2, data_name: str = "") -> TuneResult:
+    """Fit fusion and exit thresholds from a run_all evaluation of ``config``.
+
+    Args:
+        config: the pipeline that produced ``decisions``.
+        decisions: one decision per labelled image, from ``run(..., run_all=True)``.
+        labels: 0/1 labels.
+        max_cost: mean cost budget per image in ms (None: best MCC at the lowest cost).
+        l2: ridge penalty of the fusion regressions.
+    """
+    y = np.asarray(labels, dtype=int)
+    scores, latency = collect_scores(decisions)
+    tiers = _tier_stage_names(config)
+    tier_costs = np.array([sum(latency.get(n, 0.0) for n in names) for names in tiers])
+    fusions, probs = _fit_all(config, scores, y, l2)
+    thresholds, sim = tune_exit_thresholds(probs, y, tier_costs, max_cost=max_cost)
+
+    contribution: dict[str, Any] = {}
+    all_stages = [n for names in tiers for n in names]
+    for name in all_stages:
+        if len(all_stages) == 1:
+            break
+        _, p_wo = _fit_all(config, scores, y, l2, drop=name)
+        th_wo, sim_wo = tune_exit_thresholds(p_wo, y, tier_costs, max_cost=max_cost)
+        contribution[name] = {"mcc_without": round(sim_wo.mcc, 4), "mcc_with": round(sim.mcc, 4),
+                              "delta_mcc": round(sim.mcc - sim_wo.mcc, 4),
+                              "cost_ms_per_image_when_run": round(latency.get(name, 0.0), 2)}
+
+    new_tiers = []
+    for k, tier in enumerate(config.tiers):
+        stages = tuple(s.model_copy(update={"cost": round(latency[s.name], 2)}) if s.name in latency else s
+                       for s in tier.stages)
+        lo, hi = thresholds[k] if k < len(thresholds) else (None, None)
+        fus = fusions[k] if fusions[k] is not None else tier.fusion
+        new_tiers.append(tier.model_copy(update={"stages": stages, "fusion": fus,
+                                                 "exit": ExitThresholds(lower=lo, upper=hi)}))
+    per_tier_mcc = [round(matthews_corrcoef(y, (probs[k] > 0.5).astype(int)), 4) for k in range(len(tiers))]
+    summary = {
+        "fitted_on": data_name, "n": int(len(y)), "positives": int(y.sum()),
+        "date": _dt.date.today().isoformat(), "l2": l2, "max_cost_ms": max_cost,
+        "mcc": round(sim.mcc, 4), "mean_cost_ms": round(sim.cost, 2),
+        "exit_rates": [round(r, 4) for r in sim.exit_rates],
+        "mcc_if_every_image_ran_to_tier": per_tier_mcc,
+        "stage_cost_ms": {k: round(v, 2) for k, v in latency.items()},
+        "contribution": contribution,
+    }
+    new_cfg = config.model_copy(update={"tiers": tuple(new_tiers), "tuning": summary})
+    return TuneResult(new_cfg, summary)

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from workzone.config.schema import FusionParams
+from workzone.fusion.calibration import fit_fusion, fit_logistic, fused_log_odds
+from workzone.fusion.pooling import pool_log_odds
+
+
+def synthetic(n=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    a, b, noise = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
+    z = -0.5 + 1.5 * a + 0.5 * b
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    return a, b, noise, y
+
+
+def test_logistic_recovers_known_weights():
+    a, b, noise, y = synthetic()
+    fit = fit_logistic(np.c_[a, b, noise], y, l2=0.0)
+    assert fit.bias == pytest.approx(-0.5, abs=0.12)
+    assert fit.weights[0] == pytest.approx(1.5, abs=0.15)
+    assert fit.weights[1] == pytest.approx(0.5, abs=0.1)
+    assert abs(fit.weights[2]) < 0.1  # the useless stage gets ~0 weight
+
+
+def test_l2_shrinks_weights():
+    a, b, noise, y = synthetic()
+    free = fit_logistic(np.c_[a, b], y, l2=0.0)
+    tight = fit_logistic(np.c_[a, b], y, l2=1.0)
+    assert np.all(np.abs(tight.weights) < np.abs(free.weights))
+
+
+def test_fit_rejects_one_class_and_bad_shapes():
+    with pytest.raises(ValueError, match="both classes"):
+        fit_logistic(np.zeros((5, 1)), np.zeros(5))
+    with pytest.raises(ValueError, match="shape"):
+        fit_logistic(np.zeros(5), np.zeros(5))
+
+
+def test_fit_fusion_gives_calibrated_probabilities():
+    a, b, noise, y = synthetic(8000, seed=1)
+    scores = [{"a": float(x), "b": float(v), "dead": None} for x, v in zip(a, b)]
+    fus = fit_fusion(scores, y, ["a", "b", "dead"], l2=0.0)
+    assert fus.fitted and set(fus.weights) == {"a", "b", "dead"}
+    p = 1 / (1 + np.exp(-fused_log_odds(scores, fus)))
+    # Calibration: in each probability bin, the observed rate matches the mean prediction.
+    for lo in (0.1, 0.3, 0.5, 0.7):
+        m = (p >= lo) & (p < lo + 0.2)
+        assert abs(y[m].mean() - p[m].mean()) < 0.05
+
+
+def test_pooling_ignores_abstentions_and_clips():
+    f = FusionParams(bias=1.0, weights={"a": 2.0, "b": 1.0}, fitted=True)
+    assert pool_log_odds({"a": 1.0, "b": None}, f) == 3.0
+    assert pool_log_odds({"a": 1e9}, f) == 30.0
+    assert pool_log_odds({}, FusionParams()) == 0.0
