@@ -1,0 +1,91 @@
+"""The command line on a tiny real ONNX model and a synthetic labelled manifest."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from workzone.cli.main import app
+from workzone.config.loader import load_pipeline_config
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model):
+    rng = np.random.default_rng(0)
+    lines = ["path,label,source,split"]
+    for i in range(40):
+        label = i % 2
+        base = np.array([170, 90, 60]) if label else np.array([70, 90, 170])
+        noise = rng.normal(0, 45, 3)
+        arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+        img = np.tile(arr, (48, 64, 1)).astype(np.uint8)
+        name = f"img{i}.png"
+        PILImage.fromarray(img).save(tmp_path / name)
+        lines.append(f"{name},{label},{'a' if i < 20 else 'b'},dev")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(f"""
+name: tiny
+tiers:
+  - name: whole
+    stages: [{{name: cls, kind: onnx_classifier, model: {tiny_model.name}}}]
+  - name: tiles
+    stages: [{{name: tiles, kind: onnx_classifier, model: {tiny_model.name}, tiles: 2}}]
+""")
+    return tmp_path, pipe
+
+
+def test_detect_prints_json_lines(setup):
+    tmp, pipe = setup
+    res = runner.invoke(app, ["detect", str(tmp / "img1.png"), str(tmp / "img2.png"), "-p", str(pipe), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in res.output.strip().splitlines()]
+    assert len(rows) == 2
+    assert rows[0]["label"] is True and rows[1]["label"] is False
+    assert 0 <= rows[0]["probability"] <= 1 and rows[0]["stages"][0]["stage"] == "cls"
+
+
+def test_detect_reports_bad_images_and_exits_2(setup):
+    tmp, pipe = setup
+    (tmp / "bad.jpg").write_bytes(b"nope")
+    res = runner.invoke(app, ["detect", str(tmp / "bad.jpg"), str(tmp / "img1.png"), "-p", str(pipe)])
+    assert res.exit_code == 2
+    assert "ROAD WORK" in res.output
+
+
+def test_tune_then_eval(setup, tmp_path):
+    tmp, pipe = setup
+    out = tmp / "tuned.yaml"
+    res = runner.invoke(app, ["tune", str(tmp / "manifest.csv"), "-p", str(pipe), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    cfg, _ = load_pipeline_config(out)
+    assert cfg.tiers[0].fusion.fitted and cfg.tiers[0].fusion.weights["cls"] > 0
+    assert set(cfg.tiers[1].fusion.weights) == {"cls", "tiles"}
+    assert cfg.tuning["n"] == 40 and "contribution" in cfg.tuning
+    assert cfg.tiers[0].stages[0].cost > 0  # measured cost written back
+    report = tmp / "report.json"
+    res = runner.invoke(app, ["eval", str(tmp / "manifest.csv"), "-p", str(out), "--out", str(report)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(report.read_text())
+    assert rep["overall"]["n"] == 40
+    assert rep["overall"]["mcc"] == pytest.approx(cfg.tuning["mcc"], abs=1e-6)
+    assert set(rep["per_source"]) == {"a", "b"}
+    assert abs(sum(rep["tier_exits"].values()) - 1.0) < 1e-9
+
+
+def test_eval_on_missing_manifest_fails_cleanly(tmp_path):
+    from workzone.cli.main import main
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["workzone", "eval", str(tmp_path / "none.csv")]
+    try:
+        with pytest.raises(SystemExit) as info:
+            main()
+    finally:
+        sys.argv = argv
+    assert info.value.code == 1
