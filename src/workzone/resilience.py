@@ -1,0 +1,213 @@
+"""Retries with backoff and a circuit breaker around remote stages.
+
+A remote stage (a VLM behind an OpenAI-compatible server) can be slow, flaky or down. Retries
+absorb a transient failure; the circuit breaker stops a dead backend from costing every request
+its full timeout. One :class:`Resilience` belongs to one stage instance: nothing here is global.
+
+States of the breaker::
+
+    closed ──(failure_threshold consecutive failures)──> open
+    open ──(cooldown_s elapsed, next call)──> half-open   (one trial call at a time)
+    half-open ──success──> closed      half-open ──failure──> open (cool-down starts again)
+
+State changes happen without an ``await`` in between, so they are atomic on one event loop; the
+half-open trial slot makes concurrent callers fail fast instead of all probing a sick backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+from pydantic import Field
+
+from workzone._optional import require
+from workzone.errors import BackendUnavailable, DeadlineExceeded
+from workzone.stages.base import StageParams
+
+__all__ = ["BreakerState", "CircuitBreaker", "ResilienceParams", "Resilience", "retry_async"]
+
+T = TypeVar("T")
+
+
+class BreakerState(str, enum.Enum):
+    """Where a circuit breaker stands (the value is what metrics export)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+class CircuitBreaker:
+    """Fails fast once a backend has failed ``failure_threshold`` times in a row.
+
+    Args:
+        name: the stage name, used in the :class:`BackendUnavailable` raised while open.
+        failure_threshold: consecutive failed calls that open the circuit.
+        cooldown_s: how long the circuit stays open before one trial call is let through.
+        counted: exception types that count as a backend failure; others (a bad request, a
+            cancelled call) pass through without touching the state.
+        clock: monotonic clock in seconds (injectable so tests need not sleep).
+
+    Attributes:
+        opened_at: clock value when the circuit last opened, or ``None`` while it never has.
+
+    Examples:
+        >>> b = CircuitBreaker("vlm", failure_threshold=2, cooldown_s=10, clock=lambda: 0.0)
+        >>> b.state.value
+        'closed'
+    """
+
+    def __init__(self, name: str, *, failure_threshold: int = 5, cooldown_s: float = 30.0,
+                 counted: tuple[type[BaseException], ...] = (Exception,),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if failure_threshold < 1:
+            raise ValueError(f"failure_threshold: expected >= 1, got {failure_threshold}")
+        if cooldown_s < 0:
+            raise ValueError(f"cooldown_s: expected >= 0, got {cooldown_s}")
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.cooldown_s = cooldown_s
+        self.counted = counted
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._trial_in_flight = False
+        self.opened_at: float | None = None
+        #: How many calls were refused while open (for metrics).
+        self.rejected = 0
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state; an open circuit whose cool-down has passed reads as half-open."""
+        if self._state is BreakerState.OPEN and self._cooled_down():
+            return BreakerState.HALF_OPEN
+        return self._state
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures since the last success."""
+        return self._failures
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready state for ``describe()`` and metrics."""
+        return {"state": self.state.value, "failures": self._failures, "opened_at": self.opened_at,
+                "rejected": self.rejected, "failure_threshold": self.failure_threshold,
+                "cooldown_s": self.cooldown_s}
+
+    def check(self) -> None:
+        """Raise :class:`BackendUnavailable` if a call would be refused now (takes no trial slot)."""
+        state = self.state
+        if state is BreakerState.OPEN or (state is BreakerState.HALF_OPEN and self._trial_in_flight):
+            self.rejected += 1
+            raise BackendUnavailable(self.name, self._open_message())
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Await ``fn(*args, **kwargs)`` through the breaker.
+
+        Raises:
+            BackendUnavailable: the circuit is open (or half-open with its trial call in flight);
+                ``fn`` is not called.
+        """
+        self.check()
+        trial = self.state is BreakerState.HALF_OPEN
+        if trial:
+            self._state = BreakerState.HALF_OPEN
+            self._trial_in_flight = True
+        try:
+            result = await fn(*args, **kwargs)
+        except self.counted:
+            self.record_failure()
+            raise
+        except BaseException:
+            # Cancellation or an error that says nothing about the backend's health: a trial that
+            # did not finish proves nothing, so the next caller gets to try.
+            if trial:
+                self._state = BreakerState.OPEN
+            raise
+        finally:
+            if trial:
+                self._trial_in_flight = False
+        self.record_success()
+        return result
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._state = BreakerState.CLOSED
+        self.opened_at = None
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        if self._state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold:
+            self._state = BreakerState.OPEN
+            self.opened_at = self._clock()
+
+    def _cooled_down(self) -> bool:
+        return self.opened_at is None or self._clock() - self.opened_at >= self.cooldown_s
+
+    def _open_message(self) -> str:
+        left = 0.0 if self.opened_at is None else max(0.0, self.cooldown_s - (self._clock() - self.opened_at))
+        return (f"circuit breaker open after {self._failures} consecutive failures; next trial call in "
+                f"{left:.1f} s. The backend is down or overloaded: check the server, or raise breaker_failures")
+
+
+async def retry_async(fn: Callable[..., Awaitable[T]], *args: Any, attempts: int = 2, backoff_s: float = 0.2,
+                      backoff_max_s: float = 5.0, retry_on: tuple[type[BaseException], ...] = (BackendUnavailable,),
+                      **kwargs: Any) -> T:
+    """Await ``fn`` up to ``attempts`` times, with exponential backoff and jitter between tries.
+
+    Args:
+        fn: coroutine function to call.
+        attempts: total tries (1 = no retry).
+        backoff_s: first wait; it doubles each retry, plus up to ``backoff_s`` of jitter.
+        backoff_max_s: longest single wait.
+        retry_on: exception types worth another try; anything else is raised at once.
+
+    Returns:
+        ``fn``'s result.
+
+    Raises:
+        The last exception once the tries are used up (not tenacity's ``RetryError``).
+    """
+    tenacity = require("tenacity", "vlm", "retries of remote stages")
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(max(1, attempts)),
+        wait=tenacity.wait_exponential(multiplier=backoff_s, max=backoff_max_s) + tenacity.wait_random(0, backoff_s),
+        retry=tenacity.retry_if_exception_type(retry_on),
+        reraise=True,
+    )
+    return await retrying(fn, *args, **kwargs)
+
+
+class ResilienceParams(StageParams):
+    """Retry and breaker settings shared by remote stages (inline keys of the stage entry)."""
+
+    retries: int = Field(default=1, ge=0, le=10, description="extra tries after a failed request")
+    retry_backoff_s: float = Field(default=0.2, ge=0, le=30, description="first backoff; doubles per retry")
+    retry_timeouts: bool = Field(default=False, description="also retry requests that timed out")
+    breaker_failures: int = Field(default=5, ge=1, le=1000, description="consecutive failures that open the circuit")
+    breaker_cooldown_s: float = Field(default=30.0, ge=0, le=3600, description="open time before a trial call")
+
+
+class Resilience:
+    """A stage's retry policy wrapped in its own circuit breaker.
+
+    The breaker sits outside the retries: one logical request counts as one failure however many
+    tries it took, and an open circuit is never retried.
+    """
+
+    def __init__(self, name: str, params: ResilienceParams, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.params = params
+        self.breaker = CircuitBreaker(name, failure_threshold=params.breaker_failures,
+                                      cooldown_s=params.breaker_cooldown_s,
+                                      counted=(BackendUnavailable, DeadlineExceeded), clock=clock)
+        retry_on: tuple[type[BaseException], ...] = (BackendUnavailable,)
+        if params.retry_timeouts:
+            retry_on += (DeadlineExceeded,)
+        self._retry_on = retry_on
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Await ``fn(*args)`` with retries, through the breaker."""
+        return await self.breaker.call(retry_async, fn, *args, attempts=self.params.retries + 1,
+                                       backoff_s=self.params.retry_backoff_s, retry_on=self._retry_on)
