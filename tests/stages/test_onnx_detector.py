@@ -150,8 +150,11 @@ def test_yolov8_layout_decodes_unletterboxes_and_reads_names_metadata(tmp_path):
                          context=StageContext(base_dir=tmp_path))
     img = Image(np.zeros((64, 128, 3), np.uint8))  # scale 0.5, dy = 16
     (out,) = _run(stage, [img])
-    (box,) = out.evidence.boxes
+    box, worker = out.evidence.boxes  # the overlapping second cone was suppressed
     assert box.label == "cone" and box.score == pytest.approx(0.9)
     # canvas box (22, 27, 42, 37) -> image ((22 - 0) / 0.5, (27 - 16) / 0.5, ...)
     np.testing.assert_allclose([box.x1, box.y1, box.x2, box.y2], [44, 22, 84, 42], atol=1e-4)
+    # canvas (12, 12, 20, 20) lies partly in the top padding: clipped to the image
+    assert worker.label == "worker" and worker.score == pytest.approx(0.8)
+    np.testing.assert_allclose([worker.x1, worker.y1, worker.x2, worker.y2], [24, 0, 40, 8], atol=1e-4)
     assert out.log_odds > 0
