@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["OpenAIEndpointParams", "VlmParams", "VlmStage", "OpenAIChat", "yes_no_log_odds",
-           "classify_answer_token", "downscale_to_pixels", "image_data_url"]
+           "classify_answer_token", "downscale_to_pixels", "image_data_url", "collect_outputs"]
 
 DEFAULT_QUESTION = (
     "Is there road work or a construction zone in this image, for example traffic cones, barriers, "
@@ -181,7 +181,7 @@ class VlmStage(Stage):
         self.chat.breaker.check()  # open circuit: fail at once, the cascade decides without us
         urls = await self.run_blocking(self._encode_all, list(batch))
         results = await asyncio.gather(*(self._ask(u) for u in urls), return_exceptions=True)
-        return _collect(results)
+        return collect_outputs(results)
 
     def _encode_all(self, batch: list[Image]) -> list[str]:
         return [image_data_url(im.pixels, self.params.max_pixels, self.params.jpeg_quality) for im in batch]
@@ -247,7 +247,7 @@ class VlmStage(Stage):
             self.chat = None
 
 
-def _collect(results: list[Any]) -> list[StageOutput]:
+def collect_outputs(results: list[Any]) -> list[StageOutput]:
     """Per-image results -> outputs; if every image failed, raise the first error for the cascade.
 
     A partial failure (one image's request died after its retries) abstains for that image only,
