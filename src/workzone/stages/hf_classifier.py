@@ -1,0 +1,107 @@
+"""Any transformers image classifier as a road-work scorer (e.g. ``natix-network-org/roadwork``).
+
+The model's softmax probabilities of ``positive_labels`` are summed into P(road work), returned as
+log-odds. Labels are matched against the model's ``id2label`` case-insensitively, ignoring spaces,
+hyphens and underscores; a label the model does not have is a configuration error at load time.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+from pydantic import Field
+
+from workzone.errors import ConfigError, StageError
+from workzone.stages._evidence_map import normalise_label
+from workzone.stages._hf_common import HFParams, chunks, load_hf, to_pil
+from workzone.stages.base import Stage
+from workzone.stages.registry import register_stage
+from workzone.types import Evidence, Image, StageOutput, logit
+
+__all__ = ["HFClassifierParams", "HFClassifierStage"]
+
+
+class HFClassifierParams(HFParams):
+    positive_labels: list[str] = Field(min_length=1, description="model labels that mean road work")
+    top_k: int = Field(default=3, ge=0, le=20, description="how many top labels to report as notes")
+
+
+@register_stage("hf_image_classification")
+class HFClassifierStage(Stage):
+    """Scores whole images with a transformers ``AutoModelForImageClassification``."""
+
+    Params = HFClassifierParams
+    default_cost = 120.0
+    params: HFClassifierParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._model = None
+        self._processor = None
+        self._device = "cpu"
+        self._positive: list[int] = []
+        self._labels: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    async def load(self) -> None:
+        await self.run_blocking(self._load_sync)
+
+    def _load_sync(self) -> None:
+        model, processor, device = load_hf(self, self.params, "AutoModelForImageClassification", "AutoImageProcessor")
+        labels = {int(k): str(v) for k, v in model.config.id2label.items()}
+        by_name = {normalise_label(v): k for k, v in labels.items()}
+        missing = [lab for lab in self.params.positive_labels if normalise_label(lab) not in by_name]
+        if missing:
+            raise ConfigError(f"stage {self.name!r} (kind {self.kind}): positive_labels {missing} are not labels of "
+                              f"{self.params.model!r}; it has: {', '.join(labels.values())}")
+        self._positive = sorted({by_name[normalise_label(lab)] for lab in self.params.positive_labels})
+        if len(self._positive) == len(labels):
+            raise ConfigError(f"stage {self.name!r} (kind {self.kind}): every label of the model is positive, "
+                              "so the score would always be 1")
+        self._labels = labels
+        self._model, self._processor, self._device = model, processor, device
+
+    async def warmup(self) -> None:
+        await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
+
+    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+        if self._model is None:
+            raise StageError(self.name, "predict() called before load()")
+        return await self.run_blocking(self._predict_sync, list(batch))
+
+    def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
+        import torch
+
+        outputs: list[StageOutput] = []
+        for part in chunks(batch, self.params.batch_size):
+            inputs = self._processor(images=to_pil(part), return_tensors="pt").to(self._device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
+            with self._lock, torch.inference_mode():
+                logits = self._model(**inputs).logits.float()
+            # log P(positive) - log P(negative) from log-softmax is exact and stays finite where
+            # summing probabilities would round to 1.
+            logp = torch.log_softmax(logits, dim=-1)
+            neg = [i for i in range(logp.shape[-1]) if i not in self._positive]
+            z = torch.logsumexp(logp[:, self._positive], -1) - torch.logsumexp(logp[:, neg], -1)
+            probs = logp.exp().cpu().numpy()
+            for row, zi in zip(probs, z.cpu().tolist()):
+                outputs.append(StageOutput(log_odds=_finite(zi), evidence=Evidence(notes=self._top(row))))
+        return outputs
+
+    def _top(self, probs: np.ndarray) -> tuple[str, ...]:
+        if not self.params.top_k:
+            return ()
+        order = np.argsort(-probs)[:self.params.top_k]
+        return ("top: " + ", ".join(f"{self._labels.get(int(i), i)} {probs[i]:.2f}" for i in order),)
+
+    async def aclose(self) -> None:
+        self._model = None
+        self._processor = None
+
+
+def _finite(z: float) -> float:
+    # A float16 model can saturate; clamp to the same range logit() gives for p in [1e-6, 1 - 1e-6].
+    bound = -logit(1e-6)
+    return float(min(max(z, -bound), bound)) if z == z else 0.0

@@ -1,0 +1,82 @@
+"""Tiny random-initialised transformers models saved to a folder, for the HF stage tests.
+
+Everything is built from configs here (no hub): a CLIP BPE tokenizer over a dozen words, and
+one-layer vision / text towers, so the stages' real processors and post-processing run in
+well under a second per call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = ["a", "photo", "of", "road", "work", "cone", "traffic", "street", "empty", "worker", "barrier",
+         "construction", "sign", "an", "orange", "person"]
+
+
+def clip_tokenizer():
+    """A CLIP tokenizer whose vocabulary spells WORDS as whole tokens (others fall back to letters)."""
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for c in sorted(set("".join(WORDS))):
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for w in WORDS:
+        parts = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(parts) > 1:
+            a, b = parts[0], parts[1]
+            if (a, b) not in merges:
+                merges.append((a, b))
+            vocab.setdefault(a + b, len(vocab))
+            parts = [a + b] + parts[2:]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
+
+
+def _towers(tok, image_size: int = 32, patch: int = 8):
+    text = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=32, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=image_size, patch_size=patch)
+    return text, vision
+
+
+def save_vit_classifier(folder: Path, labels: list[str], seed: int = 0) -> Path:
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(seed)
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, id2label=dict(enumerate(labels)),
+                    label2id={lab: i for i, lab in enumerate(labels)})
+    ViTForImageClassification(cfg).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def save_clip(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    tok = clip_tokenizer()
+    text, vision = _towers(tok)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
+    proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def save_owlv2(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    torch.manual_seed(seed)
+    tok = clip_tokenizer()
+    text, vision = _towers(tok)
+    Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(folder)
+    return folder
