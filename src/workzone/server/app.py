@@ -1,0 +1,124 @@
+"""Build the FastAPI app (``create_app``) and the uvicorn server around it (``create_server``).
+
+The cascade is built once per app: its config is validated in :func:`create_app` (so a bad
+pipeline file fails before anything listens), its stages load in the lifespan, in the background,
+while ``/healthz`` already answers and ``/readyz`` says 503. Shutdown: stop accepting (503), let
+uvicorn finish in-flight requests, drain the batcher's queue, close the stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+import workzone
+from workzone.batching import BatchPolicy
+from workzone.io.images import ImageLimits
+from workzone.server.errors import register_exception_handlers
+from workzone.server.inputs import BodyLimitMiddleware
+from workzone.server.metrics import MetricsMiddleware, ServerMetrics
+from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorResponse, TierEventModel
+from workzone.server.routes import attach_routes
+from workzone.server.service import DetectionService
+from workzone.server.settings import ServerSettings
+
+__all__ = ["create_app", "create_server", "build_service"]
+
+log = logging.getLogger("workzone.server")
+
+
+def build_service(settings: ServerSettings, observer: Any = None) -> DetectionService:
+    """The detection service described by ``settings`` (validates the pipeline; loads nothing)."""
+    limits = ImageLimits(max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels,
+                         max_side=settings.max_image_side)
+    policy = BatchPolicy(max_batch_size=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000.0,
+                         max_queue=settings.queue_size, workers=settings.batch_workers,
+                         retry_after_s=float(settings.retry_after_s))
+    return DetectionService.from_pipeline(settings.pipeline, device=settings.device, limits=limits, policy=policy,
+                                          default_deadline_s=settings.default_deadline_s,
+                                          max_deadline_s=settings.max_deadline_s, observer=observer)
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """The HTTP app for ``settings`` (read from the environment when omitted).
+
+    Raises:
+        ConfigError: the pipeline does not exist or does not validate.
+    """
+    settings = settings or ServerSettings()
+    metrics = ServerMetrics()
+    service = build_service(settings, observer=metrics)
+    metrics.bind_service(service)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start_in_background()
+        try:
+            yield
+        finally:
+            log.info("shutting down: finishing %d queued image(s)", service.batcher.depth)
+            await service.aclose(timeout=settings.shutdown_timeout_s)
+
+    app = FastAPI(
+        title="workzone",
+        version=workzone.__version__,
+        summary="Is there road work in this image? A calibrated probability with the evidence behind it.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    register_exception_handlers(app, default_retry_after=float(settings.retry_after_s))
+    attach_routes(app)
+    # Added last = outermost: metrics see every answer, including the body limit's 413s.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    # The detect routes read their body by content type (multipart, raw, JSON), so FastAPI cannot
+    # infer their JSON schemas; they are added here and referenced from each route's requestBody.
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (DetectRequest, BatchDetectRequest, TierEventModel, ErrorResponse):
+        js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps.update(js.pop("$defs", {}))
+        comps[model.__name__] = js
+    app.openapi_schema = schema
+    return schema
+
+
+def create_server(settings: ServerSettings, app: FastAPI | None = None, **config: Any) -> "Any":
+    """A uvicorn server for ``app`` whose shutdown signal first makes the service refuse new work.
+
+    Extra keyword arguments go to ``uvicorn.Config`` (tests pass ``lifespan="on"`` etc.).
+    """
+    import uvicorn
+
+    app = app or create_app(settings)
+    service: DetectionService = app.state.service
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Runs in the signal handler (or another thread in tests): hop onto the loop.
+            loop = getattr(self, "_workzone_loop", None)
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(service.begin_shutdown)
+            super().handle_exit(sig, frame)
+
+        async def serve(self, sockets: Any = None) -> None:
+            self._workzone_loop = asyncio.get_running_loop()
+            await super().serve(sockets=sockets)
+
+    cfg = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None, **config)
+    return _Server(cfg)

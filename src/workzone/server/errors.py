@@ -1,0 +1,164 @@
+"""Request-level errors, and the one place where every exception becomes an HTTP status.
+
+The classes below are the server's additions to the tree in :mod:`workzone.errors` (they are
+raised by the service and the routes, never by the core)::
+
+    WorkzoneError
+    ├── RequestError            the request itself is wrong (400)
+    │   ├── Unauthorized        missing or wrong API key (401)
+    │   ├── UrlNotAllowed       URL inputs disabled, or the URL points at a private address (403)
+    │   ├── PayloadTooLarge     body over the limit (413)
+    │   ├── UnsupportedMediaType  content type not accepted (415)
+    │   └── UrlFetchFailed      the URL could not be fetched (422)
+    └── NotReady                the pipeline is still loading, or failed to load (503)
+
+:func:`error_status` maps by class (walking the MRO), never by message text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from workzone.batching import Overloaded, ShuttingDown
+from workzone.errors import (
+    BackendUnavailable,
+    ConfigError,
+    DeadlineExceeded,
+    InvalidImageError,
+    MissingExtraError,
+    ModelFileError,
+    StageError,
+    WorkzoneError,
+)
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+    from starlette.responses import JSONResponse
+
+__all__ = ["RequestError", "Unauthorized", "UrlNotAllowed", "PayloadTooLarge", "UnsupportedMediaType",
+           "UrlFetchFailed", "NotReady", "error_status", "error_body", "register_exception_handlers"]
+
+log = logging.getLogger("workzone.server")
+
+
+class RequestError(WorkzoneError):
+    """The request is malformed (a field is missing, the JSON does not parse, ...)."""
+
+
+class Unauthorized(RequestError):
+    """No API key, or one that is not accepted."""
+
+
+class UrlNotAllowed(RequestError):
+    """URL inputs are disabled, or the URL resolves to a private, loopback or link-local address."""
+
+
+class PayloadTooLarge(RequestError):
+    """The request body (or a fetched image) is larger than the configured limit."""
+
+
+class UnsupportedMediaType(RequestError):
+    """The request's Content-Type is not one the endpoint accepts."""
+
+
+class UrlFetchFailed(RequestError):
+    """The image URL could not be fetched (timeout, HTTP error, connection refused)."""
+
+
+class NotReady(WorkzoneError):
+    """The pipeline is still loading (or failed to load); the service cannot answer yet."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+# class -> (HTTP status, stable error type for clients). Order does not matter: the most derived
+# class of the exception that is listed here wins.
+_STATUS: dict[type[BaseException], tuple[int, str]] = {
+    Unauthorized: (401, "unauthorized"),
+    UrlNotAllowed: (403, "url_not_allowed"),
+    PayloadTooLarge: (413, "payload_too_large"),
+    UnsupportedMediaType: (415, "unsupported_media_type"),
+    UrlFetchFailed: (422, "url_fetch_failed"),
+    RequestError: (400, "bad_request"),
+    InvalidImageError: (422, "invalid_image"),
+    Overloaded: (429, "overloaded"),
+    ShuttingDown: (503, "shutting_down"),
+    NotReady: (503, "not_ready"),
+    BackendUnavailable: (503, "backend_unavailable"),
+    DeadlineExceeded: (504, "deadline_exceeded"),
+    ConfigError: (500, "config_error"),
+    MissingExtraError: (500, "missing_extra"),
+    ModelFileError: (500, "model_file_error"),
+    StageError: (500, "stage_error"),
+    WorkzoneError: (500, "internal_error"),
+}
+
+
+def error_status(exc: BaseException) -> tuple[int, str]:
+    """HTTP status and error type for ``exc``; unknown exceptions are 500 ``internal_error``."""
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500, "internal_error"
+
+
+def error_body(status: int, kind: str, message: str, detail: Any = None) -> dict[str, Any]:
+    """The JSON body of every error response (see ``protocol.ErrorResponse``)."""
+    body: dict[str, Any] = {"type": kind, "message": message, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    return {"error": body}
+
+
+def error_headers(exc: BaseException, status: int, default_retry_after: float) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if status in (429, 503):
+        retry = getattr(exc, "retry_after_s", None) or default_retry_after
+        headers["Retry-After"] = str(max(1, round(retry)))
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="workzone"'
+    return headers
+
+
+def error_response(exc: BaseException, default_retry_after: float = 1.0) -> "JSONResponse":
+    """Turn any exception into the JSON error response the API documents."""
+    from starlette.responses import JSONResponse
+
+    status, kind = error_status(exc)
+    if status >= 500 and not isinstance(exc, (NotReady, ShuttingDown, BackendUnavailable)):
+        log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    # Internal errors outside workzone's tree say nothing about internals to the client.
+    message = str(exc) if isinstance(exc, WorkzoneError) else "internal server error; see the server log"
+    return JSONResponse(error_body(status, kind, message), status_code=status,
+                        headers=error_headers(exc, status, default_retry_after))
+
+
+def register_exception_handlers(app: "FastAPI", default_retry_after: float = 1.0) -> None:
+    """Register every handler at once: workzone errors, validation errors, HTTP errors, the rest."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.responses import JSONResponse
+
+    async def _workzone(_: "Request", exc: Exception) -> JSONResponse:
+        return error_response(exc, default_retry_after)
+
+    async def _validation(_: "Request", exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse(error_body(422, "validation_error", "the request does not match the schema", detail),
+                            status_code=422)
+
+    async def _http(_: "Request", exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(exc.status_code, kind, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    app.add_exception_handler(WorkzoneError, _workzone)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _workzone)

@@ -1,0 +1,127 @@
+"""Fetch an image by URL without letting callers reach the server's own network (SSRF guard).
+
+Only when ``allow_url_fetch`` is on. Every address the host name resolves to must be public
+(not private, loopback, link-local, multicast, reserved or unspecified, IPv4-mapped forms
+included); the connection then goes to the address that was checked (the Host header and TLS SNI
+carry the name), so a DNS answer that changes between the check and the connect cannot redirect
+it. Redirects are followed by hand, at most three, each one checked the same way. The body is
+read in chunks and abandoned past ``max_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Awaitable, Callable
+from urllib.parse import urljoin
+
+from workzone.server.errors import PayloadTooLarge, UrlFetchFailed, UrlNotAllowed
+
+__all__ = ["fetch_image_bytes", "check_public_host", "is_public_address"]
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+_MAX_REDIRECTS = 3
+
+
+def is_public_address(addr: str) -> bool:
+    """True when ``addr`` (an IP literal) is a globally routable unicast address.
+
+    Examples:
+        >>> is_public_address("127.0.0.1"), is_public_address("::ffff:10.0.0.1"), is_public_address("8.8.8.8")
+        (False, False, True)
+    """
+    ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    bad = (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
+           or ip.is_unspecified or not ip.is_global)
+    return not bad
+
+
+async def _system_resolve(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UrlFetchFailed(f"cannot resolve host {host!r}: {exc}") from exc
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def check_public_host(host: str, port: int, resolver: Resolver | None = None) -> str:
+    """Resolve ``host`` and return one of its addresses if every address is public.
+
+    Raises:
+        UrlNotAllowed: any address is private, loopback, link-local or otherwise not public.
+        UrlFetchFailed: the name does not resolve.
+    """
+    addrs = await (resolver or _system_resolve)(host, port)
+    if not addrs:
+        raise UrlFetchFailed(f"host {host!r} resolves to no address")
+    refused = [a for a in addrs if not is_public_address(a)]
+    if refused:
+        raise UrlNotAllowed(
+            f"URL host {host!r} resolves to non-public address(es) {', '.join(refused)}; only public "
+            "addresses may be fetched"
+        )
+    return addrs[0]
+
+
+async def fetch_image_bytes(url: str, *, max_bytes: int, timeout_s: float,
+                            resolver: Resolver | None = None) -> bytes:
+    """Download ``url`` (http or https) after checking where it points.
+
+    Args:
+        url: the image URL given by the client.
+        max_bytes: largest body accepted.
+        timeout_s: budget for each connection and read.
+        resolver: name -> addresses; the system resolver by default (tests inject one).
+
+    Raises:
+        UrlNotAllowed: bad scheme, or a non-public address.
+        UrlFetchFailed: network error, timeout, HTTP error status, too many redirects.
+        PayloadTooLarge: the body is larger than ``max_bytes``.
+    """
+    import httpx
+
+    current = url
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
+        for _ in range(_MAX_REDIRECTS + 1):
+            try:
+                parsed = httpx.URL(current)
+            except httpx.InvalidURL as exc:
+                raise UrlNotAllowed(f"not a valid URL: {current!r} ({exc})") from exc
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise UrlNotAllowed(f"only http and https URLs with a host are accepted, got {current!r}")
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            addr = await check_public_host(parsed.host, port, resolver)
+            pinned = parsed.copy_with(host=addr)
+            headers = {"Host": parsed.netloc.decode("ascii"), "Accept": "image/*"}
+            extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
+            try:
+                async with client.stream("GET", pinned, headers=headers, extensions=extensions) as resp:
+                    if resp.is_redirect:
+                        location = resp.headers.get("location")
+                        if not location:
+                            raise UrlFetchFailed(f"{current}: redirect without a Location header")
+                        current = urljoin(current, location)
+                        continue
+                    if resp.status_code >= 400:
+                        raise UrlFetchFailed(f"{current}: the server answered HTTP {resp.status_code}")
+                    declared = resp.headers.get("content-length")
+                    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                        raise PayloadTooLarge(f"{current}: image is {declared} bytes, over the limit of {max_bytes}")
+                    chunks: list[bytes] = []
+                    total = 0
+                    async for chunk in resp.aiter_bytes():
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise PayloadTooLarge(f"{current}: image is over the limit of {max_bytes} bytes")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
+            except httpx.TimeoutException as exc:
+                raise UrlFetchFailed(f"{current}: no answer within {timeout_s:g} s") from exc
+            except httpx.HTTPError as exc:
+                raise UrlFetchFailed(f"{current}: {type(exc).__name__}: {exc}") from exc
+    raise UrlFetchFailed(f"{url}: more than {_MAX_REDIRECTS} redirects")

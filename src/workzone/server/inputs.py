@@ -1,0 +1,230 @@
+"""Reading images out of HTTP requests: multipart uploads, raw bodies, JSON with base64 or URLs.
+
+Inputs are always turned into bytes here and decoded by the service; a string from a client is
+never handed to :func:`workzone.io.images.decode_image` (which would treat a short string as a
+local file path).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from workzone.errors import InvalidImageError
+from workzone.server.errors import PayloadTooLarge, RequestError, UnsupportedMediaType, UrlNotAllowed
+from workzone.server.fetch import fetch_image_bytes
+from workzone.server.protocol import BatchDetectRequest, DetectRequest, ImageInput
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from workzone.server.service import DetectionService
+    from workzone.server.settings import ServerSettings
+    from workzone.types import Image
+
+__all__ = ["RawImage", "decode_base64", "read_single", "read_batch", "load_image", "BodyLimitMiddleware",
+           "deadline_header"]
+
+_DATA_URL = re.compile(r"^data:[a-zA-Z0-9.+/-]*(;[a-zA-Z0-9=.+-]+)*;base64,", re.ASCII)
+DEADLINE_HEADER = "x-deadline-s"
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """An image as received: encoded bytes, or a URL still to fetch."""
+
+    data: bytes | None
+    url: str | None
+    source: str
+    b64: str | None = None
+
+
+def decode_base64(text: str) -> bytes:
+    """Decode standard or URL-safe base64 (a ``data:`` URL prefix is allowed).
+
+    Raises:
+        InvalidImageError: empty, or not base64.
+
+    Examples:
+        >>> decode_base64("data:image/png;base64,aGk=")
+        b'hi'
+    """
+    m = _DATA_URL.match(text)
+    payload = "".join((text[m.end():] if m else text).split())
+    if not payload:
+        raise InvalidImageError("the image is empty (no base64 data)")
+    padded = payload + "=" * (-len(payload) % 4)
+    try:
+        if "-" in payload or "_" in payload:
+            return base64.b64decode(padded, altchars=b"-_", validate=True)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImageError(f"the image is not valid base64 ({exc})") from exc
+
+
+def deadline_header(request: "Request") -> float | None:
+    """The ``X-Deadline-S`` header as seconds, if present."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RequestError(f"X-Deadline-S must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise RequestError(f"X-Deadline-S must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _media_type(request: "Request") -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _parse_json(model: type[BaseModel], body: bytes) -> Any:
+    from fastapi.exceptions import RequestValidationError
+
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        # Same 422 shape as FastAPI's own body validation, with the "body" prefix in each loc.
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _raw_from_input(item: ImageInput, source: str) -> RawImage:
+    if item.url is not None:
+        return RawImage(None, item.url, item.url)
+    return RawImage(None, None, source, b64=item.image)
+
+
+def _form_deadline(form: Any) -> float | None:
+    raw = form.get("deadline_s")
+    if raw is None or not isinstance(raw, str):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RequestError(f"form field deadline_s must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise RequestError(f"form field deadline_s must be positive, got {raw!r}")
+    return value
+
+
+async def _form_files(request: "Request", max_files: int) -> tuple[list[RawImage], float | None]:
+    form = await request.form(max_files=max_files, max_fields=16)
+    try:
+        images = []
+        for key, value in form.multi_items():
+            if hasattr(value, "read"):  # an UploadFile
+                images.append(RawImage(await value.read(), None, f"upload:{value.filename or key}"))
+        return images, _form_deadline(form)
+    finally:
+        await form.close()
+
+
+async def read_single(request: "Request") -> tuple[RawImage, float | None]:
+    """Read the one image of ``/v1/detect`` and the deadline given in the body, if any.
+
+    Raises:
+        UnsupportedMediaType: not multipart, image/*, application/octet-stream or JSON.
+        RequestError: a multipart body with no file, or with several.
+        InvalidImageError: empty body, or invalid base64.
+    """
+    media = _media_type(request)
+    if media == "multipart/form-data":
+        images, deadline = await _form_files(request, max_files=1)
+        if len(images) != 1:
+            raise RequestError(f"send exactly one file (form field 'image'); got {len(images)}")
+        return images[0], deadline
+    if media == "application/json":
+        req = _parse_json(DetectRequest, await request.body())
+        return _raw_from_input(req, "base64"), req.deadline_s
+    if media.startswith("image/") or media == "application/octet-stream":
+        body = await request.body()
+        if not body:
+            raise InvalidImageError("the request body is empty; send the encoded image")
+        return RawImage(body, None, "body"), None
+    raise UnsupportedMediaType(
+        f"Content-Type {media or '(none)'!r} is not accepted; send multipart/form-data (field 'image'), "
+        "image/* or application/octet-stream bytes, or application/json with base64 'image'"
+    )
+
+
+async def read_batch(request: "Request", max_images: int) -> tuple[list[RawImage], float | None]:
+    """Read the images of ``/v1/detect/batch`` (multipart files or JSON) and the body's deadline."""
+    media = _media_type(request)
+    if media == "multipart/form-data":
+        images, deadline = await _form_files(request, max_files=max_images)
+    elif media == "application/json":
+        req = _parse_json(BatchDetectRequest, await request.body())
+        images = [_raw_from_input(item, f"base64[{i}]") for i, item in enumerate(req.images)]
+        deadline = req.deadline_s
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {media or '(none)'!r} is not accepted; send multipart/form-data with one file per "
+            "image, or application/json {'images': [{'image': base64}, ...]}"
+        )
+    if not images:
+        raise RequestError("the batch holds no image")
+    if len(images) > max_images:
+        raise RequestError(f"the batch holds {len(images)} images; the limit is {max_images}")
+    return images, deadline
+
+
+async def load_image(raw: RawImage, service: "DetectionService", settings: "ServerSettings") -> "Image":
+    """Fetch (if a URL, and allowed) and decode one input."""
+    data = raw.data
+    if raw.b64 is not None:
+        data = decode_base64(raw.b64)
+    if raw.url is not None:
+        if not settings.allow_url_fetch:
+            raise UrlNotAllowed("URL inputs are disabled on this server; send the image bytes or base64 instead "
+                                "(the operator can enable them with WORKZONE_ALLOW_URL_FETCH=true)")
+        data = await fetch_image_bytes(raw.url, max_bytes=settings.max_body_bytes,
+                                       timeout_s=settings.url_fetch_timeout_s)
+    if not data:
+        raise InvalidImageError(f"{raw.source}: the image is empty (0 bytes)")
+    return await service.decode(data, raw.source)
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``max_bytes`` before they are read.
+
+    A declared Content-Length over the limit is answered 413 at once; a body without one (chunked)
+    is counted as it streams and the read fails with :class:`PayloadTooLarge` when it passes the
+    limit, so the server never holds more than ``max_bytes`` of it.
+    """
+
+    def __init__(self, app: "ASGIApp", max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            from workzone.server.errors import error_response
+
+            exc = PayloadTooLarge(f"the request body is {int(declared)} bytes; the limit is {self.max_bytes}")
+            await error_response(exc)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(f"the request body is over the limit of {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted, send)

@@ -1,0 +1,173 @@
+"""Wire format of the HTTP API: request and response models, with every field documented.
+
+These models are the OpenAPI schema; they mirror :meth:`workzone.types.Decision.to_dict` and
+:class:`workzone.cascade.TierEvent` and hold no logic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "ImageInput", "DetectRequest", "BatchDetectRequest", "BoxModel", "TextReadModel", "EvidenceModel",
+    "StageReportModel", "DecisionResponse", "BatchItemResult", "BatchDetectResponse", "TierEventModel",
+    "ErrorDetail", "ErrorResponse", "HealthResponse", "ReadyResponse", "PipelineResponse",
+]
+
+_IN = ConfigDict(extra="forbid")
+
+
+class ImageInput(BaseModel):
+    """One image given inline (base64) or by URL; exactly one of the two."""
+
+    model_config = _IN
+    image: str | None = Field(default=None, description="the encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF) as "
+                              "base64, optionally as a data URL (data:image/jpeg;base64,...)")
+    url: str | None = Field(default=None, description="http(s) URL of the image; only when the server allows URL "
+                            "inputs, and never to private, loopback or link-local addresses")
+
+    @model_validator(mode="after")
+    def _one(self) -> "ImageInput":
+        if (self.image is None) == (self.url is None):
+            raise ValueError("give exactly one of 'image' (base64) or 'url'")
+        return self
+
+
+class DetectRequest(ImageInput):
+    """JSON body of ``POST /v1/detect`` and ``POST /v1/detect/stream``."""
+
+    deadline_s: float | None = Field(default=None, gt=0, description="answer within this many seconds: tiers not "
+                                     "finished by then are skipped (capped by the server's maximum); the "
+                                     "X-Deadline-S header does the same")
+
+
+class BatchDetectRequest(BaseModel):
+    """JSON body of ``POST /v1/detect/batch``."""
+
+    model_config = _IN
+    images: list[ImageInput] = Field(min_length=1, description="the images, answered in the same order")
+    deadline_s: float | None = Field(default=None, gt=0, description="deadline for the whole call, in seconds")
+
+
+class BoxModel(BaseModel):
+    label: str = Field(description="what was detected")
+    score: float = Field(ge=0, le=1, description="detector confidence")
+    x1: float = Field(description="left edge, pixels of the decoded image")
+    y1: float = Field(description="top edge, pixels")
+    x2: float = Field(description="right edge, pixels")
+    y2: float = Field(description="bottom edge, pixels")
+
+
+class TextReadModel(BaseModel):
+    text: str = Field(description="text read in the image")
+    score: float = Field(description="recognition confidence")
+    matched: str | None = Field(default=None, description="road-work lexicon entry the text matched, if any")
+    box: tuple[float, float, float, float] | None = Field(default=None, description="(x1, y1, x2, y2) of the text")
+
+
+class EvidenceModel(BaseModel):
+    boxes: list[BoxModel] = Field(default_factory=list, description="detections supporting the score")
+    texts: list[TextReadModel] = Field(default_factory=list, description="text read in the image")
+    notes: list[str] = Field(default_factory=list, description="free-form remarks of the stage")
+
+
+class StageReportModel(BaseModel):
+    stage: str = Field(description="stage name in the pipeline")
+    kind: str = Field(description="stage kind (onnx_classifier, sign_ocr, vlm_openai, ...)")
+    tier: int = Field(description="index of the tier the stage belongs to")
+    log_odds: float | None = Field(description="the stage's road-work evidence in log-odds; null = abstained or failed")
+    probability: float | None = Field(description="sigmoid(log_odds); null when log_odds is null")
+    evidence: EvidenceModel = Field(description="what the stage saw")
+    latency_ms: float = Field(description="stage wall time per image of its batch, in milliseconds")
+    error: str | None = Field(default=None, description="why the stage failed or timed out; null when it answered")
+
+
+class DecisionResponse(BaseModel):
+    """The cascade's answer for one image (``Decision.to_dict()``)."""
+
+    probability: float = Field(ge=0, le=1, description="calibrated P(road work)")
+    label: bool = Field(description="probability > 0.5 (strictly above one half is road work)")
+    label_name: Literal["roadwork", "none"] = Field(description="the label as a word")
+    exit_tier: int = Field(description="index of the tier after which the image was decided")
+    exit_tier_name: str = Field(description="that tier's name")
+    stages: list[StageReportModel] = Field(description="every stage that ran on the image, in order")
+    tier_probabilities: list[float] = Field(description="the fused probability after each tier that ran")
+    latency_ms: float = Field(description="cascade wall time for the batch up to this image's exit, ms")
+    cost: float = Field(description="declared cost units spent (ms of the reference CPU)")
+    source: str = Field(description="where the image came from (upload name, 'body', 'base64', URL)")
+    reason: str = Field(description="why it exited: 'confident', 'last tier' or 'deadline'")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="stable machine-readable error type, e.g. invalid_image, overloaded")
+    message: str = Field(description="what was wrong and what to do")
+    status: int = Field(description="the HTTP status code")
+    detail: Any = Field(default=None, description="per-field problems for validation errors")
+
+
+class ErrorResponse(BaseModel):
+    """Body of every non-2xx answer."""
+
+    error: ErrorDetail
+
+
+class BatchItemResult(BaseModel):
+    index: int = Field(description="position of the image in the request")
+    decision: DecisionResponse | None = Field(default=None, description="the answer; null when the image failed")
+    error: ErrorDetail | None = Field(default=None, description="why this image could not be decided")
+
+
+class BatchDetectResponse(BaseModel):
+    results: list[BatchItemResult] = Field(description="one result per image, in request order")
+
+
+class TierEventModel(BaseModel):
+    """``event: tier`` of the SSE stream: the image after one tier of the cascade."""
+
+    tier: int = Field(description="index of the tier that just finished")
+    tier_name: str = Field(description="its name")
+    probability: float = Field(description="fused P(road work) after this tier")
+    stages: list[str] = Field(description="stages run so far, in order")
+    cost: float = Field(description="cost units spent so far")
+    decided: bool = Field(description="true when the image leaves the cascade here")
+    reason: str | None = Field(default=None, description="why it left ('confident', 'last tier', 'deadline')")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = Field(description="the process is up and its event loop answers")
+
+
+class ReadyResponse(BaseModel):
+    ready: bool = Field(description="every stage is loaded and warmed up, and the service accepts work")
+    state: str = Field(description="created, starting, ready, failed, stopping or stopped")
+    load_error: str | None = Field(default=None, description="why the pipeline failed to load")
+
+
+class StageDescription(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="stage name")
+    kind: str = Field(description="stage kind")
+    cost: float = Field(description="declared cost per image")
+    params: dict[str, Any] = Field(description="the stage's validated parameters")
+    timeout_s: float | None = Field(default=None, description="per-stage timeout")
+    breaker: str | None = Field(default=None, description="circuit breaker state for remote stages, if any")
+
+
+class TierDescription(BaseModel):
+    name: str
+    stages: list[StageDescription]
+    fusion: dict[str, Any] = Field(description="bias and weights of the log-odds pooling after this tier")
+    exit: dict[str, Any] = Field(description="exit thresholds (lower, upper) on the fused probability")
+
+
+class PipelineResponse(BaseModel):
+    name: str = Field(description="pipeline name")
+    description: str = Field(description="what the pipeline is for")
+    version: int
+    deadline_s: float | None = Field(description="the pipeline's default deadline")
+    state: str = Field(description="service state")
+    ready: bool
+    load_error: str | None = None
+    tiers: list[TierDescription]

@@ -1,0 +1,73 @@
+"""Server settings: the only reader of environment variables for ``workzone serve``.
+
+Every field can be set by an environment variable named ``WORKZONE_<FIELD>`` (for example
+``WORKZONE_PIPELINE=pipelines/fast.yaml``, ``WORKZONE_API_KEYS=key1,key2``) or by the CLI flag of
+the same name; flags win. The settings are read once at the entry point and passed down.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ServerSettings"]
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``workzone serve`` can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKZONE_", extra="forbid", frozen=True,
+                                      protected_namespaces=())
+
+    # -- what to serve ----------------------------------------------------------------------------
+    pipeline: str = Field(default="default", description="built-in pipeline name or YAML path")
+    device: str = Field(default="cpu", description="compute device for stages that have one (cpu, cuda, cuda:1)")
+    host: str = Field(default="127.0.0.1", description="interface to bind; 0.0.0.0 exposes the service")
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # -- access -----------------------------------------------------------------------------------
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="accepted keys (X-API-Key or Authorization: Bearer); empty = no auth")
+
+    # -- limits -----------------------------------------------------------------------------------
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    max_image_pixels: int = Field(default=80_000_000, ge=1024, description="largest width*height decoded")
+    max_image_side: int = Field(default=4096, ge=0, description="decoded images are downscaled to this long side")
+    max_batch_images: int = Field(default=64, ge=1, description="most images in one /v1/detect/batch call")
+
+    # -- batching and deadlines -------------------------------------------------------------------
+    batch_size: int = Field(default=16, ge=1, le=1024, description="most images the cascade runs together")
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="longest wait for a batch to fill")
+    batch_workers: int = Field(default=1, ge=1, le=64, description="batches that may run at once")
+    queue_size: int = Field(default=256, ge=1, description="images waiting beyond which requests get 429")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 429 and 503")
+    default_deadline_s: float | None = Field(default=None, gt=0,
+                                             description="deadline when a request gives none (None: the pipeline's)")
+    max_deadline_s: float = Field(default=60.0, gt=0, description="cap on any requested deadline")
+
+    # -- URL inputs -------------------------------------------------------------------------------
+    allow_url_fetch: bool = Field(default=False, description="accept {'url': ...} inputs (public addresses only)")
+    url_fetch_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    shutdown_timeout_s: float = Field(default=30.0, ge=0, description="time to finish queued work on shutdown")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        # Environment variables hold one string; accept "k1,k2" there and lists from code.
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServerSettings":
+        if self.default_deadline_s is not None and self.default_deadline_s > self.max_deadline_s:
+            raise ValueError(f"default_deadline_s ({self.default_deadline_s}) must not exceed "
+                             f"max_deadline_s ({self.max_deadline_s})")
+        if any(len(k) < 8 for k in self.api_keys):
+            raise ValueError("api_keys: every key must be at least 8 characters long")
+        return self
