@@ -1,0 +1,204 @@
+"""Embedded road-work object detector (cones) on CPU with onnxruntime.
+
+The model contract (``workzone/models/CONE_DETECTOR_CARD.md``, layout in
+:mod:`workzone.training.detector`): input ``image`` float32 [N, 3, S, S] RGB in [0, 1],
+letterboxed; output ``out`` [N, K + 4, S/8, S/8] with peak-suppressed centre probabilities, centre
+offsets and box sizes. A JSON sidecar next to the ``.onnx`` file gives ``input_size``, ``stride``,
+``class_names`` and ``score_threshold``.
+
+Score: the noisy-OR of the top ``top_k`` box confidences, ``p = 1 - prod(1 - s_i)``, as log-odds.
+It rises with every box's confidence (monotone), so fusion can learn one weight for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from workzone._optional import require
+from workzone.errors import ModelFileError, StageError
+from workzone.io.images import resize_for_model
+from workzone.stages.base import Stage, StageParams
+from workzone.stages.registry import register_stage
+from workzone.training.detector import decode_detections
+from workzone.types import Box, Evidence, Image, StageOutput, logit
+
+__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ConeDetectorRunner"]
+
+
+class RoadworkDetectorParams(StageParams):
+    model: str = Field(default="builtin:cone_detector.onnx", description="ONNX file, or builtin:NAME")
+    input_size: int | None = Field(default=None, ge=64, le=2048, description="override the sidecar's input size (multiple of 32)")
+    score_threshold: float | None = Field(default=None, ge=0.0, le=1.0,
+                                          description="lowest box confidence reported as evidence (default: sidecar's)")
+    top_k: int = Field(default=3, ge=1, le=50, description="boxes pooled by noisy-OR into the score")
+    min_pool_score: float = Field(default=0.02, ge=0.0, le=1.0, description="boxes below this do not enter the pool")
+    max_boxes: int = Field(default=20, ge=1, le=300, description="most boxes reported as evidence")
+    batch_size: int = Field(default=8, ge=1, le=256)
+    threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
+
+
+class ConeDetectorRunner:
+    """The ONNX detector with its pre- and post-processing, shared by the stage and the evaluator.
+
+    Args:
+        path: the ``.onnx`` file; its ``.json`` sidecar is read when present.
+        input_size: overrides the sidecar's input size.
+        threads: onnxruntime intra-op threads (0 = all cores).
+        providers: onnxruntime providers (default CPU).
+    """
+
+    def __init__(self, path: str | Path, *, input_size: int | None = None, threads: int = 0,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+        ort = require("onnxruntime", "default", "the cone detector")
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"cone detector model {path} does not exist; train one with `workzone train-detector`")
+        self.meta = _read_sidecar(path)
+        self.size = int(input_size or self.meta.get("input_size", 448))
+        if self.size % 32:
+            raise ModelFileError(f"{path}: input size must be a multiple of 32, got {self.size}")
+        self.stride = int(self.meta.get("stride", 8))
+        self.class_names: list[str] = list(self.meta.get("class_names", ["cone"]))
+        self.score_threshold = float(self.meta.get("score_threshold", 0.3))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise ModelFileError(f"cannot load cone detector {path}: {exc}") from exc
+        names = [i.name for i in self.session.get_inputs()]
+        if names != ["image"]:
+            raise ModelFileError(f"{path} must have one input named 'image', has {names}")
+        # Serialise runs: each already uses every intra-op thread.
+        self._lock = threading.Lock()
+
+    def detect(self, images: Sequence[np.ndarray], *, score_threshold: float = 0.02, max_detections: int = 50,
+               batch_size: int = 8) -> list[np.ndarray]:
+        """Detect cones.
+
+        Args:
+            images: uint8 RGB arrays (H, W, 3).
+            score_threshold: lowest confidence returned.
+            max_detections: most boxes per image.
+            batch_size: images per session run.
+
+        Returns:
+            Per image, (D, 6) rows ``x1, y1, x2, y2, score, class`` in that image's pixels, by
+            falling score.
+        """
+        out: list[np.ndarray] = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            x = np.stack([resize_for_model(px, self.size, "letterbox") for px in chunk])
+            with self._lock:
+                raw = self.session.run(None, {"image": x})[0]
+            for px, o in zip(chunk, raw):
+                det = decode_detections(o, score_threshold=score_threshold, max_detections=max_detections,
+                                        stride=self.stride, num_classes=len(self.class_names))
+                out.append(_to_image_coords(det, px.shape[1], px.shape[0], self.size))
+        return out
+
+
+@register_stage("roadwork_detector")
+class RoadworkDetectorStage(Stage):
+    """Finds cones with the embedded detector; the score pools the most confident boxes."""
+
+    Params = RoadworkDetectorParams
+    default_cost = 60.0
+    params: RoadworkDetectorParams
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._runner: ConeDetectorRunner | None = None
+
+    async def load(self) -> None:
+        self._runner = await self.run_blocking(self._load_sync)
+
+    def _load_sync(self) -> ConeDetectorRunner:
+        path = self.context.resolve(self.params.model)
+        providers = ["CPUExecutionProvider"]
+        if self.context.device.startswith("cuda"):
+            ort = require("onnxruntime", "default", "the cone detector")
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+        try:
+            return ConeDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
+                                      providers=providers)
+        except ModelFileError as exc:
+            raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
+
+    async def warmup(self) -> None:
+        if self._runner is not None:
+            await self.run_blocking(self._runner.detect, [np.zeros((64, 64, 3), np.uint8)])
+
+    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+        if self._runner is None:
+            raise StageError(self.name, "predict() called before load()")
+        return await self.run_blocking(self._predict_sync, list(batch))
+
+    def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
+        p = self.params
+        runner = self._runner
+        assert runner is not None
+        floor = min(p.min_pool_score, runner.score_threshold if p.score_threshold is None else p.score_threshold)
+        dets = runner.detect([img.pixels for img in batch], score_threshold=floor,
+                             max_detections=max(p.max_boxes, p.top_k), batch_size=p.batch_size)
+        report_at = runner.score_threshold if p.score_threshold is None else p.score_threshold
+        return [self._summarise(d, runner.class_names, report_at) for d in dets]
+
+    def _summarise(self, det: np.ndarray, names: list[str], report_at: float) -> StageOutput:
+        p = self.params
+        scores = det[:, 4][det[:, 4] >= p.min_pool_score][: p.top_k]
+        z = pool_scores(scores)
+        boxes = tuple(Box(names[int(c)] if int(c) < len(names) else str(int(c)), float(min(1.0, max(0.0, s))),
+                          float(x1), float(y1), float(max(x1, x2)), float(max(y1, y2)))
+                      for x1, y1, x2, y2, s, c in det[: p.max_boxes] if s >= report_at)
+        notes = (f"{len(boxes)} box(es) >= {report_at:.2f}; top score {float(det[0, 4]) if len(det) else 0.0:.3f}",)
+        return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
+
+    async def aclose(self) -> None:
+        self._runner = None
+
+
+def pool_scores(scores: np.ndarray, floor: float = 1e-4) -> float:
+    """Noisy-OR of box confidences as log-odds: ``logit(1 - prod(1 - s))``, bounded by ``floor``.
+
+    With no box the result is ``logit(floor)`` (strong evidence against, still finite).
+
+    Examples:
+        >>> round(pool_scores(np.array([0.5, 0.5])), 3)
+        1.099
+    """
+    s = np.clip(np.asarray(scores, np.float64), 0.0, 1.0)
+    p = 1.0 - float(np.prod(1.0 - s)) if s.size else 0.0
+    return logit(min(max(p, floor), 1.0 - floor))
+
+
+def _to_image_coords(det: np.ndarray, w: int, h: int, size: int) -> np.ndarray:
+    # Undo the letterbox of resize_for_model: scale by the longer side, centred padding.
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    padx, pady = (size - nw) // 2, (size - nh) // 2
+    out = det.copy()
+    out[:, [0, 2]] = np.clip((det[:, [0, 2]] - padx) * (w / nw), 0, w)
+    out[:, [1, 3]] = np.clip((det[:, [1, 3]] - pady) * (h / nh), 0, h)
+    return out
+
+
+def _read_sidecar(model_path: Path) -> dict:
+    side = model_path.with_suffix(".json")
+    if not side.is_file():
+        return {}
+    try:
+        return json.loads(side.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{side}: not valid JSON ({exc})") from exc
+

@@ -1,0 +1,284 @@
+"""Training data for the cone detector: boxed photos plus cones pasted into dashcam scenes.
+
+Boxed sources (TraCon, 99succubus, Glisten-zy) give real cone boxes, but their cameras are stock
+photographers'; the negative dashcam scenes (CamVid) get cones pasted small at plausible road
+positions with :mod:`workzone.training.synth`, so that the detector sees cones with the negatives'
+cameras, and pasted non-cones (orange blobs, grey panels, cone-shaped texture patches) so that a
+paste seam or an orange patch alone is not a cone. Sources with cones but no boxes (WMaia9) are
+left out: every cone there would be taught as background.
+
+Adds to ``synth``: :func:`paste_cones_with_boxes` (``synth.paste_cones`` returns centres only; a
+detector needs the boxes, so this re-runs its layout with the same private helpers).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image as PILImage
+
+from workzone.training.augment import AugmentConfig, _photometric, random_crop_box
+from workzone.training.data import ConeBox, load_pixels, load_samples, read_boxes
+from workzone.training.detector import STRIDE, encode_targets
+from workzone.training.synth import Cutout, _paste, _placements, cut_cones, paste_distractors
+
+__all__ = [
+    "DetItem",
+    "load_det_items",
+    "cutouts_from_items",
+    "paste_cones_with_boxes",
+    "letterbox",
+    "DetectionSet",
+    "write_compact_subset",
+]
+
+# Sources whose manifest rows are dashcam scenes without road work: paste targets.
+SCENE_SOURCES = ("CamVid",)
+# Sources with cones that nobody boxed: unusable for a detector either way.
+UNBOXED_SOURCES = ("WMaia9-workzone",)
+
+
+@dataclass(frozen=True)
+class DetItem:
+    """One image for the detector.
+
+    Attributes:
+        path: image file.
+        rel: manifest-relative path.
+        source: manifest source.
+        boxes: (M, 4) normalised x1, y1, x2, y2 cone boxes (empty: no cone).
+        scene: a negative dashcam scene that may receive pasted cones.
+        label: the manifest's road-work label (after the reviewed fixes).
+    """
+
+    path: Path
+    rel: str
+    source: str
+    boxes: np.ndarray
+    scene: bool
+    label: int
+
+
+def load_det_items(manifest: str | Path, boxes_csv: str | Path, splits: Sequence[str]) -> list[DetItem]:
+    """Detector items of ``splits``: boxed-source images (with or without cones) and scenes.
+
+    Rows of boxed sources labelled 1 without a box (a reviewed relabel such as rollers paving) are
+    skipped, since whatever makes them positive is no cone.
+    """
+    grouped = read_boxes(boxes_csv)
+    boxed_sources = {s.source for s in load_samples(manifest) if s.rel in grouped}
+    out = []
+    for s in load_samples(manifest, splits=splits):
+        if s.source in UNBOXED_SOURCES:
+            continue
+        scene = s.source in SCENE_SOURCES and s.label == 0
+        if not scene and s.source not in boxed_sources:
+            continue
+        boxes = np.array([_xyxy(b) for b in grouped.get(s.rel, [])], np.float32).reshape(-1, 4)
+        if s.label == 1 and len(boxes) == 0 and not scene:
+            continue
+        out.append(DetItem(s.path, s.rel, s.source, boxes, scene, s.label))
+    return out
+
+
+def _xyxy(b: ConeBox) -> tuple[float, float, float, float]:
+    return (b.cx - b.w / 2, b.cy - b.h / 2, b.cx + b.w / 2, b.cy + b.h / 2)
+
+
+def cutouts_from_items(items: Sequence[DetItem], *, min_px: int = 18) -> list[Cutout]:
+    """Cut every usable boxed cone out of ``items`` (via ``synth.cut_cones``)."""
+    images, boxes = {}, {}
+    for it in items:
+        if len(it.boxes):
+            images[it.rel] = load_pixels(it.path)
+            boxes[it.rel] = [ConeBox(it.rel, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1) for x1, y1, x2, y2 in it.boxes]
+    return cut_cones(images, boxes, min_px=min_px)
+
+
+def paste_cones_with_boxes(scene: np.ndarray, cutouts: Sequence[Cutout], rng: np.random.Generator, *,
+                           max_cones: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Like ``synth.paste_cones``, but returning each pasted cone's pixel box.
+
+    The box is the cutout's opaque part (alpha > 25 %), scaled the way ``synth._paste`` scales
+    the cutout and clipped to the frame.
+
+    Returns:
+        The new image (H, W, 3) and (M, 4) x1, y1, x2, y2 pixel boxes of visible cones.
+    """
+    h, w = scene.shape[:2]
+    row = rng.random() < 0.55
+    n = int(rng.integers(2 if row else 1, max_cones + 1))
+    same = cutouts[int(rng.integers(len(cutouts)))]
+    out = scene.copy()
+    boxes = []
+    for x, y, height in _placements(h, w, n, rng, row=row):
+        cut = same if row else cutouts[int(rng.integers(len(cutouts)))]
+        if _paste(out, cut.rgba, x, y, height, rng, match=True) is None:
+            continue
+        oh, ow = cut.rgba.shape[:2]
+        nh = max(4, int(round(height)))
+        nw = max(2, int(round(ow * nh / oh)))
+        x0, y0 = int(round(x - nw / 2)), int(round(y - nh))
+        alpha = cut.rgba[..., 3] > 64
+        cols, rows = np.flatnonzero(alpha.any(0)), np.flatnonzero(alpha.any(1))
+        if not len(cols):
+            continue
+        bx1 = x0 + cols[0] * nw / ow
+        bx2 = x0 + (cols[-1] + 1) * nw / ow
+        by1 = y0 + rows[0] * nh / oh
+        by2 = y0 + (rows[-1] + 1) * nh / oh
+        cx1, cy1, cx2, cy2 = max(0.0, bx1), max(0.0, by1), min(float(w), bx2), min(float(h), by2)
+        # A cone cut by the frame edge stays a cone only if most of it shows.
+        if cx2 - cx1 >= 2 and cy2 - cy1 >= 3 and (cx2 - cx1) * (cy2 - cy1) >= 0.5 * (bx2 - bx1) * (by2 - by1):
+            boxes.append((cx1, cy1, cx2, cy2))
+    return out, np.array(boxes, np.float32).reshape(-1, 4)
+
+
+def letterbox(pixels: np.ndarray, size: int) -> tuple[float, float, float]:
+    """The (scale, pad_x, pad_y) that ``resize_for_model(..., "letterbox")`` applies.
+
+    A pixel (x, y) of the image lands at (x * scale + pad_x, y * scale + pad_y) in the input.
+    """
+    h, w = pixels.shape[:2]
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return nw / w, float((size - nw) // 2), float((size - nh) // 2)
+
+
+class DetectionSet:
+    """A map-style dataset (torch DataLoader compatible) of augmented detector samples.
+
+    Each epoch holds every boxed-source image once and every scene ``scene_repeat`` times; a scene
+    draw gets pasted cones with probability ``p_paste`` (and distractors with ``p_distract``). Items
+    are drawn from a generator seeded by (seed, epoch, index), so a run is reproducible whatever the
+    worker count.
+
+    Returns per index: image float32 (3, S, S) in [0, 1], heat (K, G, G), reg (4, G, G), mask (G, G).
+    """
+
+    def __init__(self, items: Sequence[DetItem], cutouts: Sequence[Cutout], *, size: int = 448, seed: int = 0,
+                 scene_repeat: int = 2, p_paste: float = 0.6, p_distract: float = 0.5, p_zoom_out: float = 0.35,
+                 augment: bool = True) -> None:
+        if size % 32:
+            raise ValueError(f"size: expected a multiple of 32, got {size}")
+        if not cutouts and any(it.scene for it in items):
+            raise ValueError("cutouts: scenes need cone cutouts to paste; got none")
+        self.items = list(items)
+        self.cutouts = list(cutouts)
+        self.size = size
+        self.seed = seed
+        self.p_paste, self.p_distract, self.p_zoom_out = p_paste, p_distract, p_zoom_out
+        self.augment = augment
+        self.index = [i for i, it in enumerate(self.items) for _ in range(scene_repeat if it.scene else 1)]
+        self.epoch = 0
+        self.cfg = AugmentConfig(size=size, p_night=0.1, p_fog=0.05, p_rain=0.05, p_glare=0.05, p_jpeg=0.3,
+                                 p_resample=0.1)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        x, boxes = self.sample(k)
+        heat, reg, mask = encode_targets(boxes, self.size)
+        return x, heat, reg, mask
+
+    def sample(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The augmented input (3, S, S) and its (M, 4) cone boxes in input pixels."""
+        rng = np.random.default_rng((self.seed, self.epoch, k))
+        it = self.items[self.index[k]]
+        px = load_pixels(it.path)
+        h, w = px.shape[:2]
+        boxes = it.boxes * np.array([w, h, w, h], np.float32)
+        if it.scene and self.cutouts:
+            if self.augment and rng.random() < self.p_distract:
+                px = paste_distractors(px, self.cutouts, rng)
+            if not self.augment or rng.random() < self.p_paste:
+                px, boxes = paste_cones_with_boxes(px, self.cutouts, rng)
+        if self.augment:
+            px, boxes = self._geometry(px, boxes, rng)
+        scale, padx, pady = letterbox(px, self.size)
+        from workzone.io.images import resize_for_model  # PIL-only; kept here to mirror inference
+
+        x = resize_for_model(px, self.size, "letterbox")
+        boxes = boxes * scale + np.array([padx, pady, padx, pady], np.float32)
+        if self.augment:
+            x = _photometric(x, rng, self.cfg).astype(np.float32)
+        return x, boxes.astype(np.float32).reshape(-1, 4)
+
+    def _geometry(self, px: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        h, w = px.shape[:2]
+        if rng.random() < 0.6:
+            centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
+            x1, y1, x2, y2 = random_crop_box(w, h, rng, min_area=0.35, keep_points=centres)
+            px = px[y1:y2, x1:x2]
+            boxes = _clip_boxes(boxes - np.array([x1, y1, x1, y1], np.float32), x2 - x1, y2 - y1)
+            h, w = px.shape[:2]
+        if rng.random() < 0.5:
+            px = px[:, ::-1]
+            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1) if len(boxes) else boxes
+        big = len(boxes) and float(np.median(boxes[:, 3] - boxes[:, 1])) > 0.15 * h
+        if big and rng.random() < self.p_zoom_out:
+            # Shrink onto a black canvas (what letterboxing pads with) so big stock cones become
+            # the small cones of dashcam frames; scenes already have small ones.
+            f = float(rng.uniform(0.3, 0.8))
+            nw, nh = max(8, int(w * f)), max(8, int(h * f))
+            small = np.asarray(PILImage.fromarray(np.ascontiguousarray(px)).resize((nw, nh), PILImage.BILINEAR))
+            canvas = np.zeros_like(px)
+            ox, oy = int(rng.integers(0, w - nw + 1)), int(rng.integers(0, h - nh + 1))
+            canvas[oy:oy + nh, ox:ox + nw] = small
+            px = canvas
+            boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32) + np.array([ox, oy, ox, oy], np.float32)
+        return np.ascontiguousarray(px), boxes
+
+
+def _clip_boxes(boxes: np.ndarray, w: int, h: int, keep: float = 0.5) -> np.ndarray:
+    """Clip (M, 4) boxes to a w x h frame; drop those that keep less than ``keep`` of their area."""
+    if not len(boxes):
+        return boxes
+    c = np.stack([np.clip(boxes[:, 0], 0, w), np.clip(boxes[:, 1], 0, h),
+                  np.clip(boxes[:, 2], 0, w), np.clip(boxes[:, 3], 0, h)], axis=1)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
+    return c[(kept >= keep * np.maximum(area, 1e-6)) & (c[:, 2] - c[:, 0] >= 2) & (c[:, 3] - c[:, 1] >= 2)]
+
+
+def write_compact_subset(manifest: str | Path, boxes_csv: str | Path, out_dir: str | Path, *,
+                         splits: Sequence[str], max_side: int = 448, quality: int = 85) -> Path:
+    """Downscaled copy of the images the detector trains on (for the GPU machine's 64 MiB limit).
+
+    Writes ``out_dir/manifest.csv`` (rows of the kept images) and ``boxes.csv`` (unchanged, boxes
+    are normalised). Keep ``out_dir`` git-ignored: the images must never be committed.
+
+    Returns:
+        The new manifest's path.
+    """
+    manifest, out_dir = Path(manifest), Path(out_dir)
+    keep = {it.rel for it in load_det_items(manifest, boxes_csv, splits)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    rows = [r for r in rows if r["path"] in keep]
+    for r in rows:
+        dst = out_dir / r["path"]
+        if dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with PILImage.open(manifest.parent / r["path"]) as im:
+            im = im.convert("RGB")
+            if max(im.size) > max_side:
+                s = max_side / max(im.size)
+                im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), PILImage.LANCZOS)
+            im.save(dst, "JPEG", quality=quality)
+    with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0].keys()) if rows else ["path"])
+        wr.writeheader()
+        wr.writerows(rows)
+    (out_dir / "boxes.csv").write_bytes(Path(boxes_csv).read_bytes())
+    return out_dir / "manifest.csv"
