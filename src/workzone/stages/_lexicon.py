@@ -101,8 +101,16 @@ def _edit_distance(a: str, b: str) -> int:
 
 
 def _allowed_edits(n: int) -> int:
-    # About one error per five characters, none for very short words (too many near neighbours).
-    return 0 if n <= 4 else 1 if n <= 8 else 2 if n <= 14 else 3
+    # About one error per five characters; none up to six, where real words sit one edit apart
+    # ("LAVORO" / "LAVORI"); the digit-for-letter mapping already covers OCR's usual slips there.
+    return 0 if n <= 6 else 1 if n <= 9 else 2 if n <= 14 else 3
+
+
+def _word_windows(words: list[str], max_words: int) -> list[str]:
+    # Runs of 1..max_words consecutive words, joined: "F00 BAR" -> FOO, BAR, FOOBAR.
+    return [
+        "".join(words[i:i + k]) for k in range(1, max_words + 1) for i in range(len(words) - k + 1)
+    ] or [""]
 
 
 class Lexicon:
@@ -147,7 +155,7 @@ class Lexicon:
             if pg and len(pg & grams) < len(pg) - 2 * _allowed_edits(n) - 1:
                 continue
             if n <= _WORD_ONLY_MAX_LEN:
-                d = min(_edit_distance(phrase.key, w) for w in words)
+                d = min(_edit_distance(phrase.key, w) for w in _word_windows(words, phrase.text.count(" ") + 2))
             else:
                 d = substring_distance(phrase.key, flat)
             if d > _allowed_edits(n):
