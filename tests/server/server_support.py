@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -100,8 +99,9 @@ FAST_TIER = """\
 
 def write_pipeline(folder: Path, name: str, more_tiers: str = "", deadline_s: float = 5.0,
                    first_tier: str = FAST_TIER) -> Path:
-    """A pipeline file next to the tiny model: the fast ONNX tier, then ``more_tiers`` (YAML list items)."""
-    text = f"name: {name}\ndeadline_s: {deadline_s}\ntiers:\n{first_tier}{textwrap.dedent(more_tiers)}"
+    """A pipeline file next to the tiny model: the fast ONNX tier, then ``more_tiers`` (YAML list items
+    indented by two spaces, like ``FAST_TIER``)."""
+    text = f"name: {name}\ndeadline_s: {deadline_s}\ntiers:\n{first_tier}{more_tiers}"
     path = folder / f"{name}.yaml"
     path.write_text(text)
     return path
