@@ -80,3 +80,25 @@ def save_owlv2(folder: Path, seed: int = 0) -> Path:
     Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(folder)
     return folder
+
+
+def save_depth_anything(folder: Path, seed: int = 0) -> Path:
+    """A two-layer Depth Anything whose head biases are positive, so its disparity is not all zero
+    (a freshly initialised head ends in a ReLU that often outputs exactly 0 everywhere)."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                            patch_size=14, image_size=56, out_features=["stage1", "stage2"], reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, reassemble_factors=[2, 1],
+                              neck_hidden_sizes=[8, 16], fusion_hidden_size=8, head_hidden_size=4,
+                              depth_estimation_type="relative")
+    model = DepthAnythingForDepthEstimation(cfg)
+    with torch.no_grad():
+        for name, param in model.head.named_parameters():
+            if name.endswith("bias"):
+                param.fill_(0.5)
+    model.save_pretrained(folder)
+    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14).save_pretrained(folder)
+    return folder
