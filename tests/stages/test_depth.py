@@ -111,7 +111,8 @@ def _stage(models, **extra):
 
 
 IMAGES = [Image(np.zeros((64, 128, 3), np.uint8)),
-          Image(np.random.default_rng(3).integers(0, 255, (64, 128, 3), dtype=np.uint8))]
+          Image(np.random.default_rng(3).integers(0, 255, (64, 128, 3), dtype=np.uint8)),
+          Image(np.random.default_rng(4).integers(0, 255, (96, 128, 3), dtype=np.uint8))]  # another shape in the batch
 
 
 def test_implausible_cone_is_dropped_and_the_score_recomputed(models):

@@ -146,15 +146,21 @@ class DepthStage(Stage):
         """(H, W) float32 depth (metric) or disparity (relative) per image, at image resolution."""
         import torch
 
-        maps: list[np.ndarray] = []
-        for part in chunks(images, self.params.batch_size):
-            inputs = self._processor(images=to_pil(part), return_tensors="pt").to(self._device)
-            inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
-            with self._lock, torch.inference_mode():
-                raw = self._model(**inputs)
-            post = self._processor.post_process_depth_estimation(raw, target_sizes=[(im.height, im.width) for im in part])
-            maps.extend(r["predicted_depth"].float().cpu().numpy() for r in post)
-        return maps
+        maps: list[np.ndarray | None] = [None] * len(images)
+        # Depth processors keep the aspect ratio, so only images of one size can share a tensor.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault((im.height, im.width), []).append(i)
+        for size, idx in groups.items():
+            for part in chunks(idx, self.params.batch_size):
+                inputs = self._processor(images=to_pil([images[i] for i in part]), return_tensors="pt").to(self._device)
+                inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
+                with self._lock, torch.inference_mode():
+                    raw = self._model(**inputs)
+                post = self._processor.post_process_depth_estimation(raw, target_sizes=[size] * len(part))
+                for i, r in zip(part, post):
+                    maps[i] = r["predicted_depth"].float().cpu().numpy()
+        return maps  # type: ignore[return-value]
 
     def _check(self, img: Image, inner: StageOutput, depth: np.ndarray) -> StageOutput:
         p = self.params
