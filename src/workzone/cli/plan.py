@@ -89,9 +89,10 @@ def plan(
         return
     table = Table(title=f"{config.name}: GPU memory plan on {result.gpus.count} x {result.gpus.memory_gb:g} GB "
                         f"(quant {quant}; estimates)")
-    for col in ("stages", "kind", "model", "params (B)", "weights", "activ.", "KV cache", "overhead", "total",
-                "GPU", "TP"):
-        table.add_column(col, justify="right" if col[0] in "pwaKotT" and col not in ("kind",) else "left")
+    for col in ("stages", "kind", "model"):
+        table.add_column(col)
+    for col in ("params (B)", "weights", "activ.", "KV cache", "overhead", "total", "GPU", "TP"):
+        table.add_column(col, justify="right")
     for it in sorted(result.items, key=lambda i: (i.gpus[:1], -i.total_gb)):
         size = "?" if it.spec is None else f"{it.spec.params_b:.3g}"
         table.add_row(escape(", ".join(it.stages)), it.kind, escape(it.model), size,
