@@ -97,6 +97,8 @@ class RFDETRStage(Stage):
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         from PIL import Image as PILImage
 
+        if not batch:  # rfdetr cannot stack an empty batch
+            return []
         with self._lock:
             res = self._model.predict([PILImage.fromarray(img.pixels) for img in batch],
                                       threshold=self.params.threshold)
