@@ -54,3 +54,14 @@ class SleepyStage(Stage):
     async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
         await asyncio.sleep(self.params.seconds)
         return [StageOutput(5.0) for _ in batch]
+
+
+@register_stage("test_evidence_counter", replace=True)
+class EvidenceCounterStage(Stage):
+    """Scores by how many earlier stages said road work: exercises ``needs_evidence``."""
+
+    needs_evidence = True
+
+    async def predict(self, batch: Sequence[Image], prior=None) -> list[StageOutput]:
+        return [StageOutput(float(sum(1 for r in reps if (r.log_odds or 0) > 0)),
+                            Evidence(notes=(",".join(r.stage for r in reps),))) for reps in prior]

@@ -149,3 +149,17 @@ tiers:
     tiles = d[2].stages[-1]
     assert tiles.stage == "tiles" and tiles.evidence.boxes[0].x1 == 0 and tiles.evidence.boxes[0].y1 == 0
     assert tiles.log_odds > d[2].stages[0].log_odds
+
+
+def test_evidence_stages_receive_earlier_reports():
+    c = cascade("""
+tiers:
+  - name: first
+    stages: [{name: a, kind: test_redness}, {name: b, kind: test_redness}]
+  - name: judge
+    stages: [{name: j, kind: test_evidence_counter}]
+""")
+    d = run(c, [RED, BLUE], run_all=True)
+    judge = d[0].stages[-1]
+    assert judge.stage == "j" and judge.evidence.notes == ("a,b",)
+    assert judge.log_odds == 2.0 and d[1].stages[-1].log_odds == 0.0

@@ -149,7 +149,8 @@ class Cascade:
                 break
             if stages:
                 batch = [images[i] for i in pending]
-                results = await asyncio.gather(*(self._run_stage(s, ti, batch, remaining) for s in stages))
+                prior = [tuple(reports[i]) for i in pending]
+                results = await asyncio.gather(*(self._run_stage(s, ti, batch, remaining, prior) for s in stages))
                 for stage, per_image in zip(stages, results):
                     for i, rep in zip(pending, per_image):
                         reports[i].append(rep)
@@ -214,7 +215,8 @@ class Cascade:
             reason=reason,
         )
 
-    async def _run_stage(self, stage: Stage, ti: int, batch: list[Image], remaining: float | None) -> list[StageReport]:
+    async def _run_stage(self, stage: Stage, ti: int, batch: list[Image], remaining: float | None,
+                         prior: list[tuple[StageReport, ...]]) -> list[StageReport]:
         timeout = self._timeouts.get(stage.name)
         if remaining is not None:
             timeout = remaining if timeout is None else min(timeout, remaining)
@@ -222,7 +224,8 @@ class Cascade:
         error: str | None = None
         outputs: list[StageOutput] | None = None
         try:
-            outputs = await asyncio.wait_for(stage.predict(batch), timeout=timeout)
+            call = stage.predict(batch, prior=prior) if stage.needs_evidence else stage.predict(batch)
+            outputs = await asyncio.wait_for(call, timeout=timeout)
             if len(outputs) != len(batch):
                 raise StageError(stage.name, f"returned {len(outputs)} results for {len(batch)} images")
         except asyncio.TimeoutError:

@@ -69,6 +69,9 @@ class Stage(ABC):
     Params: ClassVar[type[StageParams]] = StageParams
     #: Default cost per image (ms on the 2-core reference machine) when the pipeline gives none.
     default_cost: ClassVar[float] = 10.0
+    #: When True the cascade calls ``predict(batch, prior=...)`` with, per image, the reports of the
+    #: stages that ran before this one (a reasoner over the collected evidence needs them).
+    needs_evidence: ClassVar[bool] = False
 
     def __init__(self, name: str, params: StageParams, context: StageContext | None = None,
                  cost: float | None = None) -> None:
