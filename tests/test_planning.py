@@ -236,3 +236,27 @@ def test_kv_formula_by_hand():
     item = plan.items[0]
     assert item.max_model_len == 2048 + 1024 and not item.image_limit
     assert math.isclose(item.kv_gb, 2 * 48 * 8 * 128 * 2 * 3072 * 8 / GiB)
+
+
+def test_stages_pinned_to_a_device_stay_there():
+    owl = "{name: owl, kind: hf_zero_shot_detection, device: 'cuda:1', model: google/owlv2-base-patch16-ensemble}"
+    plan = plan_pipeline(pipeline(owl, vlm()), GpuSpec(2, 80))
+    where = {i.stages[0]: i.gpus for i in plan.items}
+    assert where == {"owl": [1], "vlm": [0]}
+    with pytest.raises(ConfigError, match="pinned to cuda:1 but the plan has 1 GPU"):
+        plan_pipeline(pipeline(owl), GpuSpec(1, 80))
+
+
+def test_depth_stage_counts_the_detector_it_wraps():
+    depth = ("{name: depth, kind: hf_depth, model: depth-anything/Depth-Anything-V2-Large-hf, batch_size: 2, "
+             "detector: {kind: hf_zero_shot_detection, model: IDEA-Research/grounding-dino-base, batch_size: 2}}")
+    (item,) = plan_pipeline(pipeline(depth), GpuSpec(1, 24)).items
+    assert item.model == "depth-anything/Depth-Anything-V2-Large-hf + IDEA-Research/grounding-dino-base"
+    assert item.weights_gb == pytest.approx((0.335 + 0.233) * 1e9 * 2 / GiB)  # fp16 on CUDA ("auto")
+    assert item.act_gb == pytest.approx(2 * 0.4 + 2 * 0.6)
+
+
+def test_engine_reservation_never_understates_a_too_big_engine():
+    # 0.95 is the largest share asked for; an engine needing more than that must not "fit".
+    with pytest.raises(ConfigError, match="plan refused"):
+        plan_pipeline(pipeline(vlm(model="Qwen/Qwen3-VL-32B-Instruct")), GpuSpec(1, 70))

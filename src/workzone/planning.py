@@ -198,6 +198,7 @@ class Item:
     image_limit: int = 0
     tp: int = 1
     gpus: list[int] = field(default_factory=list)
+    pinned: int | None = None
     note: str = ""
 
     @property
@@ -221,7 +222,7 @@ class Plan:
 
     def utilisation(self, item: Item) -> float:
         """``--gpu-memory-utilization`` for an engine: its share of one GPU, rounded up, plus 2 %."""
-        return min(0.95, math.ceil(item.per_gpu_gb / self.gpus.memory_gb * 100 + 2) / 100)
+        return _utilisation(item.per_gpu_gb, self.gpus.memory_gb)
 
     def cache_fraction(self, item: Item) -> float:
         """LMDeploy's ``--cache-max-entry-count``: KV cache as a share of the memory free after weights.
@@ -229,7 +230,7 @@ class Plan:
         LMDeploy measures "free" when it starts, so this assumes the GPU's other planned processes
         are already running.
         """
-        others = max((self.used[g] - item.per_gpu_gb for g in item.gpus), default=0.0)
+        others = max((self.used[g] - _footprint(item, self.gpus.memory_gb) for g in item.gpus), default=0.0)
         free = self.gpus.memory_gb - self.reserve_gb - others - item.weights_gb / item.tp
         return min(0.95, max(0.05, math.ceil(item.kv_gb / item.tp * 1.1 / max(free, 1e-6) * 100) / 100))
 
@@ -242,11 +243,32 @@ def plan_pipeline(config: PipelineConfig, gpus: GpuSpec, quant: Quant = "none", 
             the message gives the numbers.
     """
     items, cpu, warnings = _collect_items(config, quant)
+    for item in items:
+        if item.pinned is not None and item.pinned >= gpus.count:
+            raise ConfigError(f"plan refused: stage {item.name!r} is pinned to cuda:{item.pinned} "
+                              f"but the plan has {gpus.count} GPU(s)")
     capacity = gpus.memory_gb - reserve_gb
     used = [0.0] * gpus.count
-    for item in sorted(items, key=lambda i: i.total_gb, reverse=True):
+    # Pinned stages first (they have one choice), then first-fit decreasing.
+    for item in sorted(items, key=lambda i: (i.pinned is None, -i.total_gb)):
         _place(item, used, capacity, gpus, reserve_gb)
     return Plan(gpus, quant, reserve_gb, items, used, cpu, warnings)
+
+
+_MAX_SHARE = 0.95  # the most of a GPU an engine is ever asked to take
+
+
+def _utilisation(per_gpu_gb: float, memory_gb: float) -> float:
+    return min(_MAX_SHARE, math.ceil(per_gpu_gb / memory_gb * 100 + 2) / 100)
+
+
+def _footprint(item: Item, memory_gb: float) -> float:
+    """GB one GPU gives to ``item``: an engine takes its whole ``--gpu-memory-utilization`` share."""
+    if not item.engine:
+        return item.per_gpu_gb
+    share = math.ceil(item.per_gpu_gb / memory_gb * 100 + 2) / 100
+    # Past the largest share an engine is asked to take, it does not fit this GPU at all.
+    return share * memory_gb if share <= _MAX_SHARE else math.inf
 
 
 def _collect_items(config: PipelineConfig, quant: str) -> tuple[list[Item], list[str], list[str]]:
@@ -261,14 +283,41 @@ def _collect_items(config: PipelineConfig, quant: str) -> tuple[list[Item], list
             if st.kind in ENGINE_KINDS:
                 _add_to_engine(engines, st, quant)
             elif st.kind in GPU_KINDS or (st.device or "").startswith("cuda"):
-                item = _in_process_item(st)
-                if item.spec is None:
-                    warnings.append(f"stage {st.name!r}: model {item.model!r} is not in the planner's table; "
-                                    f"assumed {item.total_gb:.1f} GB")
+                parts = [_in_process_item(s) for s in [st, *_nested_stages(st)]]
+                for part in parts:
+                    if part.spec is None:
+                        warnings.append(f"stage {part.name!r}: model {part.model!r} is not in the planner's table; "
+                                        f"assumed {part.total_gb:.1f} GB")
+                item = _merge(parts)
+                m = re.fullmatch(r"cuda:(\d+)", st.device or "")
+                item.pinned = int(m.group(1)) if m else None
                 items.append(item)
             else:
                 cpu.append(st.name)
     return list(engines.values()) + items, cpu, warnings
+
+
+def _nested_stages(st: StageSpec) -> list[StageSpec]:
+    """The detector an ``hf_depth`` stage wraps (it runs in the same process, on the same device)."""
+    spec = getattr(st.params, "detector", None)
+    if st.kind != "hf_depth" or not isinstance(spec, dict):
+        return []
+    from workzone.config.loader import validate_params
+    from workzone.stages.registry import get_stage_class
+
+    raw = {k: v for k, v in spec.items() if k != "kind"}
+    cls = get_stage_class(spec["kind"])
+    name = f"{st.name}.detector"
+    return [StageSpec(name=name, kind=cls.kind, device=st.device, params=validate_params(cls, name, raw))]
+
+
+def _merge(parts: list[Item]) -> Item:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return Item(first.name, [first.name], first.kind, " + ".join(p.model for p in parts), first.spec,
+                sum(p.weights_gb for p in parts), sum(p.act_gb for p in parts), sum(p.kv_gb for p in parts),
+                max(p.overhead_gb for p in parts), note="with its detector")
 
 
 def _stage_model(st: StageSpec) -> str:
@@ -332,32 +381,37 @@ def _in_process_item(st: StageSpec) -> Item:
 
 
 def _place(item: Item, used: list[float], capacity: float, gpus: GpuSpec, reserve_gb: float) -> None:
-    for g in range(len(used)):
-        if used[g] + item.total_gb <= capacity:
-            used[g] += item.total_gb
+    mem = gpus.memory_gb
+    candidates = range(len(used)) if item.pinned is None else [item.pinned]
+    need = _footprint(item, mem)
+    for g in candidates:
+        if used[g] + need <= capacity:
+            used[g] += need
             item.gpus = [g]
             return
     if item.engine:
         tp = 2
         while tp <= gpus.count:
             item.tp = tp
+            need_tp = _footprint(item, mem)
             emptiest = sorted(range(len(used)), key=lambda g: used[g])
-            free = [g for g in emptiest if used[g] + item.per_gpu_gb <= capacity][:tp]
+            free = [g for g in emptiest if used[g] + need_tp <= capacity][:tp]
             if len(free) == tp:
                 for g in free:
-                    used[g] += item.per_gpu_gb
+                    used[g] += need_tp
                 item.gpus = sorted(free)
                 return
             tp *= 2
         item.tp = 1
     free_now = ", ".join(f"GPU{g}: {capacity - used[g]:.1f}" for g in range(len(used)))
+    where = "" if item.pinned is None else f" on its pinned cuda:{item.pinned}"
     tp_note = ""
     max_tp = min(8, 2 ** int(math.log2(gpus.count)))
     if item.engine and max_tp > 1:
         per = (item.weights_gb + item.kv_gb) / max_tp + item.overhead_gb
         tp_note = f"; even split over {max_tp} GPUs (tensor parallel) it needs {per:.1f} GB on each"
     raise ConfigError(
-        f"plan refused: {item.name} (stages {', '.join(item.stages)}) needs {item.total_gb:.1f} GB "
+        f"plan refused: {item.name} (stages {', '.join(item.stages)}) needs {item.total_gb:.1f} GB{where} "
         f"(weights {item.weights_gb:.1f} + activations {item.act_gb:.1f} + KV cache {item.kv_gb:.1f} + overhead "
         f"{item.overhead_gb:.1f}){tp_note}; free per GPU after {reserve_gb:.1f} GB reserve: {free_now}. "
         "Use more or larger GPUs, --quant, or lower max_concurrency / max_pixels / batch_size")
@@ -467,7 +521,8 @@ def check_pipeline(config: PipelineConfig, base_dir: Path, *, endpoints: bool = 
                 detail = (f"missing {', '.join(missing)}: pip install 'workzone[{extra}]'" if missing
                           else f"[{extra}] installed")
                 rows.append(CheckRow(st.name, st.kind, "extras", not missing, detail))
-            rows.extend(_file_rows(st, ctx))
+            for part in [st, *_nested_stages(st)]:
+                rows.extend(_file_rows(part, ctx))
             if endpoints and st.kind in ENGINE_KINDS:
                 rows.append(_endpoint_row(st, timeout_s))
     return rows

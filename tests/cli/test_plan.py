@@ -97,7 +97,8 @@ def test_plan_json(app, tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert {i["model"] for i in data["items"]} == {"Qwen/Qwen3-VL-8B-Instruct", "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B"}
-    assert sum(data["used_gb"]) == pytest.approx(sum(i["total_gb"] for i in data["items"]), abs=0.05)
+    # Engines reserve their whole --gpu-memory-utilization share: at least their estimate.
+    assert sum(i["total_gb"] for i in data["items"]) <= sum(data["used_gb"]) <= 79
     assert {c["server"] for c in data["commands"]} == {"vllm", "sglang", "lmdeploy"}
 
 

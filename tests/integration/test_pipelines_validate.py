@@ -1,0 +1,69 @@
+"""Every shipped pipeline parses, builds its stages, passes ``workzone check`` and fits its GPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workzone.cascade import build_stages
+from workzone.config.loader import builtin_pipeline_path, builtin_pipelines, load_pipeline_config
+from workzone.planning import GpuSpec, check_pipeline, plan_pipeline
+from workzone.stages.base import StageContext
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINES = sorted((REPO / "pipelines").glob("*.yaml")) + [builtin_pipeline_path(n) for n in builtin_pipelines()]
+MODELS = REPO / "src" / "workzone" / "models"
+
+#: The hardware each GPU pipeline is written for (its header comment says the same).
+TARGET_GPUS = {"seven-tier": GpuSpec(2, 80), "single-gpu": GpuSpec(1, 24)}
+
+
+def ids(paths):
+    return [p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else p.name for p in paths]
+
+
+def test_the_shipped_pipelines_are_found():
+    names = {p.stem for p in PIPELINES}
+    assert {"seven-tier", "single-gpu"} <= names
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=ids(PIPELINES))
+def test_pipeline_parses_and_builds(path):
+    cfg, where = load_pipeline_config(path)
+    assert cfg.tiers and where == path
+    # Instantiating validates what parsing cannot (an hf_depth stage builds the detector it wraps).
+    tiers = build_stages(cfg, StageContext(base_dir=path.parent))
+    assert [len(t) for t in tiers] == [sum(s.enabled for s in t.stages) for t in cfg.tiers]
+    for tier in cfg.tiers[:-1]:
+        # Every tier but the last must be able to let confident images out.
+        assert tier.exit.lower is not None or tier.exit.upper is not None, tier.name
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=ids(PIPELINES))
+def test_pipeline_check_finds_only_missing_installs(path):
+    """Problems may only be extras this environment lacks or embedded models this checkout has not built."""
+    cfg, _ = load_pipeline_config(path)
+    rows = check_pipeline(cfg, path.parent)
+    unexpected = [r for r in rows if r.ok is False and r.check != "extras"
+                  and not (r.check == "model" and r.detail.startswith(str(MODELS)))]
+    assert not unexpected, unexpected
+    for r in rows:
+        if r.check == "extras" and r.ok is False:
+            assert r.detail.startswith("missing ") and "pip install 'workzone[" in r.detail
+
+
+@pytest.mark.skipif(not any(MODELS.glob("*.onnx")), reason="embedded models are not built in this checkout")
+@pytest.mark.parametrize("path", PIPELINES, ids=ids(PIPELINES))
+def test_embedded_models_exist(path):
+    cfg, _ = load_pipeline_config(path)
+    rows = [r for r in check_pipeline(cfg, path.parent) if r.check == "model"]
+    assert all(r.ok is not False for r in rows), rows
+
+
+@pytest.mark.parametrize("name, gpus", sorted(TARGET_GPUS.items()))
+def test_gpu_pipeline_fits_its_hardware(name, gpus):
+    cfg, _ = load_pipeline_config(REPO / "pipelines" / f"{name}.yaml")
+    plan = plan_pipeline(cfg, gpus)
+    assert all(u <= gpus.memory_gb - plan.reserve_gb for u in plan.used)
+    assert any(i.engine for i in plan.items) and not plan.warnings
