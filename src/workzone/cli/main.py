@@ -25,7 +25,9 @@ PipelineOpt = typer.Option("default", "--pipeline", "-p", help="built-in pipelin
 
 
 def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False)
+    # Piped output (CI logs, files) gets a wide fixed width so report tables are not truncated.
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 140)
 
 
 def _progress(console: Console) -> Progress:

@@ -24,6 +24,7 @@ S = TypeVar("S", bound=type[Stage])
 _BUILTIN_MODULES: dict[str, str] = {
     "onnx_classifier": "workzone.stages.onnx_classifier",
     "sign_ocr": "workzone.stages.ocr",
+    "roadwork_detector": "workzone.stages.roadwork_detector",
     "onnx_detector": "workzone.stages.onnx_detector",
     "ultralytics": "workzone.stages.yolo",
     "rfdetr": "workzone.stages.rfdetr",
