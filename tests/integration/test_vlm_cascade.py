@@ -38,7 +38,8 @@ tiers:
         retry_backoff_s: 0.01
         breaker_failures: 3
         breaker_cooldown_s: 60
-        timeout_s: 5
+        timeout_s: 5              # the cascade's limit for the batch
+        request_timeout_s: 4      # the stage's limit per HTTP request
     fusion: {{weights: {{clf: 0.5, vlm: 1.0}}}}
 """
 
@@ -65,6 +66,9 @@ def test_only_undecided_images_reach_the_vlm(setup):
 
     async def go():
         async with Cascade.from_config(cfg, base_dir=base) as cascade:
+            vlm = next(s for s in cascade.stages if s.name == "vlm")
+            # `timeout_s` in a stage entry belongs to the cascade; the HTTP limit is the stage's own.
+            assert vlm.params.request_timeout_s == 4 and cascade.config.tiers[1].stages[0].timeout_s == 5
             return await cascade.run(images)
 
     ds = asyncio.run(go())

@@ -33,7 +33,7 @@ def reports() -> tuple[StageReport, ...]:
 
 
 def make(url: str, **kw) -> ReasonerStage:
-    params = {"base_url": url, "model": "fake-llm", "retries": 0, "timeout_s": 5}
+    params = {"base_url": url, "model": "fake-llm", "retries": 0, "request_timeout_s": 5}
     params.update(kw)
     return create_stage("reasoner_openai", "judge", params)
 

@@ -25,7 +25,7 @@ def img(w=64, h=48, v=128) -> Image:
 
 
 def make_stage(url: str, **params):
-    base = {"base_url": url, "model": "fake-vlm", "retries": 0, "timeout_s": 5}
+    base = {"base_url": url, "model": "fake-vlm", "retries": 0, "request_timeout_s": 5}
     base.update(params)
     return create_stage("vlm_openai", "vlm", base)
 
@@ -150,7 +150,7 @@ def test_classify_answer_token(tok, side):
 def test_timeout_becomes_deadline_exceeded(server):
     server.set_reply(Reply(delay_s=1.0))
     with pytest.raises(DeadlineExceeded, match="did not answer within 0.2 s") as ei:
-        asyncio.run(_predict(make_stage(server.url, timeout_s=0.2), [img()]))
+        asyncio.run(_predict(make_stage(server.url, request_timeout_s=0.2), [img()]))
     assert ei.value.stage == "vlm" and ei.value.__cause__ is not None
 
 

@@ -44,7 +44,7 @@ DEFAULT_INSTRUCTION = (
 
 
 class ReasonerParams(OpenAIEndpointParams):
-    timeout_s: float = Field(default=60.0, gt=0, le=600, description="reasoning models think before answering")
+    request_timeout_s: float = Field(default=60.0, gt=0, le=600, description="reasoning models think before answering")
     system_prompt: str = Field(default=DEFAULT_SYSTEM, min_length=1)
     instruction: str = Field(default=DEFAULT_INSTRUCTION, min_length=1)
     max_tokens: int = Field(default=1024, ge=16, le=32768)

@@ -56,7 +56,8 @@ class OpenAIEndpointParams(ResilienceParams):
     model: str = Field(min_length=1, description="the served model id, e.g. Qwen/Qwen3-VL-8B-Instruct")
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                     description="NAME of the environment variable holding the API key")
-    timeout_s: float = Field(default=30.0, gt=0, le=600, description="per-request HTTP timeout")
+    # Not `timeout_s`: that key of a stage entry is the cascade's limit for the whole batch.
+    request_timeout_s: float = Field(default=30.0, gt=0, le=600, description="per-request HTTP timeout")
     max_concurrency: int = Field(default=8, ge=1, le=1024, description="requests in flight at once")
     extra_body: dict[str, Any] = Field(default_factory=dict,
                                        description="merged into each request (e.g. chat_template_kwargs)")
@@ -103,7 +104,7 @@ class OpenAIChat:
         self._owns_client = client is None
         n = params.max_concurrency
         self._client = client or self._httpx.AsyncClient(
-            timeout=self._httpx.Timeout(params.timeout_s),
+            timeout=self._httpx.Timeout(params.request_timeout_s),
             limits=self._httpx.Limits(max_connections=n, max_keepalive_connections=n))
         self._sem = asyncio.Semaphore(n)
 
@@ -125,10 +126,10 @@ class OpenAIChat:
         httpx = self._httpx
         try:
             resp = await self._client.post(self.url, json=body, headers=self._headers,
-                                           timeout=self._httpx.Timeout(self.params.timeout_s))
+                                           timeout=self._httpx.Timeout(self.params.request_timeout_s))
         except httpx.TimeoutException as exc:
-            raise DeadlineExceeded(self.name, f"{self.url} did not answer within {self.params.timeout_s} s "
-                                   "(timeout_s); the server is overloaded or the model too slow") from exc
+            raise DeadlineExceeded(self.name, f"{self.url} did not answer within {self.params.request_timeout_s} s "
+                                   "(request_timeout_s); the server is overloaded or the model too slow") from exc
         except httpx.TransportError as exc:  # refused, reset, protocol errors: the backend is not there
             raise BackendUnavailable(self.name, f"cannot reach {self.url}: {type(exc).__name__}: {exc}; "
                                      "is the server running?") from exc
