@@ -110,7 +110,7 @@ class ErrorDetail(BaseModel):
 class ErrorResponse(BaseModel):
     """Body of every non-2xx answer."""
 
-    error: ErrorDetail
+    error: ErrorDetail = Field(description="what went wrong")
 
 
 class BatchItemResult(BaseModel):
@@ -156,8 +156,8 @@ class StageDescription(BaseModel):
 
 
 class TierDescription(BaseModel):
-    name: str
-    stages: list[StageDescription]
+    name: str = Field(description="tier name")
+    stages: list[StageDescription] = Field(description="the tier's enabled stages, run concurrently")
     fusion: dict[str, Any] = Field(description="bias and weights of the log-odds pooling after this tier")
     exit: dict[str, Any] = Field(description="exit thresholds (lower, upper) on the fused probability")
 
@@ -165,9 +165,9 @@ class TierDescription(BaseModel):
 class PipelineResponse(BaseModel):
     name: str = Field(description="pipeline name")
     description: str = Field(description="what the pipeline is for")
-    version: int
+    version: int = Field(description="pipeline file format version")
     deadline_s: float | None = Field(description="the pipeline's default deadline")
     state: str = Field(description="service state")
-    ready: bool
-    load_error: str | None = None
-    tiers: list[TierDescription]
+    ready: bool = Field(description="every stage is loaded and warmed up")
+    load_error: str | None = Field(default=None, description="why the pipeline failed to load")
+    tiers: list[TierDescription] = Field(description="tiers in the order images go through them")
