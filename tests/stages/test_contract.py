@@ -114,3 +114,17 @@ def test_predict_returns_one_finite_output_per_image(kind, tiny):
     for out in outs:
         assert isinstance(out, StageOutput)
         assert out.log_odds is None or math.isfinite(out.log_odds)
+
+
+def test_importing_the_stage_modules_pulls_in_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import workzone.stages.yolo, workzone.stages.rfdetr, workzone.stages.open_vocab, "
+            "workzone.stages.hf_classifier, workzone.stages.zero_shot_image, workzone.stages.depth, "
+            "workzone.stages.onnx_detector\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'ultralytics', 'rfdetr', 'onnxruntime', 'torchvision') "
+            "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
