@@ -15,7 +15,6 @@ from workzone.cascade import Cascade
 from workzone.config.loader import parse_pipeline
 from workzone.errors import BackendUnavailable
 from workzone.resilience import BreakerState
-from workzone.stages.base import Stage
 from workzone.stages.reasoner import ReasonerStage, build_evidence_prompt, parse_probability
 from workzone.stages.registry import create_stage
 from workzone.types import Box, Evidence, Image, StageReport, TextRead, sigmoid
@@ -159,8 +158,6 @@ def test_reasoner_reads_reports_of_a_real_tier(server, tmp_path):
     assert prompts[0] != prompts[1]  # each image gets its own evidence
 
 
-@pytest.mark.skipif(getattr(Stage, "needs_evidence", None) is None,
-                    reason="core change pending: Cascade passes prior= to stages with needs_evidence")
 def test_cascade_passes_prior_to_the_reasoner(server, tmp_path):
     model = build_tiny_classifier(tmp_path / "tiny.onnx", weights=(2.0, 0.0, -2.0))
     cfg = parse_pipeline(PIPELINE.format(model=model, url=server.url))
