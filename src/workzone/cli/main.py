@@ -68,7 +68,9 @@ def detect(
                     if as_json:
                         print(json.dumps({"source": str(p), "error": str(exc)}))
                     else:
-                        err.print(f"[red]skipped[/red] {exc}")
+                        from rich.markup import escape
+
+                        err.print(f"[red]skipped[/red] {escape(str(exc))}")
             for p, d in zip(kept, pipe.run_decoded(decoded, deadline_s=deadline)):
                 if as_json:
                     print(json.dumps(d.to_dict(), default=str))
@@ -227,7 +229,10 @@ def main() -> None:
     try:
         app()
     except WorkzoneError as exc:
-        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {exc}")
+        from rich.markup import escape
+
+        # escape(): messages hold square brackets (pip install 'workzone[vlm]') that rich would eat.
+        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(1)
 
 
