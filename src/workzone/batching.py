@@ -26,34 +26,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
-from workzone.errors import WorkzoneError
+from workzone.errors import Overloaded, ShuttingDown
 
-__all__ = ["MicroBatcher", "BatchPolicy", "Overloaded", "ShuttingDown"]
+__all__ = ["MicroBatcher", "BatchPolicy"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class Overloaded(WorkzoneError):
-    """The batcher's queue is full; retry after ``retry_after_s`` seconds."""
-
-    def __init__(self, queued: int, limit: int, retry_after_s: float) -> None:
-        self.queued = queued
-        self.limit = limit
-        self.retry_after_s = retry_after_s
-        super().__init__(
-            f"the request queue is full ({queued} of {limit} waiting); retry after {retry_after_s:g} s "
-            "or raise WORKZONE_QUEUE_SIZE"
-        )
-
-
-class ShuttingDown(WorkzoneError):
-    """The batcher no longer accepts work because the service is stopping (or not started yet)."""
-
-    def __init__(self, message: str = "the service is shutting down; retry on another replica",
-                 retry_after_s: float = 1.0) -> None:
-        self.retry_after_s = retry_after_s
-        super().__init__(message)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,16 @@ The tree::
     │   ├── BackendUnavailable   a remote backend is down or its circuit breaker is open
     │   └── DeadlineExceeded     a stage or request ran past its deadline
     ├── ModelFileError           a model file is missing or does not match its metadata
-    └── DataError                a manifest or dataset is malformed
+    ├── DataError                a manifest or dataset is malformed
+    ├── Overloaded               the request queue is full (HTTP 429 + Retry-After)
+    ├── ShuttingDown             the service is stopping (HTTP 503)
+    ├── NotReady                 the pipeline is still loading or failed to load (HTTP 503)
+    └── RequestError             the request itself is wrong (HTTP 400)
+        ├── Unauthorized         missing or wrong API key (401)
+        ├── UrlNotAllowed        URL inputs disabled, or a private/loopback address (403)
+        ├── PayloadTooLarge      body over the limit (413)
+        ├── UnsupportedMediaType content type not accepted (415)
+        └── UrlFetchFailed       the URL could not be fetched (422)
 
 Messages say what was wrong and what to do about it.
 """
@@ -29,6 +38,15 @@ __all__ = [
     "DeadlineExceeded",
     "ModelFileError",
     "DataError",
+    "Overloaded",
+    "ShuttingDown",
+    "NotReady",
+    "RequestError",
+    "Unauthorized",
+    "UrlNotAllowed",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "UrlFetchFailed",
 ]
 
 
@@ -91,3 +109,57 @@ class ModelFileError(WorkzoneError):
 
 class DataError(WorkzoneError, ValueError):
     """A manifest or dataset is malformed."""
+
+
+class Overloaded(WorkzoneError):
+    """The batcher's queue is full; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, queued: int, limit: int, retry_after_s: float) -> None:
+        self.queued = queued
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"the request queue is full ({queued} of {limit} waiting); retry after {retry_after_s:g} s "
+            "or raise WORKZONE_QUEUE_SIZE"
+        )
+
+
+class ShuttingDown(WorkzoneError):
+    """The batcher no longer accepts work because the service is stopping (or not started yet)."""
+
+    def __init__(self, message: str = "the service is shutting down; retry on another replica",
+                 retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class RequestError(WorkzoneError):
+    """The request is malformed (a field is missing, the JSON does not parse, ...)."""
+
+
+class Unauthorized(RequestError):
+    """No API key, or one that is not accepted."""
+
+
+class UrlNotAllowed(RequestError):
+    """URL inputs are disabled, or the URL resolves to a private, loopback or link-local address."""
+
+
+class PayloadTooLarge(RequestError):
+    """The request body (or a fetched image) is larger than the configured limit."""
+
+
+class UnsupportedMediaType(RequestError):
+    """The request's Content-Type is not one the endpoint accepts."""
+
+
+class UrlFetchFailed(RequestError):
+    """The image URL could not be fetched (timeout, HTTP error, connection refused)."""
+
+
+class NotReady(WorkzoneError):
+    """The pipeline is still loading (or failed to load); the service cannot answer yet."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)

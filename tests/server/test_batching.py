@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from workzone.batching import BatchPolicy, MicroBatcher, Overloaded, ShuttingDown
+from workzone.batching import BatchPolicy, MicroBatcher
+from workzone.errors import Overloaded, ShuttingDown
 
 
 def run(coro):

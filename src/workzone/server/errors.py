@@ -1,6 +1,6 @@
 """Request-level errors, and the one place where every exception becomes an HTTP status.
 
-The classes below are the server's additions to the tree in :mod:`workzone.errors` (they are
+The request-level classes live in :mod:`workzone.errors` with the rest of the tree (they are
 raised by the service and the routes, never by the core)::
 
     WorkzoneError
@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from workzone.batching import Overloaded, ShuttingDown
 from workzone.errors import (
     BackendUnavailable,
     ConfigError,
@@ -28,7 +27,16 @@ from workzone.errors import (
     InvalidImageError,
     MissingExtraError,
     ModelFileError,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    RequestError,
+    ShuttingDown,
     StageError,
+    Unauthorized,
+    UnsupportedMediaType,
+    UrlFetchFailed,
+    UrlNotAllowed,
     WorkzoneError,
 )
 
@@ -36,42 +44,9 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request
     from starlette.responses import JSONResponse
 
-__all__ = ["RequestError", "Unauthorized", "UrlNotAllowed", "PayloadTooLarge", "UnsupportedMediaType",
-           "UrlFetchFailed", "NotReady", "error_status", "error_body", "register_exception_handlers"]
+__all__ = ["error_status", "error_body", "register_exception_handlers"]
 
 log = logging.getLogger("workzone.server")
-
-
-class RequestError(WorkzoneError):
-    """The request is malformed (a field is missing, the JSON does not parse, ...)."""
-
-
-class Unauthorized(RequestError):
-    """No API key, or one that is not accepted."""
-
-
-class UrlNotAllowed(RequestError):
-    """URL inputs are disabled, or the URL resolves to a private, loopback or link-local address."""
-
-
-class PayloadTooLarge(RequestError):
-    """The request body (or a fetched image) is larger than the configured limit."""
-
-
-class UnsupportedMediaType(RequestError):
-    """The request's Content-Type is not one the endpoint accepts."""
-
-
-class UrlFetchFailed(RequestError):
-    """The image URL could not be fetched (timeout, HTTP error, connection refused)."""
-
-
-class NotReady(WorkzoneError):
-    """The pipeline is still loading (or failed to load); the service cannot answer yet."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        self.retry_after_s = retry_after_s
-        super().__init__(message)
 
 
 # class -> (HTTP status, stable error type for clients). Order does not matter: the most derived

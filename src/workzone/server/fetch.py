@@ -16,7 +16,7 @@ import socket
 from typing import Awaitable, Callable
 from urllib.parse import urljoin
 
-from workzone.server.errors import PayloadTooLarge, UrlFetchFailed, UrlNotAllowed
+from workzone.errors import PayloadTooLarge, UrlFetchFailed, UrlNotAllowed
 
 __all__ = ["fetch_image_bytes", "check_public_host", "is_public_address"]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from workzone.errors import InvalidImageError
-from workzone.server.errors import PayloadTooLarge, RequestError, UnsupportedMediaType, UrlNotAllowed
+from workzone.errors import PayloadTooLarge, RequestError, UnsupportedMediaType, UrlNotAllowed
 from workzone.server.fetch import fetch_image_bytes
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ImageInput
 

@@ -17,7 +17,8 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from workzone.cascade import TierEvent
-from workzone.server.errors import Unauthorized, error_body, error_status
+from workzone.errors import Unauthorized
+from workzone.server.errors import error_body, error_status
 from workzone.server.inputs import deadline_header, load_image, read_batch, read_single
 from workzone.server.protocol import (
     BatchDetectRequest,

@@ -18,7 +18,7 @@ from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
 from workzone.io.images import ImageLimits, decode_image
-from workzone.server.errors import NotReady
+from workzone.errors import NotReady
 from workzone.types import Decision, Image
 
 __all__ = ["DetectionService", "ServiceObserver", "EventHandler"]
