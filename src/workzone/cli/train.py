@@ -22,6 +22,19 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("loso")(loso)
     app.command("export-classifier")(export_classifier)
+    app.command("compact-data")(compact_data)
+
+
+def compact_data(
+    manifest: Annotated[Path, typer.Argument(help="roadwork-v1 manifest.csv")],
+    out: Annotated[Path, typer.Option(help="destination folder (keep it git-ignored, e.g. .data/roadwork-v1-320)")],
+    max_side: Annotated[int, typer.Option(help="longest side in pixels")] = 320,
+    quality: Annotated[int, typer.Option(help="JPEG quality")] = 88,
+) -> None:
+    """Write the downscaled copy of the data set that the shipped model was trained from."""
+    from workzone.training.data import make_compact_copy
+
+    typer.echo(make_compact_copy(manifest, out, max_side=max_side, quality=quality))
 
 
 def train(
@@ -33,6 +46,7 @@ def train(
     recipe: Annotated[str, _RECIPE] = "partial",
     workers: Annotated[int, typer.Option(help="data-loader workers")] = 8,
     weights: Annotated[Optional[Path], typer.Option(help="ImageNet weights file (default: the weights package)")] = None,
+    dev_manifest: Annotated[Optional[Path], typer.Option(help="manifest whose dev split is scored (default: MANIFEST)")] = None,
 ) -> None:
     """Train the shipped classifier on the train split, score dev through ONNX, write the model."""
     from rich.console import Console
@@ -60,7 +74,7 @@ def train(
     import torch
 
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
-    _export_and_score(model, manifest, out, rec, seed, console)
+    _export_and_score(model, dev_manifest or manifest, out, rec, seed, console)
 
 
 def export_classifier(
@@ -86,7 +100,7 @@ def export_classifier(
 
 def _export_and_score(model, manifest: Path, out: Path, rec, seed: int, console) -> None:  # noqa: ANN001
     from workzone.training.data import load_pixels, load_samples
-    from workzone.training.export import check_parity, export_onnx, onnx_logits, write_sidecar
+    from workzone.training.export import check_parity, export_onnx, json_safe, onnx_logits, write_sidecar
     from workzone.training.loso import evaluate_samples, train_splits
 
     onnx_path = export_onnx(model, out / "roadwork_lite0.onnx", size=rec.size)
@@ -95,7 +109,7 @@ def _export_and_score(model, manifest: Path, out: Path, rec, seed: int, console)
     parity = check_parity(model, onnx_path, pixels[:16], size=rec.size, mode=rec.resize)
     logits = onnx_logits(onnx_path, pixels, size=rec.size, mode=rec.resize)
     ev = evaluate_samples(dev, logits, pixels)
-    (out / "dev_eval.json").write_text(json.dumps(ev, indent=2) + "\n", encoding="utf-8")
+    (out / "dev_eval.json").write_text(json.dumps(json_safe(ev), indent=2) + "\n", encoding="utf-8")
     metrics = {"dev_onnx": ev["overall"], "dev_per_source": ev["per_source"], "dev_light": ev["light"],
                "parity_max_abs_logit_diff": parity}
     write_sidecar(out / "roadwork_lite0.json", size=rec.size, mode=rec.resize, arch=rec.arch, seed=seed,
@@ -121,6 +135,7 @@ def loso(
     from rich.console import Console
     from rich.table import Table
 
+    from workzone.training.export import json_safe
     from workzone.training.loop import recipe_from_name
     from workzone.training.loso import format_table, run_loso
 
@@ -139,7 +154,7 @@ def loso(
         results.append(run_loso(manifest, rec, seed=seed, device=device, workers=workers,
                                 weights_path=str(weights) if weights else None, with_full=full,
                                 log=console.print, on_model=save))
-        out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        out.write_text(json.dumps(json_safe(results), indent=2) + "\n", encoding="utf-8")
     table = Table(title="leave-one-source-out (threshold: logit 0)")
     for col in ("recipe", "w/o WMaia9: recall", "w/o CamVid: specificity", "dev MCC (all sources)", "dev MCC of others"):
         table.add_column(col)

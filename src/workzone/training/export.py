@@ -15,7 +15,7 @@ import numpy as np
 
 from workzone.io.images import ResizeMode, resize_for_model
 
-__all__ = ["export_onnx", "onnx_logits", "check_parity", "write_sidecar"]
+__all__ = ["export_onnx", "onnx_logits", "check_parity", "write_sidecar", "json_safe"]
 
 
 def export_onnx(model, path: str | Path, *, size: int = 224, opset: int = 17) -> Path:  # noqa: ANN001
@@ -114,5 +114,17 @@ def write_sidecar(path: str | Path, *, size: int, mode: str, arch: str, seed: in
         "trained_on": trained_on,
         "metrics": metrics,
     }
-    path.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(meta), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
+
+
+def json_safe(obj):  # noqa: ANN001, ANN201 - any JSON-like value
+    """``obj`` with NaN / infinite floats replaced by None (strict JSON; e.g. recall of a source
+    without positives is undefined, not a number)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

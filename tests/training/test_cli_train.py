@@ -1,0 +1,46 @@
+"""The training commands register on a typer app without importing torch."""
+
+import sys
+
+import pytest
+
+typer = pytest.importorskip("typer")
+from typer.testing import CliRunner  # noqa: E402
+
+from workzone.cli.train import register  # noqa: E402
+
+
+def test_register_adds_commands_and_help_runs() -> None:
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("train", "loso", "export-classifier", "compact-data"):
+        assert name in result.output
+
+
+def test_compact_data_writes_a_small_copy(tmp_path) -> None:  # noqa: ANN001
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((400, 800, 3), np.uint8)).save(src / "images" / "a.jpg")
+    (src / "manifest.csv").write_text("path,label,split,source\nimages/a.jpg,0,train,CamVid\n")
+    (src / "boxes.csv").write_text("path,class,cx,cy,w,h\n")
+    app = typer.Typer()
+    register(app)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compact-data", str(src / "manifest.csv"), "--out", str(out), "--max-side", "200"])
+    assert result.exit_code == 0, result.output
+    with Image.open(out / "images" / "a.jpg") as im:
+        assert im.size == (200, 100)
+    assert (out / "boxes.csv").exists()
+
+
+def test_importing_the_cli_module_does_not_import_torch() -> None:
+    import subprocess
+
+    code = "import sys, workzone.cli.train, workzone.training.loso; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
