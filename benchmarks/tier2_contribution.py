@@ -121,6 +121,8 @@ def main() -> None:
     if missing:
         lines.append(f"- not measured (no shipped model): {', '.join(missing)}")
     lines += ["", "## Cost per image (this machine, one image per call, after warm-up)", "",
+              "The 2 cores are shared with other engineers' jobs: repeated runs of this script varied by up to "
+              "about 1.6x (e.g. detector 45 vs 75 ms mean); compare stages within one run.", "",
               "| stage | mean ms | p50 ms | p95 ms |", "| --- | --- | --- | --- |"]
     for n in present:
         v = np.array(ms[n])
