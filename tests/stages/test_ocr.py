@@ -170,7 +170,6 @@ def test_stage_reads_a_small_distant_sign_from_full_resolution():
     pytest.importorskip("rapidocr_onnxruntime")
     # A 1920 x 1080 frame whose sign is 150 px wide: the proposal copy (640 px) shrinks it to 50 px,
     # so only the full-resolution crop, upscaled, is legible.
-    frame = _scene(["ROAD", "CLOSED"], box=(1400, 300, 1550, 420), size=(1920, 1080))
     from PIL import Image as PILImage
     from PIL import ImageDraw, ImageFont
 

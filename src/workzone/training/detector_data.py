@@ -23,7 +23,7 @@ from PIL import Image as PILImage
 
 from workzone.training.augment import AugmentConfig, _photometric, random_crop_box
 from workzone.training.data import ConeBox, load_pixels, load_samples, read_boxes
-from workzone.training.detector import STRIDE, encode_targets
+from workzone.training.detector import encode_targets
 from workzone.training.synth import Cutout, _paste, _placements, cut_cones, paste_distractors
 
 __all__ = [
