@@ -39,3 +39,16 @@ def test_tuner_respects_the_budget():
     assert sim.mcc < 1.0
     with pytest.raises(ValueError, match="over the budget"):
         tune_exit_thresholds(probs, y, np.array([1.0, 10.0]), max_cost=0.5)
+
+
+def test_with_a_budget_ties_in_mcc_are_spent_on_calibration():
+    """Tier 1 is always right but timid (p 0.3 / 0.7); tier 2 is right and confident."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    p1 = np.where(y == 1, 0.7, 0.3)
+    p2 = np.where(y == 1, 0.97, 0.03)
+    probs = np.vstack([p1, p2])
+    _, cheap = tune_exit_thresholds(probs, y, np.array([1.0, 10.0]))
+    assert cheap.mcc == 1.0 and cheap.exit_rates[0] == 1.0  # no budget: cheapest perfect setting
+    _, spent = tune_exit_thresholds(probs, y, np.array([1.0, 10.0]), max_cost=11.0)
+    assert spent.mcc == 1.0 and spent.exit_rates[1] == 1.0 and spent.log_loss < cheap.log_loss

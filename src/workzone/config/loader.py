@@ -171,7 +171,7 @@ def dump_pipeline(cfg: PipelineConfig) -> str:
                 val = getattr(st, key)
                 if val is not None and not (key == "enabled" and val is True):
                     entry[key] = val
-            entry.update(st.params.model_dump(mode="json", exclude_defaults=True))
+            entry.update(st.params.model_dump(mode="json", exclude_unset=True))
             stages.append(entry)
         t: dict[str, Any] = {"name": tier.name, "stages": stages}
         t["fusion"] = tier.fusion.model_dump(mode="json")

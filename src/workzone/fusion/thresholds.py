@@ -26,6 +26,7 @@ class CascadeSimulation:
     cost: float
     exit_rates: tuple[float, ...]
     predictions: np.ndarray
+    log_loss: float
 
 
 def simulate_cascade(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarray,
@@ -54,15 +55,19 @@ def simulate_cascade(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarr
         rates.append(float(leave.sum()) / n)
         active &= ~leave
     pred = (final > 0.5).astype(int)
-    return CascadeSimulation(matthews_corrcoef(labels, pred), float(cost.mean()), tuple(rates), pred)
+    pc = np.clip(final, 1e-6, 1 - 1e-6)
+    loss = float(-np.mean(labels * np.log(pc) + (1 - labels) * np.log(1 - pc)))
+    return CascadeSimulation(matthews_corrcoef(labels, pred), float(cost.mean()), tuple(rates), pred, loss)
 
 
 def tune_exit_thresholds(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarray,
                          max_cost: float | None = None, sweeps: int = 3) -> tuple[list[tuple[float | None, float | None]], CascadeSimulation]:
     """Coordinate search for the thresholds with the best MCC whose mean cost is within ``max_cost``.
 
-    Among settings with equal MCC, the cheaper wins, so confident images leave as early as the data
-    allows. Without a budget the search is for the best MCC at the lowest cost.
+    Without a budget, among settings with equal MCC the cheaper wins, so confident images leave as
+    early as the data allows. With a budget, ties in MCC are broken by the lower log loss of the final
+    probabilities (then by cost): the budget is spent on better-calibrated answers for the images
+    the early tiers are least sure of, not left unused.
 
     Returns:
         The thresholds per non-final tier and the simulation of the chosen setting.
@@ -84,7 +89,11 @@ def tune_exit_thresholds(probs: np.ndarray, labels: np.ndarray, tier_costs: np.n
     def better(a: CascadeSimulation, b: CascadeSimulation) -> bool:
         if max_cost is not None and a.cost > max_cost + 1e-9:
             return False
-        return (a.mcc > b.mcc + 1e-12) or (abs(a.mcc - b.mcc) <= 1e-12 and a.cost < b.cost - 1e-9)
+        if abs(a.mcc - b.mcc) > 1e-12:
+            return a.mcc > b.mcc
+        if max_cost is not None and abs(a.log_loss - b.log_loss) > 1e-9:
+            return a.log_loss < b.log_loss
+        return a.cost < b.cost - 1e-9
 
     for _ in range(sweeps):
         changed = False
