@@ -1,0 +1,53 @@
+"""The shipped default pipeline on real images of the development set (dev split)."""
+
+import math
+
+import pytest
+
+import workzone
+from workzone.evaluation.runner import build_report, run_manifest
+from workzone.io.sources import read_manifest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dev_report():
+    from tests.conftest import DATA
+
+    if not (DATA / "manifest.csv").is_file():
+        pytest.skip("../shared/data/roadwork-v1 is not beside the repository")
+    rows = read_manifest(DATA / "manifest.csv", splits=["dev"])
+    with workzone.load_pipeline("default") as pipe:
+        result = run_manifest(pipe, rows, batch_size=16)
+        report = build_report(result, [t.name for t in pipe.config.tiers], pipe.config.name)
+        tuned_mcc = pipe.config.tuning["mcc"]
+    return result, report, tuned_mcc
+
+
+def test_default_reaches_the_reported_dev_mcc(dev_report):
+    result, report, tuned_mcc = dev_report
+    assert report["overall"]["n"] == 469
+    assert report["overall"]["mcc"] >= 0.95
+    # The tuner replays the cascade on the same images: the live cascade must agree with it.
+    assert report["overall"]["mcc"] == pytest.approx(tuned_mcc, abs=0.01)
+
+
+def test_at_most_half_of_dev_goes_past_tier_1(dev_report):
+    _, report, _ = dev_report
+    assert report["past_tier_1"] <= 0.5
+    assert report["past_tier_1"] > 0.0  # the closer look does run on the ambiguous images
+
+
+def test_every_probability_is_finite_and_in_range(dev_report):
+    result, _, _ = dev_report
+    assert all(d is not None and math.isfinite(d.probability) and 0 <= d.probability <= 1 for d in result.decisions)
+
+
+def test_shipped_samples_are_decided_correctly():
+    from tests.conftest import REPO
+
+    with workzone.load_pipeline("default") as pipe:
+        pos = pipe.predict(REPO / "samples" / "roadwork_san_antonio.jpg")
+        neg = pipe.predict(REPO / "samples" / "no_roadwork_cambridge.jpg")
+    assert pos.label and not neg.label
