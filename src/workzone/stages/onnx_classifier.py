@@ -7,19 +7,16 @@ road-work log-odds. A JSON sidecar next to the ``.onnx`` file gives ``input_size
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import threading
-from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import Field
 
-from workzone._optional import require
-from workzone.errors import ModelFileError, StageError
+from workzone.errors import StageError
 from workzone.io.images import ResizeMode, resize_for_model, tile_boxes
+from workzone.stages._onnx import open_session, read_sidecar
 from workzone.stages.base import Stage, StageParams
 from workzone.stages.registry import register_stage
 from workzone.types import Box, Evidence, Image, StageOutput
@@ -61,26 +58,13 @@ class OnnxClassifierStage(Stage):
         await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
-        ort = require("onnxruntime", "default", "the ONNX classifier")
         path = self.context.resolve(self.params.model)
-        if not path.is_file():
-            raise ModelFileError(f"stage {self.name!r}: model file {path} does not exist")
-        meta = _read_sidecar(path)
+        session = open_session(path, threads=self.params.threads, device=self.context.device, inputs=["image"],
+                               prefix=f"stage {self.name!r}: ", feature="the ONNX classifier")
+        meta = read_sidecar(path)
         self._size = int(self.params.input_size or meta.get("input_size", 224))
         self._mode = self.params.resize or meta.get("resize", "squash")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.params.threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if self.context.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            raise ModelFileError(f"stage {self.name!r}: cannot load {path}: {exc}") from exc
-        names = [i.name for i in self._session.get_inputs()]
-        if names != ["image"]:
-            raise ModelFileError(f"stage {self.name!r}: {path} must have one input named 'image', has {names}")
+        self._session = session
 
     async def warmup(self) -> None:
         await self.run_blocking(self._infer, np.zeros((1, 3, self._size, self._size), np.float32))
@@ -147,12 +131,3 @@ class OnnxClassifierStage(Stage):
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
-
-def _read_sidecar(model_path: Path) -> dict:
-    side = model_path.with_suffix(".json")
-    if not side.is_file():
-        return {}
-    try:
-        return json.loads(side.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{side}: not valid JSON ({exc})") from exc

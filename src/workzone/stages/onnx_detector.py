@@ -17,7 +17,6 @@ through :mod:`workzone.stages._evidence_map`.
 from __future__ import annotations
 
 import ast
-import os
 import threading
 from typing import Literal, Sequence
 
@@ -25,9 +24,9 @@ import numpy as np
 from PIL import Image as PILImage
 from pydantic import Field
 
-from workzone._optional import require
 from workzone.errors import ModelFileError, StageError
 from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
+from workzone.stages._onnx import open_session
 from workzone.stages.base import Stage, StageParams
 from workzone.stages.registry import register_stage
 from workzone.types import Image, StageOutput
@@ -70,20 +69,9 @@ class OnnxDetectorStage(Stage):
         await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
-        ort = require("onnxruntime", "default", "the ONNX detector")
         path = self.context.resolve(self.params.model)
-        if not path.is_file():
-            raise ModelFileError(f"stage {self.name!r}: model file {path} does not exist")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.params.threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if self.context.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            raise ModelFileError(f"stage {self.name!r}: cannot load {path}: {exc}") from exc
+        session = open_session(path, threads=self.params.threads, device=self.context.device,
+                               prefix=f"stage {self.name!r}: ", feature="the ONNX detector")
         inp = session.get_inputs()[0]
         self._input = inp.name
         static = [d for d in inp.shape[2:] if isinstance(d, int)]

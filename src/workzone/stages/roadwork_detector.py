@@ -12,8 +12,6 @@ It rises with every box's confidence (monotone), so fusion can learn one weight 
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,9 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import Field
 
-from workzone._optional import require
 from workzone.errors import ModelFileError, StageError
 from workzone.io.images import resize_for_model
+from workzone.stages._onnx import open_session, providers_for, read_sidecar
 from workzone.stages.base import Stage, StageParams
 from workzone.stages.registry import register_stage
 from workzone.training.detector import decode_detections
@@ -56,27 +54,16 @@ class ConeDetectorRunner:
 
     def __init__(self, path: str | Path, *, input_size: int | None = None, threads: int = 0,
                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
-        ort = require("onnxruntime", "default", "the cone detector")
         path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"cone detector model {path} does not exist; train one with `workzone train-detector`")
-        self.meta = _read_sidecar(path)
+        self.session = open_session(path, threads=threads, providers=providers, inputs=["image"],
+                                    hint="; train one with `workzone train-detector`", feature="the cone detector")
+        self.meta = read_sidecar(path)
         self.size = int(input_size or self.meta.get("input_size", 448))
         if self.size % 32:
             raise ModelFileError(f"{path}: input size must be a multiple of 32, got {self.size}")
         self.stride = int(self.meta.get("stride", 8))
         self.class_names: list[str] = list(self.meta.get("class_names", ["cone"]))
         self.score_threshold = float(self.meta.get("score_threshold", 0.3))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            raise ModelFileError(f"cannot load cone detector {path}: {exc}") from exc
-        names = [i.name for i in self.session.get_inputs()]
-        if names != ["image"]:
-            raise ModelFileError(f"{path} must have one input named 'image', has {names}")
         # Serialise runs: each already uses every intra-op thread.
         self._lock = threading.Lock()
 
@@ -124,11 +111,7 @@ class RoadworkDetectorStage(Stage):
 
     def _load_sync(self) -> ConeDetectorRunner:
         path = self.context.resolve(self.params.model)
-        providers = ["CPUExecutionProvider"]
-        if self.context.device.startswith("cuda"):
-            ort = require("onnxruntime", "default", "the cone detector")
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
+        providers = providers_for(self.context.device, feature="the cone detector")
         try:
             return ConeDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
                                       providers=providers)
@@ -191,14 +174,4 @@ def _to_image_coords(det: np.ndarray, w: int, h: int, size: int) -> np.ndarray:
     out[:, [0, 2]] = np.clip((det[:, [0, 2]] - padx) * (w / nw), 0, w)
     out[:, [1, 3]] = np.clip((det[:, [1, 3]] - pady) * (h / nh), 0, h)
     return out
-
-
-def _read_sidecar(model_path: Path) -> dict:
-    side = model_path.with_suffix(".json")
-    if not side.is_file():
-        return {}
-    try:
-        return json.loads(side.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{side}: not valid JSON ({exc})") from exc
 
