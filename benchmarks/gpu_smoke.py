@@ -222,7 +222,8 @@ def main() -> int:
             try:
                 res = run_kind(kind, params, args.device, batch, args.repeats, notes)
                 ref = run_kind(kind, params, "cpu", batch, 1, []) if args.device != "cpu" else res
-                deltas = [abs(a - b) for a, b in zip(res["log_odds"], ref["log_odds"]) if a is not None and b is not None]
+                deltas = [abs(a - b) for a, b in zip(res["log_odds"], ref["log_odds"])
+                          if a is not None and b is not None]
                 delta = f"{max(deltas):.2g}" if deltas else "n/a"
                 lo = ", ".join("abstain" if x is None else f"{x:+.3f}" for x in res["log_odds"])
                 rows.append(f"| {kind} | ok{' (video stub)' if res.get('video_stub') else ''} | {res['device']} | "
