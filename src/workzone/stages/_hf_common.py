@@ -1,7 +1,7 @@
 """Plumbing shared by the Hugging Face transformers stages (classifier, CLIP, OWLv2, depth).
 
-Only loading and device handling live here; each stage keeps its own pre/post-processing.
-Nothing heavy is imported at module import.
+Params, loading, device handling and the model-plus-processor lifecycle (:class:`HFStage`) live
+here; each stage keeps its own pre/post-processing. Nothing heavy is imported at module import.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from pydantic import Field
 
 from workzone._optional import require
 from workzone.errors import ModelFileError
+from workzone.stages._model_stage import ModelStage, torch_device
 from workzone.stages.base import Stage, StageParams
 from workzone.types import Image
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-__all__ = ["HFParams", "load_hf", "pick_device", "to_pil", "model_source", "chunks"]
+__all__ = ["HFParams", "HFStage", "load_hf", "pick_device", "to_pil", "model_source", "chunks"]
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -31,6 +32,21 @@ class HFParams(StageParams):
     revision: str | None = Field(default=None, description="hub revision (branch, tag or commit) to pin")
     dtype: Dtype = Field(default="auto", description="weights dtype; auto = float16 on CUDA, float32 on CPU")
     batch_size: int = Field(default=8, ge=1, le=256)
+
+
+class HFStage(ModelStage):
+    """A :class:`ModelStage` whose model comes with a transformers processor (``self._processor``).
+
+    ``_load_sync`` typically ends with ``self._model, self._processor, self._device = load_hf(...)``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._processor: Any = None
+
+    async def aclose(self) -> None:
+        self._model = None
+        self._processor = None
 
 
 def model_source(stage: Stage, model: str) -> str:
@@ -50,13 +66,7 @@ def model_source(stage: Stage, model: str) -> str:
 
 def pick_device(stage: Stage) -> str:
     """The context's device if torch can use it, else ``cpu``."""
-    torch = require("torch", "hf", "transformers stages")
-    want = stage.context.device
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        return "cpu"
-    if want == "mps" and not torch.backends.mps.is_available():
-        return "cpu"
-    return want
+    return torch_device(stage, "hf", "transformers stages")
 
 
 def load_hf(stage: Stage, params: HFParams, model_cls: str, processor_cls: str,

@@ -20,7 +20,6 @@ not 20 % ones.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -28,8 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workzone.errors import ConfigError, StageError
 from workzone.stages._evidence_map import ClassMap, score_boxes
-from workzone.stages._hf_common import HFParams, chunks, load_hf, to_pil
-from workzone.stages.base import Stage
+from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
 from workzone.stages.registry import create_stage, register_stage
 from workzone.types import Box, Evidence, Image, StageOutput
 
@@ -90,7 +88,7 @@ class DepthParams(HFParams):
 
 
 @register_stage("hf_depth")
-class DepthStage(Stage):
+class DepthStage(HFStage):
     """Runs a detector, then drops its boxes whose depth-implied size is implausible."""
 
     Params = DepthParams
@@ -108,15 +106,11 @@ class DepthStage(Stage):
             raise ConfigError(f"stage {self.name!r} (kind hf_depth): detector kind {kind!r} has no 'classes' "
                               "class map; wrap a detector (onnx_detector, ultralytics, rfdetr, hf_zero_shot_detection)")
         self._sizes = {**DEFAULT_SIZES, **self.params.sizes}
-        self._model = None
-        self._processor = None
-        self._device = "cpu"
         self._metric = False
-        self._lock = threading.Lock()
 
     async def load(self) -> None:
         await self.detector.load()
-        await self.run_blocking(self._load_sync)
+        await super().load()
 
     def _load_sync(self) -> None:
         model, processor, device = load_hf(self, self.params, "AutoModelForDepthEstimation", "AutoImageProcessor")
@@ -203,8 +197,7 @@ class DepthStage(Stage):
 
     async def aclose(self) -> None:
         await self.detector.aclose()
-        self._model = None
-        self._processor = None
+        await super().aclose()
 
 
 def focal_px(width: int, hfov_deg: float) -> float:

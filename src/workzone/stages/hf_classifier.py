@@ -7,16 +7,12 @@ hyphens and underscores; a label the model does not have is a configuration erro
 
 from __future__ import annotations
 
-import threading
-from typing import Sequence
-
 import numpy as np
 from pydantic import Field
 
-from workzone.errors import ConfigError, StageError
+from workzone.errors import ConfigError
 from workzone.stages._evidence_map import normalise_label
-from workzone.stages._hf_common import HFParams, chunks, load_hf, to_pil
-from workzone.stages.base import Stage
+from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
 from workzone.stages.registry import register_stage
 from workzone.types import Evidence, Image, StageOutput, logit
 
@@ -29,7 +25,7 @@ class HFClassifierParams(HFParams):
 
 
 @register_stage("hf_image_classification")
-class HFClassifierStage(Stage):
+class HFClassifierStage(HFStage):
     """Scores whole images with a transformers ``AutoModelForImageClassification``."""
 
     Params = HFClassifierParams
@@ -38,15 +34,8 @@ class HFClassifierStage(Stage):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._model = None
-        self._processor = None
-        self._device = "cpu"
         self._positive: list[int] = []
         self._labels: dict[int, str] = {}
-        self._lock = threading.Lock()
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         model, processor, device = load_hf(self, self.params, "AutoModelForImageClassification", "AutoImageProcessor")
@@ -62,14 +51,6 @@ class HFClassifierStage(Stage):
                               "so the score would always be 1")
         self._labels = labels
         self._model, self._processor, self._device = model, processor, device
-
-    async def warmup(self) -> None:
-        await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
-
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._model is None:
-            raise StageError(self.name, "predict() called before load()")
-        return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         import torch
@@ -96,9 +77,6 @@ class HFClassifierStage(Stage):
         order = np.argsort(-probs)[:self.params.top_k]
         return ("top: " + ", ".join(f"{self._labels.get(int(i), i)} {probs[i]:.2f}" for i in order),)
 
-    async def aclose(self) -> None:
-        self._model = None
-        self._processor = None
 
 
 def _finite(z: float) -> float:

@@ -11,16 +11,13 @@ grounded, which is matched back to the prompt that contains it.
 from __future__ import annotations
 
 import inspect
-import threading
 from typing import Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from workzone.errors import StageError
 from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
-from workzone.stages._hf_common import HFParams, chunks, load_hf, to_pil
-from workzone.stages.base import Stage
+from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
 from workzone.stages.registry import register_stage
 from workzone.types import Image, StageOutput
 
@@ -55,7 +52,7 @@ class OpenVocabParams(HFParams):
 
 
 @register_stage("hf_zero_shot_detection")
-class OpenVocabStage(Stage):
+class OpenVocabStage(HFStage):
     """Detects road-work objects described in text, with no detector training."""
 
     Params = OpenVocabParams
@@ -64,28 +61,13 @@ class OpenVocabStage(Stage):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._model = None
-        self._processor = None
-        self._device = "cpu"
         self._owl = True
         self._queries = list(self.params.prompts)
-        self._lock = threading.Lock()
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         model, processor, device = load_hf(self, self.params, "AutoModelForZeroShotObjectDetection", "AutoProcessor")
         self._owl = model.config.model_type in _OWL_TYPES
         self._model, self._processor, self._device = model, processor, device
-
-    async def warmup(self) -> None:
-        await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
-
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._model is None:
-            raise StageError(self.name, "predict() called before load()")
-        return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         outputs: list[StageOutput] = []
@@ -138,10 +120,6 @@ class OpenVocabStage(Stage):
             y1, y2 = float(np.clip(y1, 0, h)), float(np.clip(y2, 0, h))
             dets.append(Detection(self.params.prompts[prompt], float(np.clip(score, 0, 1)), x1, y1, x2, y2))
         return dets
-
-    async def aclose(self) -> None:
-        self._model = None
-        self._processor = None
 
 
 def match_phrase(phrase: str, prompts: Sequence[str]) -> str | None:

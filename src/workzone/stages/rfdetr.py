@@ -11,16 +11,16 @@ extra into an environment whose torch has a matching torchvision.
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import Field
 
 from workzone._optional import require
-from workzone.errors import ModelFileError, StageError
+from workzone.errors import ModelFileError
 from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
-from workzone.stages.base import Stage, StageParams
+from workzone.stages._model_stage import ModelStage, local_weights, torch_device
+from workzone.stages.base import StageParams
 from workzone.stages.registry import register_stage
 from workzone.types import Image, StageOutput
 
@@ -41,7 +41,7 @@ class RFDETRParams(StageParams):
 
 
 @register_stage("rfdetr")
-class RFDETRStage(Stage):
+class RFDETRStage(ModelStage):
     """Runs an RF-DETR model and scores its boxes as road-work evidence."""
 
     Params = RFDETRParams
@@ -50,18 +50,12 @@ class RFDETRStage(Stage):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._model: Any = None
         self._names: list[str] = []
-        self._lock = threading.Lock()
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         weights = self._weights()
         rfdetr = require("rfdetr", "rfdetr", "RF-DETR detectors")
-        torch = require("torch", "rfdetr")
-        device = self.context.device if self.context.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+        device = torch_device(self, "rfdetr", cuda_only=True)
         cls = getattr(rfdetr, _VARIANTS[self.params.variant])
         try:
             model = cls(pretrain_weights=weights, device=device)
@@ -72,27 +66,14 @@ class RFDETRStage(Stage):
             model.optimize_for_inference()
         names = self.params.class_names or getattr(model, "class_names", None) or []
         self._names = list(names.values()) if isinstance(names, dict) else list(names)
-        self._model = model
+        self._model, self._device = model, device
 
     def _weights(self) -> str | None:
         model = self.params.model
         if model is None:
             return None
-        local = self.context.resolve(model)
-        if local.is_file():
-            return str(local)
-        if self.params.allow_download and "/" not in model:
-            return model
-        raise ModelFileError(f"stage {self.name!r}: checkpoint {local} does not exist (set allow_download: true "
-                             "to let rfdetr fetch a published checkpoint by name)")
-
-    async def warmup(self) -> None:
-        await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
-
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._model is None:
-            raise StageError(self.name, "predict() called before load()")
-        return await self.run_blocking(self._predict_sync, list(batch))
+        return local_weights(self, model, allow_download=self.params.allow_download, fetcher="rfdetr",
+                             what="checkpoint")
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         from PIL import Image as PILImage
@@ -111,9 +92,6 @@ class RFDETRStage(Stage):
             dets = to_detections(det.xyxy, det.confidence, det.class_id, self._names, attached)
             out.append(detections_to_output(dets, self.params.classes))
         return out
-
-    async def aclose(self) -> None:
-        self._model = None
 
 
 def to_detections(xyxy: np.ndarray, confidence: np.ndarray | None, class_id: np.ndarray | None,

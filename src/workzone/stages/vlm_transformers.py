@@ -16,15 +16,15 @@ Needs the ``vlm-local`` extra (torch, transformers; Qwen-VL processors also impo
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import Field
 
 from workzone._optional import require
-from workzone.errors import ModelFileError, StageError
-from workzone.stages.base import Stage, StageParams
+from workzone.errors import ModelFileError
+from workzone.stages._hf_common import HFStage
+from workzone.stages.base import StageParams
 from workzone.stages.registry import register_stage
 from workzone.stages.vlm import DEFAULT_QUESTION, classify_answer_token, downscale_to_pixels
 from workzone.types import Evidence, Image, StageOutput
@@ -52,7 +52,7 @@ class VlmTransformersParams(StageParams):
 
 
 @register_stage("vlm_transformers")
-class VlmTransformersStage(Stage):
+class VlmTransformersStage(HFStage):
     """Scores images by a local VLM's next-token log-probabilities of yes versus no."""
 
     Params = VlmTransformersParams
@@ -62,19 +62,13 @@ class VlmTransformersStage(Stage):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._torch: Any = None
-        self._model: Any = None
-        self._processor: Any = None
         self._yes: list[int] = []
         self._no: list[int] = []
-        self._lock = threading.Lock()  # one forward at a time: a second would only contend for the device
 
     @property
     def answer_ids(self) -> tuple[list[int], list[int]]:
         """Token ids scored as yes and as no (after :meth:`load`)."""
         return list(self._yes), list(self._no)
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         torch = require("torch", "vlm-local", "in-process VLMs")
@@ -98,7 +92,7 @@ class VlmTransformersStage(Stage):
             model = tf.AutoModelForImageTextToText.from_pretrained(src, **kwargs)
         except (OSError, ValueError) as exc:
             raise ModelFileError(f"stage {self.name!r}: cannot load {src} as an image-text-to-text model: {exc}") from exc
-        self._model = model.to(device).eval()
+        self._model, self._device = model.to(device).eval(), device
         self._torch = torch
         tokenizer = self._processor.tokenizer
         # Left padding puts every sequence's last prompt token in the last column, where the next
@@ -114,11 +108,6 @@ class VlmTransformersStage(Stage):
 
     async def warmup(self) -> None:
         await self.run_blocking(self._predict_sync, [Image(np.full((64, 64, 3), 127, np.uint8))])
-
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._model is None:
-            raise StageError(self.name, "predict() called before load()")
-        return await self.run_blocking(self._predict_sync, list(batch))
 
     def _prompt(self) -> str:
         p = self.params
@@ -163,10 +152,6 @@ class VlmTransformersStage(Stage):
         d["device"] = self.context.device
         d["answer_ids"] = {"yes": self._yes, "no": self._no}
         return d
-
-    async def aclose(self) -> None:
-        self._model = None
-        self._processor = None
 
 
 def answer_token_ids(tokenizer: Any, spellings: Sequence[str]) -> list[int]:

@@ -13,17 +13,17 @@ prediction itself saves and plots nothing, so no font is fetched.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from workzone._optional import require
-from workzone.errors import ModelFileError, StageError
+from workzone.errors import ModelFileError
 from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
-from workzone.stages.base import Stage, StageParams
+from workzone.stages._model_stage import ModelStage, local_weights, torch_device
+from workzone.stages.base import StageParams
 from workzone.stages.registry import register_stage
 from workzone.types import Image, StageOutput
 
@@ -47,22 +47,16 @@ class YoloParams(StageParams):
 
 
 @register_stage("ultralytics")
-class YoloStage(Stage):
-    """Runs an Ultralytics YOLO / RT-DETR model and scores its boxes as road-work evidence."""
+class YoloStage(ModelStage):
+    """Runs an Ultralytics YOLO / RT-DETR model and scores its boxes as road-work evidence.
+
+    Ultralytics predictors keep per-call state on the model object, so calls go one at a time
+    (``self._lock``).
+    """
 
     Params = YoloParams
     default_cost = 80.0
     params: YoloParams
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._model = None
-        self._device = "cpu"
-        # Ultralytics predictors keep per-call state on the model object: one call at a time.
-        self._lock = threading.Lock()
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         source = self._source()
@@ -79,34 +73,15 @@ class YoloStage(Stage):
         if getattr(model, "task", "detect") != "detect":
             raise ModelFileError(f"stage {self.name!r}: {self.params.model!r} is a {model.task!r} model; "
                                  "a detection model is needed")
-        self._device = self._pick_device()
+        self._device = torch_device(self, "detect", cuda_only=True)
         self._model = model
 
     def _source(self) -> str:
         """A local file when there is one; a packaged yaml name; a hub name only if downloads are allowed."""
         model = self.params.model
-        local = self.context.resolve(model)
-        if local.is_file():
-            return str(local)
-        if Path(model).suffix in _BUILD_SUFFIXES and "/" not in model:
+        if Path(model).suffix in _BUILD_SUFFIXES and "/" not in model and not self.context.resolve(model).is_file():
             return model  # Ultralytics resolves yolo11n.yaml etc. inside its package: nothing is fetched
-        if self.params.allow_download and "/" not in model:
-            return model
-        raise ModelFileError(f"stage {self.name!r}: model file {local} does not exist (set allow_download: true "
-                             "to let Ultralytics fetch a published checkpoint by name)")
-
-    def _pick_device(self) -> str:
-        torch = require("torch", "detect")
-        want = self.context.device
-        return want if want.startswith("cuda") and torch.cuda.is_available() else "cpu"
-
-    async def warmup(self) -> None:
-        await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
-
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._model is None:
-            raise StageError(self.name, "predict() called before load()")
-        return await self.run_blocking(self._predict_sync, list(batch))
+        return local_weights(self, model, allow_download=self.params.allow_download, fetcher="Ultralytics")
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         p = self.params
@@ -120,9 +95,6 @@ class YoloStage(Stage):
                                               verbose=False, save=False)
             outputs.extend(detections_to_output(results_to_detections(r), p.classes) for r in results)
         return outputs
-
-    async def aclose(self) -> None:
-        self._model = None
 
 
 def results_to_detections(result) -> list[Detection]:

@@ -12,15 +12,11 @@ trusting each pair's absolute calibration.
 
 from __future__ import annotations
 
-import threading
-from typing import Sequence
-
 import numpy as np
 from pydantic import Field, model_validator
 
 from workzone.errors import StageError
-from workzone.stages._hf_common import HFParams, chunks, load_hf, to_pil
-from workzone.stages.base import Stage
+from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
 from workzone.stages.registry import register_stage
 from workzone.types import Evidence, Image, StageOutput
 
@@ -47,7 +43,7 @@ class ZeroShotImageParams(HFParams):
 
 
 @register_stage("hf_zero_shot_image")
-class ZeroShotImageStage(Stage):
+class ZeroShotImageStage(HFStage):
     """Scores images by how much better road-work prompts match than ordinary-road prompts."""
 
     Params = ZeroShotImageParams
@@ -56,14 +52,7 @@ class ZeroShotImageStage(Stage):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._model = None
-        self._processor = None
-        self._device = "cpu"
         self._text_kwargs: dict = {"padding": True}
-        self._lock = threading.Lock()
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         model, processor, device = load_hf(self, self.params, "AutoModel", "AutoProcessor")
@@ -74,14 +63,6 @@ class ZeroShotImageStage(Stage):
             # SigLIP was trained on text padded to 64 tokens; other paddings shift its embeddings.
             self._text_kwargs = {"padding": "max_length", "truncation": True}
         self._model, self._processor, self._device = model, processor, device
-
-    async def warmup(self) -> None:
-        await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
-
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._model is None:
-            raise StageError(self.name, "predict() called before load()")
-        return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         import torch
@@ -102,10 +83,6 @@ class ZeroShotImageStage(Stage):
                 note = f"best prompt: {prompts[best]!r} ({'positive' if best < n_pos else 'negative'})"
                 outputs.append(StageOutput(log_odds=z, evidence=Evidence(notes=(note,))))
         return outputs
-
-    async def aclose(self) -> None:
-        self._model = None
-        self._processor = None
 
 
 def contrast_log_odds(positive: np.ndarray, negative: np.ndarray, temperature: float = 1.0) -> float:

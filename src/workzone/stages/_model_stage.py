@@ -1,0 +1,106 @@
+"""Lifecycle shared by the stages that run one in-process model (transformers, Ultralytics, RF-DETR).
+
+:class:`ModelStage` holds the model, its device and a lock, loads and predicts in a worker thread,
+and refuses to predict before :meth:`~ModelStage.load`. A subclass writes only ``_load_sync``
+(build ``self._model``) and ``_predict_sync`` (score a batch). :func:`local_weights` and
+:func:`torch_device` resolve the weights file and the device the same way for every family.
+Nothing heavy is imported at module import.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from workzone._optional import require
+from workzone.errors import ModelFileError, StageError
+from workzone.stages.base import Stage
+from workzone.types import Image, StageOutput
+
+__all__ = ["ModelStage", "local_weights", "torch_device"]
+
+
+class ModelStage(Stage):
+    """A stage around one in-process model, built by ``_load_sync`` and run by ``_predict_sync``.
+
+    Attributes:
+        _model: the loaded model, ``None`` before :meth:`load` and after :meth:`aclose`.
+        _device: where it runs (set by ``_load_sync``).
+        _lock: serialises calls into the model: frameworks keep per-call state on the model object,
+            and a second concurrent forward would only contend for the same cores or GPU.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._model: Any = None
+        self._device = "cpu"
+        self._lock = threading.Lock()
+
+    async def load(self) -> None:
+        await self.run_blocking(self._load_sync)
+
+    def _load_sync(self) -> None:
+        """Build ``self._model`` (and anything else predict needs); runs in a worker thread."""
+        raise NotImplementedError
+
+    async def warmup(self) -> None:
+        await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
+
+    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+        if self._model is None:
+            raise StageError(self.name, "predict() called before load()")
+        return await self.run_blocking(self._predict_sync, list(batch))
+
+    def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
+        """Score a batch; runs in a worker thread."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self._model = None
+
+
+def local_weights(stage: Stage, model: str, *, allow_download: bool, fetcher: str,
+                  what: str = "model file") -> str:
+    """The weights file next to the pipeline, or a published name when downloads are allowed.
+
+    Args:
+        stage: the stage (for its name and context).
+        model: the ``model`` param: a path, or a bare published name such as ``yolo11n.pt``.
+        allow_download: the stage's ``allow_download`` param.
+        fetcher: the library that would download it, for the message ("Ultralytics", "rfdetr").
+        what: what the file is called in the message ("model file", "checkpoint").
+
+    Returns:
+        The resolved local path, or ``model`` itself for the library to fetch.
+
+    Raises:
+        ModelFileError: the file is not there and downloading is not allowed (or ``model`` is a
+            path, which no library can fetch).
+    """
+    local = stage.context.resolve(model)
+    if local.is_file():
+        return str(local)
+    if allow_download and "/" not in model:
+        return model
+    raise ModelFileError(f"stage {stage.name!r}: {what} {local} does not exist (set allow_download: true "
+                         f"to let {fetcher} fetch a published checkpoint by name)")
+
+
+def torch_device(stage: Stage, extra: str, purpose: str = "", *, cuda_only: bool = False) -> str:
+    """The context's device if torch can use it, else ``cpu``.
+
+    Args:
+        stage: the stage (for its context's device).
+        extra: the workzone extra that installs torch for this stage, for the missing-extra message.
+        purpose: what needs torch, for the same message.
+        cuda_only: the family runs on CUDA or the CPU only, so any other device becomes ``cpu``.
+    """
+    torch = require("torch", extra, purpose)
+    want = stage.context.device
+    if want.startswith("cuda"):
+        return want if torch.cuda.is_available() else "cpu"
+    if cuda_only or (want == "mps" and not torch.backends.mps.is_available()):
+        return "cpu"
+    return want
