@@ -122,3 +122,18 @@ def test_tile_boxes_cover_the_image():
     assert max(b[3] for b in boxes) == 480
     with pytest.raises(ValueError):
         tile_boxes(10, 10, 0)
+
+
+def test_unidentified_image_stays_invalid_when_pil_open_is_patched(monkeypatch):
+    """ultralytics patches PIL.Image.open to import an optional plugin on unknown files."""
+    real_open = PILImage.open
+
+    def patched(fp, *a, **kw):
+        try:
+            return real_open(fp, *a, **kw)
+        except PILImage.UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'pi_heif'")
+
+    monkeypatch.setattr(PILImage, "open", patched)
+    with pytest.raises(InvalidImageError, match="identify"):
+        decode_image(b"definitely not an image")

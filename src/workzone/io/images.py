@@ -160,7 +160,9 @@ def _from_bytes(raw: bytes, limits: ImageLimits, source: str) -> Image:
                 raise InvalidImageError(
                     f"{source}: image has more than {limits.max_pixels} pixels (decompression bomb guard)"
                 ) from exc
-            except UnidentifiedImageError as exc:
+            except (UnidentifiedImageError, ImportError) as exc:
+                # ImportError: ultralytics, once imported, patches PIL.Image.open to retry unknown
+                # files with an optional HEIF plugin and raises ModuleNotFoundError when it is absent.
                 raise InvalidImageError(f"{source}: not an image Pillow can identify") from exc
             except (OSError, SyntaxError, ValueError) as exc:
                 raise InvalidImageError(f"{source}: truncated or corrupt image data ({exc})") from exc
