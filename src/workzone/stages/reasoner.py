@@ -10,8 +10,9 @@ The stage needs the earlier reports: it sets ``needs_evidence = True`` and its `
 ``prior`` (one sequence of :class:`~workzone.types.StageReport` per image), which the cascade
 passes to such stages. Without evidence the stage abstains and sends nothing.
 
-Requests share :class:`~workzone.stages.vlm.OpenAIChat`: pooled, bounded, retried, and behind a
-circuit breaker, with the same error translation as ``vlm_openai``.
+Requests share :class:`~workzone.stages.vlm.OpenAIChat` (through
+:class:`~workzone.stages.vlm.OpenAIChatStage`): pooled, bounded, retried, and behind a circuit
+breaker, with the same error translation as ``vlm_openai``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 from pydantic import Field
 
 from workzone.errors import StageError
-from workzone.resilience import CircuitBreaker
-from workzone.stages.base import Stage
 from workzone.stages.registry import register_stage
-from workzone.stages.vlm import OpenAIChat, OpenAIEndpointParams, collect_outputs
+from workzone.stages.vlm import OpenAIChatStage, OpenAIEndpointParams, collect_outputs
 from workzone.types import Evidence, Image, StageOutput, StageReport, logit
 
 __all__ = ["ReasonerParams", "ReasonerStage", "build_evidence_prompt", "parse_probability"]
@@ -56,7 +55,7 @@ class ReasonerParams(OpenAIEndpointParams):
 
 
 @register_stage("reasoner_openai")
-class ReasonerStage(Stage):
+class ReasonerStage(OpenAIChatStage):
     """Asks a served text model for P(road work) given the evidence so far."""
 
     Params = ReasonerParams
@@ -64,17 +63,6 @@ class ReasonerStage(Stage):
     #: Tells the cascade to pass ``prior=`` (the reports gathered so far) to :meth:`predict`.
     needs_evidence: ClassVar[bool] = True
     params: ReasonerParams
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.chat: OpenAIChat | None = None
-
-    @property
-    def breaker(self) -> CircuitBreaker | None:
-        return None if self.chat is None else self.chat.breaker
-
-    async def load(self) -> None:
-        self.chat = OpenAIChat(self.name, self.params, self.context.extras.get("http_client"))
 
     async def predict(self, batch: Sequence[Image],
                       prior: Sequence[Sequence[StageReport]] | None = None) -> list[StageOutput]:
@@ -84,8 +72,7 @@ class ReasonerStage(Stage):
             batch: the images (only their size is used).
             prior: per image, the reports of the stages that ran before this one, in order.
         """
-        if self.chat is None:
-            raise StageError(self.name, "predict() called before load()")
+        chat = self._loaded_chat()
         if prior is not None and len(prior) != len(batch):
             raise StageError(self.name, f"got evidence for {len(prior)} images and {len(batch)} images")
         reports = [() if prior is None else tuple(r for r in prior[i] if r.stage != self.name)
@@ -93,16 +80,15 @@ class ReasonerStage(Stage):
         if not any(reports):
             note = "no earlier evidence was passed to the reasoner; abstained"
             return [StageOutput(None, Evidence(notes=(note,))) for _ in batch]
-        self.chat.breaker.check()
+        chat.breaker.check()
         results = await asyncio.gather(*(self._ask(im, reps) for im, reps in zip(batch, reports)),
                                        return_exceptions=True)
         return collect_outputs(results)
 
     async def _ask(self, image: Image, reports: Sequence[StageReport]) -> StageOutput:
-        assert self.chat is not None
         if not reports:
             return StageOutput(None, Evidence(notes=("no earlier evidence for this image; abstained",)))
-        data = await self.chat.complete(self.request_body(image, reports))
+        data = await self._loaded_chat().complete(self.request_body(image, reports))
         return self.interpret(data)
 
     def request_body(self, image: Image, reports: Sequence[StageReport]) -> dict[str, Any]:
@@ -131,17 +117,6 @@ class ReasonerStage(Stage):
         z = max(-m, min(m, logit(prob, eps=1e-9)))
         note = f"{self.params.model}: P(road work)={prob:.3f}" + (f": {reason[:240]}" if reason else "")
         return StageOutput(z, Evidence(notes=(note,)))
-
-    def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        d["endpoint"] = self.params.base_url
-        d["breaker"] = None if self.breaker is None else self.breaker.snapshot()
-        return d
-
-    async def aclose(self) -> None:
-        if self.chat is not None:
-            await self.chat.aclose()
-            self.chat = None
 
 
 def build_evidence_prompt(reports: Sequence[StageReport], size: tuple[int, int] | None = None,

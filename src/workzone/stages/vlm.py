@@ -40,7 +40,7 @@ from workzone.types import Evidence, Image, StageOutput
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["OpenAIEndpointParams", "VlmParams", "VlmStage", "OpenAIChat", "yes_no_log_odds",
+__all__ = ["OpenAIEndpointParams", "VlmParams", "VlmStage", "OpenAIChat", "OpenAIChatStage", "yes_no_log_odds",
            "classify_answer_token", "downscale_to_pixels", "image_data_url", "collect_outputs"]
 
 DEFAULT_QUESTION = (
@@ -154,13 +154,15 @@ class OpenAIChat:
             await self._client.aclose()
 
 
-@register_stage("vlm_openai")
-class VlmStage(Stage):
-    """Asks a served VLM whether the image shows road work; P(yes) from first-token logprobs."""
+class OpenAIChatStage(Stage):
+    """Base of the stages that call an OpenAI-compatible endpoint through :class:`OpenAIChat`.
 
-    Params = VlmParams
-    default_cost = 400.0
-    params: VlmParams
+    Holds the client (``self.chat``, created by :meth:`load` on the injected ``http_client`` when
+    the host gives one), exposes its breaker, reports the endpoint in :meth:`describe` and closes
+    the client in :meth:`aclose`. Subclasses implement ``predict`` and call :meth:`_loaded_chat`.
+    """
+
+    params: OpenAIEndpointParams
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -176,10 +178,34 @@ class VlmStage(Stage):
         # starting; the breaker handles it at predict time.
         self.chat = OpenAIChat(self.name, self.params, self.context.extras.get("http_client"))
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    def _loaded_chat(self) -> OpenAIChat:
+        """The client, or :class:`StageError` when :meth:`load` has not run."""
         if self.chat is None:
             raise StageError(self.name, "predict() called before load()")
-        self.chat.breaker.check()  # open circuit: fail at once, the cascade decides without us
+        return self.chat
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["endpoint"] = self.params.base_url
+        d["breaker"] = None if self.breaker is None else self.breaker.snapshot()
+        return d
+
+    async def aclose(self) -> None:
+        if self.chat is not None:
+            await self.chat.aclose()
+            self.chat = None
+
+
+@register_stage("vlm_openai")
+class VlmStage(OpenAIChatStage):
+    """Asks a served VLM whether the image shows road work; P(yes) from first-token logprobs."""
+
+    Params = VlmParams
+    default_cost = 400.0
+    params: VlmParams
+
+    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+        self._loaded_chat().breaker.check()  # open circuit: fail at once, the cascade decides without us
         urls = await self.run_blocking(self._encode_all, list(batch))
         results = await asyncio.gather(*(self._ask(u) for u in urls), return_exceptions=True)
         return collect_outputs(results)
@@ -188,8 +214,7 @@ class VlmStage(Stage):
         return [image_data_url(im.pixels, self.params.max_pixels, self.params.jpeg_quality) for im in batch]
 
     async def _ask(self, data_url: str) -> StageOutput:
-        assert self.chat is not None
-        data = await self.chat.complete(self.request_body(data_url))
+        data = await self._loaded_chat().complete(self.request_body(data_url))
         return self.interpret(data)
 
     def request_body(self, data_url: str) -> dict[str, Any]:
@@ -235,17 +260,6 @@ class VlmStage(Stage):
         z = p.text_log_odds if answer == "yes" else -p.text_log_odds
         note = f"{p.model} answered {text[:40]!r}; no yes/no logprobs, scored from the text"
         return StageOutput(z, Evidence(notes=(note,)))
-
-    def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        d["endpoint"] = self.params.base_url
-        d["breaker"] = None if self.breaker is None else self.breaker.snapshot()
-        return d
-
-    async def aclose(self) -> None:
-        if self.chat is not None:
-            await self.chat.aclose()
-            self.chat = None
 
 
 def collect_outputs(results: list[Any]) -> list[StageOutput]:
