@@ -3,10 +3,10 @@ tiny random Depth Anything wrapped around the tiny YOLOv8-layout ONNX detector."
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
+
+from tests.stages._support import run_stage
 
 from workzone.errors import ConfigError
 from workzone.stages.depth import box_size_m, fit_ground_scale, focal_px
@@ -91,17 +91,6 @@ def models(tmp_path_factory):
     return save_depth_anything(root / "depth"), root / "tiny.onnx"
 
 
-def _run(stage, images):
-    async def go():
-        await stage.load()
-        await stage.warmup()
-        try:
-            return await stage.predict(images)
-        finally:
-            await stage.aclose()
-    return asyncio.run(go())
-
-
 def _stage(models, **extra):
     depth_dir, onnx_path = models
     detector = {"kind": "onnx_detector", "model": str(onnx_path), "format": "yolov8", "conf": 0.3,
@@ -116,7 +105,7 @@ IMAGES = [Image(np.zeros((64, 128, 3), np.uint8)),
 
 
 def test_implausible_cone_is_dropped_and_the_score_recomputed(models):
-    outs = _run(_stage(models, sizes={"cone": {"height": [0.001, 0.002], "width": [0.001, 0.002]}}), IMAGES)
+    outs = run_stage(_stage(models, sizes={"cone": {"height": [0.001, 0.002], "width": [0.001, 0.002]}}), IMAGES)
     for out in outs:
         assert [b.label for b in out.evidence.boxes] == ["worker"]
         notes = " | ".join(out.evidence.notes)
@@ -126,9 +115,9 @@ def test_implausible_cone_is_dropped_and_the_score_recomputed(models):
 
 
 def test_plausible_boxes_are_kept_with_the_detector_score(models):
-    inner = _run(create_stage("onnx_detector", "d", {"model": str(models[1]), "format": "yolov8", "conf": 0.3}),
+    inner = run_stage(create_stage("onnx_detector", "d", {"model": str(models[1]), "format": "yolov8", "conf": 0.3}),
                  IMAGES)
-    outs = _run(_stage(models, sizes={"cone": {"height": [0.0, 1e6], "width": [0.0, 1e6]}}), IMAGES)
+    outs = run_stage(_stage(models, sizes={"cone": {"height": [0.0, 1e6], "width": [0.0, 1e6]}}), IMAGES)
     for out, ref in zip(outs, inner):
         assert out.evidence.boxes == ref.evidence.boxes
         assert out.log_odds == pytest.approx(ref.log_odds)
@@ -136,7 +125,7 @@ def test_plausible_boxes_are_kept_with_the_detector_score(models):
 
 
 def test_no_boxes_means_no_depth_run(models):
-    outs = _run(_stage(models, detector={"kind": "onnx_detector", "model": str(models[1]), "format": "yolov8",
+    outs = run_stage(_stage(models, detector={"kind": "onnx_detector", "model": str(models[1]), "format": "yolov8",
                                          "conf": 0.99}), IMAGES[:1])
     assert outs[0].evidence.boxes == ()
     assert not any(n.startswith("depth:") for n in outs[0].evidence.notes)

@@ -11,6 +11,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("torch")
 
 from tests.stages._tiny_hf import save_vit_classifier  # noqa: E402
+from tests.stages._support import run_stage  # noqa: E402
 
 from workzone.errors import ConfigError, ModelFileError  # noqa: E402
 from workzone.stages.base import StageContext  # noqa: E402
@@ -24,17 +25,6 @@ IMAGES = [Image(np.zeros((40, 50, 3), np.uint8)),
 @pytest.fixture(scope="module")
 def vit3(tmp_path_factory):
     return save_vit_classifier(tmp_path_factory.mktemp("vit3"), ["none", "road_work", "Construction Zone"])
-
-
-def _run(stage, images):
-    async def go():
-        await stage.load()
-        await stage.warmup()
-        try:
-            return await stage.predict(images)
-        finally:
-            await stage.aclose()
-    return asyncio.run(go())
 
 
 def _reference_probs(folder, images):
@@ -52,7 +42,7 @@ def test_log_odds_sum_the_positive_softmax_mass(vit3):
     # Labels match ignoring case, spaces and underscores.
     stage = create_stage("hf_image_classification", "vit",
                          {"model": str(vit3), "positive_labels": ["Road Work", "construction_zone"]})
-    outs = _run(stage, IMAGES)
+    outs = run_stage(stage, IMAGES)
     probs = _reference_probs(vit3, IMAGES)
     assert len(outs) == 2
     for out, p in zip(outs, probs):
@@ -66,7 +56,7 @@ def test_relative_model_dir_resolves_against_the_pipeline_folder(vit3):
     stage = create_stage("hf_image_classification", "vit", {"model": vit3.name, "positive_labels": ["road_work"],
                                                              "batch_size": 1},
                          context=StageContext(base_dir=vit3.parent))
-    outs = _run(stage, IMAGES)
+    outs = run_stage(stage, IMAGES)
     p = _reference_probs(vit3, IMAGES)
     assert [o.log_odds for o in outs] == pytest.approx(list(np.log(p[:, 1]) - np.log(p[:, 0] + p[:, 2])), abs=1e-4)
 

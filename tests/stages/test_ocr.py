@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.stages._support import run_stage
 
 import workzone.stages.ocr as ocr  # registers sign_ocr
 from workzone.stages._lexicon import load_lexicon, normalise_text, substring_distance
@@ -130,17 +131,6 @@ def test_proposals_find_the_panel_and_skip_plain_or_border_regions():
     assert ocr.propose_sign_regions(np.full((200, 300, 3), 128, np.uint8)) == []
 
 
-def _run(stage, images):
-    async def go():
-        await stage.load()
-        try:
-            return await stage.predict(images)
-        finally:
-            await stage.aclose()
-
-    return asyncio.run(go())
-
-
 @needs_font
 def test_stage_reads_rendered_signs_in_several_languages():
     pytest.importorskip("rapidocr_onnxruntime")
@@ -153,7 +143,7 @@ def test_stage_reads_rendered_signs_in_several_languages():
         np.full((300, 400, 3), 100, np.uint8),
     ]
     stage = create_stage("sign_ocr", "ocr", {})
-    outs = _run(stage, [Image(f) for f in frames])
+    outs = run_stage(stage, [Image(f) for f in frames], warmup=False)
     notes = [o.evidence.notes[0] for o in outs[:4]]
     assert notes[0].startswith("matched 'ROAD WORK AHEAD'")  # the three lines joined
     assert notes[1].startswith("matched 'BAUSTELLE' (de")
@@ -181,6 +171,6 @@ def test_stage_reads_a_small_distant_sign_from_full_resolution():
     for i, t in enumerate(["ROAD", "CLOSED"]):
         d.text((1475 - d.textlength(t, font=font) / 2, 318 + i * 32), t, fill=(0, 0, 0), font=font)
     frame = np.asarray(im)
-    out = _run(create_stage("sign_ocr", "ocr", {}), [Image(frame)])[0]
+    out = run_stage(create_stage("sign_ocr", "ocr", {}), [Image(frame)], warmup=False)[0]
     assert any(t.matched == "ROAD CLOSED" for t in out.evidence.texts), out.evidence
     assert out.log_odds > 2.0

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.stages._support import run_stage
+
 from workzone.errors import ConfigError, ModelFileError
 from workzone.stages.base import StageContext
 from workzone.stages.onnx_detector import decode_yolox, letterbox, nms
@@ -17,17 +19,6 @@ from workzone.types import Image, sigmoid
 YOLOX_DIR = Path(__file__).resolve().parents[3] / "shared" / "models" / "yolox-nano"
 CAMVID = Path(__file__).resolve().parents[3] / "shared" / "data" / "roadwork-v1" / "images" / "camvid" / "0001tp_006690.jpg"
 needs_yolox = pytest.mark.skipif(not (YOLOX_DIR / "yolox_nano.onnx").is_file(), reason="shared YOLOX-Nano not present")
-
-
-def _run(stage, images):
-    async def go():
-        await stage.load()
-        await stage.warmup()
-        try:
-            return await stage.predict(images)
-        finally:
-            await stage.aclose()
-    return asyncio.run(go())
 
 
 # -- pure functions ---------------------------------------------------------------------------
@@ -79,7 +70,7 @@ def _yolox(**extra):
 @needs_yolox
 def test_yolox_nano_on_a_blank_image_reports_the_prior():
     blank = Image(np.full((240, 320, 3), 90, np.uint8))
-    (out,) = _run(_yolox(classes={"prior": 0.2}), [blank])
+    (out,) = run_stage(_yolox(classes={"prior": 0.2}), [blank])
     assert out.evidence.boxes == ()
     assert sigmoid(out.log_odds) == pytest.approx(0.2, abs=1e-6)
 
@@ -91,7 +82,7 @@ def test_yolox_nano_finds_cars_in_a_street_scene_and_maps_them():
 
     img = decode_image(CAMVID)
     stage = _yolox(classes={"labels": {"car": "vehicle", "bus": "vehicle"}, "weights": {"vehicle": 0.2}})
-    mapped, unmapped = _run(stage, [img, img])[0], _run(_yolox(), [img])[0]
+    mapped, unmapped = run_stage(stage, [img, img])[0], run_stage(_yolox(), [img])[0]
     vehicles = [b for b in mapped.evidence.boxes if b.label == "vehicle"]
     assert len(vehicles) >= 2
     for b in vehicles:
@@ -149,7 +140,7 @@ def test_yolov8_layout_decodes_unletterboxes_and_reads_names_metadata(tmp_path):
     stage = create_stage("onnx_detector", "v8", {"model": "tiny.onnx", "format": "yolov8", "conf": 0.3},
                          context=StageContext(base_dir=tmp_path))
     img = Image(np.zeros((64, 128, 3), np.uint8))  # scale 0.5, dy = 16
-    (out,) = _run(stage, [img])
+    (out,) = run_stage(stage, [img])
     box, worker = out.evidence.boxes  # the overlapping second cone was suppressed
     assert box.label == "cone" and box.score == pytest.approx(0.9)
     # canvas box (22, 27, 42, 37) -> image ((22 - 0) / 0.5, (27 - 16) / 0.5, ...)

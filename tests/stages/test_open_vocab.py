@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 
@@ -11,6 +9,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("torch")
 
 from tests.stages._tiny_hf import save_owlv2  # noqa: E402
+from tests.stages._support import run_stage  # noqa: E402
 
 from workzone.errors import ConfigError  # noqa: E402
 from workzone.stages.open_vocab import match_phrase  # noqa: E402
@@ -25,17 +24,6 @@ IMAGES = [Image(np.zeros((40, 50, 3), np.uint8)),
 @pytest.fixture(scope="module")
 def owl_dir(tmp_path_factory):
     return save_owlv2(tmp_path_factory.mktemp("owl"))
-
-
-def _run(stage, images):
-    async def go():
-        await stage.load()
-        await stage.warmup()
-        try:
-            return await stage.predict(images)
-        finally:
-            await stage.aclose()
-    return asyncio.run(go())
 
 
 def _reference(folder, images, threshold):
@@ -58,7 +46,7 @@ def _reference(folder, images, threshold):
 def test_boxes_match_transformers_and_map_prompts_to_evidence(owl_dir):
     stage = create_stage("hf_zero_shot_detection", "owl", {"model": str(owl_dir), "prompts": PROMPTS,
                                                            "threshold": 0.5, "classes": {"max_boxes": 1000}})
-    outs = _run(stage, IMAGES)
+    outs = run_stage(stage, IMAGES)
     ref = _reference(owl_dir, IMAGES, 0.5)
     assert len(outs) == 2
     for out, expected, img in zip(outs, ref, IMAGES):
@@ -73,7 +61,7 @@ def test_boxes_match_transformers_and_map_prompts_to_evidence(owl_dir):
 def test_nothing_above_threshold_gives_the_prior(owl_dir):
     stage = create_stage("hf_zero_shot_detection", "owl", {"model": str(owl_dir), "prompts": PROMPTS,
                                                            "threshold": 1.0, "classes": {"prior": 0.05}})
-    (out,) = _run(stage, IMAGES[:1])
+    (out,) = run_stage(stage, IMAGES[:1])
     assert sigmoid(out.log_odds) == pytest.approx(0.05, abs=1e-6)
 
 

@@ -8,11 +8,12 @@ conversion of rfdetr's output arrays and the path checks run everywhere.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 
 import numpy as np
 import pytest
+
+from tests.stages._support import why_cannot_run
 
 from workzone.errors import ConfigError, MissingExtraError, ModelFileError
 from workzone.stages.base import StageContext
@@ -23,16 +24,7 @@ from workzone.types import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _rfdetr_works() -> str | None:
-    try:
-        importlib.import_module("torchvision")
-        importlib.import_module("rfdetr")
-    except Exception as exc:  # noqa: BLE001 - any import failure means "cannot run here"
-        return f"rfdetr cannot run here: {type(exc).__name__}: {exc}"
-    return None
-
-
-_WHY = _rfdetr_works()
+_WHY = why_cannot_run("rfdetr", "torchvision", "rfdetr")
 
 
 @pytest.mark.parametrize(("class_name", "names", "expected"), [

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.stages._support import run_stage
+
 import workzone.stages.roadwork_detector as rd  # registers the kind until the builtin table lists it
 from workzone.errors import ModelFileError
 from workzone.stages.base import StageContext
@@ -59,18 +61,6 @@ def build_red_detector(path: Path, size: int = 64) -> Path:
     return path
 
 
-def _run(stage, images):
-    async def go():
-        await stage.load()
-        await stage.warmup()
-        try:
-            return await stage.predict(images)
-        finally:
-            await stage.aclose()
-
-    return asyncio.run(go())
-
-
 @pytest.fixture
 def red_model(tmp_path: Path) -> Path:
     pytest.importorskip("onnxruntime")
@@ -87,7 +77,7 @@ def _blue_with_red(w=256, h=128, box=(64, 64, 96, 96), red=255) -> np.ndarray:
 
 def test_boxes_map_back_through_the_letterbox(red_model: Path):
     stage = create_stage("roadwork_detector", "det", {"model": str(red_model)})
-    out = _run(stage, [Image(_blue_with_red())])[0]
+    out = run_stage(stage, [Image(_blue_with_red())])[0]
     assert out.evidence.boxes, out
     b = out.evidence.boxes[0]
     assert b.label == "cone" and b.score > 0.8  # bilinear resizing blurs the square's edges a little
@@ -100,7 +90,7 @@ def test_score_is_monotone_in_box_confidence(red_model: Path):
     stage = create_stage("roadwork_detector", "det", {"model": str(red_model)})
     blue = _blue_with_red(box=(0, 0, 0, 0))
     faint, strong = _blue_with_red(red=90), _blue_with_red(red=255)
-    z_blue, z_faint, z_strong = (o.log_odds for o in _run(stage, [Image(blue), Image(faint), Image(strong)]))
+    z_blue, z_faint, z_strong = (o.log_odds for o in run_stage(stage, [Image(blue), Image(faint), Image(strong)]))
     assert z_blue == pytest.approx(logit(1e-4))  # no box at all: strong evidence against, finite
     assert z_blue < z_faint < z_strong
 
@@ -110,7 +100,7 @@ def test_two_boxes_pool_higher_than_one(red_model: Path):
     two = one.copy()
     two[64:96, 160:192] = (120, 0, 0)
     stage = create_stage("roadwork_detector", "det", {"model": str(red_model), "score_threshold": 0.2})
-    z1, z2 = (o.log_odds for o in _run(stage, [Image(one), Image(two)]))
+    z1, z2 = (o.log_odds for o in run_stage(stage, [Image(one), Image(two)]))
     assert z2 > z1
     assert rd.pool_scores(np.array([0.4, 0.4])) > rd.pool_scores(np.array([0.4]))
 
@@ -139,7 +129,7 @@ def test_shipped_model_finds_a_boxed_dev_cone_and_stays_quiet_on_empty_roads():
     truth = np.array([[(cx - w / 2) * img.width, (cy - h / 2) * img.height, (cx + w / 2) * img.width, (cy + h / 2) * img.height]])
     negs = [decode_image(DATA / r["path"]) for r in rows if r["source"] == "CamVid"][:8]
     stage = create_stage("roadwork_detector", "det", {})
-    outs = _run(stage, [img, *negs])
+    outs = run_stage(stage, [img, *negs])
     top = outs[0].evidence.boxes[0]
     assert box_iou(np.array([[top.x1, top.y1, top.x2, top.y2]]), truth)[0, 0] > 0.5
     assert outs[0].log_odds > np.median([o.log_odds for o in outs[1:]])

@@ -21,6 +21,8 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "Qwen3VLForConditionalGeneration"):
     pytest.skip("the installed transformers has no Qwen3-VL", allow_module_level=True)
 
+from tests.stages._support import run_stage  # noqa: E402
+
 from workzone.errors import ModelFileError  # noqa: E402
 from workzone.stages.registry import create_stage  # noqa: E402
 from workzone.stages.vlm_transformers import answer_token_ids  # noqa: E402
@@ -104,19 +106,10 @@ def rand_image(seed: int, h: int, w: int) -> Image:
     return Image(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-async def _run(stage, batch):
-    await stage.load()
-    await stage.warmup()
-    try:
-        return await stage.predict(batch)
-    finally:
-        await stage.aclose()
-
-
 def test_scores_match_an_independent_forward_pass(tiny_vlm):
     images = [rand_image(1, 70, 110), rand_image(2, 48, 48), rand_image(3, 130, 60)]
     stage = create_stage("vlm_transformers", "vlm_local", {"model": str(tiny_vlm), "batch_size": 8, "max_pixels": 96 * 96})
-    out = asyncio.run(_run(stage, images))
+    out = run_stage(stage, images)
     yes, no = stage.answer_ids
     proc = transformers.AutoProcessor.from_pretrained(tiny_vlm)
     tok = proc.tokenizer
@@ -141,8 +134,8 @@ def test_scores_match_an_independent_forward_pass(tiny_vlm):
 
 def test_batch_size_does_not_change_scores(tiny_vlm):
     images = [rand_image(s, 40 + 17 * s, 90 - 9 * s) for s in range(4)]
-    a = asyncio.run(_run(create_stage("vlm_transformers", "a", {"model": str(tiny_vlm), "batch_size": 4}), images))
-    b = asyncio.run(_run(create_stage("vlm_transformers", "b", {"model": str(tiny_vlm), "batch_size": 1}), images))
+    a = run_stage(create_stage("vlm_transformers", "a", {"model": str(tiny_vlm), "batch_size": 4}), images)
+    b = run_stage(create_stage("vlm_transformers", "b", {"model": str(tiny_vlm), "batch_size": 1}), images)
     assert [x.log_odds for x in a] == pytest.approx([x.log_odds for x in b], abs=1e-4)
 
 
@@ -151,7 +144,7 @@ def test_relative_model_folder_resolves_against_the_pipeline(tiny_vlm):
 
     stage = create_stage("vlm_transformers", "rel", {"model": tiny_vlm.name, "max_log_odds": 0.001},
                          context=StageContext(base_dir=tiny_vlm.parent))
-    out = asyncio.run(_run(stage, [rand_image(9, 50, 50)]))
+    out = run_stage(stage, [rand_image(9, 50, 50)])
     assert abs(out[0].log_odds) <= 0.001  # clipped by max_log_odds
     assert stage.describe()["answer_ids"]["yes"]
 

@@ -8,12 +8,13 @@ torchvision is missing or broken they are skipped, and the tests that need no mo
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import tempfile
 
 import numpy as np
 import pytest
+
+from tests.stages._support import run_stage, why_cannot_run
 
 from workzone.errors import MissingExtraError, ModelFileError
 from workzone.stages.base import StageContext
@@ -26,16 +27,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="wz-ultralytics-"))
 
 
-def _ultralytics_works() -> str | None:
-    try:
-        importlib.import_module("torchvision")
-        importlib.import_module("ultralytics")
-    except Exception as exc:  # noqa: BLE001 - any import failure means "cannot run here"
-        return f"ultralytics cannot run here: {type(exc).__name__}: {exc}"
-    return None
-
-
-_WHY = _ultralytics_works()
+_WHY = why_cannot_run("ultralytics", "torchvision", "ultralytics")
 needs_ultralytics = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 IMAGES = [Image(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)),
           Image(np.full((90, 60, 3), (200, 40, 10), np.uint8))]
@@ -55,17 +47,6 @@ def tiny_pt(tmp_path_factory):
     return path
 
 
-def _run(stage, images):
-    async def go():
-        await stage.load()
-        await stage.warmup()
-        try:
-            return await stage.predict(images)
-        finally:
-            await stage.aclose()
-    return asyncio.run(go())
-
-
 @needs_ultralytics
 def test_boxes_match_ultralytics_on_rgb_input(tiny_pt):
     from PIL import Image as PILImage
@@ -74,7 +55,7 @@ def test_boxes_match_ultralytics_on_rgb_input(tiny_pt):
     stage = create_stage("ultralytics", "yolo", {"model": tiny_pt.name, "conf": 0.0, "imgsz": 64,
                                                  "classes": ALL_CONES},
                          context=StageContext(base_dir=tiny_pt.parent))
-    outs = _run(stage, IMAGES)
+    outs = run_stage(stage, IMAGES)
     ref_model = YOLO(str(tiny_pt))
     for out, img in zip(outs, IMAGES):
         # A PIL image is read as RGB by Ultralytics: equal boxes mean the stage's BGR hand-over is right.
@@ -89,14 +70,14 @@ def test_boxes_match_ultralytics_on_rgb_input(tiny_pt):
 def test_high_conf_on_a_random_model_reports_the_prior(tiny_pt):
     stage = create_stage("ultralytics", "yolo", {"model": str(tiny_pt), "conf": 0.9, "imgsz": 64,
                                                  "classes": {**ALL_CONES, "prior": 0.07}})
-    outs = _run(stage, IMAGES)
+    outs = run_stage(stage, IMAGES)
     assert [sigmoid(o.log_odds) for o in outs] == pytest.approx([0.07, 0.07], abs=1e-6)
 
 
 @needs_ultralytics
 def test_packaged_yaml_builds_without_download():
     stage = create_stage("ultralytics", "yolo", {"model": "yolo11n.yaml", "conf": 0.0, "imgsz": 64, "max_det": 5})
-    outs = _run(stage, IMAGES[:1])
+    outs = run_stage(stage, IMAGES[:1])
     assert len(outs) == 1 and np.isfinite(outs[0].log_odds)
 
 

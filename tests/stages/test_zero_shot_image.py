@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 
@@ -11,6 +9,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("torch")
 
 from tests.stages._tiny_hf import save_clip  # noqa: E402
+from tests.stages._support import run_stage  # noqa: E402
 
 from workzone.errors import ConfigError  # noqa: E402
 from workzone.stages.registry import create_stage  # noqa: E402
@@ -28,17 +27,6 @@ def clip_dir(tmp_path_factory):
     return save_clip(tmp_path_factory.mktemp("clip"))
 
 
-def _run(stage, images):
-    async def go():
-        await stage.load()
-        await stage.warmup()
-        try:
-            return await stage.predict(images)
-        finally:
-            await stage.aclose()
-    return asyncio.run(go())
-
-
 def _reference_logits(folder, images):
     import torch
     from transformers import AutoModel, AutoProcessor
@@ -54,7 +42,7 @@ def _reference_logits(folder, images):
 def test_log_odds_contrast_positive_and_negative_prompts(clip_dir, temperature):
     stage = create_stage("hf_zero_shot_image", "clip", {"model": str(clip_dir), "positive_prompts": POS,
                                                         "negative_prompts": NEG, "temperature": temperature})
-    outs = _run(stage, IMAGES)
+    outs = run_stage(stage, IMAGES)
     ref = _reference_logits(clip_dir, IMAGES) / temperature
     for out, row in zip(outs, ref):
         expected = np.log(np.exp(row[:2]).sum()) - row[2]
@@ -63,9 +51,9 @@ def test_log_odds_contrast_positive_and_negative_prompts(clip_dir, temperature):
 
 
 def test_swapping_prompts_flips_the_sign(clip_dir):
-    a = _run(create_stage("hf_zero_shot_image", "c", {"model": str(clip_dir), "positive_prompts": [POS[0]],
+    a = run_stage(create_stage("hf_zero_shot_image", "c", {"model": str(clip_dir), "positive_prompts": [POS[0]],
                                                       "negative_prompts": NEG}), IMAGES[:1])[0]
-    b = _run(create_stage("hf_zero_shot_image", "c", {"model": str(clip_dir), "positive_prompts": NEG,
+    b = run_stage(create_stage("hf_zero_shot_image", "c", {"model": str(clip_dir), "positive_prompts": NEG,
                                                       "negative_prompts": [POS[0]]}), IMAGES[:1])[0]
     assert a.log_odds == pytest.approx(-b.log_odds, abs=1e-5)
     assert a.log_odds != 0
