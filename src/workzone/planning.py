@@ -1,4 +1,4 @@
-"""Pre-flight checks and GPU memory plans for pipelines (``workzone check`` / ``workzone plan``).
+"""GPU memory plans for pipelines (``workzone plan``); the pre-flight checks are in :mod:`workzone.checking`.
 
 The plan is an estimate from a few numbers, not a measurement: weights are parameter count x bytes
 per parameter, VLM/LLM engines add a KV cache of ``2 x layers x kv_heads x head_dim x bytes x
@@ -13,15 +13,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from importlib.util import find_spec
-from pathlib import Path
 from typing import Any, Iterable, Literal
 from urllib.parse import urlparse
 
+from workzone.checking import ENGINE_KINDS, KIND_REQUIREMENTS, CheckRow, check_pipeline, missing_modules, nested_stages
 from workzone.config.schema import PipelineConfig, StageSpec
 from workzone.errors import ConfigError
-from workzone.stages.base import StageContext
 
+# KIND_REQUIREMENTS, missing_modules, CheckRow and check_pipeline live in workzone.checking; they are
+# re-exported here because callers imported them from this module before the split.
 __all__ = ["ModelSpec", "MODEL_TABLE", "KIND_REQUIREMENTS", "Quant", "GpuSpec", "parse_gpus", "lookup_model",
            "Item", "Plan", "plan_pipeline", "missing_modules", "launch_commands", "CheckRow", "check_pipeline"]
 
@@ -102,24 +102,6 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
                                                   ("medium", 0.034, 0.2), ("base", 0.029, 0.2), ("large", 0.128, 0.3))),
 )
 
-#: kind -> (extra, modules it imports). ``workzone check`` looks each module up without importing it.
-KIND_REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "onnx_classifier": ("default", ("onnxruntime",)),
-    "onnx_detector": ("default", ("onnxruntime",)),
-    "roadwork_detector": ("default", ("onnxruntime",)),
-    "sign_ocr": ("default", ("rapidocr_onnxruntime", "cv2")),
-    "ultralytics": ("detect", ("ultralytics", "torch", "torchvision")),
-    "rfdetr": ("rfdetr", ("rfdetr", "torch", "torchvision")),
-    "hf_zero_shot_detection": ("hf", ("transformers", "torch")),
-    "hf_image_classification": ("hf", ("transformers", "torch")),
-    "hf_zero_shot_image": ("hf", ("transformers", "torch")),
-    "hf_depth": ("hf", ("transformers", "torch")),
-    "vlm_openai": ("vlm", ("httpx", "tenacity")),
-    "reasoner_openai": ("vlm", ("httpx", "tenacity")),
-    "vlm_transformers": ("vlm-local", ("transformers", "torch", "torchvision")),
-}
-
-ENGINE_KINDS = ("vlm_openai", "reasoner_openai")
 GPU_KINDS = ("ultralytics", "rfdetr", "hf_zero_shot_detection", "hf_image_classification", "hf_zero_shot_image",
              "hf_depth", "vlm_transformers")
 
@@ -128,15 +110,6 @@ GPU_KINDS = ("ultralytics", "rfdetr", "hf_zero_shot_detection", "hf_image_classi
 _QUANT_BYTES: dict[str, float] = {"none": 2.0, "fp8": 1.0, "int8": 1.0, "awq": 0.53, "nvfp4": 0.5625}
 _UNQUANTISED_SHARE = 0.1
 _VLLM_QUANT = {"fp8": "fp8", "awq": "awq", "nvfp4": "modelopt_fp4", "int8": None}
-
-
-def missing_modules(kind: str) -> tuple[str, list[str]] | None:
-    """``(extra, missing module names)`` for a kind, or ``None`` when the kind is not in the table."""
-    req = KIND_REQUIREMENTS.get(kind)
-    if req is None:
-        return None
-    extra, modules = req
-    return extra, [m for m in modules if find_spec(m) is None]
 
 
 def _normalise(model_id: str) -> str:
@@ -283,7 +256,7 @@ def _collect_items(config: PipelineConfig, quant: str) -> tuple[list[Item], list
             if st.kind in ENGINE_KINDS:
                 _add_to_engine(engines, st, quant)
             elif st.kind in GPU_KINDS or (st.device or "").startswith("cuda"):
-                parts = [_in_process_item(s) for s in [st, *_nested_stages(st)]]
+                parts = [_in_process_item(s) for s in [st, *nested_stages(st)]]
                 for part in parts:
                     if part.spec is None:
                         warnings.append(f"stage {part.name!r}: model {part.model!r} is not in the planner's table; "
@@ -295,20 +268,6 @@ def _collect_items(config: PipelineConfig, quant: str) -> tuple[list[Item], list
             else:
                 cpu.append(st.name)
     return list(engines.values()) + items, cpu, warnings
-
-
-def _nested_stages(st: StageSpec) -> list[StageSpec]:
-    """The detector an ``hf_depth`` stage wraps (it runs in the same process, on the same device)."""
-    spec = getattr(st.params, "detector", None)
-    if st.kind != "hf_depth" or not isinstance(spec, dict):
-        return []
-    from workzone.config.loader import validate_params
-    from workzone.stages.registry import get_stage_class
-
-    raw = {k: v for k, v in spec.items() if k != "kind"}
-    cls = get_stage_class(spec["kind"])
-    name = f"{st.name}.detector"
-    return [StageSpec(name=name, kind=cls.kind, device=st.device, params=validate_params(cls, name, raw))]
 
 
 def _merge(parts: list[Item]) -> Item:
@@ -484,91 +443,3 @@ def describe_item(item: Item) -> dict[str, Any]:
             "activations_gb": round(item.act_gb, 2), "kv_cache_gb": round(item.kv_gb, 2),
             "overhead_gb": item.overhead_gb, "total_gb": round(item.total_gb, 2), "gpus": item.gpus, "tp": item.tp,
             "max_model_len": item.max_model_len or None, "max_num_seqs": item.max_num_seqs or None}
-
-
-@dataclass(frozen=True)
-class CheckRow:
-    """One line of ``workzone check``: ``ok`` is True, False (a problem) or None (skipped)."""
-
-    stage: str
-    kind: str
-    check: str
-    ok: bool | None
-    detail: str = ""
-
-
-_FILE_SUFFIXES = (".onnx", ".pt", ".pth", ".engine", ".torchscript", ".safetensors", ".yaml", ".txt")
-
-
-def check_pipeline(config: PipelineConfig, base_dir: Path, *, endpoints: bool = False,
-                   timeout_s: float = 5.0) -> list[CheckRow]:
-    """Check what can be checked before loading: extras installed, model files present, endpoints up.
-
-    The pipeline's shape and kinds were validated when ``config`` was parsed.
-    """
-    ctx = StageContext(base_dir=base_dir)
-    rows: list[CheckRow] = []
-    for tier in config.tiers:
-        for st in tier.stages:
-            if not st.enabled:
-                rows.append(CheckRow(st.name, st.kind, "enabled", None, "disabled in the pipeline"))
-                continue
-            req = missing_modules(st.kind)
-            if req is None:
-                rows.append(CheckRow(st.name, st.kind, "extras", None, "third-party kind: not checked"))
-            else:
-                extra, missing = req
-                detail = (f"missing {', '.join(missing)}: pip install 'workzone[{extra}]'" if missing
-                          else f"[{extra}] installed")
-                rows.append(CheckRow(st.name, st.kind, "extras", not missing, detail))
-            for part in [st, *_nested_stages(st)]:
-                rows.extend(_file_rows(part, ctx))
-            if endpoints and st.kind in ENGINE_KINDS:
-                rows.append(_endpoint_row(st, timeout_s))
-    return rows
-
-
-def _file_rows(st: StageSpec, ctx: StageContext) -> list[CheckRow]:
-    rows = []
-    for key in ("model", "lexicon", "class_names"):
-        value = getattr(st.params, key, None)
-        if not isinstance(value, str) or not value:
-            continue
-        local = value.startswith(("builtin:", "./", "../", "/", "~")) or value.lower().endswith(_FILE_SUFFIXES)
-        if not local or st.kind in ENGINE_KINDS:
-            continue  # a hub id is fetched at load time; an engine's model lives on its server
-        path = ctx.resolve(value)
-        if st.kind == "ultralytics" and getattr(st.params, "allow_download", False) and not path.exists():
-            rows.append(CheckRow(st.name, st.kind, key, None, f"{value} will be downloaded (allow_download)"))
-            continue
-        rows.append(CheckRow(st.name, st.kind, key, path.exists(), str(path) if path.exists() else f"{path} does not exist"))
-    return rows
-
-
-def _endpoint_row(st: StageSpec, timeout_s: float) -> CheckRow:
-    import os
-
-    try:
-        import httpx
-    except ImportError:
-        return CheckRow(st.name, st.kind, "endpoint", False, "httpx missing: pip install 'workzone[vlm]'")
-    p = st.params
-    url = str(getattr(p, "base_url")).rstrip("/") + "/models"
-    headers = {}
-    key_env = getattr(p, "api_key_env", None)
-    if key_env and os.environ.get(key_env):
-        headers["Authorization"] = f"Bearer {os.environ[key_env]}"
-    try:
-        resp = httpx.get(url, headers=headers, timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        return CheckRow(st.name, st.kind, "endpoint", False, f"GET {url}: {type(exc).__name__}: {exc}")
-    if resp.status_code != 200:
-        return CheckRow(st.name, st.kind, "endpoint", False, f"GET {url}: HTTP {resp.status_code}")
-    try:
-        served = [m.get("id") for m in resp.json().get("data", [])]
-    except (ValueError, AttributeError) as exc:
-        return CheckRow(st.name, st.kind, "endpoint", False, f"GET {url}: not an OpenAI model list ({exc})")
-    model = getattr(p, "model")
-    if model not in served:
-        return CheckRow(st.name, st.kind, "endpoint", False, f"{url} serves {served}, not {model!r}")
-    return CheckRow(st.name, st.kind, "endpoint", True, f"{url} serves {model}")

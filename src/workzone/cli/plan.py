@@ -30,7 +30,7 @@ def check(
 ) -> None:
     """Validate a pipeline: shape and kinds, installed extras, model files, and (optionally) endpoints."""
     from workzone.config.loader import load_pipeline_config
-    from workzone.planning import check_pipeline
+    from workzone.checking import check_pipeline
 
     out = _console()
     try:
