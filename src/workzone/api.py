@@ -6,11 +6,10 @@ private event loop in a background thread; every stage lives on that loop.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
-from typing import Any, Coroutine, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence
 
+from workzone._loop import LoopThread
 from workzone.cascade import Cascade, EventCallback
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
@@ -18,26 +17,6 @@ from workzone.io.images import DEFAULT_LIMITS, ImageLimits, decode_image
 from workzone.types import Decision, Image
 
 __all__ = ["Pipeline", "load_pipeline"]
-
-T = TypeVar("T")
-
-
-class _LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="workzone-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=5)
-        if not self.loop.is_running():
-            self.loop.close()
-
 
 class Pipeline:
     """A loaded cascade with a blocking API. Close it (or use ``with``) to free its models."""
@@ -47,7 +26,7 @@ class Pipeline:
         self.config = config
         self.limits = limits
         self.cascade = Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras)
-        self._loop = _LoopThread()
+        self._loop = LoopThread("workzone-loop")
         try:
             self._loop.run(self.cascade.start())
         except BaseException:

@@ -19,7 +19,7 @@ import numpy as np
 from workzone.config.schema import ExitThresholds, PipelineConfig
 from workzone.evaluation.metrics import matthews_corrcoef
 from workzone.fusion.calibration import fit_fusion, fused_log_odds
-from workzone.fusion.thresholds import simulate_cascade, tune_exit_thresholds
+from workzone.fusion.thresholds import tune_exit_thresholds
 from workzone.types import Decision
 
 __all__ = ["TuneResult", "collect_scores", "tune_pipeline"]

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
+from workzone._loop import LoopThread
 from workzone.batching import BatchPolicy
 from workzone.errors import InvalidImageError
 from workzone.fusion.pooling import pool_log_odds
@@ -170,32 +170,15 @@ def explain(decision: Decision, limit: int = 300) -> str:
     return out if len(out) <= limit else out[:limit - 1] + "…"
 
 
-class ServiceLoop:
-    """An event loop in a daemon thread that owns the detection service.
+class ServiceLoop(LoopThread):
+    """The event loop (in a daemon thread) that owns the detection service.
 
     The axon calls handlers on its own loop (uvicorn's, in the axon's thread); the cascade and its
     batcher live here, so neither loop blocks the other.
     """
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="workzone-miner-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` here and block the calling thread for the result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` here and await it from another event loop."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-    def stop(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=5)
-        if not self.loop.is_running():
-            self.loop.close()
+        super().__init__("workzone-miner-loop")
 
 
 def _at(seq: Sequence[Any], i: int, default: Any) -> Any:
