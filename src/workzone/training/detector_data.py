@@ -7,8 +7,7 @@ cameras, and pasted non-cones (orange blobs, grey panels, cone-shaped texture pa
 paste seam or an orange patch alone is not a cone. Sources with cones but no boxes (WMaia9) are
 left out: every cone there would be taught as background.
 
-Adds to ``synth``: :func:`paste_cones_with_boxes` (``synth.paste_cones`` returns centres only; a
-detector needs the boxes, so this re-runs its layout with the same private helpers).
+:func:`paste_cones_with_boxes` gives the pasted cones' boxes as the array the target encoder reads.
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ from PIL import Image as PILImage
 from workzone.training.augment import AugmentConfig, _photometric, random_crop_box
 from workzone.training.data import ConeBox, load_pixels, load_samples, read_boxes
 from workzone.training.detector import encode_targets
-from workzone.training.synth import Cutout, _paste, _placements, cut_cones, paste_distractors
+from workzone.training import synth
+from workzone.training.synth import Cutout, cut_cones, paste_distractors
 
 __all__ = [
     "DetItem",
@@ -101,41 +101,13 @@ def cutouts_from_items(items: Sequence[DetItem], *, min_px: int = 18) -> list[Cu
 
 def paste_cones_with_boxes(scene: np.ndarray, cutouts: Sequence[Cutout], rng: np.random.Generator, *,
                            max_cones: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """Like ``synth.paste_cones``, but returning each pasted cone's pixel box.
-
-    The box is the cutout's opaque part (alpha > 25 %), scaled the way ``synth._paste`` scales
-    the cutout and clipped to the frame.
+    """``synth.paste_cones_with_boxes`` with the visible boxes as an (M, 4) float32 array.
 
     Returns:
         The new image (H, W, 3) and (M, 4) x1, y1, x2, y2 pixel boxes of visible cones.
     """
-    h, w = scene.shape[:2]
-    row = rng.random() < 0.55
-    n = int(rng.integers(2 if row else 1, max_cones + 1))
-    same = cutouts[int(rng.integers(len(cutouts)))]
-    out = scene.copy()
-    boxes = []
-    for x, y, height in _placements(h, w, n, rng, row=row):
-        cut = same if row else cutouts[int(rng.integers(len(cutouts)))]
-        if _paste(out, cut.rgba, x, y, height, rng, match=True) is None:
-            continue
-        oh, ow = cut.rgba.shape[:2]
-        nh = max(4, int(round(height)))
-        nw = max(2, int(round(ow * nh / oh)))
-        x0, y0 = int(round(x - nw / 2)), int(round(y - nh))
-        alpha = cut.rgba[..., 3] > 64
-        cols, rows = np.flatnonzero(alpha.any(0)), np.flatnonzero(alpha.any(1))
-        if not len(cols):
-            continue
-        bx1 = x0 + cols[0] * nw / ow
-        bx2 = x0 + (cols[-1] + 1) * nw / ow
-        by1 = y0 + rows[0] * nh / oh
-        by2 = y0 + (rows[-1] + 1) * nh / oh
-        cx1, cy1, cx2, cy2 = max(0.0, bx1), max(0.0, by1), min(float(w), bx2), min(float(h), by2)
-        # A cone cut by the frame edge stays a cone only if most of it shows.
-        if cx2 - cx1 >= 2 and cy2 - cy1 >= 3 and (cx2 - cx1) * (cy2 - cy1) >= 0.5 * (bx2 - bx1) * (by2 - by1):
-            boxes.append((cx1, cy1, cx2, cy2))
-    return out, np.array(boxes, np.float32).reshape(-1, 4)
+    out, pasted = synth.paste_cones_with_boxes(scene, cutouts, rng, max_cones=max_cones)
+    return out, np.array([box for _, box in pasted if box is not None], np.float32).reshape(-1, 4)
 
 
 def letterbox(pixels: np.ndarray, size: int) -> tuple[float, float, float]:

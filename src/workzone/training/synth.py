@@ -23,7 +23,7 @@ from PIL import ImageDraw, ImageFilter
 
 from workzone.training.data import ConeBox
 
-__all__ = ["Cutout", "cut_cone", "cut_cones", "paste_cones", "paste_distractors"]
+__all__ = ["Cutout", "cut_cone", "cut_cones", "paste_cones", "paste_cones_with_boxes", "paste_distractors"]
 
 
 @dataclass(frozen=True)
@@ -139,19 +139,53 @@ def paste_cones(
     Returns:
         The new image and the (x, y) pixel centres of the pasted cones that lie inside the frame.
     """
+    out, pasted = paste_cones_with_boxes(scene, cutouts, rng, max_cones=max_cones)
+    return out, [centre for centre, _ in pasted]
+
+
+def paste_cones_with_boxes(
+    scene: np.ndarray, cutouts: Sequence[Cutout], rng: np.random.Generator, *, max_cones: int = 6,
+) -> tuple[np.ndarray, list[tuple[tuple[float, float], tuple[float, float, float, float] | None]]]:
+    """:func:`paste_cones`, also giving each pasted cone's visible pixel box.
+
+    Returns:
+        The new image and, per pasted cone, its (x, y) centre and its (x1, y1, x2, y2) box — the
+        cutout's opaque part scaled as pasted and clipped to the frame — or None when too little of
+        the cone shows to count as one. Draws from ``rng`` exactly as :func:`paste_cones` does.
+    """
     h, w = scene.shape[:2]
     row = rng.random() < 0.55
     n = int(rng.integers(2 if row else 1, max_cones + 1))
     # A lane closure uses one kind of cone; scattered cones may differ.
     same = cutouts[int(rng.integers(len(cutouts)))]
     out = scene.copy()
-    centres = []
+    pasted = []
     for x, y, height in _placements(h, w, n, rng, row=row):
         cut = same if row else cutouts[int(rng.integers(len(cutouts)))]
         centre = _paste(out, cut.rgba, x, y, height, rng, match=True)
         if centre is not None:
-            centres.append(centre)
-    return out, centres
+            pasted.append((centre, _visible_box(cut.rgba, x, y, height, w, h)))
+    return out, pasted
+
+
+def _visible_box(rgba: np.ndarray, x: float, y: float, height: float, w: int, h: int
+                 ) -> tuple[float, float, float, float] | None:
+    """The opaque part (alpha > 25 %) of a cutout pasted with its base centre at (x, y), as ``_paste`` scales it."""
+    oh, ow = rgba.shape[:2]
+    nh = max(4, int(round(height)))
+    nw = max(2, int(round(ow * nh / oh)))
+    x0, y0 = int(round(x - nw / 2)), int(round(y - nh))
+    alpha = rgba[..., 3] > 64
+    cols, rows = np.flatnonzero(alpha.any(0)), np.flatnonzero(alpha.any(1))
+    if not len(cols):
+        return None
+    bx1, bx2 = x0 + cols[0] * nw / ow, x0 + (cols[-1] + 1) * nw / ow
+    by1, by2 = y0 + rows[0] * nh / oh, y0 + (rows[-1] + 1) * nh / oh
+    cx1, cy1, cx2, cy2 = max(0.0, bx1), max(0.0, by1), min(float(w), bx2), min(float(h), by2)
+    # A cone cut by the frame edge stays a cone only if most of it shows.
+    if cx2 - cx1 >= 2 and cy2 - cy1 >= 3 and (cx2 - cx1) * (cy2 - cy1) >= 0.5 * (bx2 - bx1) * (by2 - by1):
+        return (cx1, cy1, cx2, cy2)
+    return None
 
 
 def paste_distractors(scene: np.ndarray, cutouts: Sequence[Cutout], rng: np.random.Generator, *, max_items: int = 4) -> np.ndarray:
