@@ -1,4 +1,9 @@
-"""Embedded ONNX image classifier: whole image, overlapping tiles, or flip test-time augmentation.
+"""Embedded ONNX image classifier: whole image, overlapping tiles, and test-time augmentation.
+
+Test-time augmentation (TTA) scores several views of each region (the whole image, or each tile)
+and averages their logits: ``flip`` adds the mirror image of every view, ``crops: 5`` adds five
+crops (centre and four corners, each ``crop_scale`` of each side). Pipelines run a TTA variant as a
+later tier, so only the images the plain classifier leaves undecided pay for the extra views.
 
 The model contract (see ``workzone/models/MODEL_CARD.md``): input ``image`` float32
 [N, 3, S, S] RGB in [0, 1] (normalisation inside the graph), output ``logit`` [N] or [N, 1]
@@ -21,7 +26,7 @@ from workzone.stages.base import Stage, StageParams
 from workzone.stages.registry import register_stage
 from workzone.types import Box, Evidence, Image, StageOutput
 
-__all__ = ["OnnxClassifierParams", "OnnxClassifierStage"]
+__all__ = ["OnnxClassifierParams", "OnnxClassifierStage", "five_crop_boxes"]
 
 
 class OnnxClassifierParams(StageParams):
@@ -33,6 +38,10 @@ class OnnxClassifierParams(StageParams):
     include_full: bool = Field(default=False, description="with tiles > 1, also score the whole image")
     pool: Literal["max", "mean", "logsumexp"] = Field(default="max", description="how tile scores combine")
     flip: bool = Field(default=False, description="average with the horizontally flipped image (TTA)")
+    crops: Literal[0, 5] = Field(default=0, description="TTA crops per region: 0, or 5 (centre + 4 corners) "
+                                                        "averaged with the whole region")
+    crop_scale: float = Field(default=0.8, ge=0.3, lt=1.0, description="side of each TTA crop, as a fraction "
+                                                                         "of the region's side")
     batch_size: int = Field(default=16, ge=1, le=512)
     threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
@@ -76,31 +85,45 @@ class OnnxClassifierStage(Stage):
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         p = self.params
-        crops: list[np.ndarray] = []
-        owners: list[tuple[int, tuple[int, int, int, int] | None]] = []
+        views: list[np.ndarray] = []
+        # owners[k] indexes the (image, region) in `regions` that view k belongs to: a region's logit is
+        # the mean over its TTA views, and only then are an image's regions pooled.
+        owners: list[int] = []
+        regions: list[tuple[int, tuple[int, int, int, int] | None]] = []
         for idx, img in enumerate(batch):
-            regions: list[tuple[int, int, int, int] | None] = []
+            boxes: list[tuple[int, int, int, int] | None] = []
             if p.tiles == 1 or p.include_full:
-                regions.append(None)
+                boxes.append(None)
             if p.tiles > 1:
-                regions.extend(tile_boxes(img.width, img.height, p.tiles, p.overlap))
-            for r in regions:
+                boxes.extend(tile_boxes(img.width, img.height, p.tiles, p.overlap))
+            for r in boxes:
                 px = img.pixels if r is None else img.pixels[r[1]:r[3], r[0]:r[2]]
-                x = resize_for_model(px, self._size, self._mode)
-                crops.append(x)
-                owners.append((idx, r))
-                if p.flip:
-                    crops.append(x[:, :, ::-1].copy())
-                    owners.append((idx, r))
-        logits = np.concatenate([self._infer(np.stack(crops[i:i + p.batch_size]))
-                                 for i in range(0, len(crops), p.batch_size)])
+                for x in self._views(px):
+                    views.append(x)
+                    owners.append(len(regions))
+                regions.append((idx, r))
+        logits = np.concatenate([self._infer(np.stack(views[i:i + p.batch_size]))
+                                 for i in range(0, len(views), p.batch_size)])
+        sums = np.bincount(owners, weights=logits, minlength=len(regions))
+        counts = np.bincount(owners, minlength=len(regions))
         per_image: list[list[tuple[float, tuple[int, int, int, int] | None]]] = [[] for _ in batch]
-        # With flip TTA, the two views of a region are adjacent: average them first.
-        step = 2 if p.flip else 1
-        for k in range(0, len(logits), step):
-            idx, region = owners[k]
-            per_image[idx].append((float(np.mean(logits[k:k + step])), region))
+        for j, (idx, region) in enumerate(regions):
+            per_image[idx].append((float(sums[j] / counts[j]), region))
         return [self._summarise(batch[i], per_image[i]) for i in range(len(batch))]
+
+    def _views(self, px: np.ndarray) -> list[np.ndarray]:
+        """The model inputs whose logits are averaged for one region: itself, its crops, their mirrors."""
+        p = self.params
+        h, w = px.shape[:2]
+        boxes = five_crop_boxes(w, h, p.crop_scale) if p.crops else []
+        parts = [px] + [px[y1:y2, x1:x2] for x1, y1, x2, y2 in boxes]
+        out = []
+        for part in parts:
+            x = resize_for_model(np.ascontiguousarray(part), self._size, self._mode)
+            out.append(x)
+            if p.flip:
+                out.append(x[:, :, ::-1].copy())
+        return out
 
     def _summarise(self, img: Image, scored: list[tuple[float, tuple[int, int, int, int] | None]]) -> StageOutput:
         values = np.array([s for s, _ in scored], dtype=np.float64)
@@ -117,6 +140,10 @@ class OnnxClassifierStage(Stage):
             x1, y1, x2, y2 = best_region
             boxes = (Box("roadwork-tile", _sigmoid(best_score), x1, y1, x2, y2),)
         notes = (f"{len(scored)} view(s), pooled by {self.params.pool}",) if len(scored) > 1 else ()
+        if self.params.crops:
+            n = (1 + self.params.crops) * (2 if self.params.flip else 1)
+            notes += (f"TTA: mean logit of {n} views per region (whole + {self.params.crops} crops at "
+                      f"{self.params.crop_scale:g}{', each also flipped' if self.params.flip else ''})",)
         return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
@@ -126,6 +153,29 @@ class OnnxClassifierStage(Stage):
 
     async def aclose(self) -> None:
         self._session = None
+
+
+def five_crop_boxes(width: int, height: int, scale: float) -> list[tuple[int, int, int, int]]:
+    """The five TTA crops of a region: centre, then the four corners, each ``scale`` of each side.
+
+    Args:
+        width: region width in pixels.
+        height: region height in pixels.
+        scale: crop side as a fraction of the region's side, in (0, 1].
+
+    Returns:
+        Five (x1, y1, x2, y2) boxes: centre, top-left, top-right, bottom-left, bottom-right.
+
+    Examples:
+        >>> five_crop_boxes(100, 50, 0.8)
+        [(10, 5, 90, 45), (0, 0, 80, 40), (20, 0, 100, 40), (0, 10, 80, 50), (20, 10, 100, 50)]
+    """
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale: expected in (0, 1], got {scale}")
+    cw, ch = max(1, round(width * scale)), max(1, round(height * scale))
+    dx, dy = width - cw, height - ch
+    return [(dx // 2, dy // 2, dx // 2 + cw, dy // 2 + ch),
+            (0, 0, cw, ch), (dx, 0, width, ch), (0, dy, cw, height), (dx, dy, width, height)]
 
 
 def _sigmoid(z: float) -> float:
