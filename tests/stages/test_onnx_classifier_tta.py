@@ -169,7 +169,8 @@ def test_batched_scores_equal_single_image_scores(mask_model):
 
 def test_tta_is_noted_in_the_evidence(mask_model):
     (out,) = run_stage(_stage(mask_model, crops=5, flip=True, crop_scale=0.75), [_image(20, 20, 6)])
-    assert out.evidence.notes == ("TTA: mean logit of 12 views per region (whole + 5 crops at 0.75, each also flipped)",)
+    assert out.evidence.notes == (
+        "TTA: mean logit of 12 views per region (whole + 5 crops at 0.75, each also flipped)",)
     (plain,) = run_stage(_stage(mask_model, flip=True), [_image(20, 20, 6)])
     assert plain.evidence.notes == ()
 
@@ -193,7 +194,9 @@ def test_bad_tta_params_are_config_errors(params, field):
         create_stage("onnx_classifier", "tta", params)
 
 
-@pytest.mark.parametrize("params", [{"crops": 0}, {"crops": 5}, {"crops": 5, "crop_scale": 0.3}, {"crops": 5, "crop_scale": 0.95}])
+@pytest.mark.parametrize("params", [
+    {"crops": 0}, {"crops": 5}, {"crops": 5, "crop_scale": 0.3}, {"crops": 5, "crop_scale": 0.95},
+])
 def test_good_tta_params_validate(params):
     stage = create_stage("onnx_classifier", "tta", params)
     assert stage.params.crops == params["crops"]
