@@ -61,30 +61,9 @@ def convert_fp16(model_path: Path, out: Path) -> Path:
 
 def convert_fp16_weights(model_path: Path, out: Path) -> Path:
     """fp16 storage of the float weights only; a Cast back to fp32 feeds each original consumer."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from workzone.training.export import store_weights_fp16
 
-    model = onnx.load(str(model_path))
-    graph = model.graph
-    graph_inputs = {i.name for i in graph.input}
-    casts, kept = [], []
-    for init in graph.initializer:
-        if (init.data_type != TensorProto.FLOAT or init.name in graph_inputs
-                or int(np.prod(init.dims)) < _MIN_WEIGHT_ELEMENTS):
-            kept.append(init)
-            continue
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{init.name}__fp16")
-        kept.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
-                                      name=f"{init.name}__to_fp32"))
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    nodes = casts + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out))
-    return out
+    return store_weights_fp16(model_path, out, min_elements=_MIN_WEIGHT_ELEMENTS)
 
 
 def _session(path: Path, threads: int):

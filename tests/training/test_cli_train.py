@@ -15,7 +15,7 @@ def test_register_adds_commands_and_help_runs() -> None:
     register(app)
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("train", "loso", "export-classifier", "compact-data"):
+    for name in ("train", "loso", "loso-fusion", "export-classifier", "compact-data"):
         assert name in result.output
 
 
@@ -44,3 +44,26 @@ def test_importing_the_cli_module_does_not_import_torch() -> None:
     code = "import sys, workzone.cli.train, workzone.training.loso; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--classifier", "CamVid", "--detector", "CamVid=builtin"], "expected SOURCE=PATH"),
+     (["--classifier", "CamVid=/no/such.pt", "--detector", "CamVid=builtin"], "no such file")],
+)
+def test_loso_fusion_rejects_bad_source_paths(tmp_path, args: list, message: str) -> None:  # noqa: ANN001
+    app = typer.Typer()
+    register(app)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split,source\n")
+    result = CliRunner().invoke(app, ["loso-fusion", str(manifest), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_loso_fusion_needs_a_detector_for_every_classifier(tmp_path) -> None:  # noqa: ANN001
+    from workzone.errors import ConfigError
+    from workzone.training.loso_fusion import run_loso_fusion
+
+    with pytest.raises(ConfigError, match="--detector: none given for \\['CamVid'\\]"):
+        run_loso_fusion(tmp_path / "manifest.csv", {"CamVid": [tmp_path / "a.pt"]}, {})

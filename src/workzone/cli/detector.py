@@ -41,12 +41,16 @@ def train_detector_cmd(
     max_steps: int = typer.Option(0, help="stop after this many steps (smoke runs; 0 = no limit)"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate on dev after training"),
     max_seconds: float = typer.Option(0.0, help="stop training after this many seconds (0 = no limit)"),
+    exclude_source: list[str] = typer.Option([], help="leave this source out (repeatable; leave-one-source-out)"),
+    scene_source: list[str] = typer.Option([], help="paste cones into this source's negatives (repeatable; "
+                                                        "default CamVid)"),
 ) -> None:
     """Train the cone detector on train + extra-train, export ONNX, and evaluate on dev."""
     result = train_detector(manifest, boxes, out, seed=seed, device=device, epochs=epochs, size=size,
                             batch_size=batch_size, lr=lr, workers=workers,
                             weights=str(weights) if weights else None, max_steps=max_steps,
-                            evaluate=evaluate, max_seconds=max_seconds)
+                            evaluate=evaluate, max_seconds=max_seconds, exclude_sources=exclude_source,
+                            scene_sources=scene_source or None)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -74,8 +78,12 @@ def eval_detector_cmd(
 def train_detector(manifest: Path, boxes: Path, out: Path, *, seed: int = 0, device: str = "cpu", epochs: int = 40,
                    size: int = 448, batch_size: int = 32, lr: float = 2e-3, workers: int = 0,
                    weights: str | None = None, max_steps: int = 0, score_threshold: float = 0.3,
-                   evaluate: bool = True, max_seconds: float = 0.0) -> dict[str, Any]:
+                   evaluate: bool = True, max_seconds: float = 0.0, exclude_sources: Sequence[str] = (),
+                   scene_sources: Sequence[str] | None = None) -> dict[str, Any]:
     """Train, export ``cone_detector.onnx`` + sidecar + state dict to ``out``, evaluate on dev.
+
+    ``exclude_sources`` leaves sources out (leave-one-source-out); ``scene_sources`` overrides
+    which sources' negatives get pasted cones (default: CamVid).
 
     Returns:
         The training log and the dev report.
@@ -88,7 +96,10 @@ def train_detector(manifest: Path, boxes: Path, out: Path, *, seed: int = 0, dev
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = True
     out.mkdir(parents=True, exist_ok=True)
-    items = load_det_items(manifest, boxes, ["train", "extra-train"])
+    from workzone.training.detector_data import SCENE_SOURCES
+
+    items = load_det_items(manifest, boxes, ["train", "extra-train"], exclude_sources=exclude_sources,
+                           scene_sources=SCENE_SOURCES if scene_sources is None else scene_sources)
     cutouts = cutouts_from_items([it for it in items if not it.scene])
     ds = DetectionSet(items, cutouts, size=size, seed=seed)
     loader = torch.utils.data.DataLoader(
@@ -144,7 +155,7 @@ def train_detector(manifest: Path, boxes: Path, out: Path, *, seed: int = 0, dev
                   "(dx, dy) in cells; K+2,K+3 box width, height in input pixels",
         "class_names": list(CLASS_NAMES), "score_threshold": score_threshold,
         "training": {"seed": seed, "epochs": epochs, "steps": step, "batch_size": batch_size, "lr": lr,
-                     "images": len(items), "cutouts": len(cutouts)},
+                     "images": len(items), "cutouts": len(cutouts), "excluded_sources": list(exclude_sources)},
     }
     (out / "cone_detector.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     result: dict[str, Any] = {"log": log}

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workzone.errors import ConfigError
+
 from workzone.evaluation.metrics import matthews_corrcoef
 
 __all__ = ["CascadeSimulation", "simulate_cascade", "tune_exit_thresholds"]
@@ -84,7 +86,11 @@ def tune_exit_thresholds(probs: np.ndarray, labels: np.ndarray, tier_costs: np.n
         current = [(0.5, 0.5)] * (t - 1)
     best = simulate_cascade(probs, labels, tier_costs, current)
     if max_cost is not None and best.cost > max_cost + 1e-9:
-        raise ValueError(f"the cheapest cascade costs {best.cost:.1f} per image, over the budget of {max_cost:.1f}")
+        raise ConfigError(
+            f"max_cost: the cheapest cascade (every image leaves after tier 1) costs {best.cost:.1f} ms per image, "
+            f"over the budget of {max_cost:.1f}; raise --max-cost or make tier 1 cheaper (costs are measured on "
+            "this machine, so a busy machine measures higher)"
+        )
 
     def better(a: CascadeSimulation, b: CascadeSimulation) -> bool:
         if max_cost is not None and a.cost > max_cost + 1e-9:

@@ -63,19 +63,34 @@ class DetItem:
     label: int
 
 
-def load_det_items(manifest: str | Path, boxes_csv: str | Path, splits: Sequence[str]) -> list[DetItem]:
+def load_det_items(
+    manifest: str | Path,
+    boxes_csv: str | Path,
+    splits: Sequence[str],
+    *,
+    exclude_sources: Sequence[str] = (),
+    scene_sources: Sequence[str] = SCENE_SOURCES,
+) -> list[DetItem]:
     """Detector items of ``splits``: boxed-source images (with or without cones) and scenes.
 
     Rows of boxed sources labelled 1 without a box (a reviewed relabel such as rollers paving) are
     skipped, since whatever makes them positive is no cone.
+
+    Args:
+        manifest: the data set's manifest.
+        boxes_csv: its cone boxes.
+        splits: manifest splits to load.
+        exclude_sources: sources left out (leave-one-source-out training).
+        scene_sources: sources whose negatives are backgrounds for pasted cones (a leave-CamVid-out
+            detector pastes into the stock negatives instead).
     """
     grouped = read_boxes(boxes_csv)
     boxed_sources = {s.source for s in load_samples(manifest) if s.rel in grouped}
     out = []
-    for s in load_samples(manifest, splits=splits):
+    for s in load_samples(manifest, splits=splits, exclude_sources=exclude_sources):
         if s.source in UNBOXED_SOURCES:
             continue
-        scene = s.source in SCENE_SOURCES and s.label == 0
+        scene = s.source in scene_sources and s.label == 0
         if not scene and s.source not in boxed_sources:
             continue
         boxes = np.array([_xyxy(b) for b in grouped.get(s.rel, [])], np.float32).reshape(-1, 4)

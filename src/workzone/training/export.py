@@ -15,7 +15,7 @@ import numpy as np
 
 from workzone.io.images import ResizeMode, resize_for_model
 
-__all__ = ["export_onnx", "onnx_logits", "check_parity", "write_sidecar", "json_safe"]
+__all__ = ["export_onnx", "onnx_logits", "check_parity", "write_sidecar", "json_safe", "store_weights_fp16"]
 
 
 def export_onnx(model, path: str | Path, *, size: int = 224, opset: int = 17) -> Path:  # noqa: ANN001
@@ -128,3 +128,40 @@ def json_safe(obj):  # noqa: ANN001, ANN201 - any JSON-like value
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def store_weights_fp16(model_path: str | Path, out: str | Path, *, min_elements: int = 16) -> Path:
+    """Rewrite an ONNX model with its float weights stored as fp16, each cast back to fp32.
+
+    Why this form and not a full fp16 graph: onnxruntime's CPU provider has no fp16 convolution
+    on common CPUs, so a full fp16 graph computes in fp32 anyway (measured in
+    ``benchmarks/results/fp16_classifier.md``: same speed, same drift); storing only the weights
+    halves the file, keeps every node fp32 on every provider and needs only ``onnx``.
+
+    Args:
+        model_path: the fp32 model.
+        out: where to write (may be ``model_path``).
+        min_elements: smaller initializers (shapes, scalars) stay fp32.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    graph_inputs = {i.name for i in graph.input}
+    casts, kept = [], []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or init.name in graph_inputs or int(np.prod(init.dims)) < min_elements:
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{init.name}__fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__to_fp32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return Path(out)

@@ -19,7 +19,8 @@ import numpy as np
 from workzone.io.images import ResizeMode, resize_for_model
 from workzone.training.augment import AugmentConfig, augment_image
 from workzone.training.data import Sample, load_pixels, read_boxes
-from workzone.training.synth import Cutout, cut_cones, paste_cones, paste_distractors
+from workzone.training.hoods import clip_key, context_crop, crop_bottom, dashcam_strips, paste_strip
+from workzone.training.synth import Cutout, cut_cones, paste_distractors, paste_work_zone
 
 __all__ = ["Recipe", "RECIPES", "TrainData", "prepare_data", "train_model", "predict_logits", "binary_metrics"]
 
@@ -46,6 +47,9 @@ class Recipe:
     synth_pos: float = 0.25  # fraction of each epoch that is pasted-cone positives
     synth_neg: float = 0.12  # fraction that is pasted-distractor negatives
     use_extra: bool = False  # Glisten-zy product photos (they strengthen the cone shortcut)
+    p_props: float = 0.0  # share of pasted positives that are drawn props (drums, signs...) instead of cones
+    hood: bool = False  # decorrelate dashcam hoods from the label (see training/hoods.py)
+    context_neg: float = 0.0  # fraction that is object-free parts of positive images, labelled 0
     size: int = 224
     resize: str = "squash"  # inference resize mode written to the sidecar
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -63,6 +67,12 @@ RECIPES: dict[str, Recipe] = {
     "partial-synth": Recipe("partial-synth", tune="partial", epochs=12, synth_pos=0.4, synth_neg=0.15),
     "partial-deep": Recipe("partial-deep", tune="partial", partial_blocks=10, epochs=12, lr_body=3e-4,
                            synth_pos=0.4, synth_neg=0.15),
+    "partial-hood": Recipe("partial-hood", tune="partial", hood=True),
+    "partial-props": Recipe("partial-props", tune="partial", synth_pos=0.35, p_props=0.5),
+    "partial-hp": Recipe("partial-hp", tune="partial", synth_pos=0.35, p_props=0.5, hood=True),
+    "full-hp": Recipe("full-hp", tune="full", lr_body=2e-4, synth_pos=0.35, p_props=0.5, hood=True),
+    "partial-hpc": Recipe("partial-hpc", tune="partial", synth_pos=0.35, p_props=0.5, hood=True, context_neg=0.08),
+    "full-hpc": Recipe("full-hpc", tune="full", lr_body=2e-4, synth_pos=0.35, p_props=0.5, hood=True, context_neg=0.08),
 }
 
 
@@ -75,6 +85,8 @@ class TrainData:
     keep_points: list[list[tuple[float, float]]]
     cutouts: list[Cutout]
     backgrounds: dict[str, list[int]]  # source -> indices into samples of negative scenes
+    strips: list[np.ndarray] = field(default_factory=list)  # bottom strips of dashcam frames (hoods)
+    dashcam: set[int] = field(default_factory=set)  # indices of samples that are dashcam frames
 
 
 def prepare_data(samples: Sequence[Sample], boxes_csv: str | Path | None) -> TrainData:
@@ -96,11 +108,12 @@ def prepare_data(samples: Sequence[Sample], boxes_csv: str | Path | None) -> Tra
     for i, s in enumerate(samples):
         if s.label == 0 and s.source in _BACKGROUND_SOURCES:
             backgrounds.setdefault(s.source, []).append(i)
-    return TrainData(list(samples), pixels, keep, cutouts, backgrounds)
+    strips, dashcam = dashcam_strips([clip_key(s.source, s.rel) for s in samples], pixels)
+    return TrainData(list(samples), pixels, keep, cutouts, backgrounds, strips, dashcam)
 
 
 def _epoch_plan(data: TrainData, recipe: Recipe, seed: int, epoch: int) -> np.ndarray:
-    """(kind, index) rows for one epoch: kind 0 real, 1 pasted cones, 2 pasted distractors.
+    """(kind, index) rows for one epoch: 0 real, 1 pasted work zone, 2 pasted distractors, 3 context negative.
 
     Real samples are balanced over (source, label) groups with a share growing with the square
     root of the group's size: large groups do not swamp small ones, and the three WMaia9
@@ -116,7 +129,9 @@ def _epoch_plan(data: TrainData, recipe: Recipe, seed: int, epoch: int) -> np.nd
     can_synth = bool(data.cutouts) and bool(data.backgrounds)
     n_pos = int(recipe.epoch_size * recipe.synth_pos) if can_synth else 0
     n_neg = int(recipe.epoch_size * recipe.synth_neg) if can_synth else 0
-    n_real = recipe.epoch_size - n_pos - n_neg
+    ctx = [i for i, s in enumerate(data.samples) if s.label == 1 and i in data.dashcam]
+    n_ctx = int(recipe.epoch_size * recipe.context_neg) if ctx else 0
+    n_real = recipe.epoch_size - n_pos - n_neg - n_ctx
     counts = rng.multinomial(n_real, share)
     rows = []
     for k, c in zip(keys, counts):
@@ -126,6 +141,7 @@ def _epoch_plan(data: TrainData, recipe: Recipe, seed: int, epoch: int) -> np.nd
         for _ in range(n):
             src = bg_sources[int(rng.integers(len(bg_sources)))]
             rows.append((kind, int(rng.choice(data.backgrounds[src]))))
+    rows += [(3, int(i)) for i in rng.choice(ctx, size=n_ctx)] if n_ctx else []
     plan = np.array(rows, dtype=np.int64).reshape(-1, 2)
     return plan[rng.permutation(len(plan))]
 
@@ -145,18 +161,41 @@ class _EpochSet:
         d, cfg = self.data, self.recipe.augment
         if kind == 0:
             s = d.samples[idx]
+            img, keep = self._hood(d.pixels[idx], idx, d.keep_points[idx], rng)
             # Positives without boxes (WMaia9) keep a larger crop so the work zone stays in view.
-            min_area = cfg.min_crop_area if (s.label == 0 or d.keep_points[idx]) else 0.45
-            x = augment_image(d.pixels[idx], rng, cfg, keep_points=d.keep_points[idx], min_crop_area=min_area)
+            min_area = cfg.min_crop_area if (s.label == 0 or keep) else 0.45
+            x = augment_image(img, rng, cfg, keep_points=keep, min_crop_area=min_area)
             return x, np.float32(s.label)
-        scene = d.pixels[idx]
+        if kind == 3:
+            return augment_image(context_crop(d.pixels[idx], rng), rng, cfg), np.float32(0)
+        scene, _ = self._hood(d.pixels[idx], idx, [], rng)
         if kind == 1:
-            img, centres = paste_cones(scene, d.cutouts, rng)
+            img, centres = paste_work_zone(scene, d.cutouts, rng, p_cones=1.0 - self.recipe.p_props)
             if centres:
                 return augment_image(img, rng, cfg, keep_points=centres), np.float32(1)
             return augment_image(scene, rng, cfg), np.float32(0)
         img = paste_distractors(scene, d.cutouts, rng)
         return augment_image(img, rng, cfg), np.float32(0)
+
+    def _hood(
+        self, img: np.ndarray, idx: int, keep: list[tuple[float, float]], rng: np.random.Generator
+    ) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """Crop the hood off half the dashcam frames; paste a hood strip onto 40 % of the other images.
+
+        A strip is not pasted over the only cones of a boxed positive (that would change its label).
+        """
+        d = self.data
+        if not self.recipe.hood or not d.strips:
+            return img, keep
+        if idx in d.dashcam:
+            return (crop_bottom(img, rng), keep) if rng.random() < 0.5 else (img, keep)
+        if rng.random() < 0.4:
+            h = img.shape[0]
+            above = [p for p in keep if p[1] < 0.7 * h]
+            if keep and not above:
+                return img, keep
+            return paste_strip(img, d.strips[int(rng.integers(len(d.strips)))], rng), above
+        return img, keep
 
 
 def _collate(batch):  # noqa: ANN001, ANN202 - torch is imported lazily

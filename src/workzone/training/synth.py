@@ -22,8 +22,11 @@ from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
 from workzone.training.data import ConeBox
+from workzone.training.props import PROPS, draw_prop
 
-__all__ = ["Cutout", "cut_cone", "cut_cones", "paste_cones", "paste_cones_with_boxes", "paste_distractors"]
+__all__ = [
+    "Cutout", "cut_cone", "cut_cones", "paste_cones", "paste_cones_with_boxes", "paste_distractors", "paste_work_zone",
+]
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,53 @@ def paste_cones_with_boxes(
         if centre is not None:
             pasted.append((centre, _visible_box(cut.rgba, x, y, height, w, h)))
     return out, pasted
+
+
+# Props that line up along a lane edge (several of one kind) vs. ones that stand alone.
+_ROW_PROPS = ("drum", "channelizer", "barrier")
+_SINGLE_PROPS = ("barricade", "diamond_sign", "triangle_sign", "arrow_board")
+
+
+def paste_work_zone(
+    scene: np.ndarray, cutouts: Sequence[Cutout], rng: np.random.Generator, *, p_cones: float = 0.5, max_items: int = 6,
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Paste a small work zone into ``scene``: cut-out cones, or drawn props (:mod:`props`).
+
+    With probability ``p_cones`` this is :func:`paste_cones`. Otherwise one kit: a row of drums,
+    channelizers or barrier blocks closing a lane, or a barricade, sign or arrow board standing
+    alone, sometimes with a few cones beside it. Props are scaled relative to a cone at the same
+    spot (a drum is taller, a sign on its post much taller).
+
+    Returns:
+        The new image and the (x, y) centres of the pasted objects inside the frame.
+    """
+    if p_cones >= 1.0 or rng.random() < p_cones:
+        return paste_cones(scene, cutouts, rng, max_cones=max_items)
+    h, w = scene.shape[:2]
+    out = scene.copy()
+    centres: list[tuple[float, float]] = []
+    if rng.random() < 0.5:
+        name = _ROW_PROPS[int(rng.integers(len(_ROW_PROPS)))]
+        n = int(rng.integers(2, max_items + 1)) if name != "barrier" else int(rng.integers(1, 3))
+        places = _placements(h, w, n, rng, row=True)
+        names = [name] * n
+    else:
+        name = _SINGLE_PROPS[int(rng.integers(len(_SINGLE_PROPS)))]
+        extra = int(rng.integers(0, 4)) if cutouts else 0
+        places = _placements(h, w, 1 + extra, rng, row=rng.random() < 0.5)
+        names = [name] + ["cone"] * extra
+        rng.shuffle(names)
+    for (x, y, height), kind in zip(places, names):
+        if kind == "cone":
+            rgba, size = cutouts[int(rng.integers(len(cutouts)))].rgba, height
+        else:
+            maker_scale = PROPS[kind][1]
+            size = min(height * maker_scale * rng.uniform(0.8, 1.2), 0.45 * h)
+            rgba = draw_prop(kind, rng, px=int(np.clip(size * 2, 24, 240)))
+        centre = _paste(out, rgba, x, y, size, rng, match=True)
+        if centre is not None:
+            centres.append(centre)
+    return out, centres
 
 
 def _visible_box(rgba: np.ndarray, x: float, y: float, height: float, w: int, h: int
