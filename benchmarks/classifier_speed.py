@@ -60,7 +60,8 @@ def main(
         "# Tier-1 classifier CPU speed",
         "",
         f"Machine: {describe_machine()}.",
-        f"Model: `{model.name}` ({model.stat().st_size / 1e6:.1f} MB, fp32, input {size}x{size}, resize `{mode}`), "
+        f"Model: `{model.name}` ({model.stat().st_size / 1e6:.1f} MB, weights {meta.get('metrics', {}).get('weights', 'fp32')}, "
+        f"input {size}x{size}, resize `{mode}`), "
         f"onnxruntime CPU, {threads} intra-op threads, {seconds:.0f} s per row.",
         "",
         "| batch | images/s (model only) | ms/image |",
