@@ -30,6 +30,23 @@ def _orange(rng: np.random.Generator) -> tuple[int, int, int]:
     return (int(rng.integers(215, 256)), int(rng.integers(70, 125)), int(rng.integers(0, 40)))
 
 
+def _canvas(
+    w: int, h: int, fill: tuple[int, int, int]
+) -> tuple[PILImage.Image, PILImage.Image, ImageDraw.ImageDraw, ImageDraw.ImageDraw]:
+    """An RGB canvas filled with ``fill``, an empty mask, and a drawer for each."""
+    im, mask = PILImage.new("RGB", (w, h), fill), PILImage.new("L", (w, h), 0)
+    return im, mask, ImageDraw.Draw(im), ImageDraw.Draw(mask)
+
+
+def _sign_on_post(px: int, panel_bottom: float):  # noqa: ANN202 - the canvas tuple of _canvas plus the side
+    """A sign canvas: ``px`` tall, half as wide, with a grey post from ``panel_bottom`` (fraction of the side) down."""
+    side = int(px * 0.5)
+    im, mask, d, m = _canvas(side, px, (110, 110, 110))
+    half = max(1, side // 30)
+    m.rectangle([side // 2 - half, int(side * panel_bottom), side // 2 + half, px - 1], fill=255)
+    return side, im, mask, d, m
+
+
 def _finish(im: PILImage.Image, mask: PILImage.Image, rng: np.random.Generator, *, cylinder: bool) -> np.ndarray:
     rgb = np.asarray(im, dtype=np.float32)
     w = rgb.shape[1]
@@ -45,8 +62,7 @@ def _finish(im: PILImage.Image, mask: PILImage.Image, rng: np.random.Generator, 
 def _drum(rng: np.random.Generator, px: int) -> np.ndarray:
     """A channelizing drum: 4-5 orange and white bands, a dark ballast ring at the base."""
     h, w = px, int(px * rng.uniform(0.55, 0.65))
-    im, mask = PILImage.new("RGB", (w, h), _orange(rng)), PILImage.new("L", (w, h), 0)
-    d, m = ImageDraw.Draw(im), ImageDraw.Draw(mask)
+    im, mask, d, m = _canvas(w, h, _orange(rng))
     m.rounded_rectangle([0, 0, w - 1, int(h * 0.9)], radius=max(1, w // 6), fill=255)
     m.rectangle([int(-w * 0.05), int(h * 0.86), w, h - 1], fill=255)
     bands = int(rng.integers(4, 6))
@@ -60,8 +76,7 @@ def _drum(rng: np.random.Generator, px: int) -> np.ndarray:
 def _channelizer(rng: np.random.Generator, px: int) -> np.ndarray:
     """A tall, thin post with white reflective bands on a small black base."""
     h, w = px, max(6, int(px * rng.uniform(0.16, 0.24)))
-    im, mask = PILImage.new("RGB", (w, h), _orange(rng)), PILImage.new("L", (w, h), 0)
-    d, m = ImageDraw.Draw(im), ImageDraw.Draw(mask)
+    im, mask, d, m = _canvas(w, h, _orange(rng))
     m.rectangle([int(w * 0.2), 0, int(w * 0.8), h - 1], fill=255)
     m.rectangle([0, int(h * 0.92), w - 1, h - 1], fill=255)
     for y in (0.12, 0.3) if rng.random() < 0.6 else (0.1, 0.25, 0.4):
@@ -73,8 +88,7 @@ def _channelizer(rng: np.random.Generator, px: int) -> np.ndarray:
 def _barricade(rng: np.random.Generator, px: int) -> np.ndarray:
     """A Type II/III barricade: 2-3 boards with diagonal orange/white stripes on white legs."""
     h, w = px, int(px * rng.uniform(1.3, 2.4))
-    im, mask = PILImage.new("RGB", (w, h), _WHITE), PILImage.new("L", (w, h), 0)
-    d, m = ImageDraw.Draw(im), ImageDraw.Draw(mask)
+    im, mask, d, m = _canvas(w, h, _WHITE)
     leg = max(2, w // 18)
     for x in (int(w * 0.12), int(w * 0.85)):
         m.rectangle([x, 0, x + leg, h - 1], fill=255)
@@ -93,8 +107,7 @@ def _barricade(rng: np.random.Generator, px: int) -> np.ndarray:
 def _barrier(rng: np.random.Generator, px: int) -> np.ndarray:
     """Plastic water-filled barrier blocks, alternating orange/red and white, trapezoid profile."""
     h, w = px, int(px * rng.uniform(2.0, 4.0))
-    im, mask = PILImage.new("RGB", (w, h), _WHITE), PILImage.new("L", (w, h), 0)
-    d, m = ImageDraw.Draw(im), ImageDraw.Draw(mask)
+    im, mask, d, m = _canvas(w, h, _WHITE)
     n = max(2, int(w / (h * 1.1)))
     bw = w / n
     colour = _orange(rng) if rng.random() < 0.7 else (205, 35, 30)
@@ -108,15 +121,10 @@ def _barrier(rng: np.random.Generator, px: int) -> np.ndarray:
 
 def _diamond_sign(rng: np.random.Generator, px: int) -> np.ndarray:
     """An orange "ROAD WORK AHEAD"-style diamond with a black border and symbol, on a post."""
-    h = px
-    side = int(h * 0.5)
-    w = side
-    im, mask = PILImage.new("RGB", (w, h), (110, 110, 110)), PILImage.new("L", (w, h), 0)
-    d, m = ImageDraw.Draw(im), ImageDraw.Draw(mask)
+    side, im, mask, d, m = _sign_on_post(px, 0.5)
     c = side / 2
     diamond = [(c, 0), (side - 1, c), (c, side - 1), (0, c)]
     m.polygon(diamond, fill=255)
-    m.rectangle([int(c - max(1, w // 30)), int(c), int(c + max(1, w // 30)), h - 1], fill=255)
     d.polygon(diamond, fill=_BLACK)
     inset = max(2, side // 14)
     d.polygon([(c, inset), (side - 1 - inset, c), (c, side - 1 - inset), (inset, c)], fill=_orange(rng))
@@ -126,15 +134,10 @@ def _diamond_sign(rng: np.random.Generator, px: int) -> np.ndarray:
 
 def _triangle_sign(rng: np.random.Generator, px: int) -> np.ndarray:
     """A European danger triangle (red border, white or yellow field) with a worker-like glyph, on a post."""
-    h = px
-    side = int(h * 0.5)
-    w = side
-    im, mask = PILImage.new("RGB", (w, h), (110, 110, 110)), PILImage.new("L", (w, h), 0)
-    d, m = ImageDraw.Draw(im), ImageDraw.Draw(mask)
+    side, im, mask, d, m = _sign_on_post(px, 0.87)
     tri_h = int(side * 0.87)
     tri = [(side / 2, 0), (side - 1, tri_h), (0, tri_h)]
     m.polygon(tri, fill=255)
-    m.rectangle([side // 2 - max(1, w // 30), tri_h, side // 2 + max(1, w // 30), h - 1], fill=255)
     d.polygon(tri, fill=(200, 25, 30))
     b = max(2, side // 7)
     field = (250, 205, 30) if rng.random() < 0.3 else _WHITE
@@ -165,8 +168,7 @@ def _arrow_board(rng: np.random.Generator, px: int) -> np.ndarray:
     """A trailer-mounted arrow board: black panel, amber lamps in an arrow, on a dark frame."""
     h = px
     w = int(h * rng.uniform(1.1, 1.5))
-    im, mask = PILImage.new("RGB", (w, h), (40, 40, 40)), PILImage.new("L", (w, h), 0)
-    d, m = ImageDraw.Draw(im), ImageDraw.Draw(mask)
+    im, mask, d, m = _canvas(w, h, (40, 40, 40))
     ph = int(h * 0.55)
     m.rectangle([0, 0, w - 1, ph], fill=255)
     m.rectangle([int(w * 0.45), ph, int(w * 0.55), h - 1], fill=255)
