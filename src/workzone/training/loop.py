@@ -71,6 +71,7 @@ RECIPES: dict[str, Recipe] = {
     "partial-props": Recipe("partial-props", tune="partial", synth_pos=0.35, p_props=0.5),
     "partial-hp": Recipe("partial-hp", tune="partial", synth_pos=0.35, p_props=0.5, hood=True),
     "full-hp": Recipe("full-hp", tune="full", lr_body=2e-4, synth_pos=0.35, p_props=0.5, hood=True),
+    "partial8-hp": Recipe("partial8-hp", tune="partial", partial_blocks=8, synth_pos=0.35, p_props=0.5, hood=True),
     "partial-hpc": Recipe("partial-hpc", tune="partial", synth_pos=0.35, p_props=0.5, hood=True, context_neg=0.08),
     "full-hpc": Recipe("full-hpc", tune="full", lr_body=2e-4, synth_pos=0.35, p_props=0.5, hood=True, context_neg=0.08),
 }
