@@ -46,12 +46,12 @@ def _tier_stage_names(config: PipelineConfig) -> list[list[str]]:
 
 
 def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labels: np.ndarray,
-             l2: float, drop: str | None = None):
+             l2: float, drop: str | None = None, balanced: bool = False):
     tiers = _tier_stage_names(config)
     fusions, probs, seen = [], [], []
     for names in tiers:
         seen = seen + [n for n in names if n != drop]
-        fus = fit_fusion(scores, labels, seen, l2=l2) if seen else None
+        fus = fit_fusion(scores, labels, seen, l2=l2, balanced=balanced) if seen else None
         fusions.append(fus)
         z = fused_log_odds(scores, fus) if fus is not None else np.zeros(len(scores))
         probs.append(1.0 / (1.0 + np.exp(-z)))
@@ -59,7 +59,8 @@ def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labe
 
 
 def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: list[int], *,
-                  max_cost: float | None = None, l2: float = 1e-2, data_name: str = "") -> TuneResult:
+                  max_cost: float | None = None, l2: float = 1e-2, data_name: str = "",
+                  balanced: bool = False) -> TuneResult:
     """Fit fusion and exit thresholds from a run_all evaluation of ``config``.
 
     Args:
@@ -68,12 +69,14 @@ def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: lis
         labels: 0/1 labels.
         max_cost: mean cost budget per image in ms (None: best MCC at the lowest cost).
         l2: ridge penalty of the fusion regressions.
+        balanced: fit the fusions for a 50/50 class prior instead of the tuning set's class mix
+            (the exit thresholds are still chosen for MCC on the tuning set).
     """
     y = np.asarray(labels, dtype=int)
     scores, latency = collect_scores(decisions)
     tiers = _tier_stage_names(config)
     tier_costs = np.array([sum(latency.get(n, 0.0) for n in names) for names in tiers])
-    fusions, probs = _fit_all(config, scores, y, l2)
+    fusions, probs = _fit_all(config, scores, y, l2, balanced=balanced)
     thresholds, sim = tune_exit_thresholds(probs, y, tier_costs, max_cost=max_cost)
 
     contribution: dict[str, Any] = {}
@@ -81,7 +84,7 @@ def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: lis
     for name in all_stages:
         if len(all_stages) == 1:
             break
-        _, p_wo = _fit_all(config, scores, y, l2, drop=name)
+        _, p_wo = _fit_all(config, scores, y, l2, drop=name, balanced=balanced)
         th_wo, sim_wo = tune_exit_thresholds(p_wo, y, tier_costs, max_cost=max_cost)
         contribution[name] = {"mcc_without": round(sim_wo.mcc, 4), "mcc_with": round(sim.mcc, 4),
                               "delta_mcc": round(sim.mcc - sim_wo.mcc, 4),
@@ -98,7 +101,7 @@ def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: lis
     per_tier_mcc = [round(matthews_corrcoef(y, (probs[k] > 0.5).astype(int)), 4) for k in range(len(tiers))]
     summary = {
         "fitted_on": data_name, "n": int(len(y)), "positives": int(y.sum()),
-        "date": _dt.date.today().isoformat(), "l2": l2, "max_cost_ms": max_cost,
+        "date": _dt.date.today().isoformat(), "l2": l2, "balanced": balanced, "max_cost_ms": max_cost,
         "mcc": round(sim.mcc, 4), "mean_cost_ms": round(sim.cost, 2),
         "exit_rates": [round(r, 4) for r in sim.exit_rates],
         "mcc_if_every_image_ran_to_tier": per_tier_mcc,

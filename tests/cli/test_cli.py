@@ -89,3 +89,30 @@ def test_eval_on_missing_manifest_fails_cleanly(tmp_path):
     finally:
         sys.argv = argv
     assert info.value.code == 1
+
+
+def test_tune_balanced_records_it_and_changes_the_bias(setup, tmp_path):
+    tmp, pipe = setup
+    # An imbalanced copy of the manifest (all negatives, a quarter of the positives): balancing matters.
+    lines = (tmp / "manifest.csv").read_text().splitlines()
+    keep = [lines[0]] + [ln for k, ln in enumerate(lines[1:]) if ln.split(",")[1] == "0" or k % 8 == 1]
+    (tmp / "imbalanced.csv").write_text("\n".join(keep) + "\n")
+    plain, bal = tmp / "plain.yaml", tmp / "bal.yaml"
+    for out, extra in ((plain, []), (bal, ["--balanced"])):
+        res = runner.invoke(app, ["tune", str(tmp / "imbalanced.csv"), "-p", str(pipe), "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+    cfg_p, _ = load_pipeline_config(plain)
+    cfg_b, _ = load_pipeline_config(bal)
+    assert cfg_p.tuning["balanced"] is False and cfg_b.tuning["balanced"] is True
+    assert cfg_b.tiers[0].fusion.bias != pytest.approx(cfg_p.tiers[0].fusion.bias, abs=1e-4)
+
+
+def test_tune_over_budget_is_a_clear_error(setup, tmp_path):
+    tmp, pipe = setup
+    res = runner.invoke(app, ["tune", str(tmp / "manifest.csv"), "-p", str(pipe), "--out", str(tmp / "x.yaml"),
+                              "--max-cost", "0.000001"])
+    from workzone.errors import ConfigError
+
+    assert res.exit_code != 0
+    assert isinstance(res.exception, ConfigError)  # the CLI's main() prints WorkzoneErrors without a traceback
+    assert "max_cost" in str(res.exception) and "--max-cost" in str(res.exception)

@@ -54,3 +54,23 @@ def test_pooling_ignores_abstentions_and_clips():
     assert pool_log_odds({"a": 1.0, "b": None}, f) == 3.0
     assert pool_log_odds({"a": 1e9}, f) == 30.0
     assert pool_log_odds({}, FusionParams()) == 0.0
+
+
+def test_balanced_fit_shifts_the_bias_by_the_prior_log_ratio():
+    # Logistic regression with class weights moves the intercept by log(n_neg / n_pos) and keeps the
+    # slopes (for a well-specified model): the fused probabilities then assume a 50/50 prior.
+    rng = np.random.default_rng(3)
+    n = 20000
+    x = rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(-2.0 + 1.5 * x)))).astype(int)
+    plain = fit_logistic(x[:, None], y, l2=0.0)
+    bal = fit_logistic(x[:, None], y, l2=0.0, balanced=True)
+    prior_shift = np.log((n - y.sum()) / y.sum())
+    assert y.mean() < 0.3  # an imbalanced set, so the shift is large
+    assert bal.bias - plain.bias == pytest.approx(prior_shift, abs=0.1)
+    assert bal.weights[0] == pytest.approx(plain.weights[0], abs=0.1)
+    # Balanced probabilities average ~0.5 per class-weighted sample: more positives called.
+    z_plain, z_bal = plain.bias + plain.weights[0] * x, bal.bias + bal.weights[0] * x
+    assert (z_bal > 0).sum() > (z_plain > 0).sum()
+    fus = fit_fusion([{"a": float(v)} for v in x], y, ["a"], l2=0.0, balanced=True)
+    assert fus.bias == pytest.approx(bal.bias, abs=1e-5)

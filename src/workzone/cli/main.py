@@ -167,6 +167,8 @@ def tune(
     split: Optional[str] = typer.Option(None, help="rows to fit on; default: dev when present"),
     max_cost: Optional[float] = typer.Option(None, help="mean cost budget in ms per image"),
     l2: float = typer.Option(1e-2, min=0.0, help="ridge penalty of the fusion regressions"),
+    balanced: bool = typer.Option(False, "--balanced/--no-balanced",
+                                  help="fit fusion for a 50/50 class prior, not the manifest's class mix"),
     batch_size: int = typer.Option(8, min=1),
 ) -> None:
     """Fit fusion weights (logistic regression) and MCC-optimal exit thresholds; write the pipeline."""
@@ -183,7 +185,8 @@ def tune(
         config = pipe.config
     ok = [i for i, d in enumerate(result.decisions) if d is not None]
     tuned = tune_pipeline(config, [result.decisions[i] for i in ok], [rows[i].label for i in ok],
-                          max_cost=max_cost, l2=l2, data_name=f"{manifest.name} split={split or 'dev'}")
+                          max_cost=max_cost, l2=l2, data_name=f"{manifest.name} split={split or 'dev'}",
+                          balanced=balanced)
     text = dump_pipeline(tuned.config)
     from workzone.config.loader import parse_pipeline
     parse_pipeline(text, str(out))  # never write a file that would not load

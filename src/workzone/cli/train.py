@@ -202,6 +202,7 @@ def loso_fusion(
     recipe: Annotated[str, _RECIPE] = "partial",
     ocr: Annotated[bool, typer.Option(help="also fuse the sign-OCR stage")] = True,
     device: Annotated[str, _DEVICE] = "cpu",
+    balanced: Annotated[bool, typer.Option(help="fit fusion for a 50/50 class prior (as `tune --balanced`)")] = False,
     out: Annotated[Path, typer.Option(help="results JSON")] = Path("loso_fusion.json"),
 ) -> None:
     """Leave-one-source-out of the fused fast tiers (classifier + cone detector + OCR), fusion fitted on the others' dev."""
@@ -213,5 +214,5 @@ def loso_fusion(
     builtin = Path(__file__).resolve().parents[1] / "models" / "cone_detector.onnx"
     dets = {k: builtin if str(v[-1]) == "builtin" else v[-1] for k, v in _source_paths(detector, "--detector").items()}
     result = run_loso_fusion(manifest, _source_paths(classifier, "--classifier"), dets, recipe=recipe, ocr=ocr,
-                             device=device, log=Console().print)
+                             device=device, balanced=balanced, log=Console().print)
     out.write_text(json.dumps(json_safe(result), indent=2) + "\n", encoding="utf-8")

@@ -26,13 +26,16 @@ class LogisticFit:
     iterations: int
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int = 100, tol: float = 1e-8) -> LogisticFit:
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int = 100, tol: float = 1e-8,
+                 *, balanced: bool = False) -> LogisticFit:
     """Fit an L2-regularised logistic regression (the bias is not penalised).
 
     Args:
         x: features, shape (n, d).
         y: labels in {0, 1}, shape (n,).
         l2: ridge penalty on the weights (scaled by n, so it is comparable across data sizes).
+        balanced: weight the classes equally (each class's samples sum to n/2), so that the fitted
+            probabilities assume a 50/50 prior instead of the fitting set's class mix.
 
     Returns:
         The fit, with its mean log loss on ``x``.
@@ -51,6 +54,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int =
     if len(np.unique(y)) < 2:
         raise ValueError("fitting fusion needs both classes in the labels")
     n, d = x.shape
+    sw = np.ones(n)
+    if balanced:
+        pos = y.sum()
+        sw = np.where(y == 1, n / (2 * pos), n / (2 * (n - pos)))
     a = np.hstack([np.ones((n, 1)), x])
     beta = np.zeros(d + 1)
     pen = np.full(d + 1, l2 * n)
@@ -59,8 +66,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int =
     for it in range(1, max_iter + 1):
         z = np.clip(a @ beta, -35, 35)
         p = 1.0 / (1.0 + np.exp(-z))
-        w = p * (1 - p) + 1e-9
-        grad = a.T @ (p - y) + pen * beta
+        w = sw * p * (1 - p) + 1e-9
+        grad = a.T @ (sw * (p - y)) + pen * beta
         hess = (a * w[:, None]).T @ a + np.diag(pen) + 1e-9 * np.eye(d + 1)
         step = np.linalg.solve(hess, grad)
         beta -= step
@@ -68,7 +75,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int =
             break
     z = np.clip(a @ beta, -35, 35)
     p = np.clip(1.0 / (1.0 + np.exp(-z)), 1e-12, 1 - 1e-12)
-    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    loss = float(-np.mean(sw * (y * np.log(p) + (1 - y) * np.log(1 - p))))
     return LogisticFit(float(beta[0]), beta[1:].copy(), loss, it)
 
 
@@ -77,9 +84,13 @@ def score_matrix(scores: list[dict[str, float | None]], names: list[str]) -> np.
     return np.array([[float(s.get(k) or 0.0) for k in names] for s in scores], dtype=np.float64).reshape(len(scores), len(names))
 
 
-def fit_fusion(scores: list[dict[str, float | None]], labels: np.ndarray, names: list[str], l2: float = 1e-2) -> FusionParams:
-    """Fit one tier's fusion over the stages ``names`` (all stages of this tier and earlier ones)."""
-    fit = fit_logistic(score_matrix(scores, names), labels, l2=l2)
+def fit_fusion(scores: list[dict[str, float | None]], labels: np.ndarray, names: list[str], l2: float = 1e-2,
+               *, balanced: bool = False) -> FusionParams:
+    """Fit one tier's fusion over the stages ``names`` (all stages of this tier and earlier ones).
+
+    ``balanced`` fits for a 50/50 prior (see :func:`fit_logistic`).
+    """
+    fit = fit_logistic(score_matrix(scores, names), labels, l2=l2, balanced=balanced)
     return FusionParams(bias=round(fit.bias, 6), weights={k: round(float(w), 6) for k, w in zip(names, fit.weights)},
                         fitted=True)
 

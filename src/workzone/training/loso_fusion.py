@@ -64,13 +64,15 @@ def stage_log_odds(kind: str, params: dict, paths: Sequence[Path], *, progress: 
     return asyncio.run(go())
 
 
-def fuse_held_out(samples: Sequence[Sample], scores: Mapping[str, Sequence[float | None]], held_out: str) -> dict:
+def fuse_held_out(samples: Sequence[Sample], scores: Mapping[str, Sequence[float | None]], held_out: str, *,
+                  balanced: bool = False) -> dict:
     """Fit fusion on the other sources' dev rows; score ``held_out`` (all its rows) at p > 0.5.
 
     Args:
         samples: every scored sample (train and dev of all sources).
         scores: stage name -> log-odds per sample (None = abstained).
         held_out: the left-out source.
+        balanced: fit for a 50/50 prior instead of the fitting rows' class mix.
 
     Returns:
         ``{"stages", "fusion": {bias, weights}, "held_out": metrics, "dev_others": metrics}``.
@@ -82,7 +84,7 @@ def fuse_held_out(samples: Sequence[Sample], scores: Mapping[str, Sequence[float
     y = np.array([s.label for s in samples])
     fit = [i for i, s in enumerate(samples) if s.split == "dev" and s.source != held_out]
     held = [i for i, s in enumerate(samples) if s.source == held_out]
-    fusion = fit_fusion([rows[i] for i in fit], y[fit], names)
+    fusion = fit_fusion([rows[i] for i in fit], y[fit], names, balanced=balanced)
     z_held = fused_log_odds([rows[i] for i in held], fusion)
     z_fit = fused_log_odds([rows[i] for i in fit], fusion)
     return {
@@ -101,6 +103,7 @@ def run_loso_fusion(
     recipe: str = "partial",
     ocr: bool = True,
     device: str = "cpu",
+    balanced: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Fused leave-one-source-out for each source that has classifiers (and a detector) trained without it.
@@ -113,6 +116,7 @@ def run_loso_fusion(
         recipe: the classifiers' recipe (architecture and input size).
         ocr: also fuse the sign-OCR stage (needs the ``ocr`` dependencies).
         device: torch device for the classifiers.
+        balanced: fit the fusions for a 50/50 prior (``workzone tune --balanced``).
         log: where progress lines go.
 
     Returns:
@@ -135,18 +139,18 @@ def run_loso_fusion(
         for k, ckpt in enumerate(ckpts):
             name = "classifier" if k == 0 else f"classifier_{k + 1}"
             scores[name] = classifier_logits(ckpt, recipe, pixels, device=device)
-            alone = fuse_held_out(samples, {name: scores[name]}, source)
+            alone = fuse_held_out(samples, {name: scores[name]}, source, balanced=balanced)
             alone["checkpoint"] = str(ckpt)
             alone["raw_logit_0"] = binary_metrics([s.label for s in samples if s.source == source],
                                                   np.asarray(scores[name])[[s.source == source for s in samples]])
             each.append(alone)
-        res: dict = {"each_classifier": each, "classifiers": fuse_held_out(samples, scores, source)}
+        res: dict = {"each_classifier": each, "classifiers": fuse_held_out(samples, scores, source, balanced=balanced)}
         scores["cones"] = stage_log_odds("roadwork_detector", {"model": str(detectors[source])}, paths)
-        res["cones"] = fuse_held_out(samples, {"cones": scores["cones"]}, source)
-        res["classifiers+cones"] = fuse_held_out(samples, scores, source)
+        res["cones"] = fuse_held_out(samples, {"cones": scores["cones"]}, source, balanced=balanced)
+        res["classifiers+cones"] = fuse_held_out(samples, scores, source, balanced=balanced)
         if signs is not None:
             scores["signs"] = signs
-            res["classifiers+cones+signs"] = fuse_held_out(samples, scores, source)
+            res["classifiers+cones+signs"] = fuse_held_out(samples, scores, source, balanced=balanced)
         out[source] = res
         for e in each:
             m, r = e["held_out"], e["raw_logit_0"]
