@@ -7,6 +7,8 @@ from workzone.training.hoods import clip_key, context_crop, crop_bottom, dashcam
 from workzone.training.props import PROPS, draw_prop
 from workzone.training.synth import Cutout, paste_work_zone
 
+from tests.training._data import add_cone_photos, write_manifest
+
 
 def _frames(n: int, h: int = 60, w: int = 80, hood: int = 200) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
@@ -104,22 +106,14 @@ def test_epoch_set_with_hoods_props_and_context_negatives(tmp_path) -> None:
     from workzone.training.data import load_samples
     from workzone.training.loop import _epoch_plan, _EpochSet, prepare_data, recipe_from_name
 
-    rng = np.random.default_rng(0)
+    rows: list[str] = []
+    boxes: list[str] = []
     (tmp_path / "images").mkdir()
-    rows, boxes = ["path,label,split,source,notes"], ["path,class,cx,cy,w,h"]
     for i, f in enumerate(_frames(10, h=96, w=128)):  # a dashcam work-zone clip
         Image.fromarray(f).save(tmp_path / "images" / f"city_f{i:04d}.jpg")
         rows.append(f"images/city_f{i:04d}.jpg,1,train,Dash,")
-    for i in range(6):  # boxed stock cone photos and stock negatives
-        img = rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)
-        label = i % 2
-        if label:
-            img[30:70, 40:60] = (240, 110, 20)
-            boxes.append(f"images/s{i}.jpg,cone,0.5,0.62,0.3,0.55")
-        Image.fromarray(img).save(tmp_path / "images" / f"s{i}.jpg")
-        rows.append(f"images/s{i}.jpg,{label},train,TraCon,")
-    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "boxes.csv").write_text("\n".join(boxes) + "\n")
+    add_cone_photos(tmp_path, rows, boxes, 6, shape=(80, 100), prefix="s")  # boxed stock photos and negatives
+    write_manifest(tmp_path, rows, boxes)
     data = prepare_data(load_samples(tmp_path / "manifest.csv"), tmp_path / "boxes.csv")
     assert len(data.dashcam) == 10 and data.strips
     recipe = recipe_from_name("partial-hpc", epoch_size=200, size=64)

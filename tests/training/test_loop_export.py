@@ -7,6 +7,8 @@ import pytest
 
 from workzone.training.loop import binary_metrics
 
+from tests.training._data import add_cone_photos, write_manifest
+
 
 @pytest.mark.parametrize(
     ("labels", "scores", "mcc", "recall", "spec"),
@@ -21,24 +23,10 @@ def test_binary_metrics(labels: list, scores: list, mcc: float, recall: float, s
 
 
 def _write_dataset(root: Path) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir()
-    rows = ["path,label,split,source,notes"]
-    boxes = ["path,class,cx,cy,w,h"]
-    for i in range(8):
-        img = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-        label = i % 2
-        if label:
-            img[15:40, 25:40] = (240, 110, 20)
-            boxes.append(f"images/{i}.jpg,cone,0.5,0.58,0.3,0.6")
-        Image.fromarray(img).save(root / "images" / f"{i}.jpg")
-        src = "CamVid" if not label else "TraCon"
-        rows.append(f"images/{i}.jpg,{label},train,{src},")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    (root / "boxes.csv").write_text("\n".join(boxes) + "\n")
-    return root / "manifest.csv"
+    rows: list[str] = []
+    boxes: list[str] = []
+    add_cone_photos(root, rows, boxes, 8, source=lambda label: "TraCon" if label else "CamVid")
+    return write_manifest(root, rows, boxes)
 
 
 def test_train_one_step_on_cpu_and_export_parity(tmp_path: Path) -> None:
