@@ -64,7 +64,7 @@ def train(
     rec = recipe_from_name(recipe, epochs=epochs)
     out.mkdir(parents=True, exist_ok=True)
     samples = load_samples(manifest, splits=train_splits(rec))
-    data = prepare_data(samples, manifest.parent / "boxes.csv")
+    data = prepare_data(samples, manifest.parent / "boxes.csv", erase=rec.erase_neg > 0)
     console.print(f"{len(samples)} training images, {len(data.cutouts)} cone cutouts, recipe {rec.name}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                   console=console) as bar:

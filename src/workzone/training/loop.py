@@ -19,6 +19,7 @@ import numpy as np
 from workzone.io.images import ResizeMode, resize_for_model
 from workzone.training.augment import AugmentConfig, augment_image
 from workzone.training.data import Sample, load_pixels, read_boxes
+from workzone.training.erase import decoy_erase, erase_work_zone
 from workzone.training.hoods import clip_key, context_crop, crop_bottom, dashcam_strips, paste_strip
 from workzone.training.synth import Cutout, cut_cones, paste_distractors, paste_work_zone
 
@@ -50,6 +51,8 @@ class Recipe:
     p_props: float = 0.0  # share of pasted positives that are drawn props (drums, signs...) instead of cones
     hood: bool = False  # decorrelate dashcam hoods from the label (see training/hoods.py)
     context_neg: float = 0.0  # fraction that is object-free parts of positive images, labelled 0
+    erase_neg: float = 0.0  # fraction that is positives with their work-zone colours erased, labelled 0 (erase.py)
+    decoy: float = 0.0  # chance that any other image gets label-free smudges like the erasures
     size: int = 224
     resize: str = "squash"  # inference resize mode written to the sidecar
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -74,6 +77,11 @@ RECIPES: dict[str, Recipe] = {
     "partial8-hp": Recipe("partial8-hp", tune="partial", partial_blocks=8, synth_pos=0.35, p_props=0.5, hood=True),
     "partial-hpc": Recipe("partial-hpc", tune="partial", synth_pos=0.35, p_props=0.5, hood=True, context_neg=0.08),
     "full-hpc": Recipe("full-hpc", tune="full", lr_body=2e-4, synth_pos=0.35, p_props=0.5, hood=True, context_neg=0.08),
+    "partial-hpe": Recipe("partial-hpe", tune="partial", synth_pos=0.35, p_props=0.5, hood=True, erase_neg=0.1, decoy=0.15),
+    "partial-hpe2": Recipe("partial-hpe2", tune="partial", synth_pos=0.35, p_props=0.5, hood=True, erase_neg=0.2,
+                           decoy=0.25),
+    "full-hpe": Recipe("full-hpe", tune="full", lr_body=2e-4, synth_pos=0.35, p_props=0.5, hood=True, erase_neg=0.1,
+                       decoy=0.15),
 }
 
 
@@ -88,14 +96,16 @@ class TrainData:
     backgrounds: dict[str, list[int]]  # source -> indices into samples of negative scenes
     strips: list[np.ndarray] = field(default_factory=list)  # bottom strips of dashcam frames (hoods)
     dashcam: set[int] = field(default_factory=set)  # indices of samples that are dashcam frames
+    erased: dict[int, np.ndarray] = field(default_factory=dict)  # positive index -> it with the work zone erased
 
 
-def prepare_data(samples: Sequence[Sample], boxes_csv: str | Path | None) -> TrainData:
+def prepare_data(samples: Sequence[Sample], boxes_csv: str | Path | None, *, erase: bool = False) -> TrainData:
     """Decode ``samples`` and cut cones out of their boxed images.
 
     Args:
         samples: training samples (already filtered for leave-one-source-out).
         boxes_csv: the data set's boxes.csv, or None for no copy-paste synthesis.
+        erase: also make the erased-work-zone negatives (recipes with ``erase_neg``).
     """
     pixels = [load_pixels(s.path) for s in samples]
     boxes = read_boxes(boxes_csv) if boxes_csv is not None and Path(boxes_csv).exists() else {}
@@ -110,11 +120,19 @@ def prepare_data(samples: Sequence[Sample], boxes_csv: str | Path | None) -> Tra
         if s.label == 0 and s.source in _BACKGROUND_SOURCES:
             backgrounds.setdefault(s.source, []).append(i)
     strips, dashcam = dashcam_strips([clip_key(s.source, s.rel) for s in samples], pixels)
-    return TrainData(list(samples), pixels, keep, cutouts, backgrounds, strips, dashcam)
+    data = TrainData(list(samples), pixels, keep, cutouts, backgrounds, strips, dashcam)
+    if erase:
+        for i, (s, px) in enumerate(zip(samples, pixels)):
+            if s.label == 1:
+                out = erase_work_zone(px, np.random.default_rng([i, 11]))
+                if out is not None:
+                    data.erased[i] = out
+    return data
 
 
 def _epoch_plan(data: TrainData, recipe: Recipe, seed: int, epoch: int) -> np.ndarray:
-    """(kind, index) rows for one epoch: 0 real, 1 pasted work zone, 2 pasted distractors, 3 context negative.
+    """(kind, index) rows for one epoch: 0 real, 1 pasted work zone, 2 pasted distractors, 3 context negative,
+    4 erased work zone.
 
     Real samples are balanced over (source, label) groups with a share growing with the square
     root of the group's size: large groups do not swamp small ones, and the three WMaia9
@@ -132,7 +150,9 @@ def _epoch_plan(data: TrainData, recipe: Recipe, seed: int, epoch: int) -> np.nd
     n_neg = int(recipe.epoch_size * recipe.synth_neg) if can_synth else 0
     ctx = [i for i, s in enumerate(data.samples) if s.label == 1 and i in data.dashcam]
     n_ctx = int(recipe.epoch_size * recipe.context_neg) if ctx else 0
-    n_real = recipe.epoch_size - n_pos - n_neg - n_ctx
+    erased = sorted(data.erased)
+    n_erase = int(recipe.epoch_size * recipe.erase_neg) if erased else 0
+    n_real = recipe.epoch_size - n_pos - n_neg - n_ctx - n_erase
     counts = rng.multinomial(n_real, share)
     rows = []
     for k, c in zip(keys, counts):
@@ -143,6 +163,7 @@ def _epoch_plan(data: TrainData, recipe: Recipe, seed: int, epoch: int) -> np.nd
             src = bg_sources[int(rng.integers(len(bg_sources)))]
             rows.append((kind, int(rng.choice(data.backgrounds[src]))))
     rows += [(3, int(i)) for i in rng.choice(ctx, size=n_ctx)] if n_ctx else []
+    rows += [(4, int(i)) for i in rng.choice(erased, size=n_erase)] if n_erase else []
     plan = np.array(rows, dtype=np.int64).reshape(-1, 2)
     return plan[rng.permutation(len(plan))]
 
@@ -160,9 +181,12 @@ class _EpochSet:
         kind, idx = (int(v) for v in self.plan[i])
         rng = np.random.default_rng([self.seed, self.epoch, i])
         d, cfg = self.data, self.recipe.augment
+        if kind == 4:
+            img, _ = self._hood(d.erased[idx], idx, [], rng)
+            return augment_image(img, rng, cfg), np.float32(0)
         if kind == 0:
             s = d.samples[idx]
-            img, keep = self._hood(d.pixels[idx], idx, d.keep_points[idx], rng)
+            img, keep = self._hood(self._decoy(d.pixels[idx], rng), idx, d.keep_points[idx], rng)
             # Positives without boxes (WMaia9) keep a larger crop so the work zone stays in view.
             min_area = cfg.min_crop_area if (s.label == 0 or keep) else 0.45
             x = augment_image(img, rng, cfg, keep_points=keep, min_crop_area=min_area)
@@ -173,10 +197,16 @@ class _EpochSet:
         if kind == 1:
             img, centres = paste_work_zone(scene, d.cutouts, rng, p_cones=1.0 - self.recipe.p_props)
             if centres:
-                return augment_image(img, rng, cfg, keep_points=centres), np.float32(1)
+                return augment_image(self._decoy(img, rng), rng, cfg, keep_points=centres), np.float32(1)
             return augment_image(scene, rng, cfg), np.float32(0)
         img = paste_distractors(scene, d.cutouts, rng)
         return augment_image(img, rng, cfg), np.float32(0)
+
+    def _decoy(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Smudges like the erasures' on images whose label they do not change, so a smudge means nothing."""
+        if self.recipe.decoy and rng.random() < self.recipe.decoy:
+            return decoy_erase(img, rng)
+        return img
 
     def _hood(
         self, img: np.ndarray, idx: int, keep: list[tuple[float, float]], rng: np.random.Generator

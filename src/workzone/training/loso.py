@@ -93,7 +93,7 @@ def run_loso(
     runs = [(h, [h]) for h in holdouts] + ([("full", [])] if with_full else [])
     for tag, excluded in runs:
         train = load_samples(manifest, splits=train_splits(recipe), exclude_sources=excluded)
-        data = prepare_data(train, boxes)
+        data = prepare_data(train, boxes, erase=recipe.erase_neg > 0)
         log(f"[{recipe.name}] {tag}: {len(train)} train images, {len(data.cutouts)} cone cutouts")
         model = train_model(data, recipe, seed=seed, device=device, workers=workers, weights_path=weights_path)
         if on_model is not None:
