@@ -96,3 +96,41 @@ def test_epoch_set_draws_erased_negatives_and_decoys(tmp_path) -> None:
         assert y == 0 and x.shape == (3, 224, 224) and np.isfinite(x).all()
     no_erase = _epoch_plan(data, recipe_from_name("partial-hp", epoch_size=200), 0, 0)
     assert not (no_erase[:, 0] == 4).any()
+
+
+def test_loso_run_makes_erased_negatives_for_an_erasing_recipe(tmp_path, monkeypatch) -> None:
+    """run_loso passes the recipe's erase_neg through to prepare_data and trains on kind-4 rows (tiny CPU run)."""
+    import pytest
+
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import workzone.training.loso as loso_mod
+    import workzone.training.model as model_mod
+    from workzone.training.loop import recipe_from_name
+
+    rows: list[str] = []
+    boxes: list[str] = []
+    add_cone_photos(tmp_path, rows, boxes, 8, shape=(80, 100), source=lambda label: "TraCon" if label else "CamVid")
+    add_cone_photos(tmp_path, rows, boxes, 6, shape=(80, 100), prefix="o", source=lambda label: "Other", seed=1)
+    manifest = write_manifest(tmp_path, rows, boxes)
+
+    seen: list[int] = []
+    real_prepare = loso_mod.prepare_data
+
+    def recording_prepare(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        data = real_prepare(*args, **kwargs)
+        seen.append(len(data.erased))
+        return data
+
+    orig_build = model_mod.build_model
+    monkeypatch.setattr(loso_mod, "prepare_data", recording_prepare)
+    # Random-init weights keep the test offline; the loop and the evaluation are the real ones.
+    monkeypatch.setattr(model_mod, "build_model", lambda arch, **kw: orig_build(arch, pretrained=False, dropout=0.3))
+    for name, expect_erased in (("partial-hpe", True), ("partial-hp", False)):
+        seen.clear()
+        recipe = recipe_from_name(name, epochs=1, epoch_size=16, batch_size=8, size=64)
+        result = loso_mod.run_loso(manifest, recipe, device="cpu", workers=0, holdouts=("CamVid",), with_full=False,
+                                   log=lambda _m: None)
+        assert (seen[0] > 0) == expect_erased
+        held = result["loso"]["CamVid"]["held_out"]
+        assert held["n"] == 4 and 0.0 <= held["specificity"] <= 1.0

@@ -43,7 +43,7 @@ def evaluate_samples(
     for src in sorted({s.source for s in samples}):
         idx = [i for i, s in enumerate(samples) if s.source == src]
         out["per_source"][src] = binary_metrics([labels[i] for i in idx], logits[idx])
-    night = np.array([is_low_light(s, None if pixels is None else pixels[i]) for i, s in enumerate(samples)])
+    night = np.array([is_low_light(s, None if pixels is None else pixels[i]) for i, s in enumerate(samples)], dtype=bool)
     for name, mask in (("day", ~night), ("night_or_dusk", night)):
         if mask.any():
             out["light"][name] = binary_metrics(np.asarray(labels)[mask], logits[mask])
