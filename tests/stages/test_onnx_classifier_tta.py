@@ -171,7 +171,9 @@ def test_tta_is_noted_in_the_evidence(mask_model):
     (out,) = run_stage(_stage(mask_model, crops=5, flip=True, crop_scale=0.75), [_image(20, 20, 6)])
     assert out.evidence.notes == (
         "TTA: mean logit of 12 views per region (whole + 5 crops at 0.75, each also flipped)",)
-    (plain,) = run_stage(_stage(mask_model, flip=True), [_image(20, 20, 6)])
+    (flipped,) = run_stage(_stage(mask_model, flip=True), [_image(20, 20, 6)])
+    assert flipped.evidence.notes == ("TTA: mean logit of 2 views per region (as is and mirrored)",)
+    (plain,) = run_stage(_stage(mask_model), [_image(20, 20, 6)])
     assert plain.evidence.notes == ()
 
 

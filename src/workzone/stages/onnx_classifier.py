@@ -144,6 +144,8 @@ class OnnxClassifierStage(Stage):
             n = (1 + self.params.crops) * (2 if self.params.flip else 1)
             notes += (f"TTA: mean logit of {n} views per region (whole + {self.params.crops} crops at "
                       f"{self.params.crop_scale:g}{', each also flipped' if self.params.flip else ''})",)
+        elif self.params.flip:
+            notes += ("TTA: mean logit of 2 views per region (as is and mirrored)",)
         return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
