@@ -1,6 +1,7 @@
 """Tests of the work-zone erasure (training/erase.py) and its erased negatives / decoy smudges in training."""
 
 import numpy as np
+import pytest
 
 from workzone.training.erase import decoy_erase, erase_work_zone, fill_masked, work_zone_mask
 
@@ -100,8 +101,6 @@ def test_epoch_set_draws_erased_negatives_and_decoys(tmp_path) -> None:
 
 def test_loso_run_makes_erased_negatives_for_an_erasing_recipe(tmp_path, monkeypatch) -> None:
     """run_loso passes the recipe's erase_neg through to prepare_data and trains on kind-4 rows (tiny CPU run)."""
-    import pytest
-
     pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
     import workzone.training.loso as loso_mod

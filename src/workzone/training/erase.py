@@ -46,10 +46,6 @@ def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
     return x
 
 
-def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    return _box_blur(mask.astype(np.float32), r) > 1e-3 if r > 0 else mask
-
-
 def work_zone_mask(pixels: np.ndarray, *, grow: float = 0.012) -> np.ndarray:
     """Pixels in work-zone colours, grown a little: saturated red-orange to orange and fluorescent yellow-green.
 
@@ -67,7 +63,8 @@ def work_zone_mask(pixels: np.ndarray, *, grow: float = 0.012) -> np.ndarray:
     mask = orange | vest
     # Specks (brake lights, a few noisy pixels) are not objects: keep only dense areas.
     dense = _box_blur(mask.astype(np.float32), max(1, round(0.004 * max(pixels.shape[:2])))) > 0.25
-    return _dilate(dense, max(1, round(grow * max(pixels.shape[:2]))))
+    # Grow (dilate) by a box blur: any masked pixel within the radius marks this one.
+    return _box_blur(dense.astype(np.float32), max(1, round(grow * max(pixels.shape[:2])))) > 1e-3
 
 
 def fill_masked(pixels: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -62,6 +62,9 @@ class Recipe:
         return asdict(self)
 
 
+# The "hp" recipes: 35 % pasted work zones, half of them drawn props, and dashcam hoods decorrelated.
+_HP = {"synth_pos": 0.35, "p_props": 0.5, "hood": True}
+
 RECIPES: dict[str, Recipe] = {
     "frozen": Recipe("frozen", tune="frozen", lr_head=3e-3, epochs=10),
     "partial": Recipe("partial", tune="partial"),
@@ -72,16 +75,14 @@ RECIPES: dict[str, Recipe] = {
                            synth_pos=0.4, synth_neg=0.15),
     "partial-hood": Recipe("partial-hood", tune="partial", hood=True),
     "partial-props": Recipe("partial-props", tune="partial", synth_pos=0.35, p_props=0.5),
-    "partial-hp": Recipe("partial-hp", tune="partial", synth_pos=0.35, p_props=0.5, hood=True),
-    "full-hp": Recipe("full-hp", tune="full", lr_body=2e-4, synth_pos=0.35, p_props=0.5, hood=True),
-    "partial8-hp": Recipe("partial8-hp", tune="partial", partial_blocks=8, synth_pos=0.35, p_props=0.5, hood=True),
-    "partial-hpc": Recipe("partial-hpc", tune="partial", synth_pos=0.35, p_props=0.5, hood=True, context_neg=0.08),
-    "full-hpc": Recipe("full-hpc", tune="full", lr_body=2e-4, synth_pos=0.35, p_props=0.5, hood=True, context_neg=0.08),
-    "partial-hpe": Recipe("partial-hpe", tune="partial", synth_pos=0.35, p_props=0.5, hood=True, erase_neg=0.1, decoy=0.15),
-    "partial-hpe2": Recipe("partial-hpe2", tune="partial", synth_pos=0.35, p_props=0.5, hood=True, erase_neg=0.2,
-                           decoy=0.25),
-    "full-hpe": Recipe("full-hpe", tune="full", lr_body=2e-4, synth_pos=0.35, p_props=0.5, hood=True, erase_neg=0.1,
-                       decoy=0.15),
+    "partial-hp": Recipe("partial-hp", tune="partial", **_HP),
+    "full-hp": Recipe("full-hp", tune="full", lr_body=2e-4, **_HP),
+    "partial8-hp": Recipe("partial8-hp", tune="partial", partial_blocks=8, **_HP),
+    "partial-hpc": Recipe("partial-hpc", tune="partial", context_neg=0.08, **_HP),
+    "full-hpc": Recipe("full-hpc", tune="full", lr_body=2e-4, context_neg=0.08, **_HP),
+    "partial-hpe": Recipe("partial-hpe", tune="partial", erase_neg=0.1, decoy=0.15, **_HP),
+    "partial-hpe2": Recipe("partial-hpe2", tune="partial", erase_neg=0.2, decoy=0.25, **_HP),
+    "full-hpe": Recipe("full-hpe", tune="full", lr_body=2e-4, erase_neg=0.1, decoy=0.15, **_HP),
 }
 
 
