@@ -19,7 +19,8 @@ app = typer.Typer(name="workzone", help="Is there road work in this image? A cal
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 # Sub-command groups that live in their own modules; each exposes register(app).
-_COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.detector", "workzone.cli.plan", "workzone.cli.serve")
+_COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.detector", "workzone.cli.plan", "workzone.cli.serve",
+                    "workzone.cli.report")
 
 PipelineOpt = typer.Option("default", "--pipeline", "-p", help="built-in pipeline name or YAML file")
 
@@ -119,6 +120,9 @@ def eval_(
     pipeline: str = PipelineOpt,
     split: Optional[str] = typer.Option(None, help="rows of this split (comma list, or 'all'); default: dev when present"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the full report as JSON"),
+    html: Optional[Path] = typer.Option(None, "--html", help="write the HTML report (plots, evidence gallery)"),
+    predictions: Optional[Path] = typer.Option(None, "--predictions",
+                                               help="write one record per image with its evidence (JSON Lines)"),
     batch_size: int = typer.Option(8, min=1),
 ) -> None:
     """Score a pipeline on a labelled manifest: MCC, accuracy, per source, per tier, latency."""
@@ -135,6 +139,11 @@ def eval_(
     if out:
         out.write_text(json.dumps(report, indent=2, default=str))
         console.print(f"report written to {out}")
+    if html or predictions:
+        from workzone.cli.report import write_eval_outputs
+
+        for line in write_eval_outputs(result, manifest, pipe.config, predictions=predictions, html=html):
+            console.print(line)
 
 
 def _fmt(v) -> str:
@@ -150,6 +159,11 @@ def _print_report(console: Console, report: dict) -> None:
         table.add_row(name, str(r["n"]), _fmt(r["mcc"]), _fmt(r["accuracy"]), _fmt(r["precision"]), _fmt(r["recall"]),
                       _fmt(r["specificity"]), _fmt(r["f1"]), _fmt(r["roc_auc"]))
     console.print(table)
+    for name, r in rows:
+        if r["mcc"] is None and r["n"]:
+            only, metric = ("road work", "recall") if r["positives"] else ("images without road work", "specificity")
+            console.print(f"[dim]{name}: only {only}, so MCC is undefined (-); its score is {metric} "
+                          f"{_fmt(r[metric])}[/dim]")
     c = report["overall"]["confusion"]
     console.print(f"confusion: tp={c['tp']} fp={c['fp']} tn={c['tn']} fn={c['fn']}")
     console.print("exits per tier: " + ", ".join(f"{k} {v:.1%}" for k, v in report["tier_exits"].items())

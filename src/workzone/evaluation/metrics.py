@@ -73,7 +73,15 @@ def _safe_div(a: float, b: float) -> float | None:
 
 
 def binary_report(y_true: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
-    """Every metric of a binary decision at ``p > threshold``."""
+    """Every metric of a binary decision at ``p > threshold``.
+
+    ``mcc`` is None (undefined) when the labels hold one class only: such a subset is scored by its
+    recall (only road work) or specificity (none), never by an MCC of 0.
+
+    Examples:
+        >>> binary_report([0, 0, 0], [0.1, 0.2, 0.9])["mcc"] is None
+        True
+    """
     p = np.asarray(probs, dtype=np.float64)
     pred = (p > threshold).astype(int)
     tp, fp, tn, fn = confusion(y_true, pred)
@@ -83,7 +91,7 @@ def binary_report(y_true: Sequence[int], probs: Sequence[float], threshold: floa
     n = tp + fp + tn + fn
     return {
         "n": n, "positives": tp + fn, "negatives": tn + fp,
-        "mcc": matthews_corrcoef(y_true, pred),
+        "mcc": matthews_corrcoef(y_true, pred) if tp + fn and tn + fp else None,
         "accuracy": _safe_div(tp + tn, n),
         "precision": precision, "recall": recall, "specificity": _safe_div(tn, tn + fp), "f1": f1,
         "roc_auc": roc_auc(y_true, p),
