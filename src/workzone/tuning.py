@@ -6,6 +6,7 @@
 3. Replay the cascade on those probabilities and choose exit thresholds that maximise MCC under
    the cost budget (cost = each stage's measured ms per image from step 1).
 4. Measure each stage's contribution: MCC of the tuned cascade with and without it.
+5. Record the cost/MCC frontier: the best MCC within budgets from tier 1's cost to every tier's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from workzone.fusion.calibration import fit_fusion, fused_log_odds
 from workzone.fusion.thresholds import tune_exit_thresholds
 from workzone.types import Decision
 
-__all__ = ["TuneResult", "collect_scores", "tune_pipeline"]
+__all__ = ["TuneResult", "collect_scores", "cost_mcc_frontier", "tune_pipeline"]
 
 
 @dataclass
@@ -56,6 +57,29 @@ def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labe
         z = fused_log_odds(scores, fus) if fus is not None else np.zeros(len(scores))
         probs.append(1.0 / (1.0 + np.exp(-z)))
     return fusions, np.vstack(probs)
+
+
+def cost_mcc_frontier(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarray,
+                      points: int = 12) -> list[dict[str, float]]:
+    """Best MCC the exit thresholds reach within budgets from tier 1's cost to every tier's.
+
+    Args:
+        probs: shape (tiers, n): fused probability of each image after each tier.
+        labels: shape (n,).
+        tier_costs: shape (tiers,): cost per image of each tier, ms.
+        points: budgets tried, evenly spaced.
+
+    Returns:
+        One ``{"max_cost_ms", "mean_cost_ms", "mcc"}`` per budget, cheapest first.
+    """
+    if probs.shape[0] < 2:
+        return []
+    out = []
+    for budget in np.linspace(tier_costs[0], tier_costs.sum(), points):
+        _, sim = tune_exit_thresholds(probs, labels, tier_costs, max_cost=float(budget) + 1e-6)
+        out.append({"max_cost_ms": round(float(budget), 2), "mean_cost_ms": round(sim.cost, 2),
+                    "mcc": round(sim.mcc, 4)})
+    return out
 
 
 def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: list[int], *,
@@ -107,6 +131,7 @@ def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: lis
         "mcc_if_every_image_ran_to_tier": per_tier_mcc,
         "stage_cost_ms": {k: round(v, 2) for k, v in latency.items()},
         "contribution": contribution,
+        "tradeoff": cost_mcc_frontier(probs, y, tier_costs),
     }
     new_cfg = config.model_copy(update={"tiers": tuple(new_tiers), "tuning": summary})
     return TuneResult(new_cfg, summary)

@@ -26,6 +26,7 @@ class EvalResult:
     failures: dict[int, str]
     wall_s: float
     batch_latency_ms: list[float]
+    sizes: list[tuple[int, int] | None] | None = None  # (width, height) as decoded: evidence boxes are in these pixels
 
 
 def run_manifest(pipe: Pipeline, rows: Sequence[ManifestRow], *, batch_size: int = 8, run_all: bool = False,
@@ -33,6 +34,7 @@ def run_manifest(pipe: Pipeline, rows: Sequence[ManifestRow], *, batch_size: int
     """Decide every image of ``rows``; an undecodable image is recorded, not fatal."""
     decisions: list[Decision | None] = [None] * len(rows)
     failures: dict[int, str] = {}
+    sizes: list[tuple[int, int] | None] = [None] * len(rows)
     lat: list[float] = []
     t0 = time.perf_counter()
     for start in range(0, len(rows), batch_size):
@@ -41,6 +43,7 @@ def run_manifest(pipe: Pipeline, rows: Sequence[ManifestRow], *, batch_size: int
             try:
                 images.append(decode_image(rows[i].path, limits=pipe.limits))
                 idx.append(i)
+                sizes[i] = (images[-1].width, images[-1].height)
             except InvalidImageError as exc:
                 failures[i] = str(exc)
         if images:
@@ -51,7 +54,7 @@ def run_manifest(pipe: Pipeline, rows: Sequence[ManifestRow], *, batch_size: int
                 decisions[i] = d
         if progress is not None:
             progress(min(batch_size, len(rows) - start))
-    return EvalResult(list(rows), decisions, failures, time.perf_counter() - t0, lat)
+    return EvalResult(list(rows), decisions, failures, time.perf_counter() - t0, lat, sizes)
 
 
 def build_report(result: EvalResult, tier_names: Sequence[str], pipeline_name: str = "") -> dict[str, Any]:
