@@ -26,6 +26,7 @@ from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorRes
 from workzone.server.routes import attach_routes
 from workzone.server.service import DetectionService
 from workzone.server.settings import ServerSettings
+from workzone.server.ui import attach_ui
 
 __all__ = ["create_app", "create_server", "build_service"]
 
@@ -75,6 +76,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.metrics = metrics
     register_exception_handlers(app, default_retry_after=float(settings.retry_after_s))
     attach_routes(app)
+    attach_ui(app)
     # Added last = outermost: metrics see every answer, including the body limit's 413s.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
