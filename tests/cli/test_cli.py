@@ -116,3 +116,16 @@ def test_tune_over_budget_is_a_clear_error(setup, tmp_path):
     assert res.exit_code != 0
     assert isinstance(res.exception, ConfigError)  # the CLI's main() prints WorkzoneErrors without a traceback
     assert "max_cost" in str(res.exception) and "--max-cost" in str(res.exception)
+
+
+def test_eval_prints_undefined_mcc_for_a_one_class_source(setup):
+    tmp, pipe = setup
+    lines = (tmp / "manifest.csv").read_text().splitlines()
+    # Source "neg" holds only images without road work.
+    rows = [ln if ln.split(",")[1] == "1" else ln.replace(",a,", ",neg,").replace(",b,", ",neg,") for ln in lines[1:]]
+    (tmp / "one_class.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    res = runner.invoke(app, ["eval", str(tmp / "one_class.csv"), "-p", str(pipe)])
+    assert res.exit_code == 0, res.output
+    neg_row = next(ln for ln in res.output.splitlines() if "│ neg" in ln)
+    assert neg_row.split("│")[3].strip() == "-"  # the MCC column
+    assert "neg: only images without road work, so MCC is undefined (-); its score is specificity" in res.output

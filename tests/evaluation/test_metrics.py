@@ -41,3 +41,9 @@ def test_report_and_metric_accumulator():
     assert binary_report([1, 0], [0.5, 0.5])["confusion"]["tp"] == 0  # 0.5 is not road work
     assert confusion([1], [1]) == (1, 0, 0, 0)
     assert percentiles([1, 2, 3, 4])["p50"] == 2.5
+
+
+@pytest.mark.parametrize("y, p", [([0, 0, 0], [0.1, 0.9, 0.2]), ([1, 1], [0.9, 0.2])])
+def test_report_mcc_of_one_class_is_undefined_not_zero(y, p):
+    assert binary_report(y, p)["mcc"] is None
+    assert binary_report(y + [1 - y[0]], p + [0.5])["mcc"] is not None
