@@ -31,10 +31,10 @@ figure.plot{background:#fff;border:1px solid #e9ecef;border-radius:6px;padding:6
 figure.plot svg{max-width:100%;height:auto}figure.plot figcaption{font-size:12px;color:#495057;max-width:520px}
 table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #e9ecef;text-align:right}
 td:first-child,th:first-child{text-align:left}table.stages{font-size:12px;margin-top:4px}
-table.stages td:last-child{text-align:left;white-space:normal}
+table.stages td:last-child,table.stages th:last-child{text-align:left;white-space:normal}
 table.contribution{align-self:flex-start}
 .card{border:1px solid #dee2e6;border-radius:6px;padding:8px;width:548px;font-size:12px;overflow-wrap:anywhere}
-.card svg.evidence{max-width:100%;height:auto}table.stages td{white-space:nowrap}
+.card svg.evidence{width:100%;height:auto}table.stages td{white-space:nowrap}
 .swatch{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
 .note{background:#fff9db;border-left:4px solid #fab005;padding:6px 10px;margin:8px 0}
 .missing{padding:40px;background:#f1f3f5;color:#868e96}
@@ -109,7 +109,7 @@ def tradeoff_points(tuning: dict[str, Any], tier_stages: Sequence[Sequence[str]]
         pts.append({"kind": "frontier", "cost": q["mean_cost_ms"], "mcc": q["mcc"], "label": ""})
     if "mcc" in tuning and "mean_cost_ms" in tuning:
         pts.append({"kind": "chosen", "cost": tuning["mean_cost_ms"], "mcc": tuning["mcc"],
-                    "label": f"tuned (budget {tuning.get('max_cost_ms')} ms)"})
+                    "label": "tuned" + (f" (budget {tuning['max_cost_ms']} ms)" if tuning.get("max_cost_ms") else "")})
     return pts
 
 

@@ -46,7 +46,8 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> Interval:
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), "wilson")
+    # min/max with p: at p = 0 or 1 rounding could put the bound a hair inside the estimate.
+    return Interval(p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)), "wilson")
 
 
 def bootstrap_interval(y: np.ndarray, p: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float | None],
