@@ -34,7 +34,7 @@ td:first-child,th:first-child{text-align:left}table.stages{font-size:12px;margin
 table.stages td:last-child,table.stages th:last-child{text-align:left;white-space:normal}
 table.contribution{align-self:flex-start}
 .card{border:1px solid #dee2e6;border-radius:6px;padding:8px;width:548px;font-size:12px;overflow-wrap:anywhere}
-.card svg.evidence{width:100%;height:auto}table.stages td{white-space:nowrap}
+.card svg.evidence{display:block;width:100%;height:auto;max-height:420px}table.stages th{white-space:nowrap}table.stages td{white-space:nowrap}
 .swatch{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
 .note{background:#fff9db;border-left:4px solid #fab005;padding:6px 10px;margin:8px 0}
 .missing{padding:40px;background:#f1f3f5;color:#868e96}
