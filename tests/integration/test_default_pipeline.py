@@ -1,12 +1,14 @@
 """The shipped default pipeline on real images of the development set (dev split)."""
 
 import math
+import re
 
 import pytest
 
 import workzone
 from workzone.evaluation.runner import build_report, run_manifest
 from workzone.io.sources import read_manifest
+from tests.browser import _browser, artifacts, browser_page  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 
@@ -72,3 +74,29 @@ def test_known_miss_san_antonio_work_zone(roadwork_data):
     # The evidence leans to road work even though the fused decision does not.
     assert {r.stage: r.probability for r in pos.stages}["cones"] > 0.5
     assert pos.label
+
+
+def test_html_report_of_the_dev_split_is_small_offline_and_renders(dev_report, browser_page, artifacts, tmp_path):
+    """The acceptance run of `workzone report` on the dev split, from the same evaluation."""
+    pytest.importorskip("matplotlib")
+    from tests.conftest import DATA
+    from workzone.config.loader import load_pipeline_config
+    from workzone.evaluation.records import records_from_eval
+    from workzone.evaluation.report import write_report
+
+    result, _, _ = dev_report
+    config, _ = load_pipeline_config("default")
+    out = write_report(tmp_path / "dev.html", records_from_eval(result, DATA), base=DATA, tuning=config.tuning,
+                       tier_names=[t.name for t in config.tiers], title="default on dev")
+    assert out.stat().st_size < 10 * 1024 * 1024
+    page = browser_page.page
+    page.route(re.compile(r"^https?://"), lambda route: route.abort())
+    page.goto(out.as_uri())
+    figures = page.locator("figure.plot")
+    assert figures.count() == 9
+    for k in range(figures.count()):
+        box = figures.nth(k).locator("svg").first.bounding_box()
+        assert box and box["width"] > 150 and box["height"] > 100
+    assert page.locator("figure.card svg.evidence image").count() >= 4  # the San Antonio misses, false alarms
+    page.screenshot(path=str(artifacts / "report_dev.png"), full_page=True)
+    assert browser_page.errors == []
