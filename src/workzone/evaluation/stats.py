@@ -91,17 +91,22 @@ def _mcc(y: np.ndarray, p: np.ndarray) -> float | None:
     return matthews_corrcoef(y, (p > 0.5).astype(int))
 
 
+def _counts_by_threshold(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True positives and images called road work when the threshold sits at each distinct score (highest first)."""
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    last = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1]  # the last index of each distinct score
+    return np.cumsum(ys)[last], last + 1
+
+
 def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1).
 
     Returns:
         (fpr, tpr), each of shape (k,).
     """
-    order = np.argsort(-p, kind="mergesort")
-    ys, ps = y[order], p[order]
-    last = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1]  # the last index of each distinct score
-    tp = np.cumsum(ys)[last]
-    fp = (last + 1) - tp
+    tp, called = _counts_by_threshold(y, p)
+    fp = called - tp
     npos, nneg = max(1, int(y.sum())), max(1, int(len(y) - y.sum()))
     return np.r_[0.0, fp / nneg], np.r_[0.0, tp / npos]
 
@@ -112,11 +117,8 @@ def pr_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         (recall, precision), each of shape (k,).
     """
-    order = np.argsort(-p, kind="mergesort")
-    ys, ps = y[order], p[order]
-    last = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1]
-    tp = np.cumsum(ys)[last]
-    return tp / max(1, int(y.sum())), tp / (last + 1)
+    tp, called = _counts_by_threshold(y, p)
+    return tp / max(1, int(y.sum())), tp / called
 
 
 def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
