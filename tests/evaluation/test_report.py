@@ -80,6 +80,14 @@ def test_eval_writes_one_record_per_image_with_evidence(evaluated):
     assert tiled and all(s["evidence"]["boxes"][0]["label"] == "roadwork-tile" for s in tiled)
 
 
+def test_tune_records_the_cost_mcc_frontier(evaluated):
+    cfg, _ = load_pipeline_config(evaluated["pipeline"])
+    frontier = cfg.tuning["tradeoff"]
+    assert len(frontier) == 12
+    assert all(q["mean_cost_ms"] <= q["max_cost_ms"] + 0.01 for q in frontier)  # each within its budget
+    assert frontier[-1]["mcc"] >= frontier[0]["mcc"] - 1e-9  # a bigger budget never scores worse
+
+
 def test_report_is_one_offline_file_with_every_section(evaluated):
     text = evaluated["html"].read_text()
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", text)  # nothing to fetch: opens offline
