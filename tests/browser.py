@@ -40,8 +40,10 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def _browser() -> Iterator[Any]:
+    # Per test, not per session: while Playwright's sync API is running, asyncio.run() in the main thread
+    # fails ("cannot be called from a running event loop"), which would break later tests of the suite.
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
