@@ -45,7 +45,7 @@ def write_eval_outputs(result: "EvalResult", manifest: Path, config: "PipelineCo
 
 
 def report(
-    input: Path = typer.Argument(..., help="a labelled manifest (.csv; evaluated now) or prediction records (.jsonl "
+    manifest_or_records: Path = typer.Argument(..., help="a labelled manifest (.csv; evaluated now) or prediction records (.jsonl "
                                  "from `workzone eval --predictions` or `workzone batch`)"),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="the HTML file to write"),
     pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p", help="pipeline (name or YAML): the one to "
@@ -67,15 +67,15 @@ def report(
     from workzone.errors import DataError
 
     console = _console(stderr=True)
-    if input.suffix.lower() == ".csv":
-        for line in _evaluate(input, pipeline or "default", split, batch_size, predictions, out, gallery):
+    if manifest_or_records.suffix.lower() == ".csv":
+        for line in _evaluate(manifest_or_records, pipeline or "default", split, batch_size, predictions, out, gallery):
             console.print(line)
         return
     from workzone.evaluation.records import join_truth, read_records
     from workzone.evaluation.report import write_report
 
-    records = read_records(input)
-    note = f"Records {input.name}."
+    records = read_records(manifest_or_records)
+    note = f"Records {manifest_or_records.name}."
     if manifest is not None:
         from workzone.cli.main import _load_rows
 
@@ -87,9 +87,9 @@ def report(
         note += f" Labels from {manifest.name} ({matched} of {len(records)} records matched)."
         base = manifest.resolve().parent
     else:
-        base = input.resolve().parent
+        base = manifest_or_records.resolve().parent
     config = load_pipeline_config(pipeline)[0] if pipeline else None
-    write_report(out, records, base=base, title=f"workzone report: {config.name if config else input.name}",
+    write_report(out, records, base=base, title=f"workzone report: {config.name if config else manifest_or_records.name}",
                  tuning=(config.tuning or None) if config else None,
                  tier_names=[t.name for t in config.tiers] if config else None, gallery_size=gallery,
                  source_note=note)
