@@ -28,6 +28,7 @@ KIND_REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "hf_image_classification": ("hf", ("transformers", "torch")),
     "hf_zero_shot_image": ("hf", ("transformers", "torch")),
     "hf_depth": ("hf", ("transformers", "torch")),
+    "hf_segmentation": ("hf", ("transformers", "torch")),
     "vlm_openai": ("vlm", ("httpx", "tenacity")),
     "reasoner_openai": ("vlm", ("httpx", "tenacity")),
     "vlm_transformers": ("vlm-local", ("transformers", "torch", "torchvision")),
@@ -47,9 +48,9 @@ def missing_modules(kind: str) -> tuple[str, list[str]] | None:
 
 
 def nested_stages(st: StageSpec) -> list[StageSpec]:
-    """The detector an ``hf_depth`` stage wraps (it runs in the same process, on the same device)."""
+    """The detector an ``hf_depth`` or ``hf_segmentation`` stage wraps (same process, same device)."""
     spec = getattr(st.params, "detector", None)
-    if st.kind != "hf_depth" or not isinstance(spec, dict):
+    if st.kind not in ("hf_depth", "hf_segmentation") or not isinstance(spec, dict):
         return []
     from workzone.config.loader import validate_params
     from workzone.stages.registry import get_stage_class

@@ -103,7 +103,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
 )
 
 GPU_KINDS = ("ultralytics", "rfdetr", "hf_zero_shot_detection", "hf_image_classification", "hf_zero_shot_image",
-             "hf_depth", "vlm_transformers")
+             "hf_depth", "hf_segmentation", "vlm_transformers")
 
 # Bytes per parameter of the quantised linear layers (scales included); about 10 % of a model
 # (embeddings, norms, vision tower) stays in bf16 whatever the scheme.

@@ -102,3 +102,23 @@ def save_depth_anything(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14).save_pretrained(folder)
     return folder
+
+
+def save_sam(folder: Path, seed: int = 0) -> Path:
+    """A one-layer SAM (ViT image encoder at 64 px, 16 px patches) and its processor, padded to 64 x 64."""
+    import torch
+    from transformers import (SamConfig, SamImageProcessor, SamMaskDecoderConfig, SamModel, SamProcessor,
+                              SamPromptEncoderConfig, SamVisionConfig)
+
+    torch.manual_seed(seed)
+    vision = SamVisionConfig(hidden_size=16, output_channels=16, num_hidden_layers=1, num_attention_heads=2,
+                             image_size=64, patch_size=16, mlp_dim=32, global_attn_indexes=[0], num_pos_feats=8)
+    prompt = SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32,
+                                   iou_head_hidden_dim=16)
+    SamModel(SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
+                       mask_decoder_config=decoder.to_dict())).save_pretrained(folder)
+    SamProcessor(image_processor=SamImageProcessor(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+        mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16})).save_pretrained(folder)
+    return folder

@@ -6,6 +6,7 @@ here; each stage keeps its own pre/post-processing. Nothing heavy is imported at
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
@@ -16,6 +17,11 @@ from workzone.errors import ModelFileError
 from workzone.stages._model_stage import ModelStage, torch_device
 from workzone.stages.base import Stage, StageParams
 from workzone.types import Image
+
+# transformers builds a model on the meta device under process-wide init patches: two
+# from_pretrained calls in two worker threads (the cascade loads its stages concurrently) can see
+# each other's patches and leave weights on "meta". Loading is serialised; inference is not.
+_LOAD_LOCK = threading.Lock()
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -96,9 +102,10 @@ def load_hf(stage: Stage, params: HFParams, model_cls: str, processor_cls: str,
     if dtype is None:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
     try:
-        processor = getattr(transformers, processor_cls).from_pretrained(source, revision=params.revision)
-        model = getattr(transformers, model_cls).from_pretrained(source, revision=params.revision, dtype=dtype,
-                                                               **model_kwargs)
+        with _LOAD_LOCK:
+            processor = getattr(transformers, processor_cls).from_pretrained(source, revision=params.revision)
+            model = getattr(transformers, model_cls).from_pretrained(source, revision=params.revision, dtype=dtype,
+                                                                   **model_kwargs)
     except (OSError, ValueError, KeyError) as exc:
         # transformers raises OSError for missing files / no network, ValueError for unknown
         # architectures: both mean "this model cannot be used here", which is a model-file problem.

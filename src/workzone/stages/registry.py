@@ -32,6 +32,7 @@ _BUILTIN_MODULES: dict[str, str] = {
     "hf_image_classification": "workzone.stages.hf_classifier",
     "hf_zero_shot_image": "workzone.stages.zero_shot_image",
     "hf_depth": "workzone.stages.depth",
+    "hf_segmentation": "workzone.stages.segmentation",
     "vlm_openai": "workzone.stages.vlm",
     "vlm_transformers": "workzone.stages.vlm_transformers",
     "reasoner_openai": "workzone.stages.reasoner",
