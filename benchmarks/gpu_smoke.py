@@ -4,12 +4,13 @@ Usage (on a machine with a GPU; the workzone package is pure Python, so no insta
     PYTHONPATH=src:. python benchmarks/gpu_smoke.py [--device cuda] [--images 4] [--repeats 5] [--out DIR]
 
 For each stage kind (vlm_transformers, hf_image_classification, hf_zero_shot_image,
-hf_zero_shot_detection, hf_depth) it builds the same tiny random-initialised model as the CPU
+hf_zero_shot_detection, hf_depth, hf_segmentation) it builds the same tiny random-initialised model as the CPU
 tests (tests/stages/_tiny_hf.py, tests/stages/test_vlm_transformers.py), runs it as a one-tier
 pipeline with ``Cascade.from_config(..., device=DEVICE)``, and checks that
 
 * the model's parameters live on DEVICE (``pick_device`` silently falls back to the CPU, so a
   run that merely succeeds proves nothing),
+* for ``hf_depth`` and ``hf_segmentation``, the model judged the detector's boxes (its note is there),
 * no stage errored, every log-odds is finite (or an abstention) and every probability is finite,
 * the scores agree with the same stage run on the CPU in float32 (max |delta log-odds| is
   reported; half precision on the GPU makes it small, not zero).
@@ -52,7 +53,7 @@ def build_models(root: Path, notes: list[str]) -> dict[str, dict]:
     """Save every tiny model under ``root``; return stage kind -> inline stage params."""
     import transformers
 
-    from tests.stages._tiny_hf import save_clip, save_depth_anything, save_owlv2, save_vit_classifier
+    from tests.stages._tiny_hf import save_clip, save_depth_anything, save_owlv2, save_sam, save_vit_classifier
     from tests.stages.test_onnx_detector import _yolov8_onnx
 
     specs: dict[str, dict] = {}
@@ -77,6 +78,10 @@ def build_models(root: Path, notes: list[str]) -> dict[str, dict]:
     specs["hf_depth"] = {"model": str(save_depth_anything(root / "depth")), "min_box_px": 10,
                          "detector": {"kind": "onnx_detector", "model": str(root / "tiny.onnx"),
                                       "format": "yolov8", "conf": 0.3, "classes": {"prior": 0.1}}}
+    # Any mask shape passes, so the score must match the CPU run up to half-precision mask edges.
+    specs["hf_segmentation"] = {"model": str(save_sam(root / "sam")), "min_fill": 0.0, "min_box_px": 1,
+                                "shapes": {"cone": {"fill": [0.0, 1.0]}, "worker": {"fill": [0.0, 1.0]}},
+                                "detector": dict(specs["hf_depth"]["detector"])}
     return specs
 
 
@@ -161,6 +166,8 @@ async def run_stage(kind: str, params: dict, device: str, batch: list[Image], re
         notes = " | ".join(decisions[0].stages[0].evidence.notes)
         if kind == "hf_depth" and "kept" not in notes:
             raise AssertionError(f"{kind}: the depth model did not judge any box: {notes}")
+        if kind == "hf_segmentation" and "segmentation: confirmed 2" not in notes:
+            raise AssertionError(f"{kind}: the segmentation model did not confirm the detector's two boxes: {notes}")
         return {"device": str(first.device), "dtype": str(first.dtype).removeprefix("torch."),
                 "params": sum(p.numel() for p in model.parameters()), "load_s": load_s,
                 "batch_ms": statistics.median(times), "stage_ms": statistics.median(stage_ms),
