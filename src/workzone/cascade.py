@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from workzone.config.schema import PipelineConfig, TierConfig
 from workzone.errors import DeadlineExceeded, StageError, WorkzoneError
 from workzone.fusion.pooling import pool_log_odds
+from workzone.routing import plan_routes
 from workzone.stages.base import Stage, StageContext
 from workzone.stages.registry import get_stage_class
 from workzone.types import Decision, Evidence, Image, StageOutput, StageReport, sigmoid
@@ -36,6 +37,7 @@ class TierEvent:
     cost: float
     decided: bool
     reason: str | None = None
+    route: str | None = None
 
 
 EventCallback = Callable[[TierEvent], Awaitable[None] | None]
@@ -138,6 +140,7 @@ class Cascade:
         reports: list[list[StageReport]] = [[] for _ in range(n)]
         probs: list[list[float]] = [[] for _ in range(n)]
         cost = [0.0] * n
+        routes: list[list[str]] = [[] for _ in range(n)]
         done: dict[int, Decision] = {}
         pending = list(range(n))
         last = len(self.tiers) - 1
@@ -148,11 +151,17 @@ class Cascade:
             if remaining is not None and remaining <= 0:
                 break
             if stages:
-                batch = [images[i] for i in pending]
-                prior = [tuple(reports[i]) for i in pending]
-                results = await asyncio.gather(*(self._run_stage(s, ti, batch, remaining, prior) for s in stages))
-                for stage, per_image in zip(stages, results):
-                    for i, rep in zip(pending, per_image):
+                z_now = [pool_log_odds(scores[i], self.tiers[ti - 1][0].fusion) if ti else 0.0 for i in pending]
+                runs, notes = plan_routes(tier.route if ti else None, tier.name, [s.name for s in stages], pending,
+                                          z_now, [reports[i] for i in pending])
+                for i, note in notes.items():
+                    routes[i].append(note)
+                jobs = [(s, runs[s.name]) for s in stages if runs[s.name]]
+                results = await asyncio.gather(*(
+                    self._run_stage(s, ti, [images[i] for i in idx], remaining, [tuple(reports[i]) for i in idx])
+                    for s, idx in jobs))
+                for (stage, idx), per_image in zip(jobs, results):
+                    for i, rep in zip(idx, per_image):
                         reports[i].append(rep)
                         scores[i][stage.name] = rep.log_odds
                         cost[i] += stage.cost
@@ -162,18 +171,19 @@ class Cascade:
                 probs[i].append(p)
                 reason = self._exit_reason(tier, p, ti == last, run_all)
                 if reason is not None:
-                    done[i] = self._decide(images[i], i, ti, reason, probs, reports, cost, t0)
+                    done[i] = self._decide(images[i], i, ti, reason, probs, reports, cost, t0, routes)
                 else:
                     still.append(i)
                 if on_event is not None:
+                    route = routes[i][-1] if routes[i] and routes[i][-1].startswith(f"{tier.name}: ") else None
                     ev = TierEvent(i, ti, tier.name, p, tuple(r.stage for r in reports[i]), cost[i],
-                                   reason is not None, reason)
+                                   reason is not None, reason, route)
                     res = on_event(ev)
                     if asyncio.iscoroutine(res):
                         await res
             pending = still
         for i in pending:  # only reached when the deadline cut the run short
-            done[i] = self._decide(images[i], i, len(probs[i]) - 1, "deadline", probs, reports, cost, t0)
+            done[i] = self._decide(images[i], i, len(probs[i]) - 1, "deadline", probs, reports, cost, t0, routes)
             if on_event is not None:
                 ev = TierEvent(i, max(0, len(probs[i]) - 1), self._tier_name(len(probs[i]) - 1),
                                done[i].probability, tuple(r.stage for r in reports[i]), cost[i], True, "deadline")
@@ -198,7 +208,8 @@ class Cascade:
         return None
 
     def _decide(self, image: Image, i: int, ti: int, reason: str, probs: list[list[float]],
-                reports: list[list[StageReport]], cost: list[float], t0: float) -> Decision:
+                reports: list[list[StageReport]], cost: list[float], t0: float,
+                routes: list[list[str]]) -> Decision:
         if probs[i]:
             p = probs[i][-1]
         else:  # deadline before any tier finished: the first tier's prior
@@ -213,6 +224,7 @@ class Cascade:
             cost=cost[i],
             source=image.source,
             reason=reason,
+            routes=tuple(routes[i]),
         )
 
     async def _run_stage(self, stage: Stage, ti: int, batch: list[Image], remaining: float | None,

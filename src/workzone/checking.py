@@ -29,6 +29,8 @@ KIND_REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "hf_zero_shot_image": ("hf", ("transformers", "torch")),
     "hf_depth": ("hf", ("transformers", "torch")),
     "hf_segmentation": ("hf", ("transformers", "torch")),
+    "hf_clip_anomaly": ("hf", ("transformers", "torch")),
+    "patch_anomaly": ("default", ("onnxruntime",)),
     "vlm_openai": ("vlm", ("httpx", "tenacity")),
     "reasoner_openai": ("vlm", ("httpx", "tenacity")),
     "vlm_transformers": ("vlm-local", ("transformers", "torch", "torchvision")),
@@ -72,7 +74,7 @@ class CheckRow:
     detail: str = ""
 
 
-_FILE_SUFFIXES = (".onnx", ".pt", ".pth", ".engine", ".torchscript", ".safetensors", ".yaml", ".txt")
+_FILE_SUFFIXES = (".onnx", ".pt", ".pth", ".engine", ".torchscript", ".safetensors", ".yaml", ".txt", ".npz")
 
 
 def check_pipeline(config: PipelineConfig, base_dir: Path, *, endpoints: bool = False,
@@ -105,7 +107,7 @@ def check_pipeline(config: PipelineConfig, base_dir: Path, *, endpoints: bool = 
 
 def _file_rows(st: StageSpec, ctx: StageContext) -> list[CheckRow]:
     rows = []
-    for key in ("model", "lexicon", "class_names"):
+    for key in ("model", "lexicon", "class_names", "bank"):
         value = getattr(st.params, key, None)
         if not isinstance(value, str) or not value:
             continue

@@ -160,6 +160,7 @@ class Decision:
         cost: declared cost units (ms of the reference CPU) spent on this image.
         source: where the image came from.
         reason: why it exited ("confident", "last tier", "deadline").
+        routes: for each tier with a router, which of its stages ran on the image and why.
     """
 
     probability: float
@@ -171,6 +172,7 @@ class Decision:
     cost: float
     source: str = "<memory>"
     reason: str = "confident"
+    routes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         p = self.probability

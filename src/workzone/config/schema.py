@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from workzone.routing import RouterConfig
 from workzone.stages.base import StageParams
 
 __all__ = ["ExitThresholds", "FusionParams", "StageSpec", "TierConfig", "PipelineConfig", "COMMON_STAGE_KEYS"]
@@ -68,6 +69,8 @@ class TierConfig(BaseModel):
     stages: tuple[StageSpec, ...] = Field(min_length=1)
     fusion: FusionParams = Field(default_factory=FusionParams)
     exit: ExitThresholds = Field(default_factory=ExitThresholds)
+    route: RouterConfig | None = Field(default=None, description="per-image choice of this tier's stages "
+                                                                 "(workzone.routing); none: every stage runs")
 
 
 class PipelineConfig(BaseModel):
@@ -89,6 +92,12 @@ class PipelineConfig(BaseModel):
                 if st.name in seen:
                     raise ValueError(f"stage name {st.name!r} is used twice; stage names must be unique")
                 seen.append(st.name)
+            if tier.route is not None:
+                names = {st.name for st in tier.stages}
+                stray = sorted({s for rule in tier.route.rules for s in rule.stages} - names)
+                if stray:
+                    raise ValueError(f"tier {tier.name!r}: route names {stray}, which are not stages of this tier "
+                                     f"({sorted(names)})")
             unknown = [k for k in tier.fusion.weights if k not in seen]
             if unknown:
                 raise ValueError(

@@ -98,6 +98,7 @@ class DecisionResponse(BaseModel):
     cost: float = Field(description="declared cost units spent (ms of the reference CPU)")
     source: str = Field(description="where the image came from (upload name, 'body', 'base64', URL)")
     reason: str = Field(description="why it exited: 'confident', 'last tier' or 'deadline'")
+    routes: list[str] = Field(default_factory=list, description="per routed tier: which of its stages ran and why")
 
 
 class ErrorDetail(BaseModel):
@@ -133,6 +134,8 @@ class TierEventModel(BaseModel):
     cost: float = Field(description="cost units spent so far")
     decided: bool = Field(description="true when the image leaves the cascade here")
     reason: str | None = Field(default=None, description="why it left ('confident', 'last tier', 'deadline')")
+    route: str | None = Field(default=None, description="the router's choice of this tier's stages and why "
+                                                        "(null when the tier has no router)")
 
 
 class HealthResponse(BaseModel):

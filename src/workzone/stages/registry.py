@@ -33,6 +33,8 @@ _BUILTIN_MODULES: dict[str, str] = {
     "hf_zero_shot_image": "workzone.stages.zero_shot_image",
     "hf_depth": "workzone.stages.depth",
     "hf_segmentation": "workzone.stages.segmentation",
+    "patch_anomaly": "workzone.stages.anomaly",
+    "hf_clip_anomaly": "workzone.stages.clip_anomaly",
     "vlm_openai": "workzone.stages.vlm",
     "vlm_transformers": "workzone.stages.vlm_transformers",
     "reasoner_openai": "workzone.stages.reasoner",
