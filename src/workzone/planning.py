@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 
 from workzone.checking import ENGINE_KINDS, KIND_REQUIREMENTS, CheckRow, check_pipeline, missing_modules, nested_stages
 from workzone.config.schema import PipelineConfig, StageSpec
+from workzone.engine_options import (KV_BYTES, QUANT_BYTES, EngineOptions, check_engine_options, engine_flags,
+                                     unsupported)
 from workzone.errors import ConfigError
 
 # KIND_REQUIREMENTS, missing_modules, CheckRow and check_pipeline live in workzone.checking; they are
@@ -25,7 +27,7 @@ from workzone.errors import ConfigError
 __all__ = ["ModelSpec", "MODEL_TABLE", "KIND_REQUIREMENTS", "Quant", "GpuSpec", "parse_gpus", "lookup_model",
            "Item", "Plan", "plan_pipeline", "missing_modules", "launch_commands", "CheckRow", "check_pipeline"]
 
-Quant = Literal["none", "fp8", "int8", "awq", "nvfp4"]
+Quant = Literal["none", "fp8", "int8", "awq", "gptq", "nvfp4"]
 GiB = 1024 ** 3
 
 
@@ -105,11 +107,9 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
 GPU_KINDS = ("ultralytics", "rfdetr", "hf_zero_shot_detection", "hf_image_classification", "hf_zero_shot_image",
              "hf_depth", "hf_segmentation", "vlm_transformers")
 
-# Bytes per parameter of the quantised linear layers (scales included); about 10 % of a model
-# (embeddings, norms, vision tower) stays in bf16 whatever the scheme.
-_QUANT_BYTES: dict[str, float] = {"none": 2.0, "fp8": 1.0, "int8": 1.0, "awq": 0.53, "nvfp4": 0.5625}
+# About 10 % of a model (embeddings, norms, vision tower) stays in bf16 whatever the scheme
+# (bytes per quantised parameter: workzone.engine_options.QUANT_BYTES).
 _UNQUANTISED_SHARE = 0.1
-_VLLM_QUANT = {"fp8": "fp8", "awq": "awq", "nvfp4": "modelopt_fp4", "int8": None}
 
 
 def _normalise(model_id: str) -> str:
@@ -173,6 +173,8 @@ class Item:
     gpus: list[int] = field(default_factory=list)
     pinned: int | None = None
     note: str = ""
+    quant: str = "none"
+    options: EngineOptions | None = None
 
     @property
     def total_gb(self) -> float:
@@ -216,6 +218,11 @@ def plan_pipeline(config: PipelineConfig, gpus: GpuSpec, quant: Quant = "none", 
             the message gives the numbers.
     """
     items, cpu, warnings = _collect_items(config, quant)
+    for item in items:
+        for server in ("vllm", "sglang", "lmdeploy"):
+            why = item.engine and item.options is None and unsupported(server, item.quant, None)
+            if why:
+                warnings.append(f"{item.name}: {why} (no {server} command)")
     for item in items:
         if item.pinned is not None and item.pinned >= gpus.count:
             raise ConfigError(f"plan refused: stage {item.name!r} is pinned to cuda:{item.pinned} "
@@ -293,26 +300,42 @@ def _add_to_engine(engines: dict[tuple[str, str], Item], st: StageSpec, quant: s
     if spec is None or spec.family == "vision":
         known = ", ".join(m.key for m in MODEL_TABLE if m.family != "vision")
         raise ConfigError(f"stage {st.name!r}: cannot size the engine for model {model!r}; the planner knows: {known}")
+    opts = st.engine or EngineOptions()
+    q = opts.quantization or quant
+    if st.engine is not None:  # a plan-wide --quant an engine lacks only drops that engine's command (a warning)
+        check_engine_options(st.name, opts, q)
     if st.kind == "vlm_openai":
         image_tokens = math.ceil(getattr(p, "max_pixels") / spec.px_per_token ** 2) + 8
+        if opts.image_tokens is not None and image_tokens - 8 > opts.image_tokens:
+            raise ConfigError(f"stage {st.name!r}: max_pixels {getattr(p, 'max_pixels')} is {image_tokens - 8} visual "
+                              f"tokens per image, above its engine's image_tokens {opts.image_tokens}; lower max_pixels "
+                              f"to {opts.image_tokens * spec.px_per_token ** 2} or raise image_tokens")
         need_len = image_tokens + 512 + getattr(p, "max_tokens")
     else:  # the reasoner's prompt is the evidence digest, then it thinks
         need_len = 2048 + getattr(p, "max_tokens")
     need_len = max(2048, 1024 * math.ceil(need_len / 1024))
+    if opts.max_model_len is not None:
+        if opts.max_model_len < need_len:
+            raise ConfigError(f"stage {st.name!r}: engine max_model_len {opts.max_model_len} is below the {need_len} "
+                              "tokens one request can take (image tokens + prompt + max_tokens)")
+        need_len = opts.max_model_len
     key = (url.rstrip("/"), model)
     item = engines.get(key)
     if item is None:
         port = urlparse(url).port or (443 if url.startswith("https") else 80)
-        qb = _QUANT_BYTES[quant] * (1 - _UNQUANTISED_SHARE) + 2.0 * _UNQUANTISED_SHARE
+        qb = QUANT_BYTES[q] * (1 - _UNQUANTISED_SHARE) + 2.0 * _UNQUANTISED_SHARE
         item = Item(name=f"engine:{model}", stages=[], kind=st.kind, model=model, spec=spec,
                     weights_gb=spec.params_b * 1e9 * qb / GiB, act_gb=0.0, kv_gb=0.0,
-                    overhead_gb=2.0 if spec.family == "vlm" else 1.5, engine=True, port=port)
+                    overhead_gb=2.0 if spec.family == "vlm" else 1.5, engine=True, port=port, quant=q, options=st.engine)
         engines[key] = item
+    elif (item.quant, item.options) != (q, st.engine):
+        raise ConfigError(f"stage {st.name!r}: shares the engine {model} at {url} with stage {item.stages[0]!r} but "
+                          "asks for other engine options; give both stages the same engine: block")
     item.stages.append(st.name)
     item.max_model_len = max(item.max_model_len, need_len)
     item.max_num_seqs += int(getattr(p, "max_concurrency"))
     item.image_limit = max(item.image_limit, 1 if st.kind == "vlm_openai" else 0)
-    kv_bytes_per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * 2  # K and V, bf16
+    kv_bytes_per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * KV_BYTES[opts.kv_cache_dtype]  # K and V
     item.kv_gb = kv_bytes_per_token * item.max_model_len * item.max_num_seqs / GiB
 
 
@@ -385,51 +408,43 @@ def launch_commands(plan: Plan, servers: Iterable[str] = ("vllm", "sglang", "lmd
         devices = ",".join(str(g) for g in item.gpus)
         for server in servers:
             share = plan.cache_fraction(item) if server == "lmdeploy" else plan.utilisation(item)
-            out.append((item.name, server, _command(server, item, devices, share, plan.quant)))
+            if item.options is not None and server not in item.options.servers:
+                continue  # the stage's engine: block rules this server out
+            if unsupported(server, item.quant, item.options) is not None:
+                continue  # the plan-wide --quant this server cannot serve (listed by plan.warnings)
+            out.append((item.name, server, _command(server, item, devices, share)))
     return out
 
 
-def _command(server: str, item: Item, devices: str, util: float, quant: str) -> str:
+def _command(server: str, item: Item, devices: str, util: float) -> str:
     spec = item.spec
+    flags = engine_flags(server, item.quant, item.options, px_per_token=spec.px_per_token if spec else 32)
     parser = spec.reasoning_parser if spec is not None else None
     if parser is None and "thinking" in item.model.lower():
         parser = "qwen3"  # Qwen3-VL-*-Thinking: split <think> from the answer
     env = f"CUDA_VISIBLE_DEVICES={devices} "
     if server == "vllm":
         parts = [f"vllm serve {item.model}", f"--port {item.port}", f"--max-model-len {item.max_model_len}",
-                 f"--max-num-seqs {item.max_num_seqs}", f"--gpu-memory-utilization {util:.2f}",
-                 "--enable-prefix-caching"]
+                 f"--max-num-seqs {item.max_num_seqs}", f"--gpu-memory-utilization {util:.2f}"]
         if item.image_limit:
             parts.append(f"--limit-mm-per-prompt '{{\"image\": {item.image_limit}, \"video\": 0}}'")
         if item.tp > 1:
             parts.append(f"--tensor-parallel-size {item.tp}")
-        if quant != "none":
-            flag = _VLLM_QUANT[quant]
-            parts.append(f"--quantization {flag}" if flag else "# int8: serve a W8A8 checkpoint; vLLM reads its scheme")
+        parts += flags
         if parser:
             parts.append(f"--reasoning-parser {parser}")
         return env + " \\\n    ".join(parts)
     if server == "sglang":
         parts = [f"python -m sglang.launch_server --model-path {item.model}", f"--port {item.port}",
                  f"--context-length {item.max_model_len}", f"--max-running-requests {item.max_num_seqs}",
-                 f"--mem-fraction-static {util:.2f}", f"--tp-size {item.tp}"]
-        if quant in ("fp8", "awq"):
-            parts.append(f"--quantization {quant}")
-        elif quant == "nvfp4":
-            parts.append("--quantization modelopt_fp4")
+                 f"--mem-fraction-static {util:.2f}", f"--tp-size {item.tp}", *flags]
         if parser:
             parts.append(f"--reasoning-parser {parser.replace('_', '-')}")
         return env + " \\\n    ".join(parts)  # radix (prefix) cache is on by default
     if server == "lmdeploy":
         parts = [f"lmdeploy serve api_server {item.model}", f"--server-port {item.port}",
                  f"--session-len {item.max_model_len}", f"--max-batch-size {item.max_num_seqs}",
-                 f"--cache-max-entry-count {util:.2f}", f"--tp {item.tp}", "--enable-prefix-caching"]
-        if quant == "awq":
-            parts.append("--model-format awq")
-        elif quant == "fp8":
-            parts.append("--model-format fp8")
-        elif quant == "int8":
-            parts.append("--quant-policy 8")
+                 f"--cache-max-entry-count {util:.2f}", f"--tp {item.tp}", *flags]
         if parser:
             parts.append(f"--reasoning-parser {parser.replace('_', '-')}")
         return env + " \\\n    ".join(parts)
@@ -442,4 +457,6 @@ def describe_item(item: Item) -> dict[str, Any]:
             "params_b": None if item.spec is None else item.spec.params_b, "weights_gb": round(item.weights_gb, 2),
             "activations_gb": round(item.act_gb, 2), "kv_cache_gb": round(item.kv_gb, 2),
             "overhead_gb": item.overhead_gb, "total_gb": round(item.total_gb, 2), "gpus": item.gpus, "tp": item.tp,
-            "max_model_len": item.max_model_len or None, "max_num_seqs": item.max_num_seqs or None}
+            "max_model_len": item.max_model_len or None, "max_num_seqs": item.max_num_seqs or None,
+            "quant": item.quant if item.engine else None,
+            "engine_options": None if item.options is None else item.options.model_dump(mode="json")}

@@ -57,7 +57,7 @@ def check(
 def plan(
     pipeline: str = typer.Argument(..., help="built-in pipeline name or YAML file"),
     gpus: str = typer.Option(..., "--gpus", help="GPUs as COUNTxMEMORY, e.g. 2x80GB"),
-    quant: str = typer.Option("none", "--quant", help="weights of VLM/LLM engines: none, fp8, int8, awq, nvfp4"),
+    quant: str = typer.Option("none", "--quant", help="weights of VLM/LLM engines without their own engine: block: none, fp8, int8, awq, gptq, nvfp4"),
     server: Optional[List[str]] = typer.Option(None, "--server", help="launch commands for: vllm, sglang, lmdeploy"),
     reserve: float = typer.Option(1.0, "--reserve-gb", help="GB per GPU kept free (CUDA context, fragmentation)"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
@@ -69,8 +69,8 @@ def plan(
     out, err = _console(), _console(stderr=True)
     servers = tuple(server or _SERVERS)
     try:
-        if quant not in ("none", "fp8", "int8", "awq", "nvfp4"):
-            raise ConfigError(f"--quant: expected none, fp8, int8, awq or nvfp4, got {quant!r}")
+        if quant not in ("none", "fp8", "int8", "awq", "gptq", "nvfp4"):
+            raise ConfigError(f"--quant: expected none, fp8, int8, awq, gptq or nvfp4, got {quant!r}")
         bad = [s for s in servers if s not in _SERVERS]
         if bad:
             raise ConfigError(f"--server: expected vllm, sglang or lmdeploy, got {bad}")

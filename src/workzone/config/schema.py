@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from workzone.engine_options import EngineOptions
 from workzone.routing import RouterConfig
 from workzone.stages.base import StageParams
 
@@ -20,7 +21,7 @@ __all__ = ["ExitThresholds", "FusionParams", "StageSpec", "TierConfig", "Pipelin
 _STRICT = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 #: Keys of a stage entry that belong to the cascade; every other key is a param of the stage kind.
-COMMON_STAGE_KEYS = ("name", "kind", "enabled", "timeout_s", "cost", "device")
+COMMON_STAGE_KEYS = ("name", "kind", "enabled", "timeout_s", "cost", "device", "engine")
 
 
 class ExitThresholds(BaseModel):
@@ -60,6 +61,8 @@ class StageSpec(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0)
     cost: float | None = Field(default=None, ge=0, description="ms per image on the reference machine")
     device: str | None = None
+    engine: EngineOptions | None = Field(default=None, description="serving options of the stage's engine "
+                                                                    "(vlm_openai, reasoner_openai; workzone plan)")
     params: StageParams = Field(default_factory=StageParams)
 
 

@@ -79,6 +79,7 @@ class SegmentationParams(HFParams):
                                   description="masks the model rates below this leave their box unchecked")
     max_boxes: int = Field(default=16, ge=1, le=256, description="segment at most this many boxes per image")
     min_box_px: int = Field(default=6, ge=1, description="smaller boxes are kept unchecked (too few pixels)")
+    batch_size: int = Field(default=1, ge=1, le=1, description="one image per model call (each has its own boxes)")
 
     @model_validator(mode="after")
     def _check_prompts(self) -> "SegmentationParams":
