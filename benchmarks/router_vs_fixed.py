@@ -74,6 +74,23 @@ def folds_of(y: np.ndarray, k: int) -> np.ndarray:
     return fold
 
 
+def fitted_rules(scores: list[dict], y: np.ndarray, costs: dict[str, float], lo: float, hi: float, lam: float):
+    """The router fitted on ``scores`` for the images tier 1 leaves undecided (None when there are none)."""
+    f1 = fit_fusion(scores, y, TIER1, balanced=True)
+    f2 = fit_fusion(scores, y, TIER1 + TIER2, balanced=True)
+    z1 = fused_log_odds(scores, f1)
+    p1 = 1 / (1 + np.exp(-z1))
+    und = np.flatnonzero((p1 > lo) & (p1 < hi))
+    if not len(und):
+        return None
+    s_und = [scores[i] for i in und]
+    base = fused_log_odds([{n: s.get(n) for n in TIER1} for s in s_und], f2)
+    contrib = {n: np.array([f2.weights[n] * (s.get(n) or 0.0) for s in s_und]) for n in TIER2}
+    edges = sorted(set(np.round(np.quantile(z1[und], [0.25, 0.5, 0.75]), 4).tolist()))
+    return fit_router(z1[und], base, contrib, y[und], {n: costs[n] for n in TIER2}, lam=lam, edges=edges,
+                      n_total=len(y))
+
+
 def evaluate(scores: list[dict], y: np.ndarray, costs: dict[str, float], k: int, lo: float, hi: float,
              lam: float | None) -> tuple[float, float]:
     """Pooled out-of-fold (MCC, mean cost) of one configuration (lam None: the fixed order)."""
@@ -85,18 +102,7 @@ def evaluate(scores: list[dict], y: np.ndarray, costs: dict[str, float], k: int,
         s_tr = [scores[i] for i in tr]
         f1 = fit_fusion(s_tr, y[tr], TIER1, balanced=True)
         f2 = fit_fusion(s_tr, y[tr], TIER1 + TIER2, balanced=True)
-        router = None
-        if lam is not None:
-            z1 = fused_log_odds(s_tr, f1)
-            p1 = 1 / (1 + np.exp(-z1))
-            und = np.flatnonzero((p1 > lo) & (p1 < hi))
-            if len(und):
-                s_und = [s_tr[i] for i in und]
-                base = fused_log_odds([{n: s.get(n) for n in TIER1} for s in s_und], f2)
-                contrib = {n: np.array([f2.weights[n] * (s.get(n) or 0.0) for s in s_und]) for n in TIER2}
-                edges = sorted(set(np.round(np.quantile(z1[und], [0.25, 0.5, 0.75]), 4).tolist()))
-                router = fit_router(z1[und], base, contrib, y[tr][und], {n: costs[n] for n in TIER2}, lam=lam,
-                                    edges=edges, n_total=len(tr))
+        router = None if lam is None else fitted_rules(s_tr, y[tr], costs, lo, hi, lam)
         for i in te:
             s = scores[i]
             z1 = fused_log_odds([s], f1)[0]
@@ -121,6 +127,7 @@ def main() -> int:
     ap.add_argument("--cache", default=str(ROOT / "runs" / "router_scores.json"))
     args = ap.parse_args()
     t0 = time.perf_counter()
+    cached = Path(args.cache).exists()
     scores, y, costs = collect(args.manifest, args.split, Path(args.cache))
     fixed = {(lo, hi): evaluate(scores, y, costs, args.folds, lo, hi, None) for lo, hi in EXITS}
     routed = {(lo, hi, lam): evaluate(scores, y, costs, args.folds, lo, hi, lam) for lo, hi in EXITS for lam in LAMS}
@@ -139,6 +146,7 @@ def main() -> int:
                f"{min(c for _, c, _ in cheaper):.1f} ms." if cheaper else
                f"No router row reaches the best fixed-order MCC ({best_fixed[1][0]:.3f} at {best_fixed[1][1]:.1f} ms) "
                "at a lower cost.")
+    example = fitted_rules(scores, y, costs, 0.1, 0.9, 0.0)
     md = "\n".join([
         "# Cost-aware router vs the fixed order (out-of-fold, default pipeline)",
         "",
@@ -146,7 +154,7 @@ def main() -> int:
         f"- machine: {describe_machine()}",
         f"- data: split `{args.split}` of `{Path(args.manifest).parent.name}`, {len(y)} images ({int(y.sum())} road work)",
         f"- command: `python benchmarks/router_vs_fixed.py --split {args.split} --folds {args.folds}` "
-        f"({time.perf_counter() - t0:.0f} s with cached scores)",
+        f"({time.perf_counter() - t0:.0f} s{' with cached scores' if cached else ', scores collected in this run'})",
         f"- declared stage costs (ms / image): {', '.join(f'{k} {v:g}' for k, v in costs.items())}",
         "",
         __doc__.split("Protocol (written into the results file):")[1].strip(),
@@ -161,6 +169,10 @@ def main() -> int:
         "| tier-1 exits (lower / upper) | fixed MCC | fixed ms | router MCC | router ms | router configuration | delta MCC |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *rows_same,
+        "",
+        "## What the router does (rules fitted on the whole split, exits 0.1 / 0.9, lam 0)",
+        "",
+        *(f"- z in [{r.z[0]:g}, {r.z[1]:g}): run {', '.join(r.stages) or 'no stage'} ({r.reason})" for r in example.rules),
         "",
         "## Every router configuration",
         "",

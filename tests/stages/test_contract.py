@@ -19,7 +19,7 @@ from workzone.stages.registry import create_stage, get_stage_class, list_stages
 from workzone.types import Image, StageOutput
 
 KINDS = ["onnx_detector", "ultralytics", "rfdetr", "hf_zero_shot_detection", "hf_image_classification",
-         "hf_zero_shot_image", "hf_depth"]
+         "hf_zero_shot_image", "hf_depth", "hf_segmentation", "hf_clip_anomaly"]
 IMAGES = [Image(np.zeros((48, 64, 3), np.uint8)),
           Image(np.random.default_rng(5).integers(0, 255, (70, 40, 3), dtype=np.uint8)),
           Image(np.full((32, 32, 3), 250, np.uint8))]
@@ -51,7 +51,7 @@ def tiny(tmp_path_factory):
             else:
                 builder = {"vit": lambda p: _tiny_hf.save_vit_classifier(p, ["none", "roadwork"]),
                            "clip": _tiny_hf.save_clip, "owl": _tiny_hf.save_owlv2,
-                           "depth": _tiny_hf.save_depth_anything}[name]
+                           "depth": _tiny_hf.save_depth_anything, "sam": _tiny_hf.save_sam}[name]
                 cache[name] = builder(root / name)
         return cache[name]
     return get
@@ -61,7 +61,7 @@ def _params(kind: str, tiny) -> dict:
     hf = ("transformers", "torch")
     needs = {"ultralytics": ("torchvision", "ultralytics"), "rfdetr": ("torchvision", "rfdetr"),
              "hf_zero_shot_detection": hf, "hf_image_classification": hf, "hf_zero_shot_image": hf,
-             "hf_depth": hf, "onnx_detector": ("onnx",)}[kind]
+             "hf_depth": hf, "hf_segmentation": hf, "hf_clip_anomaly": hf, "onnx_detector": ("onnx",)}[kind]
     if not _importable(*needs):
         pytest.skip(f"{kind}: {', '.join(needs)} cannot be imported here")
     if kind == "onnx_detector":
@@ -76,8 +76,10 @@ def _params(kind: str, tiny) -> dict:
         return {"model": str(tiny("vit")), "positive_labels": ["roadwork"]}
     if kind == "hf_zero_shot_image":
         return {"model": str(tiny("clip")), "positive_prompts": ["road work"], "negative_prompts": ["an empty street"]}
-    return {"model": str(tiny("depth")), "detector": {"kind": "onnx_detector", "model": str(tiny("onnx")),
-                                                      "format": "yolov8", "conf": 0.3}}
+    if kind == "hf_clip_anomaly":
+        return {"model": str(tiny("clip")), "normal_prompts": ["an empty street"], "abnormal_prompts": ["a traffic cone"]}
+    detector = {"kind": "onnx_detector", "model": str(tiny("onnx")), "format": "yolov8", "conf": 0.3}
+    return {"model": str(tiny("sam" if kind == "hf_segmentation" else "depth")), "detector": detector}
 
 
 def test_kinds_are_registered_builtins():
@@ -123,7 +125,8 @@ def test_importing_the_stage_modules_pulls_in_no_heavy_library():
     code = ("import sys\n"
             "import workzone.stages.yolo, workzone.stages.rfdetr, workzone.stages.open_vocab, "
             "workzone.stages.hf_classifier, workzone.stages.zero_shot_image, workzone.stages.depth, "
-            "workzone.stages.onnx_detector\n"
+            "workzone.stages.onnx_detector, workzone.stages.segmentation, workzone.stages.clip_anomaly, "
+            "workzone.stages.anomaly, workzone.routing, workzone.engine_options\n"
             "print(sorted(m for m in ('torch', 'transformers', 'ultralytics', 'rfdetr', 'onnxruntime', 'torchvision') "
             "if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
