@@ -15,8 +15,9 @@ Protocol (written into the results file):
    fold is then decided: tier-1 exits by the thresholds of the row, the rest by tier 2 with every
    stage (fixed order) or with the router's stages (the others abstain, as in the cascade).
 3. Pooled out-of-fold MCC (p > 0.5) and mean declared cost per image, for a grid of tier-1 exit
-   thresholds x ``lam``. "Same budget": for each fixed-order row, the best router row whose mean
-   cost is not above it.
+   thresholds x ``lam`` (the fixed order also on a finer asymmetric grid of exits, since a router
+   keyed on the tier-1 log-odds alone can act like a moved exit). "Same budget": for each
+   fixed-order row, the best router row whose mean cost is not above it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ TIER1 = ["classifier"]
 TIER2 = ["tta", "cones", "signs"]
 EXITS = [(0.02, 0.98), (0.05, 0.95), (0.07, 0.84), (0.1, 0.9), (0.15, 0.8), (0.25, 0.7), (0.4, 0.6), (0.5, 0.5)]
 LAMS = [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+# The fixed order also gets a finer, asymmetric grid of exits: a router whose only state is the
+# tier-1 log-odds can act like a moved exit, and that must not count as a routing gain.
+FIXED_EXITS = EXITS + [(lo, hi) for lo in (0.1, 0.15, 0.2, 0.25, 0.3) for hi in (0.8, 0.85, 0.9, 0.95)
+                       if (lo, hi) not in EXITS]
 
 
 def collect(manifest: str, split: str, cache: Path) -> tuple[list[dict], np.ndarray, dict[str, float]]:
@@ -129,7 +134,7 @@ def main() -> int:
     t0 = time.perf_counter()
     cached = Path(args.cache).exists()
     scores, y, costs = collect(args.manifest, args.split, Path(args.cache))
-    fixed = {(lo, hi): evaluate(scores, y, costs, args.folds, lo, hi, None) for lo, hi in EXITS}
+    fixed = {(lo, hi): evaluate(scores, y, costs, args.folds, lo, hi, None) for lo, hi in FIXED_EXITS}
     routed = {(lo, hi, lam): evaluate(scores, y, costs, args.folds, lo, hi, lam) for lo, hi in EXITS for lam in LAMS}
     rows_fixed, rows_same = [], []
     wins = 0

@@ -84,3 +84,17 @@ def test_engine_flags_and_unknown_keys():
     check_engine_options("s", EngineOptions(quantization="gptq"), "gptq")  # every engine serves GPTQ
     with pytest.raises(ConfigError, match="quantisation"):
         pipeline(with_engine(vlm(), "{quantisation: fp8}"))
+
+
+def test_workzone_check_reports_engine_blocks():
+    from pathlib import Path
+
+    from workzone.checking import check_pipeline
+
+    cfg = pipeline(with_engine(vlm(), "{quantization: nvfp4}"),
+                   with_engine(vlm("ok", model="Qwen/Qwen3-VL-4B-Instruct", port=8002), "{kv_cache_dtype: fp8, servers: [vllm]}"),
+                   "{name: clf, kind: onnx_classifier, engine: {quantization: fp8}}")
+    rows = {(r.stage, r.check): r for r in check_pipeline(cfg, Path("."))}
+    assert rows[("vlm", "engine")].ok is False and "not supported by lmdeploy" in rows[("vlm", "engine")].detail
+    assert rows[("ok", "engine")].ok is True
+    assert rows[("clf", "engine")].ok is False and "applies to vlm_openai" in rows[("clf", "engine")].detail

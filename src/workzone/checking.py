@@ -100,6 +100,8 @@ def check_pipeline(config: PipelineConfig, base_dir: Path, *, endpoints: bool = 
                 rows.append(CheckRow(st.name, st.kind, "extras", not missing, detail))
             for part in [st, *nested_stages(st)]:
                 rows.extend(_file_rows(part, ctx))
+            if st.engine is not None:
+                rows.append(_engine_row(st))
             if endpoints and st.kind in ENGINE_KINDS:
                 rows.append(_endpoint_row(st, timeout_s))
     return rows
@@ -120,6 +122,22 @@ def _file_rows(st: StageSpec, ctx: StageContext) -> list[CheckRow]:
             continue
         rows.append(CheckRow(st.name, st.kind, key, path.exists(), str(path) if path.exists() else f"{path} does not exist"))
     return rows
+
+
+def _engine_row(st: StageSpec) -> CheckRow:
+    """An ``engine:`` block: only on engine-served kinds, and only what its servers support."""
+    from workzone.engine_options import check_engine_options
+    from workzone.errors import ConfigError
+
+    if st.kind not in ENGINE_KINDS:
+        return CheckRow(st.name, st.kind, "engine", False, f"engine: applies to {', '.join(ENGINE_KINDS)} only")
+    quant = st.engine.quantization or "none"
+    try:
+        check_engine_options(st.name, st.engine, quant)
+    except ConfigError as exc:
+        return CheckRow(st.name, st.kind, "engine", False, str(exc))
+    return CheckRow(st.name, st.kind, "engine", True, f"quantization {quant}, KV cache {st.engine.kv_cache_dtype}, "
+                                                      f"servers {', '.join(st.engine.servers)}")
 
 
 def _endpoint_row(st: StageSpec, timeout_s: float) -> CheckRow:
