@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from workzone.errors import ConfigError, StageError
 from workzone.stages._evidence_map import ClassMap, score_boxes
 from workzone.stages._hf_common import HFParams, HFStage, load_hf, to_pil
+from workzone.stages.onnx_detector import nms
 from workzone.stages.registry import create_stage, register_stage
 from workzone.types import Box, Evidence, Image, StageOutput, StageReport
 
@@ -246,19 +247,10 @@ class SegmentationStage(HFStage):
 
 def _dedupe(boxes: list[Box], iou: float = 0.7) -> list[Box]:
     """Drop a box that overlaps a higher-scored one of the same label by more than ``iou``."""
-    kept: list[Box] = []
-    for b in sorted(boxes, key=lambda b: -b.score):
-        if all(k.label != b.label or _iou(k, b) <= iou for k in kept):
-            kept.append(b)
-    return kept
-
-
-def _iou(a: Box, b: Box) -> float:
-    w = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    h = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    inter = w * h
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
-    return inter / union if union > 0 else 0.0
+    labels = sorted({b.label for b in boxes})
+    keep = nms(np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.float64), np.array([b.score for b in boxes]),
+               np.array([labels.index(b.label) for b in boxes]), iou)
+    return [boxes[i] for i in keep]
 
 
 def clip_to_box(mask: np.ndarray, box: Box) -> np.ndarray:
