@@ -174,15 +174,21 @@ class SegmentationStage(HFStage):
         return outputs
 
     def _prompts_from(self, reports: Sequence[StageReport]) -> StageOutput:
-        """Boxes of the earlier stages as one abstaining output (no boxes: nothing to say)."""
+        """The earlier stages' boxes of road-work classes, scored with the class map; none: the stage abstains.
+
+        Boxes the class map does not count (an anomaly stage's ``anomaly`` patches) are not segmented:
+        vetoing them could not change the score.
+        """
         wanted = self.params.from_stages
         boxes: list[Box] = []
         used: list[str] = []
         for rep in reports:
             if rep.stage == self.name or (wanted is not None and rep.stage not in wanted) or not rep.evidence.boxes:
                 continue
-            boxes.extend(rep.evidence.boxes)
-            used.append(rep.stage)
+            counted = [b for b in rep.evidence.boxes if self._classes.resolve(b.label) is not None]
+            if counted:
+                boxes.extend(counted)
+                used.append(rep.stage)
         if not boxes:
             return StageOutput(None, Evidence(notes=("segmentation: no earlier boxes to check; abstains",)))
         boxes = _dedupe(boxes)
