@@ -32,8 +32,9 @@ __all__ = ["PatchAnomalyParams", "PatchAnomalyStage", "nearest_distances", "anom
 
 
 class PatchAnomalyParams(StageParams):
-    model: str = Field(default="builtin:anomaly_lite0_features.onnx", description="patch feature extractor (ONNX)")
-    bank: str = Field(default="builtin:anomaly_bank_roads.npz", description="memory bank .npz (bank, meta)")
+    # No default files ship with the package (the stage is opt-in): `workzone build-anomaly-bank` writes both.
+    model: str = Field(description="patch feature extractor (ONNX), e.g. anomaly_features.onnx")
+    bank: str = Field(description="memory bank .npz (fp16 bank + meta), e.g. anomaly_bank.npz")
     top_k: int = Field(default=3, ge=1, le=64, description="image score = mean of the top_k patch distances")
     offset: float | None = Field(default=None, description="log-odds = (score - offset) / scale; default: the bank's")
     scale: float | None = Field(default=None, gt=0.0, description="see offset; default: the bank's")
