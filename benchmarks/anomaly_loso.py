@@ -121,7 +121,8 @@ def main() -> int:
     y = np.array([s.label for s in samples])
     src = np.array([s.source for s in samples])
     cache = Path(args.cache)
-    if cache.exists():
+    cached = cache.exists()
+    if cached:
         z = np.load(cache)
         patches, pooled = z["patches"], z["pooled"]
     else:
@@ -157,12 +158,14 @@ def main() -> int:
     rows = []
     combos = {"anomaly alone": [anomaly], "probe alone": [probe], "probe + anomaly": [probe, anomaly]}
     per_source: dict[str, dict[str, str]] = {}
+    preds: dict[str, np.ndarray] = {}
     for name, cols in combos.items():
         x = np.column_stack(cols)
         pred = np.zeros(len(y), int)
         for s in sources:
             test = src == s
             pred[test] = (fit_predict(x[~test], y[~test], x[test]) > 0).astype(int)
+        preds[name] = pred
         score = cols[-1] if len(cols) == 1 else None
         auc = roc_auc(y, score) if score is not None else None
         rows.append(f"| {name} | {matthews_corrcoef(y, pred):.3f} | {'-' if auc is None else f'{auc:.3f}'} | "
@@ -177,6 +180,7 @@ def main() -> int:
         src_rows.append(f"| {s} | {test.sum()} | {int(y[test].sum())} | {'-' if auc is None else f'{auc:.3f}'} | "
                         + " | ".join(per_source[s][n] for n in combos) + " |")
     neg_scores = anomaly[y == 0]
+    probe_pred, fused_pred = preds["probe alone"], preds["probe + anomaly"]
     md = "\n".join([
         "# Patch-feature anomaly scorer: leave-one-source-out",
         "",
@@ -185,11 +189,20 @@ def main() -> int:
         f"- data: `roadwork-v1` + `roadwork-v2`, every split, {len(y)} images ({int(y.sum())} road work), "
         f"{len(sources)} sources; reviewed label fixes applied",
         f"- command: `python benchmarks/anomaly_loso.py --size {args.size} --bank {args.bank} --per-source {args.per_source}` "
-        f"({(time.perf_counter() - t_start) / 60:.1f} min with cached features)",
+        f"({(time.perf_counter() - t_start) / 60:.1f} min, {'features from the cache' if cached else 'features computed in this run'}; "
+        "the 2 cores were shared with other jobs, so the ms below overstate an idle machine several-fold)",
         f"- cost on this machine: patch features {feat_ms:.1f} ms / image (ONNX, {args.size} px, 2 threads), "
         f"nearest neighbour over a {args.bank}-row bank {np.mean(nn_ms):.1f} ms / image (numpy)",
         "",
         __doc__.split("Protocol (written into the results file):")[1].strip(),
+        "",
+        "## Verdict",
+        "",
+        f"Out of fold, the anomaly score alone reaches AUC {roc_auc(y, anomaly):.3f}; added to the frozen-feature probe it "
+        f"moves pooled MCC from {matthews_corrcoef(y, probe_pred):.3f} to {matthews_corrcoef(y, fused_pred):.3f}. "
+        "The probe is a weak stand-in for the shipped classifier (which sees these sources in training, so it "
+        "cannot be scored out of fold here); the gain is small on 453 images and the stage costs a second "
+        "backbone pass plus the search, so `patch_anomaly` stays out of the default pipeline (opt-in).",
         "",
         "## Pooled over the ten held-out sources",
         "",
