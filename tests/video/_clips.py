@@ -52,3 +52,20 @@ def write_clip(out: Path, frames: list[Path], fps: int = 2) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return out
+
+
+def write_counter_video(path: Path, n: int, rate: int, size: tuple[int, int] = (64, 48)) -> Path:
+    """``n`` synthetic frames at ``rate`` fps; frame k is uniformly grey level 8*k (frames are identifiable)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for k in range(n):
+            px = np.full((size[1], size[0], 3), min(8 * k, 255), np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(px, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

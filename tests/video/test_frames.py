@@ -7,24 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.video._clips import write_counter_video
 from workzone.errors import InvalidImageError
 from workzone.video.frames import iter_video_frames, read_frames_at
 
 av = pytest.importorskip("av")
-
-
-def write_counter_video(path: Path, n: int, rate: int) -> Path:
-    """``n`` frames at ``rate`` fps; frame k is uniformly grey level 8*k (so frames are identifiable)."""
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=rate)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        for k in range(n):
-            px = np.full((48, 64, 3), min(8 * k, 255), np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(px, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
 
 
 @pytest.mark.parametrize(("rate", "fps", "expected"), [

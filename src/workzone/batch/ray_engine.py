@@ -56,7 +56,7 @@ def run_ray(pipeline: str | Path, items: list[WorkItem], store: ResultStore, *, 
         ds = ds.map_batches(_decode_batches, batch_size=1, num_cpus=_DECODE_CPUS,
                             fn_kwargs={"fps": options.fps, "batch_size": options.batch_size})
         ds = ds.map_batches(_CascadeActor, fn_constructor_kwargs={"pipeline": pipeline_ref},
-                            batch_size=options.batch_size, batch_format="numpy",
+                            batch_size=options.batch_size, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=options.ray_workers), num_cpus=1)
         ds.write_parquet(str(store.parts / f"ray-{uuid.uuid4().hex[:12]}"))
     finally:
@@ -105,7 +105,7 @@ class _CascadeActor:
 
         self.pipe = load_pipeline(pipeline)
 
-    def __call__(self, batch: dict[str, np.ndarray]):
+    def __call__(self, batch):
         import pyarrow as pa
 
         from workzone.batch.decode import Unit
@@ -114,19 +114,11 @@ class _CascadeActor:
         from workzone.types import Image
 
         units = []
-        for k in range(len(batch["key"])):
-            h, w = int(batch["height"][k]), int(batch["width"][k])
-            fi = batch["frame_index"][k]
-            ts = batch["timestamp_s"][k]
-            frame = None if fi is None or (isinstance(fi, float) and np.isnan(fi)) else int(fi)
-            stamp = None if frame is None else float(ts)
-            path = str(batch["path"][k])
-            err = batch["error"][k]
-            image = None
-            if h and w:
-                px = np.frombuffer(batch["pixels"][k], dtype=np.uint8).reshape(h, w, 3).copy()
+        for rec in batch.to_pylist():  # pyarrow batches keep nulls as None (numpy would make them NaN)
+            frame, path, image = rec["frame_index"], rec["path"], None
+            if rec["height"] and rec["width"]:
+                px = np.frombuffer(rec["pixels"], dtype=np.uint8).reshape(rec["height"], rec["width"], 3).copy()
                 image = Image(px, source=path if frame is None else f"{path}#frame={frame}")
-            units.append(Unit(0, str(batch["key"][k]), path, frame, stamp, image=image,
-                              error=None if err is None else str(err)))
+            units.append(Unit(0, rec["key"], path, frame, rec["timestamp_s"], image=image, error=rec["error"]))
         rows = rows_for_units(self.pipe.run_decoded, units)
         return pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=arrow_schema())
