@@ -35,6 +35,8 @@ class BatchOptions:
         ray_address: an existing Ray cluster (``auto``, ``ray://host:10001``); None starts a local one.
         ray_workers: cascade actors in the Ray pool.
         ray_cpus: CPUs of a local Ray instance (None: all).
+        ray_gpus: GPUs each cascade actor asks Ray for (0: none).
+        device: compute device of the stages (``cpu``, ``cuda``, ``cuda:1``).
         progress_interval_s: seconds between plain progress lines off a terminal.
     """
 
@@ -52,6 +54,8 @@ class BatchOptions:
     ray_address: str | None = None
     ray_workers: int = 2
     ray_cpus: int | None = None
+    ray_gpus: float = 0.0
+    device: str = "cpu"
     progress_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -121,7 +125,7 @@ def run_batch_job(inputs: Sequence[str | Path], outputs: Sequence[Path], *, pipe
         else:
             from workzone.api import load_pipeline
 
-            with load_pipeline(pipeline) as pipe:
+            with load_pipeline(pipeline, device=options.device) as pipe:
                 run_local(pipe, items, store, batch_size=options.batch_size, decode_workers=options.decode_workers,
                           fps=options.fps, progress=progress)
     rows = store.finalize({it.file_id for it in items})

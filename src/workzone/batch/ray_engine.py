@@ -55,9 +55,11 @@ def run_ray(pipeline: str | Path, items: list[WorkItem], store: ResultStore, *, 
         ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 4 * options.ray_workers * 4))
         ds = ds.map_batches(_decode_batches, batch_size=1, num_cpus=_DECODE_CPUS,
                             fn_kwargs={"fps": options.fps, "batch_size": options.batch_size})
-        ds = ds.map_batches(_CascadeActor, fn_constructor_kwargs={"pipeline": pipeline_ref},
+        ds = ds.map_batches(_CascadeActor,
+                            fn_constructor_kwargs={"pipeline": pipeline_ref, "device": options.device},
                             batch_size=options.batch_size, batch_format="pyarrow",
-                            compute=ray.data.ActorPoolStrategy(size=options.ray_workers), num_cpus=1)
+                            compute=ray.data.ActorPoolStrategy(size=options.ray_workers), num_cpus=1,
+                            num_gpus=options.ray_gpus)
         ds.write_parquet(str(store.parts / f"ray-{uuid.uuid4().hex[:12]}"))
     finally:
         if started:
@@ -100,10 +102,10 @@ def _empty() -> dict[str, list]:
 class _CascadeActor:
     """One loaded pipeline per actor; turns batches of decoded frames into result rows."""
 
-    def __init__(self, pipeline: str) -> None:
+    def __init__(self, pipeline: str, device: str = "cpu") -> None:
         from workzone.api import load_pipeline
 
-        self.pipe = load_pipeline(pipeline)
+        self.pipe = load_pipeline(pipeline, device=device)
 
     def __call__(self, batch):
         import pyarrow as pa

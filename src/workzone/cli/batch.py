@@ -33,6 +33,8 @@ def batch(
     ray_address: Annotated[Optional[str], typer.Option(help="existing Ray cluster (auto, ray://host:10001)")] = None,
     ray_workers: Annotated[int, typer.Option(min=1, help="cascade actors in the Ray pool")] = 2,
     ray_cpus: Annotated[Optional[int], typer.Option(min=1, help="CPUs of a local Ray instance (default: all)")] = None,
+    ray_gpus: Annotated[float, typer.Option(min=0, help="GPUs per cascade actor on Ray (0: none)")] = 0.0,
+    device: Annotated[str, typer.Option(help="compute device of the stages: cpu, cuda, cuda:1 ...")] = "cpu",
     chunk_rows: Annotated[int, typer.Option(min=1, help="rows per committed chunk")] = 256,
     progress_interval: Annotated[float, typer.Option(help="seconds between progress lines when not on a terminal")] = 10.0,
 ) -> None:
@@ -49,7 +51,8 @@ def batch(
     options = BatchOptions(engine=engine, batch_size=batch_size, decode_workers=decode_workers, fps=fps or None,  # type: ignore[arg-type]
                            glob=glob, identity=identity, restart=restart, retry_errors=retry_errors,  # type: ignore[arg-type]
                            chunk_rows=chunk_rows, segments=segments, thumbnails=thumbnails, ray_address=ray_address,
-                           ray_workers=ray_workers, ray_cpus=ray_cpus, progress_interval_s=progress_interval)
+                           ray_workers=ray_workers, ray_cpus=ray_cpus, ray_gpus=ray_gpus, device=device,
+                           progress_interval_s=progress_interval)
     s = run_batch_job(inputs, out, pipeline=pipeline, options=options)
     con = Console(stderr=True, highlight=False)
     con.print(f"batch done: {s.inputs} inputs, {s.rows} rows ({s.new_rows} new this run, {s.errors} errors) "
