@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Container, Iterator
 
 from workzone.batch.inputs import WorkItem, row_key
-from workzone.errors import InvalidImageError, MissingExtraError
+from workzone.errors import InvalidImageError
 from workzone.io.images import DEFAULT_LIMITS, ImageLimits, decode_image
 from workzone.types import Image
 
@@ -73,7 +73,5 @@ def iter_units(item_index: int, item: WorkItem, *, fps: float | None, done: Cont
         for f in iter_video_frames(item.path, fps, max_side=limits.max_side, skip=_DoneFrames(item.file_id, done)):
             image = Image(f.pixels, source=f"{path}#frame={f.frame_index}", original_size=(f.pixels.shape[1], f.pixels.shape[0]))
             yield Unit(item_index, row_key(item.file_id, f.frame_index), path, f.frame_index, f.timestamp_s, image=image)
-    except MissingExtraError:
-        raise
     except (InvalidImageError, OSError) as exc:
         yield Unit(item_index, error_key, path, None, None, error=str(exc))
