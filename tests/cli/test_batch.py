@@ -37,3 +37,9 @@ def test_batch_rejects_an_unknown_engine(tmp_path, tiny_model) -> None:
     res = runner.invoke(app, ["batch", str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--engine", "spark"])
     assert res.exit_code != 0
     assert "expected local or ray" in str(res.exception)
+
+
+def test_detect_points_videos_to_batch(tmp_path) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"\x00")
+    res = runner.invoke(app, ["detect", str(tmp_path / "clip.mp4")])
+    assert res.exit_code != 0 and "workzone batch" in str(res.exception)

@@ -53,7 +53,13 @@ def detect(
     out, err = _console(), _console(stderr=True)
     paths = list(iter_image_paths(images))
     if not paths:
-        raise WorkzoneError("no images found in the given paths")
+        raise WorkzoneError("no images found in the given paths (for videos, use `workzone batch`)")
+    from workzone.batch.inputs import VIDEO_SUFFIXES
+
+    video = next((p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES), None)
+    if video is not None:
+        raise WorkzoneError(f"{video} is a video and detect decides images: run `workzone batch {video} "
+                            "--out frames.jsonl` (pip install 'workzone[video]')")
     failed = 0
     with load_pipeline(pipeline) as pipe:
         for start in range(0, len(paths), batch_size):
