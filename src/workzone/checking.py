@@ -34,6 +34,7 @@ KIND_REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "vlm_openai": ("vlm", ("httpx", "tenacity")),
     "reasoner_openai": ("vlm", ("httpx", "tenacity")),
     "vlm_transformers": ("vlm-local", ("transformers", "torch", "torchvision")),
+    "temporal_consistency": ("default", ()),
 }
 
 #: Kinds whose model is served by an engine (vLLM, SGLang, LMDeploy) rather than loaded in-process.

@@ -20,7 +20,7 @@ app = typer.Typer(name="workzone", help="Is there road work in this image? A cal
 
 # Sub-command groups that live in their own modules; each exposes register(app).
 _COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.detector", "workzone.cli.plan", "workzone.cli.serve",
-                    "workzone.cli.report", "workzone.cli.anomaly")
+                    "workzone.cli.report", "workzone.cli.anomaly", "workzone.cli.batch")
 
 PipelineOpt = typer.Option("default", "--pipeline", "-p", help="built-in pipeline name or YAML file")
 
@@ -53,7 +53,13 @@ def detect(
     out, err = _console(), _console(stderr=True)
     paths = list(iter_image_paths(images))
     if not paths:
-        raise WorkzoneError("no images found in the given paths")
+        raise WorkzoneError("no images found in the given paths (for videos, use `workzone batch`)")
+    from workzone.batch.inputs import VIDEO_SUFFIXES
+
+    video = next((p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES), None)
+    if video is not None:
+        raise WorkzoneError(f"{video} is a video and detect decides images: run `workzone batch {video} "
+                            "--out frames.jsonl` (pip install 'workzone[video]')")
     failed = 0
     with load_pipeline(pipeline) as pipe:
         for start in range(0, len(paths), batch_size):

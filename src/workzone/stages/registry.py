@@ -38,6 +38,7 @@ _BUILTIN_MODULES: dict[str, str] = {
     "vlm_openai": "workzone.stages.vlm",
     "vlm_transformers": "workzone.stages.vlm_transformers",
     "reasoner_openai": "workzone.stages.reasoner",
+    "temporal_consistency": "workzone.stages.temporal",
 }
 
 

@@ -1,0 +1,1 @@
+"""Video: sampled frames (PyAV, extra ``video``) and work-zone segments from per-frame probabilities."""
