@@ -22,14 +22,15 @@ from pydantic import Field
 from workzone.errors import StageError
 from workzone.io.images import ResizeMode, resize_for_model, tile_boxes
 from workzone.stages._onnx import open_session, read_sidecar
-from workzone.stages.base import Stage, StageParams
+from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
+from workzone.stages.base import Stage
 from workzone.stages.registry import register_stage
 from workzone.types import Box, Evidence, Image, StageOutput
 
 __all__ = ["OnnxClassifierParams", "OnnxClassifierStage", "five_crop_boxes"]
 
 
-class OnnxClassifierParams(StageParams):
+class OnnxClassifierParams(TorchBackendParams):
     model: str = Field(default="builtin:roadwork_lite0.onnx", description="ONNX file, or builtin:NAME")
     input_size: int | None = Field(default=None, ge=16, le=2048, description="override the sidecar's input size")
     resize: ResizeMode | None = Field(default=None, description="override the sidecar's resize mode")
@@ -57,6 +58,7 @@ class OnnxClassifierStage(Stage):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._session = None
+        self._runner = None  # the torch backend's TorchModelRunner, when it is used
         self._size = 224
         self._mode: ResizeMode = "squash"
         # onnxruntime sessions are thread-safe for run(), but we serialise so that concurrent batches
@@ -68,12 +70,15 @@ class OnnxClassifierStage(Stage):
 
     def _load_sync(self) -> None:
         path = self.context.resolve(self.params.model)
-        session = open_session(path, threads=self.params.threads, device=self.context.device, inputs=["image"],
-                               prefix=f"stage {self.name!r}: ", feature="the ONNX classifier")
         meta = read_sidecar(path)
         self._size = int(self.params.input_size or meta.get("input_size", 224))
         self._mode = self.params.resize or meta.get("resize", "squash")
-        self._session = session
+        if use_torch(self.params.backend, self.context.device):
+            self._runner = open_runner(path, self.params, self.context.device)
+            self._session = self._runner
+            return
+        self._session = open_session(path, threads=self.params.threads, device=self.context.device,
+                                     inputs=["image"], prefix=f"stage {self.name!r}: ", feature="the ONNX classifier")
 
     async def warmup(self) -> None:
         await self.run_blocking(self._infer, np.zeros((1, 3, self._size, self._size), np.float32))
@@ -85,6 +90,8 @@ class OnnxClassifierStage(Stage):
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         p = self.params
+        if self._runner is not None and p.tiles == 1 and not p.crops:
+            return self._predict_whole_torch(batch)
         views: list[np.ndarray] = []
         # owners[k] indexes the (image, region) in `regions` that view k belongs to: a region's logit is
         # the mean over its TTA views, and only then are an image's regions pooled.
@@ -110,6 +117,14 @@ class OnnxClassifierStage(Stage):
         for j, (idx, region) in enumerate(regions):
             per_image[idx].append((float(sums[j] / counts[j]), region))
         return [self._summarise(batch[i], per_image[i]) for i in range(len(batch))]
+
+    def _predict_whole_torch(self, batch: list[Image]) -> list[StageOutput]:
+        """Whole-image scores (and mirror TTA) with resize, model and averaging on the runner's device."""
+        logits = first_output(self._runner, torch_inputs(self._runner, batch, self._size, self._mode,
+                                                          flip=self.params.flip)).reshape(-1)
+        if self.params.flip:
+            logits = (logits[:len(batch)] + logits[len(batch):]) / 2.0
+        return [self._summarise(img, [(float(z), None)]) for img, z in zip(batch, logits)]
 
     def _views(self, px: np.ndarray) -> list[np.ndarray]:
         """The model inputs whose logits are averaged for one region: itself, its crops, their mirrors."""
@@ -149,12 +164,15 @@ class OnnxClassifierStage(Stage):
         return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
+        if self._runner is not None:
+            return self._runner.run_numpy(x).reshape(len(x), -1)[:, 0]
         with self._lock:
             out = self._session.run(None, {"image": x.astype(np.float32, copy=False)})[0]
         return np.asarray(out, dtype=np.float64).reshape(len(x), -1)[:, 0]
 
     async def aclose(self) -> None:
         self._session = None
+        self._runner = None
 
 
 def five_crop_boxes(width: int, height: int, scale: float) -> list[tuple[int, int, int, int]]:

@@ -22,7 +22,8 @@ from pydantic import Field
 from workzone.errors import ModelFileError, StageError
 from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
-from workzone.stages.base import Stage, StageParams
+from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
+from workzone.stages.base import Stage
 from workzone.stages.registry import register_stage
 from workzone.training.detector import decode_detections
 from workzone.types import Box, Evidence, Image, StageOutput, logit
@@ -30,7 +31,7 @@ from workzone.types import Box, Evidence, Image, StageOutput, logit
 __all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ConeDetectorRunner"]
 
 
-class RoadworkDetectorParams(StageParams):
+class RoadworkDetectorParams(TorchBackendParams):
     model: str = Field(default="builtin:cone_detector.onnx", description="ONNX file, or builtin:NAME")
     input_size: int | None = Field(default=None, ge=64, le=2048, description="override the sidecar's input size (multiple of 32)")
     score_threshold: float | None = Field(default=None, ge=0.0, le=1.0,
@@ -38,7 +39,8 @@ class RoadworkDetectorParams(StageParams):
     top_k: int = Field(default=3, ge=1, le=50, description="boxes pooled by noisy-OR into the score")
     min_pool_score: float = Field(default=0.02, ge=0.0, le=1.0, description="boxes below this do not enter the pool")
     max_boxes: int = Field(default=20, ge=1, le=300, description="most boxes reported as evidence")
-    batch_size: int = Field(default=8, ge=1, le=256)
+    batch_size: int = Field(default=8, ge=1, le=256, description="images per onnxruntime run (the torch "
+                                                                 "backend runs max_batch)")
     threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
 
@@ -50,13 +52,21 @@ class ConeDetectorRunner:
         input_size: overrides the sidecar's input size.
         threads: onnxruntime intra-op threads (0 = all cores).
         providers: onnxruntime providers (default CPU).
+        torch_params: run the graph through torch with these backend params instead of onnxruntime.
+        device: the torch backend's device.
     """
 
     def __init__(self, path: str | Path, *, input_size: int | None = None, threads: int = 0,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+                 providers: Sequence[str] = ("CPUExecutionProvider",),
+                 torch_params: TorchBackendParams | None = None, device: str = "cpu") -> None:
         path = Path(path)
-        self.session = open_session(path, threads=threads, providers=providers, inputs=["image"],
-                                    hint="; train one with `workzone train-detector`", feature="the cone detector")
+        self.session = None
+        self.torch_runner = None
+        if torch_params is not None:
+            self.torch_runner = open_runner(path, torch_params, device)
+        else:
+            self.session = open_session(path, threads=threads, providers=providers, inputs=["image"],
+                                        hint="; train one with `workzone train-detector`", feature="the cone detector")
         self.meta = read_sidecar(path)
         self.size = int(input_size or self.meta.get("input_size", 448))
         if self.size % 32:
@@ -67,12 +77,12 @@ class ConeDetectorRunner:
         # Serialise runs: each already uses every intra-op thread.
         self._lock = threading.Lock()
 
-    def detect(self, images: Sequence[np.ndarray], *, score_threshold: float = 0.02, max_detections: int = 50,
+    def detect(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
                batch_size: int = 8) -> list[np.ndarray]:
         """Detect cones.
 
         Args:
-            images: uint8 RGB arrays (H, W, 3).
+            images: uint8 RGB arrays (H, W, 3), or images (pixels already on the torch device stay there).
             score_threshold: lowest confidence returned.
             max_detections: most boxes per image.
             batch_size: images per session run.
@@ -81,16 +91,20 @@ class ConeDetectorRunner:
             Per image, (D, 6) rows ``x1, y1, x2, y2, score, class`` in that image's pixels, by
             falling score.
         """
+        items = [im if isinstance(im, Image) else Image(im) for im in images]
+        if self.torch_runner is not None:
+            raws = [first_output(self.torch_runner, torch_inputs(self.torch_runner, items, self.size, "letterbox"))]
+        else:
+            raws = []
+            for i in range(0, len(items), batch_size):
+                x = np.stack([resize_for_model(im.pixels, self.size, "letterbox") for im in items[i:i + batch_size]])
+                with self._lock:
+                    raws.append(self.session.run(None, {"image": x})[0])
         out: list[np.ndarray] = []
-        for i in range(0, len(images), batch_size):
-            chunk = images[i:i + batch_size]
-            x = np.stack([resize_for_model(px, self.size, "letterbox") for px in chunk])
-            with self._lock:
-                raw = self.session.run(None, {"image": x})[0]
-            for px, o in zip(chunk, raw):
-                det = decode_detections(o, score_threshold=score_threshold, max_detections=max_detections,
-                                        stride=self.stride, num_classes=len(self.class_names))
-                out.append(_to_image_coords(det, px.shape[1], px.shape[0], self.size))
+        for im, o in zip(items, (o for raw in raws for o in raw)):
+            det = decode_detections(o, score_threshold=score_threshold, max_detections=max_detections,
+                                    stride=self.stride, num_classes=len(self.class_names))
+            out.append(_to_image_coords(det, im.width, im.height, self.size))
         return out
 
 
@@ -111,10 +125,12 @@ class RoadworkDetectorStage(Stage):
 
     def _load_sync(self) -> ConeDetectorRunner:
         path = self.context.resolve(self.params.model)
-        providers = providers_for(self.context.device, feature="the cone detector")
+        device = self.context.device
+        torch_params = self.params if use_torch(self.params.backend, device) else None
+        providers = ["CPUExecutionProvider"] if torch_params else providers_for(device, feature="the cone detector")
         try:
             return ConeDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
-                                      providers=providers)
+                                      providers=providers, torch_params=torch_params, device=device)
         except ModelFileError as exc:
             raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
 
@@ -132,7 +148,7 @@ class RoadworkDetectorStage(Stage):
         runner = self._runner
         assert runner is not None
         floor = min(p.min_pool_score, runner.score_threshold if p.score_threshold is None else p.score_threshold)
-        dets = runner.detect([img.pixels for img in batch], score_threshold=floor,
+        dets = runner.detect(batch, score_threshold=floor,
                              max_detections=max(p.max_boxes, p.top_k), batch_size=p.batch_size)
         report_at = runner.score_threshold if p.score_threshold is None else p.score_threshold
         return [self._summarise(d, runner.class_names, report_at) for d in dets]

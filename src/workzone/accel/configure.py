@@ -1,0 +1,35 @@
+"""Switch a pipeline's ONNX stages to a backend (and torch options) without editing its YAML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workzone.config.schema import PipelineConfig
+from workzone.stages._torch_backend import TorchBackendParams
+
+__all__ = ["with_backend"]
+
+
+def with_backend(config: PipelineConfig, backend: str, **torch_options: Any) -> PipelineConfig:
+    """``config`` with every stage that has a ``backend`` param set to ``backend``.
+
+    Args:
+        config: a validated pipeline.
+        backend: ``auto``, ``onnxruntime`` or ``torch``.
+        **torch_options: other :class:`~workzone.stages._torch_backend.TorchBackendParams` fields
+            (``compile``, ``precision``, ``max_batch``) for the same stages.
+
+    Returns:
+        A new, validated config; stages of other kinds are unchanged.
+    """
+    tiers = []
+    for tier in config.tiers:
+        stages = []
+        for spec in tier.stages:
+            if isinstance(spec.params, TorchBackendParams):
+                params = type(spec.params).model_validate(
+                    {**spec.params.model_dump(), "backend": backend, **torch_options})
+                spec = spec.model_copy(update={"params": params})
+            stages.append(spec)
+        tiers.append(tier.model_copy(update={"stages": tuple(stages)}))
+    return config.model_copy(update={"tiers": tuple(tiers)})

@@ -1,0 +1,77 @@
+"""An :class:`~workzone.types.Image` whose pixels live on the torch device.
+
+The GPU path decodes JPEG bytes straight into device memory; the cascade and every stage still
+receive ``Image`` objects. Stages with a torch backend read :attr:`DeviceImage.tensor` and never
+copy the pixels back; any other stage (OCR, a remote VLM) reads :attr:`DeviceImage.pixels`, which
+downloads them once, on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workzone.types import Image
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DeviceImage", "image_tensor"]
+
+
+class DeviceImage(Image):
+    """RGB uint8 pixels as a [3, H, W] tensor on a device; numpy pixels on demand.
+
+    Args:
+        tensor: uint8 tensor of shape (3, H, W), RGB, on any device.
+        source: a label for reports.
+        original_size: (width, height) before any downscale on decode.
+    """
+
+    def __init__(self, tensor: "torch.Tensor", source: str = "<bytes>",
+                 original_size: tuple[int, int] | None = None) -> None:
+        if tensor.dim() != 3 or tensor.shape[0] != 3 or str(tensor.dtype) != "torch.uint8":
+            raise ValueError(f"DeviceImage.tensor: expected uint8 tensor of shape (3, H, W), "
+                             f"got {tensor.dtype} {tuple(tensor.shape)}")
+        object.__setattr__(self, "tensor", tensor)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "original_size", original_size)
+        object.__setattr__(self, "_pixels", None)
+
+    @property  # type: ignore[override]
+    def pixels(self) -> np.ndarray:
+        """(H, W, 3) uint8 numpy pixels, copied from the device the first time they are asked for."""
+        if self._pixels is None:
+            px = self.tensor.permute(1, 2, 0).contiguous().cpu().numpy()
+            object.__setattr__(self, "_pixels", px)
+        return self._pixels
+
+    @property
+    def width(self) -> int:
+        return int(self.tensor.shape[2])
+
+    @property
+    def height(self) -> int:
+        return int(self.tensor.shape[1])
+
+    def __repr__(self) -> str:
+        return f"DeviceImage({self.width}x{self.height} on {self.tensor.device}, source={self.source!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+def image_tensor(img: Image, device: str) -> Any:
+    """A [3, H, W] uint8 tensor of ``img`` on ``device`` (no copy when it already is a DeviceImage there)."""
+    import torch
+
+    t = getattr(img, "tensor", None)
+    if t is not None:
+        return t if str(t.device) == str(torch.device(device)) else t.to(device, non_blocking=True)
+    t = torch.from_numpy(np.ascontiguousarray(img.pixels)).permute(2, 0, 1)
+    if device != "cpu":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t

@@ -1,0 +1,133 @@
+"""One ONNX model run by torch on a device: dtype, channels-last, optional compile, batch buckets.
+
+``TorchModelRunner`` is the seam the stages use when their ``backend`` is ``torch``: it builds the
+module from the ONNX file (:func:`workzone.accel.onnx_graph.load_onnx_module`), moves it to the
+device, and runs batches of model inputs. With ``compile`` on, batches are padded up to a few
+bucket sizes so ``torch.compile`` (default mode: "max-autotune" crashed on the H100 probe) builds a
+handful of graphs instead of one per batch size.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from workzone._optional import require
+from workzone.accel.onnx_graph import load_onnx_module
+from workzone.errors import ModelFileError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TorchModelRunner", "Precision", "resolve_device", "default_precision"]
+
+Precision = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+def resolve_device(device: str) -> str:
+    """``device`` when torch can use it, else ``cpu`` (a CUDA pipeline still runs on a CPU-only host)."""
+    torch = require("torch", "gpu", "the torch backend")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "cpu"
+    return device
+
+
+def default_precision(device: str) -> str:
+    """bf16 on CUDA (tensor cores, same exponent range as fp32), fp32 on the CPU (exact parity)."""
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+class TorchModelRunner:
+    """An ONNX graph as a torch module on ``device``.
+
+    Args:
+        path: the ``.onnx`` file.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (falls back to ``cpu`` without CUDA).
+        precision: weights and activations dtype; ``auto`` = bf16 on CUDA, fp32 on the CPU.
+        channels_last: NHWC memory layout for 4-D inputs (faster convolutions on tensor cores).
+        compile: wrap the module in ``torch.compile`` (default mode); a failure to compile falls
+            back to eager, recorded in :attr:`notes`.
+        max_batch: the largest batch one forward runs; larger inputs are split.
+
+    Attributes:
+        device: where the module runs.
+        input_name: the graph's (single) input name.
+        notes: what was chosen (dtype, compile outcome), for ``describe()`` and benchmark files.
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", precision: Precision = "auto",
+                 channels_last: bool = True, compile: bool = False, max_batch: int = 1024) -> None:
+        torch = require("torch", "gpu", "the torch backend")
+        self.device = resolve_device(device)
+        dtype = default_precision(self.device) if precision == "auto" else precision
+        module = load_onnx_module(path, dtype=dtype)
+        if len(module.input_names) != 1:
+            raise ModelFileError(f"{path}: the torch backend runs single-input models, got {module.input_names}")
+        self.input_name = module.input_names[0]
+        self.output_names = module.output_names
+        self.dtype = module.compute_dtype
+        self.channels_last = channels_last
+        self.max_batch = max_batch
+        module = module.to(self.device)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self._module = module
+        self._forward: Any = module
+        self.notes: list[str] = [f"torch {torch.__version__} on {self.device}, {dtype}"
+                                 + (", channels-last" if channels_last else "")]
+        self.compiled = False
+        if compile:
+            try:
+                self._forward = torch.compile(module)
+                self.compiled = True
+                self.notes.append("torch.compile (default mode), batches padded to power-of-two buckets")
+            except Exception as exc:  # noqa: BLE001 - compile is an optimisation; eager is always right
+                self.notes.append(f"torch.compile unavailable ({type(exc).__name__}: {exc}); eager")
+        self._lock = threading.Lock()
+
+    def __call__(self, x: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+        """Run a float batch [N, C, H, W] (any float dtype, on any device); outputs stay on the device.
+
+        Returns:
+            ``{output name: float32 tensor with N rows}``.
+        """
+        torch = require("torch", "gpu", "the torch backend")
+        n = int(x.shape[0])
+        parts: list[dict[str, Any]] = []
+        with self._lock, torch.inference_mode():
+            for i in range(0, n, self.max_batch):
+                chunk = x[i:i + self.max_batch].to(self.device, self.dtype, non_blocking=True)
+                m = int(chunk.shape[0])
+                if self.compiled:
+                    chunk = _pad_batch(torch, chunk, _bucket(m, self.max_batch))
+                if self.channels_last and chunk.dim() == 4:
+                    chunk = chunk.contiguous(memory_format=torch.channels_last)
+                out = self._forward(chunk)
+                parts.append({k: v[:m] for k, v in out.items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in self.output_names}
+
+    def run_numpy(self, x: np.ndarray) -> np.ndarray:
+        """The first output for a float32 numpy batch, as a float64 numpy array (the onnxruntime seam)."""
+        torch = require("torch", "gpu", "the torch backend")
+        out = self(torch.from_numpy(np.ascontiguousarray(x, np.float32)))[self.output_names[0]]
+        return out.double().cpu().numpy()
+
+
+def _bucket(n: int, cap: int) -> int:
+    """The smallest power of two >= n (at least 8), capped at ``cap``."""
+    b = 8
+    while b < n:
+        b *= 2
+    return min(b, max(cap, n))
+
+
+def _pad_batch(torch: Any, x: Any, size: int) -> Any:
+    if x.shape[0] == size:
+        return x
+    pad = x.new_zeros((size - x.shape[0],) + tuple(x.shape[1:]))
+    return torch.cat([x, pad])
