@@ -6,6 +6,7 @@ private event loop in a background thread; every stage lives on that loop.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -26,6 +27,8 @@ class Pipeline:
         self.config = config
         self.limits = limits
         self.cascade = Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras)
+        # On a CUDA device with torch, encoded bytes are decoded in batches straight into GPU memory.
+        self._decoder = _device_decoder(device, limits)
         self._loop = LoopThread("workzone-loop")
         try:
             self._loop.run(self.cascade.start())
@@ -40,7 +43,10 @@ class Pipeline:
     def predict_batch(self, images: Sequence[Any], *, deadline_s: float | None = None,
                       on_event: EventCallback | None = None, run_all: bool = False) -> list[Decision]:
         """Decide many images at once; undecided images move through the tiers together."""
-        decoded = [decode_image(x, limits=self.limits) for x in images]
+        if self._decoder is not None and all(isinstance(x, (bytes, bytearray, memoryview)) for x in images):
+            decoded = self._decoder.decode(images)
+        else:
+            decoded = [decode_image(x, limits=self.limits) for x in images]
         return self.run_decoded(decoded, deadline_s=deadline_s, on_event=on_event, run_all=run_all)
 
     def run_decoded(self, images: Sequence[Image], *, deadline_s: float | None = None,
@@ -63,12 +69,27 @@ class Pipeline:
             self._loop.run(self.cascade.aclose(), timeout=30)
         finally:
             self._loop.stop()
+            if self._decoder is not None:
+                self._decoder.close()
 
     def __enter__(self) -> "Pipeline":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _device_decoder(device: str, limits: ImageLimits) -> Any:
+    """A batched GPU decoder for ``device`` (:mod:`workzone.accel.decode`), or None on the CPU or without torch."""
+    if not device.startswith("cuda") or importlib.util.find_spec("torchvision") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from workzone.accel.decode import DeviceDecoder
+
+    return DeviceDecoder(device, limits=limits)
 
 
 def load_pipeline(ref: str | Path = "default", *, device: str = "cpu", limits: ImageLimits = DEFAULT_LIMITS,

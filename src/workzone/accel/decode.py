@@ -194,7 +194,8 @@ def resize_batch(images: Sequence[Image], size: int, mode: ResizeMode = "squash"
             nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         else:
             nh, nw = size, size
-        x = x.to(dtype if dtype != torch.float16 else torch.float32)
+        # Resampling runs in float32 (antialiased kernels lack some reduced-precision variants).
+        x = x.float() if (nh, nw) != (h, w) else x.to(dtype)
         if (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
             # Pillow rounds to uint8 after resampling; so do we, so that both paths see the same pixels.

@@ -17,6 +17,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -88,6 +89,17 @@ def load_onnx_module(path: str | Path, *, dtype: str = "float32") -> "torch.nn.M
             continue
         steps.append((node.op_type, list(node.input), list(node.output), attrs))
     used = {n for _, ins, _, _ in steps for n in ins} | set(outputs)
+    # Inputs that are settings rather than data (pads, shapes, clip bounds, axes) become Python values,
+    # so that torch.compile sees constants instead of reading tensors back (a graph break).
+    for op, ins, _, _ in steps:
+        for k in _STATIC_INPUTS.get(op, ()):
+            if k < len(ins) and ins[k] in consts and not isinstance(consts[ins[k]], (list, _Static)):
+                consts[ins[k]] = _Static(consts[ins[k]].tolist())
+    for name, value in consts.items():
+        # Small integer constants are shapes, indices or axes: Python values, never device tensors.
+        if hasattr(value, "is_floating_point") and not value.is_floating_point() and value.dtype != torch.bool \
+                and value.numel() <= 64:
+            consts[name] = _Static(value.tolist())
     consts = {k: v for k, v in consts.items() if k in used}
     return _build_module(torch, steps, consts, inputs, outputs, _torch_dtype(torch, dtype))
 
@@ -112,8 +124,8 @@ def _build_module(torch: Any, steps: list, consts: dict, inputs: list[str], outp
             self._slots: dict[str, str] = {}
             self._lists: dict[str, list[int]] = {}
             for i, (name, value) in enumerate(consts.items()):
-                if isinstance(value, list):
-                    self._lists[name] = value
+                if isinstance(value, (list, _Static)):
+                    self._lists[name] = value.value if isinstance(value, _Static) else value
                     continue
                 if value.is_floating_point():
                     value = value.to(dtype)
@@ -148,12 +160,46 @@ def _constant(torch: Any, numpy_helper: Any, attrs: dict) -> Any:
     raise ModelFileError(f"Constant node with attributes {sorted(attrs)} is not supported")
 
 
+class _Static:
+    """A constant input passed to its op as a Python value (int, float or nested list)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+# Which inputs of an op are settings (read as Python values), by position.
+_STATIC_INPUTS: dict[str, tuple[int, ...]] = {
+    "Clip": (1, 2), "Pad": (1, 2, 3), "Reshape": (1,), "Slice": (1, 2, 3, 4), "Unsqueeze": (1,), "Squeeze": (1,),
+    "Resize": (1, 2, 3), "ReduceMean": (1,), "ConstantOfShape": (0,), "Gather": (1,),
+}
+
+
 # ---- operators: each takes (torch, inputs, attributes) and returns the list of outputs ----------------
 
 
 def _ints(v: Any) -> list[int]:
-    """A shape-like value (list of ints or an int tensor) as a list of Python ints."""
-    return list(v) if isinstance(v, list) else [int(t) for t in v.reshape(-1).tolist()]
+    """A shape-like value (int, list of ints or an int tensor) as a flat list of Python ints."""
+    if isinstance(v, (int, float)):
+        return [int(v)]
+    if isinstance(v, list):
+        return [int(t) for t in _flat(v)]  # pure Python: torch.compile traces numpy calls as tensor ops
+    return [int(t) for t in v.reshape(-1).tolist()]
+
+
+def _floats(v: Any) -> list[float]:
+    """A float setting (Python value or tensor) as a flat list of floats."""
+    if isinstance(v, (int, float)):
+        return [float(v)]
+    if isinstance(v, list):
+        return [float(t) for t in _flat(v)]
+    return [float(t) for t in v.reshape(-1).tolist()]
+
+
+def _flat(v: list) -> list:
+    out: list = []
+    for t in v:
+        out.extend(_flat(t) if isinstance(t, list) else [t])
+    return out
 
 
 def _same(a: Any, b: Any) -> tuple[Any, Any]:
@@ -192,7 +238,8 @@ def _pad(torch: Any, x: list, attrs: dict) -> list:
     pads = _ints(x[1]) if len(x) > 1 and x[1] is not None else list(attrs.get("pads", []))
     if len(x) > 3 and x[3] is not None:
         raise ModelFileError("Pad with an axes input is not supported")
-    value = float(x[2].reshape(-1)[0]) if len(x) > 2 and x[2] is not None and x[2].numel() else 0.0
+    fill = _floats(x[2]) if len(x) > 2 and x[2] is not None else []
+    value = fill[0] if fill else 0.0
     n = len(pads) // 2
     begin, end = pads[:n], pads[n:]
     flat = [p for pair in zip(reversed(begin), reversed(end)) for p in pair]
@@ -231,10 +278,12 @@ def _shape(torch: Any, x: list, attrs: dict) -> list:
 def _gather(torch: Any, x: list, attrs: dict) -> list:
     data, idx = x
     axis = int(attrs.get("axis", 0))
+    scalar = isinstance(idx, int) or (hasattr(idx, "dim") and idx.dim() == 0)
     if isinstance(data, list):
-        ids = _ints(idx)
-        picked = [data[i] for i in ids]
-        return [picked if idx.dim() else picked[0]]
+        picked = [data[i] for i in _ints(idx)]
+        return [picked[0] if scalar else picked]
+    if not hasattr(idx, "dim"):
+        idx = torch.tensor(idx, dtype=torch.int64, device=data.device)
     return [torch.index_select(data, axis, idx.reshape(-1).long()).reshape(
         list(data.shape[:axis]) + list(idx.shape) + list(data.shape[axis + 1:]))]
 
@@ -324,6 +373,8 @@ def _constant_of_shape(torch: Any, x: list, attrs: dict) -> list:
 
     shape = _ints(x[0])
     value = attrs.get("value")
+    if not isinstance(x[0], list) and hasattr(x[0], "dim") and x[0].dim() == 0:
+        shape = []
     fill = torch.from_numpy(np.array(numpy_helper.to_array(value))).reshape(-1) if value is not None else torch.zeros(1)
     return [torch.full(shape, fill[0].item(), dtype=fill.dtype)]
 
@@ -331,8 +382,8 @@ def _constant_of_shape(torch: Any, x: list, attrs: dict) -> list:
 def _clip(torch: Any, x: list, attrs: dict) -> list:
     lo = x[1] if len(x) > 1 and x[1] is not None else attrs.get("min")
     hi = x[2] if len(x) > 2 and x[2] is not None else attrs.get("max")
-    lo = float(lo) if lo is not None else None
-    hi = float(hi) if hi is not None else None
+    lo = _floats(lo)[0] if lo is not None else None
+    hi = _floats(hi)[0] if hi is not None else None
     return [torch.clamp(x[0], lo, hi)]
 
 
@@ -352,10 +403,10 @@ def _resize(torch: Any, x: list, attrs: dict) -> list:
     ctm = attrs.get("coordinate_transformation_mode", b"half_pixel")
     ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
     data = x[0]
-    scales = x[2] if len(x) > 2 and x[2] is not None and x[2].numel() else None
+    scales = _floats(x[2]) if len(x) > 2 and x[2] is not None else []
     sizes = _ints(x[3]) if len(x) > 3 and x[3] is not None else None
-    size = sizes[2:] if sizes is not None else None
-    factor = None if scales is None else [float(s) for s in scales.reshape(-1).tolist()[2:]]
+    size = sizes[2:] if sizes else None
+    factor = scales[2:] if scales else None
     F = torch.nn.functional
     if mode == "nearest":
         nearest = attrs.get("nearest_mode", b"round_prefer_floor")
@@ -370,7 +421,7 @@ def _resize(torch: Any, x: list, attrs: dict) -> list:
 
 def _flatten(torch: Any, x: list, attrs: dict) -> list:
     axis = int(attrs.get("axis", 1))
-    return [x[0].reshape(int(np.prod(x[0].shape[:axis])) if axis else 1, -1)]
+    return [x[0].reshape(math.prod(x[0].shape[:axis]) if axis else 1, -1)]
 
 
 def _reduce_mean(torch: Any, x: list, attrs: dict) -> list:

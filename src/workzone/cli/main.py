@@ -20,7 +20,7 @@ app = typer.Typer(name="workzone", help="Is there road work in this image? A cal
 
 # Sub-command groups that live in their own modules; each exposes register(app).
 _COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.detector", "workzone.cli.plan", "workzone.cli.serve",
-                    "workzone.cli.report", "workzone.cli.anomaly", "workzone.cli.batch")
+                    "workzone.cli.report", "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench")
 
 PipelineOpt = typer.Option("default", "--pipeline", "-p", help="built-in pipeline name or YAML file")
 

@@ -1,0 +1,256 @@
+"""The measurements behind ``workzone bench``; each returns one :class:`Row`.
+
+Every run starts from JPEG bytes held in memory, so decoding is always inside the timed region
+(except :func:`model_only`, which times the network alone). A run repeats its batches until
+``seconds`` have passed, after one untimed warm-up batch (which also pays for ``torch.compile``).
+On CUDA, device work is synchronised before each clock read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from workzone.io.images import decode_image
+
+__all__ = ["Row", "decode_cpu", "decode_device", "model_only", "tier1_from_bytes", "cascade_from_bytes",
+           "onnx_classifier_from_bytes"]
+
+
+@dataclass
+class Row:
+    """One measurement: throughput, per-batch latency, and per-stage latency where it applies."""
+
+    name: str
+    device: str
+    size: str
+    batch: int
+    images: int
+    seconds: float
+    batch_ms_p50: float
+    batch_ms_p95: float
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["images_per_s"] = round(self.images_per_s, 1)
+        return d
+
+
+def _repeat(step: Callable[[list[bytes]], Any], batches: Sequence[list[bytes]], seconds: float,
+            sync: Callable[[], None] = lambda: None) -> tuple[int, float, list[float]]:
+    """Run ``step`` over ``batches`` in turn until ``seconds`` pass; returns (images, elapsed s, batch ms)."""
+    step(batches[0])
+    sync()
+    n, times, k = 0, [], 0
+    t0 = time.perf_counter()
+    while True:
+        b = batches[k % len(batches)]
+        t = time.perf_counter()
+        step(b)
+        sync()
+        times.append((time.perf_counter() - t) * 1000.0)
+        n += len(b)
+        k += 1
+        if time.perf_counter() - t0 >= seconds and k >= len(batches):
+            break
+    return n, time.perf_counter() - t0, times
+
+
+def _row(name: str, device: str, size: str, batch: int, res: tuple[int, float, list[float]], **kw: Any) -> Row:
+    n, sec, times = res
+    return Row(name, device, size, batch, n, sec, float(np.percentile(times, 50)), float(np.percentile(times, 95)), **kw)
+
+
+def _batches(blobs: list[bytes], batch: int) -> list[list[bytes]]:
+    return [blobs[i:i + batch] for i in range(0, len(blobs) - batch + 1, batch)] or [blobs]
+
+
+def decode_cpu(blobs: list[bytes], size: str, *, batch: int, seconds: float) -> Row:
+    """Pillow decode on one thread (the CPU path's decoder, every guard on)."""
+    res = _repeat(lambda b: [decode_image(x) for x in b], _batches(blobs, batch), seconds)
+    return _row("decode (Pillow, 1 thread)", "cpu", size, batch, res)
+
+
+def decode_device(blobs: list[bytes], size: str, *, device: str, batch: int, seconds: float,
+                  cpu_share: float = 0.0, workers: int = 8) -> Row:
+    """Batched decode into device memory (nvJPEG on CUDA; ``cpu_share`` of the JPEGs on CPU threads)."""
+    import torch
+
+    from workzone.accel.decode import DeviceDecoder
+
+    dec = DeviceDecoder(device, cpu_share=cpu_share, workers=workers)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    try:
+        res = _repeat(dec.decode, _batches(blobs, batch), seconds, sync)
+    finally:
+        dec.close()
+    how = f"nvJPEG batched, {cpu_share:.0%} of JPEGs on {workers} CPU threads" if cpu_share else "nvJPEG batched"
+    return _row("decode to device", device, size, batch, res, notes=how if device.startswith("cuda") else "Pillow")
+
+
+def model_only(model: str, *, device: str, batch: int, seconds: float, compile: bool, input_size: int = 224) -> Row:
+    """The classifier network alone on a ready batch on the device (no decode, no resize)."""
+    import torch
+
+    from workzone.accel.runner import TorchModelRunner
+
+    runner = TorchModelRunner(model, device=device, compile=compile, max_batch=batch)
+    x = torch.rand(batch, 3, input_size, input_size, device=runner.device).to(runner.dtype)
+    sync = torch.cuda.synchronize if runner.device.startswith("cuda") else (lambda: None)
+    res = _repeat(lambda _b: runner(x), [[b""] * batch], seconds, sync)
+    return _row("classifier network only", runner.device, f"{input_size} px tensor", batch, res,
+                notes="; ".join(runner.notes))
+
+
+def tier1_from_bytes(blobs: list[bytes], size: str, model: str, *, device: str, batch: int, seconds: float,
+                     compile: bool, cpu_share: float = 0.0, workers: int = 8) -> Row:
+    """Tier 1 from bytes to probabilities: decode, resize, classifier, sigmoid, copy back to the host.
+
+    Decoding runs in a producer thread one batch ahead of the network (the two overlap: the
+    decoders and the kernels release the GIL), and probabilities come back through pinned memory.
+    """
+    import torch
+
+    from workzone.accel.decode import DeviceDecoder, resize_batch
+    from workzone.accel.runner import TorchModelRunner
+    from workzone.stages._onnx import read_sidecar
+
+    runner = TorchModelRunner(model, device=device, compile=compile, max_batch=batch)
+    meta = read_sidecar(__import__("pathlib").Path(model))
+    side, mode = int(meta.get("input_size", 224)), meta.get("resize", "squash")
+    dec = DeviceDecoder(runner.device, cpu_share=cpu_share, workers=workers)
+    cuda = runner.device.startswith("cuda")
+    stage_ms: dict[str, list[float]] = defaultdict(list)
+
+    def probabilities(imgs: list) -> Any:
+        t = time.perf_counter()
+        x = resize_batch(imgs, side, mode, device=runner.device, dtype=runner.dtype)
+        p = torch.sigmoid(runner(x)[runner.output_names[0]].reshape(-1))
+        host = torch.empty(p.shape, dtype=p.dtype, pin_memory=cuda)
+        host.copy_(p, non_blocking=True)
+        stage_ms["resize + classifier (launch)"].append((time.perf_counter() - t) * 1000.0)
+        return host
+
+    batches = _batches(blobs, batch)
+    probabilities(dec.decode(batches[0]))  # warm-up (compiles)
+    if cuda:
+        torch.cuda.synchronize()
+    todo: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        k = 0
+        while not stop.is_set():
+            t = time.perf_counter()
+            imgs = dec.decode(batches[k % len(batches)])
+            stage_ms["decode"].append((time.perf_counter() - t) * 1000.0)
+            todo.put(imgs)
+            k += 1
+        todo.put(None)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    n, times, done = 0, [], 0
+    t0 = time.perf_counter()
+    worker.start()
+    pending: Any = None
+    while True:
+        t = time.perf_counter()
+        imgs = todo.get()
+        out = probabilities(imgs)
+        if pending is not None:
+            if cuda:
+                torch.cuda.current_stream().synchronize()
+            assert np.isfinite(pending.numpy()).all()
+        pending = out
+        n += len(imgs)
+        done += 1
+        times.append((time.perf_counter() - t) * 1000.0)
+        if time.perf_counter() - t0 >= seconds and done >= 3:
+            break
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    while todo.get() is not None:
+        pass
+    dec.close()
+    stages = {k: {"p50_ms_per_batch": float(np.percentile(v, 50))} for k, v in stage_ms.items()}
+    return Row("tier 1 from JPEG bytes", runner.device, size, batch, n, elapsed, float(np.percentile(times, 50)),
+               float(np.percentile(times, 95)), stages=stages,
+               notes="; ".join(runner.notes + [f"decode: nvJPEG, {cpu_share:.0%} on CPU threads" if cuda else "decode: Pillow"]))
+
+
+def onnx_classifier_from_bytes(blobs: list[bytes], size: str, model: str, *, batch: int, seconds: float) -> Row:
+    """The plain onnxruntime classifier (CPU) from bytes: Pillow decode + the ``onnx_classifier`` stage."""
+    from workzone.stages.base import StageContext
+    from workzone.stages.onnx_classifier import OnnxClassifierParams, OnnxClassifierStage
+
+    stage = OnnxClassifierStage("classifier", OnnxClassifierParams(model=model, backend="onnxruntime"), StageContext())
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(stage.load())
+        res = _repeat(lambda b: loop.run_until_complete(stage.predict([decode_image(x) for x in b])),
+                      _batches(blobs, batch), seconds)
+    finally:
+        loop.close()
+    return _row("onnxruntime classifier from JPEG bytes", "cpu", size, batch, res)
+
+
+def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: str, batch: int, seconds: float,
+                       compile: bool = False, run_all: bool = False) -> Row:
+    """A whole pipeline from bytes: decode (on the device when it is CUDA), every tier, early exits.
+
+    With ``run_all`` no image exits early: every tier runs on every image (the worst case, and the
+    way to time tier 2 when the synthesised inputs are too easy to leave tier 1 undecided).
+
+    Per-stage latency is the stage's wall time per batch divided by the images it ran on (the
+    cascade's ``latency_ms``), averaged over the images that reached the stage.
+    """
+    from workzone.accel.configure import with_backend
+    from workzone.api import Pipeline
+    from workzone.config.loader import load_pipeline_config
+
+    decoder = None
+    if device.startswith("cuda"):
+        from workzone.accel.decode import DeviceDecoder
+
+        decoder = DeviceDecoder(device)
+    cfg, path = load_pipeline_config(pipeline)
+    if compile:
+        cfg = with_backend(cfg, "auto", compile=True)
+    pipe = Pipeline(cfg, path.parent, device=device)
+    decisions: list = []
+
+    def step(b: list[bytes]) -> None:
+        imgs = decoder.decode(b) if decoder is not None else [decode_image(x) for x in b]
+        decisions.extend(pipe.run_decoded(imgs, run_all=run_all))
+
+    try:
+        res = _repeat(step, _batches(blobs, batch), seconds)
+    finally:
+        pipe.close()
+        if decoder is not None:
+            decoder.close()
+    reach: dict[str, list[float]] = defaultdict(list)
+    for d in decisions:
+        for rep in d.stages:
+            reach[rep.stage].append(rep.latency_ms)
+    n = max(1, len(decisions))
+    stages = {k: {"ms_per_image": float(np.mean(v)), "share_of_images": len(v) / n} for k, v in reach.items()}
+    past = sum(1 for d in decisions if d.exit_tier > 0) / n
+    name = f"pipeline '{pipeline}' from JPEG bytes" + (", every tier on every image" if run_all else "")
+    return _row(name, device, size, batch, res, stages=stages,
+                notes=f"{past:.0%} of images went past tier 1" + ("; torch.compile on" if compile else ""))

@@ -1,0 +1,121 @@
+"""``workzone bench``: images/s from JPEG bytes and per-stage latency, on the CPU or a GPU."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+
+def bench(
+    device: Annotated[str, typer.Option(help="cpu, or cuda / cuda:N for the torch GPU path")] = "cpu",
+    sizes: Annotated[List[int], typer.Option("--size", help="square JPEG side(s) in px (224 = the subnet's input)")] = [224, 640],  # noqa: B006
+    quality: Annotated[int, typer.Option(help="JPEG quality of the synthesised inputs")] = 75,
+    images: Annotated[int, typer.Option(help="distinct JPEGs synthesised per size")] = 256,
+    batch: Annotated[Optional[int], typer.Option(help="images per batch (default: 16 on CPU, 1024 on GPU)")] = None,
+    cascade_batch: Annotated[Optional[int], typer.Option(help="images per cascade batch (default: 16 CPU, 512 GPU)")] = None,
+    seconds: Annotated[float, typer.Option(help="timed seconds per run (after a warm-up batch)")] = 5.0,
+    pipeline: Annotated[List[str], typer.Option("--pipeline", "-p", help="pipeline(s) to time from bytes")] = ["default"],  # noqa: B006
+    model: Annotated[str, typer.Option(help="tier-1 classifier ONNX file")] = "builtin:roadwork_lite0.onnx",
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the GPU classifier")] = True,
+    cpu_share: Annotated[List[float], typer.Option("--cpu-share", help="GPU: share of JPEGs decoded on CPU threads "
+                                                   "alongside nvJPEG (repeat to compare)")] = [0.0],  # noqa: B006
+    undecided: Annotated[float, typer.Option(help="share of images tier 1 leaves undecided, for the estimated "
+                                             "cascade rate (0.30 on the dev split)")] = 0.30,
+    http_rate: Annotated[float, typer.Option(help="also time HTTP /v1/detect at this many requests/s on loopback "
+                                             "(needs the serve extra; 0 = skip)")] = 0.0,
+    http_seconds: Annotated[float, typer.Option(help="seconds of HTTP load")] = 10.0,
+    samples: Annotated[Path, typer.Option(help="folder of images the inputs are cropped from")] = Path("samples"),
+    out: Annotated[Optional[Path], typer.Option(help="results file (.md; a .json is written beside it)")] = None,
+) -> None:
+    """Time the cascade from JPEG bytes (decode included) at 224 px and 640 px, and write a results file."""
+    from rich.console import Console
+
+    from workzone.bench import runs
+    from workzone.bench.inputs import sample_images, synth_jpegs
+    from workzone.bench.machine import describe_machine
+    from workzone.bench.report import write_results
+    from workzone.stages.base import StageContext
+
+    console = Console(highlight=False)
+    cuda = device.startswith("cuda")
+    if cuda:
+        from workzone._optional import require
+
+        torch = require("torch", "gpu", "workzone bench --device cuda")
+        if not torch.cuda.is_available():
+            raise typer.BadParameter("torch sees no CUDA device; run with --device cpu", param_hint="--device")
+    batch = batch or (1024 if cuda else 16)
+    cascade_batch = cascade_batch or (512 if cuda else 16)
+    model_path = str(StageContext().resolve(model))
+    sources = sample_images(samples)
+    rows: list = []
+
+    def add(row: "runs.Row") -> None:
+        rows.append(row)
+        console.print(f"{row.name:48s} {row.device:7s} {row.size:16s} batch {row.batch:5d}: "
+                      f"{row.images_per_s:10,.0f} images/s  ({row.notes})")
+
+    for side in sizes:
+        blobs = synth_jpegs(images, (side, side), quality=quality, sources=sources)
+        label = f"{side}x{side} JPEG q{quality}"
+        if cuda:
+            for share in cpu_share:
+                add(runs.decode_device(blobs, label, device=device, batch=batch, seconds=seconds, cpu_share=share))
+            add(runs.tier1_from_bytes(blobs, label, model_path, device=device, batch=batch, seconds=seconds,
+                                      compile=compile, cpu_share=cpu_share[0]))
+        else:
+            add(runs.decode_cpu(blobs, label, batch=batch, seconds=seconds))
+            add(runs.onnx_classifier_from_bytes(blobs, label, model_path, batch=batch, seconds=seconds))
+        for name in pipeline:
+            for run_all in (False, True):
+                add(runs.cascade_from_bytes(blobs, label, name, device=device, batch=cascade_batch, seconds=seconds,
+                                            compile=compile and cuda, run_all=run_all))
+        if http_rate and side == sizes[0]:
+            from workzone.bench.http import http_latency
+
+            add(http_latency(blobs, label, pipeline=pipeline[0], device=device, rate=http_rate, seconds=http_seconds))
+    if cuda:
+        add(runs.model_only(model_path, device=device, batch=batch, seconds=seconds, compile=compile))
+    add_estimates(rows, undecided)
+    machine = describe_machine(device)
+    out = out or Path("benchmarks/results") / f"bench_{'gpu' if cuda else 'cpu'}.md"
+    command = "workzone bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    md, js = write_results(rows, machine, out, command=command)
+    console.print(f"wrote {md} and {js}")
+
+
+def add_estimates(rows: list, undecided: float) -> None:
+    """Append, per pipeline and input, the rate at ``undecided`` past tier 1, from the timed runs.
+
+    Per image, the early-exit run costs tier 1 plus its (small) share of tier 2, and the run-all
+    run costs tier 1 plus tier 2; with ``t1`` from the row of the tier-1 stage alone this gives
+    ``1 / (t1 + undecided * t2)``.
+    """
+    from workzone.bench.runs import Row
+
+    for r in list(rows):
+        if not r.name.endswith("every tier on every image"):
+            continue
+        base = r.name.removesuffix(", every tier on every image")
+        early = next((e for e in rows if e.name == base and e.size == r.size and e.device == r.device), None)
+        if early is None or not early.images_per_s or not r.images_per_s:
+            continue
+        past = float(early.notes.split("%", 1)[0]) / 100.0
+        t_early, t_all = 1.0 / early.images_per_s, 1.0 / r.images_per_s
+        if past >= 0.999:
+            continue
+        # t_early = t1 + past * t2, t_all = t1 + t2  ->  t2 = (t_all - t_early) / (1 - past)
+        t2 = max(0.0, (t_all - t_early) / (1.0 - past))
+        t1 = max(0.0, t_all - t2)
+        est = 1.0 / (t1 + undecided * t2)
+        rows.append(Row(base + f", estimated at {undecided:.0%} past tier 1", r.device, r.size, r.batch,
+                        int(round(est * 1000)), 1000.0, float("nan"), float("nan"),
+                        notes=f"derived: tier 1 {t1 * 1e3:.3f} ms/image, tier 2 {t2 * 1e3:.3f} ms/image (from the two rows above)"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
