@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 from workzone.config.schema import PipelineConfig
 from workzone.stages._torch_backend import TorchBackendParams
@@ -10,12 +10,14 @@ from workzone.stages._torch_backend import TorchBackendParams
 __all__ = ["with_backend"]
 
 
-def with_backend(config: PipelineConfig, backend: str, **torch_options: Any) -> PipelineConfig:
+def with_backend(config: PipelineConfig, backend: str, *, stages: Collection[str] | None = None,
+                 **torch_options: Any) -> PipelineConfig:
     """``config`` with every stage that has a ``backend`` param set to ``backend``.
 
     Args:
         config: a validated pipeline.
         backend: ``auto``, ``onnxruntime`` or ``torch``.
+        stages: only these stage names (default: all that have the param).
         **torch_options: other :class:`~workzone.stages._torch_backend.TorchBackendParams` fields
             (``compile``, ``precision``, ``max_batch``) for the same stages.
 
@@ -24,12 +26,12 @@ def with_backend(config: PipelineConfig, backend: str, **torch_options: Any) -> 
     """
     tiers = []
     for tier in config.tiers:
-        stages = []
+        specs = []
         for spec in tier.stages:
-            if isinstance(spec.params, TorchBackendParams):
+            if isinstance(spec.params, TorchBackendParams) and (stages is None or spec.name in stages):
                 params = type(spec.params).model_validate(
                     {**spec.params.model_dump(), "backend": backend, **torch_options})
                 spec = spec.model_copy(update={"params": params})
-            stages.append(spec)
-        tiers.append(tier.model_copy(update={"stages": tuple(stages)}))
+            specs.append(spec)
+        tiers.append(tier.model_copy(update={"stages": tuple(specs)}))
     return config.model_copy(update={"tiers": tuple(tiers)})

@@ -81,6 +81,12 @@ class TorchModelRunner:
         self.compiled = False
         if compile:
             try:
+                # Every graph module shares one forward code object, so each compiled model counts
+                # against dynamo's per-code recompile limit (8 by default): allow a few dozen.
+                dyn = torch._dynamo.config
+                for key in ("recompile_limit", "cache_size_limit"):
+                    if hasattr(dyn, key):
+                        setattr(dyn, key, max(getattr(dyn, key), 64))
                 self._forward = torch.compile(module)
                 self.compiled = True
                 self.notes.append("torch.compile (default mode), batches padded to power-of-two buckets")

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -135,14 +136,17 @@ def tier1_from_bytes(blobs: list[bytes], size: str, model: str, *, device: str, 
     cuda = runner.device.startswith("cuda")
     stage_ms: dict[str, list[float]] = defaultdict(list)
 
-    def probabilities(imgs: list) -> Any:
+    def probabilities(imgs: list) -> tuple[Any, Any]:
         t = time.perf_counter()
         x = resize_batch(imgs, side, mode, device=runner.device, dtype=runner.dtype)
         p = torch.sigmoid(runner(x)[runner.output_names[0]].reshape(-1))
         host = torch.empty(p.shape, dtype=p.dtype, pin_memory=cuda)
         host.copy_(p, non_blocking=True)
+        ready = torch.cuda.Event() if cuda else None
+        if ready is not None:
+            ready.record()
         stage_ms["resize + classifier (launch)"].append((time.perf_counter() - t) * 1000.0)
-        return host
+        return host, ready
 
     batches = _batches(blobs, batch)
     probabilities(dec.decode(batches[0]))  # warm-up (compiles)
@@ -171,9 +175,11 @@ def tier1_from_bytes(blobs: list[bytes], size: str, model: str, *, device: str, 
         imgs = todo.get()
         out = probabilities(imgs)
         if pending is not None:
-            if cuda:
-                torch.cuda.current_stream().synchronize()
-            assert np.isfinite(pending.numpy()).all()
+            # Wait for the previous batch only: the one just launched keeps the GPU busy meanwhile.
+            host, ready = pending
+            if ready is not None:
+                ready.synchronize()
+            assert np.isfinite(host.numpy()).all()
         pending = out
         n += len(imgs)
         done += 1
@@ -230,16 +236,37 @@ def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: 
         decoder = DeviceDecoder(device)
     cfg, path = load_pipeline_config(pipeline)
     if compile:
-        cfg = with_backend(cfg, "auto", compile=True)
+        # Tier 1 sees full batches of one size: one compiled graph. Later tiers get a different
+        # number of images every batch, so they stay eager rather than recompile per size.
+        cfg = with_backend(cfg, "auto", stages={s.name for s in cfg.tiers[0].stages}, compile=True)
     pipe = Pipeline(cfg, path.parent, device=device)
     decisions: list = []
+    batches = _batches(blobs, batch)
 
-    def step(b: list[bytes]) -> None:
-        imgs = decoder.decode(b) if decoder is not None else [decode_image(x) for x in b]
-        decisions.extend(pipe.run_decoded(imgs, run_all=run_all))
+    def decode(b: list[bytes]) -> list:
+        return decoder.decode(b) if decoder is not None else [decode_image(x) for x in b]
 
     try:
-        res = _repeat(step, _batches(blobs, batch), seconds)
+        pipe.run_decoded(decode(batches[0]), run_all=run_all)  # warm-up (compiles)
+        # Decode runs one batch ahead in a thread, overlapping the cascade (as a server's request
+        # handlers decode while the batcher runs the previous batch).
+        with ThreadPoolExecutor(max_workers=1) as ahead:
+            nxt = ahead.submit(decode, batches[0])
+            n, k, times = 0, 0, []
+            t0 = time.perf_counter()
+            while True:
+                t = time.perf_counter()
+                imgs = nxt.result()
+                k += 1
+                nxt = ahead.submit(decode, batches[k % len(batches)])
+                decisions.extend(pipe.run_decoded(imgs, run_all=run_all))
+                n += len(imgs)
+                times.append((time.perf_counter() - t) * 1000.0)
+                if time.perf_counter() - t0 >= seconds and k >= 2:
+                    break
+            elapsed = time.perf_counter() - t0
+            nxt.result()
+        res = (n, elapsed, times)
     finally:
         pipe.close()
         if decoder is not None:

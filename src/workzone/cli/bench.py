@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Any, List, Optional
 
 import typer
 
@@ -28,6 +28,8 @@ def bench(
     http_rate: Annotated[float, typer.Option(help="also time HTTP /v1/detect at this many requests/s on loopback "
                                              "(needs the serve extra; 0 = skip)")] = 0.0,
     http_seconds: Annotated[float, typer.Option(help="seconds of HTTP load")] = 10.0,
+    all_tiers: Annotated[bool, typer.Option("--all-tiers/--no-all-tiers", help="also time the first pipeline with "
+                                            "every tier on every image")] = True,
     samples: Annotated[Path, typer.Option(help="folder of images the inputs are cropped from")] = Path("samples"),
     out: Annotated[Optional[Path], typer.Option(help="results file (.md; a .json is written beside it)")] = None,
 ) -> None:
@@ -53,9 +55,23 @@ def bench(
     model_path = str(StageContext().resolve(model))
     sources = sample_images(samples)
     rows: list = []
+    out = out or Path("benchmarks/results") / f"bench_{'gpu' if cuda else 'cpu'}.md"
+    command = "workzone bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
 
-    def add(row: "runs.Row") -> None:
+    def add(make: Any, *args: Any, **kwargs: Any) -> None:
+        # One failed run must not lose the others (the GPU run is a single, budgeted call).
+        try:
+            row = make(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - recorded in the results file, with its type
+            import traceback
+
+            traceback.print_exc()
+            size = args[1] if len(args) > 1 and isinstance(args[1], str) else "-"
+            row = runs.Row(f"{getattr(make, '__name__', make)} FAILED", device, size, 0, 0, 0.0, float("nan"),
+                           float("nan"), notes=f"{type(exc).__name__}: {str(exc)[:300]}")
         rows.append(row)
+        # Written after every run, so a run cut short by a time limit still leaves its results.
+        write_results(rows, describe_machine(device), out, command=command)
         console.print(f"{row.name:48s} {row.device:7s} {row.size:16s} batch {row.batch:5d}: "
                       f"{row.images_per_s:10,.0f} images/s  ({row.notes})")
 
@@ -64,27 +80,26 @@ def bench(
         label = f"{side}x{side} JPEG q{quality}"
         if cuda:
             for share in cpu_share:
-                add(runs.decode_device(blobs, label, device=device, batch=batch, seconds=seconds, cpu_share=share))
-            add(runs.tier1_from_bytes(blobs, label, model_path, device=device, batch=batch, seconds=seconds,
-                                      compile=compile, cpu_share=cpu_share[0]))
+                add(runs.decode_device, blobs, label, device=device, batch=batch, seconds=seconds, cpu_share=share)
+            add(runs.tier1_from_bytes, blobs, label, model_path, device=device, batch=batch, seconds=seconds,
+                compile=compile, cpu_share=cpu_share[0])
         else:
-            add(runs.decode_cpu(blobs, label, batch=batch, seconds=seconds))
-            add(runs.onnx_classifier_from_bytes(blobs, label, model_path, batch=batch, seconds=seconds))
-        for name in pipeline:
-            for run_all in (False, True):
-                add(runs.cascade_from_bytes(blobs, label, name, device=device, batch=cascade_batch, seconds=seconds,
-                                            compile=compile and cuda, run_all=run_all))
+            add(runs.decode_cpu, blobs, label, batch=batch, seconds=seconds)
+            add(runs.onnx_classifier_from_bytes, blobs, label, model_path, batch=batch, seconds=seconds)
+        for k, name in enumerate(pipeline):
+            # The first pipeline is also timed with every tier on every image (the synthesised
+            # inputs are easy: few leave tier 1 undecided), from which the estimate row is derived.
+            for run_all in (False, True) if k == 0 and all_tiers else (False,):
+                add(runs.cascade_from_bytes, blobs, label, name, device=device, batch=cascade_batch, seconds=seconds,
+                    compile=compile and cuda, run_all=run_all)
         if http_rate and side == sizes[0]:
             from workzone.bench.http import http_latency
 
-            add(http_latency(blobs, label, pipeline=pipeline[0], device=device, rate=http_rate, seconds=http_seconds))
+            add(http_latency, blobs, label, pipeline=pipeline[0], device=device, rate=http_rate, seconds=http_seconds)
     if cuda:
-        add(runs.model_only(model_path, device=device, batch=batch, seconds=seconds, compile=compile))
+        add(runs.model_only, model_path, device=device, batch=batch, seconds=seconds, compile=compile)
     add_estimates(rows, undecided)
-    machine = describe_machine(device)
-    out = out or Path("benchmarks/results") / f"bench_{'gpu' if cuda else 'cpu'}.md"
-    command = "workzone bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    md, js = write_results(rows, machine, out, command=command)
+    md, js = write_results(rows, describe_machine(device), out, command=command)
     console.print(f"wrote {md} and {js}")
 
 

@@ -1,0 +1,60 @@
+"""workzone bench on the CPU: inputs, the estimate arithmetic, and a short real run writing its files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import build_tiny_classifier
+from workzone.bench.inputs import sample_images, synth_jpegs
+from workzone.bench.runs import Row
+from workzone.cli.bench import add_estimates
+from workzone.cli.main import app
+from workzone.io.images import decode_image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_synthesised_jpegs_are_distinct_decodable_and_sized():
+    blobs = synth_jpegs(6, (224, 224), sources=sample_images(REPO / "samples"))
+    assert len(set(blobs)) == 6
+    assert {decode_image(b).pixels.shape for b in blobs} == {(224, 224, 3)}
+    assert synth_jpegs(2, (32, 24), seed=3) == synth_jpegs(2, (32, 24), seed=3)
+
+
+def _row(name: str, per_s: float, notes: str) -> Row:
+    return Row(name, "cpu", "224", 16, int(per_s * 10), 10.0, 1.0, 1.0, notes=notes)
+
+
+def test_estimate_recovers_the_tier_costs():
+    # t1 = 1 ms, t2 = 10 ms: early exit at 10 % costs 2 ms/image (500/s), all tiers 11 ms (90.9/s).
+    rows = [_row("pipeline 'p' from JPEG bytes", 500.0, "10% of images went past tier 1"),
+            _row("pipeline 'p' from JPEG bytes, every tier on every image", 1000 / 11, "100% of images went past tier 1")]
+    add_estimates(rows, 0.30)
+    assert rows[-1].name.endswith("estimated at 30% past tier 1")
+    assert rows[-1].images_per_s == pytest.approx(1000 / (1 + 3), rel=0.01)
+
+
+@pytest.mark.slow
+def test_bench_cpu_writes_markdown_and_json(tmp_path):
+    model = build_tiny_classifier(tmp_path / "tiny.onnx")
+    pipe = tmp_path / "tiny.yaml"
+    pipe.write_text(f"name: tiny\ntiers:\n- name: t\n  stages:\n  - {{name: c, kind: onnx_classifier, model: {model}}}\n"
+                    "  exit: {lower: 0.3, upper: 0.7}\n- name: t2\n  stages:\n"
+                    f"  - {{name: c2, kind: onnx_classifier, model: {model}, flip: true}}\n")
+    out = tmp_path / "bench.md"
+    res = CliRunner().invoke(app, ["bench", "--size", "64", "--images", "8", "--seconds", "0.2", "--batch", "4",
+                                   "--cascade-batch", "4", "-p", str(pipe), "--model", str(model),
+                                   "--samples", str(REPO / "samples"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.with_suffix(".json").read_text())
+    names = [r["name"] for r in data["rows"]]
+    assert "onnxruntime classifier from JPEG bytes" in names
+    assert any(n.endswith("every tier on every image") for n in names)
+    assert all(r["images_per_s"] > 0 for r in data["rows"] if not math.isnan(r["batch_ms_p50"]))
+    assert data["machine"]["cores"] and "load average (1 min)" in data["machine"]
+    assert "| run | device |" in out.read_text()
