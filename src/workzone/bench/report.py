@@ -20,11 +20,12 @@ def write_results(rows: Sequence[Row], machine: dict[str, str], out: Path, *, co
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# {title}", "", f"- Date: {when}", f"- Command: `{command}`",
              "- Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
-             "| run | device | input | batch | images/s | batch p50 ms | batch p95 ms | notes |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+             "| run | device | input | batch | images/s | images per CPU-s | batch p50 ms | batch p95 ms | notes |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
-        lines.append(f"| {r.name} | {r.device} | {r.size} | {r.batch} | {r.images_per_s:,.0f} | {r.batch_ms_p50:.1f} | "
-                     f"{r.batch_ms_p95:.1f} | {r.notes} |")
+        per_cpu = f"{r.images_per_cpu_s:,.0f}" if r.cpu_s else "-"
+        lines.append(f"| {r.name} | {r.device} | {r.size} | {r.batch} | {r.images_per_s:,.0f} | {per_cpu} | "
+                     f"{r.batch_ms_p50:.1f} | {r.batch_ms_p95:.1f} | {r.notes} |")
     staged = [r for r in rows if r.stages]
     if staged:
         lines += ["", "## Per stage", "", "| run | input | stage | measure |", "| --- | --- | --- | --- |"]

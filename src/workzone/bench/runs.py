@@ -39,23 +39,32 @@ class Row:
     batch_ms_p95: float
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: str = ""
+    cpu_s: float = 0.0  # CPU time this process used over the run (all threads)
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def images_per_cpu_s(self) -> float:
+        """Images per second of this process's CPU time: on a shared, busy machine the wall-clock rate
+        drops with the load, this much less (on an idle machine, wall rate ~= this x cores in use)."""
+        return self.images / self.cpu_s if self.cpu_s > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["images_per_s"] = round(self.images_per_s, 1)
+        d["images_per_cpu_s"] = round(self.images_per_cpu_s, 1)
         return d
 
 
 def _repeat(step: Callable[[list[bytes]], Any], batches: Sequence[list[bytes]], seconds: float,
-            sync: Callable[[], None] = lambda: None) -> tuple[int, float, list[float]]:
-    """Run ``step`` over ``batches`` in turn until ``seconds`` pass; returns (images, elapsed s, batch ms)."""
+            sync: Callable[[], None] = lambda: None) -> tuple[int, float, list[float], float]:
+    """Run ``step`` over ``batches`` in turn until ``seconds`` pass; returns (images, elapsed s, batch ms, CPU s)."""
     step(batches[0])
     sync()
     n, times, k = 0, [], 0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     while True:
         b = batches[k % len(batches)]
@@ -67,12 +76,13 @@ def _repeat(step: Callable[[list[bytes]], Any], batches: Sequence[list[bytes]], 
         k += 1
         if time.perf_counter() - t0 >= seconds and k >= len(batches):
             break
-    return n, time.perf_counter() - t0, times
+    return n, time.perf_counter() - t0, times, time.process_time() - c0
 
 
-def _row(name: str, device: str, size: str, batch: int, res: tuple[int, float, list[float]], **kw: Any) -> Row:
-    n, sec, times = res
-    return Row(name, device, size, batch, n, sec, float(np.percentile(times, 50)), float(np.percentile(times, 95)), **kw)
+def _row(name: str, device: str, size: str, batch: int, res: tuple[int, float, list[float], float], **kw: Any) -> Row:
+    n, sec, times, cpu = res
+    return Row(name, device, size, batch, n, sec, float(np.percentile(times, 50)), float(np.percentile(times, 95)),
+               cpu_s=cpu, **kw)
 
 
 def _batches(blobs: list[bytes], batch: int) -> list[list[bytes]]:
@@ -253,6 +263,7 @@ def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: 
         with ThreadPoolExecutor(max_workers=1) as ahead:
             nxt = ahead.submit(decode, batches[0])
             n, k, times = 0, 0, []
+            c0 = time.process_time()
             t0 = time.perf_counter()
             while True:
                 t = time.perf_counter()
@@ -265,8 +276,9 @@ def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: 
                 if time.perf_counter() - t0 >= seconds and k >= 2:
                     break
             elapsed = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             nxt.result()
-        res = (n, elapsed, times)
+        res = (n, elapsed, times, cpu)
     finally:
         pipe.close()
         if decoder is not None:

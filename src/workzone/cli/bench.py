@@ -106,9 +106,9 @@ def bench(
 def add_estimates(rows: list, undecided: float) -> None:
     """Append, per pipeline and input, the rate at ``undecided`` past tier 1, from the timed runs.
 
-    Per image, the early-exit run costs tier 1 plus its (small) share of tier 2, and the run-all
-    run costs tier 1 plus tier 2; with ``t1`` from the row of the tier-1 stage alone this gives
-    ``1 / (t1 + undecided * t2)``.
+    Per image, the early-exit run costs ``t1 + past * t2`` (``past``: its measured share past tier 1)
+    and the run-all run ``t1 + t2``; solving the two for ``t1`` and ``t2`` gives the rate
+    ``1 / (t1 + undecided * t2)``, from wall time and (where measured) from CPU time.
     """
     from workzone.bench.runs import Row
 
@@ -120,16 +120,25 @@ def add_estimates(rows: list, undecided: float) -> None:
         if early is None or not early.images_per_s or not r.images_per_s:
             continue
         past = float(early.notes.split("%", 1)[0]) / 100.0
-        t_early, t_all = 1.0 / early.images_per_s, 1.0 / r.images_per_s
         if past >= 0.999:
             continue
-        # t_early = t1 + past * t2, t_all = t1 + t2  ->  t2 = (t_all - t_early) / (1 - past)
-        t2 = max(0.0, (t_all - t_early) / (1.0 - past))
-        t1 = max(0.0, t_all - t2)
-        est = 1.0 / (t1 + undecided * t2)
-        rows.append(Row(base + f", estimated at {undecided:.0%} past tier 1", r.device, r.size, r.batch,
-                        int(round(est * 1000)), 1000.0, float("nan"), float("nan"),
-                        notes=f"derived: tier 1 {t1 * 1e3:.3f} ms/image, tier 2 {t2 * 1e3:.3f} ms/image (from the two rows above)"))
+        wall = _estimate(1.0 / early.images_per_s, 1.0 / r.images_per_s, past, undecided)
+        cpu = None
+        if early.cpu_s and r.cpu_s:
+            cpu = _estimate(1.0 / early.images_per_cpu_s, 1.0 / r.images_per_cpu_s, past, undecided)
+        t1, t2, est = wall
+        images = int(round(est * 1000))
+        rows.append(Row(base + f", estimated at {undecided:.0%} past tier 1", r.device, r.size, r.batch, images, 1000.0,
+                        float("nan"), float("nan"), cpu_s=images / cpu[2] if cpu else 0.0,
+                        notes=f"derived from the two rows above: tier 1 {t1 * 1e3:.3f} ms/image, tier 2 "
+                              f"{t2 * 1e3:.3f} ms/image (wall)"))
+
+
+def _estimate(t_early: float, t_all: float, past: float, undecided: float) -> tuple[float, float, float]:
+    # t_early = t1 + past * t2 and t_all = t1 + t2 give t2 = (t_all - t_early) / (1 - past).
+    t2 = max(0.0, (t_all - t_early) / (1.0 - past))
+    t1 = max(1e-12, t_all - t2)
+    return t1, t2, 1.0 / (t1 + undecided * t2)
 
 
 def register(app: typer.Typer) -> None:
