@@ -248,7 +248,7 @@ def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: 
     if compile:
         # Tier 1 sees full batches of one size: one compiled graph. Later tiers get a different
         # number of images every batch, so they stay eager rather than recompile per size.
-        cfg = with_backend(cfg, "auto", stages={s.name for s in cfg.tiers[0].stages}, compile=True)
+        cfg = with_backend(cfg, "auto", stages={s.name for s in cfg.tiers[0].stages}, compile=True, max_batch=batch)
     pipe = Pipeline(cfg, path.parent, device=device)
     decisions: list = []
     batches = _batches(blobs, batch)
@@ -293,3 +293,31 @@ def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: 
     name = f"pipeline '{pipeline}' from JPEG bytes" + (", every tier on every image" if run_all else "")
     return _row(name, device, size, batch, res, stages=stages,
                 notes=f"{past:.0%} of images went past tier 1" + ("; torch.compile on" if compile else ""))
+
+
+def precision_check(blobs: list[bytes], size: str, model: str, *, device: str, n: int = 512) -> Row:
+    """bf16 against fp32 logits of the classifier on the same decoded, resized inputs (no timing)."""
+    import torch
+
+    from workzone.accel.decode import DeviceDecoder, resize_batch
+    from workzone.accel.runner import TorchModelRunner
+    from workzone.stages._onnx import read_sidecar
+
+    meta = read_sidecar(__import__("pathlib").Path(model))
+    side, mode = int(meta.get("input_size", 224)), meta.get("resize", "squash")
+    dec = DeviceDecoder(device)
+    try:
+        imgs = dec.decode(blobs[:n])
+    finally:
+        dec.close()
+    x = resize_batch(imgs, side, mode, device=device)
+    out = {}
+    for precision in ("float32", "bfloat16"):
+        runner = TorchModelRunner(model, device=device, precision=precision, max_batch=len(x))
+        out[precision] = runner(x)[runner.output_names[0]].reshape(-1).double().cpu()
+    delta = (out["float32"] - out["bfloat16"]).abs()
+    flips = int(((out["float32"] > 0) != (out["bfloat16"] > 0)).sum())
+    return Row("bf16 vs fp32 classifier logits", device, size, len(x), len(x), 0.0, float("nan"), float("nan"),
+               stages={"|delta logit|": {"max": float(delta.max()), "mean": float(delta.mean())}},
+               notes=f"max |delta logit| {float(delta.max()):.4f}, mean {float(delta.mean()):.4f}; "
+                     f"{flips} of {len(x)} labels at p=0.5 differ (no timing: images/s is not measured)")

@@ -83,6 +83,8 @@ def bench(
                 add(runs.decode_device, blobs, label, device=device, batch=batch, seconds=seconds, cpu_share=share)
             add(runs.tier1_from_bytes, blobs, label, model_path, device=device, batch=batch, seconds=seconds,
                 compile=compile, cpu_share=cpu_share[0])
+            if side == sizes[0]:
+                add(runs.precision_check, blobs, label, model_path, device=device)
         else:
             add(runs.decode_cpu, blobs, label, batch=batch, seconds=seconds)
             add(runs.onnx_classifier_from_bytes, blobs, label, model_path, batch=batch, seconds=seconds)
