@@ -23,6 +23,8 @@ _COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.detector", "workzone.cli
                     "workzone.cli.report", "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench")
 
 PipelineOpt = typer.Option("default", "--pipeline", "-p", help="built-in pipeline name or YAML file")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, or cuda / cuda:N: ONNX stages run through torch on the GPU "
+                                                 "([gpu] extra), JPEG bytes are decoded there")
 
 
 def _console(stderr: bool = False) -> Console:
@@ -41,6 +43,7 @@ def _progress(console: Console) -> Progress:
 def detect(
     images: List[Path] = typer.Argument(..., help="image files or folders (searched recursively)"),
     pipeline: str = PipelineOpt,
+    device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object per image (JSON lines)"),
     batch_size: int = typer.Option(8, min=1, help="images decided together"),
     deadline: Optional[float] = typer.Option(None, help="seconds per batch before slow tiers are skipped"),
@@ -61,7 +64,7 @@ def detect(
         raise WorkzoneError(f"{video} is a video and detect decides images: run `workzone batch {video} "
                             "--out frames.jsonl` (pip install 'workzone[video]')")
     failed = 0
-    with load_pipeline(pipeline) as pipe:
+    with load_pipeline(pipeline, device=device) as pipe:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             decoded, kept = [], []
@@ -130,6 +133,7 @@ def eval_(
     predictions: Optional[Path] = typer.Option(None, "--predictions",
                                                help="write one record per image with its evidence (JSON Lines)"),
     batch_size: int = typer.Option(8, min=1),
+    device: str = DeviceOpt,
 ) -> None:
     """Score a pipeline on a labelled manifest: MCC, accuracy, per source, per tier, latency."""
     from workzone.api import load_pipeline
@@ -137,7 +141,7 @@ def eval_(
 
     console = _console(stderr=True)
     rows = _load_rows(manifest, split, console)
-    with load_pipeline(pipeline) as pipe, _progress(console) as bar:
+    with load_pipeline(pipeline, device=device) as pipe, _progress(console) as bar:
         task = bar.add_task("evaluating", total=len(rows))
         result = run_manifest(pipe, rows, batch_size=batch_size, progress=lambda k: bar.advance(task, k))
         report = build_report(result, [t.name for t in pipe.config.tiers], pipe.config.name)
