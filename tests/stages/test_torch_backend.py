@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tests.stages._support import run_stage  # noqa: E402
 from workzone.accel.configure import with_backend  # noqa: E402
 from workzone.config.loader import load_pipeline_config  # noqa: E402
 from workzone.io.images import decode_image, resize_for_model  # noqa: E402
@@ -23,14 +23,7 @@ SAMPLES = [decode_image(REPO / "samples" / n) for n in ("roadwork_cambridge_draw
 
 
 def _scores(cls, **params):
-    async def run():
-        stage = cls("s", cls.Params(**params), StageContext())
-        await stage.load()
-        try:
-            return await stage.predict(SAMPLES)
-        finally:
-            await stage.aclose()
-    return asyncio.run(run())
+    return run_stage(cls("s", cls.Params(**params), StageContext()), SAMPLES, warmup=False)
 
 
 @pytest.mark.parametrize("backend,device,expected", [
