@@ -52,6 +52,7 @@ def bench(
             raise typer.BadParameter("torch sees no CUDA device; run with --device cpu", param_hint="--device")
     batch = batch or (1024 if cuda else 16)
     cascade_batch = cascade_batch or (512 if cuda else 16)
+    images = max(images, batch, cascade_batch)  # at least one full batch of distinct inputs
     model_path = str(StageContext().resolve(model))
     sources = sample_images(samples)
     rows: list = []
