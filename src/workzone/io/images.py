@@ -5,6 +5,8 @@ Accepted inputs: a filesystem path (str or Path), raw bytes, a base64 string (op
 Formats: whatever Pillow decodes among JPEG, PNG, WebP, BMP, GIF (first frame), TIFF.
 
 Every failure raises :class:`~workzone.errors.InvalidImageError` with a message naming the problem.
+Memory and decode time are bounded from the header (:mod:`workzone.io.budget`) before any pixel is
+decoded: pixel count, mode and bit depth, progressive JPEG scans; large JPEGs decode at a reduced DCT size.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageOps, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from workzone.errors import InvalidImageError
+from workzone.io.budget import HIGH_BIT_MODES, count_jpeg_scans, decode_bytes_estimate
 from workzone.types import Image
 
 __all__ = [
@@ -39,24 +42,40 @@ ResizeMode = Literal["squash", "letterbox", "center_crop"]
 _ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
 _B64_CHARS = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_ORIENTATION = {2: PILImage.Transpose.FLIP_LEFT_RIGHT, 3: PILImage.Transpose.ROTATE_180,
+                4: PILImage.Transpose.FLIP_TOP_BOTTOM, 5: PILImage.Transpose.TRANSPOSE,
+                6: PILImage.Transpose.ROTATE_270, 7: PILImage.Transpose.TRANSVERSE,
+                8: PILImage.Transpose.ROTATE_90}
+_ROWS_PER_CHUNK = 512  # 16-bit and float samples are scaled to 8 bits this many rows at a time
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Limits enforced on every decoded image.
+    """Limits enforced on every decoded image, checked on the header before pixels are decoded.
 
     Attributes:
         max_bytes: largest encoded input accepted.
         max_pixels: largest width*height accepted (guards against decompression bombs).
         min_side: smallest width or height accepted.
         max_side: decoded images with a longer side are downscaled to this (keeps memory bounded;
-            0 disables).
+            0 disables). Large JPEGs are decoded at a reduced DCT size directly.
+        max_decode_pixels: most pixels decoded at full resolution (bounds decode time; a large JPEG
+            counts at the reduced DCT size it is decoded at).
+        max_decode_bytes: most memory one decode may need, estimated from mode, bit depth and size
+            (see :func:`workzone.io.budget.decode_bytes_estimate`).
+        max_jpeg_scans: most scans a (progressive) JPEG may have.
+        max_jpeg_scan_pixels: most scans x pixels a JPEG may cost (decode time grows with both).
     """
 
     max_bytes: int = 40 * 1024 * 1024
     max_pixels: int = 80_000_000
     min_side: int = 16
     max_side: int = 4096
+    max_decode_pixels: int = 24_000_000
+    max_decode_bytes: int = 512 * 1024 * 1024
+    max_jpeg_scans: int = 100
+    max_jpeg_scan_pixels: int = 400_000_000
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -67,7 +86,7 @@ def decode_image(data: Any, *, limits: ImageLimits = DEFAULT_LIMITS, source: str
 
     Args:
         data: path, bytes, base64 str, PIL image, numpy array or an already decoded Image.
-        limits: size limits to enforce.
+        limits: size, memory and work limits to enforce.
         source: label for reports; inferred from a path when omitted.
 
     Returns:
@@ -75,30 +94,48 @@ def decode_image(data: Any, *, limits: ImageLimits = DEFAULT_LIMITS, source: str
 
     Raises:
         InvalidImageError: the input is of an unsupported type, cannot be decoded, or breaks a limit.
+            Nothing else: whatever Pillow or numpy raise on a malformed input is translated here.
 
     Examples:
         >>> import numpy as np
         >>> decode_image(np.zeros((32, 48, 3), np.uint8)).pixels.shape
         (32, 48, 3)
     """
-    if isinstance(data, Image):
-        return data
-    if isinstance(data, np.ndarray):
-        return _from_array(data, limits, source or "<array>")
-    if isinstance(data, PILImage.Image):
-        return _from_pil(data, limits, source or "<PIL>")
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(data), limits, source or "<bytes>")
-    if isinstance(data, Path):
-        return _from_path(data, limits, source)
-    if isinstance(data, str):
-        if _DATA_URL.match(data) or _looks_like_base64(data):
-            return _from_bytes(_b64decode(data), limits, source or "<base64>")
-        return _from_path(Path(data), limits, source)
+    label = source
+    try:
+        if isinstance(data, Image):
+            return data
+        if isinstance(data, np.ndarray):
+            label = source or "<array>"
+            return _from_array(data, limits, label)
+        if isinstance(data, PILImage.Image):
+            label = source or "<PIL>"
+            return _from_pil(data, limits, label)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            label = source or "<bytes>"
+            return _from_bytes(bytes(data), limits, label)
+        if isinstance(data, Path):
+            return _from_path(data, limits, source)
+        if isinstance(data, str):
+            if _DATA_URL.match(data) or _looks_like_base64(data):
+                label = source or "<base64>"
+                return _from_bytes(_b64decode(data), limits, label)
+            return _from_path(Path(data), limits, source)
+    except InvalidImageError:
+        raise
+    except MemoryError as exc:
+        raise InvalidImageError(f"{_short(label)}: not enough memory to decode this image; lower its size") from exc
+    except Exception as exc:  # noqa: BLE001 - the contract: a bad input is an InvalidImageError, whatever broke
+        raise InvalidImageError(f"{_short(label)}: cannot decode the image ({type(exc).__name__})") from exc
     raise InvalidImageError(
         f"unsupported image input of type {type(data).__name__}; pass a path, bytes, a base64 string, "
         "a PIL image or a numpy array"
     )
+
+
+def _short(label: str | None, limit: int = 120) -> str:
+    text = label or "<input>"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _looks_like_base64(text: str) -> bool:
@@ -120,19 +157,24 @@ def _b64decode(text: str) -> bytes:
             return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidImageError(f"the string is neither an existing file path nor valid base64 ({exc})") from exc
+        raise InvalidImageError("the string is neither an existing file path nor valid base64") from exc
 
 
 def _from_path(path: Path, limits: ImageLimits, source: str | None) -> Image:
     label = source or str(path)
     if not os.path.exists(path):  # os.path.exists, unlike Path.exists, returns False on over-long names
-        raise InvalidImageError(f"{str(path)[:200]}: no such file (and not a base64-encoded image)")
+        raise InvalidImageError(f"{_short(str(path), 200)}: no such file (and not a base64-encoded image)")
     if not os.path.isfile(path):
-        raise InvalidImageError(f"{path}: not a regular file")
-    size = path.stat().st_size
-    if size > limits.max_bytes:
-        raise InvalidImageError(f"{path}: file is {size} bytes, over the limit of {limits.max_bytes}")
-    return _from_bytes(path.read_bytes(), limits, label)
+        raise InvalidImageError(f"{_short(str(path), 200)}: not a regular file")
+    try:
+        with open(path, "rb") as f:  # read at most one byte past the limit: /proc files report size 0
+            raw = f.read(limits.max_bytes + 1)
+    except OSError as exc:
+        raise InvalidImageError(f"{_short(str(path), 200)}: cannot be read ({exc.strerror or type(exc).__name__})") \
+            from exc
+    if len(raw) > limits.max_bytes:
+        raise InvalidImageError(f"{_short(str(path), 200)}: file is over the limit of {limits.max_bytes} bytes")
+    return _from_bytes(raw, limits, label)
 
 
 def _from_bytes(raw: bytes, limits: ImageLimits, source: str) -> Image:
@@ -153,9 +195,20 @@ def _from_bytes(raw: bytes, limits: ImageLimits, source: str) -> Image:
                 if fmt not in _ALLOWED_FORMATS:
                     raise InvalidImageError(f"{source}: image format {fmt} is not accepted")
                 _check_dims(im.size, limits, source)
-                if getattr(im, "n_frames", 1) > 1:
+                original = im.size
+                if fmt in ("JPEG", "MPO"):
+                    _check_jpeg_work(raw, im.size, limits, source)
+                    _draft(im, limits.max_side)
+                if im.size[0] * im.size[1] > limits.max_decode_pixels:
+                    raise InvalidImageError(
+                        f"{source}: a {fmt} of {im.size[0]}x{im.size[1]} pixels is over the decode budget of "
+                        f"{limits.max_decode_pixels} pixels at full resolution; send it downscaled")
+                _check_decode_memory(im.mode, im.size, limits, source)
+                if im.tell() != 0:  # never count frames: n_frames walks every frame of a GIF
                     im.seek(0)
                 im.load()
+            except InvalidImageError:
+                raise
             except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
                 raise InvalidImageError(
                     f"{source}: image has more than {limits.max_pixels} pixels (decompression bomb guard)"
@@ -164,11 +217,40 @@ def _from_bytes(raw: bytes, limits: ImageLimits, source: str) -> Image:
                 # ImportError: ultralytics, once imported, patches PIL.Image.open to retry unknown
                 # files with an optional HEIF plugin and raises ModuleNotFoundError when it is absent.
                 raise InvalidImageError(f"{source}: not an image Pillow can identify") from exc
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise InvalidImageError(f"{source}: truncated or corrupt image data ({exc})") from exc
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise InvalidImageError(f"{source}: truncated or corrupt image data") from exc
     finally:
         PILImage.MAX_IMAGE_PIXELS = old
-    return _from_pil(im, limits, source)
+    return _from_pil(im, limits, source, original)
+
+
+def _check_jpeg_work(raw: bytes, size: tuple[int, int], limits: ImageLimits, source: str) -> None:
+    scans = count_jpeg_scans(raw)
+    work = scans * size[0] * size[1]
+    if scans > limits.max_jpeg_scans or work > limits.max_jpeg_scan_pixels:
+        raise InvalidImageError(
+            f"{source}: JPEG with {scans} scans of {size[0]}x{size[1]} pixels is over the decode budget "
+            f"({limits.max_jpeg_scans} scans, {limits.max_jpeg_scan_pixels} scan-pixels); re-encode it as a "
+            "baseline or standard progressive JPEG"
+        )
+
+
+def _draft(im: PILImage.Image, max_side: int) -> None:
+    # Reduced-size DCT decoding (1/2, 1/4, 1/8): a large JPEG is decoded at no less than the size
+    # it would be downscaled to anyway, at a fraction of the memory.
+    w, h = im.size
+    if max_side and max(w, h) > 2 * max_side:
+        scale = max_side / max(w, h)
+        im.draft(im.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
+
+
+def _check_decode_memory(mode: str, size: tuple[int, int], limits: ImageLimits, source: str) -> None:
+    need = decode_bytes_estimate(mode, size, limits.max_side)
+    if need > limits.max_decode_bytes:
+        raise InvalidImageError(
+            f"{source}: a {size[0]}x{size[1]} image of mode {mode} needs about {need // 2**20} MiB to decode, "
+            f"over the budget of {limits.max_decode_bytes // 2**20} MiB; send a smaller or 8-bit image"
+        )
 
 
 def _check_dims(size: tuple[int, int], limits: ImageLimits, source: str) -> None:
@@ -181,29 +263,68 @@ def _check_dims(size: tuple[int, int], limits: ImageLimits, source: str) -> None
         raise InvalidImageError(f"{source}: image is {w}x{h}, smaller than the minimum side {limits.min_side}")
 
 
-def _from_pil(im: PILImage.Image, limits: ImageLimits, source: str) -> Image:
+def _from_pil(im: PILImage.Image, limits: ImageLimits, source: str,
+              original: tuple[int, int] | None = None) -> Image:
     _check_dims(im.size, limits, source)
-    try:
-        im = ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not reject a decodable image
-        pass
-    original = im.size
-    im = _to_rgb(im)
+    _check_decode_memory(im.mode, im.size, limits, source)
+    method = _orientation(im)
+    size = original or im.size
+    original = (size[1], size[0]) if method in _SWAPS_SIDES else size
+    # Downscale first, convert and rotate the small image: peak memory is the decoded image, not
+    # two or three full-size copies of it.
+    im = _to_8bit(im)
+    if im.mode == "La":  # premultiplied alpha: Pillow converts it to LA only
+        im = im.convert("LA")
+    if im.mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGBA" if im.mode in ("PA", "RGBa") or "transparency" in im.info else "RGB")
     if limits.max_side and max(im.size) > limits.max_side:
         scale = limits.max_side / max(im.size)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), PILImage.BILINEAR)
+    im = _to_rgb(im)
+    if method is not None:
+        im = im.transpose(method)
     return Image(np.asarray(im, dtype=np.uint8).copy(), source=source, original_size=original)
+
+
+_SWAPS_SIDES = {PILImage.Transpose.TRANSPOSE, PILImage.Transpose.ROTATE_270, PILImage.Transpose.TRANSVERSE,
+                PILImage.Transpose.ROTATE_90}
+
+
+def _orientation(im: PILImage.Image) -> PILImage.Transpose | None:
+    try:
+        return _ORIENTATION.get(int(im.getexif().get(0x0112, 1)))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not reject a decodable image
+        return None
+
+
+def _to_8bit(im: PILImage.Image) -> PILImage.Image:
+    """16-bit integer and float images to 8-bit L, scaled by their maximum, a chunk of rows at a time.
+
+    float64 is never used: the samples are read once as an array and scaled in float32 chunks.
+    """
+    if im.mode not in HIGH_BIT_MODES:
+        return im
+    arr = np.asarray(im)
+    hi = 0.0
+    for r in range(0, arr.shape[0], _ROWS_PER_CHUNK):
+        block = arr[r:r + _ROWS_PER_CHUNK]
+        if block.dtype.kind == "f":
+            block = block[np.isfinite(block)]
+        if block.size:
+            hi = max(hi, float(block.max()))
+    scale = np.float32(255.0 / (hi if hi > 255 else 255.0))
+    out = np.empty(arr.shape, np.uint8)
+    for r in range(0, arr.shape[0], _ROWS_PER_CHUNK):
+        block = arr[r:r + _ROWS_PER_CHUNK].astype(np.float32)
+        np.nan_to_num(block, copy=False, nan=0.0, posinf=255.0 / float(scale), neginf=0.0)
+        out[r:r + _ROWS_PER_CHUNK] = np.clip(block * scale, 0, 255)
+    return PILImage.fromarray(out, "L")
 
 
 def _to_rgb(im: PILImage.Image) -> PILImage.Image:
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = arr.max() if arr.size else 1.0
-        arr = np.clip(arr / (hi if hi > 255 else 255.0) * 255.0, 0, 255).astype(np.uint8)
-        return PILImage.fromarray(arr, "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         bg = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -212,22 +333,28 @@ def _to_rgb(im: PILImage.Image) -> PILImage.Image:
 
 
 def _from_array(arr: np.ndarray, limits: ImageLimits, source: str) -> Image:
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+    if arr.ndim not in (2, 3) or arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
         raise InvalidImageError(f"{source}: expected an array of shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
+    if arr.dtype.kind not in "buif":
+        raise InvalidImageError(f"{source}: expected an array of numbers (uint8, other integers, float, bool), "
+                                f"got dtype {arr.dtype}")
+    _check_dims((arr.shape[1], arr.shape[0]), limits, source)
+    if arr.ndim == 2:
+        arr = arr[..., None]
     if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating):
+        if arr.dtype.kind == "f":
             if not np.all(np.isfinite(arr)):
                 raise InvalidImageError(f"{source}: float array holds NaN or infinite values")
             scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
-            arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
+            arr = np.clip(arr * np.float32(scale), 0, 255).astype(np.uint8)
         elif arr.dtype == np.uint16:
             arr = (arr >> 8).astype(np.uint8)
+        elif arr.dtype.kind == "b":
+            arr = arr.astype(np.uint8) * np.uint8(255)
         else:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
     if arr.shape[2] == 4:
         return _from_pil(PILImage.fromarray(np.ascontiguousarray(arr), "RGBA"), limits, source)
     return _from_pil(PILImage.fromarray(np.ascontiguousarray(arr), "RGB"), limits, source)
