@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import typer
 
+from workzone.io.atomic import atomic_write_text
+
 __all__ = ["register", "evaluate_detector", "train_detector"]
 
 DetectFn = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
@@ -71,7 +73,7 @@ def eval_detector_cmd(
                                threshold=runner.score_threshold)
     text = json.dumps(report, indent=2)
     if json_out:
-        json_out.write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(json_out, text + "\n")
     typer.echo(text)
 
 
@@ -157,7 +159,7 @@ def train_detector(manifest: Path, boxes: Path, out: Path, *, seed: int = 0, dev
         "training": {"seed": seed, "epochs": epochs, "steps": step, "batch_size": batch_size, "lr": lr,
                      "images": len(items), "cutouts": len(cutouts), "excluded_sources": list(exclude_sources)},
     }
-    (out / "cone_detector.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "cone_detector.json", json.dumps(sidecar, indent=2) + "\n")
     result: dict[str, Any] = {"log": log}
     if evaluate:
         from workzone.stages.roadwork_detector import ConeDetectorRunner
@@ -165,7 +167,7 @@ def train_detector(manifest: Path, boxes: Path, out: Path, *, seed: int = 0, dev
         runner = ConeDetectorRunner(onnx_path)
         result["dev"] = evaluate_detector(lambda ims: runner.detect(ims), manifest, boxes, split="dev", seed=seed,
                                           threshold=score_threshold)
-    (out / "train_report.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "train_report.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -147,7 +147,9 @@ def eval_(
         report = build_report(result, [t.name for t in pipe.config.tiers], pipe.config.name)
     _print_report(_console(), report)
     if out:
-        out.write_text(json.dumps(report, indent=2, default=str))
+        from workzone.io.atomic import atomic_write_text
+
+        atomic_write_text(out, json.dumps(report, indent=2, default=str))
         console.print(f"report written to {out}")
     if html or predictions:
         from workzone.cli.report import write_eval_outputs
@@ -214,7 +216,9 @@ def tune(
     text = dump_pipeline(tuned.config)
     from workzone.config.loader import parse_pipeline
     parse_pipeline(text, str(out))  # never write a file that would not load
-    out.write_text(text, encoding="utf-8")
+    from workzone.io.atomic import atomic_write_text
+
+    atomic_write_text(out, text)
     s = tuned.summary
     con = _console()
     con.print(f"tuned on {s['n']} images: MCC {s['mcc']:.4f}, mean cost {s['mean_cost_ms']:.1f} ms/img, "

@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
+from workzone.io.atomic import atomic_write_text
+
 __all__ = ["register"]
 
 _DEVICE = typer.Option(help="torch device: cuda or cpu")
@@ -124,7 +126,7 @@ def _export_and_score(model, manifest: Path, out: Path, rec, seed: int, console,
                        fp16_decisions_changed=int(((half > 0) != (logits > 0)).sum()))
         logits = half
     ev = evaluate_samples(dev, logits, pixels)
-    (out / "dev_eval.json").write_text(json.dumps(json_safe(ev), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "dev_eval.json", json.dumps(json_safe(ev), indent=2) + "\n")
     metrics.update({"dev_onnx": ev["overall"], "dev_per_source": ev["per_source"], "dev_light": ev["light"]})
     write_sidecar(out / f"{name}.json", size=rec.size, mode=rec.resize, arch=rec.arch, seed=seed,
                   recipe=rec.to_dict(), trained_on="roadwork-v1 splits " + "+".join(train_splits(rec)), metrics=metrics)
@@ -170,7 +172,7 @@ def loso(
         results.append(run_loso(manifest, rec, seed=seed, device=device, workers=workers,
                                 weights_path=str(weights) if weights else None, with_full=full,
                                 log=console.print, on_model=save))
-        out.write_text(json.dumps(json_safe(results), indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(out, json.dumps(json_safe(results), indent=2) + "\n")
     table = Table(title="leave-one-source-out (threshold: logit 0)")
     for col in ("recipe", "w/o WMaia9: recall", "w/o CamVid: specificity", "dev MCC (all sources)", "dev MCC of others"):
         table.add_column(col)
@@ -215,4 +217,4 @@ def loso_fusion(
     dets = {k: builtin if str(v[-1]) == "builtin" else v[-1] for k, v in _source_paths(detector, "--detector").items()}
     result = run_loso_fusion(manifest, _source_paths(classifier, "--classifier"), dets, recipe=recipe, ocr=ocr,
                              device=device, balanced=balanced, log=Console().print)
-    out.write_text(json.dumps(json_safe(result), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out, json.dumps(json_safe(result), indent=2) + "\n")

@@ -9,7 +9,6 @@ reported per source.
 from __future__ import annotations
 
 import csv
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image as PILImage
 
+from workzone.io.atomic import PARTIAL_SUFFIX, atomic_path, atomic_write_bytes, is_complete_jpeg
 from workzone.io.sources import read_manifest
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "load_pixels",
     "is_low_light",
     "make_compact_copy",
+    "save_downscaled_jpeg",
 ]
 
 # Decisions on the rows that SOURCES.md flags with ``REVIEW:``; None drops the row. Why each:
@@ -170,23 +171,36 @@ def make_compact_copy(manifest: str | Path, out_dir: str | Path, *, max_side: in
     manifest = Path(manifest)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.rglob(f"*{PARTIAL_SUFFIX}"):  # left by a writer killed mid-file
+        stale.unlink()
     for row in read_manifest(manifest):
         rel = row.path.relative_to(manifest.parent)
-        dst = out_dir / rel
-        if dst.exists():
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with PILImage.open(row.path) as im:
-            im = im.convert("RGB")
-            if max(im.size) > max_side:
-                scale = max_side / max(im.size)
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), PILImage.LANCZOS)
-            im.save(dst, "JPEG", quality=quality)
-    shutil.copyfile(manifest, out_dir / "manifest.csv")
+        save_downscaled_jpeg(row.path, out_dir / rel, max_side=max_side, quality=quality)
+    atomic_write_bytes(out_dir / "manifest.csv", manifest.read_bytes())
     boxes = manifest.parent / "boxes.csv"
     if boxes.exists():
-        shutil.copyfile(boxes, out_dir / "boxes.csv")
+        atomic_write_bytes(out_dir / "boxes.csv", boxes.read_bytes())
     return out_dir / "manifest.csv"
+
+
+def save_downscaled_jpeg(src: str | Path, dst: str | Path, *, max_side: int, quality: int) -> bool:
+    """Write ``src`` downscaled to ``max_side`` as a JPEG at ``dst``, atomically; skip a complete one.
+
+    A rerun after ``kill -9`` finds every file whole or absent (a ``.partial`` temporary at worst)
+    and redoes only what is missing.
+
+    Returns:
+        True when the file was written, False when a complete one was already there.
+    """
+    if is_complete_jpeg(dst):
+        return False
+    with PILImage.open(src) as im, atomic_path(dst) as tmp:
+        im = im.convert("RGB")
+        if max(im.size) > max_side:
+            scale = max_side / max(im.size)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), PILImage.LANCZOS)
+        im.save(tmp, "JPEG", quality=quality)
+    return True
 
 
 def with_label(sample: Sample, label: int) -> Sample:

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image as PILImage
 
 from workzone.training.augment import AugmentConfig, _photometric, random_crop_box
-from workzone.training.data import ConeBox, load_pixels, load_samples, read_boxes
+from workzone.io.atomic import atomic_path, atomic_write_bytes
+from workzone.training.data import ConeBox, load_pixels, load_samples, read_boxes, save_downscaled_jpeg
 from workzone.training.detector import encode_targets
 from workzone.training import synth
 from workzone.training.synth import Cutout, cut_cones, paste_distractors
@@ -253,19 +254,10 @@ def write_compact_subset(manifest: str | Path, boxes_csv: str | Path, out_dir: s
         rows = list(csv.DictReader(fh))
     rows = [r for r in rows if r["path"] in keep]
     for r in rows:
-        dst = out_dir / r["path"]
-        if dst.exists():
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with PILImage.open(manifest.parent / r["path"]) as im:
-            im = im.convert("RGB")
-            if max(im.size) > max_side:
-                s = max_side / max(im.size)
-                im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), PILImage.LANCZOS)
-            im.save(dst, "JPEG", quality=quality)
-    with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        save_downscaled_jpeg(manifest.parent / r["path"], out_dir / r["path"], max_side=max_side, quality=quality)
+    with atomic_path(out_dir / "manifest.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         wr = csv.DictWriter(fh, fieldnames=list(rows[0].keys()) if rows else ["path"])
         wr.writeheader()
         wr.writerows(rows)
-    (out_dir / "boxes.csv").write_bytes(Path(boxes_csv).read_bytes())
+    atomic_write_bytes(out_dir / "boxes.csv", Path(boxes_csv).read_bytes())
     return out_dir / "manifest.csv"

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from workzone.io.atomic import atomic_write_text
 from workzone.io.images import ResizeMode, resize_for_model
 
 __all__ = ["export_onnx", "onnx_logits", "check_parity", "write_sidecar", "json_safe", "store_weights_fp16"]
@@ -114,7 +115,7 @@ def write_sidecar(path: str | Path, *, size: int, mode: str, arch: str, seed: in
         "trained_on": trained_on,
         "metrics": metrics,
     }
-    path.write_text(json.dumps(json_safe(meta), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(json_safe(meta), indent=2, allow_nan=False) + "\n")
     return path
 
 
