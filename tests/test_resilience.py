@@ -188,7 +188,7 @@ def test_breakers_are_per_instance():
     assert b.breaker.state is BreakerState.CLOSED
 
 
-def test_cancelled_trial_leaves_circuit_open_for_the_next_caller():
+def test_cancelled_trial_reopens_the_circuit():
     clock = Clock()
     b = CircuitBreaker("svc", failure_threshold=1, cooldown_s=1, clock=clock)
 
@@ -204,7 +204,8 @@ def test_cancelled_trial_leaves_circuit_open_for_the_next_caller():
         t.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t
-        assert b.state is BreakerState.HALF_OPEN  # cool-down long past: the next caller may try
+        assert b.state is BreakerState.OPEN  # a trial that never answered is a failure: cool down again
+        clock.t += 2
         assert await b.call(Backend()) == "ok"
 
     run(go())
@@ -218,3 +219,21 @@ def test_cancelled_trial_leaves_circuit_open_for_the_next_caller():
 def test_invalid_breaker_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CircuitBreaker("svc", **kwargs)
+
+
+def test_cancelled_calls_count_as_failures_and_open_the_circuit():
+    # A frozen backend never raises: the caller's deadline cancels the call. Three such calls open it.
+    b = CircuitBreaker("svc", failure_threshold=3, cooldown_s=30, clock=Clock())
+
+    async def hang():
+        await asyncio.sleep(10)
+
+    async def go():
+        for _ in range(3):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(b.call(hang), timeout=0.01)
+        with pytest.raises(BackendUnavailable):
+            await b.call(hang)
+
+    run(go())
+    assert b.state is BreakerState.OPEN and b.failures == 3

@@ -213,7 +213,8 @@ class Cascade:
         if probs[i]:
             p = probs[i][-1]
         else:  # deadline before any tier finished: the first tier's prior
-            p = sigmoid(pool_log_odds({}, self.tiers[0][0].fusion))
+            p = self.prior_probability()
+        degraded = _degraded_reason(reports[i], reason, self._tier_name(ti), bool(probs[i]))
         return Decision(
             probability=float(p),
             exit_tier=max(ti, 0),
@@ -225,7 +226,19 @@ class Cascade:
             source=image.source,
             reason=reason,
             routes=tuple(routes[i]),
+            degraded=degraded is not None,
+            degraded_reason=degraded,
         )
+
+    def prior_probability(self) -> float:
+        """P(road work) with no evidence at all: the first tier's fusion bias."""
+        return float(sigmoid(pool_log_odds({}, self.tiers[0][0].fusion)))
+
+    def prior_decision(self, source: str, why: str) -> Decision:
+        """A decision from the prior alone, marked degraded with ``why`` (no stage ran)."""
+        return Decision(probability=self.prior_probability(), exit_tier=0, exit_tier_name="none", stages=(),
+                        tier_probabilities=(), latency_ms=0.0, cost=0.0, source=source, reason="deadline",
+                        degraded=True, degraded_reason=why)
 
     async def _run_stage(self, stage: Stage, ti: int, batch: list[Image], remaining: float | None,
                          prior: list[tuple[StageReport, ...]]) -> list[StageReport]:
@@ -234,6 +247,7 @@ class Cascade:
             timeout = remaining if timeout is None else min(timeout, remaining)
         t = time.perf_counter()
         error: str | None = None
+        error_type: str | None = None
         outputs: list[StageOutput] | None = None
         try:
             call = stage.predict(batch, prior=prior) if stage.needs_evidence else stage.predict(batch)
@@ -242,12 +256,29 @@ class Cascade:
                 raise StageError(stage.name, f"returned {len(outputs)} results for {len(batch)} images")
         except asyncio.TimeoutError:
             error = str(DeadlineExceeded(stage.name, f"no answer within {timeout:.3f} s"))
+            error_type = DeadlineExceeded.__name__
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - isolation is the point: any stage failure is recorded
             error = f"{type(exc).__name__}: {exc}"
+            error_type = type(exc).__name__
         ms = (time.perf_counter() - t) * 1000.0
         per = ms / max(1, len(batch))
         if outputs is None:
-            return [StageReport(stage.name, stage.kind, ti, None, Evidence(), per, error) for _ in batch]
+            return [StageReport(stage.name, stage.kind, ti, None, Evidence(), per, error, error_type) for _ in batch]
         return [StageReport(stage.name, stage.kind, ti, o.log_odds, o.evidence, per) for o in outputs]
+
+
+def _degraded_reason(reports: Sequence[StageReport], reason: str, tier_name: str, any_tier: bool) -> str | None:
+    """Why a decision is less informed than the pipeline intends, or None (stage names and error types only)."""
+    if not reports or not any_tier:
+        return "no stage ran before the deadline: the probability is the pipeline's prior"
+    failed = [f"{r.stage} ({r.error_type or 'error'})" for r in reports if r.error is not None]
+    if len(failed) == len(reports):
+        return f"every stage failed: {', '.join(failed)}; the probability is the pipeline's prior"
+    parts = []
+    if failed:
+        parts.append(f"skipped failed stage(s) {', '.join(failed)}")
+    if reason == "deadline":
+        parts.append(f"the deadline stopped the cascade after tier '{tier_name}'")
+    return "; ".join(parts) or None

@@ -20,6 +20,7 @@ The tree::
         ├── UrlNotAllowed        URL inputs disabled, or a private/loopback address (403)
         ├── PayloadTooLarge      body over the limit (413)
         ├── UnsupportedMediaType content type not accepted (415)
+        ├── RequestTimeout       the request's headers or body did not arrive in time (408)
         └── UrlFetchFailed       the URL could not be fetched (422)
 
 Messages say what was wrong and what to do about it.
@@ -46,6 +47,7 @@ __all__ = [
     "UrlNotAllowed",
     "PayloadTooLarge",
     "UnsupportedMediaType",
+    "RequestTimeout",
     "UrlFetchFailed",
 ]
 
@@ -151,6 +153,10 @@ class PayloadTooLarge(RequestError):
 
 class UnsupportedMediaType(RequestError):
     """The request's Content-Type is not one the endpoint accepts."""
+
+
+class RequestTimeout(RequestError):
+    """The client did not send the request's headers or body within the server's read timeout."""
 
 
 class UrlFetchFailed(RequestError):

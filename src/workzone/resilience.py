@@ -6,7 +6,7 @@ its full timeout. One :class:`Resilience` belongs to one stage instance: nothing
 
 States of the breaker::
 
-    closed ──(failure_threshold consecutive failures)──> open
+    closed ──(failure_threshold consecutive failures, timeouts and cancellations included)──> open
     open ──(cooldown_s elapsed, next call)──> half-open   (one trial call at a time)
     half-open ──success──> closed      half-open ──failure──> open (cool-down starts again)
 
@@ -16,6 +16,7 @@ half-open trial slot makes concurrent callers fail fast instead of all probing a
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from typing import Any, Awaitable, Callable, TypeVar
@@ -46,8 +47,9 @@ class CircuitBreaker:
         name: the stage name, used in the :class:`BackendUnavailable` raised while open.
         failure_threshold: consecutive failed calls that open the circuit.
         cooldown_s: how long the circuit stays open before one trial call is let through.
-        counted: exception types that count as a backend failure; others (a bad request, a
-            cancelled call) pass through without touching the state.
+        counted: exception types that count as a backend failure; others (a bad request) pass
+            through without touching the state. A cancelled call (the caller's deadline ran out
+            while the backend said nothing) always counts.
         clock: monotonic clock in seconds (injectable so tests need not sleep).
 
     Attributes:
@@ -118,6 +120,11 @@ class CircuitBreaker:
         try:
             result = await fn(*args, **kwargs)
         except self.counted:
+            self.record_failure()
+            raise
+        except asyncio.CancelledError:
+            # A call cancelled by the caller's deadline is a backend that did not answer in time: a
+            # frozen server never raises, it is only ever cancelled, so this must count.
             self.record_failure()
             raise
         except BaseException:

@@ -139,6 +139,7 @@ class StageReport:
     evidence: Evidence
     latency_ms: float
     error: str | None = None
+    error_type: str | None = None  # the exception class name: what responses show instead of ``error``
 
     @property
     def probability(self) -> float | None:
@@ -161,6 +162,9 @@ class Decision:
         source: where the image came from.
         reason: why it exited ("confident", "last tier", "deadline").
         routes: for each tier with a router, which of its stages ran on the image and why.
+        degraded: the answer is less informed than the pipeline intends: no stage ran, a stage
+            failed and was skipped, or the deadline skipped tiers.
+        degraded_reason: why, naming stages and tiers only (never an internal address or message).
     """
 
     probability: float
@@ -173,6 +177,8 @@ class Decision:
     source: str = "<memory>"
     reason: str = "confident"
     routes: tuple[str, ...] = ()
+    degraded: bool = False
+    degraded_reason: str | None = None
 
     def __post_init__(self) -> None:
         p = self.probability

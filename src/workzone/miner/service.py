@@ -55,7 +55,8 @@ class MinerAnswer:
     Attributes:
         prediction: P(road work) in [0, 1], or -1.0 when the image could not be decoded.
         explanation: short text naming the visual evidence (ExtendedImageSynapse.explanation).
-        source: "cascade", "fallback" (prior after an error or timeout) or "invalid".
+        source: "cascade", "fallback" (prior after an error or timeout) or "invalid"; a cascade
+            answer that skipped failed stages or tiers says so in ``decision.degraded_reason``.
         decision: the cascade's decision, when it answered.
         error: what went wrong, if anything.
         latency_ms: handling time.
@@ -121,6 +122,8 @@ class MinerService:
             log.warning("challenge answered with the prior (%s: %s)", type(exc).__name__, exc)
             return MinerAnswer(self.prior, source="fallback", error=f"{type(exc).__name__}: {exc}",
                                latency_ms=_ms(t0))
+        if decision.degraded:
+            log.warning("challenge answered degraded: %s", decision.degraded_reason)
         p = decision.probability
         if not math.isfinite(p):  # Decision validates this; kept because the contract is absolute
             return MinerAnswer(self.prior, source="fallback", error="non-finite probability", latency_ms=_ms(t0))

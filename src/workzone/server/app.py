@@ -9,6 +9,7 @@ uvicorn finish in-flight requests, drain the batcher's queue, close the stages.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -19,6 +20,7 @@ from fastapi.openapi.utils import get_openapi
 import workzone
 from workzone.batching import BatchPolicy
 from workzone.io.images import ImageLimits
+from workzone.server.admission import Admission, AdmissionMiddleware, header_timeout_protocol
 from workzone.server.errors import register_exception_handlers
 from workzone.server.inputs import BodyLimitMiddleware
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
@@ -28,7 +30,7 @@ from workzone.server.service import DetectionService
 from workzone.server.settings import ServerSettings
 from workzone.server.ui import attach_ui
 
-__all__ = ["create_app", "create_server", "build_service"]
+__all__ = ["create_app", "create_server", "build_service", "warn_if_exposed"]
 
 log = logging.getLogger("workzone.server")
 
@@ -36,13 +38,14 @@ log = logging.getLogger("workzone.server")
 def build_service(settings: ServerSettings, observer: Any = None) -> DetectionService:
     """The detection service described by ``settings`` (validates the pipeline; loads nothing)."""
     limits = ImageLimits(max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels,
-                         max_side=settings.max_image_side)
+                         max_side=settings.max_image_side, max_decode_bytes=settings.max_decode_bytes)
     policy = BatchPolicy(max_batch_size=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000.0,
                          max_queue=settings.queue_size, workers=settings.batch_workers,
                          retry_after_s=float(settings.retry_after_s))
     return DetectionService.from_pipeline(settings.pipeline, device=settings.device, limits=limits, policy=policy,
                                           default_deadline_s=settings.default_deadline_s,
-                                          max_deadline_s=settings.max_deadline_s, observer=observer)
+                                          max_deadline_s=settings.max_deadline_s, observer=observer,
+                                          decode_workers=settings.decode_workers)
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -52,6 +55,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         ConfigError: the pipeline does not exist or does not validate.
     """
     settings = settings or ServerSettings()
+    warn_if_exposed(settings)
     metrics = ServerMetrics()
     service = build_service(settings, observer=metrics)
     metrics.bind_service(service)
@@ -74,14 +78,41 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics
+    app.state.admission = admission = Admission(settings.max_inflight, settings.max_held_bytes,
+                                                float(settings.retry_after_s))
     register_exception_handlers(app, default_retry_after=float(settings.retry_after_s))
     attach_routes(app)
     attach_ui(app)
-    # Added last = outermost: metrics see every answer, including the body limit's 413s.
+    # Added last = outermost: metrics see every answer, including the body limit's 413s and the
+    # admission's 429s, which are sent before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionMiddleware, service=service, admission=admission,
+                       body_timeout_s=settings.body_timeout_s)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "X-Deadline-S", "Content-Type"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def warn_if_exposed(settings: ServerSettings) -> None:
+    """Log a warning when the service listens beyond loopback without API keys."""
+    if settings.api_keys or _is_loopback(settings.host):
+        return
+    log.warning("serving on %s without API keys: anyone who can reach this address can use the service; "
+                "set WORKZONE_API_KEYS (or --api-key) or bind 127.0.0.1", settings.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -121,6 +152,9 @@ def create_server(settings: ServerSettings, app: FastAPI | None = None, **config
             self._workzone_loop = asyncio.get_running_loop()
             await super().serve(sockets=sockets)
 
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    config.setdefault("http", header_timeout_protocol(AutoHTTPProtocol, settings.header_timeout_s))
     cfg = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                          timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None, **config)
     return _Server(cfg)

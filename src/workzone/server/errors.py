@@ -31,6 +31,7 @@ from workzone.errors import (
     Overloaded,
     PayloadTooLarge,
     RequestError,
+    RequestTimeout,
     ShuttingDown,
     StageError,
     Unauthorized,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request
     from starlette.responses import JSONResponse
 
-__all__ = ["error_status", "error_body", "register_exception_handlers"]
+__all__ = ["error_status", "error_body", "public_message", "public_decision", "register_exception_handlers"]
 
 log = logging.getLogger("workzone.server")
 
@@ -56,6 +57,7 @@ _STATUS: dict[type[BaseException], tuple[int, str]] = {
     UrlNotAllowed: (403, "url_not_allowed"),
     PayloadTooLarge: (413, "payload_too_large"),
     UnsupportedMediaType: (415, "unsupported_media_type"),
+    RequestTimeout: (408, "request_timeout"),
     UrlFetchFailed: (422, "url_fetch_failed"),
     RequestError: (400, "bad_request"),
     InvalidImageError: (422, "invalid_image"),
@@ -78,6 +80,40 @@ def error_status(exc: BaseException) -> tuple[int, str]:
         if cls in _STATUS:
             return _STATUS[cls]
     return 500, "internal_error"
+
+
+# What a client is told for statuses whose exception text may name internals (model paths, backend
+# URLs, environment variables, raw third-party messages): a fixed sentence per error type.
+_PUBLIC = {
+    "overloaded": "the server is at capacity; retry after the Retry-After delay",
+    "shutting_down": "the server is shutting down; retry on another replica",
+    "not_ready": "the pipeline is not ready; retry after the Retry-After delay",
+    "backend_unavailable": "a backend is unavailable; retry later",
+    "deadline_exceeded": "the request ran past its deadline",
+}
+_MAX_MESSAGE = 300
+
+
+def public_message(exc: BaseException) -> str:
+    """What a response may say about ``exc``: the message of a client error (4xx, about the client's
+    own input), a fixed sentence for everything else. Never raw third-party text, a path or a URL
+    of the server's."""
+    status, kind = error_status(exc)
+    if status < 500 and status != 429 and isinstance(exc, WorkzoneError):
+        text = str(exc)
+        return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE - 1] + "…"
+    return _PUBLIC.get(kind, "internal server error; see the server log")
+
+
+def public_decision(decision: Any) -> dict[str, Any]:
+    """``decision.to_dict()`` with each stage error reduced to its error type (the full text, which
+    may name a backend URL, stays in the server log and metrics)."""
+    d = decision.to_dict()
+    for s, rep in zip(d["stages"], decision.stages):
+        s.pop("error_type", None)
+        if rep.error is not None:
+            s["error"] = rep.error_type or "StageError"
+    return d
 
 
 def error_body(status: int, kind: str, message: str, detail: Any = None) -> dict[str, Any]:
@@ -105,9 +141,7 @@ def error_response(exc: BaseException, default_retry_after: float = 1.0) -> "JSO
     status, kind = error_status(exc)
     if status >= 500 and not isinstance(exc, (NotReady, ShuttingDown, BackendUnavailable)):
         log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
-    # Internal errors outside workzone's tree say nothing about internals to the client.
-    message = str(exc) if isinstance(exc, WorkzoneError) else "internal server error; see the server log"
-    return JSONResponse(error_body(status, kind, message), status_code=status,
+    return JSONResponse(error_body(status, kind, public_message(exc)), status_code=status,
                         headers=error_headers(exc, status, default_retry_after))
 
 

@@ -1,8 +1,8 @@
 """Fetch an image by URL without letting callers reach the server's own network (SSRF guard).
 
 Only when ``allow_url_fetch`` is on. Every address the host name resolves to must be public
-(not private, loopback, link-local, multicast, reserved or unspecified, IPv4-mapped forms
-included); the connection then goes to the address that was checked (the Host header and TLS SNI
+(not private, loopback, link-local, multicast, reserved or unspecified), and so must every IPv4
+address an IPv6 address embeds (IPv4-mapped and -compatible, 6to4, Teredo, NAT64); the connection then goes to the address that was checked (the Host header and TLS SNI
 carry the name), so a DNS answer that changes between the check and the connect cannot redirect
 it. Redirects are followed by hand, at most three, each one checked the same way. The body is
 read in chunks and abandoned past ``max_bytes``.
@@ -33,8 +33,37 @@ def is_public_address(addr: str) -> bool:
         (False, False, True)
     """
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else []
+    return all(_is_public(a) for a in [ip, *embedded])
+
+
+# IPv6 prefixes that carry an IPv4 address the traffic ends up at: NAT64 (RFC 6052 well-known and
+# RFC 8215 local-use) in the low 32 bits; 6to4 (2002::/16) and Teredo (2001::/32) have their own accessors.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address ``ip`` embeds: IPv4-mapped, IPv4-compatible, 6to4, Teredo (server and
+    client) and NAT64 forms.
+
+    Examples:
+        >>> [str(a) for a in _embedded_ipv4(ipaddress.IPv6Address("2002:a9fe:a9fe::"))]
+        ['169.254.169.254']
+    """
+    out: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        out.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if any(ip in net for net in _NAT64) or (int(ip) >> 32 == 0 and int(ip) > 0xFFFF):  # NAT64, IPv4-compatible
+        out.append(low32)
+    return out
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     bad = (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
            or ip.is_unspecified or not ip.is_global)
     return not bad
@@ -45,7 +74,7 @@ async def _system_resolve(host: str, port: int) -> list[str]:
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UrlFetchFailed(f"cannot resolve host {host!r}: {exc}") from exc
+        raise UrlFetchFailed(f"cannot resolve host {host!r}") from exc
     return sorted({str(info[4][0]) for info in infos})
 
 
@@ -91,7 +120,7 @@ async def fetch_image_bytes(url: str, *, max_bytes: int, timeout_s: float,
             try:
                 parsed = httpx.URL(current)
             except httpx.InvalidURL as exc:
-                raise UrlNotAllowed(f"not a valid URL: {current!r} ({exc})") from exc
+                raise UrlNotAllowed(f"not a valid URL: {current[:200]!r}") from exc
             if parsed.scheme not in ("http", "https") or not parsed.host:
                 raise UrlNotAllowed(f"only http and https URLs with a host are accepted, got {current!r}")
             port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -123,5 +152,5 @@ async def fetch_image_bytes(url: str, *, max_bytes: int, timeout_s: float,
             except httpx.TimeoutException as exc:
                 raise UrlFetchFailed(f"{current}: no answer within {timeout_s:g} s") from exc
             except httpx.HTTPError as exc:
-                raise UrlFetchFailed(f"{current}: {type(exc).__name__}: {exc}") from exc
+                raise UrlFetchFailed(f"{current}: the connection failed ({type(exc).__name__})") from exc
     raise UrlFetchFailed(f"{url}: more than {_MAX_REDIRECTS} redirects")

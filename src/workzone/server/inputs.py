@@ -177,8 +177,9 @@ async def read_batch(request: "Request", max_images: int) -> tuple[list[RawImage
     return images, deadline
 
 
-async def load_image(raw: RawImage, service: "DetectionService", settings: "ServerSettings") -> "Image":
-    """Fetch (if a URL, and allowed) and decode one input."""
+async def load_image(raw: RawImage, service: "DetectionService", settings: "ServerSettings", *,
+                     end: float | None = None) -> "Image":
+    """Fetch (if a URL, and allowed) and decode one input (decoding starts before ``end``, if given)."""
     data = raw.data
     if raw.b64 is not None:
         data = decode_base64(raw.b64)
@@ -190,7 +191,7 @@ async def load_image(raw: RawImage, service: "DetectionService", settings: "Serv
                                        timeout_s=settings.url_fetch_timeout_s)
     if not data:
         raise InvalidImageError(f"{raw.source}: the image is empty (0 bytes)")
-    return await service.decode(data, raw.source)
+    return await service.decode(data, raw.source, end=end)
 
 
 class BodyLimitMiddleware:

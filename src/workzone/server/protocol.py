@@ -81,7 +81,8 @@ class StageReportModel(BaseModel):
     probability: float | None = Field(description="sigmoid(log_odds); null when log_odds is null")
     evidence: EvidenceModel = Field(description="what the stage saw")
     latency_ms: float = Field(description="stage wall time per image of its batch, in milliseconds")
-    error: str | None = Field(default=None, description="why the stage failed or timed out; null when it answered")
+    error: str | None = Field(default=None, description="the error type (DeadlineExceeded, BackendUnavailable, ...) "
+                              "when the stage failed or timed out; null when it answered")
 
 
 class DecisionResponse(BaseModel):
@@ -99,6 +100,11 @@ class DecisionResponse(BaseModel):
     source: str = Field(description="where the image came from (upload name, 'body', 'base64', URL)")
     reason: str = Field(description="why it exited: 'confident', 'last tier' or 'deadline'")
     routes: list[str] = Field(default_factory=list, description="per routed tier: which of its stages ran and why")
+    degraded: bool = Field(default=False, description="true when the answer is less informed than the pipeline "
+                           "intends: no stage ran (the prior), a failed stage was skipped, or the deadline "
+                           "skipped tiers")
+    degraded_reason: str | None = Field(default=None, description="why the answer is degraded (stage names and "
+                                        "error types only)")
 
 
 class ErrorDetail(BaseModel):

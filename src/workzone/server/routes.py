@@ -17,8 +17,9 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from workzone.cascade import TierEvent
-from workzone.errors import Unauthorized
-from workzone.server.errors import error_body, error_status
+from workzone.errors import DeadlineExceeded, Overloaded, Unauthorized
+from workzone.server.admission import arrival_time, charge
+from workzone.server.errors import error_body, error_status, public_decision, public_message
 from workzone.server.inputs import deadline_header, load_image, read_batch, read_single
 from workzone.server.protocol import (
     BatchDetectRequest,
@@ -46,9 +47,20 @@ async def require_api_key(request: Request, key: str | None = Security(_api_key)
     if not keys:
         return
     given = key or (bearer.credentials if bearer is not None else None)
-    # compare_digest against every key: the time taken does not reveal which prefix matched.
-    if not given or not any(secrets.compare_digest(given.encode(), k.encode()) for k in keys):
+    if not _key_accepted(given, keys):
         raise Unauthorized("a valid API key is required: send it as X-API-Key or Authorization: Bearer <key>")
+
+
+def _key_accepted(given: str | None, keys: tuple[str, ...]) -> bool:
+    # compare_digest against every key: the time taken does not reveal which prefix matched.
+    return bool(given) and any(secrets.compare_digest(given.encode(), k.encode()) for k in keys)  # type: ignore[union-attr]
+
+
+def _authenticated(request: Request) -> bool:
+    """The caller sent a valid key (never true on a server without keys: details stay in its log)."""
+    auth = request.headers.get("authorization", "")
+    given = request.headers.get("x-api-key") or (auth[7:].strip() if auth.lower().startswith("bearer ") else None)
+    return _key_accepted(given, _settings(request).api_keys)
 
 
 def _service(request: Request) -> DetectionService:
@@ -97,7 +109,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> Response:
     """200 once every stage is loaded and warmed up and work is accepted; 503 before and while stopping."""
     svc = _service(request)
-    body = ReadyResponse(ready=svc.ready, state=svc.state, load_error=svc.load_error)
+    # The load error names model paths and environment variables: only authenticated callers see it.
+    load_error = svc.load_error if _authenticated(request) else None
+    body = ReadyResponse(ready=svc.ready, state=svc.state, load_error=load_error)
     headers = {} if svc.ready else {"Retry-After": str(_settings(request).retry_after_s)}
     return Response(body.model_dump_json(), status_code=200 if svc.ready else 503,
                     media_type="application/json", headers=headers)
@@ -114,7 +128,10 @@ async def metrics(request: Request) -> Response:
 @v1.get("/pipeline", response_model=PipelineResponse, tags=["pipeline"], summary="Describe the pipeline")
 async def pipeline(request: Request) -> dict[str, Any]:
     """Tiers, stages with their parameters, fusion and exit thresholds, and the service state."""
-    return _service(request).describe()
+    described = _service(request).describe()
+    if not _authenticated(request):
+        described["load_error"] = None
+    return described
 
 
 @v1.post("/detect", response_model=DecisionResponse, tags=["detect"], summary="Decide one image",
@@ -126,9 +143,13 @@ async def detect(request: Request) -> dict[str, Any]:
     svc, settings = _service(request), _settings(request)
     raw, body_deadline = await read_single(request)
     deadline = svc.resolve_deadline(deadline_header(request) or body_deadline)
-    image = await load_image(raw, svc, settings)
-    decision = await svc.detect(image, deadline_s=deadline)
-    return decision.to_dict()
+    arrived = arrival_time(request)
+    try:
+        image = await _load_charged(request, raw, deadline)
+    except DeadlineExceeded:
+        return public_decision(svc.prior_decision(raw.source, "the deadline passed before the image was decoded"))
+    decision = await svc.detect(image, deadline_s=deadline, arrived_at=arrived)
+    return public_decision(decision)
 
 
 @v1.post("/detect/batch", response_model=BatchDetectResponse, tags=["detect"], summary="Decide many images",
@@ -140,20 +161,48 @@ async def detect_batch(request: Request) -> dict[str, Any]:
     svc, settings = _service(request), _settings(request)
     raws, body_deadline = await read_batch(request, settings.max_batch_images)
     deadline = svc.resolve_deadline(deadline_header(request) or body_deadline)
-    loaded = await asyncio.gather(*(load_image(r, svc, settings) for r in raws), return_exceptions=True)
+    arrived = arrival_time(request)
+    # Decoded through the service's decode slots (decode_workers at a time), each charged to the
+    # memory budget as it lands; a batch that would pass the budget is refused as a whole (429).
+    loaded = await asyncio.gather(*(_load_charged(request, r, deadline) for r in raws), return_exceptions=True)
     results: list[dict[str, Any]] = [{"index": i} for i in range(len(raws))]
     ok = [i for i, x in enumerate(loaded) if not isinstance(x, BaseException)]
     for i, x in enumerate(loaded):
         if isinstance(x, BaseException):
             if not isinstance(x, Exception):
                 raise x
+            if isinstance(x, Overloaded):
+                raise x
+            if isinstance(x, DeadlineExceeded):
+                why = "the deadline passed before the image was decoded"
+                results[i]["decision"] = public_decision(svc.prior_decision(raws[i].source, why))
+                continue
             status, kind = error_status(x)
-            results[i]["error"] = error_body(status, kind, str(x))["error"]
+            results[i]["error"] = error_body(status, kind, public_message(x))["error"]
     if ok:
-        decisions = await svc.detect_many([loaded[i] for i in ok], deadline_s=deadline)  # type: ignore[misc]
+        decisions = await svc.detect_many([loaded[i] for i in ok], deadline_s=deadline,  # type: ignore[misc]
+                                          arrived_at=arrived)
         for i, d in zip(ok, decisions):
-            results[i]["decision"] = d.to_dict()
+            results[i]["decision"] = public_decision(d)
     return {"results": results}
+
+
+async def _load_charged(request: Request, raw: Any, deadline: float | None) -> Any:
+    """Fetch and decode one input within the request's deadline; its pixels count against the
+    memory budget until the response is sent.
+
+    Raises:
+        Overloaded: the decoded pixels would pass the memory budget.
+        DeadlineExceeded: the deadline passed before a decode slot came free.
+    """
+    svc, settings = _service(request), _settings(request)
+    end = None if deadline is None else arrival_time(request) + deadline
+    image = await load_image(raw, svc, settings, end=end)
+    charge(request, image.pixels.nbytes)
+    admission = request.app.state.admission
+    if admission.held_bytes > admission.max_held_bytes:
+        raise Overloaded(admission.inflight, admission.max_inflight, admission.retry_after_s)
+    return image
 
 
 def _sse(event: str, data: Any) -> bytes:
@@ -169,12 +218,12 @@ async def detect_stream(request: Request) -> StreamingResponse:
     """Same inputs as ``/v1/detect``; answers Server-Sent Events: one ``tier`` event after each tier
     the image went through (fused probability so far, stages run, cost so far), then the final
     ``decision``. Queue and input errors are ordinary HTTP errors, sent before the stream starts."""
-    svc, settings = _service(request), _settings(request)
+    svc = _service(request)
     raw, body_deadline = await read_single(request)
     deadline = svc.resolve_deadline(deadline_header(request) or body_deadline)
-    image = await load_image(raw, svc, settings)
+    image = await _load_charged(request, raw, deadline)
     events: asyncio.Queue[TierEvent] = asyncio.Queue()
-    (future,) = svc.submit([image], deadline_s=deadline, on_event=events.put_nowait)
+    (future,) = svc.submit([image], deadline_s=deadline, on_event=events.put_nowait, arrived_at=arrival_time(request))
     return StreamingResponse(_stream(future, events), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -194,9 +243,9 @@ async def _stream(future: asyncio.Future, events: asyncio.Queue[TierEvent]) -> A
             decision = future.result()
         except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-band
             status, kind = error_status(exc)
-            yield _sse("error", error_body(status, kind, str(exc))["error"])
+            yield _sse("error", error_body(status, kind, public_message(exc))["error"])
         else:
-            yield _sse("decision", decision.to_dict())
+            yield _sse("decision", public_decision(decision))
     finally:
         if not future.done():  # the client went away: do not run its image
             future.cancel()

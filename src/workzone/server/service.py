@@ -18,7 +18,7 @@ from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
 from workzone.io.images import ImageLimits, decode_image
-from workzone.errors import NotReady
+from workzone.errors import DeadlineExceeded, NotReady
 from workzone.types import Decision, Image
 
 __all__ = ["DetectionService", "ServiceObserver", "EventHandler"]
@@ -54,12 +54,15 @@ class DetectionService:
         default_deadline_s: deadline of a request that gives none (``None``: the pipeline's).
         max_deadline_s: cap on any deadline.
         observer: receives batch sizes and decisions (metrics).
+        decode_workers: images decoded at the same time (each within ``limits.max_decode_bytes``).
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
-                 max_deadline_s: float | None = None, observer: ServiceObserver | None = None) -> None:
+                 max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
+                 decode_workers: int = 2) -> None:
         self.cascade = cascade
+        self._decode_slots = asyncio.Semaphore(decode_workers)
         self.limits = limits
         self.default_deadline_s = default_deadline_s
         self.max_deadline_s = max_deadline_s
@@ -128,13 +131,35 @@ class DetectionService:
         self.state = "stopped"
 
     # -- inputs ----------------------------------------------------------------------------------
-    async def decode(self, data: bytes, source: str = "<bytes>") -> Image:
-        """Decode encoded image bytes in a worker thread (pixel guards run on the header first).
+    async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None) -> Image:
+        """Decode encoded image bytes in a worker thread, ``decode_workers`` at a time (the memory and
+        work guards run on the header first).
+
+        Args:
+            data: the encoded image.
+            source: label for reports.
+            end: absolute deadline (``time.perf_counter()`` clock) for starting the decode.
 
         Raises:
             InvalidImageError: not an image, truncated, or over a limit.
+            DeadlineExceeded: no decode slot came free before ``end``.
         """
-        return await asyncio.to_thread(decode_image, data, limits=self.limits, source=source)
+        wait = None if end is None else max(0.0, end - time.perf_counter())
+        try:
+            await asyncio.wait_for(self._decode_slots.acquire(), timeout=wait)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
+        try:
+            return await asyncio.to_thread(decode_image, data, limits=self.limits, source=source)
+        finally:
+            self._decode_slots.release()
+
+    def prior_decision(self, source: str, why: str) -> Decision:
+        """The answer when no stage could run in time: the pipeline's prior, marked degraded."""
+        decision = self.cascade.prior_decision(source, why)
+        if self.observer is not None:
+            self.observer.on_decision(decision)
+        return decision
 
     def resolve_deadline(self, requested: float | None) -> float | None:
         """The deadline a request runs under: its own, else the default, capped by the maximum."""
@@ -146,13 +171,24 @@ class DetectionService:
         return deadline
 
     # -- detection -------------------------------------------------------------------------------
+    def check_ready(self) -> None:
+        """Raise :class:`NotReady` while the pipeline is loading or failed to load (no details: they
+        may name model paths; ``/readyz`` shows them to authenticated callers)."""
+        if self.state in ("created", "starting", "failed"):
+            what = "is still loading" if self.load_error is None else "failed to load"
+            raise NotReady(f"the pipeline {what}; retry when /readyz answers 200",
+                           retry_after_s=self.batcher.policy.retry_after_s)
+
     def submit(self, images: Sequence[Image], *, deadline_s: float | None = None,
-               on_event: EventHandler | Sequence[EventHandler | None] | None = None) -> list[asyncio.Future[Decision]]:
+               on_event: EventHandler | Sequence[EventHandler | None] | None = None,
+               arrived_at: float | None = None) -> list[asyncio.Future[Decision]]:
         """Queue images for the cascade without waiting; all are queued or none is.
 
         Args:
             images: decoded images.
-            deadline_s: seconds from now (already resolved, see :meth:`resolve_deadline`).
+            deadline_s: seconds from arrival (already resolved, see :meth:`resolve_deadline`).
+            arrived_at: when the request arrived (``time.perf_counter()`` clock); now when omitted.
+                Time spent reading and decoding the request counts against its deadline.
             on_event: one handler for every image, or one per image, called after each tier.
 
         Raises:
@@ -160,11 +196,9 @@ class DetectionService:
             Overloaded: the queue cannot take them.
             ShuttingDown: the service is stopping.
         """
-        if self.state in ("created", "starting", "failed"):
-            what = "is still loading" if self.load_error is None else f"failed to load ({self.load_error})"
-            raise NotReady(f"the pipeline {what}; retry when /readyz answers 200",
-                           retry_after_s=self.batcher.policy.retry_after_s)
-        end = None if deadline_s is None else time.perf_counter() + deadline_s
+        self.check_ready()
+        start = time.perf_counter() if arrived_at is None else arrived_at
+        end = None if deadline_s is None else start + deadline_s
         if on_event is None or callable(on_event):
             handlers: Sequence[EventHandler | None] = [on_event] * len(images)
         else:
@@ -172,16 +206,33 @@ class DetectionService:
         return self.batcher.submit_many([_Job(img, end, h) for img, h in zip(images, handlers)])
 
     async def detect(self, image: Image, *, deadline_s: float | None = None,
-                     on_event: EventHandler | None = None) -> Decision:
+                     on_event: EventHandler | None = None, arrived_at: float | None = None) -> Decision:
         """Decide one image (it shares a batch with concurrent callers)."""
-        (future,) = self.submit([image], deadline_s=deadline_s, on_event=on_event)
+        (future,) = self.submit([image], deadline_s=deadline_s, on_event=on_event, arrived_at=arrived_at)
         return await future
 
-    async def detect_many(self, images: Sequence[Image], *, deadline_s: float | None = None) -> list[Decision]:
+    async def detect_many(self, images: Sequence[Image], *, deadline_s: float | None = None,
+                          arrived_at: float | None = None) -> list[Decision]:
         """Decide several images; they are queued together and usually share a batch."""
-        return list(await asyncio.gather(*self.submit(images, deadline_s=deadline_s)))
+        return list(await asyncio.gather(*self.submit(images, deadline_s=deadline_s, arrived_at=arrived_at)))
 
     async def _process(self, jobs: list[_Job]) -> list[Decision]:
+        # Work whose deadline passed while it waited in the queue is answered at once (the prior,
+        # marked degraded) instead of holding the batch, or the cascade, to a deadline of zero.
+        now = time.perf_counter()
+        expired = [k for k, j in enumerate(jobs) if j.deadline is not None and j.deadline <= now]
+        if expired:
+            out: list[Decision | None] = [None] * len(jobs)
+            for k in expired:
+                out[k] = self.prior_decision(jobs[k].image.source, "the deadline passed while the image was queued")
+            live = [k for k in range(len(jobs)) if out[k] is None]
+            if live:
+                for k, d in zip(live, await self._run_jobs([jobs[k] for k in live])):
+                    out[k] = d
+            return [d for d in out if d is not None]
+        return await self._run_jobs(jobs)
+
+    async def _run_jobs(self, jobs: list[_Job]) -> list[Decision]:
         now = time.perf_counter()
         # A batch runs under its tightest deadline, so nobody in it is answered late.
         ends = [j.deadline for j in jobs if j.deadline is not None]

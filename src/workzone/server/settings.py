@@ -31,12 +31,26 @@ class ServerSettings(BaseSettings):
     # -- access -----------------------------------------------------------------------------------
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="accepted keys (X-API-Key or Authorization: Bearer); empty = no auth")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="browser origins allowed by CORS (comma list; '*' for any); empty = CORS off")
 
     # -- limits -----------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest request body accepted")
     max_image_pixels: int = Field(default=80_000_000, ge=1024, description="largest width*height decoded")
     max_image_side: int = Field(default=4096, ge=0, description="decoded images are downscaled to this long side")
     max_batch_images: int = Field(default=64, ge=1, description="most images in one /v1/detect/batch call")
+
+    # -- admission and read timeouts --------------------------------------------------------------
+    max_inflight: int = Field(default=256, ge=1, description="detect requests admitted at once; more are "
+                              "refused (429) before their body is read")
+    max_held_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024,
+                                description="request bodies and decoded pixels held at once; above it new "
+                                "requests are refused (429) before their body is read")
+    decode_workers: int = Field(default=2, ge=1, le=64, description="images decoded at the same time")
+    max_decode_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024,
+                                  description="most memory one image may need to decode (from its header)")
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600, description="time to receive a request's headers")
+    body_timeout_s: float = Field(default=30.0, gt=0, le=600, description="time between body chunks")
 
     # -- batching and deadlines -------------------------------------------------------------------
     batch_size: int = Field(default=16, ge=1, le=1024, description="most images the cascade runs together")
@@ -55,7 +69,7 @@ class ServerSettings(BaseSettings):
     # -- lifecycle --------------------------------------------------------------------------------
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="time to finish queued work on shutdown")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         # Environment variables hold one string; accept "k1,k2" there and lists from code.
