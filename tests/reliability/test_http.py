@@ -119,10 +119,12 @@ def test_deadline_counts_from_arrival_and_expired_work_is_answered_degraded(live
 
     t = time.perf_counter()
     responses = asyncio.run(go())
-    assert time.perf_counter() - t < 3.0  # six 0.3 s requests in one queue, each answered within its 0.5 s
-    decisions = [r.json() for r in responses]
-    assert all(r.status_code == 200 for r in responses)
-    assert any(d["degraded"] for d in decisions)
+    assert time.perf_counter() - t < 3.0  # six 0.3 s requests for one queue, each answered within its 0.5 s
+    # Admission takes what a cold server can answer (one running, two queued) and refuses the rest at once;
+    # of the admitted, those whose deadline passes in the queue or in the cascade are marked degraded.
+    assert {r.status_code for r in responses} <= {200, 429}
+    decisions = [r.json() for r in responses if r.status_code == 200]
+    assert len(decisions) >= 3 and any(d["degraded"] for d in decisions)
     assert all(d["degraded_reason"] for d in decisions if d["degraded"])
 
 

@@ -26,11 +26,15 @@ if TYPE_CHECKING:
 
     from workzone.server.service import DetectionService
 
-__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "charge", "header_timeout_protocol"]
+__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "charge", "header_timeout_protocol", "GUARDED_PATHS",
+           "ENDPOINT_KEY"]
 
 _ARRIVED = "workzone.arrived"
 _HELD = "workzone.held"
-_GUARDED_PREFIX = "/v1/detect"
+GUARDED_PATHS = frozenset({"/v1/detect", "/v1/detect/batch", "/v1/detect/stream"})
+#: Scope key naming the endpoint of a request refused before routing (for the metrics label).
+ENDPOINT_KEY = "workzone.endpoint"
+_WAIT_SHARE = 0.5  # of a deadline that queueing may use; the rest is for decoding and the cascade
 
 
 @dataclass
@@ -50,9 +54,12 @@ class Admission:
     held_bytes: int = 0
     refused: int = 0
 
-    def check(self) -> None:
-        """Raise :class:`Overloaded` when one more request must not be admitted."""
-        if self.inflight >= self.max_inflight or self.held_bytes >= self.max_held_bytes:
+    def check(self, expected_wait_s: float = 0.0, deadline_s: float | None = None) -> None:
+        """Raise :class:`Overloaded` when one more request must not be admitted: the in-flight or
+        memory limit is reached, or the work already admitted would take more than half the
+        request's deadline (it could not be answered in time: better refused now than late)."""
+        late = deadline_s is not None and expected_wait_s > _WAIT_SHARE * deadline_s
+        if self.inflight >= self.max_inflight or self.held_bytes >= self.max_held_bytes or late:
             self.refused += 1
             raise Overloaded(self.inflight, self.max_inflight, self.retry_after_s)
 
@@ -92,17 +99,19 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         scope[_ARRIVED] = time.perf_counter()
-        if scope.get("method") != "POST" or not scope.get("path", "").startswith(_GUARDED_PREFIX):
+        if scope.get("method") != "POST" or scope.get("path") not in GUARDED_PATHS:
             await self.app(scope, receive, send)
             return
         try:
             if not self.service.batcher.accepting and self.service.state not in ("created", "starting", "failed"):
                 raise ShuttingDown(retry_after_s=self.admission.retry_after_s)
             self.service.check_ready()
-            self.admission.check()
+            deadline = self.service.resolve_deadline(_header_deadline(scope))
+            self.admission.check(self.service.expected_wait_s(self.admission.inflight), deadline)
         except Exception as exc:  # noqa: BLE001 - NotReady, ShuttingDown, Overloaded: answered before the body
             from workzone.server.errors import error_response
 
+            scope[ENDPOINT_KEY] = scope["path"]
             await error_response(exc, self.admission.retry_after_s)(scope, receive, send)
             return
         held = [0, self.admission]
@@ -132,6 +141,17 @@ class AdmissionMiddleware:
         finally:
             self.admission.inflight -= 1
             self.admission.held_bytes -= held[0]
+
+
+def _header_deadline(scope: "Scope") -> float | None:
+    for key, value in scope.get("headers") or ():
+        if key == b"x-deadline-s":
+            try:
+                v = float(value)
+            except ValueError:
+                return None  # the route refuses it with 400
+            return v if 0 < v < float("inf") else None
+    return None
 
 
 def header_timeout_protocol(base: type, timeout_s: float) -> type:

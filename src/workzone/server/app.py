@@ -23,6 +23,7 @@ from workzone.io.images import ImageLimits
 from workzone.server.admission import Admission, AdmissionMiddleware, header_timeout_protocol
 from workzone.server.errors import register_exception_handlers
 from workzone.server.inputs import BodyLimitMiddleware
+from workzone.server.memory import limit_malloc_arenas
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorResponse, TierEventModel
 from workzone.server.routes import attach_routes
@@ -62,6 +63,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limit_malloc_arenas(2)  # before the worker threads allocate: fewer arenas, less RSS kept after load
         service.start_in_background()
         try:
             yield

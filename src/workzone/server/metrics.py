@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from workzone.server.admission import ENDPOINT_KEY
 from workzone.types import Decision
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class MetricsMiddleware:
 def _endpoint_label(scope: "Scope") -> str:
     # The route template when the router recorded it (Starlette >= 0.41), else the handler's name;
     # never the raw path, which would let clients create unbounded label values.
-    path = getattr(scope.get("route"), "path", None)
+    path = getattr(scope.get("route"), "path", None) or scope.get(ENDPOINT_KEY)  # refused before routing
     if path:
         return str(path)
     endpoint = scope.get("endpoint")

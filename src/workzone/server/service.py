@@ -19,11 +19,15 @@ from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
 from workzone.io.images import ImageLimits, decode_image
 from workzone.errors import DeadlineExceeded, NotReady
+from workzone.server.memory import Trimmer
 from workzone.types import Decision, Image
 
 __all__ = ["DetectionService", "ServiceObserver", "EventHandler"]
 
 log = logging.getLogger("workzone.server")
+
+# How long past its deadline a request waits for a batch that is still finishing its last tier.
+_LATE_GRACE_S = 0.05
 
 EventHandler = Callable[[TierEvent], Awaitable[None] | None]
 State = Literal["created", "starting", "ready", "failed", "stopping", "stopped"]
@@ -63,6 +67,9 @@ class DetectionService:
                  decode_workers: int = 2) -> None:
         self.cascade = cascade
         self._decode_slots = asyncio.Semaphore(decode_workers)
+        self._trimmer = Trimmer()
+        #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
+        self.seconds_per_image: float | None = None
         self.limits = limits
         self.default_deadline_s = default_deadline_s
         self.max_deadline_s = max_deadline_s
@@ -171,6 +178,16 @@ class DetectionService:
         return deadline
 
     # -- detection -------------------------------------------------------------------------------
+    def expected_wait_s(self, queued: int) -> float:
+        """Seconds an image arriving behind ``queued`` others can expect to wait. Until a batch has
+        been timed, one image running plus two batches' worth (within the queue) are free and more
+        is taken as too long: a cold server under a burst must not admit what it cannot answer."""
+        policy = self.batcher.policy
+        if self.seconds_per_image is None:
+            cold = 1 + min(policy.max_queue, 2 * policy.max_batch_size * policy.workers)
+            return 0.0 if queued < cold else float("inf")
+        return queued * self.seconds_per_image / policy.workers
+
     def check_ready(self) -> None:
         """Raise :class:`NotReady` while the pipeline is loading or failed to load (no details: they
         may name model paths; ``/readyz`` shows them to authenticated callers)."""
@@ -207,14 +224,31 @@ class DetectionService:
 
     async def detect(self, image: Image, *, deadline_s: float | None = None,
                      on_event: EventHandler | None = None, arrived_at: float | None = None) -> Decision:
-        """Decide one image (it shares a batch with concurrent callers)."""
-        (future,) = self.submit([image], deadline_s=deadline_s, on_event=on_event, arrived_at=arrived_at)
-        return await future
+        """Decide one image (it shares a batch with concurrent callers), within its deadline."""
+        return (await self.detect_many([image], deadline_s=deadline_s, arrived_at=arrived_at, on_event=on_event))[0]
 
     async def detect_many(self, images: Sequence[Image], *, deadline_s: float | None = None,
-                          arrived_at: float | None = None) -> list[Decision]:
-        """Decide several images; they are queued together and usually share a batch."""
-        return list(await asyncio.gather(*self.submit(images, deadline_s=deadline_s, arrived_at=arrived_at)))
+                          arrived_at: float | None = None, on_event: EventHandler | None = None) -> list[Decision]:
+        """Decide several images; they are queued together and usually share a batch.
+
+        The answer never comes after the deadline: the cascade stops slow tiers at it, and if the
+        batch holding these images has not answered shortly after (the cores are saturated, a stage
+        runs on past its timeout), each image gets the prior, marked degraded.
+        """
+        start = time.perf_counter() if arrived_at is None else arrived_at
+        futures = self.submit(images, deadline_s=deadline_s, arrived_at=start, on_event=on_event)
+        if deadline_s is None:
+            return list(await asyncio.gather(*futures))
+        wait = max(0.0, start + deadline_s + _LATE_GRACE_S - time.perf_counter())
+        done, _ = await asyncio.wait(futures, timeout=wait)
+        out = []
+        for img, fut in zip(images, futures):
+            if fut in done:
+                out.append(fut.result())
+            else:
+                fut.cancel()  # a batch not started skips it; a running one's answer is dropped
+                out.append(self.prior_decision(img.source, "the deadline passed before the cascade answered"))
+        return out
 
     async def _process(self, jobs: list[_Job]) -> list[Decision]:
         # Work whose deadline passed while it waited in the queue is answered at once (the prior,
@@ -251,10 +285,16 @@ class DetectionService:
                 log.exception("an on_event handler failed")
 
         listen = dispatch if any(h is not None for h in handlers) else None
+        t = time.perf_counter()
         decisions = await self.cascade.run([j.image for j in jobs], deadline_s=remaining, on_event=listen)
+        per = (time.perf_counter() - t) / len(jobs)
+        spi = self.seconds_per_image
+        self.seconds_per_image = per if spi is None else 0.8 * spi + 0.2 * per
         if self.observer is not None:
             for d in decisions:
                 self.observer.on_decision(d)
+        if self.batcher.depth == 0:  # the queue ran empty: give freed memory back to the OS
+            self._trimmer.maybe_trim()
         return decisions
 
     def _on_batch(self, size: int, waited_s: float) -> None:

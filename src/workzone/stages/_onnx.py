@@ -65,6 +65,9 @@ def open_session(path: Path, *, threads: int = 0, device: str = "cpu", providers
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
     # Batches are serialised by the stages; parallel graph branches would only oversubscribe.
     opts.inter_op_num_threads = 1
+    # No CPU memory arena: the arena grows to the largest batch's activations and never shrinks (a
+    # server under load kept >1 GB after it); without it large buffers go back to the OS per run.
+    opts.enable_cpu_mem_arena = False
     chosen = list(providers) if providers is not None else providers_for(device, feature=feature)
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
