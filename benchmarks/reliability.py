@@ -497,7 +497,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.md")
     args = ap.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
-    lines = []
+    from workzone.io.atomic import atomic_write_text
+
+    stamp = (f"_Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC with `python benchmarks/reliability.py "
+             f"{' '.join(sys.argv[1:])}`; {describe_machine()}_")
+    lines = ["# Reliability", "", stamp, ""]
     for name in args.sections:
         load0 = os.getloadavg()
         t = time.perf_counter()
@@ -508,13 +512,7 @@ def main() -> None:
         part.append("")
         print("\n".join(part), flush=True)
         lines += part
-    header = [f"<!-- {name} -->" for name in args.sections]
-    stamp = f"_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; {describe_machine()}_"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    from workzone.io.atomic import atomic_write_text
-
-    previous = args.out.read_text() if args.out.exists() else ""
-    atomic_write_text(args.out, previous + "\n".join([*header, stamp, "", *lines]) + "\n")
+        atomic_write_text(args.out, "\n".join(lines) + "\n")  # after every section: a long run keeps what it measured
 
 
 if __name__ == "__main__":
