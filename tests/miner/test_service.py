@@ -50,8 +50,14 @@ def test_answer_is_the_cascade_probability(pipelines: dict[str, Path]) -> None:
     assert (ans.prediction > 0.5) == ans.decision.label
 
 
+def _progressive_bomb() -> bytes:
+    from tests.reliability.corpus import progressive_scan_bomb  # 1,000 scans: refused from the markers
+
+    return progressive_scan_bomb(scans=1000)
+
+
 @pytest.mark.parametrize("payload", ["", "%%% not base64 %%%", b64(b"definitely not an image"),
-                                     b64(jpeg_bytes()[:200])])
+                                     b64(jpeg_bytes()[:200]), b64(_progressive_bomb())])
 def test_undecodable_input_keeps_the_no_answer_value(pipelines: dict[str, Path], payload: str) -> None:
     ans = asyncio.run(with_service(pipelines["fast"], lambda svc: svc.answer(payload, 9.0)))
     assert ans.prediction == NO_ANSWER and ans.source == "invalid" and ans.error
@@ -69,11 +75,16 @@ def test_tier2_sleeping_past_the_deadline_still_answers_in_time(pipelines: dict[
     assert vlm and vlm[0].log_odds is None and "no answer within" in vlm[0].error
 
 
-def test_tier2_raising_still_answers_from_tier1(pipelines: dict[str, Path]) -> None:
+def test_tier2_raising_still_answers_from_tier1(pipelines: dict[str, Path], caplog) -> None:
     image = b64(jpeg_bytes(224, 224, seed=5))
-    ans = asyncio.run(with_service(pipelines["failing"], lambda svc: svc.answer(image, 9.0)))
+    with caplog.at_level("WARNING", logger="workzone.miner"):
+        ans = asyncio.run(with_service(pipelines["failing"], lambda svc: svc.answer(image, 9.0)))
     assert ans.source == "cascade" and math.isfinite(ans.prediction)
     assert "told to fail" in ans.decision.errors["vlm"]
+    # A degraded answer says so, and the miner logs why.
+    assert ans.decision.degraded and "vlm (RuntimeError)" in ans.decision.degraded_reason
+    assert any("answered degraded" in r.getMessage() and "vlm (RuntimeError)" in r.getMessage()
+               for r in caplog.records)
     # tier 2 fused nothing new, so its probability is tier 1's
     assert ans.prediction == pytest.approx(ans.decision.tier_probabilities[0])
 
