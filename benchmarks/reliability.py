@@ -282,7 +282,7 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
             results.append(r)
             i += 1
             if r.status in (429, 503):
-                await asyncio.sleep(random.uniform(0.05, 0.25))  # a polite client backs off a little
+                await asyncio.sleep(random.uniform(0.5, 1.5))  # honours Retry-After (1 s), with jitter
 
     await asyncio.gather(*(client(k) for k in range(clients)))
     return results

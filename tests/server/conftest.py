@@ -15,7 +15,7 @@ pytest.importorskip("onnx")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server_support import LiveServer, build_tiny_classifier  # noqa: E402
+from server_support import build_tiny_classifier, live_servers  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +28,4 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def live_server() -> Iterator[Any]:
     """Factory: ``live_server(pipeline=..., **settings)`` -> started LiveServer, stopped after the test."""
-    servers: list[LiveServer] = []
-
-    def start(wait_ready: bool = True, **settings: Any) -> LiveServer:
-        srv = LiveServer(**settings)
-        servers.append(srv)
-        return srv.start(wait_ready=wait_ready)
-
-    yield start
-    for srv in servers:
-        srv.stop()
+    yield from live_servers()

@@ -160,6 +160,21 @@ class LiveServer:
         return httpx.get(self.url + "/metrics", timeout=5).text
 
 
+def live_servers() -> Iterator[Any]:
+    """Body of the ``live_server`` fixtures: yields ``start(**settings)`` -> started LiveServer, then
+    stops every server started."""
+    servers: list[LiveServer] = []
+
+    def start(wait_ready: bool = True, **settings: Any) -> LiveServer:
+        srv = LiveServer(**settings)
+        servers.append(srv)
+        return srv.start(wait_ready=wait_ready)
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
 def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels`` in a Prometheus exposition."""
     from prometheus_client.parser import text_string_to_metric_families
