@@ -499,20 +499,42 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     from workzone.io.atomic import atomic_write_text
 
-    stamp = (f"_Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC with `python benchmarks/reliability.py "
-             f"{' '.join(sys.argv[1:])}`; {describe_machine()}_")
-    lines = ["# Reliability", "", stamp, ""]
+    stamp = (f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, `python benchmarks/reliability.py "
+             f"{' '.join(sys.argv[1:])}`")
+    sections = _read_sections(args.out)
     for name in args.sections:
         load0 = os.getloadavg()
         t = time.perf_counter()
         part = SECTIONS[name](args)
         load1 = os.getloadavg()
-        part.append(f"_Section `{name}`: {time.perf_counter() - t:.0f} s; load average {load0[0]:.1f} before, "
-                    f"{load1[0]:.1f} after (1-minute; other processes shared the cores)._")
+        part.append(f"_Measured {stamp}: {time.perf_counter() - t:.0f} s; load average {load0[0]:.1f} before, "
+                    f"{load1[0]:.1f} after (1-minute, on 2 cores: other processes shared them)._")
         part.append("")
         print("\n".join(part), flush=True)
-        lines += part
-        atomic_write_text(args.out, "\n".join(lines) + "\n")  # after every section: a long run keeps what it measured
+        sections[name] = part
+        # After every section, keeping the sections of earlier runs that this one did not redo.
+        body = [line for key in SECTIONS if key in sections for line in [_MARK.format(key), *sections[key]]]
+        atomic_write_text(args.out, "\n".join([*_HEADER, f"Machine: {describe_machine()}.", "", *body]) + "\n")
+
+
+_MARK = "<!-- section: {} -->"
+_HEADER = ["# Reliability: fuzzing, bombs, overload, dying and hanging backends, kill -9", "",
+           "Written by `benchmarks/reliability.py` (one section per run option `--sections`); the short versions "
+           "run in CI as `tests/reliability/`.", ""]
+
+
+def _read_sections(path: Path) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    if not path.exists():
+        return sections
+    current = None
+    for line in path.read_text().splitlines():
+        if line.startswith("<!-- section: "):
+            current = line.removeprefix("<!-- section: ").removesuffix(" -->")
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return sections
 
 
 if __name__ == "__main__":
