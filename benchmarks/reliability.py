@@ -124,8 +124,8 @@ def _fuzz_line(what: str, stats: dict[str, Any], wall: float, base: float, peak:
     return (f"{what}: {stats['n']} mutated seed images in {wall:.0f} s: {stats['decided']} decided, {stats['invalid']} "
             f"InvalidImageError, {stats['other_workzone']} other WorkzoneError, exceptions outside the tree "
             f"{stats['outside'] or 0}, probabilities outside [0, 1]: {stats['bad_p']}, inputs over 10 s: "
-            f"{stats['slow']} (slowest {stats['max_s'] * 1000:.0f} ms); process peak RSS {peak:.0f} MB against "
-            f"{base:.0f} MB before the first input, so no single input needed more than {peak - base:.0f} MB.")
+            f"{stats['slow']} (slowest {stats['max_s'] * 1000:.0f} ms); process peak RSS {peak:.0f} MB, {base:.0f} MB "
+            f"before the first input: no input raised it by more than {peak - base:.0f} MB.")
 
 
 def api_fuzz(args: argparse.Namespace) -> list[str]:
