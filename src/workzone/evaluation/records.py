@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from workzone.errors import DataError
+from workzone.io.atomic import atomic_path
 
 if TYPE_CHECKING:
     from workzone.evaluation.runner import EvalResult
@@ -78,9 +79,9 @@ def records_from_eval(result: "EvalResult", base: Path | None = None) -> list[di
 
 
 def write_records(records: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write records as JSON Lines; returns how many were written."""
+    """Write records as JSON Lines, atomically (a killed run leaves no partial file); returns how many."""
     n = 0
-    with open(path, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, separators=(",", ":"), default=str) + "\n")
             n += 1

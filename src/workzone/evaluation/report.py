@@ -20,6 +20,7 @@ import numpy as np
 from workzone.evaluation import plots
 from workzone.evaluation.gallery import evidence_card, pick_worst
 from workzone.evaluation.stats import headline_metrics, reliability_bins, subset_score
+from workzone.io.atomic import atomic_write_text
 
 __all__ = ["build_html", "write_report", "tradeoff_points"]
 
@@ -217,6 +218,5 @@ def build_html(records: Sequence[dict[str, Any]], *, base: Path, title: str = "w
 def write_report(path: str | Path, records: Sequence[dict[str, Any]], **kwargs: Any) -> Path:
     """Write :func:`build_html` to ``path`` (folders created); returns the path."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_html(records, **kwargs), encoding="utf-8")
+    atomic_write_text(out, build_html(records, **kwargs))
     return out
