@@ -43,10 +43,10 @@ def test_reopen_loads_done_keys_and_removes_leftover_temporaries(tmp_path) -> No
     s = _store(tmp_path, chunk_seconds=1e9)
     s.add([_row("a", "/a.jpg"), _row("v", "/v.mp4", frame=4)])
     s.add([_row("x", "/x.jpg")])  # queued, not committed: a kill now would lose these rows
-    (s.parts / ".chunk-00000009.jsonl.abc.tmp").write_text('{"key": "half')
+    (s.parts / ".chunk-00000009.jsonl.abc.partial").write_text('{"key": "half')  # what a killed write leaves
     again = ResultStore([tmp_path / "out.jsonl"], JOB)
     again.open()
-    assert again.done == set() and not list(again.parts.glob(".*.tmp"))
+    assert again.done == set() and not list(again.parts.glob(".*.partial"))
     s.flush()
     again.open()
     assert again.done == {"a:-", "v:4", "x:-"}

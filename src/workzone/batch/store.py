@@ -12,15 +12,14 @@ every run: one row per key (the newest wins), sorted by path and frame.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from workzone.batch.rows import COLUMNS, arrow_schema
 from workzone.errors import ConfigError, DataError
+from workzone.io.atomic import PARTIAL_SUFFIX, atomic_path
 
 __all__ = ["ResultStore", "write_atomic", "read_results"]
 
@@ -29,30 +28,8 @@ _OUTPUT_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ResultStore:
@@ -100,7 +77,7 @@ class ResultStore:
                                   "rerun with the same settings, choose another --out, or pass --restart")
         else:
             write_atomic(job_file, lambda p: p.write_text(json.dumps(self.job, sort_keys=True), encoding="utf-8"))
-        for tmp in self.parts.glob(".*.tmp"):  # a chunk being written when the last run was killed
+        for tmp in self.parts.glob(f".*{PARTIAL_SUFFIX}"):  # a chunk being written when the last run was killed
             tmp.unlink(missing_ok=True)
         seqs = [int(p.stem.split("-")[1]) for p in self.parts.glob("chunk-*.jsonl")]
         self._seq = max(seqs, default=0)
