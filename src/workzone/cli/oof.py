@@ -98,6 +98,7 @@ def loso_table(
     out: Path = typer.Option(Path("loso_table.md"), help="markdown table"),
     json_out: Optional[Path] = typer.Option(None, help="also the full numbers as JSON"),
     prior_weight: float = typer.Option(1.0, help="fusion weight prior (see `workzone tune --prior-weight`)"),
+    balanced: bool = typer.Option(True, "--balanced/--no-balanced", help="fit fusion for a 50/50 prior (as `tune --balanced`)"),
     l2: float = typer.Option(1e-2, min=0.0),
 ) -> None:
     """Pooled out-of-fold MCC, per source and per condition, for each candidate stage set."""
@@ -119,7 +120,7 @@ def loso_table(
 
         def fit(train, names=names):  # noqa: ANN001, ANN202
             return fit_logistic(score_matrix([r.scores for r in train], names), np.array([r.label for r in train]),
-                                l2=l2, balanced=True, prior=prior_weight)
+                                l2=l2, balanced=balanced, prior=prior_weight)
 
         def predict(model, test, names=names):  # noqa: ANN001, ANN202
             return model.bias + score_matrix([r.scores for r in test], names) @ model.weights
