@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 
 from workzone.config.schema import ExitThresholds, PipelineConfig
+from workzone.errors import ConfigError
 from workzone.evaluation.metrics import matthews_corrcoef
 from workzone.fusion.calibration import fit_fusion, fused_log_odds
 from workzone.fusion.thresholds import tune_exit_thresholds
 from workzone.types import Decision
 
-__all__ = ["TuneResult", "collect_scores", "cost_mcc_frontier", "tune_pipeline"]
+__all__ = ["TuneResult", "collect_scores", "cost_mcc_frontier", "measure_stage_costs", "read_scores_csv",
+           "tune_pipeline", "tune_scores"]
 
 
 @dataclass
@@ -46,13 +48,51 @@ def _tier_stage_names(config: PipelineConfig) -> list[list[str]]:
     return [[s.name for s in t.stages if s.enabled] for t in config.tiers]
 
 
+def measure_stage_costs(run_all, images: list, *, repeats: int = 5) -> dict[str, float]:  # noqa: ANN001
+    """Each stage's ms per image: the minimum over ``repeats`` runs of its mean latency.
+
+    Why the minimum: a busy machine only ever makes a run slower, so the fastest repeat is the
+    estimate that moves least with load (a colleague's job moved the mean from 6 to 23 ms).
+
+    Args:
+        run_all: ``images -> decisions`` running every stage (``Pipeline.run_decoded(..., run_all=True)``).
+        images: a fixed sample of decoded images.
+        repeats: runs to take the minimum over.
+    """
+    best: dict[str, float] = {}
+    for _ in range(max(1, repeats)):
+        _, lat = collect_scores(run_all(images))
+        for k, v in lat.items():
+            best[k] = min(best.get(k, float("inf")), v)
+    return best
+
+
+def read_scores_csv(path) -> tuple[list[dict[str, float | None]], list[int], list[str]]:  # noqa: ANN001
+    """Out-of-fold stage scores written by ``workzone loso-scores``: columns key, label, source, one per stage.
+
+    An empty cell is a stage that abstained. Returns (scores, labels, sources).
+    """
+    import csv
+
+    scores, labels, sources = [], [], []
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fixed = {"key", "label", "source", "condition", "fold"}
+        stages = [c for c in (reader.fieldnames or []) if c not in fixed]
+        for r in reader:
+            scores.append({k: (float(r[k]) if r[k] not in ("", None) else None) for k in stages})
+            labels.append(int(r["label"]))
+            sources.append(r.get("source", ""))
+    return scores, labels, sources
+
+
 def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labels: np.ndarray,
-             l2: float, drop: str | None = None, balanced: bool = False):
+             l2: float, drop: str | None = None, balanced: bool = False, prior_weight: float = 0.0):
     tiers = _tier_stage_names(config)
     fusions, probs, seen = [], [], []
     for names in tiers:
         seen = seen + [n for n in names if n != drop]
-        fus = fit_fusion(scores, labels, seen, l2=l2, balanced=balanced) if seen else None
+        fus = fit_fusion(scores, labels, seen, l2=l2, balanced=balanced, prior_weight=prior_weight) if seen else None
         fusions.append(fus)
         z = fused_log_odds(scores, fus) if fus is not None else np.zeros(len(scores))
         probs.append(1.0 / (1.0 + np.exp(-z)))
@@ -96,11 +136,40 @@ def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: lis
         balanced: fit the fusions for a 50/50 class prior instead of the tuning set's class mix
             (the exit thresholds are still chosen for MCC on the tuning set).
     """
-    y = np.asarray(labels, dtype=int)
     scores, latency = collect_scores(decisions)
+    return tune_scores(config, scores, labels, latency, max_cost=max_cost, l2=l2, data_name=data_name,
+                       balanced=balanced)
+
+
+def tune_scores(config: PipelineConfig, scores: list[dict[str, float | None]], labels: list[int],
+                latency: dict[str, float], *, max_cost: float | None = None, l2: float = 1e-2, data_name: str = "",
+                balanced: bool = False, prior_weight: float = 0.0, costs_measured: str = "mean of the tuning run"
+                ) -> TuneResult:
+    """Fit fusion and exit thresholds from per-image stage scores and per-stage costs.
+
+    The scores may come from a run of the pipeline (:func:`tune_pipeline`) or be out-of-fold
+    scores (each image scored by models that never saw its source), so that every tier is only
+    as confident as it is on sources it never saw.
+
+    Args:
+        config: the pipeline whose stages the score columns name.
+        scores: per image, stage name -> log-odds (None: abstained).
+        labels: 0/1 labels.
+        latency: stage name -> ms per image.
+        prior_weight: the fusion weight the ridge penalty shrinks towards (see
+            :func:`workzone.fusion.calibration.fit_logistic`).
+        costs_measured: how ``latency`` was measured (recorded in the summary).
+    """
+    y = np.asarray(labels, dtype=int)
     tiers = _tier_stage_names(config)
+    missing = sorted({n for names in tiers for n in names} - set(latency))
+    if missing:
+        raise ConfigError(f"no cost for stage(s) {missing}: measure them (--measure-costs) or set `cost:` in the pipeline")
+    unscored = sorted({n for names in tiers for n in names} - {k for s in scores for k in s})
+    if unscored:
+        raise ConfigError(f"the scores have no column for stage(s) {unscored}")
     tier_costs = np.array([sum(latency.get(n, 0.0) for n in names) for names in tiers])
-    fusions, probs = _fit_all(config, scores, y, l2, balanced=balanced)
+    fusions, probs = _fit_all(config, scores, y, l2, balanced=balanced, prior_weight=prior_weight)
     thresholds, sim = tune_exit_thresholds(probs, y, tier_costs, max_cost=max_cost)
 
     contribution: dict[str, Any] = {}
@@ -108,7 +177,7 @@ def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: lis
     for name in all_stages:
         if len(all_stages) == 1:
             break
-        _, p_wo = _fit_all(config, scores, y, l2, drop=name, balanced=balanced)
+        _, p_wo = _fit_all(config, scores, y, l2, drop=name, balanced=balanced, prior_weight=prior_weight)
         th_wo, sim_wo = tune_exit_thresholds(p_wo, y, tier_costs, max_cost=max_cost)
         contribution[name] = {"mcc_without": round(sim_wo.mcc, 4), "mcc_with": round(sim.mcc, 4),
                               "delta_mcc": round(sim.mcc - sim_wo.mcc, 4),
@@ -125,7 +194,8 @@ def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: lis
     per_tier_mcc = [round(matthews_corrcoef(y, (probs[k] > 0.5).astype(int)), 4) for k in range(len(tiers))]
     summary = {
         "fitted_on": data_name, "n": int(len(y)), "positives": int(y.sum()),
-        "date": _dt.date.today().isoformat(), "l2": l2, "balanced": balanced, "max_cost_ms": max_cost,
+        "date": _dt.date.today().isoformat(), "l2": l2, "balanced": balanced, "prior_weight": prior_weight,
+        "max_cost_ms": max_cost, "costs": costs_measured,
         "mcc": round(sim.mcc, 4), "mean_cost_ms": round(sim.cost, 2),
         "exit_rates": [round(r, 4) for r in sim.exit_rates],
         "mcc_if_every_image_ran_to_tier": per_tier_mcc,
@@ -133,5 +203,10 @@ def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: lis
         "contribution": contribution,
         "tradeoff": cost_mcc_frontier(probs, y, tier_costs),
     }
+    # A tier that no image reaches under the budget is dead weight: say so rather than ship it silently.
+    reach = 1.0 - np.cumsum([0.0] + list(sim.exit_rates))[:-1]
+    unreachable = [config.tiers[k].name for k in range(1, len(tiers)) if reach[k] <= 0.0]
+    if unreachable:
+        summary["unreachable_tiers"] = unreachable
     new_cfg = config.model_copy(update={"tiers": tuple(new_tiers), "tuning": summary})
     return TuneResult(new_cfg, summary)

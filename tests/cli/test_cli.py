@@ -129,3 +129,56 @@ def test_eval_prints_undefined_mcc_for_a_one_class_source(setup):
     neg_row = next(ln for ln in res.output.splitlines() if "│ neg" in ln)
     assert neg_row.split("│")[3].strip() == "-"  # the MCC column
     assert "neg: only images without road work, so MCC is undefined (-); its score is specificity" in res.output
+
+
+def _scores_csv(path, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    lines = ["key,label,source,condition,fold,cls,tiles"]
+    for i in range(n):
+        y = i % 2
+        lines.append(f"k{i},{y},s{i % 3},day,s{i % 3},{(2 * y - 1) * 1.5 + rng.normal():.4f},{(2 * y - 1) + rng.normal():.4f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_tune_on_out_of_fold_scores_with_stored_costs_is_deterministic(setup, tmp_path):
+    tmp, pipe = setup
+    # Stored costs: the same command gives the same exits whatever the machine's load.
+    text = pipe.read_text().replace("model: tiny", "cost: 5, model: tiny", 1)
+    text = text.replace("tiles: 2}", "tiles: 2, cost: 20}")
+    pipe.write_text(text)
+    scores = _scores_csv(tmp / "oof.csv")
+    outs = []
+    for k in range(2):
+        out = tmp / f"t{k}.yaml"
+        res = runner.invoke(app, ["tune", "-p", str(pipe), "--scores", str(scores), "--out", str(out),
+                                  "--prior-weight", "1", "--balanced", "--max-cost", "15"])
+        assert res.exit_code == 0, res.output
+        outs.append(out.read_text().split("date:")[0])
+    assert outs[0] == outs[1]
+    cfg, _ = load_pipeline_config(tmp / "t0.yaml")
+    assert cfg.tuning["n"] == 60 and cfg.tuning["prior_weight"] == 1.0
+    assert cfg.tuning["costs"] == "stored in the pipeline"
+    assert cfg.tuning["stage_cost_ms"] == {"cls": 5.0, "tiles": 20.0}
+    assert "out-of-fold" in cfg.tuning["fitted_on"]
+
+
+def test_tune_says_when_the_budget_leaves_a_tier_unreached(setup, tmp_path):
+    tmp, pipe = setup
+    text = pipe.read_text().replace("model: tiny", "cost: 5, model: tiny", 1).replace("tiles: 2}", "tiles: 2, cost: 500}")
+    pipe.write_text(text)
+    res = runner.invoke(app, ["tune", "-p", str(pipe), "--scores", str(_scores_csv(tmp / "oof.csv")),
+                              "--out", str(tmp / "u.yaml"), "--max-cost", "6"])
+    assert res.exit_code == 0, res.output
+    cfg, _ = load_pipeline_config(tmp / "u.yaml")
+    assert cfg.tuning["unreachable_tiers"] == ["tiles"]
+    assert "never reached" in res.output
+
+
+def test_tune_scores_must_cover_every_stage(setup, tmp_path):
+    tmp, pipe = setup
+    bad = tmp / "bad.csv"
+    bad.write_text("key,label,source,condition,fold,cls\nk0,1,a,day,a,1.0\nk1,0,a,day,a,-1.0\n")
+    pipe.write_text(pipe.read_text().replace("model: tiny", "cost: 5, model: tiny", 1).replace("tiles: 2}", "tiles: 2, cost: 9}"))
+    res = runner.invoke(app, ["tune", "-p", str(pipe), "--scores", str(bad), "--out", str(tmp / "b.yaml")])
+    assert res.exit_code != 0 and "tiles" in str(res.exception)

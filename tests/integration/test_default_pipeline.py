@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 
 import workzone
@@ -27,20 +28,22 @@ def dev_report():
     return result, report, tuned_mcc
 
 
-def test_default_reaches_the_reported_dev_mcc(dev_report):
-    result, report, tuned_mcc = dev_report
+def test_default_reaches_the_dev_floor(dev_report):
+    result, report, _ = dev_report
     assert report["overall"]["n"] == 469
-    # Floor against regressions. The shipped default (partial-hpe, chosen by leave-one-source-out; balanced fusion)
-    # scores 0.942; the issue's 0.95 is met only by the source-learning partial-hp default (0.952): see MODEL_CARD.md.
-    assert report["overall"]["mcc"] >= 0.92
-    # The tuner replays the cascade on the same images: the live cascade must agree with it.
-    assert report["overall"]["mcc"] == pytest.approx(tuned_mcc, abs=0.01)
+    # The default is tuned on out-of-fold scores over ten sources, not on dev, so dev is a check, not the fit.
+    # Measured 0.867 (the accuracy issue asks 0.90; the whole-image default scored 0.942 here and 0.45 on hidden
+    # cameras): a floor against regressions, see OBJECT_DETECTOR_CARD.md.
+    assert report["overall"]["mcc"] >= 0.85
 
 
-def test_at_most_half_of_dev_goes_past_tier_1(dev_report):
-    _, report, _ = dev_report
-    assert report["past_tier_1"] <= 0.5
-    assert report["past_tier_1"] > 0.0  # the closer look does run on the ambiguous images
+def test_the_sign_tier_decides_only_where_it_read_a_road_work_phrase(dev_report):
+    result, report, _ = dev_report
+    early = [d for d in result.decisions if d.exit_tier == 0]
+    assert report["tier_exits"]["signs"] < 0.05  # rare, and decisive when it happens
+    for d in early:
+        signs = {r.stage: r for r in d.stages}["signs"]
+        assert d.label and any(t.matched for t in signs.evidence.texts)
 
 
 def test_every_probability_is_finite_and_in_range(dev_report):
@@ -65,14 +68,11 @@ def test_shipped_positive_sample_is_decided_correctly():
     assert pos.label and pos.probability > 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="known miss of the partial-hpe default (p ~0.37; classifier 0.38, cones 0.74, "
-                                       "the tier-2 fusion fitted on dev says no): see MODEL_CARD.md, Known misses. "
-                                       "strict: a model that fixes it must remove this mark")
-def test_known_miss_san_antonio_work_zone(roadwork_data):
+def test_former_miss_san_antonio_work_zone_is_found(roadwork_data):
+    """Missed by the whole-image default (p 0.37); the object default finds its cone and sign."""
     with workzone.load_pipeline("default") as pipe:
         pos = pipe.predict(roadwork_data / "images" / "wmaia9-workzone" / "san_antonio_f0247.jpg")
-    # The evidence leans to road work even though the fused decision does not.
-    assert {r.stage: r.probability for r in pos.stages}["cones"] > 0.5
+    assert {r.stage: r.probability for r in pos.stages}["objects"] > 0.5
     assert pos.label
 
 
@@ -100,3 +100,25 @@ def test_html_report_of_the_dev_split_is_small_offline_and_renders(dev_report, b
     assert page.locator("figure.card svg.evidence image").count() >= 4  # the San Antonio misses, false alarms
     page.screenshot(path=str(artifacts / "report_dev.png"), full_page=True)
     assert browser_page.errors == []
+
+
+def test_a_clearly_read_road_work_phrase_decides_on_its_own(tmp_path):
+    """Rare but decisive evidence: a sign reading ROAD WORK AHEAD on a plain background is road work."""
+    from tests.stages.test_ocr import _font_path
+
+    if _font_path() is None:
+        pytest.skip("no DejaVu TrueType font (apt install fonts-dejavu-core)")
+    from PIL import Image, ImageDraw, ImageFont
+
+    im = Image.new("RGB", (960, 540), (128, 128, 128))
+    d = ImageDraw.Draw(im)
+    d.rectangle([300, 170, 660, 370], fill=(255, 255, 255))
+    font = ImageFont.truetype(_font_path(), 40)
+    for k, line in enumerate(("ROAD WORK", "AHEAD")):
+        d.text((480 - d.textlength(line, font=font) / 2, 215 + 60 * k), line, fill=(0, 0, 0), font=font)
+    with workzone.load_pipeline("default") as pipe:
+        dec = pipe.predict(np.asarray(im))
+    signs = {r.stage: r for r in dec.stages}["signs"]
+    assert any(t.matched for t in signs.evidence.texts)
+    assert dec.probability > 0.5 and dec.label
+    assert dec.exit_tier_name == "signs"  # decided before the detector even ran

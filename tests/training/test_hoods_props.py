@@ -68,11 +68,29 @@ def test_each_prop_is_a_soft_rgba_object_of_the_asked_height(name: str) -> None:
     assert rgba.dtype == np.uint8 and rgba.ndim == 3 and rgba.shape[2] == 4
     assert rgba.shape[0] == 96
     alpha = rgba[..., 3]
-    assert 0.05 < (alpha > 128).mean() < 0.999  # an object with a silhouette (rounded or cut corners), not nothing
+    # An object with a silhouette (rounded or cut corners), not nothing; a Leitbake is a plain board on its foot.
+    assert 0.05 < (alpha > 128).mean() <= (1.0 if name == "leitbake" else 0.999)
     opaque = rgba[..., :3][alpha > 128].astype(float)
-    # Road-work colours: some orange/red or amber, or (signs) a black border on orange.
+    # Road-work colours: some orange/red or amber, or (signs) a black border on orange. Site fencing is grey
+    # mesh (its red-white plank is optional): what makes it a work zone is its shape, not its colour.
     warm = (opaque[:, 0] > 150) & (opaque[:, 2] < 90)
-    assert warm.mean() > 0.02
+    if name == "fence":
+        grey = np.abs(opaque - opaque.mean(1, keepdims=True)).max(1) < 25
+        assert grey.mean() > 0.3
+    else:
+        assert warm.mean() > 0.02
+
+
+def test_box_top_fraction_covers_only_the_sign_panels() -> None:
+    from workzone.training.props import BOX_TOP_FRACTION
+
+    assert set(BOX_TOP_FRACTION) <= set(PROPS)
+    for name, frac in BOX_TOP_FRACTION.items():
+        rgba = draw_prop(name, np.random.default_rng(0), px=120)
+        rows = np.flatnonzero((rgba[..., 3] > 128).any(1))
+        below = rgba[int(120 * frac) + 2:, :, 3] > 128
+        # Under the panel only the thin post (or the arrow board's trailer frame) is left.
+        assert 0 < frac < 1 and rows[0] < 120 * frac and below.mean() < 0.35
 
 
 def test_paste_work_zone_draws_props_and_reports_their_centres() -> None:

@@ -20,7 +20,8 @@ app = typer.Typer(name="workzone", help="Is there road work in this image? A cal
 
 # Sub-command groups that live in their own modules; each exposes register(app).
 _COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.detector", "workzone.cli.plan", "workzone.cli.serve",
-                    "workzone.cli.report", "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench")
+                    "workzone.cli.report", "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench",
+                    "workzone.cli.oof")
 
 PipelineOpt = typer.Option("default", "--pipeline", "-p", help="built-in pipeline name or YAML file")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, or cuda / cuda:N: ONNX stages run through torch on the GPU "
@@ -187,32 +188,77 @@ def _print_report(console: Console, report: dict) -> None:
 
 @app.command()
 def tune(
-    manifest: Path = typer.Argument(..., help="labelled CSV manifest"),
+    manifest: Optional[Path] = typer.Argument(None, help="labelled CSV manifest (not needed with --scores)"),
     pipeline: str = typer.Option(..., "--pipeline", "-p", help="pipeline to tune (name or YAML)"),
     out: Path = typer.Option(..., "--out", help="where to write the tuned pipeline YAML"),
     split: Optional[str] = typer.Option(None, help="rows to fit on; default: dev when present"),
+    scores: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                          help="fit on these out-of-fold stage scores (`workzone loso-scores`) "
+                                               "instead of running the pipeline on MANIFEST"),
     max_cost: Optional[float] = typer.Option(None, help="mean cost budget in ms per image"),
     l2: float = typer.Option(1e-2, min=0.0, help="ridge penalty of the fusion regressions"),
+    prior_weight: float = typer.Option(0.0, help="fusion weight the penalty shrinks towards (1: trust each stage's "
+                                                 "calibrated log-odds unless the data disagree)"),
     balanced: bool = typer.Option(False, "--balanced/--no-balanced",
                                   help="fit fusion for a 50/50 class prior, not the manifest's class mix"),
+    measure_costs: bool = typer.Option(False, "--measure-costs/--stored-costs",
+                                       help="re-measure stage costs (minimum over repeats, robust to load) instead of "
+                                            "using the `cost:` stored in the pipeline"),
+    cost_images: Optional[Path] = typer.Option(None, help="with --measure-costs and --scores: images (folder) to time on; "
+                                                          "default: the shipped samples"),
     batch_size: int = typer.Option(8, min=1),
 ) -> None:
-    """Fit fusion weights (logistic regression) and MCC-optimal exit thresholds; write the pipeline."""
+    """Fit fusion weights (logistic regression) and MCC-optimal exit thresholds; write the pipeline.
+
+    Stage costs: the `cost:` stored in the pipeline (the same exits on any machine), or with
+    --measure-costs the minimum over five timed runs of every stage (a busy machine only slows a
+    run down, so the fastest repeat moves least). A stage with no stored cost is measured.
+    """
     from workzone.api import load_pipeline
     from workzone.config.loader import dump_pipeline
     from workzone.evaluation.runner import run_manifest
-    from workzone.tuning import tune_pipeline
+    from workzone.tuning import measure_stage_costs, read_scores_csv, tune_scores
 
     console = _console(stderr=True)
-    rows = _load_rows(manifest, split, console)
-    with load_pipeline(pipeline) as pipe, _progress(console) as bar:
-        task = bar.add_task("running every stage", total=len(rows))
-        result = run_manifest(pipe, rows, batch_size=batch_size, run_all=True, progress=lambda k: bar.advance(task, k))
+    with load_pipeline(pipeline) as pipe:
         config = pipe.config
-    ok = [i for i, d in enumerate(result.decisions) if d is not None]
-    tuned = tune_pipeline(config, [result.decisions[i] for i in ok], [rows[i].label for i in ok],
-                          max_cost=max_cost, l2=l2, data_name=f"{manifest.name} split={split or 'dev'}",
-                          balanced=balanced)
+        stages = [st for t in config.tiers for st in t.stages if st.enabled]
+        stored = {st.name: float(st.cost) for st in stages if getattr(st, "cost", None) is not None}
+        need_timing = measure_costs or len(stored) < len(stages)
+        if scores is not None:
+            sc, labels, _ = read_scores_csv(scores)
+            name = f"{scores.name} (out-of-fold)"
+        else:
+            if manifest is None:
+                raise typer.BadParameter("give a MANIFEST, or --scores with out-of-fold stage scores")
+            rows = _load_rows(manifest, split, console)
+            with _progress(console) as bar:
+                task = bar.add_task("running every stage", total=len(rows))
+                result = run_manifest(pipe, rows, batch_size=batch_size, run_all=True,
+                                      progress=lambda k: bar.advance(task, k))
+            ok = [i for i, d in enumerate(result.decisions) if d is not None]
+            from workzone.tuning import collect_scores
+
+            sc, _ = collect_scores([result.decisions[i] for i in ok])
+            labels = [rows[i].label for i in ok]
+            name = f"{manifest.name} split={split or 'dev'}"
+        latency, how = dict(stored), "stored in the pipeline"
+        if need_timing:
+            from workzone.io.images import decode_image
+            from workzone.io.sources import iter_image_paths
+
+            src = [cost_images] if cost_images else [Path(__file__).resolve().parents[3] / "samples"]
+            paths = list(iter_image_paths([str(p) for p in src]))[:16] if src[0].exists() else []
+            if not paths and scores is None:
+                paths = [r.path for r in rows[:16]]
+            if not paths:
+                raise typer.BadParameter("no images to time stages on: pass --cost-images FOLDER")
+            images = [decode_image(str(p)) for p in paths] * max(1, 16 // max(1, len(paths)))
+            measured = measure_stage_costs(lambda ims: pipe.run_decoded(ims, run_all=True), images, repeats=5)
+            latency = measured if measure_costs else {**measured, **stored}
+            how = "minimum over 5 timed runs" if measure_costs else "stored in the pipeline; missing ones measured"
+    tuned = tune_scores(config, sc, labels, latency, max_cost=max_cost, l2=l2, data_name=name, balanced=balanced,
+                        prior_weight=prior_weight, costs_measured=how)
     text = dump_pipeline(tuned.config)
     from workzone.config.loader import parse_pipeline
     parse_pipeline(text, str(out))  # never write a file that would not load
@@ -222,7 +268,10 @@ def tune(
     s = tuned.summary
     con = _console()
     con.print(f"tuned on {s['n']} images: MCC {s['mcc']:.4f}, mean cost {s['mean_cost_ms']:.1f} ms/img, "
-              f"exit rates {s['exit_rates']}")
+              f"exit rates {s['exit_rates']}; costs {how}")
+    for t in s.get("unreachable_tiers", []):
+        con.print(f"[yellow]warning: tier {t!r} is never reached under --max-cost {max_cost}: raise the budget or "
+                  f"drop the tier[/yellow]")
     for k, tier in enumerate(tuned.config.tiers):
         con.print(f"tier {k} '{tier.name}': bias {tier.fusion.bias:+.3f}, weights {tier.fusion.weights}, "
                   f"exit lower={tier.exit.lower} upper={tier.exit.upper}")

@@ -27,7 +27,7 @@ class LogisticFit:
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int = 100, tol: float = 1e-8,
-                 *, balanced: bool = False) -> LogisticFit:
+                 *, balanced: bool = False, prior: np.ndarray | float = 0.0) -> LogisticFit:
     """Fit an L2-regularised logistic regression (the bias is not penalised).
 
     Args:
@@ -36,6 +36,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int =
         l2: ridge penalty on the weights (scaled by n, so it is comparable across data sizes).
         balanced: weight the classes equally (each class's samples sum to n/2), so that the fitted
             probabilities assume a 50/50 prior instead of the fitting set's class mix.
+        prior: the weights the penalty shrinks towards (scalar or (d,)). 0 is plain ridge. For
+            fusion over stages that already give calibrated log-odds, 1 says "trust each stage as
+            it is unless the data disagree": a stage that fires on a handful of images (a road-work
+            phrase read on a sign) then keeps a weight near 1, where ridge towards 0 would drown it.
 
     Returns:
         The fit, with its mean log loss on ``x``.
@@ -59,15 +63,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int =
         pos = y.sum()
         sw = np.where(y == 1, n / (2 * pos), n / (2 * (n - pos)))
     a = np.hstack([np.ones((n, 1)), x])
-    beta = np.zeros(d + 1)
     pen = np.full(d + 1, l2 * n)
     pen[0] = 0.0
+    centre = np.concatenate([[0.0], np.broadcast_to(np.asarray(prior, np.float64), (d,))])
+    beta = centre.copy()
     it = 0
     for it in range(1, max_iter + 1):
         z = np.clip(a @ beta, -35, 35)
         p = 1.0 / (1.0 + np.exp(-z))
         w = sw * p * (1 - p) + 1e-9
-        grad = a.T @ (sw * (p - y)) + pen * beta
+        grad = a.T @ (sw * (p - y)) + pen * (beta - centre)
         hess = (a * w[:, None]).T @ a + np.diag(pen) + 1e-9 * np.eye(d + 1)
         step = np.linalg.solve(hess, grad)
         beta -= step
@@ -85,12 +90,13 @@ def score_matrix(scores: list[dict[str, float | None]], names: list[str]) -> np.
 
 
 def fit_fusion(scores: list[dict[str, float | None]], labels: np.ndarray, names: list[str], l2: float = 1e-2,
-               *, balanced: bool = False) -> FusionParams:
+               *, balanced: bool = False, prior_weight: float = 0.0) -> FusionParams:
     """Fit one tier's fusion over the stages ``names`` (all stages of this tier and earlier ones).
 
-    ``balanced`` fits for a 50/50 prior (see :func:`fit_logistic`).
+    ``balanced`` fits for a 50/50 prior and ``prior_weight`` is the weight the penalty shrinks
+    towards (see :func:`fit_logistic`).
     """
-    fit = fit_logistic(score_matrix(scores, names), labels, l2=l2, balanced=balanced)
+    fit = fit_logistic(score_matrix(scores, names), labels, l2=l2, balanced=balanced, prior=prior_weight)
     return FusionParams(bias=round(fit.bias, 6), weights={k: round(float(w), 6) for k, w in zip(names, fit.weights)},
                         fitted=True)
 

@@ -57,6 +57,7 @@ class Sample:
         source: the manifest's source name.
         split: train, dev or extra-train.
         notes: the manifest's notes (used for the night/dusk split).
+        condition: the manifest's ``condition`` column (day / night / dusk / rain / fog), "" when absent.
     """
 
     path: Path
@@ -65,6 +66,7 @@ class Sample:
     source: str
     split: str
     notes: str = ""
+    condition: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ def load_samples(
             if fixed is None:
                 continue
             label = fixed
-        out.append(Sample(row.path, rel, label, row.source, row.split, row.extra.get("notes", "")))
+        out.append(Sample(row.path, rel, label, row.source, row.split, row.extra.get("notes", ""),
+                          row.extra.get("condition", "")))
     return out
 
 

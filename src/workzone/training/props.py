@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
-__all__ = ["PROPS", "draw_prop"]
+__all__ = ["PROPS", "BOX_TOP_FRACTION", "draw_prop"]
 
 _WHITE = (236, 236, 230)
 _BLACK = (25, 25, 25)
@@ -189,6 +189,87 @@ def _arrow_board(rng: np.random.Generator, px: int) -> np.ndarray:
     return _finish(im, mask, rng, cylinder=False)
 
 
+def _leitbake(rng: np.random.Generator, px: int) -> np.ndarray:
+    """A European channelizing board (Leitbake): a tall white board with red diagonal stripes on a dark foot."""
+    h, w = px, max(6, int(px * rng.uniform(0.22, 0.3)))
+    im, mask, d, m = _canvas(w, h, _WHITE)
+    m.rectangle([0, 0, w - 1, int(h * 0.86)], fill=255)
+    m.rectangle([int(-w * 0.1), int(h * 0.86), w, h - 1], fill=255)
+    red = (int(rng.integers(185, 225)), int(rng.integers(15, 45)), int(rng.integers(20, 50)))
+    stripe = max(2, int(w * 0.45))
+    slope = 1 if rng.random() < 0.5 else -1
+    for y in range(-2 * w, int(h * 0.86), 2 * stripe):
+        d.polygon([(0, y), (w, y + slope * w), (w, y + slope * w + stripe), (0, y + stripe)], fill=red)
+    d.rectangle([0, int(h * 0.86), w, h], fill=_BLACK)
+    return _finish(im, mask, rng, cylinder=False)
+
+
+def _striped_beam(rng: np.random.Generator, px: int) -> np.ndarray:
+    """A barrier beam (Absperrschranke): a red-and-white striped bar on two thin legs, maybe a warning lamp."""
+    h, w = px, int(px * rng.uniform(1.8, 3.2))
+    im, mask, d, m = _canvas(w, h, _WHITE)
+    leg = max(2, w // 40)
+    for x in (int(w * 0.08), int(w * 0.9)):
+        m.rectangle([x, int(h * 0.3), x + leg, h - 1], fill=255)
+        d.rectangle([x, int(h * 0.3), x + leg, h - 1], fill=(90, 90, 90))
+    y0, y1 = int(h * 0.3), int(h * 0.3) + max(3, int(h * 0.16))
+    m.rectangle([0, y0, w - 1, y1], fill=255)
+    red = (int(rng.integers(185, 225)), int(rng.integers(15, 45)), int(rng.integers(20, 50)))
+    seg = max(3, int(w / rng.integers(6, 12)))
+    for x in range(0, w, 2 * seg):
+        d.rectangle([x, y0, x + seg, y1], fill=red)
+    if rng.random() < 0.5:
+        r = max(2, int(h * 0.09))
+        cx = int(w * rng.uniform(0.2, 0.8))
+        m.ellipse([cx - r, y0 - 2 * r, cx + r, y0], fill=255)
+        d.ellipse([cx - r, y0 - 2 * r, cx + r, y0], fill=(255, int(rng.integers(150, 210)), 20))
+    return _finish(im, mask, rng, cylinder=False)
+
+
+def _fence(rng: np.random.Generator, px: int) -> np.ndarray:
+    """Temporary site fencing (Bauzaun): mesh panels in a metal frame on concrete feet."""
+    h, w = px, int(px * rng.uniform(2.0, 4.0))
+    im, mask, d, m = _canvas(w, h, (150, 150, 150))
+    frame = (int(rng.integers(120, 190)),) * 3
+    panels = max(1, int(w / (h * rng.uniform(1.2, 1.8))))
+    pw = w / panels
+    t = max(1, h // 40)
+    for k in range(panels):
+        x0, x1 = int(k * pw), int((k + 1) * pw) - 1
+        m.rectangle([x0, 0, x1, int(h * 0.9)], outline=255, width=2 * t)
+        d.rectangle([x0, 0, x1, int(h * 0.9)], outline=frame, width=2 * t)
+        step = max(3, int(h / rng.integers(8, 16)))
+        for x in range(x0, x1, step):
+            m.line([(x, 0), (x, int(h * 0.9))], fill=160, width=t)
+        for y in range(0, int(h * 0.9), step):
+            m.line([(x0, y), (x1, y)], fill=160, width=t)
+        m.rectangle([x0 - int(pw * 0.05), int(h * 0.9), x0 + int(pw * 0.12), h - 1], fill=255)
+        d.rectangle([x0 - int(pw * 0.05), int(h * 0.9), x0 + int(pw * 0.12), h - 1], fill=(170, 170, 165))
+    if rng.random() < 0.5:
+        # A red-and-white or orange plank along the bottom, common on city sites.
+        y0 = int(h * rng.uniform(0.55, 0.75))
+        m.rectangle([0, y0, w - 1, y0 + max(3, h // 10)], fill=255)
+        colour = (205, 35, 30) if rng.random() < 0.6 else _orange(rng)
+        seg = max(3, h // 5)
+        d.rectangle([0, y0, w - 1, y0 + max(3, h // 10)], fill=_WHITE)
+        for x in range(0, w, 2 * seg):
+            d.rectangle([x, y0, x + seg, y0 + max(3, h // 10)], fill=colour)
+    return _finish(im, mask, rng, cylinder=False)
+
+
+def _panel_sign(rng: np.random.Generator, px: int) -> np.ndarray:
+    """A temporary rectangular work-zone panel (yellow or orange, black text lines, maybe an arrow) on a post."""
+    side, im, mask, d, m = _sign_on_post(px, 0.7)
+    ph = int(side * 0.7)
+    m.rectangle([0, 0, side - 1, ph], fill=255)
+    field = (245, 205, 25) if rng.random() < 0.5 else _orange(rng)
+    d.rectangle([0, 0, side - 1, ph], fill=_BLACK)
+    b = max(1, side // 20)
+    d.rectangle([b, b, side - 1 - b, ph - b], fill=field)
+    _glyphs(d, rng, side / 2, ph / 2, ph * 0.7)
+    return _finish(im, mask, rng, cylinder=False)
+
+
 # name -> (maker, height relative to a cone at the same spot)
 PROPS: dict[str, tuple[Callable[[np.random.Generator, int], np.ndarray], float]] = {
     "drum": (_drum, 1.3),
@@ -198,7 +279,15 @@ PROPS: dict[str, tuple[Callable[[np.random.Generator, int], np.ndarray], float]]
     "diamond_sign": (_diamond_sign, 3.2),
     "triangle_sign": (_triangle_sign, 3.0),
     "arrow_board": (_arrow_board, 3.0),
+    "leitbake": (_leitbake, 1.5),
+    "striped_beam": (_striped_beam, 1.3),
+    "fence": (_fence, 2.4),
+    "panel_sign": (_panel_sign, 3.0),
 }
+
+# The part of each drawn prop that its box covers, as a fraction of its height from the top: a sign's
+# box is its panel, as in the real sign boxes, not the post below it.
+BOX_TOP_FRACTION: dict[str, float] = {"diamond_sign": 0.5, "triangle_sign": 0.44, "panel_sign": 0.35, "arrow_board": 0.56}
 
 
 def draw_prop(name: str, rng: np.random.Generator, px: int = 96) -> np.ndarray:

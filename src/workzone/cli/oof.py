@@ -1,0 +1,135 @@
+"""``workzone loso-scores`` and ``workzone loso-table``: the ten-source leave-one-source-out evidence.
+
+``loso-scores`` turns the out-of-fold detections of a detector LOSO run (GPU:
+``python -m workzone.training.object_train loso``) plus the lexicon OCR and the frozen-lr
+baseline into one CSV of out-of-fold stage scores, and fits the detector's decision block.
+``loso-table`` scores candidate stage sets on that CSV, with fusion cross-fitted over the folds,
+and writes the pooled table; ``workzone tune --scores`` fits a pipeline's fusion and exits on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("loso-scores")(loso_scores)
+    app.command("loso-table")(loso_table)
+
+
+def loso_scores(
+    data: Path = typer.Option(..., exists=True, file_okay=False, help="folder with roadwork-v1, roadwork-v2 (../shared/data)"),
+    detections: Path = typer.Option(..., exists=True, dir_okay=False, help="oof_detections.json of a detector LOSO run"),
+    out: Path = typer.Option(Path("oof_scores.csv"), help="CSV of out-of-fold stage scores"),
+    detector_sidecar: Optional[Path] = typer.Option(None, help="write the fitted decision block into this sidecar JSON"),
+    frozen_features: Optional[Path] = typer.Option(None, help="cache of frozen Lite0 features (.npz; computed when missing)"),
+    ocr_cache: Optional[Path] = typer.Option(None, help="cache of sign-OCR log-odds (.json; computed when missing)"),
+) -> None:
+    """Out-of-fold scores per image for the stages objects, signs and context (frozen-lr)."""
+    from rich.console import Console
+
+    from workzone.evaluation.loso_table import OofRow
+    from workzone.training.corpus import load_corpus
+    from workzone.training.frozen_lr import embed_images, fit_frozen_lr, frozen_lr_log_odds
+    from workzone.training.loso_fusion import stage_log_odds
+    from workzone.training.object_train import LOSO_FOLDS
+    from workzone.training.oof_scores import (decision_scores, fit_decision, object_feature_matrix,
+                                              read_fold_detections, write_scores_csv)
+    from workzone.training.scene_synth import OBJECT_CLASSES
+    from workzone.evaluation.loso_table import cross_fit
+
+    con = Console(stderr=True)
+    corpus = load_corpus(data)
+    fold_of = {s: f for f, srcs in LOSO_FOLDS.items() for s in srcs}
+    unknown = sorted({s.source for s in corpus} - set(fold_of))
+    if unknown:
+        raise typer.BadParameter(f"sources without a fold: {unknown}; add them to LOSO_FOLDS")
+    rows = [OofRow(s.key, s.source, s.condition, s.label, fold_of[s.source], {}) for s in corpus]
+    y = np.array([r.label for r in rows])
+
+    x = object_feature_matrix(corpus, read_fold_detections(detections), OBJECT_CLASSES)
+    objects = decision_scores(rows, x)
+    if detector_sidecar is not None:
+        meta = json.loads(detector_sidecar.read_text(encoding="utf-8"))
+        meta["decision"] = fit_decision(x, y)
+        detector_sidecar.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        con.print(f"decision block written to {detector_sidecar}")
+
+    if ocr_cache is not None and ocr_cache.exists():
+        cached = json.loads(ocr_cache.read_text(encoding="utf-8"))
+        signs = [cached[s.key] for s in corpus]
+    else:
+        con.print("reading signs on every image (sign_ocr) ...")
+        signs = stage_log_odds("sign_ocr", {}, [s.path for s in corpus])
+        if ocr_cache is not None:
+            ocr_cache.write_text(json.dumps({s.key: v for s, v in zip(corpus, signs)}), encoding="utf-8")
+
+    if frozen_features is not None and frozen_features.exists():
+        blob = np.load(frozen_features)
+        by_key = dict(zip(blob["keys"].tolist(), blob["feats"]))
+        feats = np.stack([by_key[s.key] for s in corpus])
+    else:
+        con.print("embedding every image with frozen ImageNet Lite0 ...")
+        feats = embed_images([s.path for s in corpus])
+        if frozen_features is not None:
+            np.savez(frozen_features, feats=feats, keys=np.array([s.key for s in corpus]))
+    index = {r.key: i for i, r in enumerate(rows)}
+    context = cross_fit(
+        rows, lambda tr: fit_frozen_lr(feats[[index[r.key] for r in tr]], y[[index[r.key] for r in tr]]),
+        lambda m, te: frozen_lr_log_odds(feats[[index[r.key] for r in te]], m))
+
+    rows = [OofRow(r.key, r.source, r.condition, r.label, r.fold,
+                   {"objects": float(objects[i]), "signs": signs[i], "context": float(context[i])})
+            for i, r in enumerate(rows)]
+    write_scores_csv(rows, out)
+    con.print(f"{len(rows)} images -> {out}")
+
+
+def loso_table(
+    scores: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV from `workzone loso-scores`"),
+    candidate: list[str] = typer.Option(..., help="NAME=stage+stage (fusion cross-fitted over the folds); repeat"),
+    out: Path = typer.Option(Path("loso_table.md"), help="markdown table"),
+    json_out: Optional[Path] = typer.Option(None, help="also the full numbers as JSON"),
+    prior_weight: float = typer.Option(1.0, help="fusion weight prior (see `workzone tune --prior-weight`)"),
+    balanced: bool = typer.Option(True, "--balanced/--no-balanced", help="fit fusion for a 50/50 prior (as `tune --balanced`)"),
+    l2: float = typer.Option(1e-2, min=0.0),
+) -> None:
+    """Pooled out-of-fold MCC, per source and per condition, for each candidate stage set."""
+    from workzone.evaluation.loso_table import OofRow, cross_fit, format_markdown, loso_summary
+    from workzone.fusion.calibration import fit_logistic, score_matrix
+    import csv
+
+    with scores.open(newline="", encoding="utf-8") as fh:
+        recs = list(csv.DictReader(fh))
+    fixed = {"key", "label", "source", "condition", "fold"}
+    rows = [OofRow(r["key"], r["source"], r["condition"], int(r["label"]), r["fold"],
+                   {k: (float(v) if v != "" else None) for k, v in r.items() if k not in fixed}) for r in recs]
+    summaries = {}
+    for spec in candidate:
+        name, _, stages = spec.partition("=")
+        names = [s for s in stages.split("+") if s]
+        if not names or any(n not in rows[0].scores for n in names):
+            raise typer.BadParameter(f"candidate {spec!r}: stages must be among {sorted(rows[0].scores)}")
+
+        def fit(train, names=names):  # noqa: ANN001, ANN202
+            return fit_logistic(score_matrix([r.scores for r in train], names), np.array([r.label for r in train]),
+                                l2=l2, balanced=balanced, prior=prior_weight)
+
+        def predict(model, test, names=names):  # noqa: ANN001, ANN202
+            return model.bias + score_matrix([r.scores for r in test], names) @ model.weights
+
+        summaries[name] = loso_summary(rows, cross_fit(rows, fit, predict))
+    sources = sorted({r.source for r in rows})
+    conditions = sorted({r.condition for r in rows})
+    text = format_markdown(summaries, sources, conditions)
+    out.write_text(text, encoding="utf-8")
+    if json_out is not None:
+        json_out.write_text(json.dumps(summaries, indent=2, default=float) + "\n", encoding="utf-8")
+    typer.echo(text)

