@@ -129,3 +129,13 @@ def test_eval_prints_undefined_mcc_for_a_one_class_source(setup):
     neg_row = next(ln for ln in res.output.splitlines() if "│ neg" in ln)
     assert neg_row.split("│")[3].strip() == "-"  # the MCC column
     assert "neg: only images without road work, so MCC is undefined (-); its score is specificity" in res.output
+
+
+def test_version_prints_the_package_version():
+    from typer.testing import CliRunner
+
+    import workzone
+    from workzone.cli.main import app
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"workzone {workzone.__version__}"

@@ -22,6 +22,22 @@ app = typer.Typer(name="workzone", help="Is there road work in this image? A cal
 _COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.detector", "workzone.cli.plan", "workzone.cli.serve",
                     "workzone.cli.report", "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench")
 
+def _print_version(value: bool) -> None:
+    if value:
+        from workzone import __version__
+
+        print(f"workzone {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """Is there road work in this image? A calibrated probability with evidence."""
+
+
 PipelineOpt = typer.Option("default", "--pipeline", "-p", help="built-in pipeline name or YAML file")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, or cuda / cuda:N: ONNX stages run through torch on the GPU "
                                                  "([gpu] extra), JPEG bytes are decoded there")

@@ -36,7 +36,7 @@ def check(
     try:
         config, path = load_pipeline_config(pipeline)
     except ConfigError as exc:
-        out.print(f"[red]invalid pipeline[/red] {escape(str(exc))}")
+        out.print(f"[red]invalid:[/red] {escape(str(exc))}")
         raise typer.Exit(code=1) from None
     rows = check_pipeline(config, path.parent, endpoints=endpoints, timeout_s=timeout)
     table = Table(title=f"{config.name} ({path})", show_lines=False)

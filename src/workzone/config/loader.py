@@ -55,7 +55,7 @@ def parse_pipeline(text: str, filename: str = "<pipeline>") -> PipelineConfig:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{filename}: not valid YAML: {exc}") from exc
+        raise ConfigError(_yaml_error(exc, filename)) from exc
     if node is None:
         raise ConfigError(f"{filename}: the file is empty")
     lines: dict[tuple, int] = {}
@@ -89,7 +89,7 @@ def _split_stage(entry: dict, filename: str, lines: dict, loc: tuple) -> dict:
     try:
         cls = get_stage_class(kind)
     except UnknownStageKind as exc:
-        raise UnknownStageKind(kind, exc.known) from None
+        raise UnknownStageKind(kind, exc.known, where=f"{where}: stage {name!r}") from None
     except ImportError as exc:
         raise ConfigError(f"{where}: stage {name!r} (kind {kind}): cannot import its module: {exc}") from exc
     common = {k: v for k, v in entry.items() if k in COMMON_STAGE_KEYS}
@@ -118,10 +118,21 @@ def validate_params(cls: type[Stage], name: str, raw: dict[str, Any], *, filenam
         raise ConfigError("\n".join(msgs)) from exc
 
 
+def _yaml_error(exc: yaml.YAMLError, filename: str) -> str:
+    """``file:line: not valid YAML: problem`` (PyYAML's own text names ``<unicode string>``)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = " ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    return f"{filename}{line}: not valid YAML: {problem or exc}"
+
+
 def _format_errors(exc: ValidationError, filename: str, lines: dict, data: Any) -> str:
     msgs = []
     for err in exc.errors():
         loc = tuple(err["loc"])
+        # A cross-field check names where it failed (PipelineConfig's fusion-weight check does).
+        cause = (err.get("ctx") or {}).get("error")
+        loc += tuple(getattr(cause, "loc", ()))
         # Find the deepest location we have a line for.
         line = "?"
         for n in range(len(loc), -1, -1):
@@ -130,7 +141,7 @@ def _format_errors(exc: ValidationError, filename: str, lines: dict, data: Any) 
                 break
         stage = _stage_name(data, loc)
         key = ".".join(str(p) for p in loc) or "(top level)"
-        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        what = "unknown key" if err["type"] == "extra_forbidden" else (str(cause) if cause else err["msg"])
         prefix = f"stage {stage!r}: " if stage else ""
         msgs.append(f"{filename}:{line}: {prefix}{key}: {what}")
     return "\n".join(msgs)

@@ -24,6 +24,18 @@ _STRICT = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 COMMON_STAGE_KEYS = ("name", "kind", "enabled", "timeout_s", "cost", "device", "engine")
 
 
+class LocatedValueError(ValueError):
+    """A cross-field check's error that knows which key it is about (``loc`` below the model).
+
+    Pydantic reports a model validator's error at the model itself; the loader appends ``loc`` so
+    the message names the file line of the offending key.
+    """
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class ExitThresholds(BaseModel):
     """An image leaves after this tier when P(road work) >= upper or <= lower."""
 
@@ -90,10 +102,11 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "PipelineConfig":
         seen: list[str] = []
-        for tier in self.tiers:
-            for st in tier.stages:
+        for ti, tier in enumerate(self.tiers):
+            for si, st in enumerate(tier.stages):
                 if st.name in seen:
-                    raise ValueError(f"stage name {st.name!r} is used twice; stage names must be unique")
+                    raise LocatedValueError(f"stage name {st.name!r} is used twice; stage names must be unique",
+                                            ("tiers", ti, "stages", si, "name"))
                 seen.append(st.name)
             if tier.route is not None:
                 names = {st.name for st in tier.stages}
@@ -103,9 +116,9 @@ class PipelineConfig(BaseModel):
                                      f"({sorted(names)})")
             unknown = [k for k in tier.fusion.weights if k not in seen]
             if unknown:
-                raise ValueError(
+                raise LocatedValueError(
                     f"tier {tier.name!r}: fusion weights name {unknown}, which are not stages of this tier "
-                    f"or an earlier one ({seen})"
+                    f"or an earlier one ({seen})", ("tiers", ti, "fusion", "weights", unknown[0])
                 )
         return self
 
