@@ -13,10 +13,9 @@ from pydantic import ValidationError
 
 from workzone.config.schema import COMMON_STAGE_KEYS, PipelineConfig
 from workzone.errors import ConfigError, UnknownStageKind
-from workzone.stages.base import Stage, StageParams
+from workzone.stages.registry import get_stage_class, validate_params
 
-__all__ = ["load_pipeline_config", "parse_pipeline", "validate_params", "dump_pipeline", "builtin_pipeline_path",
-           "builtin_pipelines"]
+__all__ = ["load_pipeline_config", "parse_pipeline", "dump_pipeline", "builtin_pipeline_path", "builtin_pipelines"]
 
 _BUILTIN_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -79,8 +78,6 @@ def parse_pipeline(text: str, filename: str = "<pipeline>") -> PipelineConfig:
 
 def _split_stage(entry: dict, filename: str, lines: dict, loc: tuple) -> dict:
     """Validate a stage entry's kind-specific keys against that kind's Params model."""
-    from workzone.stages.registry import get_stage_class
-
     where = f"{filename}:{lines.get(loc, '?')}"
     name = entry.get("name", "<unnamed>")
     kind = entry.get("kind")
@@ -96,26 +93,12 @@ def _split_stage(entry: dict, filename: str, lines: dict, loc: tuple) -> dict:
     raw = {k: v for k, v in entry.items() if k not in COMMON_STAGE_KEYS}
     if "params" in raw and isinstance(raw["params"], dict) and len(raw) == 1:
         raw = raw["params"]  # also accept an explicit `params:` mapping
-    common["params"] = validate_params(cls, str(name), raw, filename=filename, lines=lines, loc=loc)
+    def locate(key: object) -> str:
+        return f"{filename}:{lines.get(loc + (key,)) or lines.get(loc, '?')}"
+
+    common["params"] = validate_params(cls, str(name), raw, locate=locate)
     common["kind"] = cls.kind
     return common
-
-
-def validate_params(cls: type[Stage], name: str, raw: dict[str, Any], *, filename: str = "<params>",
-                    lines: dict | None = None, loc: tuple = ()) -> StageParams:
-    """Validate ``raw`` against ``cls.Params``; errors name the stage, kind and key."""
-    try:
-        return cls.Params.model_validate(raw)
-    except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(params)"
-            first = err["loc"][0] if err["loc"] else None
-            line = (lines or {}).get(loc + (first,)) or (lines or {}).get(loc, "?")
-            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            value = "" if err["type"] in ("extra_forbidden", "missing") else f", got {err.get('input')!r}"
-            msgs.append(f"{filename}:{line}: stage {name!r} (kind {cls.kind}): {key}: {what}{value}")
-        raise ConfigError("\n".join(msgs)) from exc
 
 
 def _yaml_error(exc: yaml.YAMLError, filename: str) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from workzone.engine_options import EngineOptions
 from workzone.routing import RouterConfig
 from workzone.stages.base import StageParams
+from workzone.stages.registry import get_stage_class, validate_params
 
 __all__ = ["ExitThresholds", "FusionParams", "StageSpec", "TierConfig", "PipelineConfig", "COMMON_STAGE_KEYS"]
 
@@ -76,6 +77,19 @@ class StageSpec(BaseModel):
     engine: EngineOptions | None = Field(default=None, description="serving options of the stage's engine "
                                                                     "(vlm_openai, reasoner_openai; workzone plan)")
     params: StageParams = Field(default_factory=StageParams)
+
+    def nested(self) -> list["StageSpec"]:
+        """The stages this one builds inside itself (same process, same device), validated.
+
+        ``hf_depth`` wraps a detector: ``workzone check`` checks its files, ``workzone plan`` adds its memory.
+        """
+        out = []
+        for suffix, entry in get_stage_class(self.kind).nested_specs(self.params):
+            raw = {k: v for k, v in entry.items() if k != "kind"}
+            cls = get_stage_class(entry["kind"])
+            name = f"{self.name}.{suffix}"
+            out.append(StageSpec(name=name, kind=cls.kind, device=self.device, params=validate_params(cls, name, raw)))
+        return out
 
 
 class TierConfig(BaseModel):

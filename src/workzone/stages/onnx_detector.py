@@ -24,11 +24,10 @@ import numpy as np
 from PIL import Image as PILImage
 from pydantic import Field
 
-from workzone.errors import ModelFileError, StageError
+from workzone.errors import ModelFileError
 from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
 from workzone.stages._onnx import open_session
 from workzone.stages.base import Stage, StageParams
-from workzone.stages.registry import register_stage
 from workzone.types import Image, StageOutput
 
 __all__ = ["OnnxDetectorParams", "OnnxDetectorStage", "letterbox", "decode_yolox", "decode_yolov8", "nms"]
@@ -48,10 +47,12 @@ class OnnxDetectorParams(StageParams):
     threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
 
-@register_stage("onnx_detector")
 class OnnxDetectorStage(Stage):
     """Runs an ONNX detector and scores its boxes as road-work evidence."""
 
+    kind = "onnx_detector"
+    requires = ("onnxruntime",)
+    tiny_params = {"model": "tiny:yolov8.onnx", "format": "yolov8"}
     Params = OnnxDetectorParams
     default_cost = 40.0
     params: OnnxDetectorParams
@@ -101,8 +102,7 @@ class OnnxDetectorStage(Stage):
         await self.run_blocking(self._detect, np.full((self._size, self._size, 3), 114, np.uint8))
 
     async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._session is None:
-            raise StageError(self.name, "predict() called before load()")
+        self.require_loaded(self._session)
         return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:

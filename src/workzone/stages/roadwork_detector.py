@@ -19,12 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import Field
 
-from workzone.errors import ModelFileError, StageError
+from workzone.errors import ModelFileError
 from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
 from workzone.stages.base import Stage
-from workzone.stages.registry import register_stage
 from workzone.training.detector import decode_detections
 from workzone.types import Box, Evidence, Image, StageOutput, logit
 
@@ -108,10 +107,12 @@ class ConeDetectorRunner:
         return out
 
 
-@register_stage("roadwork_detector")
 class RoadworkDetectorStage(Stage):
     """Finds cones with the embedded detector; the score pools the most confident boxes."""
 
+    kind = "roadwork_detector"
+    requires = ("onnxruntime",)
+    tiny_params = {}
     Params = RoadworkDetectorParams
     default_cost = 60.0
     params: RoadworkDetectorParams
@@ -139,8 +140,7 @@ class RoadworkDetectorStage(Stage):
             await self.run_blocking(self._runner.detect, [np.zeros((64, 64, 3), np.uint8)])
 
     async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._runner is None:
-            raise StageError(self.name, "predict() called before load()")
+        self.require_loaded(self._runner)
         return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:

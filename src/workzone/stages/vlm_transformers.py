@@ -25,8 +25,7 @@ from workzone._optional import require
 from workzone.errors import ModelFileError
 from workzone.stages._hf_common import HFStage
 from workzone.stages.base import StageParams
-from workzone.stages.registry import register_stage
-from workzone.stages.vlm import DEFAULT_QUESTION, classify_answer_token, downscale_to_pixels
+from workzone.stages.vlm_openai import DEFAULT_QUESTION, classify_answer_token, downscale_to_pixels
 from workzone.types import Evidence, Image, StageOutput
 
 __all__ = ["VlmTransformersParams", "VlmTransformersStage", "answer_token_ids"]
@@ -51,10 +50,13 @@ class VlmTransformersParams(StageParams):
     max_log_odds: float = Field(default=12.0, gt=0, le=50, description="scores are clipped to +-this")
 
 
-@register_stage("vlm_transformers")
 class VlmTransformersStage(HFStage):
     """Scores images by a local VLM's next-token log-probabilities of yes versus no."""
 
+    kind = "vlm_transformers"
+    extra = "vlm-local"
+    requires = ("transformers", "torch", "torchvision")
+    tiny_params = {"model": "tiny:qwen3-vl"}
     Params = VlmTransformersParams
     default_cost = 2000.0
     params: VlmTransformersParams

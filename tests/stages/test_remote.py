@@ -1,4 +1,4 @@
-"""Circuit breaker state machine and tenacity retries (workzone/resilience.py)."""
+"""Circuit breaker state machine and tenacity retries (workzone/stages/_remote.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from workzone.errors import BackendUnavailable, DeadlineExceeded, StageError
-from workzone.resilience import BreakerState, CircuitBreaker, Resilience, ResilienceParams, retry_async
+from workzone.stages._remote import BreakerState, CircuitBreaker, Resilience, ResilienceParams, retry_async
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""Tests for workzone.stages.depth: camera geometry on synthetic depth, and the whole stage with a
+"""Tests for workzone.stages.hf_depth: camera geometry on synthetic depth, and the whole stage with a
 tiny random Depth Anything wrapped around the tiny YOLOv8-layout ONNX detector."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from tests.stages._support import run_stage
 
 from workzone.errors import ConfigError
-from workzone.stages.depth import box_size_m, fit_ground_scale, focal_px
+from workzone.stages.hf_depth import box_size_m, fit_ground_scale, focal_px
 from workzone.stages.registry import create_stage
 from workzone.types import Box, Image, sigmoid
 

@@ -18,7 +18,6 @@ from pydantic import Field, model_validator
 
 from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
 from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
-from workzone.stages.registry import register_stage
 from workzone.types import Image, StageOutput
 
 __all__ = ["OpenVocabParams", "OpenVocabStage", "match_phrase"]
@@ -51,10 +50,11 @@ class OpenVocabParams(HFParams):
         return self
 
 
-@register_stage("hf_zero_shot_detection")
 class OpenVocabStage(HFStage):
     """Detects road-work objects described in text, with no detector training."""
 
+    kind = "hf_zero_shot_detection"
+    tiny_params = {"model": "tiny:owlv2", "prompts": {"a traffic cone": "cone"}, "threshold": 0.3}
     Params = OpenVocabParams
     default_cost = 900.0
     params: OpenVocabParams

@@ -10,8 +10,8 @@ The stage needs the earlier reports: it sets ``needs_evidence = True`` and its `
 ``prior`` (one sequence of :class:`~workzone.types.StageReport` per image), which the cascade
 passes to such stages. Without evidence the stage abstains and sends nothing.
 
-Requests share :class:`~workzone.stages.vlm.OpenAIChat` (through
-:class:`~workzone.stages.vlm.OpenAIChatStage`): pooled, bounded, retried, and behind a circuit
+Requests share :class:`~workzone.stages.vlm_openai.OpenAIChat` (through
+:class:`~workzone.stages.vlm_openai.OpenAIChatStage`): pooled, bounded, retried, and behind a circuit
 breaker, with the same error translation as ``vlm_openai``.
 """
 
@@ -26,8 +26,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 from pydantic import Field
 
 from workzone.errors import StageError
-from workzone.stages.registry import register_stage
-from workzone.stages.vlm import OpenAIChatStage, OpenAIEndpointParams, collect_outputs
+from workzone.stages._remote import OpenAIChatStage, OpenAIEndpointParams, collect_outputs
 from workzone.types import Evidence, Image, StageOutput, StageReport, logit
 
 __all__ = ["ReasonerParams", "ReasonerStage", "build_evidence_prompt", "parse_probability"]
@@ -54,10 +53,11 @@ class ReasonerParams(OpenAIEndpointParams):
                                 description="clip: a stated probability is coarser than a logprob")
 
 
-@register_stage("reasoner_openai")
 class ReasonerStage(OpenAIChatStage):
     """Asks a served text model for P(road work) given the evidence so far."""
 
+    kind = "reasoner_openai"
+    tiny_params = {"base_url": "tiny:openai", "model": "fake-vlm", "retries": 0}
     Params = ReasonerParams
     default_cost = 1500.0
     #: Tells the cascade to pass ``prior=`` (the reports gathered so far) to :meth:`predict`.

@@ -1,4 +1,4 @@
-"""Tests for workzone.stages.hf_classifier with a tiny random ViT saved to a temp folder."""
+"""Tests for workzone.stages.hf_image_classification with a tiny random ViT saved to a temp folder."""
 
 from __future__ import annotations
 

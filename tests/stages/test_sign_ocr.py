@@ -9,7 +9,7 @@ import pytest
 
 from tests.stages._support import run_stage
 
-import workzone.stages.ocr as ocr  # registers sign_ocr
+import workzone.stages.sign_ocr as ocr  # registers sign_ocr
 from workzone.stages._lexicon import load_lexicon, normalise_text, substring_distance
 from workzone.stages.registry import create_stage
 from workzone.types import Image

@@ -14,9 +14,9 @@ from PIL import Image as PILImage
 
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from workzone.errors import BackendUnavailable, ConfigError, DeadlineExceeded, StageError
-from workzone.resilience import BreakerState
+from workzone.stages._remote import BreakerState
 from workzone.stages.registry import create_stage
-from workzone.stages.vlm import classify_answer_token, image_data_url, yes_no_log_odds
+from workzone.stages.vlm_openai import classify_answer_token, image_data_url, yes_no_log_odds
 from workzone.types import Image, sigmoid
 
 

@@ -13,6 +13,8 @@ prediction itself saves and plots nothing, so no font is fetched.
 
 from __future__ import annotations
 
+import re
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +26,6 @@ from workzone.errors import ModelFileError
 from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
 from workzone.stages._model_stage import ModelStage, local_weights, torch_device
 from workzone.stages.base import StageParams
-from workzone.stages.registry import register_stage
 from workzone.types import Image, StageOutput
 
 __all__ = ["YoloParams", "YoloStage", "results_to_detections"]
@@ -46,7 +47,6 @@ class YoloParams(StageParams):
     allow_download: bool = Field(default=False, description="let Ultralytics fetch hub weights that are not on disk")
 
 
-@register_stage("ultralytics")
 class YoloStage(ModelStage):
     """Runs an Ultralytics YOLO / RT-DETR model and scores its boxes as road-work evidence.
 
@@ -54,9 +54,32 @@ class YoloStage(ModelStage):
     (``self._lock``).
     """
 
+    kind = "ultralytics"
+    extra = "detect"
+    requires = ("ultralytics", "torch", "torchvision")
+    runs_on = "gpu"
+    tiny_params = {"model": "yolo11n.yaml", "imgsz": 64, "conf": 0.0}
     Params = YoloParams
     default_cost = 80.0
     params: YoloParams
+
+    downloads_from = "github.com"  # Ultralytics' release assets
+
+    @classmethod
+    def packaged_model(cls, model: str) -> bool:
+        """A model config that ships inside the ultralytics package (``yolo11n.yaml``, ``rtdetr-l.yaml``)."""
+        spec = find_spec("ultralytics") if "/" not in model and model.endswith(".yaml") else None
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        stem = model.removesuffix(".yaml")
+        # Ultralytics reads a scale letter out of the name: yolo11n.yaml is cfg/models/11/yolo11.yaml at scale n.
+        names = {f"{stem}.yaml", re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", stem) + ".yaml"}
+        cfg = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "models"
+        return any(p.name in names for p in cfg.rglob("*.yaml"))
+
+    @classmethod
+    def bytes_per_param(cls, params: YoloParams) -> float:
+        return 2.0 if params.half else 4.0
 
     def _load_sync(self) -> None:
         source = self._source()

@@ -13,7 +13,6 @@ from pydantic import Field
 from workzone.errors import ConfigError
 from workzone.stages._evidence_map import normalise_label
 from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
-from workzone.stages.registry import register_stage
 from workzone.types import Evidence, Image, StageOutput, logit
 
 __all__ = ["HFClassifierParams", "HFClassifierStage"]
@@ -24,10 +23,11 @@ class HFClassifierParams(HFParams):
     top_k: int = Field(default=3, ge=0, le=20, description="how many top labels to report as notes")
 
 
-@register_stage("hf_image_classification")
 class HFClassifierStage(HFStage):
     """Scores whole images with a transformers ``AutoModelForImageClassification``."""
 
+    kind = "hf_image_classification"
+    tiny_params = {"model": "tiny:vit", "positive_labels": ["roadwork"]}
     Params = HFClassifierParams
     default_cost = 120.0
     params: HFClassifierParams

@@ -17,7 +17,6 @@ from pydantic import Field, model_validator
 
 from workzone.errors import StageError
 from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
-from workzone.stages.registry import register_stage
 from workzone.types import Evidence, Image, StageOutput
 
 __all__ = ["ZeroShotImageParams", "ZeroShotImageStage", "contrast_log_odds"]
@@ -42,10 +41,11 @@ class ZeroShotImageParams(HFParams):
         return self
 
 
-@register_stage("hf_zero_shot_image")
 class ZeroShotImageStage(HFStage):
     """Scores images by how much better road-work prompts match than ordinary-road prompts."""
 
+    kind = "hf_zero_shot_image"
+    tiny_params = {"model": "tiny:clip", "positive_prompts": ["road work"], "negative_prompts": ["an empty street"]}
     Params = ZeroShotImageParams
     default_cost = 150.0
     params: ZeroShotImageParams

@@ -1,4 +1,4 @@
-"""Tests for workzone.stages.yolo (kind ``ultralytics``).
+"""Tests for workzone.stages.ultralytics (kind ``ultralytics``).
 
 The model tests build a random-initialised YOLO11n from Ultralytics' packaged yaml (nothing is
 downloaded) and need a working torchvision next to torch: Ultralytics imports it to predict. Where

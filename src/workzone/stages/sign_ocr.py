@@ -24,7 +24,6 @@ from workzone._optional import require
 from workzone.errors import StageError
 from workzone.stages._lexicon import Lexicon, LexiconMatch, load_lexicon
 from workzone.stages.base import Stage, StageParams
-from workzone.stages.registry import register_stage
 from workzone.types import Box, Evidence, Image, StageOutput, TextRead
 
 __all__ = ["SignOcrParams", "SignOcrStage", "SignRegion", "propose_sign_regions"]
@@ -71,10 +70,12 @@ class SignRegion:
     score: float
 
 
-@register_stage("sign_ocr")
 class SignOcrStage(Stage):
     """Reads text on sign-like panels and scores it against the road-work lexicon."""
 
+    kind = "sign_ocr"
+    requires = ("rapidocr_onnxruntime", "cv2")
+    tiny_params = {}
     Params = SignOcrParams
     default_cost = 60.0
     params: SignOcrParams
@@ -109,8 +110,8 @@ class SignOcrStage(Stage):
             await self.run_blocking(self._read, np.full((48, 160, 3), 255, np.uint8))
 
     async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._engine is None or self._lexicon is None:
-            raise StageError(self.name, "predict() called before load()")
+        self.require_loaded(self._engine)
+        self.require_loaded(self._lexicon)
         return await self.run_blocking(lambda: [self._predict_one(img) for img in batch])
 
     def _predict_one(self, img: Image) -> StageOutput:

@@ -14,8 +14,8 @@ from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from workzone.cascade import Cascade
 from workzone.config.loader import parse_pipeline
 from workzone.errors import BackendUnavailable
-from workzone.resilience import BreakerState
-from workzone.stages.reasoner import ReasonerStage, build_evidence_prompt, parse_probability
+from workzone.stages._remote import BreakerState
+from workzone.stages.reasoner_openai import ReasonerStage, build_evidence_prompt, parse_probability
 from workzone.stages.registry import create_stage
 from workzone.types import Box, Evidence, Image, StageReport, TextRead, sigmoid
 

@@ -25,10 +25,10 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workzone.errors import ConfigError, StageError
+from workzone.errors import ConfigError
 from workzone.stages._evidence_map import ClassMap, score_boxes
 from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
-from workzone.stages.registry import create_stage, register_stage
+from workzone.stages.registry import create_stage
 from workzone.types import Box, Evidence, Image, StageOutput
 
 __all__ = ["DepthParams", "DepthStage", "SizeRange", "focal_px", "fit_ground_scale", "box_size_m"]
@@ -87,13 +87,19 @@ class DepthParams(HFParams):
         return self
 
 
-@register_stage("hf_depth")
 class DepthStage(HFStage):
     """Runs a detector, then drops its boxes whose depth-implied size is implausible."""
 
+    kind = "hf_depth"
+    tiny_params = {"model": "tiny:depth", "detector": {"kind": "onnx_detector", "model": "tiny:yolov8.onnx",
+                                                      "format": "yolov8", "conf": 0.3}}
     Params = DepthParams
     default_cost = 600.0
     params: DepthParams
+
+    @classmethod
+    def nested_specs(cls, params: DepthParams) -> list[tuple[str, dict[str, Any]]]:
+        return [("detector", dict(params.detector))]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -125,8 +131,7 @@ class DepthStage(HFStage):
         await self.run_blocking(self._depth_maps, [Image(np.zeros((64, 64, 3), np.uint8))])
 
     async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._model is None:
-            raise StageError(self.name, "predict() called before load()")
+        self.require_loaded(self._model)
         batch = list(batch)
         inner = await self.detector.predict(batch)
         todo = [i for i, out in enumerate(inner) if out.evidence.boxes]

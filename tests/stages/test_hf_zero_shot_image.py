@@ -1,4 +1,4 @@
-"""Tests for workzone.stages.zero_shot_image with a tiny random CLIP saved to a temp folder."""
+"""Tests for workzone.stages.hf_zero_shot_image with a tiny random CLIP saved to a temp folder."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.stages._support import run_stage  # noqa: E402
 
 from workzone.errors import ConfigError  # noqa: E402
 from workzone.stages.registry import create_stage  # noqa: E402
-from workzone.stages.zero_shot_image import contrast_log_odds  # noqa: E402
+from workzone.stages.hf_zero_shot_image import contrast_log_odds  # noqa: E402
 from workzone.types import Image  # noqa: E402
 
 POS = ["a photo of road work", "a traffic cone"]

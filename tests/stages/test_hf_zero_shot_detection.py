@@ -1,4 +1,4 @@
-"""Tests for workzone.stages.open_vocab with a tiny random OWLv2 saved to a temp folder."""
+"""Tests for workzone.stages.hf_zero_shot_detection with a tiny random OWLv2 saved to a temp folder."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.stages._tiny_hf import save_owlv2  # noqa: E402
 from tests.stages._support import run_stage  # noqa: E402
 
 from workzone.errors import ConfigError  # noqa: E402
-from workzone.stages.open_vocab import match_phrase  # noqa: E402
+from workzone.stages.hf_zero_shot_detection import match_phrase  # noqa: E402
 from workzone.stages.registry import create_stage  # noqa: E402
 from workzone.types import Image, sigmoid  # noqa: E402
 
