@@ -23,7 +23,7 @@ from workzone.io.images import ResizeMode, resize_for_model, tile_boxes
 from workzone.stages._onnx import open_session, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
 from workzone.stages.base import Stage
-from workzone.types import Box, Evidence, Image, StageOutput
+from workzone.types import Box, Evidence, Image, StageOutput, sigmoid
 
 __all__ = ["OnnxClassifierParams", "OnnxClassifierStage", "five_crop_boxes"]
 
@@ -154,7 +154,7 @@ class OnnxClassifierStage(Stage):
         boxes: tuple[Box, ...] = ()
         if best_region is not None:
             x1, y1, x2, y2 = best_region
-            boxes = (Box("roadwork-tile", _sigmoid(best_score), x1, y1, x2, y2),)
+            boxes = (Box("roadwork-tile", sigmoid(best_score), x1, y1, x2, y2),)
         notes = (f"{len(scored)} view(s), pooled by {self.params.pool}",) if len(scored) > 1 else ()
         if self.params.crops:
             n = (1 + self.params.crops) * (2 if self.params.flip else 1)
@@ -198,7 +198,4 @@ def five_crop_boxes(width: int, height: int, scale: float) -> list[tuple[int, in
     return [(dx // 2, dy // 2, dx // 2 + cw, dy // 2 + ch),
             (0, 0, cw, ch), (dx, 0, width, ch), (0, dy, cw, height), (dx, dy, width, height)]
 
-
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from workzone.stages._remote import OpenAIChatStage, OpenAIEndpointParams, collect_outputs
-from workzone.types import Evidence, Image, StageOutput
+from workzone.types import Evidence, Image, StageOutput, sigmoid
 
 __all__ = ["VlmParams", "VlmStage", "yes_no_log_odds", "classify_answer_token", "downscale_to_pixels",
            "image_data_url"]
@@ -113,7 +113,7 @@ class VlmStage(OpenAIChatStage):
             z = yes_no_log_odds(top)
             if z is not None:
                 z = max(-p.max_log_odds, min(p.max_log_odds, z))
-                py = 1.0 / (1.0 + math.exp(-z))
+                py = sigmoid(z)
                 note = f"{p.model} answered {text[:40]!r}; P(yes)={py:.3f} from first-token logprobs"
                 return StageOutput(z, Evidence(notes=(note,)))
         answer = classify_answer_token(text.split()[0] if text else "")

@@ -26,7 +26,7 @@ from workzone.errors import ModelFileError
 from workzone.stages._hf_common import HFStage
 from workzone.stages.base import StageParams
 from workzone.stages.vlm_openai import DEFAULT_QUESTION, classify_answer_token, downscale_to_pixels
-from workzone.types import Evidence, Image, StageOutput
+from workzone.types import Evidence, Image, StageOutput, sigmoid
 
 __all__ = ["VlmTransformersParams", "VlmTransformersStage", "answer_token_ids"]
 
@@ -144,7 +144,7 @@ class VlmTransformersStage(HFStage):
         results = []
         for zi, mi in zip((y - n).tolist(), mass.tolist()):
             zi = max(-m, min(m, float(zi)))  # clip in float64: a float32 clamp can overshoot m
-            p_yes = 1.0 / (1.0 + np.exp(-zi))
+            p_yes = sigmoid(zi)
             note = f"{self.params.model}: P(yes)={p_yes:.3f} from next-token logits (yes/no mass {mi:.2f})"
             results.append(StageOutput(zi, Evidence(notes=(note,))))
         return results
