@@ -24,10 +24,9 @@ from workzone._loop import LoopThread
 from workzone.batching import BatchPolicy
 from workzone.errors import InvalidImageError
 from workzone.fusion.rules import prior_probability
-from workzone.io.images import ImageLimits
+from workzone.io.images import ImageLimits, decode_base64
 from workzone.miner.settings import MinerSettings
-from workzone.server.inputs import decode_base64
-from workzone.server.service import DetectionService
+from workzone.service import DetectionService
 from workzone.types import Decision
 
 __all__ = ["MinerService", "MinerAnswer", "MetagraphView", "ServiceLoop", "NO_ANSWER", "explain"]

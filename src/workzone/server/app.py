@@ -24,7 +24,7 @@ from workzone.server.inputs import BodyLimitMiddleware
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorResponse, TierEventModel
 from workzone.server.routes import attach_routes
-from workzone.server.service import DetectionService
+from workzone.service import DetectionService
 from workzone.server.settings import ServerSettings
 from workzone.server.ui import attach_ui
 

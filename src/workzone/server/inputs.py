@@ -7,16 +7,14 @@ local file path).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from workzone.errors import InvalidImageError
+from workzone.io.images import decode_base64
 from workzone.errors import PayloadTooLarge, RequestError, UnsupportedMediaType, UrlNotAllowed
 from workzone.server.fetch import fetch_image_bytes
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ImageInput
@@ -25,14 +23,13 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from workzone.server.service import DetectionService
+    from workzone.service import DetectionService
     from workzone.server.settings import ServerSettings
     from workzone.types import Image
 
-__all__ = ["RawImage", "decode_base64", "read_single", "read_batch", "load_image", "BodyLimitMiddleware",
-           "deadline_header"]
+__all__ = ["RawImage", "read_single", "read_batch", "load_image", "BodyLimitMiddleware",
+           "deadline_header", "parse_deadline"]
 
-_DATA_URL = re.compile(r"^data:[a-zA-Z0-9.+/-]*(;[a-zA-Z0-9=.+-]+)*;base64,", re.ASCII)
 DEADLINE_HEADER = "x-deadline-s"
 
 
@@ -46,41 +43,26 @@ class RawImage:
     b64: str | None = None
 
 
-def decode_base64(text: str) -> bytes:
-    """Decode standard or URL-safe base64 (a ``data:`` URL prefix is allowed).
+def parse_deadline(raw: str | None, what: str) -> float | None:
+    """A deadline given as text (a header or a form field), in seconds; ``None`` when absent.
 
     Raises:
-        InvalidImageError: empty, or not base64.
-
-    Examples:
-        >>> decode_base64("data:image/png;base64,aGk=")
-        b'hi'
+        RequestError: not a positive finite number; the message names ``what``.
     """
-    m = _DATA_URL.match(text)
-    payload = "".join((text[m.end():] if m else text).split())
-    if not payload:
-        raise InvalidImageError("the image is empty (no base64 data)")
-    padded = payload + "=" * (-len(payload) % 4)
-    try:
-        if "-" in payload or "_" in payload:
-            return base64.b64decode(padded, altchars=b"-_", validate=True)
-        return base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidImageError(f"the image is not valid base64 ({exc})") from exc
-
-
-def deadline_header(request: "Request") -> float | None:
-    """The ``X-Deadline-S`` header as seconds, if present."""
-    raw = request.headers.get(DEADLINE_HEADER)
     if raw is None:
         return None
     try:
         value = float(raw)
     except ValueError:
-        raise RequestError(f"X-Deadline-S must be a number of seconds, got {raw!r}") from None
+        raise RequestError(f"{what} must be a number of seconds, got {raw!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise RequestError(f"X-Deadline-S must be a positive number of seconds, got {raw!r}")
+        raise RequestError(f"{what} must be a positive number of seconds, got {raw!r}")
     return value
+
+
+def deadline_header(request: "Request") -> float | None:
+    """The ``X-Deadline-S`` header as seconds, if present."""
+    return parse_deadline(request.headers.get(DEADLINE_HEADER), "X-Deadline-S")
 
 
 def _media_type(request: "Request") -> str:
@@ -105,15 +87,7 @@ def _raw_from_input(item: ImageInput, source: str) -> RawImage:
 
 def _form_deadline(form: Any) -> float | None:
     raw = form.get("deadline_s")
-    if raw is None or not isinstance(raw, str):
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise RequestError(f"form field deadline_s must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise RequestError(f"form field deadline_s must be positive, got {raw!r}")
-    return value
+    return parse_deadline(raw if isinstance(raw, str) else None, "form field deadline_s")
 
 
 async def _form_files(request: "Request", max_files: int) -> tuple[list[RawImage], float | None]:

@@ -1,7 +1,7 @@
 """The detection service: decode, queue into the micro-batcher, run the cascade under deadlines.
 
-It knows no HTTP routes (the server's routes and the SN72 miner both drive it) and imports no web
-framework. One instance owns one :class:`~workzone.cascade.Cascade` for the life of the process.
+It is core: it knows no HTTP routes (the server's routes, the SN72 miner and batch jobs all drive
+it) and imports no web framework. One instance owns one :class:`~workzone.cascade.Cascade` for the life of the process.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from workzone.types import Decision, Image
 
 __all__ = ["DetectionService", "ServiceObserver", "EventHandler"]
 
-log = logging.getLogger("workzone.server")
+log = logging.getLogger("workzone.service")
 
 EventHandler = Callable[[TierEvent], Awaitable[None] | None]
 State = Literal["created", "starting", "ready", "failed", "stopping", "stopped"]
