@@ -19,8 +19,8 @@ app = typer.Typer(name="workzone", help="Is there road work in this image? A cal
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 # Sub-command groups that live in their own modules; each exposes register(app).
-_COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.detector", "workzone.cli.plan", "workzone.cli.serve",
-                    "workzone.cli.report", "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench")
+_COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.plan", "workzone.cli.serve", "workzone.cli.report",
+                    "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench")
 
 def _print_version(value: bool) -> None:
     if value:
