@@ -253,6 +253,20 @@ def list_stages_cmd() -> None:
         print(k)
 
 
+@app.command("schema")
+def schema_cmd(
+    out: Optional[Path] = typer.Option(None, "--out", help="write the schema here instead of printing it"),
+) -> None:
+    """Print the pipeline file's JSON Schema (every registered stage kind), for editors and linters."""
+    from workzone.config.json_schema import pipeline_json_schema
+
+    text = json.dumps(pipeline_json_schema(), indent=2)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+
+
 def _register_subcommands() -> None:
     for mod in _COMMAND_MODULES:
         try:
