@@ -73,3 +73,15 @@ def test_load_by_path_and_missing(tmp_path):
         load_pipeline_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="built-in"):
         load_pipeline_config("no-such-builtin")
+
+
+def test_pipelines_default_yaml_is_the_packaged_default():
+    """``pipelines/default.yaml`` (what docs and users open) and the packaged built-in ``default`` are one file."""
+    from pathlib import Path
+
+    from workzone.config.loader import builtin_pipeline_path
+
+    repo_copy = Path(__file__).resolve().parents[2] / "pipelines" / "default.yaml"
+    assert repo_copy.read_bytes() == builtin_pipeline_path("default").read_bytes(), (
+        "pipelines/default.yaml and src/workzone/pipelines/default.yaml differ: `workzone tune` writes one, "
+        "copy it over the other")
