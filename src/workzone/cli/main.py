@@ -139,6 +139,20 @@ def _load_rows(manifest: Path, split: Optional[str], console: Console):
     return rows
 
 
+def _run_rows(manifest: Path, pipeline: str, split: Optional[str], batch_size: int, *, run_all: bool, what: str,
+              device: str = "cpu"):
+    """Load the pipeline and run it over the manifest's rows with a progress bar: (rows, result, config)."""
+    from workzone.api import load_pipeline
+    from workzone.evaluation.runner import run_manifest
+
+    console = _console(stderr=True)
+    rows = _load_rows(manifest, split, console)
+    with load_pipeline(pipeline, device=device) as pipe, _progress(console) as bar:
+        task = bar.add_task(what, total=len(rows))
+        result = run_manifest(pipe, rows, batch_size=batch_size, run_all=run_all, progress=lambda k: bar.advance(task, k))
+    return rows, result, pipe.config
+
+
 @app.command("eval")
 def eval_(
     manifest: Path = typer.Argument(..., help="CSV with path,label (+ source, split, ...); paths relative to it"),
@@ -152,15 +166,12 @@ def eval_(
     device: str = DeviceOpt,
 ) -> None:
     """Score a pipeline on a labelled manifest: MCC, accuracy, per source, per tier, latency."""
-    from workzone.api import load_pipeline
-    from workzone.evaluation.runner import build_report, run_manifest
+    from workzone.evaluation.runner import build_report
 
     console = _console(stderr=True)
-    rows = _load_rows(manifest, split, console)
-    with load_pipeline(pipeline, device=device) as pipe, _progress(console) as bar:
-        task = bar.add_task("evaluating", total=len(rows))
-        result = run_manifest(pipe, rows, batch_size=batch_size, progress=lambda k: bar.advance(task, k))
-        report = build_report(result, [t.name for t in pipe.config.tiers], pipe.config.name)
+    _, result, config = _run_rows(manifest, pipeline, split, batch_size, run_all=False, what="evaluating",
+                                  device=device)
+    report = build_report(result, [t.name for t in config.tiers], config.name)
     _print_report(_console(), report)
     if out:
         out.write_text(json.dumps(report, indent=2, default=str))
@@ -168,7 +179,7 @@ def eval_(
     if html or predictions:
         from workzone.cli.report import write_eval_outputs
 
-        for line in write_eval_outputs(result, manifest, pipe.config, predictions=predictions, html=html):
+        for line in write_eval_outputs(result, manifest, config, predictions=predictions, html=html):
             console.print(line)
 
 
@@ -212,17 +223,10 @@ def tune(
     batch_size: int = typer.Option(8, min=1),
 ) -> None:
     """Fit fusion weights (logistic regression) and MCC-optimal exit thresholds; write the pipeline."""
-    from workzone.api import load_pipeline
     from workzone.config.loader import dump_pipeline
-    from workzone.evaluation.runner import run_manifest
     from workzone.tuning import tune_pipeline
 
-    console = _console(stderr=True)
-    rows = _load_rows(manifest, split, console)
-    with load_pipeline(pipeline) as pipe, _progress(console) as bar:
-        task = bar.add_task("running every stage", total=len(rows))
-        result = run_manifest(pipe, rows, batch_size=batch_size, run_all=True, progress=lambda k: bar.advance(task, k))
-        config = pipe.config
+    rows, result, config = _run_rows(manifest, pipeline, split, batch_size, run_all=True, what="running every stage")
     ok = [i for i, d in enumerate(result.decisions) if d is not None]
     tuned = tune_pipeline(config, [result.decisions[i] for i in ok], [rows[i].label for i in ok],
                           max_cost=max_cost, l2=l2, data_name=f"{manifest.name} split={split or 'dev'}",

@@ -20,7 +20,7 @@ import workzone
 from workzone.batching import BatchPolicy
 from workzone.io.images import ImageLimits
 from workzone.server.errors import register_exception_handlers
-from workzone.server.inputs import BodyLimitMiddleware
+from workzone.server.middleware import BodyLimitMiddleware
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorResponse, TierEventModel
 from workzone.server.routes import attach_routes

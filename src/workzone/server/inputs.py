@@ -1,5 +1,7 @@
 """Reading images out of HTTP requests: multipart uploads, raw bodies, JSON with base64 or URLs.
 
+(The body-size limit that guards these reads is :class:`workzone.server.middleware.BodyLimitMiddleware`.)
+
 Inputs are always turned into bytes here and decoded by the service; a string from a client is
 never handed to :func:`workzone.io.images.decode_image` (which would treat a short string as a
 local file path).
@@ -13,21 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from workzone.errors import InvalidImageError
+from workzone.errors import InvalidImageError, RequestError, UnsupportedMediaType, UrlNotAllowed
 from workzone.io.images import decode_base64
-from workzone.errors import PayloadTooLarge, RequestError, UnsupportedMediaType, UrlNotAllowed
 from workzone.server.fetch import fetch_image_bytes
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ImageInput
 
 if TYPE_CHECKING:
     from starlette.requests import Request
-    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from workzone.service import DetectionService
     from workzone.server.settings import ServerSettings
     from workzone.types import Image
 
-__all__ = ["RawImage", "read_single", "read_batch", "load_image", "BodyLimitMiddleware",
+__all__ = ["RawImage", "read_single", "read_batch", "load_image",
            "deadline_header", "parse_deadline"]
 
 DEADLINE_HEADER = "x-deadline-s"
@@ -165,40 +165,3 @@ async def load_image(raw: RawImage, service: "DetectionService", settings: "Serv
     if not data:
         raise InvalidImageError(f"{raw.source}: the image is empty (0 bytes)")
     return await service.decode(data, raw.source)
-
-
-class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` before they are read.
-
-    A declared Content-Length over the limit is answered 413 at once; a body without one (chunked)
-    is counted as it streams and the read fails with :class:`PayloadTooLarge` when it passes the
-    limit, so the server never holds more than ``max_bytes`` of it.
-    """
-
-    def __init__(self, app: "ASGIApp", max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            from workzone.server.errors import error_response
-
-            exc = PayloadTooLarge(f"the request body is {int(declared)} bytes; the limit is {self.max_bytes}")
-            await error_response(exc)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLarge(f"the request body is over the limit of {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, counted, send)
