@@ -1,4 +1,4 @@
-"""Lifecycle shared by the stages that run one in-process model (transformers, Ultralytics, RF-DETR).
+"""The lifecycle every in-process model stage shares (ONNX, OCR, transformers, Ultralytics, RF-DETR).
 
 :class:`ModelStage` holds the model, its device and a lock, loads and predicts in a worker thread,
 and refuses to predict before :meth:`~ModelStage.load`. A subclass writes only ``_load_sync``

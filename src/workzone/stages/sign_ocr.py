@@ -23,7 +23,8 @@ from pydantic import Field
 from workzone._optional import require
 from workzone.errors import StageError
 from workzone.stages._lexicon import Lexicon, LexiconMatch, load_lexicon
-from workzone.stages.base import Stage, StageParams
+from workzone.stages._model_stage import ModelStage
+from workzone.stages.base import StageParams
 from workzone.types import Box, Evidence, Image, StageOutput, TextRead
 
 __all__ = ["SignOcrParams", "SignOcrStage", "SignRegion", "propose_sign_regions"]
@@ -70,7 +71,7 @@ class SignRegion:
     score: float
 
 
-class SignOcrStage(Stage):
+class SignOcrStage(ModelStage):
     """Reads text on sign-like panels and scores it against the road-work lexicon."""
 
     kind = "sign_ocr"
@@ -82,13 +83,9 @@ class SignOcrStage(Stage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._engine: Any = None
         self._lexicon: Lexicon | None = None
         # RapidOCR keeps per-call state on the engine (thresholds); one reader at a time.
         self._lock = threading.Lock()
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         require("cv2", "default", "sign region proposals")
@@ -99,20 +96,19 @@ class SignOcrStage(Stage):
         if p.threads:
             kwargs["intra_op_num_threads"] = p.threads
         try:
-            self._engine = rapid.RapidOCR(**kwargs)
+            self._model = rapid.RapidOCR(**kwargs)
         except Exception as exc:  # noqa: BLE001 - rapidocr raises plain exceptions
             raise StageError(self.name, f"cannot start RapidOCR: {exc}") from exc
         path = self.context.resolve(p.lexicon) if p.lexicon else None
         self._lexicon = load_lexicon(path)
 
     async def warmup(self) -> None:
-        if self._engine is not None:
+        if self._model is not None:
             await self.run_blocking(self._read, np.full((48, 160, 3), 255, np.uint8))
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        self.require_loaded(self._engine)
-        self.require_loaded(self._lexicon)
-        return await self.run_blocking(lambda: [self._predict_one(img) for img in batch])
+
+    def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
+        return [self._predict_one(img) for img in batch]
 
     def _predict_one(self, img: Image) -> StageOutput:
         p = self.params
@@ -148,11 +144,8 @@ class SignOcrStage(Stage):
     def _read(self, crop_rgb: np.ndarray) -> list[tuple[str, float]]:
         with self._lock:
             # RapidOCR treats arrays as BGR (OpenCV order).
-            result, _ = self._engine(np.ascontiguousarray(crop_rgb[:, :, ::-1]), use_cls=False)
+            result, _ = self._model(np.ascontiguousarray(crop_rgb[:, :, ::-1]), use_cls=False)
         return [(str(t), float(s)) for _, t, s in (result or []) if str(t).strip()]
-
-    async def aclose(self) -> None:
-        self._engine = None
 
 
 def _rank(m: LexiconMatch) -> tuple[bool, float]:
