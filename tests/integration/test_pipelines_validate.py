@@ -59,7 +59,7 @@ def test_pipeline_check_finds_only_missing_installs(path):
 @pytest.mark.parametrize("path", PIPELINES, ids=ids(PIPELINES))
 def test_embedded_models_exist(path):
     cfg, _ = load_pipeline_config(path)
-    rows = [r for r in check_pipeline(cfg, path.parent) if r.check == "model"]
+    rows = [r for r in check_pipeline(cfg, path.parent, reachable=lambda host: False) if r.check == "model"]
     assert all(r.ok is not False for r in rows), rows
 
 
