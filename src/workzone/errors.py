@@ -67,7 +67,7 @@ class UnknownStageKind(ConfigError):
         super().__init__(
             (f"{where}: " if where else "")
             + f"unknown stage kind {kind!r}; registered kinds: {', '.join(sorted(known))}. "
-            "Third-party kinds must be registered with workzone.register_stage before loading."
+            "A third-party kind is registered with workzone.register_stage before loading, or by an entry point in the workzone.stages group."
         )
 
 
