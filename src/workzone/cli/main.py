@@ -10,9 +10,9 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from workzone.cli._common import make_console, run_rows
 from workzone.errors import WorkzoneError
 
 app = typer.Typer(name="workzone", help="Is there road work in this image? A calibrated probability with evidence.",
@@ -43,16 +43,6 @@ DeviceOpt = typer.Option("cpu", "--device", help="cpu, or cuda / cuda:N: ONNX st
                                                  "([gpu] extra), JPEG bytes are decoded there")
 
 
-def _console(stderr: bool = False) -> Console:
-    # Piped output (CI logs, files) gets a wide fixed width so report tables are not truncated.
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 140)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-                    disable=not console.is_terminal and not sys.stderr.isatty())
 
 
 @app.command()
@@ -69,7 +59,7 @@ def detect(
     from workzone.errors import InvalidImageError
     from workzone.io.sources import iter_image_paths
 
-    out, err = _console(), _console(stderr=True)
+    out, err = make_console(), make_console(stderr=True)
     paths = list(iter_image_paths(images))
     if not paths:
         raise WorkzoneError("no images found in the given paths (for videos, use `workzone batch`)")
@@ -125,34 +115,6 @@ def _print_decision(console: Console, d) -> None:
     console.print(table)
 
 
-def _load_rows(manifest: Path, split: Optional[str], console: Console):
-    from workzone.io.sources import read_manifest
-
-    rows = read_manifest(manifest)
-    if split is None and any(r.split == "dev" for r in rows):
-        split = "dev"
-        console.print("[dim]manifest has a split column: evaluating split 'dev' (use --split all for every row)[/dim]")
-    if split and split != "all":
-        rows = [r for r in rows if r.split in split.split(",")]
-    if not rows:
-        raise WorkzoneError(f"no rows of split {split!r} in {manifest}")
-    return rows
-
-
-def _run_rows(manifest: Path, pipeline: str, split: Optional[str], batch_size: int, *, run_all: bool, what: str,
-              device: str = "cpu"):
-    """Load the pipeline and run it over the manifest's rows with a progress bar: (rows, result, config)."""
-    from workzone.api import load_pipeline
-    from workzone.evaluation.runner import run_manifest
-
-    console = _console(stderr=True)
-    rows = _load_rows(manifest, split, console)
-    with load_pipeline(pipeline, device=device) as pipe, _progress(console) as bar:
-        task = bar.add_task(what, total=len(rows))
-        result = run_manifest(pipe, rows, batch_size=batch_size, run_all=run_all, progress=lambda k: bar.advance(task, k))
-    return rows, result, pipe.config
-
-
 @app.command("eval")
 def eval_(
     manifest: Path = typer.Argument(..., help="CSV with path,label (+ source, split, ...); paths relative to it"),
@@ -168,11 +130,11 @@ def eval_(
     """Score a pipeline on a labelled manifest: MCC, accuracy, per source, per tier, latency."""
     from workzone.evaluation.runner import build_report
 
-    console = _console(stderr=True)
-    _, result, config = _run_rows(manifest, pipeline, split, batch_size, run_all=False, what="evaluating",
-                                  device=device)
+    console = make_console(stderr=True)
+    _, result, config = run_rows(manifest, pipeline, split, batch_size, run_all=False, what="evaluating",
+                                 device=device)
     report = build_report(result, [t.name for t in config.tiers], config.name)
-    _print_report(_console(), report)
+    _print_report(make_console(), report)
     if out:
         out.write_text(json.dumps(report, indent=2, default=str))
         console.print(f"report written to {out}")
@@ -226,7 +188,7 @@ def tune(
     from workzone.config.loader import dump_pipeline
     from workzone.tuning import tune_pipeline
 
-    rows, result, config = _run_rows(manifest, pipeline, split, batch_size, run_all=True, what="running every stage")
+    rows, result, config = run_rows(manifest, pipeline, split, batch_size, run_all=True, what="running every stage")
     ok = [i for i, d in enumerate(result.decisions) if d is not None]
     tuned = tune_pipeline(config, [result.decisions[i] for i in ok], [rows[i].label for i in ok],
                           max_cost=max_cost, l2=l2, data_name=f"{manifest.name} split={split or 'dev'}",
@@ -236,7 +198,7 @@ def tune(
     parse_pipeline(text, str(out))  # never write a file that would not load
     out.write_text(text, encoding="utf-8")
     s = tuned.summary
-    con = _console()
+    con = make_console()
     con.print(f"tuned on {s['n']} images: MCC {s['mcc']:.4f}, mean cost {s['mean_cost_ms']:.1f} ms/img, "
               f"exit rates {s['exit_rates']}")
     for k, tier in enumerate(tuned.config.tiers):
