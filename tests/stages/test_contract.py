@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import math
 import subprocess
 import sys
@@ -27,7 +28,8 @@ from workzone.types import Image, StageOutput
 
 # Every kind the registry knows, but not the deliberately odd ones tests register for themselves
 # (tests/stages_fixtures.py: a failing stage, a sleepy one, ...).
-KINDS = [k for k in list_stages() if not get_stage_class(k).__module__.startswith("tests.")]
+_TESTS = Path(__file__).resolve().parents[1]
+KINDS = [k for k in list_stages() if _TESTS not in Path(inspect.getfile(get_stage_class(k))).resolve().parents]
 IMAGES = [Image(np.zeros((48, 64, 3), np.uint8)),
           Image(np.random.default_rng(5).integers(0, 255, (70, 40, 3), dtype=np.uint8)),
           Image(np.full((32, 32, 3), 250, np.uint8))]
