@@ -65,6 +65,15 @@ def tiny(tmp_path_factory):
         if name == "yolov8.onnx":
             _yolov8_onnx(root / name)
             return str(root / name)
+        if name in ("patch-extractor.onnx", "patch-bank.npz"):  # patch_anomaly: patch mean colours vs a grey bank
+            import json
+
+            from tests.stages.test_patch_anomaly import _mean_colour_extractor
+
+            _mean_colour_extractor(root / "patch-extractor.onnx")
+            np.savez(root / "patch-bank.npz", bank=np.array([[0.5, 0.5, 0.5]], np.float16),
+                     meta=np.array(json.dumps({"size": 64, "offset": 0.2, "scale": 0.05})))
+            return str(root / name)
         if name == "openai":
             servers.append(FakeOpenAIServer().start())
             return servers[-1].url
@@ -134,7 +143,8 @@ def test_predict_returns_one_finite_output_per_image(kind, tiny, tmp_path):
             await stage.aclose()  # safe twice
 
     early, outs, empty = asyncio.run(go())
-    assert early is not None and "before load()" in str(early)
+    if type(stage).load is not Stage.load:  # a kind that loads something refuses to predict before
+        assert early is not None and "before load()" in str(early)
     assert len(outs) == len(IMAGES) and empty == []
     for out in outs:
         assert isinstance(out, StageOutput)

@@ -20,8 +20,7 @@ from pydantic import Field, model_validator
 
 from workzone.errors import StageError
 from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
-from workzone.stages.anomaly import anomaly_evidence
-from workzone.stages.registry import register_stage
+from workzone.stages.patch_anomaly import anomaly_evidence
 from workzone.types import Image, StageOutput
 
 __all__ = ["ClipAnomalyParams", "ClipAnomalyStage"]
@@ -48,10 +47,11 @@ class ClipAnomalyParams(HFParams):
         return self
 
 
-@register_stage("hf_clip_anomaly")
 class ClipAnomalyStage(HFStage):
     """Scores how much better the image's patches match 'abnormal road' than 'normal road' prompts."""
 
+    kind = "hf_clip_anomaly"
+    tiny_params = {"model": "tiny:clip", "normal_prompts": ["an empty street"], "abnormal_prompts": ["a traffic cone"]}
     Params = ClipAnomalyParams
     default_cost = 150.0
     params: ClipAnomalyParams

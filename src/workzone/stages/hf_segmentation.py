@@ -28,7 +28,7 @@ from workzone.errors import ConfigError, StageError
 from workzone.stages._evidence_map import ClassMap, score_boxes
 from workzone.stages._hf_common import HFParams, HFStage, load_hf, to_pil
 from workzone.stages.onnx_detector import nms
-from workzone.stages.registry import create_stage, register_stage
+from workzone.stages.registry import create_stage
 from workzone.types import Box, Evidence, Image, StageOutput, StageReport
 
 __all__ = ["SegmentationParams", "SegmentationStage", "ShapeRule", "MaskShape", "clip_to_box", "measure_mask", "judge_shape",
@@ -114,14 +114,20 @@ class MaskShape:
     bottom: float
 
 
-@register_stage("hf_segmentation")
 class SegmentationStage(HFStage):
     """Segments each prompt box and keeps the boxes whose mask has the shape of their class."""
 
+    kind = "hf_segmentation"
+    tiny_params = {"model": "tiny:sam", "detector": {"kind": "onnx_detector", "model": "tiny:yolov8.onnx",
+                                                    "format": "yolov8", "conf": 0.3}}
     Params = SegmentationParams
     default_cost = 400.0
     needs_evidence = True
     params: SegmentationParams
+
+    @classmethod
+    def nested_specs(cls, params: SegmentationParams) -> list[tuple[str, dict[str, Any]]]:
+        return [] if params.detector is None else [("detector", dict(params.detector))]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -158,8 +164,7 @@ class SegmentationStage(HFStage):
 
     async def predict(self, batch: Sequence[Image],
                       prior: Sequence[Sequence[StageReport]] | None = None) -> list[StageOutput]:
-        if self._model is None:
-            raise StageError(self.name, "predict() called before load()")
+        self.require_loaded(self._model)
         batch = list(batch)
         if prior is not None and len(prior) != len(batch):
             raise StageError(self.name, f"got evidence for {len(prior)} images and {len(batch)} images")

@@ -17,7 +17,6 @@ whose exit thresholds are disabled) and keep a video's frames in one process (th
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
@@ -25,7 +24,6 @@ from typing import ClassVar, Sequence
 from pydantic import Field
 
 from workzone.stages.base import Stage, StageParams
-from workzone.stages.registry import register_stage
 from workzone.types import Evidence, Image, StageOutput, StageReport, logit, sigmoid
 
 __all__ = ["TemporalParams", "TemporalConsistencyStage", "parse_frame_source"]
@@ -50,10 +48,11 @@ class _Track:
     switches: int = 0
 
 
-@register_stage("temporal_consistency")
 class TemporalConsistencyStage(Stage):
     """Smooths earlier stages' per-frame evidence along each video with a forward HMM filter."""
 
+    kind = "temporal_consistency"
+    tiny_params = {}
     Params = TemporalParams
     default_cost = 0.01
     needs_evidence: ClassVar[bool] = True

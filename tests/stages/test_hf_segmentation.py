@@ -1,4 +1,4 @@
-"""Tests for workzone.stages.segmentation: mask shape numbers and rules on drawn masks, and the whole
+"""Tests for workzone.stages.hf_segmentation: mask shape numbers and rules on drawn masks, and the whole
 stage with a tiny random SAM, wrapping the tiny ONNX detector or prompted by an earlier tier's boxes."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from workzone.cascade import Cascade
 from workzone.config.loader import parse_pipeline
 from workzone.errors import ConfigError
 from workzone.stages.registry import create_stage
-from workzone.stages.segmentation import DEFAULT_SHAPES, MaskShape, ShapeRule, judge_shape, measure_mask
+from workzone.stages.hf_segmentation import DEFAULT_SHAPES, MaskShape, ShapeRule, judge_shape, measure_mask
 from workzone.types import Box, Image, sigmoid
 
 # -- shape numbers and rules on drawn masks ----------------------------------------------------

@@ -1,5 +1,5 @@
-"""Tests for workzone.stages.anomaly (patch memory bank, onnxruntime + numpy) and
-workzone.stages.clip_anomaly (CLIP patch tokens, tiny random CLIP)."""
+"""Tests for workzone.stages.patch_anomaly (patch memory bank, onnxruntime + numpy) and
+workzone.stages.hf_clip_anomaly (CLIP patch tokens, tiny random CLIP)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from tests.stages._support import run_stage
 
 from workzone.errors import ConfigError, ModelFileError
-from workzone.stages.anomaly import heat_map_text, nearest_distances
+from workzone.stages.patch_anomaly import heat_map_text, nearest_distances
 from workzone.stages.base import StageContext
 from workzone.stages.registry import create_stage
 from workzone.types import Image

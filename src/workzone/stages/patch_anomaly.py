@@ -25,7 +25,6 @@ from workzone.errors import ModelFileError, StageError
 from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session
 from workzone.stages.base import Stage, StageParams
-from workzone.stages.registry import register_stage
 from workzone.types import Box, Evidence, Image, StageOutput
 
 __all__ = ["PatchAnomalyParams", "PatchAnomalyStage", "nearest_distances", "anomaly_evidence", "heat_map_text"]
@@ -44,10 +43,12 @@ class PatchAnomalyParams(StageParams):
     batch_size: int = Field(default=8, ge=1, le=256)
 
 
-@register_stage("patch_anomaly")
 class PatchAnomalyStage(Stage):
     """Scores images by the distance of their patches to a memory bank of ordinary-road patches."""
 
+    kind = "patch_anomaly"
+    requires = ("onnxruntime",)
+    tiny_params = {"model": "tiny:patch-extractor.onnx", "bank": "tiny:patch-bank.npz"}
     Params = PatchAnomalyParams
     default_cost = 30.0
     params: PatchAnomalyParams
@@ -70,7 +71,7 @@ class PatchAnomalyStage(Stage):
         bank_path = self.context.resolve(p.bank)
         if not bank_path.is_file():
             raise ModelFileError(f"{prefix}memory bank {bank_path} does not exist; build one with "
-                                 "workzone.training.anomaly_bank (see docs/stages/anomaly.md)")
+                                 "workzone.training.anomaly_bank (see docs/stages/patch_anomaly.md)")
         try:
             with np.load(bank_path) as z:
                 bank = z["bank"].astype(np.float32)
@@ -92,8 +93,7 @@ class PatchAnomalyStage(Stage):
         await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
 
     async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._session is None:
-            raise StageError(self.name, "predict() called before load()")
+        self.require_loaded(self._session)
         return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
