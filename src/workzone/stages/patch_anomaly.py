@@ -16,16 +16,16 @@ ignored by detector class maps) and a coarse heat map in the notes, so a decisio
 from __future__ import annotations
 
 import json
-from typing import Sequence
 
 import numpy as np
 from pydantic import Field
 
 from workzone.errors import ModelFileError, StageError
 from workzone.io.images import resize_for_model
+from workzone.stages._model_stage import ModelStage
 from workzone.stages._onnx import open_session
-from workzone.stages.base import Stage, StageParams
-from workzone.types import Box, Evidence, Image, StageOutput
+from workzone.stages.base import StageParams
+from workzone.types import Box, Evidence, Image, StageOutput, sigmoid
 
 __all__ = ["PatchAnomalyParams", "PatchAnomalyStage", "nearest_distances", "anomaly_evidence", "heat_map_text"]
 
@@ -43,7 +43,7 @@ class PatchAnomalyParams(StageParams):
     batch_size: int = Field(default=8, ge=1, le=256)
 
 
-class PatchAnomalyStage(Stage):
+class PatchAnomalyStage(ModelStage):
     """Scores images by the distance of their patches to a memory bank of ordinary-road patches."""
 
     kind = "patch_anomaly"
@@ -55,15 +55,11 @@ class PatchAnomalyStage(Stage):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._session = None
         self._bank: np.ndarray | None = None
         self._bank_sq: np.ndarray | None = None
         self._size = 224
         self._offset = 0.0
         self._scale = 1.0
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         p = self.params
@@ -78,9 +74,9 @@ class PatchAnomalyStage(Stage):
                 meta = json.loads(str(z["meta"]))
         except (OSError, KeyError, ValueError) as exc:
             raise ModelFileError(f"{prefix}{bank_path} is not a memory bank (.npz with 'bank' and 'meta'): {exc}") from exc
-        self._session = open_session(self.context.resolve(p.model), threads=p.threads, device=self.context.device,
+        self._model = open_session(self.context.resolve(p.model), threads=p.threads, device=self.context.device,
                                      inputs=["image"], prefix=prefix, feature="the patch_anomaly stage")
-        dims = self._session.get_inputs()[0].shape[2:]
+        dims = self._model.get_inputs()[0].shape[2:]
         fixed = dims[0] if dims and isinstance(dims[0], int) else None
         self._size = int(meta.get("size") or fixed or 224)
         if fixed is not None and fixed != self._size:
@@ -89,20 +85,13 @@ class PatchAnomalyStage(Stage):
         self._scale = float(meta.get("scale", 1.0) if p.scale is None else p.scale)
         self._bank, self._bank_sq = bank, (bank ** 2).sum(1)
 
-    async def warmup(self) -> None:
-        await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
-
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        self.require_loaded(self._session)
-        return await self.run_blocking(self._predict_sync, list(batch))
-
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         p = self.params
         out: list[StageOutput] = []
         for i in range(0, len(batch), p.batch_size):
             part = batch[i:i + p.batch_size]
             x = np.stack([resize_for_model(im.pixels, self._size, "squash") for im in part]).astype(np.float32)
-            feats = self._session.run(None, {"image": x})[0]  # (n, C, h, w)
+            feats = self._model.run(None, {"image": x})[0]  # (n, C, h, w)
             n, c, h, w = feats.shape
             if c != self._bank.shape[1]:
                 raise StageError(self.name, f"extractor gives {c} features per patch, the bank has {self._bank.shape[1]}")
@@ -115,13 +104,13 @@ class PatchAnomalyStage(Stage):
         p = self.params
         score = float(np.sort(dist.ravel())[-p.top_k:].mean())
         z = float(np.clip((score - self._offset) / self._scale, -40.0, 40.0))
-        heat = 1.0 / (1.0 + np.exp(-np.clip((dist - self._offset) / self._scale, -40, 40)))
+        heat = sigmoid(np.clip((dist - self._offset) / self._scale, -40, 40))
         note = (f"anomaly: score {score:.3f} (mean of the top {p.top_k} patch distances; offset {self._offset:.3f}, "
                 f"scale {self._scale:.3f})")
         return StageOutput(z, anomaly_evidence(img, heat, boxes=p.boxes, grid=p.grid, notes=(note,)))
 
     async def aclose(self) -> None:
-        self._session = None
+        await super().aclose()
         self._bank = self._bank_sq = None
 
 
