@@ -348,7 +348,7 @@ def backend(args: argparse.Namespace) -> list[str]:
     from tests.fakes.openai_server import FakeOpenAIServer, Reply
     from workzone.cascade import Cascade
     from workzone.config.loader import parse_pipeline
-    from workzone.resilience import BreakerState
+    from workzone.stages._remote import BreakerState
     from workzone.types import Image
 
     timeout = 2.0

@@ -31,8 +31,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine  # noqa: E402
 
-import workzone.stages.ocr  # noqa: E402,F401 - registers sign_ocr
-import workzone.stages.roadwork_detector  # noqa: E402,F401 - registers roadwork_detector
 from workzone.evaluation.metrics import matthews_corrcoef  # noqa: E402
 from workzone.io.images import decode_image  # noqa: E402
 from workzone.stages.registry import create_stage  # noqa: E402

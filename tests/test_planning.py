@@ -1,4 +1,4 @@
-"""GPU memory estimates, placement, launch commands and pre-flight checks (workzone/planning.py)."""
+"""GPU memory estimates, placement, launch commands (workzone/planning/) and pre-flight checks (workzone/checking.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 from tests.fakes.openai_server import FakeOpenAIServer
 from workzone.config.loader import parse_pipeline
 from workzone.errors import ConfigError
+from workzone.checking import check_pipeline
 from workzone.planning import (
-    KIND_REQUIREMENTS,
     GiB,
     GpuSpec,
-    check_pipeline,
     launch_commands,
     lookup_model,
     parse_gpus,
@@ -206,17 +205,26 @@ def test_check_extras_and_model_files(tmp_path):
 
 def test_check_names_the_extra_to_install(tmp_path, monkeypatch):
     # A requirement no environment has, so the missing branch runs whatever is installed here.
-    monkeypatch.setitem(KIND_REQUIREMENTS, "ultralytics", ("detect", ("onnxruntime", "workzone_no_such_module")))
+    from workzone.stages.registry import get_stage_class
+
+    monkeypatch.setattr(get_stage_class("ultralytics"), "requires", ("onnxruntime", "workzone_no_such_module"))
     rows = check_pipeline(pipeline("{name: y, kind: ultralytics, model: yolo11n.yaml}"), tmp_path)
     extras = next(r for r in rows if r.check == "extras")
     assert extras.ok is False
     assert extras.detail == "missing workzone_no_such_module: pip install 'workzone[detect]'"
 
 
-def test_requirement_table_covers_every_builtin_kind():
-    from workzone.stages.registry import _BUILTIN_MODULES
-
-    assert set(_BUILTIN_MODULES) <= set(KIND_REQUIREMENTS)
+def test_check_knows_packaged_configs_and_what_would_be_downloaded(tmp_path):
+    pytest.importorskip("ultralytics")
+    cfg = pipeline("{name: y, kind: ultralytics, model: yolo11n.yaml}", "{name: r, kind: ultralytics, model: rtdetr-l.yaml}",
+                   "{name: w, kind: ultralytics, model: yolo11s.pt, allow_download: true}",
+                   "{name: o, kind: hf_zero_shot_detection, model: org/never-cached-owl, prompts: {cone: cone}}")
+    offline = {(r.stage, r.check): r for r in check_pipeline(cfg, tmp_path, reachable=lambda host: False)}
+    assert offline[("y", "model")].ok is True and offline[("r", "model")].ok is True
+    assert offline[("w", "download")].ok is False and "github.com, which is not reachable" in offline[("w", "download")].detail
+    assert offline[("o", "download")].ok is False and "huggingface.co" in offline[("o", "download")].detail
+    online = {(r.stage, r.check): r for r in check_pipeline(cfg, tmp_path, reachable=lambda host: True)}
+    assert online[("o", "download")].ok is None and "will be downloaded from huggingface.co" in online[("o", "download")].detail
 
 
 def test_check_endpoints(tmp_path):

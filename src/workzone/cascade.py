@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from workzone.config.schema import PipelineConfig, TierConfig
 from workzone.errors import DeadlineExceeded, StageError, WorkzoneError
 from workzone.fusion.pooling import pool_log_odds
+from workzone.fusion.rules import leaves_tier, prior_probability
 from workzone.routing import plan_routes
 from workzone.stages.base import Stage, StageContext
 from workzone.stages.registry import get_stage_class
@@ -201,11 +202,7 @@ class Cascade:
             return "last tier"
         if run_all:
             return None
-        if tier.exit.upper is not None and p >= tier.exit.upper:
-            return "confident"
-        if tier.exit.lower is not None and p <= tier.exit.lower:
-            return "confident"
-        return None
+        return "confident" if leaves_tier(p, tier.exit) else None
 
     def _decide(self, image: Image, i: int, ti: int, reason: str, probs: list[list[float]],
                 reports: list[list[StageReport]], cost: list[float], t0: float,
@@ -232,7 +229,7 @@ class Cascade:
 
     def prior_probability(self) -> float:
         """P(road work) with no evidence at all: the first tier's fusion bias."""
-        return float(sigmoid(pool_log_odds({}, self.tiers[0][0].fusion)))
+        return prior_probability(self.tiers[0][0].fusion)
 
     def prior_decision(self, source: str, why: str) -> Decision:
         """A decision from the prior alone, marked degraded with ``why`` (no stage ran)."""

@@ -1,67 +1,32 @@
-"""Pre-flight checks for pipelines (``workzone check``): extras installed, model files present, endpoints up.
+"""Pre-flight checks for pipelines (``workzone check``): extras installed, model files present, downloads
+possible, endpoints up.
 
-Nothing here loads a model or imports a backend: modules are looked up with ``find_spec``, files
-with ``Path.exists``, and endpoints (only when asked) with one ``GET {base_url}/models``. The GPU
-memory plan (``workzone plan``) is in :mod:`workzone.planning`.
+What each kind needs is read from its class in the registry (``extra``, ``requires``, ``runs_on``,
+``downloads_from``, :meth:`~workzone.stages.base.Stage.packaged_model`); nothing here loads a model
+or imports a backend: modules are looked up with ``find_spec``, files with ``Path.exists``, a model
+that would be downloaded with one TCP connection to its host, and endpoints (only when asked) with
+one ``GET {base_url}/models``. The GPU memory plan (``workzone plan``) is in :mod:`workzone.planning`.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Callable
 
 from workzone.config.schema import PipelineConfig, StageSpec
-from workzone.stages.base import StageContext
+from workzone.stages.base import Stage, StageContext
+from workzone.stages.registry import get_stage_class, list_stages
 
-__all__ = ["KIND_REQUIREMENTS", "ENGINE_KINDS", "missing_modules", "nested_stages", "CheckRow", "check_pipeline"]
-
-#: kind -> (extra, modules it imports). ``workzone check`` looks each module up without importing it.
-KIND_REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "onnx_classifier": ("default", ("onnxruntime",)),
-    "onnx_detector": ("default", ("onnxruntime",)),
-    "roadwork_detector": ("default", ("onnxruntime",)),
-    "sign_ocr": ("default", ("rapidocr_onnxruntime", "cv2")),
-    "ultralytics": ("detect", ("ultralytics", "torch", "torchvision")),
-    "rfdetr": ("rfdetr", ("rfdetr", "torch", "torchvision")),
-    "hf_zero_shot_detection": ("hf", ("transformers", "torch")),
-    "hf_image_classification": ("hf", ("transformers", "torch")),
-    "hf_zero_shot_image": ("hf", ("transformers", "torch")),
-    "hf_depth": ("hf", ("transformers", "torch")),
-    "hf_segmentation": ("hf", ("transformers", "torch")),
-    "hf_clip_anomaly": ("hf", ("transformers", "torch")),
-    "patch_anomaly": ("default", ("onnxruntime",)),
-    "vlm_openai": ("vlm", ("httpx", "tenacity")),
-    "reasoner_openai": ("vlm", ("httpx", "tenacity")),
-    "vlm_transformers": ("vlm-local", ("transformers", "torch", "torchvision")),
-    "temporal_consistency": ("default", ()),
-}
-
-#: Kinds whose model is served by an engine (vLLM, SGLang, LMDeploy) rather than loaded in-process.
-ENGINE_KINDS = ("vlm_openai", "reasoner_openai")
+__all__ = ["missing_modules", "CheckRow", "check_pipeline", "host_reachable"]
 
 
-def missing_modules(kind: str) -> tuple[str, list[str]] | None:
-    """``(extra, missing module names)`` for a kind, or ``None`` when the kind is not in the table."""
-    req = KIND_REQUIREMENTS.get(kind)
-    if req is None:
-        return None
-    extra, modules = req
-    return extra, [m for m in modules if find_spec(m) is None]
-
-
-def nested_stages(st: StageSpec) -> list[StageSpec]:
-    """The detector an ``hf_depth`` or ``hf_segmentation`` stage wraps (same process, same device)."""
-    spec = getattr(st.params, "detector", None)
-    if st.kind not in ("hf_depth", "hf_segmentation") or not isinstance(spec, dict):
-        return []
-    from workzone.config.loader import validate_params
-    from workzone.stages.registry import get_stage_class
-
-    raw = {k: v for k, v in spec.items() if k != "kind"}
-    cls = get_stage_class(spec["kind"])
-    name = f"{st.name}.detector"
-    return [StageSpec(name=name, kind=cls.kind, device=st.device, params=validate_params(cls, name, raw))]
+def missing_modules(kind: str) -> tuple[str, list[str]]:
+    """``(extra, missing module names)`` for a kind, from its class's ``extra`` and ``requires``."""
+    cls = get_stage_class(kind)
+    return cls.extra, [m for m in cls.requires if find_spec(m) is None]
 
 
 @dataclass(frozen=True)
@@ -75,54 +40,86 @@ class CheckRow:
     detail: str = ""
 
 
+def host_reachable(host: str, timeout_s: float = 2.0) -> bool:
+    """Whether a TCP connection to ``host:443`` opens within ``timeout_s`` (no data is sent)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 _FILE_SUFFIXES = (".onnx", ".pt", ".pth", ".engine", ".torchscript", ".safetensors", ".yaml", ".txt", ".npz")
 
 
-def check_pipeline(config: PipelineConfig, base_dir: Path, *, endpoints: bool = False,
-                   timeout_s: float = 5.0) -> list[CheckRow]:
-    """Check what can be checked before loading: extras installed, model files present, endpoints up.
+def check_pipeline(config: PipelineConfig, base_dir: Path, *, endpoints: bool = False, timeout_s: float = 5.0,
+                   reachable: Callable[[str], bool] = host_reachable) -> list[CheckRow]:
+    """Check what can be checked before loading: extras, model files, downloads, endpoints.
 
     The pipeline's shape and kinds were validated when ``config`` was parsed.
+
+    Args:
+        reachable: says whether a download host answers (asked once per host).
     """
     ctx = StageContext(base_dir=base_dir)
+    hosts: dict[str, bool] = {}
+
+    def can_reach(host: str) -> bool:
+        if host not in hosts:
+            hosts[host] = reachable(host)
+        return hosts[host]
+
     rows: list[CheckRow] = []
     for tier in config.tiers:
         for st in tier.stages:
             if not st.enabled:
                 rows.append(CheckRow(st.name, st.kind, "enabled", None, "disabled in the pipeline"))
                 continue
-            req = missing_modules(st.kind)
-            if req is None:
-                rows.append(CheckRow(st.name, st.kind, "extras", None, "third-party kind: not checked"))
-            else:
-                extra, missing = req
-                detail = (f"missing {', '.join(missing)}: pip install 'workzone[{extra}]'" if missing
-                          else f"[{extra}] installed")
-                rows.append(CheckRow(st.name, st.kind, "extras", not missing, detail))
-            for part in [st, *nested_stages(st)]:
-                rows.extend(_file_rows(part, ctx))
+            extra, missing = missing_modules(st.kind)
+            detail = (f"missing {', '.join(missing)}: pip install 'workzone[{extra}]'" if missing
+                      else f"[{extra}] installed")
+            rows.append(CheckRow(st.name, st.kind, "extras", not missing, detail))
+            for part in [st, *st.nested()]:
+                rows.extend(_file_rows(part, ctx, can_reach))
             if st.engine is not None:
                 rows.append(_engine_row(st))
-            if endpoints and st.kind in ENGINE_KINDS:
+            if endpoints and get_stage_class(st.kind).runs_on == "engine":
                 rows.append(_endpoint_row(st, timeout_s))
     return rows
 
 
-def _file_rows(st: StageSpec, ctx: StageContext) -> list[CheckRow]:
+def _file_rows(st: StageSpec, ctx: StageContext, can_reach: Callable[[str], bool]) -> list[CheckRow]:
+    cls = get_stage_class(st.kind)
+    if cls.runs_on == "engine":
+        return []  # an engine's model lives on its server (--endpoints checks it)
     rows = []
     for key in ("model", "lexicon", "class_names", "bank"):
         value = getattr(st.params, key, None)
         if not isinstance(value, str) or not value:
             continue
-        local = value.startswith(("builtin:", "./", "../", "/", "~")) or value.lower().endswith(_FILE_SUFFIXES)
-        if not local or st.kind in ENGINE_KINDS:
-            continue  # a hub id is fetched at load time; an engine's model lives on its server
-        path = ctx.resolve(value)
-        if st.kind == "ultralytics" and getattr(st.params, "allow_download", False) and not path.exists():
-            rows.append(CheckRow(st.name, st.kind, key, None, f"{value} will be downloaded (allow_download)"))
+        if key == "model" and cls.packaged_model(value):
+            rows.append(CheckRow(st.name, st.kind, key, True, f"{value} ships with the {cls.extra} extra's library"))
             continue
-        rows.append(CheckRow(st.name, st.kind, key, path.exists(), str(path) if path.exists() else f"{path} does not exist"))
+        local = value.startswith(("builtin:", "./", "../", "/", "~")) or value.lower().endswith(_FILE_SUFFIXES)
+        path = ctx.resolve(value)
+        if path.exists():
+            rows.append(CheckRow(st.name, st.kind, key, True, str(path)))
+        elif local and not (getattr(st.params, "allow_download", False) and "/" not in value):
+            rows.append(CheckRow(st.name, st.kind, key, False, f"{path} does not exist"))
+        elif key == "model" and cls.downloads_from:
+            rows.append(_download_row(st, cls, value, can_reach))
     return rows
+
+
+def _download_row(st: StageSpec, cls: type[Stage], model: str, can_reach: Callable[[str], bool]) -> CheckRow:
+    if cls.cached_model(model):
+        return CheckRow(st.name, st.kind, "download", True, f"{model} is in the local cache")
+    host = cls.downloads_from or ""
+    if can_reach(host):
+        return CheckRow(st.name, st.kind, "download", None, f"{model} will be downloaded from {host} when it loads")
+    return CheckRow(st.name, st.kind, "download", False,
+                    f"{model} must be downloaded from {host}, which is not reachable from here (no network?); "
+                    "download it where there is network, or point model at a local copy")
 
 
 def _engine_row(st: StageSpec) -> CheckRow:
@@ -130,8 +127,9 @@ def _engine_row(st: StageSpec) -> CheckRow:
     from workzone.engine_options import check_engine_options
     from workzone.errors import ConfigError
 
-    if st.kind not in ENGINE_KINDS:
-        return CheckRow(st.name, st.kind, "engine", False, f"engine: applies to {', '.join(ENGINE_KINDS)} only")
+    if get_stage_class(st.kind).runs_on != "engine":
+        engine_kinds = [k for k in list_stages() if get_stage_class(k).runs_on == "engine"]
+        return CheckRow(st.name, st.kind, "engine", False, f"engine: applies to {', '.join(engine_kinds)} only")
     quant = st.engine.quantization or "none"
     try:
         check_engine_options(st.name, st.engine, quant)

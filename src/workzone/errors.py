@@ -63,12 +63,13 @@ class ConfigError(WorkzoneError, ValueError):
 class UnknownStageKind(ConfigError):
     """A pipeline names a stage kind that no registered stage implements."""
 
-    def __init__(self, kind: str, known: list[str]) -> None:
+    def __init__(self, kind: str, known: list[str], where: str = "") -> None:
         self.kind = kind
         self.known = known
         super().__init__(
-            f"unknown stage kind {kind!r}; registered kinds: {', '.join(sorted(known))}. "
-            "Third-party kinds must be registered with workzone.register_stage before loading."
+            (f"{where}: " if where else "")
+            + f"unknown stage kind {kind!r}; registered kinds: {', '.join(sorted(known))}. "
+            "A third-party kind is registered with workzone.register_stage before loading, or by an entry point in the workzone.stages group."
         )
 
 

@@ -22,7 +22,7 @@ from workzone.errors import ConfigError
 from workzone.evaluation.metrics import matthews_corrcoef
 from workzone.fusion.calibration import fit_fusion, fused_log_odds
 from workzone.fusion.thresholds import tune_exit_thresholds
-from workzone.types import Decision
+from workzone.types import Decision, is_road_work, sigmoid
 
 __all__ = ["TuneResult", "collect_scores", "cost_mcc_frontier", "measure_stage_costs", "read_scores_csv",
            "tune_pipeline", "tune_scores"]
@@ -95,7 +95,7 @@ def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labe
         fus = fit_fusion(scores, labels, seen, l2=l2, balanced=balanced, prior_weight=prior_weight) if seen else None
         fusions.append(fus)
         z = fused_log_odds(scores, fus) if fus is not None else np.zeros(len(scores))
-        probs.append(1.0 / (1.0 + np.exp(-z)))
+        probs.append(sigmoid(z))
     return fusions, np.vstack(probs)
 
 
@@ -191,7 +191,7 @@ def tune_scores(config: PipelineConfig, scores: list[dict[str, float | None]], l
         fus = fusions[k] if fusions[k] is not None else tier.fusion
         new_tiers.append(tier.model_copy(update={"stages": stages, "fusion": fus,
                                                  "exit": ExitThresholds(lower=lo, upper=hi)}))
-    per_tier_mcc = [round(matthews_corrcoef(y, (probs[k] > 0.5).astype(int)), 4) for k in range(len(tiers))]
+    per_tier_mcc = [round(matthews_corrcoef(y, is_road_work(probs[k]).astype(int)), 4) for k in range(len(tiers))]
     summary = {
         "fitted_on": data_name, "n": int(len(y)), "positives": int(y.sum()),
         "date": _dt.date.today().isoformat(), "l2": l2, "balanced": balanced, "prior_weight": prior_weight,

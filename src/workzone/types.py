@@ -22,15 +22,31 @@ __all__ = [
     "Image",
     "sigmoid",
     "logit",
+    "is_road_work",
 ]
 
 
-def sigmoid(z: float) -> float:
-    """Numerically stable logistic function."""
+def sigmoid(z: Any) -> Any:
+    """Numerically stable logistic function of a float (a float back) or an array (elementwise).
+
+    Examples:
+        >>> sigmoid(0.0)
+        0.5
+        >>> sigmoid(np.array([-40.0, 0.0, 800.0])).round(6).tolist()
+        [0.0, 0.5, 1.0]
+    """
+    if isinstance(z, np.ndarray):
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
+    z = float(z)
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+def is_road_work(p: Any) -> Any:
+    """The label of a probability (float or array): road work when strictly above one half (the SN72 rule)."""
+    return p > 0.5
 
 
 def logit(p: float, eps: float = 1e-6) -> float:
@@ -187,7 +203,7 @@ class Decision:
 
     @property
     def label(self) -> bool:
-        return self.probability > 0.5
+        return bool(is_road_work(self.probability))
 
     @property
     def errors(self) -> dict[str, str]:

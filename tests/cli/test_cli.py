@@ -182,3 +182,13 @@ def test_tune_scores_must_cover_every_stage(setup, tmp_path):
     pipe.write_text(pipe.read_text().replace("model: tiny", "cost: 5, model: tiny", 1).replace("tiles: 2}", "tiles: 2, cost: 9}"))
     res = runner.invoke(app, ["tune", "-p", str(pipe), "--scores", str(bad), "--out", str(tmp / "b.yaml")])
     assert res.exit_code != 0 and "tiles" in str(res.exception)
+
+
+def test_version_prints_the_package_version():
+    from typer.testing import CliRunner
+
+    import workzone
+    from workzone.cli.main import app
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"workzone {workzone.__version__}"

@@ -8,7 +8,8 @@ import pytest
 
 from workzone.cascade import build_stages
 from workzone.config.loader import builtin_pipeline_path, builtin_pipelines, load_pipeline_config
-from workzone.planning import GpuSpec, check_pipeline, plan_pipeline
+from workzone.checking import check_pipeline
+from workzone.planning import GpuSpec, plan_pipeline
 from workzone.stages.base import StageContext
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,10 +43,11 @@ def test_pipeline_parses_and_builds(path):
 
 @pytest.mark.parametrize("path", PIPELINES, ids=ids(PIPELINES))
 def test_pipeline_check_finds_only_missing_installs(path):
-    """Problems may only be extras this environment lacks or embedded models this checkout has not built."""
+    """Problems may only be extras this environment lacks, embedded models this checkout has not built, or
+    downloads without a network."""
     cfg, _ = load_pipeline_config(path)
-    rows = check_pipeline(cfg, path.parent)
-    unexpected = [r for r in rows if r.ok is False and r.check != "extras"
+    rows = check_pipeline(cfg, path.parent, reachable=lambda host: False)
+    unexpected = [r for r in rows if r.ok is False and r.check not in ("extras", "download")
                   and not (r.check == "model" and r.detail.startswith(str(MODELS)))]
     assert not unexpected, unexpected
     for r in rows:
@@ -57,7 +59,7 @@ def test_pipeline_check_finds_only_missing_installs(path):
 @pytest.mark.parametrize("path", PIPELINES, ids=ids(PIPELINES))
 def test_embedded_models_exist(path):
     cfg, _ = load_pipeline_config(path)
-    rows = [r for r in check_pipeline(cfg, path.parent) if r.check == "model"]
+    rows = [r for r in check_pipeline(cfg, path.parent, reachable=lambda host: False) if r.check == "model"]
     assert all(r.ok is not False for r in rows), rows
 
 

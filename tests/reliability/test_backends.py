@@ -15,7 +15,7 @@ from tests.conftest import build_tiny_classifier
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from workzone.cascade import Cascade
 from workzone.config.loader import parse_pipeline
-from workzone.resilience import BreakerState
+from workzone.stages._remote import BreakerState
 from workzone.types import Image
 
 pytest.importorskip("httpx")

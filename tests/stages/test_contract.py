@@ -1,133 +1,168 @@
-"""Contract shared by the detector and transformers stage kinds (issue 4's heavy tiers).
+"""The contract every registered stage kind keeps, run over ``list_stages()`` with each kind's ``tiny_params``.
 
-Every kind: rejects unknown params with a message naming the key, and after load() returns one
-output per image whose log-odds is finite or None. Each kind runs on its tiny test model; kinds
-whose library cannot run here (ultralytics / rfdetr without torchvision) are skipped.
+Every kind: declares what it needs on its class (extra, requires, where it runs, tiny params); rejects
+unknown params with a message naming the key; has frozen params; and after load() returns one output
+per image whose log-odds is finite or None, and closes twice safely. Kinds whose library cannot run
+here are skipped with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.fakes.openai_server import FakeOpenAIServer
 from workzone.errors import ConfigError
-from workzone.stages.registry import create_stage, get_stage_class, list_stages
+from workzone.stages.base import Stage, StageContext
+from workzone.stages.registry import builtin_modules, create_stage, get_stage_class, list_stages
 from workzone.types import Image, StageOutput
 
-KINDS = ["onnx_detector", "ultralytics", "rfdetr", "hf_zero_shot_detection", "hf_image_classification",
-         "hf_zero_shot_image", "hf_depth", "hf_segmentation", "hf_clip_anomaly"]
+# Every kind the registry knows, but not the deliberately odd ones tests register for themselves
+# (tests/stages_fixtures.py: a failing stage, a sleepy one, ...).
+_TESTS = Path(__file__).resolve().parents[1]
+KINDS = [k for k in list_stages() if _TESTS not in Path(inspect.getfile(get_stage_class(k))).resolve().parents]
 IMAGES = [Image(np.zeros((48, 64, 3), np.uint8)),
           Image(np.random.default_rng(5).integers(0, 255, (70, 40, 3), dtype=np.uint8)),
           Image(np.full((32, 32, 3), 250, np.uint8))]
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
-def _importable(*modules: str) -> bool:
-    try:
-        for m in modules:
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
+
+
+def _cannot_import(modules: tuple[str, ...]) -> str | None:
+    for m in modules:
+        try:
             importlib.import_module(m)
-    except Exception:  # noqa: BLE001 - any import failure means the backend cannot run here
-        return False
-    return True
+        except Exception as exc:  # noqa: BLE001 - any import failure means the backend cannot run here
+            return f"{m} cannot be imported here ({type(exc).__name__})"
+    return None
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Tiny models on demand, built once per module."""
+    """Builds the tiny artefacts that ``tiny:NAME`` strings in ``tiny_params`` stand for, once per module."""
     root = tmp_path_factory.mktemp("contract")
-    cache: dict[str, object] = {}
+    cache: dict[str, Any] = {}
+    servers: list[FakeOpenAIServer] = []
 
-    def get(name: str):
-        if name not in cache:
-            from tests.stages import _tiny_hf
-            from tests.stages.test_onnx_detector import _yolov8_onnx
+    def build(name: str) -> Any:
+        from tests.stages import _tiny_hf
+        from tests.stages.test_onnx_detector import _yolov8_onnx
 
-            if name == "onnx":
-                _yolov8_onnx(root / "tiny.onnx")
-                cache[name] = root / "tiny.onnx"
-            else:
-                builder = {"vit": lambda p: _tiny_hf.save_vit_classifier(p, ["none", "roadwork"]),
-                           "clip": _tiny_hf.save_clip, "owl": _tiny_hf.save_owlv2,
-                           "depth": _tiny_hf.save_depth_anything, "sam": _tiny_hf.save_sam}[name]
-                cache[name] = builder(root / name)
-        return cache[name]
-    return get
+        if name == "yolov8.onnx":
+            _yolov8_onnx(root / name)
+            return str(root / name)
+        if name in ("patch-extractor.onnx", "patch-bank.npz"):  # patch_anomaly: patch mean colours vs a grey bank
+            import json
 
+            from tests.stages.test_patch_anomaly import _mean_colour_extractor
 
-def _params(kind: str, tiny) -> dict:
-    hf = ("transformers", "torch")
-    needs = {"ultralytics": ("torchvision", "ultralytics"), "rfdetr": ("torchvision", "rfdetr"),
-             "hf_zero_shot_detection": hf, "hf_image_classification": hf, "hf_zero_shot_image": hf,
-             "hf_depth": hf, "hf_segmentation": hf, "hf_clip_anomaly": hf, "onnx_detector": ("onnx",)}[kind]
-    if not _importable(*needs):
-        pytest.skip(f"{kind}: {', '.join(needs)} cannot be imported here")
-    if kind == "onnx_detector":
-        return {"model": str(tiny("onnx")), "format": "yolov8"}
-    if kind == "ultralytics":
-        return {"model": "yolo11n.yaml", "imgsz": 64, "conf": 0.0}
-    if kind == "rfdetr":
-        return {"model": None, "variant": "nano", "threshold": 0.0}
-    if kind == "hf_zero_shot_detection":
-        return {"model": str(tiny("owl")), "prompts": {"a traffic cone": "cone"}, "threshold": 0.3}
-    if kind == "hf_image_classification":
-        return {"model": str(tiny("vit")), "positive_labels": ["roadwork"]}
-    if kind == "hf_zero_shot_image":
-        return {"model": str(tiny("clip")), "positive_prompts": ["road work"], "negative_prompts": ["an empty street"]}
-    if kind == "hf_clip_anomaly":
-        return {"model": str(tiny("clip")), "normal_prompts": ["an empty street"], "abnormal_prompts": ["a traffic cone"]}
-    detector = {"kind": "onnx_detector", "model": str(tiny("onnx")), "format": "yolov8", "conf": 0.3}
-    return {"model": str(tiny("sam" if kind == "hf_segmentation" else "depth")), "detector": detector}
+            _mean_colour_extractor(root / "patch-extractor.onnx")
+            np.savez(root / "patch-bank.npz", bank=np.array([[0.5, 0.5, 0.5]], np.float16),
+                     meta=np.array(json.dumps({"size": 64, "offset": 0.2, "scale": 0.05})))
+            return str(root / name)
+        if name == "openai":
+            servers.append(FakeOpenAIServer().start())
+            return servers[-1].url
+        builders = {"vit": lambda p: _tiny_hf.save_vit_classifier(p, ["none", "roadwork"]), "clip": _tiny_hf.save_clip,
+                    "owlv2": _tiny_hf.save_owlv2, "depth": _tiny_hf.save_depth_anything, "sam": _tiny_hf.save_sam}
+        if name not in builders:
+            pytest.skip(f"no tiny builder for {name!r} here (its kind's own test builds it)")
+        return str(builders[name](root / name))
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("tiny:"):
+            name = value.removeprefix("tiny:")
+            if name not in cache:
+                cache[name] = build(name)
+            return cache[name]
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        return value
+
+    yield resolve
+    for srv in servers:
+        srv.stop()
 
 
-def test_kinds_are_registered_builtins():
-    assert set(KINDS) <= set(list_stages())
+def _runnable(kind: str) -> type[Stage]:
+    cls = get_stage_class(kind)
+    why = _cannot_import(cls.requires)
+    if why:
+        pytest.skip(f"{kind}: {why}")
+    return cls
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kind_declares_what_it_needs(kind):
+    cls = get_stage_class(kind)
+    assert cls.kind == kind
+    assert cls.extra == "default" or cls.extra in _pyproject()["project"]["optional-dependencies"]
+    assert cls.runs_on in ("cpu", "gpu", "engine")
+    assert cls.tiny_params is not None, f"{kind}: declare tiny_params on the class"
+    assert cls.Params.model_config.get("frozen") is True and cls.Params.model_config.get("extra") == "forbid"
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_unknown_param_is_rejected_by_name(kind):
     with pytest.raises(ConfigError) as err:
-        create_stage(kind, "s", {"model": "m", "definitely_not_a_param": 1})
+        create_stage(kind, "s", {**get_stage_class(kind).tiny_params, "definitely_not_a_param": 1})
     assert "definitely_not_a_param" in str(err.value) and "unknown key" in str(err.value)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_params_are_frozen(kind):
-    fields = get_stage_class(kind).Params.model_fields
-    assert "model" in fields and get_stage_class(kind).Params.model_config.get("frozen") is True
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_predict_returns_one_finite_output_per_image(kind, tiny):
-    stage = create_stage(kind, "s", _params(kind, tiny))
+def test_predict_returns_one_finite_output_per_image(kind, tiny, tmp_path):
+    cls = _runnable(kind)
+    stage = create_stage(kind, "s", tiny(dict(cls.tiny_params)), context=StageContext(base_dir=tmp_path))
 
     async def go():
+        try:
+            await stage.predict(IMAGES[:1])
+        except Exception as exc:  # noqa: BLE001 - checked below
+            early = exc
+        else:
+            early = None
         await stage.load()
         try:
-            return await stage.predict(IMAGES), await stage.predict([])
+            return early, await stage.predict(IMAGES), await stage.predict([])
         finally:
             await stage.aclose()
             await stage.aclose()  # safe twice
 
-    outs, empty = asyncio.run(go())
+    early, outs, empty = asyncio.run(go())
+    if type(stage).load is not Stage.load:  # a kind that loads something refuses to predict before
+        assert early is not None and "before load()" in str(early)
     assert len(outs) == len(IMAGES) and empty == []
     for out in outs:
         assert isinstance(out, StageOutput)
         assert out.log_odds is None or math.isfinite(out.log_odds)
 
 
-def test_importing_the_stage_modules_pulls_in_no_heavy_library():
-    import subprocess
-    import sys
+def test_builtin_kinds_are_entry_points_named_after_their_modules():
+    eps = _pyproject()["project"]["entry-points"]["workzone.stages"]
+    assert {k: v.split(":")[0] for k, v in eps.items()} == builtin_modules()
+    for kind, target in eps.items():
+        module, cls = target.split(":")
+        assert get_stage_class(kind).__name__ == cls and get_stage_class(kind).__module__ == module
 
+
+def test_importing_the_stage_modules_pulls_in_no_heavy_library():
     code = ("import sys\n"
-            "import workzone.stages.yolo, workzone.stages.rfdetr, workzone.stages.open_vocab, "
-            "workzone.stages.hf_classifier, workzone.stages.zero_shot_image, workzone.stages.depth, "
-            "workzone.stages.onnx_detector, workzone.stages.segmentation, workzone.stages.clip_anomaly, "
-            "workzone.stages.anomaly, workzone.routing, workzone.engine_options\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'ultralytics', 'rfdetr', 'onnxruntime', 'torchvision') "
-            "if m in sys.modules))\n")
+            f"import {', '.join(sorted(builtin_modules().values()))}\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'ultralytics', 'rfdetr', 'onnxruntime', 'torchvision',"
+            " 'httpx', 'tenacity', 'rapidocr_onnxruntime', 'cv2') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

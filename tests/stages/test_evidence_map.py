@@ -87,7 +87,7 @@ def test_detections_to_output_maps_orders_and_notes():
     assert out.evidence.boxes[0].score == pytest.approx(0.7)
     assert (out.evidence.boxes[0].x1, out.evidence.boxes[0].x2) == (20, 30)
     notes = " | ".join(out.evidence.notes)
-    assert "2 cone (best 0.70)" in notes and "traffic_cone->cone" in notes and "1 person" in notes
+    assert "2 cone (best 0.70)" in notes and "traffic_cone->cone" in notes and "ignored boxes labelled 'person' (x1)" in notes
     # Both cones count towards the score even though only one box is reported.
     both = score_boxes([Box("cone", 0.7, 0, 0, 1, 1), Box("cone", 0.4, 0, 0, 1, 1)], ClassMap())
     assert out.log_odds == pytest.approx(both)

@@ -95,6 +95,6 @@ def test_random_nano_runs_end_to_end():
         # ignored are ids that rfdetr itself leaves unnamed (the gaps in COCO's 91 ids).
         assert 150 <= len(out.evidence.boxes) <= 300
         ignored = [n for n in out.evidence.notes if n.startswith("ignored ")]
-        for item in (ignored[0].removeprefix("ignored ").split(", ") if ignored else []):
-            label = item.split(" ", 1)[1]
+        for item in (ignored[0].removeprefix("ignored boxes labelled ").split(", ") if ignored else []):
+            label = item.rsplit(" (x", 1)[0].strip("'")
             assert label.startswith("class_") and int(label.removeprefix("class_")) not in COCO_CLASSES

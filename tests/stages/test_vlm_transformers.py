@@ -116,7 +116,7 @@ def test_scores_match_an_independent_forward_pass(tiny_vlm):
     assert sorted(tok.convert_ids_to_tokens(yes)) == ["YES", "Yes", "yes"]
     assert sorted(tok.convert_ids_to_tokens(no)) == ["No", "no"]
     model = transformers.AutoModelForImageTextToText.from_pretrained(tiny_vlm).eval()
-    from workzone.stages.vlm import downscale_to_pixels
+    from workzone.stages.vlm_openai import downscale_to_pixels
 
     for im, o in zip(images, out):
         # One image at a time, no padding: the batched, left-padded stage must agree.

@@ -10,13 +10,30 @@ from typer.testing import CliRunner  # noqa: E402
 from workzone.cli.train import register  # noqa: E402
 
 
-def test_register_adds_commands_and_help_runs() -> None:
+def test_register_adds_one_train_group_and_help_runs() -> None:
     app = typer.Typer()
     register(app)
-    result = CliRunner().invoke(app, ["--help"])
+    top = CliRunner().invoke(app, ["--help"])
+    assert top.exit_code == 0 and "train" in top.output
+    commands = typer.main.get_command(app).commands
+    assert not commands["train"].hidden
+    for alias in ("loso", "loso-fusion", "export-classifier", "compact-data", "train-detector", "eval-detector"):
+        assert commands[alias].hidden  # old names stay as hidden aliases
+    result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0
-    for name in ("train", "loso", "loso-fusion", "export-classifier", "compact-data"):
+    for name in ("classifier", "loso", "loso-fusion", "export-classifier", "compact-data", "detector", "eval-detector"):
         assert name in result.output
+
+
+@pytest.mark.parametrize("argv", [["train", "classifier", "--help"], ["train", "MANIFEST.csv", "--help"],
+                                  ["train", "compact-data", "--help"], ["compact-data", "--help"],
+                                  ["train-detector", "--help"], ["train", "detector", "--help"]])
+def test_old_and_new_command_names_reach_the_same_commands(argv) -> None:  # noqa: ANN001
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
 
 
 def test_compact_data_writes_a_small_copy(tmp_path) -> None:  # noqa: ANN001
@@ -31,7 +48,7 @@ def test_compact_data_writes_a_small_copy(tmp_path) -> None:  # noqa: ANN001
     app = typer.Typer()
     register(app)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["compact-data", str(src / "manifest.csv"), "--out", str(out), "--max-side", "200"])
+    result = CliRunner().invoke(app, ["train", "compact-data", str(src / "manifest.csv"), "--out", str(out), "--max-side", "200"])
     assert result.exit_code == 0, result.output
     with Image.open(out / "images" / "a.jpg") as im:
         assert im.size == (200, 100)

@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workzone.training.detector import (
-    STRIDE,
-    average_precision,
-    box_iou,
-    decode_detections,
-    encode_targets,
-)
+from workzone.stages.roadwork_detector import STRIDE, decode_detections
+from workzone.training.detector import average_precision, box_iou, encode_targets
 
 
 def _exported_from_targets(heat: np.ndarray, reg: np.ndarray) -> np.ndarray:

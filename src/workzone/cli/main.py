@@ -10,34 +10,40 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from workzone.cli._common import load_rows, make_console, make_progress, run_rows
 from workzone.errors import WorkzoneError
 
 app = typer.Typer(name="workzone", help="Is there road work in this image? A calibrated probability with evidence.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 # Sub-command groups that live in their own modules; each exposes register(app).
-_COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.detector", "workzone.cli.plan", "workzone.cli.serve",
-                    "workzone.cli.report", "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench",
+_COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.plan", "workzone.cli.serve", "workzone.cli.report",
+                    "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench",
                     "workzone.cli.oof")
+
+def _print_version(value: bool) -> None:
+    if value:
+        from workzone import __version__
+
+        print(f"workzone {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """Is there road work in this image? A calibrated probability with evidence."""
+
 
 PipelineOpt = typer.Option("default", "--pipeline", "-p", help="built-in pipeline name or YAML file")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, or cuda / cuda:N: ONNX stages run through torch on the GPU "
                                                  "([gpu] extra), JPEG bytes are decoded there")
 
 
-def _console(stderr: bool = False) -> Console:
-    # Piped output (CI logs, files) gets a wide fixed width so report tables are not truncated.
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 140)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-                    disable=not console.is_terminal and not sys.stderr.isatty())
 
 
 @app.command()
@@ -54,7 +60,7 @@ def detect(
     from workzone.errors import InvalidImageError
     from workzone.io.sources import iter_image_paths
 
-    out, err = _console(), _console(stderr=True)
+    out, err = make_console(), make_console(stderr=True)
     paths = list(iter_image_paths(images))
     if not paths:
         raise WorkzoneError("no images found in the given paths (for videos, use `workzone batch`)")
@@ -110,20 +116,6 @@ def _print_decision(console: Console, d) -> None:
     console.print(table)
 
 
-def _load_rows(manifest: Path, split: Optional[str], console: Console):
-    from workzone.io.sources import read_manifest
-
-    rows = read_manifest(manifest)
-    if split is None and any(r.split == "dev" for r in rows):
-        split = "dev"
-        console.print("[dim]manifest has a split column: evaluating split 'dev' (use --split all for every row)[/dim]")
-    if split and split != "all":
-        rows = [r for r in rows if r.split in split.split(",")]
-    if not rows:
-        raise WorkzoneError(f"no rows of split {split!r} in {manifest}")
-    return rows
-
-
 @app.command("eval")
 def eval_(
     manifest: Path = typer.Argument(..., help="CSV with path,label (+ source, split, ...); paths relative to it"),
@@ -137,16 +129,13 @@ def eval_(
     device: str = DeviceOpt,
 ) -> None:
     """Score a pipeline on a labelled manifest: MCC, accuracy, per source, per tier, latency."""
-    from workzone.api import load_pipeline
-    from workzone.evaluation.runner import build_report, run_manifest
+    from workzone.evaluation.runner import build_report
 
-    console = _console(stderr=True)
-    rows = _load_rows(manifest, split, console)
-    with load_pipeline(pipeline, device=device) as pipe, _progress(console) as bar:
-        task = bar.add_task("evaluating", total=len(rows))
-        result = run_manifest(pipe, rows, batch_size=batch_size, progress=lambda k: bar.advance(task, k))
-        report = build_report(result, [t.name for t in pipe.config.tiers], pipe.config.name)
-    _print_report(_console(), report)
+    console = make_console(stderr=True)
+    _, result, config = run_rows(manifest, pipeline, split, batch_size, run_all=False, what="evaluating",
+                                 device=device)
+    report = build_report(result, [t.name for t in config.tiers], config.name)
+    _print_report(make_console(), report)
     if out:
         from workzone.io.atomic import atomic_write_text
 
@@ -155,7 +144,7 @@ def eval_(
     if html or predictions:
         from workzone.cli.report import write_eval_outputs
 
-        for line in write_eval_outputs(result, manifest, pipe.config, predictions=predictions, html=html):
+        for line in write_eval_outputs(result, manifest, config, predictions=predictions, html=html):
             console.print(line)
 
 
@@ -219,7 +208,7 @@ def tune(
     from workzone.evaluation.runner import run_manifest
     from workzone.tuning import measure_stage_costs, read_scores_csv, tune_scores
 
-    console = _console(stderr=True)
+    console = make_console(stderr=True)
     with load_pipeline(pipeline) as pipe:
         config = pipe.config
         stages = [st for t in config.tiers for st in t.stages if st.enabled]
@@ -231,8 +220,8 @@ def tune(
         else:
             if manifest is None:
                 raise typer.BadParameter("give a MANIFEST, or --scores with out-of-fold stage scores")
-            rows = _load_rows(manifest, split, console)
-            with _progress(console) as bar:
+            rows = load_rows(manifest, split, console)
+            with make_progress(console) as bar:
                 task = bar.add_task("running every stage", total=len(rows))
                 result = run_manifest(pipe, rows, batch_size=batch_size, run_all=True,
                                       progress=lambda k: bar.advance(task, k))
@@ -266,7 +255,7 @@ def tune(
 
     atomic_write_text(out, text)
     s = tuned.summary
-    con = _console()
+    con = make_console()
     con.print(f"tuned on {s['n']} images: MCC {s['mcc']:.4f}, mean cost {s['mean_cost_ms']:.1f} ms/img, "
               f"exit rates {s['exit_rates']}; costs {how}")
     for t in s.get("unreachable_tiers", []):
@@ -288,6 +277,20 @@ def list_stages_cmd() -> None:
 
     for k in list_stages():
         print(k)
+
+
+@app.command("schema")
+def schema_cmd(
+    out: Optional[Path] = typer.Option(None, "--out", help="write the schema here instead of printing it"),
+) -> None:
+    """Print the pipeline file's JSON Schema (every registered stage kind), for editors and linters."""
+    from workzone.config.json_schema import pipeline_json_schema
+
+    text = json.dumps(pipeline_json_schema(), indent=2)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
 
 
 def _register_subcommands() -> None:

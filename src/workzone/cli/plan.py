@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from workzone.cli._common import make_console
 from workzone.errors import ConfigError
 
 __all__ = ["register", "check", "plan"]
@@ -18,9 +19,8 @@ _SERVERS = ("vllm", "sglang", "lmdeploy")
 
 
 def _console(stderr: bool = False) -> Console:
-    # Piped output (CI logs, tests) would otherwise be cut to 80 columns and truncate the tables.
-    probe = Console(stderr=stderr)
-    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 200)
+    # The plan and check tables are wider than the others.
+    return make_console(stderr, piped_width=200)
 
 
 def check(
@@ -36,7 +36,7 @@ def check(
     try:
         config, path = load_pipeline_config(pipeline)
     except ConfigError as exc:
-        out.print(f"[red]invalid pipeline[/red] {escape(str(exc))}")
+        out.print(f"[red]invalid:[/red] {escape(str(exc))}")
         raise typer.Exit(code=1) from None
     rows = check_pipeline(config, path.parent, endpoints=endpoints, timeout_s=timeout)
     table = Table(title=f"{config.name} ({path})", show_lines=False)

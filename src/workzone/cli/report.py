@@ -62,11 +62,11 @@ def report(
 ) -> None:
     """Write a self-contained HTML report: metrics with intervals, curves, calibration, per source and
     condition, exit funnel, cost/MCC trade-off, latency, and the worst errors with their evidence."""
-    from workzone.cli.main import _console
+    from workzone.cli._common import make_console
     from workzone.config.loader import load_pipeline_config
     from workzone.errors import DataError
 
-    console = _console(stderr=True)
+    console = make_console(stderr=True)
     if manifest_or_records.suffix.lower() == ".csv":
         for line in _evaluate(manifest_or_records, pipeline or "default", split, batch_size, predictions, out, gallery):
             console.print(line)
@@ -77,9 +77,9 @@ def report(
     records = read_records(manifest_or_records)
     note = f"Records {manifest_or_records.name}."
     if manifest is not None:
-        from workzone.cli.main import _load_rows
+        from workzone.cli._common import load_rows
 
-        rows = _load_rows(manifest, split or "all", console)
+        rows = load_rows(manifest, split or "all", console)
         matched = join_truth(records, rows, manifest.resolve().parent)
         if not matched:
             raise DataError(f"no record path matches a row of {manifest}: record paths must be absolute or "
@@ -99,12 +99,12 @@ def report(
 def _evaluate(manifest: Path, pipeline: str, split: Optional[str], batch_size: int, predictions: Optional[Path],
               html: Path, gallery: int) -> list[str]:
     from workzone.api import load_pipeline
-    from workzone.cli.main import _console, _load_rows, _progress
+    from workzone.cli._common import load_rows, make_console, make_progress
     from workzone.evaluation.runner import run_manifest
 
-    console = _console(stderr=True)
-    rows = _load_rows(manifest, split, console)
-    with load_pipeline(pipeline) as pipe, _progress(console) as bar:
+    console = make_console(stderr=True)
+    rows = load_rows(manifest, split, console)
+    with load_pipeline(pipeline) as pipe, make_progress(console) as bar:
         task = bar.add_task("evaluating", total=len(rows))
         result = run_manifest(pipe, rows, batch_size=batch_size, progress=lambda k: bar.advance(task, k))
         config = pipe.config

@@ -1,6 +1,10 @@
-"""``workzone train``, ``workzone loso`` and ``workzone export-classifier``: the tier-1 classifier.
+"""``workzone train ...``: every command that reproduces a shipped model, as one sub-command group.
 
-Heavy imports (torch, onnxruntime) happen inside the commands so that ``workzone --help`` stays fast.
+``train classifier`` (the default: ``workzone train MANIFEST`` still works), ``train loso``,
+``train loso-fusion``, ``train export-classifier``, ``train compact-data``, ``train detector`` and
+``train eval-detector``. The old top-level names (``loso``, ``train-detector``, ...) stay as hidden
+aliases. The commands only parse options; the work is in :mod:`workzone.training`. Heavy imports
+(torch, onnxruntime) happen inside the commands so that ``workzone --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -9,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
+import click
 import typer
 
 from workzone.io.atomic import atomic_write_text
+from typer.core import TyperGroup
 
 __all__ = ["register"]
 
@@ -20,13 +25,31 @@ _DEVICE = typer.Option(help="torch device: cuda or cpu")
 _RECIPE = typer.Option(help="recipe name (see workzone.training.loop.RECIPES): partial, partial-hp, full, frozen, ...")
 
 
+class _ClassifierByDefault(TyperGroup):
+    """A group whose first argument, when it names no sub-command, is the classifier's MANIFEST."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["classifier", *args]
+        return super().parse_args(ctx, args)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the training commands to ``app``."""
-    app.command("train")(train)
-    app.command("loso")(loso)
-    app.command("export-classifier")(export_classifier)
-    app.command("compact-data")(compact_data)
-    app.command("loso-fusion")(loso_fusion)
+    """Add the ``train`` group to ``app``, and the old top-level names as hidden aliases."""
+    from workzone.cli.detector import eval_detector_cmd, train_detector_cmd
+
+    group = typer.Typer(cls=_ClassifierByDefault, no_args_is_help=True,
+                        help="Reproduce the shipped models: classifier (default), loso, loso-fusion, export-classifier, "
+                             "compact-data, detector, eval-detector.")
+    commands = {"classifier": train, "loso": loso, "loso-fusion": loso_fusion, "export-classifier": export_classifier,
+                "compact-data": compact_data, "detector": train_detector_cmd, "eval-detector": eval_detector_cmd}
+    for name, fn in commands.items():
+        group.command(name)(fn)
+    app.add_typer(group, name="train")
+    aliases = {"loso": loso, "loso-fusion": loso_fusion, "export-classifier": export_classifier,
+               "compact-data": compact_data, "train-detector": train_detector_cmd, "eval-detector": eval_detector_cmd}
+    for name, fn in aliases.items():
+        app.command(name, hidden=True)(fn)
 
 
 def compact_data(
@@ -77,10 +100,10 @@ def train(
 
         model = train_model(data, rec, seed=seed, device=device, workers=workers,
                             weights_path=str(weights) if weights else None, progress=progress)
-    import torch
+    from workzone.training.export import export_and_score, save_state
 
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
-    _export_and_score(model, dev_manifest or manifest, out, rec, seed, console, fp16=fp16, name=name)
+    save_state(model, out / "model.pt")
+    export_and_score(model, dev_manifest or manifest, out, rec, seed, console.print, fp16=fp16, name=name)
 
 
 def export_classifier(
@@ -93,46 +116,17 @@ def export_classifier(
     name: Annotated[str, typer.Option(help="file stem of the .onnx and .json written")] = "roadwork_lite0",
 ) -> None:
     """Export a checkpoint to ONNX + sidecar, check parity and score dev through onnxruntime."""
-    import torch
     from rich.console import Console
 
+    from workzone.training.export import export_and_score, load_state
     from workzone.training.loop import recipe_from_name
     from workzone.training.model import build_model
 
     rec = recipe_from_name(recipe)
     model = build_model(rec.arch, pretrained=False, dropout=rec.dropout)
-    model.load_state_dict({k: v.float() for k, v in torch.load(checkpoint, map_location="cpu", weights_only=True).items()})
+    load_state(model, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    _export_and_score(model, manifest, out, rec, seed, Console(), fp16=fp16, name=name)
-
-
-def _export_and_score(model, manifest: Path, out: Path, rec, seed: int, console, *, fp16: bool = False,  # noqa: ANN001
-                      name: str = "roadwork_lite0") -> None:
-    from workzone.training.data import load_pixels, load_samples
-    from workzone.training.export import check_parity, export_onnx, json_safe, onnx_logits, store_weights_fp16, write_sidecar
-    from workzone.training.loso import evaluate_samples, train_splits
-
-    onnx_path = export_onnx(model, out / f"{name}.onnx", size=rec.size)
-    dev = load_samples(manifest, splits=("dev",))
-    pixels = [load_pixels(s.path) for s in dev]
-    parity = check_parity(model, onnx_path, pixels[:16], size=rec.size, mode=rec.resize)
-    logits = onnx_logits(onnx_path, pixels, size=rec.size, mode=rec.resize)
-    metrics: dict = {"parity_max_abs_logit_diff": parity, "weights": "fp32"}
-    if fp16:
-        # Parity is checked on the fp32 graph; the fp16 weights' drift is measured on all of dev.
-        store_weights_fp16(onnx_path, onnx_path)
-        half = onnx_logits(onnx_path, pixels, size=rec.size, mode=rec.resize)
-        metrics.update(weights="fp16 (cast to fp32 at load)", fp16_max_abs_logit_diff=float(np.abs(half - logits).max()),
-                       fp16_decisions_changed=int(((half > 0) != (logits > 0)).sum()))
-        logits = half
-    ev = evaluate_samples(dev, logits, pixels)
-    atomic_write_text(out / "dev_eval.json", json.dumps(json_safe(ev), indent=2) + "\n")
-    metrics.update({"dev_onnx": ev["overall"], "dev_per_source": ev["per_source"], "dev_light": ev["light"]})
-    write_sidecar(out / f"{name}.json", size=rec.size, mode=rec.resize, arch=rec.arch, seed=seed,
-                  recipe=rec.to_dict(), trained_on="roadwork-v1 splits " + "+".join(train_splits(rec)), metrics=metrics)
-    console.print(f"dev MCC (onnxruntime) {ev['overall']['mcc']:.3f}; parity max |diff| {parity:.2e}")
-    for src, m in ev["per_source"].items():
-        console.print(f"  {src:18s} n={m['n']:4d} MCC {m['mcc']:.3f} recall {m['recall']:.3f} spec {m['specificity']:.3f}")
+    export_and_score(model, manifest, out, rec, seed, Console().print, fp16=fp16, name=name)
 
 
 def loso(
@@ -163,11 +157,11 @@ def loso(
 
         def save(tag: str, model, rec=rec) -> None:  # noqa: ANN001
             if checkpoints is not None:
-                import torch
+                from workzone.training.export import save_state
 
                 checkpoints.mkdir(parents=True, exist_ok=True)
                 name = f"{rec.name}.pt" if tag == "full" else f"{rec.name}__without_{tag}.pt"
-                torch.save({k: v.cpu().half() for k, v in model.state_dict().items()}, checkpoints / name)
+                save_state(model, checkpoints / name, half=True)
 
         results.append(run_loso(manifest, rec, seed=seed, device=device, workers=workers,
                                 weights_path=str(weights) if weights else None, with_full=full,

@@ -13,10 +13,9 @@ from pydantic import ValidationError
 
 from workzone.config.schema import COMMON_STAGE_KEYS, PipelineConfig
 from workzone.errors import ConfigError, UnknownStageKind
-from workzone.stages.base import Stage, StageParams
+from workzone.stages.registry import get_stage_class, validate_params
 
-__all__ = ["load_pipeline_config", "parse_pipeline", "validate_params", "dump_pipeline", "builtin_pipeline_path",
-           "builtin_pipelines"]
+__all__ = ["load_pipeline_config", "parse_pipeline", "dump_pipeline", "builtin_pipeline_path", "builtin_pipelines"]
 
 _BUILTIN_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -55,7 +54,7 @@ def parse_pipeline(text: str, filename: str = "<pipeline>") -> PipelineConfig:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{filename}: not valid YAML: {exc}") from exc
+        raise ConfigError(_yaml_error(exc, filename)) from exc
     if node is None:
         raise ConfigError(f"{filename}: the file is empty")
     lines: dict[tuple, int] = {}
@@ -79,8 +78,6 @@ def parse_pipeline(text: str, filename: str = "<pipeline>") -> PipelineConfig:
 
 def _split_stage(entry: dict, filename: str, lines: dict, loc: tuple) -> dict:
     """Validate a stage entry's kind-specific keys against that kind's Params model."""
-    from workzone.stages.registry import get_stage_class
-
     where = f"{filename}:{lines.get(loc, '?')}"
     name = entry.get("name", "<unnamed>")
     kind = entry.get("kind")
@@ -89,39 +86,36 @@ def _split_stage(entry: dict, filename: str, lines: dict, loc: tuple) -> dict:
     try:
         cls = get_stage_class(kind)
     except UnknownStageKind as exc:
-        raise UnknownStageKind(kind, exc.known) from None
+        raise UnknownStageKind(kind, exc.known, where=f"{where}: stage {name!r}") from None
     except ImportError as exc:
         raise ConfigError(f"{where}: stage {name!r} (kind {kind}): cannot import its module: {exc}") from exc
     common = {k: v for k, v in entry.items() if k in COMMON_STAGE_KEYS}
     raw = {k: v for k, v in entry.items() if k not in COMMON_STAGE_KEYS}
     if "params" in raw and isinstance(raw["params"], dict) and len(raw) == 1:
         raw = raw["params"]  # also accept an explicit `params:` mapping
-    common["params"] = validate_params(cls, str(name), raw, filename=filename, lines=lines, loc=loc)
+    def locate(key: object) -> str:
+        return f"{filename}:{lines.get(loc + (key,)) or lines.get(loc, '?')}"
+
+    common["params"] = validate_params(cls, str(name), raw, locate=locate)
     common["kind"] = cls.kind
     return common
 
 
-def validate_params(cls: type[Stage], name: str, raw: dict[str, Any], *, filename: str = "<params>",
-                    lines: dict | None = None, loc: tuple = ()) -> StageParams:
-    """Validate ``raw`` against ``cls.Params``; errors name the stage, kind and key."""
-    try:
-        return cls.Params.model_validate(raw)
-    except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(params)"
-            first = err["loc"][0] if err["loc"] else None
-            line = (lines or {}).get(loc + (first,)) or (lines or {}).get(loc, "?")
-            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            value = "" if err["type"] in ("extra_forbidden", "missing") else f", got {err.get('input')!r}"
-            msgs.append(f"{filename}:{line}: stage {name!r} (kind {cls.kind}): {key}: {what}{value}")
-        raise ConfigError("\n".join(msgs)) from exc
+def _yaml_error(exc: yaml.YAMLError, filename: str) -> str:
+    """``file:line: not valid YAML: problem`` (PyYAML's own text names ``<unicode string>``)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = " ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    return f"{filename}{line}: not valid YAML: {problem or exc}"
 
 
 def _format_errors(exc: ValidationError, filename: str, lines: dict, data: Any) -> str:
     msgs = []
     for err in exc.errors():
         loc = tuple(err["loc"])
+        # A cross-field check names where it failed (PipelineConfig's fusion-weight check does).
+        cause = (err.get("ctx") or {}).get("error")
+        loc += tuple(getattr(cause, "loc", ()))
         # Find the deepest location we have a line for.
         line = "?"
         for n in range(len(loc), -1, -1):
@@ -130,7 +124,7 @@ def _format_errors(exc: ValidationError, filename: str, lines: dict, data: Any) 
                 break
         stage = _stage_name(data, loc)
         key = ".".join(str(p) for p in loc) or "(top level)"
-        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        what = "unknown key" if err["type"] == "extra_forbidden" else (str(cause) if cause else err["msg"])
         prefix = f"stage {stage!r}: " if stage else ""
         msgs.append(f"{filename}:{line}: {prefix}{key}: {what}")
     return "\n".join(msgs)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from workzone.engine_options import EngineOptions
 from workzone.routing import RouterConfig
 from workzone.stages.base import StageParams
+from workzone.stages.registry import get_stage_class, validate_params
 
 __all__ = ["ExitThresholds", "FusionParams", "StageSpec", "TierConfig", "PipelineConfig", "COMMON_STAGE_KEYS"]
 
@@ -22,6 +23,18 @@ _STRICT = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 #: Keys of a stage entry that belong to the cascade; every other key is a param of the stage kind.
 COMMON_STAGE_KEYS = ("name", "kind", "enabled", "timeout_s", "cost", "device", "engine")
+
+
+class LocatedValueError(ValueError):
+    """A cross-field check's error that knows which key it is about (``loc`` below the model).
+
+    Pydantic reports a model validator's error at the model itself; the loader appends ``loc`` so
+    the message names the file line of the offending key.
+    """
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class ExitThresholds(BaseModel):
@@ -65,6 +78,19 @@ class StageSpec(BaseModel):
                                                                     "(vlm_openai, reasoner_openai; workzone plan)")
     params: StageParams = Field(default_factory=StageParams)
 
+    def nested(self) -> list["StageSpec"]:
+        """The stages this one builds inside itself (same process, same device), validated.
+
+        ``hf_depth`` wraps a detector: ``workzone check`` checks its files, ``workzone plan`` adds its memory.
+        """
+        out = []
+        for suffix, entry in get_stage_class(self.kind).nested_specs(self.params):
+            raw = {k: v for k, v in entry.items() if k != "kind"}
+            cls = get_stage_class(entry["kind"])
+            name = f"{self.name}.{suffix}"
+            out.append(StageSpec(name=name, kind=cls.kind, device=self.device, params=validate_params(cls, name, raw)))
+        return out
+
 
 class TierConfig(BaseModel):
     model_config = _STRICT
@@ -90,10 +116,11 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "PipelineConfig":
         seen: list[str] = []
-        for tier in self.tiers:
-            for st in tier.stages:
+        for ti, tier in enumerate(self.tiers):
+            for si, st in enumerate(tier.stages):
                 if st.name in seen:
-                    raise ValueError(f"stage name {st.name!r} is used twice; stage names must be unique")
+                    raise LocatedValueError(f"stage name {st.name!r} is used twice; stage names must be unique",
+                                            ("tiers", ti, "stages", si, "name"))
                 seen.append(st.name)
             if tier.route is not None:
                 names = {st.name for st in tier.stages}
@@ -103,9 +130,9 @@ class PipelineConfig(BaseModel):
                                      f"({sorted(names)})")
             unknown = [k for k in tier.fusion.weights if k not in seen]
             if unknown:
-                raise ValueError(
+                raise LocatedValueError(
                     f"tier {tier.name!r}: fusion weights name {unknown}, which are not stages of this tier "
-                    f"or an earlier one ({seen})"
+                    f"or an earlier one ({seen})", ("tiers", ti, "fusion", "weights", unknown[0])
                 )
         return self
 

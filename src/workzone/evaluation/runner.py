@@ -5,16 +5,15 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from workzone.api import Pipeline
 from workzone.errors import InvalidImageError
 from workzone.evaluation.metrics import binary_report, percentiles
-from workzone.io.images import decode_image
+from workzone.io.images import ImageLimits, decode_image
 from workzone.io.sources import ManifestRow
-from workzone.types import Decision
+from workzone.types import Decision, Image
 
 __all__ = ["EvalResult", "run_manifest", "build_report"]
 
@@ -29,7 +28,16 @@ class EvalResult:
     sizes: list[tuple[int, int] | None] | None = None  # (width, height) as decoded: evidence boxes are in these pixels
 
 
-def run_manifest(pipe: Pipeline, rows: Sequence[ManifestRow], *, batch_size: int = 8, run_all: bool = False,
+class Decider(Protocol):
+    """What evaluation needs of a pipeline (:class:`workzone.Pipeline` is one): image limits and a
+    blocking call that decides decoded images."""
+
+    limits: ImageLimits
+
+    def run_decoded(self, images: Sequence[Image], *, run_all: bool = False) -> list[Decision]: ...
+
+
+def run_manifest(pipe: Decider, rows: Sequence[ManifestRow], *, batch_size: int = 8, run_all: bool = False,
                  progress: Callable[[int], None] | None = None) -> EvalResult:
     """Decide every image of ``rows``; an undecodable image is recorded, not fatal."""
     decisions: list[Decision | None] = [None] * len(rows)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workzone.config.schema import FusionParams
+from workzone.types import sigmoid
 
 __all__ = ["LogisticFit", "fit_logistic", "fit_fusion", "fused_log_odds"]
 
@@ -70,7 +71,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int =
     it = 0
     for it in range(1, max_iter + 1):
         z = np.clip(a @ beta, -35, 35)
-        p = 1.0 / (1.0 + np.exp(-z))
+        p = sigmoid(z)
         w = sw * p * (1 - p) + 1e-9
         grad = a.T @ (sw * (p - y)) + pen * (beta - centre)
         hess = (a * w[:, None]).T @ a + np.diag(pen) + 1e-9 * np.eye(d + 1)
@@ -79,7 +80,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, max_iter: int =
         if np.max(np.abs(step)) < tol:
             break
     z = np.clip(a @ beta, -35, 35)
-    p = np.clip(1.0 / (1.0 + np.exp(-z)), 1e-12, 1 - 1e-12)
+    p = np.clip(sigmoid(z), 1e-12, 1 - 1e-12)
     loss = float(-np.mean(sw * (y * np.log(p) + (1 - y) * np.log(1 - p))))
     return LogisticFit(float(beta[0]), beta[1:].copy(), loss, it)
 

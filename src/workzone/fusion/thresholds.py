@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from workzone.errors import ConfigError
-
 from workzone.evaluation.metrics import matthews_corrcoef
+from workzone.fusion.rules import leaves
+from workzone.types import is_road_work
 
 __all__ = ["CascadeSimulation", "simulate_cascade", "tune_exit_thresholds"]
 
@@ -51,12 +52,11 @@ def simulate_cascade(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarr
         if k == t - 1:
             leave = active.copy()
         else:
-            lo, hi = thresholds[k]
-            leave = active & (((probs[k] <= lo) if lo is not None else False) | ((probs[k] >= hi) if hi is not None else False))
+            leave = active & leaves(probs[k], *thresholds[k])
         final[leave] = probs[k][leave]
         rates.append(float(leave.sum()) / n)
         active &= ~leave
-    pred = (final > 0.5).astype(int)
+    pred = is_road_work(final).astype(int)
     pc = np.clip(final, 1e-6, 1 - 1e-6)
     loss = float(-np.mean(labels * np.log(pc) + (1 - labels) * np.log(1 - pc)))
     return CascadeSimulation(matthews_corrcoef(labels, pred), float(cost.mean()), tuple(rates), pred, loss)

@@ -30,6 +30,7 @@ from workzone.io.budget import HIGH_BIT_MODES, count_jpeg_scans, decode_bytes_es
 from workzone.types import Image
 
 __all__ = [
+    "decode_base64",
     "ImageLimits",
     "decode_image",
     "resize_for_model",
@@ -40,7 +41,7 @@ __all__ = [
 ResizeMode = Literal["squash", "letterbox", "center_crop"]
 
 _ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
-_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
+_DATA_URL = re.compile(r"^data:[a-zA-Z0-9.+/-]*(;[a-zA-Z0-9=.+-]+)*;base64,", re.ASCII)
 _B64_CHARS = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
 _ORIENTATION = {2: PILImage.Transpose.FLIP_LEFT_RIGHT, 3: PILImage.Transpose.ROTATE_180,
@@ -119,7 +120,11 @@ def decode_image(data: Any, *, limits: ImageLimits = DEFAULT_LIMITS, source: str
         if isinstance(data, str):
             if _DATA_URL.match(data) or _looks_like_base64(data):
                 label = source or "<base64>"
-                return _from_bytes(_b64decode(data), limits, label)
+                try:
+                    raw = decode_base64(data)
+                except InvalidImageError as exc:
+                    raise InvalidImageError(f"the string is neither an existing file path nor valid base64 ({exc})") from exc
+                return _from_bytes(raw, limits, label)
             return _from_path(Path(data), limits, source)
     except InvalidImageError:
         raise
@@ -146,18 +151,27 @@ def _looks_like_base64(text: str) -> bool:
     return _B64_CHARS.match(text.encode("ascii", "replace")[:65536]) is not None
 
 
-def _b64decode(text: str) -> bytes:
+def decode_base64(text: str) -> bytes:
+    """Decode standard or URL-safe base64 (a ``data:`` URL prefix and whitespace are allowed).
+
+    Raises:
+        InvalidImageError: empty, or not base64.
+
+    Examples:
+        >>> decode_base64("data:image/png;base64,aGk=")
+        b'hi'
+    """
     m = _DATA_URL.match(text)
-    payload = text[m.end():] if m else text
-    payload = "".join(payload.split())
+    payload = "".join((text[m.end():] if m else text).split())
     if not payload:
-        raise InvalidImageError("empty base64 image string")
+        raise InvalidImageError("the image is empty (no base64 data)")
+    padded = payload + "=" * (-len(payload) % 4)
     try:
         if "-" in payload or "_" in payload:
-            return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-        return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+            return base64.b64decode(padded, altchars=b"-_", validate=True)
+        return base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidImageError("the string is neither an existing file path nor valid base64") from exc
+        raise InvalidImageError("the image is not valid base64") from exc
 
 
 def _from_path(path: Path, limits: ImageLimits, source: str | None) -> Image:

@@ -23,12 +23,11 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 from workzone._loop import LoopThread
 from workzone.batching import BatchPolicy
 from workzone.errors import InvalidImageError
-from workzone.fusion.pooling import pool_log_odds
-from workzone.io.images import ImageLimits
+from workzone.fusion.rules import prior_probability
+from workzone.io.images import ImageLimits, decode_base64
 from workzone.miner.settings import MinerSettings
-from workzone.server.inputs import decode_base64
-from workzone.server.service import DetectionService
-from workzone.types import Decision, sigmoid
+from workzone.service import DetectionService
+from workzone.types import Decision
 
 __all__ = ["MinerService", "MinerAnswer", "MetagraphView", "ServiceLoop", "NO_ANSWER", "explain"]
 
@@ -84,8 +83,7 @@ class MinerService:
         self.detection = detection
         self.settings = settings
         self.metagraph = metagraph
-        first = detection.config.tiers[0].fusion
-        self.prior = float(sigmoid(pool_log_odds({}, first)))
+        self.prior = prior_probability(detection.config.tiers[0].fusion)
 
     @classmethod
     def build_detection(cls, settings: MinerSettings) -> DetectionService:

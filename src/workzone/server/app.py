@@ -22,12 +22,12 @@ from workzone.batching import BatchPolicy
 from workzone.io.images import ImageLimits
 from workzone.server.admission import Admission, AdmissionMiddleware, header_timeout_protocol
 from workzone.server.errors import register_exception_handlers
-from workzone.server.inputs import BodyLimitMiddleware
-from workzone.server.memory import limit_malloc_arenas
+from workzone._memory import limit_malloc_arenas
+from workzone.server.middleware import BodyLimitMiddleware
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorResponse, TierEventModel
 from workzone.server.routes import attach_routes
-from workzone.server.service import DetectionService
+from workzone.service import DetectionService
 from workzone.server.settings import ServerSettings
 from workzone.server.ui import attach_ui
 

@@ -1,5 +1,7 @@
 """Reading images out of HTTP requests: multipart uploads, raw bodies, JSON with base64 or URLs.
 
+(The body-size limit that guards these reads is :class:`workzone.server.middleware.BodyLimitMiddleware`.)
+
 Inputs are always turned into bytes here and decoded by the service; a string from a client is
 never handed to :func:`workzone.io.images.decode_image` (which would treat a short string as a
 local file path).
@@ -7,32 +9,27 @@ local file path).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from workzone.errors import InvalidImageError
-from workzone.errors import PayloadTooLarge, RequestError, UnsupportedMediaType, UrlNotAllowed
+from workzone.errors import InvalidImageError, RequestError, UnsupportedMediaType, UrlNotAllowed
+from workzone.io.images import decode_base64
 from workzone.server.fetch import fetch_image_bytes
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ImageInput
 
 if TYPE_CHECKING:
     from starlette.requests import Request
-    from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from workzone.server.service import DetectionService
+    from workzone.service import DetectionService
     from workzone.server.settings import ServerSettings
     from workzone.types import Image
 
-__all__ = ["RawImage", "decode_base64", "read_single", "read_batch", "load_image", "BodyLimitMiddleware",
-           "deadline_header"]
+__all__ = ["RawImage", "read_single", "read_batch", "load_image",
+           "deadline_header", "parse_deadline"]
 
-_DATA_URL = re.compile(r"^data:[a-zA-Z0-9.+/-]*(;[a-zA-Z0-9=.+-]+)*;base64,", re.ASCII)
 DEADLINE_HEADER = "x-deadline-s"
 
 
@@ -46,41 +43,26 @@ class RawImage:
     b64: str | None = None
 
 
-def decode_base64(text: str) -> bytes:
-    """Decode standard or URL-safe base64 (a ``data:`` URL prefix is allowed).
+def parse_deadline(raw: str | None, what: str) -> float | None:
+    """A deadline given as text (a header or a form field), in seconds; ``None`` when absent.
 
     Raises:
-        InvalidImageError: empty, or not base64.
-
-    Examples:
-        >>> decode_base64("data:image/png;base64,aGk=")
-        b'hi'
+        RequestError: not a positive finite number; the message names ``what``.
     """
-    m = _DATA_URL.match(text)
-    payload = "".join((text[m.end():] if m else text).split())
-    if not payload:
-        raise InvalidImageError("the image is empty (no base64 data)")
-    padded = payload + "=" * (-len(payload) % 4)
-    try:
-        if "-" in payload or "_" in payload:
-            return base64.b64decode(padded, altchars=b"-_", validate=True)
-        return base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidImageError(f"the image is not valid base64 ({exc})") from exc
-
-
-def deadline_header(request: "Request") -> float | None:
-    """The ``X-Deadline-S`` header as seconds, if present."""
-    raw = request.headers.get(DEADLINE_HEADER)
     if raw is None:
         return None
     try:
         value = float(raw)
     except ValueError:
-        raise RequestError(f"X-Deadline-S must be a number of seconds, got {raw!r}") from None
+        raise RequestError(f"{what} must be a number of seconds, got {raw!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise RequestError(f"X-Deadline-S must be a positive number of seconds, got {raw!r}")
+        raise RequestError(f"{what} must be a positive number of seconds, got {raw!r}")
     return value
+
+
+def deadline_header(request: "Request") -> float | None:
+    """The ``X-Deadline-S`` header as seconds, if present."""
+    return parse_deadline(request.headers.get(DEADLINE_HEADER), "X-Deadline-S")
 
 
 def _media_type(request: "Request") -> str:
@@ -105,15 +87,7 @@ def _raw_from_input(item: ImageInput, source: str) -> RawImage:
 
 def _form_deadline(form: Any) -> float | None:
     raw = form.get("deadline_s")
-    if raw is None or not isinstance(raw, str):
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise RequestError(f"form field deadline_s must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise RequestError(f"form field deadline_s must be positive, got {raw!r}")
-    return value
+    return parse_deadline(raw if isinstance(raw, str) else None, "form field deadline_s")
 
 
 async def _form_files(request: "Request", max_files: int) -> tuple[list[RawImage], float | None]:
@@ -192,40 +166,3 @@ async def load_image(raw: RawImage, service: "DetectionService", settings: "Serv
     if not data:
         raise InvalidImageError(f"{raw.source}: the image is empty (0 bytes)")
     return await service.decode(data, raw.source, end=end)
-
-
-class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` before they are read.
-
-    A declared Content-Length over the limit is answered 413 at once; a body without one (chunked)
-    is counted as it streams and the read fails with :class:`PayloadTooLarge` when it passes the
-    limit, so the server never holds more than ``max_bytes`` of it.
-    """
-
-    def __init__(self, app: "ASGIApp", max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            from workzone.server.errors import error_response
-
-            exc = PayloadTooLarge(f"the request body is {int(declared)} bytes; the limit is {self.max_bytes}")
-            await error_response(exc)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLarge(f"the request body is over the limit of {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, counted, send)

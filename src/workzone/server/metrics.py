@@ -26,7 +26,7 @@ from workzone.types import Decision
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from workzone.server.service import DetectionService
+    from workzone.service import DetectionService
 
 __all__ = ["ServerMetrics", "MetricsMiddleware", "CONTENT_TYPE_LATEST"]
 
@@ -35,7 +35,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ServerMetrics:
-    """Collectors of one server; also the service's :class:`~workzone.server.service.ServiceObserver`."""
+    """Collectors of one server; also the service's :class:`~workzone.service.ServiceObserver`."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()

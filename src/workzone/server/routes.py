@@ -31,7 +31,7 @@ from workzone.server.protocol import (
     PipelineResponse,
     ReadyResponse,
 )
-from workzone.server.service import DetectionService
+from workzone.service import DetectionService
 from workzone.server.settings import ServerSettings
 
 __all__ = ["attach_routes"]

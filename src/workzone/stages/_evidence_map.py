@@ -216,6 +216,6 @@ def detections_to_output(detections: Iterable[Detection], class_map: ClassMap, *
         if sources:
             extra.append("mapped " + ", ".join(sources))
     if ignored:
-        extra.append("ignored " + ", ".join(f"{n} {k}" for k, n in ignored.most_common(5)))
+        extra.append("ignored boxes labelled " + ", ".join(f"{k!r} (x{n})" for k, n in ignored.most_common(5)))
     return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes[:class_map.max_boxes],
                                                      notes=tuple(notes) + tuple(extra)))

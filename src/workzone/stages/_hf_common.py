@@ -7,6 +7,7 @@ here; each stage keeps its own pre/post-processing. Nothing heavy is imported at
 from __future__ import annotations
 
 import threading
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
@@ -45,6 +46,19 @@ class HFStage(ModelStage):
 
     ``_load_sync`` typically ends with ``self._model, self._processor, self._device = load_hf(...)``.
     """
+
+    extra = "hf"
+    requires = ("transformers", "torch")
+    runs_on = "gpu"
+    downloads_from = "huggingface.co"
+
+    @classmethod
+    def cached_model(cls, model: str) -> bool:
+        if find_spec("huggingface_hub") is None:
+            return False
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return (Path(HF_HUB_CACHE) / f"models--{model.replace('/', '--')}" / "snapshots").is_dir()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""Lifecycle shared by the stages that run one in-process model (transformers, Ultralytics, RF-DETR).
+"""The lifecycle every in-process model stage shares (ONNX, OCR, transformers, Ultralytics, RF-DETR).
 
 :class:`ModelStage` holds the model, its device and a lock, loads and predicts in a worker thread,
 and refuses to predict before :meth:`~ModelStage.load`. A subclass writes only ``_load_sync``
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from workzone._optional import require
-from workzone.errors import ModelFileError, StageError
+from workzone.errors import ModelFileError
 from workzone.stages.base import Stage
 from workzone.types import Image, StageOutput
 
@@ -49,8 +49,7 @@ class ModelStage(Stage):
         await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
 
     async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._model is None:
-            raise StageError(self.name, "predict() called before load()")
+        self.require_loaded(self._model)
         return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:

@@ -14,13 +14,14 @@ import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from workzone.errors import StageError
 from workzone.types import Image, StageOutput
 
-__all__ = ["Stage", "StageParams", "StageContext"]
+__all__ = ["Stage", "StageParams", "StageContext", "RunsOn"]
 
 
 class StageParams(BaseModel):
@@ -52,11 +53,19 @@ class StageContext:
         return p if p.is_absolute() else (self.base_dir / p)
 
 
+RunsOn = Literal["cpu", "gpu", "engine"]
+
+
 class Stage(ABC):
     """One scorer in the cascade.
 
     Subclasses set ``kind`` and ``Params`` and implement :meth:`predict`. CPU-bound work belongs in
     :meth:`run_blocking` so stages in the same tier overlap.
+
+    Everything else the project knows about a kind is declared here, on the class, and read from the
+    registry by ``workzone check`` (``extra``, ``requires``), ``workzone plan`` (``runs_on``,
+    :meth:`planned_model`, :meth:`bytes_per_param`), the config (:meth:`nested_specs`) and the
+    contract test (``tiny_params``).
 
     Attributes:
         name: the stage's name in the pipeline (unique).
@@ -72,6 +81,48 @@ class Stage(ABC):
     #: When True the cascade calls ``predict(batch, prior=...)`` with, per image, the reports of the
     #: stages that ran before this one (a reasoner over the collected evidence needs them).
     needs_evidence: ClassVar[bool] = False
+    #: The pip extra that installs what this kind imports ("default": the base install).
+    extra: ClassVar[str] = "default"
+    #: Modules the kind imports when it loads; ``workzone check`` looks them up without importing them.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: Where it runs: ``cpu`` (in-process), ``gpu`` (in-process, on a GPU when there is one) or
+    #: ``engine`` (a model behind an OpenAI-compatible server that ``workzone plan`` sizes and launches).
+    runs_on: ClassVar[RunsOn] = "cpu"
+    #: Params of a tiny variant that loads and predicts in a second on a CPU (the contract test runs
+    #: every registered kind with them). A string ``"tiny:NAME"`` stands for a tiny artefact the
+    #: test builds (``tiny:yolov8.onnx``, ``tiny:owlv2``, ``tiny:openai`` for a loopback server, ...).
+    tiny_params: ClassVar[Mapping[str, Any] | None] = None
+    #: Host a ``model`` that is not a local file is downloaded from at load time (``None``: never).
+    downloads_from: ClassVar[str | None] = None
+
+    @classmethod
+    def packaged_model(cls, model: str) -> bool:
+        """Whether ``model`` names a model that ships with the kind's library (no file, no download)."""
+        return False
+
+    @classmethod
+    def cached_model(cls, model: str) -> bool:
+        """Whether a model that would be downloaded is already in the library's local cache."""
+        return False
+
+    @classmethod
+    def nested_specs(cls, params: StageParams) -> list[tuple[str, dict[str, Any]]]:
+        """Stages this one builds inside itself, as ``(name suffix, raw entry with its kind)``.
+
+        They run in the same process and on the same device (``hf_depth`` wraps a detector), so
+        ``workzone check`` checks their files and ``workzone plan`` adds their memory.
+        """
+        return []
+
+    @classmethod
+    def planned_model(cls, params: StageParams) -> str:
+        """The model id ``workzone plan`` looks up in its table."""
+        return str(getattr(params, "model", "") or cls.kind)
+
+    @classmethod
+    def bytes_per_param(cls, params: StageParams) -> float:
+        """Bytes per weight on a GPU (``workzone plan``): half precision unless params say float32."""
+        return 4.0 if str(getattr(params, "dtype", "auto")) == "float32" else 2.0
 
     def __init__(self, name: str, params: StageParams, context: StageContext | None = None,
                  cost: float | None = None) -> None:
@@ -103,6 +154,12 @@ class Stage(ABC):
         """What is loaded, for ``GET /v1/pipeline`` and ``workzone check``."""
         return {"name": self.name, "kind": self.kind, "cost": self.cost,
                 "params": self.params.model_dump(mode="json")}
+
+    def require_loaded(self, thing: Any) -> Any:
+        """``thing`` (a model, session or client that :meth:`load` sets), or :class:`StageError` if unset."""
+        if thing is None:
+            raise StageError(self.name, "predict() called before load()")
+        return thing
 
     @staticmethod
     async def run_blocking(fn: Any, *args: Any) -> Any:

@@ -19,13 +19,11 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import Field
 
-from workzone.errors import StageError
 from workzone.io.images import ResizeMode, resize_for_model, tile_boxes
 from workzone.stages._onnx import open_session, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
 from workzone.stages.base import Stage
-from workzone.stages.registry import register_stage
-from workzone.types import Box, Evidence, Image, StageOutput
+from workzone.types import Box, Evidence, Image, StageOutput, sigmoid
 
 __all__ = ["OnnxClassifierParams", "OnnxClassifierStage", "five_crop_boxes"]
 
@@ -47,10 +45,12 @@ class OnnxClassifierParams(TorchBackendParams):
     threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
 
-@register_stage("onnx_classifier")
 class OnnxClassifierStage(Stage):
     """Scores images with an ONNX classifier; tiles find small evidence the whole frame misses."""
 
+    kind = "onnx_classifier"
+    requires = ("onnxruntime",)
+    tiny_params = {}
     Params = OnnxClassifierParams
     default_cost = 30.0
     params: OnnxClassifierParams
@@ -84,11 +84,12 @@ class OnnxClassifierStage(Stage):
         await self.run_blocking(self._infer, np.zeros((1, 3, self._size, self._size), np.float32))
 
     async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._session is None:
-            raise StageError(self.name, "predict() called before load()")
+        self.require_loaded(self._session)
         return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
+        if not batch:
+            return []
         p = self.params
         if self._runner is not None and p.tiles == 1 and not p.crops:
             return self._predict_whole_torch(batch)
@@ -153,7 +154,7 @@ class OnnxClassifierStage(Stage):
         boxes: tuple[Box, ...] = ()
         if best_region is not None:
             x1, y1, x2, y2 = best_region
-            boxes = (Box("roadwork-tile", _sigmoid(best_score), x1, y1, x2, y2),)
+            boxes = (Box("roadwork-tile", sigmoid(best_score), x1, y1, x2, y2),)
         notes = (f"{len(scored)} view(s), pooled by {self.params.pool}",) if len(scored) > 1 else ()
         if self.params.crops:
             n = (1 + self.params.crops) * (2 if self.params.flip else 1)
@@ -197,7 +198,4 @@ def five_crop_boxes(width: int, height: int, scale: float) -> list[tuple[int, in
     return [(dx // 2, dy // 2, dx // 2 + cw, dy // 2 + ch),
             (0, 0, cw, ch), (dx, 0, width, ch), (0, dy, cw, height), (dx, dy, width, height)]
 
-
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 

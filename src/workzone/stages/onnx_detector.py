@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image as PILImage
 from pydantic import Field
 
-from workzone.errors import ModelFileError, StageError
+from workzone.errors import ModelFileError
 from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
 from workzone.stages._onnx import open_session
-from workzone.stages.base import Stage, StageParams
-from workzone.stages.registry import register_stage
+from workzone.stages._model_stage import ModelStage
+from workzone.stages.base import StageParams
 from workzone.types import Image, StageOutput
 
 __all__ = ["OnnxDetectorParams", "OnnxDetectorStage", "letterbox", "decode_yolox", "decode_yolov8", "nms"]
@@ -48,25 +48,23 @@ class OnnxDetectorParams(StageParams):
     threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
 
-@register_stage("onnx_detector")
-class OnnxDetectorStage(Stage):
+class OnnxDetectorStage(ModelStage):
     """Runs an ONNX detector and scores its boxes as road-work evidence."""
 
+    kind = "onnx_detector"
+    requires = ("onnxruntime",)
+    tiny_params = {"model": "tiny:yolov8.onnx", "format": "yolov8"}
     Params = OnnxDetectorParams
     default_cost = 40.0
     params: OnnxDetectorParams
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._session = None
         self._input = "images"
         self._size = 640
         self._names: list[str] = []
         # One run at a time: each run already uses every intra-op thread.
         self._lock = threading.Lock()
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         path = self.context.resolve(self.params.model)
@@ -77,7 +75,7 @@ class OnnxDetectorStage(Stage):
         static = [d for d in inp.shape[2:] if isinstance(d, int)]
         self._size = int(self.params.input_size or (static[0] if static else 640))
         self._names = self._class_names(session)
-        self._session = session
+        self._model = session
 
     def _class_names(self, session) -> list[str]:
         given = self.params.class_names
@@ -100,10 +98,6 @@ class OnnxDetectorStage(Stage):
     async def warmup(self) -> None:
         await self.run_blocking(self._detect, np.full((self._size, self._size, 3), 114, np.uint8))
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._session is None:
-            raise StageError(self.name, "predict() called before load()")
-        return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         return [detections_to_output(self._detect(img.pixels), self.params.classes) for img in batch]
@@ -119,7 +113,7 @@ class OnnxDetectorStage(Stage):
             x = canvas.astype(np.float32) / 255.0
         x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
         with self._lock:
-            raw = self._session.run(None, {self._input: x})[0]
+            raw = self._model.run(None, {self._input: x})[0]
         boxes, scores, cls = decode_yolox(raw[0], self._size) if yolox else decode_yolov8(raw[0])
         keep = scores >= p.conf
         boxes, scores, cls = boxes[keep], scores[keep], cls[keep]
@@ -135,9 +129,6 @@ class OnnxDetectorStage(Stage):
             label = self._names[c] if c < len(self._names) else f"class_{c}"
             out.append(Detection(label, float(scores[i]), x1, y1, x2, y2))
         return out
-
-    async def aclose(self) -> None:
-        self._session = None
 
 
 def letterbox(pixels: np.ndarray, size: int, *, pad: int = 114,

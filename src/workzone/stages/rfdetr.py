@@ -21,7 +21,6 @@ from workzone.errors import ModelFileError
 from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
 from workzone.stages._model_stage import ModelStage, local_weights, torch_device
 from workzone.stages.base import StageParams
-from workzone.stages.registry import register_stage
 from workzone.types import Image, StageOutput
 
 __all__ = ["RFDETRParams", "RFDETRStage", "to_detections"]
@@ -40,13 +39,25 @@ class RFDETRParams(StageParams):
     allow_download: bool = Field(default=False, description="let rfdetr fetch a named published checkpoint")
 
 
-@register_stage("rfdetr")
 class RFDETRStage(ModelStage):
     """Runs an RF-DETR model and scores its boxes as road-work evidence."""
 
+    kind = "rfdetr"
+    extra = "rfdetr"
+    requires = ("rfdetr", "torch", "torchvision")
+    runs_on = "gpu"
+    tiny_params = {"model": None, "variant": "nano", "threshold": 0.0}
     Params = RFDETRParams
     default_cost = 300.0
     params: RFDETRParams
+
+    @classmethod
+    def planned_model(cls, params: RFDETRParams) -> str:
+        return f"rfdetr-{params.variant}"
+
+    @classmethod
+    def bytes_per_param(cls, params: RFDETRParams) -> float:
+        return 4.0  # RF-DETR runs in float32
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -1,7 +1,7 @@
 """Embedded road-work object detector (cones, drums, posts, barriers, signs, workers, machines) with onnxruntime.
 
-The model contract (``workzone/models/CONE_DETECTOR_CARD.md``, layout in
-:mod:`workzone.training.detector`): input ``image`` float32 [N, 3, S, S] RGB in [0, 1],
+The model contract (``workzone/models/CONE_DETECTOR_CARD.md``; trained by
+:mod:`workzone.training.detector`, decoded here by :func:`decode_detections`): input ``image`` float32 [N, 3, S, S] RGB in [0, 1],
 letterboxed; output ``out`` [N, K + 4, S/8, S/8] with peak-suppressed centre probabilities, centre
 offsets and box sizes. A JSON sidecar next to the ``.onnx`` file gives ``input_size``, ``stride``,
 ``class_names`` and ``score_threshold``.
@@ -21,17 +21,22 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import Field
 
-from workzone.errors import ModelFileError, StageError
+from workzone.errors import ModelFileError
 from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
 from workzone.stages.base import Stage
 from workzone.stages.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS, ObjectDecision
-from workzone.stages.registry import register_stage
-from workzone.training.detector import decode_detections
 from workzone.types import Box, Evidence, Image, StageOutput, logit
 
-__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ConeDetectorRunner"]
+__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ConeDetectorRunner", "decode_detections",
+           "CLASS_NAMES", "STRIDE"]
+
+
+#: Classes of the exported detector, in output-channel order.
+CLASS_NAMES: tuple[str, ...] = ("cone",)
+#: Output stride of the exported heat map.
+STRIDE = 8
 
 
 class RoadworkDetectorParams(TorchBackendParams):
@@ -69,7 +74,7 @@ class ConeDetectorRunner:
             self.torch_runner = open_runner(path, torch_params, device)
         else:
             self.session = open_session(path, threads=threads, providers=providers, inputs=["image"],
-                                        hint="; train one with `workzone train-detector`", feature="the cone detector")
+                                        hint="; train one with `workzone train detector`", feature="the cone detector")
         self.meta = read_sidecar(path)
         self.size = int(input_size or self.meta.get("input_size", 448))
         if self.size % 32:
@@ -151,10 +156,12 @@ class ConeDetectorRunner:
         return np.asarray(im)
 
 
-@register_stage("roadwork_detector")
 class RoadworkDetectorStage(Stage):
     """Finds work-zone objects with the embedded detector; the score is its sidecar's decision (or a box pool)."""
 
+    kind = "roadwork_detector"
+    requires = ("onnxruntime",)
+    tiny_params = {}
     Params = RoadworkDetectorParams
     default_cost = 60.0
     params: RoadworkDetectorParams
@@ -182,8 +189,7 @@ class RoadworkDetectorStage(Stage):
             await self.run_blocking(self._runner.detect, [np.zeros((64, 64, 3), np.uint8)])
 
     async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
-        if self._runner is None:
-            raise StageError(self.name, "predict() called before load()")
+        self.require_loaded(self._runner)
         return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
@@ -241,3 +247,35 @@ def _to_image_coords(det: np.ndarray, w: int, h: int, size: int) -> np.ndarray:
     out[:, [1, 3]] = np.clip((det[:, [1, 3]] - pady) * (h / nh), 0, h)
     return out
 
+
+def decode_detections(out: np.ndarray, *, score_threshold: float = 0.1, max_detections: int = 50,
+                      stride: int = STRIDE, num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """Boxes from one image's exported output.
+
+    Args:
+        out: (K + 4, G, G) the exported layout for one image.
+        score_threshold: lowest peak probability kept.
+        max_detections: most boxes kept (highest scores first).
+        stride: output stride.
+        num_classes: K.
+
+    Returns:
+        (D, 6) float32 rows ``x1, y1, x2, y2, score, class`` in input pixels, by falling score.
+
+    Examples:
+        >>> out = np.zeros((5, 4, 4), np.float32); out[0, 1, 2] = 0.5; out[3:5, 1, 2] = 8
+        >>> decode_detections(out).tolist()  # the peak in cell (x=2, y=1), 8 x 8 px
+        [[12.0, 4.0, 20.0, 12.0, 0.5, 0.0]]
+    """
+    heat = out[:num_classes].reshape(-1)
+    g_h, g_w = out.shape[1:]
+    k = min(max_detections, heat.size)
+    idx = np.argpartition(-heat, k - 1)[:k] if k < heat.size else np.arange(heat.size)
+    idx = idx[heat[idx] >= score_threshold]
+    idx = idx[np.argsort(-heat[idx], kind="stable")]
+    cls, rem = np.divmod(idx, g_h * g_w)
+    gy, gx = np.divmod(rem, g_w)
+    dx, dy = out[num_classes, gy, gx], out[num_classes + 1, gy, gx]
+    w, h = out[num_classes + 2, gy, gx], out[num_classes + 3, gy, gx]
+    cx, cy = (gx + dx) * stride, (gy + dy) * stride
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, heat[idx], cls], axis=1).astype(np.float32)

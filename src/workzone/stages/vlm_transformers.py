@@ -25,9 +25,8 @@ from workzone._optional import require
 from workzone.errors import ModelFileError
 from workzone.stages._hf_common import HFStage
 from workzone.stages.base import StageParams
-from workzone.stages.registry import register_stage
-from workzone.stages.vlm import DEFAULT_QUESTION, classify_answer_token, downscale_to_pixels
-from workzone.types import Evidence, Image, StageOutput
+from workzone.stages.vlm_openai import DEFAULT_QUESTION, classify_answer_token, downscale_to_pixels
+from workzone.types import Evidence, Image, StageOutput, sigmoid
 
 __all__ = ["VlmTransformersParams", "VlmTransformersStage", "answer_token_ids"]
 
@@ -51,10 +50,13 @@ class VlmTransformersParams(StageParams):
     max_log_odds: float = Field(default=12.0, gt=0, le=50, description="scores are clipped to +-this")
 
 
-@register_stage("vlm_transformers")
 class VlmTransformersStage(HFStage):
     """Scores images by a local VLM's next-token log-probabilities of yes versus no."""
 
+    kind = "vlm_transformers"
+    extra = "vlm-local"
+    requires = ("transformers", "torch", "torchvision")
+    tiny_params = {"model": "tiny:qwen3-vl"}
     Params = VlmTransformersParams
     default_cost = 2000.0
     params: VlmTransformersParams
@@ -142,7 +144,7 @@ class VlmTransformersStage(HFStage):
         results = []
         for zi, mi in zip((y - n).tolist(), mass.tolist()):
             zi = max(-m, min(m, float(zi)))  # clip in float64: a float32 clamp can overshoot m
-            p_yes = 1.0 / (1.0 + np.exp(-zi))
+            p_yes = sigmoid(zi)
             note = f"{self.params.model}: P(yes)={p_yes:.3f} from next-token logits (yes/no mass {mi:.2f})"
             results.append(StageOutput(zi, Evidence(notes=(note,))))
         return results

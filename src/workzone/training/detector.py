@@ -10,7 +10,8 @@ probabilities, already peak-suppressed (non-maxima are 0); ``K, K+1`` the sub-ce
 (dx, dy) in cells; ``K+2, K+3`` the box width and height in input pixels. Input ``image`` is
 float32 [N, 3, S, S] RGB in [0, 1], letterboxed (:func:`workzone.io.images.resize_for_model`).
 
-Only numpy is imported at module level: the stage imports :func:`decode_detections` from here.
+The runtime decode of that layout, :func:`~workzone.stages.roadwork_detector.decode_detections`, lives
+with the stage that runs the model (the runtime never imports training).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from workzone._optional import require
+from workzone.stages.roadwork_detector import CLASS_NAMES, STRIDE
 
 if TYPE_CHECKING:
     import torch
@@ -31,13 +33,10 @@ __all__ = [
     "build_detector",
     "encode_targets",
     "detection_loss",
-    "decode_detections",
     "box_iou",
     "average_precision",
 ]
 
-CLASS_NAMES: tuple[str, ...] = ("cone",)
-STRIDE = 8
 # Clamp on predicted log-size (in cells) so exp() cannot overflow in fp16 or on garbage weights.
 _LOG_WH_RANGE = (-3.0, 6.0)
 
@@ -230,39 +229,6 @@ def detection_loss(heat_logits: "torch.Tensor", reg: "torch.Tensor", heat_t: "to
     wh_loss = (torch.abs(reg[:, 2:4] - reg_t[:, 2:4]) * m).sum() / (2 * n_reg)
     total = heat_loss + off_loss + size_weight * wh_loss
     return total, {"heat": float(heat_loss.detach()), "offset": float(off_loss.detach()), "size": float(wh_loss.detach())}
-
-
-def decode_detections(out: np.ndarray, *, score_threshold: float = 0.1, max_detections: int = 50,
-                      stride: int = STRIDE, num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """Boxes from one image's exported output.
-
-    Args:
-        out: (K + 4, G, G) the exported layout for one image.
-        score_threshold: lowest peak probability kept.
-        max_detections: most boxes kept (highest scores first).
-        stride: output stride.
-        num_classes: K.
-
-    Returns:
-        (D, 6) float32 rows ``x1, y1, x2, y2, score, class`` in input pixels, by falling score.
-
-    Examples:
-        >>> out = np.zeros((5, 4, 4), np.float32); out[0, 1, 2] = 0.5; out[3:5, 1, 2] = 8
-        >>> decode_detections(out).tolist()  # the peak in cell (x=2, y=1), 8 x 8 px
-        [[12.0, 4.0, 20.0, 12.0, 0.5, 0.0]]
-    """
-    heat = out[:num_classes].reshape(-1)
-    g_h, g_w = out.shape[1:]
-    k = min(max_detections, heat.size)
-    idx = np.argpartition(-heat, k - 1)[:k] if k < heat.size else np.arange(heat.size)
-    idx = idx[heat[idx] >= score_threshold]
-    idx = idx[np.argsort(-heat[idx], kind="stable")]
-    cls, rem = np.divmod(idx, g_h * g_w)
-    gy, gx = np.divmod(rem, g_w)
-    dx, dy = out[num_classes, gy, gx], out[num_classes + 1, gy, gx]
-    w, h = out[num_classes + 2, gy, gx], out[num_classes + 3, gy, gx]
-    cx, cy = (gx + dx) * stride, (gy + dy) * stride
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, heat[idx], cls], axis=1).astype(np.float32)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from workzone.io.atomic import atomic_write_text
 from workzone.io.images import ResizeMode, resize_for_model
 
-__all__ = ["export_onnx", "onnx_logits", "check_parity", "write_sidecar", "json_safe", "store_weights_fp16"]
+__all__ = ["export_onnx", "onnx_logits", "check_parity", "write_sidecar", "json_safe", "store_weights_fp16",
+           "export_and_score", "save_state", "load_state"]
 
 
 def export_onnx(model, path: str | Path, *, size: int = 224, opset: int = 17) -> Path:  # noqa: ANN001
@@ -166,3 +167,47 @@ def store_weights_fp16(model_path: str | Path, out: str | Path, *, min_elements:
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return Path(out)
+
+
+def save_state(model: Any, path: Path, *, half: bool = False) -> None:
+    """Save ``model``'s state dict on the CPU (``half``: as float16, half the file)."""
+    import torch
+
+    torch.save({k: (v.cpu().half() if half else v.cpu()) for k, v in model.state_dict().items()}, path)
+
+
+def load_state(model: Any, path: Path) -> None:
+    """Load a state dict saved by :func:`save_state` (fp16 or fp32) into ``model`` as float32."""
+    import torch
+
+    model.load_state_dict({k: v.float() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()})
+
+
+def export_and_score(model, manifest: Path, out: Path, rec, seed: int, log: Callable[[str], Any], *,  # noqa: ANN001
+                     fp16: bool = False, name: str = "roadwork_lite0") -> None:
+    """Export ``model`` to ``out/<name>.onnx``, check parity, score ``manifest``'s dev split through
+    onnxruntime and write ``dev_eval.json`` and the sidecar (``fp16``: weights stored as fp16)."""
+    from workzone.training.data import load_pixels, load_samples
+    from workzone.training.loso import evaluate_samples, train_splits
+
+    onnx_path = export_onnx(model, out / f"{name}.onnx", size=rec.size)
+    dev = load_samples(manifest, splits=("dev",))
+    pixels = [load_pixels(s.path) for s in dev]
+    parity = check_parity(model, onnx_path, pixels[:16], size=rec.size, mode=rec.resize)
+    logits = onnx_logits(onnx_path, pixels, size=rec.size, mode=rec.resize)
+    metrics: dict = {"parity_max_abs_logit_diff": parity, "weights": "fp32"}
+    if fp16:
+        # Parity is checked on the fp32 graph; the fp16 weights' drift is measured on all of dev.
+        store_weights_fp16(onnx_path, onnx_path)
+        half = onnx_logits(onnx_path, pixels, size=rec.size, mode=rec.resize)
+        metrics.update(weights="fp16 (cast to fp32 at load)", fp16_max_abs_logit_diff=float(np.abs(half - logits).max()),
+                       fp16_decisions_changed=int(((half > 0) != (logits > 0)).sum()))
+        logits = half
+    ev = evaluate_samples(dev, logits, pixels)
+    atomic_write_text(out / "dev_eval.json", json.dumps(json_safe(ev), indent=2) + "\n")
+    metrics.update({"dev_onnx": ev["overall"], "dev_per_source": ev["per_source"], "dev_light": ev["light"]})
+    write_sidecar(out / f"{name}.json", size=rec.size, mode=rec.resize, arch=rec.arch, seed=seed,
+                  recipe=rec.to_dict(), trained_on="roadwork-v1 splits " + "+".join(train_splits(rec)), metrics=metrics)
+    log(f"dev MCC (onnxruntime) {ev['overall']['mcc']:.3f}; parity max |diff| {parity:.2e}")
+    for src, m in ev["per_source"].items():
+        log(f"  {src:18s} n={m['n']:4d} MCC {m['mcc']:.3f} recall {m['recall']:.3f} spec {m['specificity']:.3f}")

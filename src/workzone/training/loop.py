@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from workzone.evaluation.metrics import confusion, matthews_corrcoef
 from workzone.io.images import ResizeMode, resize_for_model
 from workzone.training.augment import AugmentConfig, augment_image
 from workzone.training.data import Sample, load_pixels, read_boxes
@@ -351,13 +352,9 @@ def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: fl
     """
     y = np.asarray(labels, dtype=np.int64)
     p = (np.asarray(scores, dtype=np.float64) > threshold).astype(np.int64)
-    tp = int(((p == 1) & (y == 1)).sum())
-    tn = int(((p == 0) & (y == 0)).sum())
-    fp = int(((p == 1) & (y == 0)).sum())
-    fn = int(((p == 0) & (y == 1)).sum())
-    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    tp, fp, tn, fn = confusion(y, p)
     return {
-        "mcc": (tp * tn - fp * fn) / denom if denom else 0.0,
+        "mcc": matthews_corrcoef(y, p),
         "recall": tp / (tp + fn) if tp + fn else float("nan"),
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
         "accuracy": (tp + tn) / max(1, len(y)),

@@ -9,7 +9,7 @@ scored at fused p > 0.5.
 
 The detector never sees WMaia9 (it has no boxes), so the shipped detector is a valid
 "without WMaia9" one; a "without CamVid" detector is trained with
-``workzone train-detector --exclude-source CamVid --scene-source TraCon --scene-source 99succubus``.
+``workzone train detector --exclude-source CamVid --scene-source TraCon --scene-source 99succubus``.
 """
 
 from __future__ import annotations

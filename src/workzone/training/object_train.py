@@ -21,7 +21,8 @@ import numpy as np
 
 from workzone._optional import require
 from workzone.stages.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS
-from workzone.training.detector import STRIDE, build_detector, decode_detections, detection_loss
+from workzone.stages.roadwork_detector import STRIDE, decode_detections
+from workzone.training.detector import build_detector, detection_loss
 
 __all__ = ["train_object_detector", "detect_paths", "export_object_detector", "LOSO_FOLDS"]
 

@@ -1,0 +1,334 @@
+"""The detection service: decode, queue into the micro-batcher, run the cascade under deadlines.
+
+It is core: it knows no HTTP routes (the server's routes, the SN72 miner and batch jobs all drive
+it) and imports no web framework. One instance owns one :class:`~workzone.cascade.Cascade` for the life of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal, Protocol, Sequence
+
+from workzone.batching import BatchPolicy, MicroBatcher
+from workzone.cascade import Cascade, TierEvent
+from workzone.config.loader import load_pipeline_config
+from workzone.config.schema import PipelineConfig
+from workzone.io.images import ImageLimits, decode_image
+from workzone.errors import DeadlineExceeded, NotReady
+from workzone._memory import Trimmer
+from workzone.types import Decision, Image
+
+__all__ = ["DetectionService", "ServiceObserver", "EventHandler"]
+
+log = logging.getLogger("workzone.service")
+
+# How long past its deadline a request waits for a batch that is still finishing its last tier.
+_LATE_GRACE_S = 0.05
+
+EventHandler = Callable[[TierEvent], Awaitable[None] | None]
+State = Literal["created", "starting", "ready", "failed", "stopping", "stopped"]
+
+
+class ServiceObserver(Protocol):
+    """What the service reports as it works (the Prometheus metrics implement it)."""
+
+    def on_batch(self, size: int, waited_s: float) -> None: ...
+
+    def on_decision(self, decision: Decision) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Job:
+    image: Image
+    deadline: float | None  # absolute, on the time.perf_counter() clock
+    on_event: EventHandler | None
+
+
+class DetectionService:
+    """Decides images with one cascade, batching concurrent callers together.
+
+    Args:
+        cascade: the (not yet started) cascade to serve.
+        limits: limits every decoded image must respect.
+        policy: micro-batching policy.
+        default_deadline_s: deadline of a request that gives none (``None``: the pipeline's).
+        max_deadline_s: cap on any deadline.
+        observer: receives batch sizes and decisions (metrics).
+        decode_workers: images decoded at the same time (each within ``limits.max_decode_bytes``).
+    """
+
+    def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
+                 policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
+                 max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
+                 decode_workers: int = 2) -> None:
+        self.cascade = cascade
+        self._decode_slots = asyncio.Semaphore(decode_workers)
+        self._trimmer = Trimmer()
+        #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
+        self.seconds_per_image: float | None = None
+        self.limits = limits
+        self.default_deadline_s = default_deadline_s
+        self.max_deadline_s = max_deadline_s
+        self.observer = observer
+        self.batcher: MicroBatcher[_Job, Decision] = MicroBatcher(self._process, policy, on_batch=self._on_batch)
+        self.state: State = "created"
+        self.load_error: str | None = None
+        self._start_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_pipeline(cls, ref: str | Path, *, device: str = "cpu", extras: dict[str, Any] | None = None,
+                      **kwargs: Any) -> "DetectionService":
+        """Build from a built-in pipeline name or YAML path (validates the file; loads no weights)."""
+        config, path = load_pipeline_config(ref)
+        return cls(Cascade.from_config(config, base_dir=path.parent, device=device, extras=extras), **kwargs)
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.cascade.config
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load and warm up every stage, then accept work. Raises what the cascade raises."""
+        self.state = "starting"
+        try:
+            await self.cascade.start()
+        except BaseException as exc:
+            self.state = "failed"
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self.batcher.start()
+        self.state = "ready"
+
+    def start_in_background(self) -> asyncio.Task[None]:
+        """Start loading without waiting (the server answers /healthz meanwhile, /readyz says 503)."""
+
+        async def _run() -> None:
+            try:
+                await self.start()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - recorded in load_error and shown by /readyz
+                log.exception("the pipeline failed to load; /readyz will report it")
+
+        self._start_task = asyncio.create_task(_run(), name="workzone-pipeline-start")
+        return self._start_task
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self.cascade.ready
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting new work (readiness turns false); queued work still finishes."""
+        if self.state in ("ready", "starting", "created"):
+            self.state = "stopping"
+        self.batcher.stop_accepting()
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Stop accepting, finish queued work (up to ``timeout`` seconds), then free the stages."""
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            await asyncio.gather(self._start_task, return_exceptions=True)
+        self.state = "stopping"
+        await self.batcher.aclose(timeout)
+        await self.cascade.aclose()
+        self.state = "stopped"
+
+    # -- inputs ----------------------------------------------------------------------------------
+    async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None) -> Image:
+        """Decode encoded image bytes in a worker thread, ``decode_workers`` at a time (the memory and
+        work guards run on the header first).
+
+        Args:
+            data: the encoded image.
+            source: label for reports.
+            end: absolute deadline (``time.perf_counter()`` clock) for starting the decode.
+
+        Raises:
+            InvalidImageError: not an image, truncated, or over a limit.
+            DeadlineExceeded: no decode slot came free before ``end``.
+        """
+        wait = None if end is None else max(0.0, end - time.perf_counter())
+        try:
+            await asyncio.wait_for(self._decode_slots.acquire(), timeout=wait)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
+        try:
+            return await asyncio.to_thread(decode_image, data, limits=self.limits, source=source)
+        finally:
+            self._decode_slots.release()
+
+    def prior_decision(self, source: str, why: str) -> Decision:
+        """The answer when no stage could run in time: the pipeline's prior, marked degraded."""
+        decision = self.cascade.prior_decision(source, why)
+        if self.observer is not None:
+            self.observer.on_decision(decision)
+        return decision
+
+    def resolve_deadline(self, requested: float | None) -> float | None:
+        """The deadline a request runs under: its own, else the default, capped by the maximum."""
+        deadline = requested if requested is not None else self.default_deadline_s
+        if deadline is None:
+            deadline = self.config.deadline_s
+        if self.max_deadline_s is not None:
+            deadline = self.max_deadline_s if deadline is None else min(deadline, self.max_deadline_s)
+        return deadline
+
+    # -- detection -------------------------------------------------------------------------------
+    def expected_wait_s(self, queued: int) -> float:
+        """Seconds an image arriving behind ``queued`` others can expect to wait. Until a batch has
+        been timed, one image running plus two batches' worth (within the queue) are free and more
+        is taken as too long: a cold server under a burst must not admit what it cannot answer."""
+        policy = self.batcher.policy
+        if self.seconds_per_image is None:
+            cold = 1 + min(policy.max_queue, 2 * policy.max_batch_size * policy.workers)
+            return 0.0 if queued < cold else float("inf")
+        return queued * self.seconds_per_image / policy.workers
+
+    def check_ready(self) -> None:
+        """Raise :class:`NotReady` while the pipeline is loading or failed to load (no details: they
+        may name model paths; ``/readyz`` shows them to authenticated callers)."""
+        if self.state in ("created", "starting", "failed"):
+            what = "is still loading" if self.load_error is None else "failed to load"
+            raise NotReady(f"the pipeline {what}; retry when /readyz answers 200",
+                           retry_after_s=self.batcher.policy.retry_after_s)
+
+    def submit(self, images: Sequence[Image], *, deadline_s: float | None = None,
+               on_event: EventHandler | Sequence[EventHandler | None] | None = None,
+               arrived_at: float | None = None) -> list[asyncio.Future[Decision]]:
+        """Queue images for the cascade without waiting; all are queued or none is.
+
+        Args:
+            images: decoded images.
+            deadline_s: seconds from arrival (already resolved, see :meth:`resolve_deadline`).
+            arrived_at: when the request arrived (``time.perf_counter()`` clock); now when omitted.
+                Time spent reading and decoding the request counts against its deadline.
+            on_event: one handler for every image, or one per image, called after each tier.
+
+        Raises:
+            NotReady: the pipeline is not loaded yet (or failed to load).
+            Overloaded: the queue cannot take them.
+            ShuttingDown: the service is stopping.
+        """
+        self.check_ready()
+        start = time.perf_counter() if arrived_at is None else arrived_at
+        end = None if deadline_s is None else start + deadline_s
+        if on_event is None or callable(on_event):
+            handlers: Sequence[EventHandler | None] = [on_event] * len(images)
+        else:
+            handlers = list(on_event)
+        return self.batcher.submit_many([_Job(img, end, h) for img, h in zip(images, handlers)])
+
+    async def detect(self, image: Image, *, deadline_s: float | None = None,
+                     on_event: EventHandler | None = None, arrived_at: float | None = None) -> Decision:
+        """Decide one image (it shares a batch with concurrent callers), within its deadline."""
+        return (await self.detect_many([image], deadline_s=deadline_s, arrived_at=arrived_at, on_event=on_event))[0]
+
+    async def detect_many(self, images: Sequence[Image], *, deadline_s: float | None = None,
+                          arrived_at: float | None = None, on_event: EventHandler | None = None) -> list[Decision]:
+        """Decide several images; they are queued together and usually share a batch.
+
+        The answer never comes after the deadline: the cascade stops slow tiers at it, and if the
+        batch holding these images has not answered shortly after (the cores are saturated, a stage
+        runs on past its timeout), each image gets the prior, marked degraded.
+        """
+        start = time.perf_counter() if arrived_at is None else arrived_at
+        futures = self.submit(images, deadline_s=deadline_s, arrived_at=start, on_event=on_event)
+        if deadline_s is None:
+            return list(await asyncio.gather(*futures))
+        wait = max(0.0, start + deadline_s + _LATE_GRACE_S - time.perf_counter())
+        done, _ = await asyncio.wait(futures, timeout=wait)
+        out = []
+        for img, fut in zip(images, futures):
+            if fut in done:
+                out.append(fut.result())
+            else:
+                fut.cancel()  # a batch not started skips it; a running one's answer is dropped
+                out.append(self.prior_decision(img.source, "the deadline passed before the cascade answered"))
+        return out
+
+    async def _process(self, jobs: list[_Job]) -> list[Decision]:
+        # Work whose deadline passed while it waited in the queue is answered at once (the prior,
+        # marked degraded) instead of holding the batch, or the cascade, to a deadline of zero.
+        now = time.perf_counter()
+        expired = [k for k, j in enumerate(jobs) if j.deadline is not None and j.deadline <= now]
+        if expired:
+            out: list[Decision | None] = [None] * len(jobs)
+            for k in expired:
+                out[k] = self.prior_decision(jobs[k].image.source, "the deadline passed while the image was queued")
+            live = [k for k in range(len(jobs)) if out[k] is None]
+            if live:
+                for k, d in zip(live, await self._run_jobs([jobs[k] for k in live])):
+                    out[k] = d
+            return [d for d in out if d is not None]
+        return await self._run_jobs(jobs)
+
+    async def _run_jobs(self, jobs: list[_Job]) -> list[Decision]:
+        now = time.perf_counter()
+        # A batch runs under its tightest deadline, so nobody in it is answered late.
+        ends = [j.deadline for j in jobs if j.deadline is not None]
+        remaining = None if not ends else max(0.0, min(ends) - now)
+        handlers = [j.on_event for j in jobs]
+
+        async def dispatch(ev: TierEvent) -> None:
+            handler = handlers[ev.index]
+            if handler is None:
+                return
+            try:
+                res = handler(ev)
+                if asyncio.iscoroutine(res):
+                    await res
+            except Exception:  # noqa: BLE001 - a broken listener must not fail the batch
+                log.exception("an on_event handler failed")
+
+        listen = dispatch if any(h is not None for h in handlers) else None
+        t = time.perf_counter()
+        decisions = await self.cascade.run([j.image for j in jobs], deadline_s=remaining, on_event=listen)
+        per = (time.perf_counter() - t) / len(jobs)
+        spi = self.seconds_per_image
+        self.seconds_per_image = per if spi is None else 0.8 * spi + 0.2 * per
+        if self.observer is not None:
+            for d in decisions:
+                self.observer.on_decision(d)
+        if self.batcher.depth == 0:  # the queue ran empty: give freed memory back to the OS
+            self._trimmer.maybe_trim()
+        return decisions
+
+    def _on_batch(self, size: int, waited_s: float) -> None:
+        if self.observer is not None:
+            self.observer.on_batch(size, waited_s)
+
+    # -- description -----------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """The loaded pipeline, for ``GET /v1/pipeline``."""
+        cfg = self.config
+        tiers = []
+        for tier_cfg, stages in self.cascade.tiers:
+            tiers.append({
+                "name": tier_cfg.name,
+                "stages": [{**s.describe(), "timeout_s": self._timeout(s.name),
+                            "breaker": _breaker_state(s)} for s in stages],
+                "fusion": tier_cfg.fusion.model_dump(mode="json"),
+                "exit": tier_cfg.exit.model_dump(mode="json"),
+            })
+        return {"name": cfg.name, "description": cfg.description, "version": cfg.version,
+                "deadline_s": cfg.deadline_s, "state": self.state, "ready": self.ready,
+                "load_error": self.load_error, "tiers": tiers}
+
+    def _timeout(self, stage: str) -> float | None:
+        for tier in self.config.tiers:
+            for spec in tier.stages:
+                if spec.name == stage:
+                    return spec.timeout_s
+        return None
+
+
+def _breaker_state(stage: Any) -> str | None:
+    breaker = getattr(stage, "breaker", None)
+    if breaker is None:
+        return None
+    state = getattr(breaker, "state", None)
+    return None if state is None else str(getattr(state, "value", state))
