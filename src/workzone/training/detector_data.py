@@ -226,15 +226,25 @@ class DetectionSet:
         return np.ascontiguousarray(px), boxes
 
 
-def _clip_boxes(boxes: np.ndarray, w: int, h: int, keep: float = 0.5) -> np.ndarray:
-    """Clip (M, 4) boxes to a w x h frame; drop those that keep less than ``keep`` of their area."""
+def clip_boxes(boxes: np.ndarray, w: float, h: float, keep: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Clip (M, 4) boxes to a w x h frame; also the mask of those that keep at least ``keep`` of their area.
+
+    Returns:
+        The clipped boxes (all M) and an (M,) bool mask of the ones still worth a target.
+    """
     if not len(boxes):
-        return boxes
+        return boxes, np.zeros(0, bool)
     c = np.stack([np.clip(boxes[:, 0], 0, w), np.clip(boxes[:, 1], 0, h),
                   np.clip(boxes[:, 2], 0, w), np.clip(boxes[:, 3], 0, h)], axis=1)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     kept = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
-    return c[(kept >= keep * np.maximum(area, 1e-6)) & (c[:, 2] - c[:, 0] >= 2) & (c[:, 3] - c[:, 1] >= 2)]
+    return c, (kept >= keep * np.maximum(area, 1e-6)) & (c[:, 2] - c[:, 0] >= 2) & (c[:, 3] - c[:, 1] >= 2)
+
+
+def _clip_boxes(boxes: np.ndarray, w: int, h: int, keep: float = 0.5) -> np.ndarray:
+    """Clip (M, 4) boxes to a w x h frame; drop those that keep less than ``keep`` of their area."""
+    c, ok = clip_boxes(boxes, w, h, keep)
+    return c[ok] if len(boxes) else boxes
 
 
 def write_compact_subset(manifest: str | Path, boxes_csv: str | Path, out_dir: str | Path, *,

@@ -10,14 +10,82 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from workzone.training.detector_eval import evaluate_detector
 from workzone.io.atomic import atomic_write_text
 
-__all__ = ["train_detector", "export_onnx"]
+__all__ = ["train_detector", "fit_detector", "export_onnx"]
+
+
+def fit_detector(model: Any, ds: Any, loader: Any, *, device: str, lr: float, epochs: int, max_steps: int = 0,
+                 max_seconds: float = 0.0, augment: Callable[[Any], Any] | None = None,
+                 on_epoch: Callable[[dict[str, float]], None] | None = None) -> tuple[list[dict[str, float]], int]:
+    """The detector's training loop: AdamW, warm-up then cosine over steps or wall time, bf16 on CUDA.
+
+    Args:
+        model: a detector of :func:`workzone.training.detector.build_detector`, on ``device``.
+        ds: the dataset (``set_epoch`` is called each epoch, so draws differ by epoch).
+        loader: its DataLoader, yielding (image, heat, reg, mask).
+        augment: applied to each image batch on the device before the forward pass.
+        on_epoch: called with each epoch's record.
+
+    Returns:
+        One record per epoch (steps, seconds, mean loss parts) and the steps taken.
+    """
+    import torch
+
+    from workzone.training.detector import detection_loss
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = max(1, epochs * len(loader))
+    if max_steps:
+        steps = min(steps, max_steps)
+    amp = device.startswith("cuda")
+    log: list[dict[str, float]] = []
+    step, t0 = 0, time.time()
+
+    def out_of_budget() -> bool:
+        return step >= steps or bool(max_seconds and time.time() - t0 > max_seconds)
+
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = defaultdict(float)
+        n = 0
+        for x, heat, reg, mask in loader:
+            x, heat, reg, mask = (t.to(device, non_blocking=True) for t in (x, heat, reg, mask))
+            if augment is not None:
+                x = augment(x)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                heat_logits, reg_pred = model.forward_train(x)
+            loss, parts = detection_loss(heat_logits, reg_pred, heat, reg, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            # Warm-up then cosine over progress, which is steps or wall time, whichever is further,
+            # so a run cut by max_seconds still ends annealed.
+            progress = step / steps
+            if max_seconds:
+                progress = max(progress, (time.time() - t0) / max_seconds)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(progress, lr)
+            opt.step()
+            step += 1
+            n += 1
+            for k, v in parts.items():
+                sums[k] += v
+            if out_of_budget():
+                break
+        log.append({"epoch": epoch, "steps": step, "seconds": round(time.time() - t0, 1),
+                    **{k: round(v / max(n, 1), 4) for k, v in sums.items()}})
+        if on_epoch is not None:
+            on_epoch(log[-1])
+        if out_of_budget():
+            break
+    return log, step
 
 
 def train_detector(manifest: Path, boxes: Path, out: Path, *, seed: int = 0, device: str = "cpu", epochs: int = 40,
@@ -52,44 +120,8 @@ def train_detector(manifest: Path, boxes: Path, out: Path, *, seed: int = 0, dev
         generator=torch.Generator().manual_seed(seed), pin_memory=device.startswith("cuda"))
     model = build_detector(weights_path=weights).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = max(1, epochs * len(loader))
-    if max_steps:
-        steps = min(steps, max_steps)
-    amp = device.startswith("cuda")
-    log: list[dict[str, float]] = []
-    step, t0 = 0, time.time()
-    for epoch in range(epochs):
-        ds.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = defaultdict(float)
-        n = 0
-        for x, heat, reg, mask in loader:
-            x, heat, reg, mask = (t.to(device, non_blocking=True) for t in (x, heat, reg, mask))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                heat_logits, reg_pred = model.forward_train(x)
-            loss, parts = detection_loss(heat_logits, reg_pred, heat, reg, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            # Warm-up then cosine over progress, which is steps or wall time, whichever is further,
-            # so a run cut by max_seconds still ends annealed.
-            progress = step / steps
-            if max_seconds:
-                progress = max(progress, (time.time() - t0) / max_seconds)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(progress, lr)
-            opt.step()
-            step += 1
-            n += 1
-            for k, v in parts.items():
-                sums[k] += v
-            if step >= steps or (max_seconds and time.time() - t0 > max_seconds):
-                break
-        log.append({"epoch": epoch, "steps": step, "seconds": round(time.time() - t0, 1),
-                    **{k: round(v / max(n, 1), 4) for k, v in sums.items()}})
-        print(json.dumps(log[-1]), flush=True)
-        if step >= steps or (max_seconds and time.time() - t0 > max_seconds):
-            break
+    log, step = fit_detector(model, ds, loader, device=device, lr=lr, epochs=epochs, max_steps=max_steps,
+                             max_seconds=max_seconds, on_epoch=lambda rec: print(json.dumps(rec), flush=True))
     model = model.eval().float().cpu()
     torch.save(model.state_dict(), out / "cone_detector.pt")
     onnx_path = out / "cone_detector.onnx"

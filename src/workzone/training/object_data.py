@@ -30,6 +30,7 @@ from workzone.training.augment import AugmentConfig, _jpeg, _photometric, _pil_o
 from workzone.training.corpus import ObjectBox, load_corpus, load_object_boxes, load_object_images
 from workzone.training.data import ConeBox, load_pixels
 from workzone.training.detector import encode_targets
+from workzone.training.detector_data import clip_boxes
 from workzone.training.scene_synth import OBJECT_CLASSES, SignCutout, paste_work_zone_objects, sign_cutout
 from workzone.training.synth import Cutout, cut_cones, paste_distractors
 
@@ -195,14 +196,10 @@ class ObjectDetectionSet:
 
 
 def _clip(boxes: np.ndarray, classes: np.ndarray, w: float, h: float, keep: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Clip boxes to a w x h frame; drop those that keep less than ``keep`` of their area."""
+    """Clip boxes to a w x h frame; drop those (and their classes) that keep less than ``keep`` of their area."""
     if not len(boxes):
         return boxes, classes
-    c = np.stack([np.clip(boxes[:, 0], 0, w), np.clip(boxes[:, 1], 0, h),
-                  np.clip(boxes[:, 2], 0, w), np.clip(boxes[:, 3], 0, h)], axis=1)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    kept = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
-    ok = (kept >= keep * np.maximum(area, 1e-6)) & (c[:, 2] - c[:, 0] >= 2) & (c[:, 3] - c[:, 1] >= 2)
+    c, ok = clip_boxes(boxes, w, h, keep)
     return c[ok], classes[ok]
 
 

@@ -10,7 +10,6 @@ each writing the detections of the images it never saw.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ import numpy as np
 from workzone._optional import require
 from workzone.stages.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS
 from workzone.stages.roadwork_detector import STRIDE, decode_detections
-from workzone.training.detector import build_detector, detection_loss
+from workzone.training.detector import build_detector
 
 __all__ = ["train_object_detector", "detect_paths", "export_object_detector", "LOSO_FOLDS"]
 
@@ -38,14 +37,6 @@ LOSO_FOLDS: dict[str, tuple[str, ...]] = {
     "nexar-eduardo": ("nexar-eduardo",),
     "small-negatives": ("lostfound-arehad", "fogclip-poojani", "culane-chrisonntag"),
 }
-
-
-def _lr_at(progress: float, peak: float, warmup: float = 0.05) -> float:
-    """Linear warm-up, then cosine to 2 % of the peak."""
-    if progress < warmup:
-        return peak * (0.1 + 0.9 * progress / warmup)
-    t = min(1.0, (progress - warmup) / (1 - warmup))
-    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def _load_trimmed_backbone(model: Any, weights: str | None) -> None:
@@ -74,6 +65,7 @@ def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclu
     """
     torch = require("torch", "train", "training the object detector")
     from workzone.training.batch_augment import augment_batch
+    from workzone.training.detector_loop import fit_detector
     from workzone.training.object_data import ObjectDetectionSet, load_object_items, make_cutouts
 
     torch.manual_seed(seed)
@@ -90,46 +82,12 @@ def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclu
     model = build_detector(pretrained=False, num_classes=len(class_names))
     _load_trimmed_backbone(model, weights)
     model = model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = max(1, epochs * len(loader))
-    if max_steps:
-        steps = min(steps, max_steps)
-    amp = device.startswith("cuda")
-    step, t0, epoch = 0, time.time(), 0
-    done = False
-    while not done:
-        ds.set_epoch(epoch)
-        model.train()
-        sums = np.zeros(3)
-        n = 0
-        for x, heat, reg, mask in loader:
-            x, heat, reg, mask = (t.to(device, non_blocking=True) for t in (x, heat, reg, mask))
-            if aug_gen is not None:
-                x = augment_batch(x, aug_gen)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                heat_logits, reg_pred = model.forward_train(x)
-            loss, parts = detection_loss(heat_logits, reg_pred, heat, reg, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            # Progress is steps or wall time, whichever is further, so a run cut by time still anneals.
-            progress = step / steps
-            if max_seconds:
-                progress = max(progress, (time.time() - t0) / max_seconds)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(progress, lr)
-            opt.step()
-            step += 1
-            n += 1
-            sums += (parts["heat"], parts["offset"], parts["size"])
-            if step >= steps or (max_seconds and time.time() - t0 > max_seconds):
-                done = True
-                break
-        log(json.dumps({"epoch": epoch, "step": step, "s": round(time.time() - t0, 1),
-                        "heat": round(sums[0] / max(n, 1), 4), "size": round(sums[2] / max(n, 1), 4)}))
-        epoch += 1
-        if epoch >= epochs:
-            done = True
+    logs, step = fit_detector(model, ds, loader, device=device, lr=lr, epochs=epochs, max_steps=max_steps,
+                              max_seconds=max_seconds,
+                              augment=(lambda x: augment_batch(x, aug_gen)) if aug_gen is not None else None,
+                              on_epoch=lambda rec: log(json.dumps(rec)))
+    epoch = len(logs)
+    t0 = time.time() - (logs[-1]["seconds"] if logs else 0.0)
     summary = {"steps": step, "epochs": epoch, "seconds": round(time.time() - t0, 1), "images": len(items),
                "scenes": sum(it.scene for it in items), "cone_cutouts": len(cones), "sign_cutouts": len(signs),
                "excluded_sources": list(exclude_sources), "seed": seed, "size": size, "batch_size": batch_size,
