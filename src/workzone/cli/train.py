@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Any, Annotated, Optional
 
-import click
 import typer
 
 from workzone.io.atomic import atomic_write_text
@@ -28,7 +27,7 @@ _RECIPE = typer.Option(help="recipe name (see workzone.training.loop.RECIPES): p
 class _ClassifierByDefault(TyperGroup):
     """A group whose first argument, when it names no sub-command, is the classifier's MANIFEST."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: the CLI context of typer's click
         if args and not args[0].startswith("-") and args[0] not in self.commands:
             args = ["classifier", *args]
         return super().parse_args(ctx, args)
