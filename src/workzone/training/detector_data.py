@@ -35,6 +35,8 @@ __all__ = [
     "letterbox",
     "DetectionSet",
     "write_compact_subset",
+    "clip_boxes",
+    "random_geometry",
 ]
 
 # Sources whose manifest rows are dashcam scenes without road work: paste targets.
@@ -201,29 +203,8 @@ class DetectionSet:
         return x, boxes.astype(np.float32).reshape(-1, 4)
 
     def _geometry(self, px: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        h, w = px.shape[:2]
-        if rng.random() < 0.6:
-            centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
-            x1, y1, x2, y2 = random_crop_box(w, h, rng, min_area=0.35, keep_points=centres)
-            px = px[y1:y2, x1:x2]
-            boxes = _clip_boxes(boxes - np.array([x1, y1, x1, y1], np.float32), x2 - x1, y2 - y1)
-            h, w = px.shape[:2]
-        if rng.random() < 0.5:
-            px = px[:, ::-1]
-            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1) if len(boxes) else boxes
-        big = len(boxes) and float(np.median(boxes[:, 3] - boxes[:, 1])) > 0.15 * h
-        if big and rng.random() < self.p_zoom_out:
-            # Shrink onto a black canvas (what letterboxing pads with) so big stock cones become
-            # the small cones of dashcam frames; scenes already have small ones.
-            f = float(rng.uniform(0.3, 0.8))
-            nw, nh = max(8, int(w * f)), max(8, int(h * f))
-            small = np.asarray(PILImage.fromarray(np.ascontiguousarray(px)).resize((nw, nh), PILImage.BILINEAR))
-            canvas = np.zeros_like(px)
-            ox, oy = int(rng.integers(0, w - nw + 1)), int(rng.integers(0, h - nh + 1))
-            canvas[oy:oy + nh, ox:ox + nw] = small
-            px = canvas
-            boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32) + np.array([ox, oy, ox, oy], np.float32)
-        return np.ascontiguousarray(px), boxes
+        px, boxes, _ = random_geometry(px, boxes, np.zeros(len(boxes), np.int64), rng, self.p_zoom_out)
+        return px, boxes
 
 
 def clip_boxes(boxes: np.ndarray, w: float, h: float, keep: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -239,12 +220,6 @@ def clip_boxes(boxes: np.ndarray, w: float, h: float, keep: float = 0.5) -> tupl
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     kept = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
     return c, (kept >= keep * np.maximum(area, 1e-6)) & (c[:, 2] - c[:, 0] >= 2) & (c[:, 3] - c[:, 1] >= 2)
-
-
-def _clip_boxes(boxes: np.ndarray, w: int, h: int, keep: float = 0.5) -> np.ndarray:
-    """Clip (M, 4) boxes to a w x h frame; drop those that keep less than ``keep`` of their area."""
-    c, ok = clip_boxes(boxes, w, h, keep)
-    return c[ok] if len(boxes) else boxes
 
 
 def write_compact_subset(manifest: str | Path, boxes_csv: str | Path, out_dir: str | Path, *,
@@ -271,3 +246,35 @@ def write_compact_subset(manifest: str | Path, boxes_csv: str | Path, out_dir: s
         wr.writerows(rows)
     atomic_write_bytes(out_dir / "boxes.csv", Path(boxes_csv).read_bytes())
     return out_dir / "manifest.csv"
+
+
+def random_geometry(px: np.ndarray, boxes: np.ndarray, classes: np.ndarray, rng: np.random.Generator, p_zoom_out: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random crop (p 0.6, keeping a box centre), mirror (p 0.5) and, for big boxes, zoom-out onto black.
+
+    Boxes (M, 4) in pixels move with the image; ``classes`` (M,) follow the boxes that survive a crop.
+    """
+    h, w = px.shape[:2]
+    if rng.random() < 0.6:
+        centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
+        x1, y1, x2, y2 = random_crop_box(w, h, rng, min_area=0.35, keep_points=centres)
+        px = px[y1:y2, x1:x2]
+        boxes, ok = clip_boxes(boxes - np.array([x1, y1, x1, y1], np.float32), x2 - x1, y2 - y1)
+        boxes, classes = (boxes[ok], classes[ok]) if len(ok) else (boxes, classes)
+        h, w = px.shape[:2]
+    if rng.random() < 0.5:
+        px = px[:, ::-1]
+        if len(boxes):
+            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
+    big = len(boxes) and float(np.median(boxes[:, 3] - boxes[:, 1])) > 0.15 * h
+    if big and rng.random() < p_zoom_out:
+        # Shrink onto a black canvas so the big objects of photos become the small ones of dashcams.
+        f = float(rng.uniform(0.3, 0.8))
+        nw, nh = max(8, int(w * f)), max(8, int(h * f))
+        small = np.asarray(PILImage.fromarray(np.ascontiguousarray(px)).resize((nw, nh), PILImage.BILINEAR))
+        canvas = np.zeros_like(px)
+        ox, oy = int(rng.integers(0, w - nw + 1)), int(rng.integers(0, h - nh + 1))
+        canvas[oy:oy + nh, ox:ox + nw] = small
+        px = canvas
+        boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32) + np.array([ox, oy, ox, oy], np.float32)
+    return np.ascontiguousarray(px), boxes, classes

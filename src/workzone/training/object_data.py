@@ -30,7 +30,7 @@ from workzone.training.augment import AugmentConfig, _jpeg, _photometric, _pil_o
 from workzone.training.corpus import ObjectBox, load_corpus, load_object_boxes, load_object_images
 from workzone.training.data import ConeBox, load_pixels
 from workzone.training.detector import encode_targets
-from workzone.training.detector_data import clip_boxes
+from workzone.training.detector_data import clip_boxes, random_geometry
 from workzone.training.scene_synth import OBJECT_CLASSES, SignCutout, paste_work_zone_objects, sign_cutout
 from workzone.training.synth import Cutout, cut_cones, paste_distractors
 
@@ -176,7 +176,7 @@ class ObjectDetectionSet:
                 px, nb, nc = paste_work_zone_objects(px, self.cones, self.signs, rng)
                 boxes, classes = np.concatenate([boxes, nb]), np.concatenate([classes, nc])
         if self.augment:
-            px, boxes, classes = _geometry(px, boxes, classes, rng, self.p_zoom_out)
+            px, boxes, classes = random_geometry(px, boxes, classes, rng, self.p_zoom_out)
         h, w = px.shape[:2]
         scale = self.size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -202,32 +202,6 @@ def _clip(boxes: np.ndarray, classes: np.ndarray, w: float, h: float, keep: floa
     c, ok = clip_boxes(boxes, w, h, keep)
     return c[ok], classes[ok]
 
-
-def _geometry(px: np.ndarray, boxes: np.ndarray, classes: np.ndarray, rng: np.random.Generator, p_zoom_out: float
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    h, w = px.shape[:2]
-    if rng.random() < 0.6:
-        centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
-        x1, y1, x2, y2 = random_crop_box(w, h, rng, min_area=0.35, keep_points=centres)
-        px = px[y1:y2, x1:x2]
-        boxes, classes = _clip(boxes - np.array([x1, y1, x1, y1], np.float32), classes, x2 - x1, y2 - y1)
-        h, w = px.shape[:2]
-    if rng.random() < 0.5:
-        px = px[:, ::-1]
-        if len(boxes):
-            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
-    big = len(boxes) and float(np.median(boxes[:, 3] - boxes[:, 1])) > 0.15 * h
-    if big and rng.random() < p_zoom_out:
-        # Shrink onto a black canvas so the big objects of photos become the small ones of dashcams.
-        f = float(rng.uniform(0.3, 0.8))
-        nw, nh = max(8, int(w * f)), max(8, int(h * f))
-        small = np.asarray(PILImage.fromarray(np.ascontiguousarray(px)).resize((nw, nh), PILImage.BILINEAR))
-        canvas = np.zeros_like(px)
-        ox, oy = int(rng.integers(0, w - nw + 1)), int(rng.integers(0, h - nh + 1))
-        canvas[oy:oy + nh, ox:ox + nw] = small
-        px = canvas
-        boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32) + np.array([ox, oy, ox, oy], np.float32)
-    return np.ascontiguousarray(px), boxes, classes
 
 
 def _lights_and_motion(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

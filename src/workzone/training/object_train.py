@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from workzone._optional import require
+from workzone.io.atomic import atomic_write_text
 from workzone.stages.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS
 from workzone.stages.roadwork_detector import STRIDE, decode_detections
 from workzone.training.detector import build_detector
@@ -125,30 +126,18 @@ def detect_paths(model: Any, paths: Sequence[Path], *, size: int, num_classes: i
 def export_object_detector(model: Any, out_dir: Path, *, size: int, class_names: Sequence[str], name: str,
                            training: dict[str, Any], score_threshold: float = 0.3) -> Path:
     """Write ``<name>.onnx`` (dynamic batch) and its sidecar; check onnxruntime agrees with torch."""
-    torch = require("torch", "train", "exporting the object detector")
+    from workzone.training.detector_loop import export_onnx
+
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.onnx"
-    dummy = torch.rand(2, 3, size, size)
-    kwargs = dict(input_names=["image"], output_names=["out"], opset_version=17,
-                  dynamic_axes={"image": {0: "n"}, "out": {0: "n"}})
-    try:
-        torch.onnx.export(model, (dummy,), str(path), dynamo=False, **kwargs)
-    except TypeError:  # older torch without the dynamo switch
-        torch.onnx.export(model, (dummy,), str(path), **kwargs)
-    ort = require("onnxruntime", "train", "checking the exported detector")
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": dummy.numpy()})[0]
-    with torch.no_grad():
-        want = model(dummy).numpy()
-    err = float(np.abs(got - want).max())
-    if err > 1e-2:
-        raise RuntimeError(f"ONNX export disagrees with torch (max abs error {err:.4f})")
+    export_onnx(model, path, size)
     sidecar = {
         "input_size": size, "stride": STRIDE, "resize": "letterbox", "input": "image", "output": "out",
         "layout": "out[N, K+4, S/8, S/8]: 0..K-1 peak-suppressed centre probabilities; K,K+1 centre offset "
                   "(dx, dy) in cells; K+2,K+3 box width, height in input pixels",
         "class_names": list(class_names), "score_threshold": score_threshold, "training": training,
     }
-    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     return path
 
 
