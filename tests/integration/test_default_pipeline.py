@@ -104,7 +104,7 @@ def test_html_report_of_the_dev_split_is_small_offline_and_renders(dev_report, b
 
 def test_a_clearly_read_road_work_phrase_decides_on_its_own(tmp_path):
     """Rare but decisive evidence: a sign reading ROAD WORK AHEAD on a plain background is road work."""
-    from tests.stages.test_ocr import _font_path
+    from tests.stages.test_sign_ocr import _font_path
 
     if _font_path() is None:
         pytest.skip("no DejaVu TrueType font (apt install fonts-dejavu-core)")

@@ -6,7 +6,7 @@ letterboxed; output ``out`` [N, K + 4, S/8, S/8] with peak-suppressed centre pro
 offsets and box sizes. A JSON sidecar next to the ``.onnx`` file gives ``input_size``, ``stride``,
 ``class_names`` and ``score_threshold``.
 
-Score: when the sidecar carries a ``decision`` block (:mod:`workzone.stages.object_evidence`), the
+Score: when the sidecar carries a ``decision`` block (:mod:`workzone.stages._object_evidence`), the
 log-odds of a logistic regression over summaries of the detected objects, fitted on out-of-fold
 detections; otherwise the noisy-OR of the top ``top_k`` box confidences, ``p = 1 - prod(1 - s_i)``,
 as log-odds (monotone in every box's confidence, so fusion can learn one weight for it).
@@ -26,7 +26,7 @@ from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
 from workzone.stages.base import Stage
-from workzone.stages.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS, ObjectDecision
+from workzone.stages._object_evidence import DETECTION_FLOOR, MAX_DETECTIONS, ObjectDecision
 from workzone.types import Box, Evidence, Image, StageOutput, logit
 
 __all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ConeDetectorRunner", "decode_detections",

@@ -20,7 +20,7 @@ import numpy as np
 
 from workzone._optional import require
 from workzone.io.atomic import atomic_write_text
-from workzone.stages.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS
+from workzone.stages._object_evidence import DETECTION_FLOOR, MAX_DETECTIONS
 from workzone.stages.roadwork_detector import STRIDE, decode_detections
 from workzone.training.detector import build_detector
 
