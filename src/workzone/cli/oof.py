@@ -31,8 +31,15 @@ def loso_scores(
     detector_sidecar: Optional[Path] = typer.Option(None, help="write the fitted decision block into this sidecar JSON"),
     frozen_features: Optional[Path] = typer.Option(None, help="cache of frozen Lite0 features (.npz; computed when missing)"),
     ocr_cache: Optional[Path] = typer.Option(None, help="cache of sign-OCR log-odds (.json; computed when missing)"),
+    verifier_cache: Optional[Path] = typer.Option(None, help="cache of embedded candidate crops (.npz; computed when "
+                                                             "missing or made from other detections)"),
+    verifier_out: Optional[Path] = typer.Option(None, help="also fit the shipped verifier on every crop and write "
+                                                           "roadwork_verifier.onnx + .json into this folder"),
+    verify_features: str = typer.Option("classes", help="verified decision's features: 'classes' (class-aware) "
+                                                        "or 'blind'"),
 ) -> None:
-    """Out-of-fold scores per image for the stages objects, signs and context (frozen-lr)."""
+    """Out-of-fold scores per image: objects (class-blind and per-class decisions), verify (the crop verifier's
+    verified decision, class-aware and class-blind), signs and context (frozen-lr)."""
     from rich.console import Console
 
     from workzone.evaluation.loso_table import OofRow
@@ -40,8 +47,8 @@ def loso_scores(
     from workzone.training.frozen_lr import embed_images, fit_frozen_lr, frozen_lr_log_odds
     from workzone.training.loso_fusion import stage_log_odds
     from workzone.training.object_train import LOSO_FOLDS
-    from workzone.training.oof_scores import (decision_scores, fit_decision, object_feature_matrix,
-                                              read_fold_detections, write_scores_csv)
+    from workzone.training.oof_scores import (PER_CLASS_FEATURES, decision_scores, fit_decision,
+                                              object_feature_matrix, read_fold_detections, write_scores_csv)
     from workzone.training.scene_synth import OBJECT_CLASSES
     from workzone.evaluation.loso_table import cross_fit
 
@@ -54,8 +61,14 @@ def loso_scores(
     rows = [OofRow(s.key, s.source, s.condition, s.label, fold_of[s.source], {}) for s in corpus]
     y = np.array([r.label for r in rows])
 
-    x = object_feature_matrix(corpus, read_fold_detections(detections), OBJECT_CLASSES)
+    dets = read_fold_detections(detections)
+    x = object_feature_matrix(corpus, dets, OBJECT_CLASSES)
     objects = decision_scores(rows, x)
+    per_class = decision_scores(rows, object_feature_matrix(corpus, dets, OBJECT_CLASSES, PER_CLASS_FEATURES))
+    from workzone.training.verifier import verify_oof_scores
+
+    verify = verify_oof_scores(data, corpus, rows, dets, LOSO_FOLDS, cache=verifier_cache, export_to=verifier_out,
+                               shipped_features=verify_features, log=con.print)
     if detector_sidecar is not None:
         meta = json.loads(detector_sidecar.read_text(encoding="utf-8"))
         meta["decision"] = fit_decision(x, y)
@@ -86,7 +99,8 @@ def loso_scores(
         lambda m, te: frozen_lr_log_odds(feats[[index[r.key] for r in te]], m))
 
     rows = [OofRow(r.key, r.source, r.condition, r.label, r.fold,
-                   {"objects": float(objects[i]), "signs": signs[i], "context": float(context[i])})
+                   {"objects": float(objects[i]), "objects-classes": float(per_class[i]), "signs": signs[i],
+                    "context": float(context[i]), **{k: float(v[i]) for k, v in verify.items()}})
             for i, r in enumerate(rows)]
     write_scores_csv(rows, out)
     con.print(f"{len(rows)} images -> {out}")
