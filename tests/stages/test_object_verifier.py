@@ -149,3 +149,18 @@ def test_class_aware_features_count_only_what_the_verifier_confirms() -> None:
     assert f["sign_max"] < 0  # 0.1 for the triangle: not a road-work sign
     empty = dict(zip(names, verified_features(np.zeros(0), [], np.zeros((0, 5)), classes)))
     assert empty["ver_max"] == empty["det_max"] == -6.0 and empty["n_verified"] == 0.0
+
+
+def test_crops_of_a_larger_image_hold_the_detail_of_the_trained_size() -> None:
+    """The verifier learnt from images of at most ``max_side`` px: a crop of a 3x larger image is first brought to
+    the detail it would have there (closer to the trained crop than the sharp one)."""
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (180, 240, 3), dtype=np.uint8)
+    small = np.asarray(PILImage.fromarray(big).resize((80, 60), PILImage.BILINEAR))  # how training images were made
+    box = np.array([[30, 20, 50, 40]])
+    want = candidate_crops(small, box, size=64, context=2.0)
+    same = candidate_crops(big, box * 3, size=64, context=2.0, max_side=80)
+    sharp = candidate_crops(big, box * 3, size=64, context=2.0)
+    assert np.abs(same - want).mean() < 0.5 * np.abs(sharp - want).mean()

@@ -41,8 +41,8 @@ def _logit(p: float) -> float:
     return max(-_CLIP, min(_CLIP, math.log(p / (1 - p))))
 
 
-def candidate_crops(pixels: np.ndarray, boxes: np.ndarray, *, size: int, context: float, min_side: float = 12.0
-                    ) -> np.ndarray:
+def candidate_crops(pixels: np.ndarray, boxes: np.ndarray, *, size: int, context: float, min_side: float = 12.0,
+                    max_side: int | None = None) -> np.ndarray:
     """Square crops around boxes, at the image's own resolution, resized to ``size``.
 
     Each crop is centred on its box, its side ``context`` times the box's longer side (at least ``min_side``
@@ -56,6 +56,9 @@ def candidate_crops(pixels: np.ndarray, boxes: np.ndarray, *, size: int, context
         size: side of each crop in the output.
         context: crop side over the box's longer side.
         min_side: smallest crop side in image pixels.
+        max_side: the longest image side the verifier was trained at: a larger image's crops first pass through
+            the size they would have there, so they hold the detail the verifier learnt from (training images
+            were at most 640 px), not more. ``None`` keeps every pixel.
 
     Returns:
         (N, 3, size, size) float32 in [0, 1].
@@ -73,6 +76,7 @@ def candidate_crops(pixels: np.ndarray, boxes: np.ndarray, *, size: int, context
     if not len(boxes):
         return out
     h, w = pixels.shape[:2]
+    shrink = min(1.0, max_side / max(h, w)) if max_side else 1.0
     im = PILImage.fromarray(np.ascontiguousarray(pixels))
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         side = max(min_side, context * max(x2 - x1, y2 - y1))
@@ -80,8 +84,10 @@ def candidate_crops(pixels: np.ndarray, boxes: np.ndarray, *, size: int, context
         left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
         right, bottom = left + max(1, int(round(side))), top + max(1, int(round(side)))
         crop = im.crop((left, top, right, bottom))  # zero-filled beyond the image
+        if shrink < 1.0:
+            seen = max(1, round(crop.width * shrink))
+            crop = crop.resize((seen, seen), PILImage.BILINEAR)
         out[i] = np.asarray(crop.resize((size, size), PILImage.BILINEAR), np.float32).transpose(2, 0, 1) / 255.0
-    del w, h
     return out
 
 

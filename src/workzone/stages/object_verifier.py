@@ -9,7 +9,9 @@ ImageNet EfficientNet-Lite0 features and a multinomial logistic regression, trai
 what the detector proposed weighed against what the verifier confirmed, by class.
 
 Model contract: input ``crops`` float32 [N, 3, S, S] in [0, 1]; output ``probs`` [N, C]. The sidecar gives
-``crop_size``, ``context``, ``classes`` (C names), ``candidate_floor``, ``max_candidates`` and ``decision``.
+``crop_size``, ``context``, ``classes`` (C names), ``candidate_floor``, ``max_candidates``, ``decision`` and
+``source_max_side`` (the longest side of the images it was trained on; crops of larger images are brought to that
+detail, see :func:`~workzone.stages._verified_evidence.candidate_crops`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class ObjectVerifierStage(ModelStage):
         try:
             self._size = int(meta["crop_size"])
             self._context = float(meta["context"])
+            self._max_side = int(meta["source_max_side"]) if meta.get("source_max_side") else None
             self._classes = tuple(meta["classes"])
             self._floor = float(meta["candidate_floor"] if self.params.candidate_floor is None
                                 else self.params.candidate_floor)
@@ -99,7 +102,7 @@ class ObjectVerifierStage(ModelStage):
     def _verify(self, img: Image, boxes: list[Box]) -> StageOutput:
         if boxes:
             xyxy = np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes], np.float64)
-            crops = candidate_crops(img.pixels, xyxy, size=self._size, context=self._context)
+            crops = candidate_crops(img.pixels, xyxy, size=self._size, context=self._context, max_side=self._max_side)
             with self._lock:
                 probs = self._model.run(None, {"crops": crops})[0].astype(np.float64)
         else:

@@ -44,6 +44,9 @@ CONTEXT = 2.0
 # Candidates the verifier judges per image, and the lowest detector score that makes one.
 CANDIDATE_FLOOR = 0.05
 MAX_CANDIDATES = 8
+# The development images' longest side (../shared/data is downscaled to 640 px): crops of larger images are
+# brought to the detail the verifier learnt from.
+SOURCE_MAX_SIDE = 640
 _MATCH_IOU = 0.3
 
 
@@ -484,7 +487,7 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
         counts = {c: int(sum(1 for i in labelled if labels[i] == c)) for c in VERIFIER_CLASSES}
         sidecar = {
             "crop_size": CROP_SIZE, "context": CONTEXT, "classes": list(VERIFIER_CLASSES),
-            "candidate_floor": CANDIDATE_FLOOR, "max_candidates": MAX_CANDIDATES,
+            "candidate_floor": CANDIDATE_FLOOR, "max_candidates": MAX_CANDIDATES, "source_max_side": SOURCE_MAX_SIDE,
             "input": "crops", "output": "probs",
             "layout": "crops[N, 3, S, S] RGB in [0, 1] -> probs[N, C] softmax over classes",
             "training": {"crops_by_class": counts, "degraded_copies": augment,
