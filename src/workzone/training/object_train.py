@@ -249,7 +249,11 @@ def _pack(args: list[str]) -> None:
     for p in sorted(run.glob("*.json")):
         if not p.name.startswith("roadwork_objects"):
             dets[p.stem] = json.loads(p.read_text())
-    (out / "oof_detections.json").write_text(json.dumps(dets))
+    # Gzipped: a GPU machine sends back files of at most 16 MiB, and eleven sources' detections are more.
+    import gzip
+
+    with gzip.open(out / "oof_detections.json.gz", "wt", encoding="utf-8") as fh:
+        json.dump(dets, fh)
     (out / "logs.txt").write_text("".join(f"== {p.name}\n{p.read_text()}" for p in sorted(run.glob("*.log"))))
     for p in sorted(run.glob("roadwork_objects*")):
         shutil.copy(p, out / p.name)

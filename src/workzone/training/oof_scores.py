@@ -40,8 +40,13 @@ PER_CLASS_FEATURES = tuple(f"{k}_{c}" for c in ("cone", "drum", "post", "barrica
 
 
 def read_fold_detections(path: str | Path) -> dict[str, np.ndarray]:
-    """Corpus key -> (D, 6) normalised detections, from a packed ``oof_detections.json``."""
-    blob = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Corpus key -> (D, 6) normalised detections, from a packed ``oof_detections.json`` (or ``.json.gz``)."""
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        blob = json.load(fh)
     out: dict[str, np.ndarray] = {}
     for fold in blob.values():
         for key, rows in fold["detections"].items():

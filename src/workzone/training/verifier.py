@@ -48,6 +48,7 @@ MAX_CANDIDATES = 8
 # brought to the detail the verifier learnt from.
 SOURCE_MAX_SIDE = 640
 _MATCH_IOU = 0.3
+NONE_AUGMENT_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -245,8 +246,11 @@ def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, b
             h, w = px.shape[:2]
             box = np.array(it.box) * np.array([w, h, w, h])
             crops, classes = list(candidate_crops(px, box[None], size=CROP_SIZE, context=CONTEXT)), [it.label]
+        # Degraded copies of every labelled crop, but of only a share of the mined "none" candidates: they are
+        # most of the crops (up to MAX_CANDIDATES on every image without road work) and alike.
+        copies = augment if it.kind != "candidate" or it.label != "none" or rng.random() < NONE_AUGMENT_SHARE else 0
         for crop, c in zip(crops, classes):
-            variants = [crop] + ([degrade(crop, rng) for _ in range(augment)] if c else [])
+            variants = [crop] + ([degrade(crop, rng) for _ in range(copies)] if c else [])
             for j, v in enumerate(variants):
                 pending.append(v)
                 owner.append(i)
