@@ -80,8 +80,7 @@ def detect(
             decoded, kept = [], []
             for p in chunk:
                 try:
-                    from workzone.io.images import decode_image
-                    decoded.append(decode_image(p, limits=pipe.limits))
+                    decoded.extend(pipe.decode([p]))
                     kept.append(p)
                 except InvalidImageError as exc:
                     failed += 1
