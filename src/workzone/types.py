@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,6 +18,7 @@ __all__ = [
     "Evidence",
     "StageOutput",
     "StageReport",
+    "EarlierReports",
     "Decision",
     "Image",
     "sigmoid",
@@ -160,6 +161,11 @@ class StageReport:
     @property
     def probability(self) -> float | None:
         return None if self.log_odds is None else sigmoid(self.log_odds)
+
+
+#: What every stage's ``predict`` is handed as ``evidence``: per image of the batch, the reports of
+#: the stages that ran on it before this one, in order (empty for the first tier).
+EarlierReports = Sequence[Sequence[StageReport]]
 
 
 @dataclass(frozen=True)

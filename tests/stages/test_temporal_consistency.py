@@ -25,7 +25,7 @@ def _reports(probs, stage="cls") -> list[tuple[StageReport, ...]]:
 
 
 def _run(stage, images, probs, stage_name="cls"):
-    outs = asyncio.run(stage.predict(images, prior=_reports(probs, stage_name)))
+    outs = asyncio.run(stage.predict(images, evidence=_reports(probs, stage_name)))
     return [None if o.log_odds is None else 1 / (1 + np.exp(-o.log_odds)) for o in outs]
 
 
@@ -52,7 +52,7 @@ def test_videos_are_tracked_apart_and_a_restart_resets() -> None:
 def test_source_stage_selects_the_followed_score_and_stills_abstain() -> None:
     stage = create_stage("temporal_consistency", "t", {"source_stage": "other"})
     assert _run(stage, _frames("a.mp4", 3), [0.99] * 3, stage_name="cls") == pytest.approx([0.5] * 3)
-    out = asyncio.run(stage.predict([Image(PX, source="photo.jpg")], prior=_reports([0.9])))
+    out = asyncio.run(stage.predict([Image(PX, source="photo.jpg")], evidence=_reports([0.9])))
     assert out[0].log_odds is None and "not a video frame" in out[0].evidence.notes[0]
 
 

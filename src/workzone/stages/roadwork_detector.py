@@ -27,7 +27,7 @@ from workzone.stages._onnx import open_session, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
 from workzone.stages.base import Stage
 from workzone.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS, ObjectDecision
-from workzone.types import Box, Evidence, Image, StageOutput, logit
+from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, logit
 
 __all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ObjectDetectorRunner", "decode_detections",
            "CLASS_NAMES", "STRIDE"]
@@ -188,7 +188,7 @@ class RoadworkDetectorStage(Stage):
         if self._runner is not None:
             await self.run_blocking(self._runner.detect, [np.zeros((64, 64, 3), np.uint8)])
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._runner)
         return await self.run_blocking(self._predict_sync, list(batch))
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 from pydantic import Field
 
 from workzone.stages.base import Stage, StageParams
-from workzone.types import Evidence, Image, StageOutput, StageReport, logit, sigmoid
+from workzone.types import EarlierReports, Evidence, Image, StageOutput, StageReport, logit, sigmoid
 
 __all__ = ["TemporalParams", "TemporalConsistencyStage", "parse_frame_source"]
 
@@ -55,15 +55,14 @@ class TemporalConsistencyStage(Stage):
     tiny_params = {}
     Params = TemporalParams
     default_cost = 0.01
-    needs_evidence: ClassVar[bool] = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._tracks: OrderedDict[str, _Track] = OrderedDict()
 
     async def predict(self, batch: Sequence[Image],
-                      prior: Sequence[Sequence[StageReport]] | None = None) -> list[StageOutput]:
-        reports = prior if prior is not None else [()] * len(batch)
+                      evidence: EarlierReports | None = None) -> list[StageOutput]:
+        reports = evidence if evidence is not None else [()] * len(batch)
         return [self._step(im, reps) for im, reps in zip(batch, reports)]
 
     def _evidence(self, reports: Sequence[StageReport]) -> float | None:
