@@ -11,13 +11,13 @@ from workzone.cascade import Cascade
 from workzone.config.loader import parse_pipeline
 from workzone.errors import ConfigError
 from workzone.stages.registry import create_stage
-from workzone.types import Evidence, Image, StageReport, logit
+from workzone.types import Evidence, FrameRef, Image, StageReport, logit
 
 PX = np.zeros((16, 16, 3), np.uint8)
 
 
 def _frames(video: str, n: int, start: int = 0) -> list[Image]:
-    return [Image(PX, source=f"{video}#frame={k}") for k in range(start, start + n)]
+    return [Image(PX, source=f"{video}#frame={k}", frame=FrameRef(video, k)) for k in range(start, start + n)]
 
 
 def _reports(probs, stage="cls") -> list[tuple[StageReport, ...]]:
@@ -75,7 +75,7 @@ tiers:
 """, "video.yaml")
     red, blue = np.full((32, 32, 3), (220, 30, 30), np.uint8), np.full((32, 32, 3), (30, 30, 220), np.uint8)
     pixels = [red] * 8 + [blue] + [red] * 3
-    images = [Image(px, source=f"v.mp4#frame={k}") for k, px in enumerate(pixels)]
+    images = [Image(px, source=f"v.mp4#frame={k}", frame=FrameRef("v.mp4", k)) for k, px in enumerate(pixels)]
 
     async def go():
         async with Cascade.from_config(config, base_dir=tmp_path) as cascade:

@@ -8,7 +8,7 @@ from typing import Container, Iterator
 from workzone.batch.inputs import WorkItem, row_key
 from workzone.errors import InvalidImageError
 from workzone.service import ImageDecoder
-from workzone.types import Image
+from workzone.types import FrameRef, Image
 
 __all__ = ["Unit", "iter_units"]
 
@@ -76,7 +76,8 @@ def iter_units(item_index: int, item: WorkItem, *, fps: float | None, done: Cont
         return
     try:
         for f in iter_video_frames(item.path, fps, max_side=limits.max_side, skip=_DoneFrames(item.file_id, done)):
-            image = Image(f.pixels, source=f"{path}#frame={f.frame_index}", original_size=(f.pixels.shape[1], f.pixels.shape[0]))
+            image = Image(f.pixels, source=f"{path}#frame={f.frame_index}", frame=FrameRef(path, f.frame_index),
+                          original_size=(f.pixels.shape[1], f.pixels.shape[0]))
             yield Unit(item_index, row_key(item.file_id, f.frame_index), path, f.frame_index, f.timestamp_s, image=image)
     except (InvalidImageError, OSError) as exc:
         yield Unit(item_index, error_key, path, None, None, error=str(exc))
