@@ -74,3 +74,18 @@ def test_balanced_fit_shifts_the_bias_by_the_prior_log_ratio():
     assert (z_bal > 0).sum() > (z_plain > 0).sum()
     fus = fit_fusion([{"a": float(v)} for v in x], y, ["a"], l2=0.0, balanced=True)
     assert fus.bias == pytest.approx(bal.bias, abs=1e-5)
+
+
+def test_fit_stays_finite_on_separable_collinear_scores() -> None:
+    """Two strongly correlated stage scores that separate the classes perfectly: plain Newton once sent the
+    unpenalised bias to -5e8 (every held-out positive called negative); the fit must stay finite and separate."""
+    from workzone.fusion.calibration import fit_logistic
+
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(300), np.ones(120)].astype(int)
+    base = np.where(y == 1, rng.uniform(2, 6, y.size), rng.uniform(-10, -1, y.size))
+    x = np.c_[rng.normal(0, 0.5, y.size), base, 1.4 * base + rng.normal(0, 0.3, y.size)]
+    fit = fit_logistic(x, y, l2=1e-2, balanced=True, prior=1.0)
+    z = fit.bias + x @ fit.weights
+    assert np.isfinite(fit.bias) and np.all(np.isfinite(fit.weights)) and abs(fit.bias) < 100
+    assert (z[y == 1] > 0).all() and (z[y == 0] < 0).all()
