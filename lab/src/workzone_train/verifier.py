@@ -446,7 +446,7 @@ def _items_digest(items: Sequence[CropItem]) -> str:
 
 def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: Mapping[str, np.ndarray],
                       folds: Mapping[str, Sequence[str]], *, cache: Path | None = None, export_to: Path | None = None,
-                      shipped_features: str = "classes", augment: int = 2,
+                      shipped_features: str = "blind", augment: int = 2,
                       log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
     """Out-of-fold ``verify`` scores (one column per feature set) of the corpus images, in ``rows`` order.
 

@@ -32,7 +32,7 @@ def loso_scores(
                                                            "roadwork_verifier.onnx + .json into this folder"),
     verifier_augment: int = typer.Option(1, min=0, help="degraded copies of each labelled crop (night, fog, far, blur, "
                                                         "JPEG)"),
-    verify_features: str = typer.Option("classes", help="verified decision's features: 'classes' (class-aware) "
+    verify_features: str = typer.Option("blind", help="verified decision's features: 'classes' (class-aware) "
                                                         "or 'blind'"),
 ) -> None:
     """Out-of-fold scores per image: objects (class-blind and per-class decisions), verify (the crop verifier's
