@@ -271,3 +271,21 @@ def test_engine_reservation_never_understates_a_too_big_engine():
     # 0.95 is the largest share asked for; an engine needing more than that must not "fit".
     with pytest.raises(ConfigError, match="plan refused"):
         plan_pipeline(pipeline(vlm(model="Qwen/Qwen3-VL-32B-Instruct")), GpuSpec(1, 70))
+
+
+def test_too_few_gpus_are_refused_on_memory_before_a_pin():
+    owl = "{name: owl, kind: hf_zero_shot_detection, device: 'cuda:1', model: google/owlv2-base-patch16-ensemble}"
+    with pytest.raises(ConfigError) as ei:
+        plan_pipeline(pipeline(owl, vlm(model="Qwen/Qwen3-VL-32B-Instruct")), GpuSpec(1, 24))
+    msg = str(ei.value)
+    assert msg.startswith("plan refused: the GPU stages need ") and "but 1 x 24 GB gives 23.0 GB" in msg
+    assert "GB short" in msg and "engine:Qwen/Qwen3-VL-32B-Instruct" in msg and "cuda:1" not in msg
+
+
+def test_an_engine_block_overriding_quant_is_reported():
+    own = vlm(model="Qwen/Qwen3-VL-32B-Instruct")[:-1] + ", engine: {quantization: fp8}}"
+    plan = plan_pipeline(pipeline(own), GpuSpec(1, 80), "awq")
+    (item,) = plan.items
+    assert item.quant == "fp8"
+    assert any("sets quantization fp8, which overrides --quant awq" in w for w in plan.warnings)
+    assert not any("overrides" in w for w in plan_pipeline(pipeline(own), GpuSpec(1, 80), "fp8").warnings)

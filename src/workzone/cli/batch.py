@@ -31,7 +31,8 @@ def batch(
     segments: Annotated[Optional[Path], typer.Option(help="video segments JSON (default <out>.segments.json)")] = None,
     thumbnails: Annotated[Optional[Path], typer.Option(help="folder for a PNG strip of each segment's evidence frames")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="existing Ray cluster (auto, ray://host:10001)")] = None,
-    ray_workers: Annotated[int, typer.Option(min=1, help="cascade actors in the Ray pool")] = 2,
+    ray_workers: Annotated[Optional[int], typer.Option(min=1, help="cascade actors in the Ray pool (default: as many as "
+                                                       "Ray's CPUs hold, one CPU each beside decoding)")] = None,
     ray_cpus: Annotated[Optional[int], typer.Option(min=1, help="CPUs of a local Ray instance (default: all)")] = None,
     ray_gpus: Annotated[float, typer.Option(min=0, help="GPUs per cascade actor on Ray (0: none)")] = 0.0,
     device: Annotated[str, typer.Option(help="compute device of the stages: cpu, cuda, cuda:1 ...")] = "cpu",
