@@ -49,7 +49,8 @@ def test_serve_refuses_a_pipeline_whose_extras_are_missing_before_binding(tmp_pa
     pipe.write_text("name: needs-detect\ntiers:\n  - name: t\n    stages:\n"
                     "      - {name: yolo, kind: ultralytics, model: yolo.pt}\n")
     _uninstall(monkeypatch, "ultralytics")
-    res = runner.invoke(app, ["serve", "-p", str(pipe), "--port", "9"])  # port 9: binding it would fail loudly
+    # 203.0.113.1 (TEST-NET) is no address of this machine: binding fails at once if the check does not come first
+    res = runner.invoke(app, ["serve", "-p", str(pipe), "--host", "203.0.113.1", "--port", "8000"])
     assert isinstance(res.exception, MissingExtraError)
     msg = str(res.exception)
     assert msg.startswith("workzone serve refused before starting: pipeline 'needs-detect' cannot run here")

@@ -152,7 +152,7 @@ def headline_metrics(y: np.ndarray, p: np.ndarray, *, resamples: int = 1000) -> 
 
 
 #: Fewer images than this of a class and a subset's MCC is not shown (see :func:`subset_score`).
-MIN_CLASS_FOR_MCC = 3
+MIN_CLASS_FOR_MCC = 2
 
 
 def subset_score(y: Sequence[int], p: Sequence[float]) -> dict[str, Any]:
