@@ -38,8 +38,10 @@ def register(app: typer.Typer) -> None:
     from workzone.cli.detector import eval_detector_cmd, train_detector_cmd
 
     group = typer.Typer(cls=_ClassifierByDefault, no_args_is_help=True,
-                        help="Reproduce the shipped models: classifier (default), loso, loso-fusion, export-classifier, "
-                             "compact-data, detector, eval-detector.")
+                        help="Train the whole-image classifier (default) and the cone detector: classifier, loso, "
+                             "loso-fusion, export-classifier, compact-data, detector, eval-detector. The default "
+                             "pipeline's object detector is trained on a GPU by `python -m "
+                             "workzone.training.object_train` (OBJECT_DETECTOR_CARD.md, Reproduce).")
     commands = {"classifier": train, "loso": loso, "loso-fusion": loso_fusion, "export-classifier": export_classifier,
                 "compact-data": compact_data, "detector": train_detector_cmd, "eval-detector": eval_detector_cmd}
     for name, fn in commands.items():
