@@ -64,3 +64,8 @@ def test_a_missing_file_in_a_batch_is_named_without_base64(tmp_path):
     run_batch_job([str(tmp_path / "list.txt")], [tmp_path / "r.jsonl"], options=BatchOptions())
     (row,) = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert row["error"].endswith("missing.jpg: no such file") and "base64" not in row["error"]
+
+
+def test_list_stages_shows_the_two_new_detector_kinds():
+    res = runner.invoke(app, ["list-stages"])
+    assert res.exit_code == 0 and {"dfine", "yolo_world"} <= set(res.output.split())
