@@ -19,8 +19,8 @@ from pydantic import Field
 
 from workzone._optional import require
 from workzone.errors import ModelFileError
-from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
-from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, model_source, to_pil
+from workzone.stages._evidence_map import ClassMap, Detection, outputs_in_chunks
+from workzone.stages._hf_common import HFParams, HFStage, load_hf, model_source, to_pil
 from workzone.types import Image, StageOutput
 
 __all__ = ["DFineParams", "DFineStage"]
@@ -62,10 +62,7 @@ class DFineStage(HFStage):
                                  "for other detectors")
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
-        outputs: list[StageOutput] = []
-        for part in chunks(batch, self.params.batch_size):
-            outputs.extend(detections_to_output(d, self.params.classes) for d in self._detect(part))
-        return outputs
+        return outputs_in_chunks(batch, self.params.batch_size, self._detect, self.params.classes)
 
     def _detect(self, part: Sequence[Image]) -> list[list[Detection]]:
         import torch

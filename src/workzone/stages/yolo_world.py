@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from workzone._optional import require
 from workzone.errors import ModelFileError
-from workzone.stages._evidence_map import ClassMap
+from workzone.stages._evidence_map import ClassMap, check_prompts
 from workzone.stages._model_stage import torch_device
 from workzone.stages.ultralytics import UltralyticsParams, YoloStage
 
@@ -39,13 +39,7 @@ class YoloWorldParams(UltralyticsParams):
 
     @model_validator(mode="after")
     def _check_prompts(self) -> "YoloWorldParams":
-        known = self.classes.evidence_weights()
-        bad = {p: ev for p, ev in self.prompts.items() if ev not in known}
-        if bad:
-            raise ValueError(f"prompts: unknown evidence classes {bad}; use one of {', '.join(sorted(known))} "
-                             "or declare them under classes.weights")
-        if any(not p.strip() for p in self.prompts):
-            raise ValueError("prompts: a prompt must not be empty")
+        check_prompts(self.prompts, self.classes)
         return self
 
 
