@@ -66,9 +66,9 @@ def size_actor_pool(cpus: float, requested: int | None, *, gpus: float = 0.0, gp
     if requested is None:
         return fit
     if requested > fit:
-        raise ConfigError(f"--ray-workers {requested}: Ray has {cpus:g} CPU(s){f' and {gpus:g} GPU(s)' if gpus_per_actor else ''}, "
-                          f"which hold {what}; {requested} actors would wait forever for resources. Use "
-                          f"--ray-workers {fit} (or leave it out: the pool is sized from the CPUs), or give Ray more "
+        has = f"{cpus:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus_per_actor else "")
+        raise ConfigError(f"--ray-workers {requested}: Ray has {has}, which hold {what}; {requested} actors would "
+                          f"wait forever for resources. Use --ray-workers {fit} (or leave it out: the pool is sized from the CPUs), or give Ray more "
                           "CPUs (--ray-cpus, --ray-address)")
     return requested
 
@@ -108,7 +108,7 @@ def run_ray(pipeline: str | Path, items: list[WorkItem], store: ResultStore, *, 
         ds = ds.map_batches(_CascadeActor,
                             fn_constructor_kwargs={"pipeline": pipeline_ref, "device": options.device},
                             batch_size=options.batch_size, batch_format="pyarrow",
-                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=_ACTOR_CPUS,
                             num_gpus=options.ray_gpus)
         run_dir = store.parts / f"ray-{uuid.uuid4().hex[:12]}"
         ds.write_parquet(str(run_dir))
