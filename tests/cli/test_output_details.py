@@ -69,3 +69,16 @@ def test_a_missing_file_in_a_batch_is_named_without_base64(tmp_path):
 def test_list_stages_shows_the_two_new_detector_kinds():
     res = runner.invoke(app, ["list-stages"])
     assert res.exit_code == 0 and {"dfine", "yolo_world"} <= set(res.output.split())
+
+
+def test_the_batch_summary_off_a_terminal_is_not_cut_at_80_columns(tmp_path):
+    from tests.batch._support import batch_command, make_image_folder, subprocess_env
+
+    make_image_folder(tmp_path / "shots", 2)
+    out = tmp_path / ("results-with-a-long-name-" * 3 + ".jsonl")
+    res = subprocess.run(batch_command(str(tmp_path / "shots"), "--out", str(out)), capture_output=True, text=True,
+                         env=subprocess_env(), timeout=300)
+    assert res.returncode == 0, res.stderr
+    done = next(ln for ln in res.stderr.splitlines() if ln.startswith("batch done:"))
+    assert done.endswith("new rows/s")  # one line, not wrapped before its last words
+    assert any(ln == f"results: {out}" for ln in res.stderr.splitlines())
