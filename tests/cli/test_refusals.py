@@ -114,3 +114,17 @@ def test_tune_warns_on_a_small_set_and_strict_refuses(setup):  # noqa: F811
     res = runner.invoke(app, [*args, "--strict", "--out", str(tmp / "s2.yaml")])
     assert isinstance(res.exception, ConfigError) and "small" in str(res.exception)
     assert not (tmp / "s2.yaml").exists()
+
+
+def test_a_batch_job_refuses_a_pipeline_whose_extras_are_missing_before_reading_inputs(tmp_path, monkeypatch):
+    from workzone.batch import BatchOptions, run_batch_job
+
+    (tmp_path / "yolo.pt").write_bytes(b"not loaded")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("name: needs-detect\ntiers:\n  - name: t\n    stages:\n"
+                    "      - {name: yolo, kind: ultralytics, model: yolo.pt}\n")
+    _uninstall(monkeypatch, "ultralytics")
+    with pytest.raises(MissingExtraError, match=r"workzone batch refused before starting.*workzone\[detect\]"):
+        run_batch_job([str(tmp_path / "no-such-folder")], [tmp_path / "r.jsonl"], pipeline=pipe,
+                      options=BatchOptions(engine="ray"))
+    assert not (tmp_path / "r.jsonl").exists()

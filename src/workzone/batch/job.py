@@ -103,13 +103,17 @@ def run_batch_job(inputs: Sequence[str | Path], outputs: Sequence[Path], *, pipe
 
     Raises:
         ConfigError: bad options, or the output holds rows of a different job.
-        MissingExtraError: Parquet, video or Ray support is not installed.
+        MissingExtraError: Parquet, video or Ray support, or a stage's extra, is not installed.
+        ModelFileError: a stage's model file is missing.
     """
     from workzone.batch.progress import JobProgress
+    from workzone.checking import require_runnable
     from workzone.config.loader import load_pipeline_config
 
     t0 = time.perf_counter()
-    config, _ = load_pipeline_config(pipeline)
+    config, where = load_pipeline_config(pipeline)
+    # What `workzone check` would report stops the job before it reads an input (or starts Ray).
+    require_runnable(config, where.parent, what="workzone batch", reference=str(pipeline))
     items = expand_inputs(inputs, glob_pattern=options.glob, identity=options.identity)
     if not items:
         raise ConfigError("batch: the inputs name no image or video file")
