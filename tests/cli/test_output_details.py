@@ -44,10 +44,9 @@ def test_output_files_honour_the_umask(setup):  # noqa: F811
 
 
 def test_an_error_off_a_terminal_is_one_line_however_long(tmp_path):
-    csv = tmp_path / ("a-rather-long-file-name-for-the-scores-of-every-source" * 2 + ".csv")
-    csv.write_text("key,label,source,objects\nk0,1,a,1.0\n")
-    res = subprocess.run([sys.executable, "-m", "workzone.cli.main", "loso-table", str(csv), "--candidate", "o=objects",
-                          "--out", str(tmp_path / "t.md")], capture_output=True, text=True, timeout=120)
+    csv = tmp_path / ("a-rather-long-file-name-for-a-manifest-of-every-source" * 3 + ".csv")
+    res = subprocess.run([sys.executable, "-m", "workzone.cli.main", "eval", str(csv)], capture_output=True, text=True,
+                         timeout=120)
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and len(lines[0]) > 200 and lines[0].startswith("error: ")
