@@ -1,12 +1,15 @@
 """The detection service: decode, queue into the micro-batcher, run the cascade under deadlines.
 
-It is core: it knows no HTTP routes (the server's routes, the SN72 miner and batch jobs all drive
-it) and imports no web framework. One instance owns one :class:`~workzone.cascade.Cascade` for the life of the process.
+It is core: it knows no HTTP routes (the server's routes, the SN72 miner, batch jobs and the sync
+:class:`workzone.api.Pipeline` all drive it) and imports no web framework. One instance owns one
+:class:`~workzone.cascade.Cascade` and one :class:`ImageDecoder` (the decode policy: CPU, or nvJPEG on a
+CUDA device) for the life of the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass
@@ -17,12 +20,12 @@ from workzone.batching import BatchPolicy, MicroBatcher
 from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
-from workzone.io.images import ImageLimits, decode_image
+from workzone.io.images import DEFAULT_LIMITS, ImageLimits, decode_image
 from workzone.errors import DeadlineExceeded, NotReady
 from workzone._memory import Trimmer
 from workzone.types import Decision, Image
 
-__all__ = ["DetectionService", "ServiceObserver", "EventHandler"]
+__all__ = ["DetectionService", "ImageDecoder", "ServiceObserver", "EventHandler"]
 
 log = logging.getLogger("workzone.service")
 
@@ -39,6 +42,48 @@ class ServiceObserver(Protocol):
     def on_batch(self, size: int, waited_s: float) -> None: ...
 
     def on_decision(self, decision: Decision) -> None: ...
+
+
+class ImageDecoder:
+    """The one decode policy of a service: Pillow on the CPU for any input; on a CUDA device with
+    torchvision, batches of encoded bytes decoded by nvJPEG straight into GPU memory.
+
+    Args:
+        device: the cascade's device (``cpu``, ``cuda``, ``cuda:N``).
+        limits: size, memory and work limits every decoded image respects.
+    """
+
+    def __init__(self, device: str = "cpu", *, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._device = _device_decoder(device, limits)
+
+    def decode(self, items: Sequence[Any], sources: Sequence[str | None] | None = None) -> list[Image]:
+        """Decode ``items`` (path, bytes, base64, PIL image, numpy array, Image), in order.
+
+        Raises:
+            InvalidImageError: an item cannot be decoded or breaks a limit.
+        """
+        labels = list(sources) if sources is not None else [None] * len(items)
+        if self._device is not None and items and all(isinstance(x, (bytes, bytearray, memoryview)) for x in items):
+            return self._device.decode(items, [s or "<bytes>" for s in labels])
+        return [decode_image(x, limits=self.limits, source=s) for x, s in zip(items, labels)]
+
+    def close(self) -> None:
+        if self._device is not None:
+            self._device.close()
+
+
+def _device_decoder(device: str, limits: ImageLimits) -> Any:
+    """A batched GPU decoder for ``device`` (:mod:`workzone.accel.decode`), or None on the CPU or without torch."""
+    if not device.startswith("cuda") or importlib.util.find_spec("torchvision") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from workzone.accel.decode import DeviceDecoder
+
+    return DeviceDecoder(device, limits=limits)
 
 
 @dataclass(frozen=True)
@@ -59,13 +104,15 @@ class DetectionService:
         max_deadline_s: cap on any deadline.
         observer: receives batch sizes and decisions (metrics).
         decode_workers: images decoded at the same time (each within ``limits.max_decode_bytes``).
+        decoder: the decode policy (default: the CPU within ``limits``; :meth:`from_config` picks it for the device).
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
-                 decode_workers: int = 2) -> None:
+                 decode_workers: int = 2, decoder: ImageDecoder | None = None) -> None:
         self.cascade = cascade
+        self.decoder = decoder or ImageDecoder(limits=limits)
         self._decode_slots = asyncio.Semaphore(decode_workers)
         self._trimmer = Trimmer()
         #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
@@ -84,7 +131,15 @@ class DetectionService:
                       **kwargs: Any) -> "DetectionService":
         """Build from a built-in pipeline name or YAML path (validates the file; loads no weights)."""
         config, path = load_pipeline_config(ref)
-        return cls(Cascade.from_config(config, base_dir=path.parent, device=device, extras=extras), **kwargs)
+        return cls.from_config(config, path.parent, device=device, extras=extras, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, base_dir: Path, *, device: str = "cpu",
+                    extras: dict[str, Any] | None = None, **kwargs: Any) -> "DetectionService":
+        """Build from a validated config whose relative paths resolve against ``base_dir`` (loads no weights)."""
+        if "decoder" not in kwargs:
+            kwargs["decoder"] = ImageDecoder(device, limits=kwargs.get("limits", ImageLimits()))
+        return cls(Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras), **kwargs)
 
     @property
     def config(self) -> PipelineConfig:
@@ -134,7 +189,10 @@ class DetectionService:
             await asyncio.gather(self._start_task, return_exceptions=True)
         self.state = "stopping"
         await self.batcher.aclose(timeout)
-        await self.cascade.aclose()
+        try:
+            await self.cascade.aclose()
+        finally:
+            self.decoder.close()
         self.state = "stopped"
 
     # -- inputs ----------------------------------------------------------------------------------
@@ -157,9 +215,20 @@ class DetectionService:
         except asyncio.TimeoutError:
             raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
         try:
-            return await asyncio.to_thread(decode_image, data, limits=self.limits, source=source)
+            return (await asyncio.to_thread(self.decoder.decode, [data], [source]))[0]
         finally:
             self._decode_slots.release()
+
+    async def run(self, images: Sequence[Image], *, deadline_s: float | None = None,
+                  on_event: Callable[[TierEvent], Any] | None = None, run_all: bool = False) -> list[Decision]:
+        """Decide a batch the caller formed itself (batch jobs, the sync API): straight to the cascade,
+        past the micro-batcher, which exists to gather concurrent single requests."""
+        self.check_ready()
+        decisions = await self.cascade.run(images, deadline_s=deadline_s, on_event=on_event, run_all=run_all)
+        if self.observer is not None:
+            for d in decisions:
+                self.observer.on_decision(d)
+        return decisions
 
     def prior_decision(self, source: str, why: str) -> Decision:
         """The answer when no stage could run in time: the pipeline's prior, marked degraded."""
