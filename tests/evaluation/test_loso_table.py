@@ -70,15 +70,15 @@ def test_loso_table_names_the_file_the_missing_column_and_the_flag(tmp_path) -> 
     from workzone.errors import DataError
 
     csv = _csv_without_fold_and_condition(tmp_path / "scores.csv")
-    res = CliRunner().invoke(app, ["loso-table", str(csv), "--candidate", "o=objects", "--out", str(tmp_path / "t.md")])
+    res = CliRunner().invoke(app, ["train", "loso-table", str(csv), "--candidate", "o=objects", "--out", str(tmp_path / "t.md")])
     assert isinstance(res.exception, DataError)  # one line from main(), not a KeyError traceback
     msg = str(res.exception)
     assert msg.startswith(f"{csv}: no column 'fold' (columns: key, label, source, objects)") and "--fold-column" in msg
-    res = CliRunner().invoke(app, ["loso-table", str(csv), "--candidate", "o=objects", "--out", str(tmp_path / "t.md"),
+    res = CliRunner().invoke(app, ["train", "loso-table", str(csv), "--candidate", "o=objects", "--out", str(tmp_path / "t.md"),
                                    "--fold-column", "source"])
     assert isinstance(res.exception, DataError) and "no column 'condition'" in str(res.exception)
     assert "--condition-column" in str(res.exception)
-    res = CliRunner().invoke(app, ["loso-table", str(csv), "--candidate", "o=objects", "--out", str(tmp_path / "t.md"),
+    res = CliRunner().invoke(app, ["train", "loso-table", str(csv), "--candidate", "o=objects", "--out", str(tmp_path / "t.md"),
                                    "--fold-column", "source", "--condition-column", "source"])
     assert res.exit_code == 0, res.output
     assert "| o |" in (tmp_path / "t.md").read_text() or "o" in (tmp_path / "t.md").read_text()
