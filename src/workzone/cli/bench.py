@@ -34,15 +34,14 @@ def bench(
     out: Annotated[Optional[Path], typer.Option(help="results file (.md; a .json is written beside it)")] = None,
 ) -> None:
     """Time the cascade from JPEG bytes (decode included) at 224 px and 640 px, and write a results file."""
-    from rich.console import Console
-
     from workzone.bench import runs
     from workzone.bench.inputs import sample_images, synth_jpegs
     from workzone.bench.machine import describe_machine
     from workzone.bench.report import write_results
+    from workzone.cli._common import make_console
     from workzone.stages.base import StageContext
 
-    console = Console(highlight=False)
+    console = make_console()
     cuda = device.startswith("cuda")
     if cuda:
         from workzone._optional import require

@@ -66,8 +66,18 @@ def serve(
         "max_body_bytes": max_body_bytes, "default_deadline_s": default_deadline, "max_deadline_s": max_deadline,
         "shutdown_timeout_s": shutdown_timeout, "log_level": log_level,
     })
+    _refuse_unrunnable(settings.pipeline, "workzone serve")
     # create_server validates the pipeline file first: a bad file fails here, before binding.
     create_server(settings).run()
+
+
+def _refuse_unrunnable(pipeline: str, what: str) -> None:
+    """What `workzone check` would report (missing extras, model files) stops the command before it binds."""
+    from workzone.checking import require_runnable
+    from workzone.config.loader import load_pipeline_config
+
+    config, path = load_pipeline_config(pipeline)
+    require_runnable(config, path.parent, what=what, reference=pipeline)
 
 
 def miner(
@@ -113,5 +123,6 @@ def miner(
         "deadline_s": deadline, "force_validator_permit": force_validator_permit,
         "allow_non_registered": allow_non_registered, "model_url": model_url,
     })
+    _refuse_unrunnable(settings.pipeline, "workzone miner")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_miner(settings)

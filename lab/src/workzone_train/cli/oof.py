@@ -112,17 +112,14 @@ def loso_table(
     prior_weight: float = typer.Option(1.0, help="fusion weight prior (see `workzone tune --prior-weight`)"),
     balanced: bool = typer.Option(True, "--balanced/--no-balanced", help="fit fusion for a 50/50 prior (as `tune --balanced`)"),
     l2: float = typer.Option(1e-2, min=0.0),
+    fold_column: str = typer.Option("fold", help="column grouping sources into held-out folds (source: one per source)"),
+    condition_column: str = typer.Option("condition", help="column the per-condition table groups by"),
 ) -> None:
     """Pooled out-of-fold MCC, per source and per condition, for each candidate stage set."""
-    from workzone.evaluation.loso_table import OofRow, cross_fit, format_markdown, loso_summary
+    from workzone.evaluation.loso_table import cross_fit, format_markdown, loso_summary, read_oof_rows
     from workzone.fusion.calibration import fit_logistic, score_matrix
-    import csv
 
-    with scores.open(newline="", encoding="utf-8") as fh:
-        recs = list(csv.DictReader(fh))
-    fixed = {"key", "label", "source", "condition", "fold"}
-    rows = [OofRow(r["key"], r["source"], r["condition"], int(r["label"]), r["fold"],
-                   {k: (float(v) if v != "" else None) for k, v in r.items() if k not in fixed}) for r in recs]
+    rows = read_oof_rows(scores, fold_column=fold_column, condition_column=condition_column)
     summaries = {}
     for spec in candidate:
         name, _, stages = spec.partition("=")
