@@ -59,13 +59,18 @@ class DetectionService:
         max_deadline_s: cap on any deadline.
         observer: receives batch sizes and decisions (metrics).
         decode_workers: images decoded at the same time (each within ``limits.max_decode_bytes``).
+        device: ``cuda``/``cuda:N``: JPEGs are not decoded per request but a whole batch at a time
+            with nvJPEG, straight into device memory, when the batch runs (the request only reads
+            the JPEG header); other formats, and hosts where torch sees no GPU, decode on the CPU.
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
-                 decode_workers: int = 2) -> None:
+                 decode_workers: int = 2, device: str = "cpu") -> None:
         self.cascade = cascade
+        self.device = device
+        self._device_decoder: Any = None
         self._decode_slots = asyncio.Semaphore(decode_workers)
         self._trimmer = Trimmer()
         #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
@@ -84,7 +89,8 @@ class DetectionService:
                       **kwargs: Any) -> "DetectionService":
         """Build from a built-in pipeline name or YAML path (validates the file; loads no weights)."""
         config, path = load_pipeline_config(ref)
-        return cls(Cascade.from_config(config, base_dir=path.parent, device=device, extras=extras), **kwargs)
+        return cls(Cascade.from_config(config, base_dir=path.parent, device=device, extras=extras), device=device,
+                   **kwargs)
 
     @property
     def config(self) -> PipelineConfig:
@@ -96,6 +102,7 @@ class DetectionService:
         self.state = "starting"
         try:
             await self.cascade.start()
+            self._device_decoder = await asyncio.to_thread(self._open_device_decoder)
         except BaseException as exc:
             self.state = "failed"
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -135,7 +142,20 @@ class DetectionService:
         self.state = "stopping"
         await self.batcher.aclose(timeout)
         await self.cascade.aclose()
+        if self._device_decoder is not None:
+            self._device_decoder.close()
+            self._device_decoder = None
         self.state = "stopped"
+
+    def _open_device_decoder(self) -> Any:
+        """The batch nvJPEG decoder when the service runs on a GPU torch can see, else ``None``."""
+        if not self.device.startswith("cuda"):
+            return None
+        from workzone.accel.decode import DeviceDecoder
+        from workzone.accel.runner import resolve_device
+
+        device = resolve_device(self.device)
+        return DeviceDecoder(device, limits=self.limits) if device.startswith("cuda") else None
 
     # -- inputs ----------------------------------------------------------------------------------
     async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None) -> Image:
@@ -151,6 +171,12 @@ class DetectionService:
             InvalidImageError: not an image, truncated, or over a limit.
             DeadlineExceeded: no decode slot came free before ``end``.
         """
+        size = self._device_decoder.accepts(data) if self._device_decoder is not None else None
+        if size is not None:
+            from workzone.accel.device_image import EncodedImage
+
+            # Decoded with its batch, on the device (see _decode_batch): the request reads only the header.
+            return EncodedImage(bytes(data), source, size)
         wait = None if end is None else max(0.0, end - time.perf_counter())
         try:
             await asyncio.wait_for(self._decode_slots.acquire(), timeout=wait)
@@ -266,7 +292,38 @@ class DetectionService:
             return [d for d in out if d is not None]
         return await self._run_jobs(jobs)
 
+    async def _decode_batch(self, jobs: list[_Job]) -> tuple[list[_Job], dict[int, Decision]]:
+        """Decode the batch's pending JPEGs in one nvJPEG call; a file that fails is answered with the
+        prior (degraded, naming why) instead of failing its batch."""
+        from workzone.accel.device_image import EncodedImage
+
+        pending = [k for k, j in enumerate(jobs) if isinstance(j.image, EncodedImage)]
+        if not pending:
+            return jobs, {}
+        imgs = [jobs[k].image for k in pending]
+        decoded = await asyncio.to_thread(self._device_decoder.decode_each, [im.data for im in imgs],  # type: ignore[attr-defined]
+                                          [im.source for im in imgs])
+        jobs = list(jobs)
+        failed: dict[int, Decision] = {}
+        for k, img in zip(pending, decoded):
+            if isinstance(img, Exception):
+                failed[k] = self.prior_decision(jobs[k].image.source, f"the image could not be decoded: {img}")
+            else:
+                jobs[k] = _Job(img, jobs[k].deadline, jobs[k].on_event)
+        return jobs, failed
+
     async def _run_jobs(self, jobs: list[_Job]) -> list[Decision]:
+        if self._device_decoder is not None:
+            jobs, failed = await self._decode_batch(jobs)
+            if failed:
+                live = [k for k in range(len(jobs)) if k not in failed]
+                out = dict(failed)
+                if live:
+                    out.update(zip(live, await self._run_decoded([jobs[k] for k in live])))
+                return [out[k] for k in range(len(jobs))]
+        return await self._run_decoded(jobs)
+
+    async def _run_decoded(self, jobs: list[_Job]) -> list[Decision]:
         now = time.perf_counter()
         # A batch runs under its tightest deadline, so nobody in it is answered late.
         ends = [j.deadline for j in jobs if j.deadline is not None]

@@ -17,7 +17,7 @@ from workzone.types import Image
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceImage", "image_tensor"]
+__all__ = ["DeviceImage", "EncodedImage", "image_tensor"]
 
 
 class DeviceImage(Image):
@@ -57,6 +57,49 @@ class DeviceImage(Image):
 
     def __repr__(self) -> str:
         return f"DeviceImage({self.width}x{self.height} on {self.tensor.device}, source={self.source!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+class EncodedImage(Image):
+    """A JPEG not decoded yet: the service hands these to the device decoder a whole batch at a time.
+
+    Its size comes from the JPEG header (:meth:`workzone.accel.decode.DeviceDecoder.accepts`);
+    :attr:`pixels`, if anything asks before the batch decode, decodes on the CPU with every guard.
+
+    Args:
+        data: the JPEG bytes.
+        source: a label for reports.
+        size: (width, height) from the header.
+    """
+
+    def __init__(self, data: bytes, source: str, size: tuple[int, int]) -> None:
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "original_size", size)
+        object.__setattr__(self, "_pixels", None)
+
+    @property  # type: ignore[override]
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            from workzone.io.images import decode_image
+
+            object.__setattr__(self, "_pixels", decode_image(self.data, source=self.source).pixels)
+        return self._pixels
+
+    @property
+    def width(self) -> int:
+        return int(self.original_size[0])  # type: ignore[index]
+
+    @property
+    def height(self) -> int:
+        return int(self.original_size[1])  # type: ignore[index]
+
+    def __repr__(self) -> str:
+        return f"EncodedImage({self.width}x{self.height}, {len(self.data)} bytes, source={self.source!r})"
 
     def __eq__(self, other: object) -> bool:
         return self is other

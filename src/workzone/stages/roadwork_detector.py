@@ -24,7 +24,7 @@ from pydantic import Field
 from workzone.errors import ModelFileError
 from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
-from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
+from workzone.stages._torch_backend import TorchBackendParams, open_runner, use_torch
 from workzone.stages.base import Stage
 from workzone.stages._object_evidence import DETECTION_FLOOR, MAX_DETECTIONS, ObjectDecision
 from workzone.types import Box, Evidence, Image, StageOutput, logit
@@ -70,7 +70,13 @@ class ConeDetectorRunner:
         path = Path(path)
         self.session = None
         self.torch_runner = None
+        self.device_path: Any = None
         if torch_params is not None:
+            if torch_params.precision == "auto":
+                # fp16, not the backend's bf16, on CUDA: the decision thresholds a probability, and fp16's
+                # three extra mantissa bits keep it within the parity bound of the CPU path.
+                torch_params = torch_params.model_copy(
+                    update={"precision": "float16" if device.startswith("cuda") else "float32"})
             self.torch_runner = open_runner(path, torch_params, device)
         else:
             self.session = open_session(path, threads=threads, providers=providers, inputs=["image"],
@@ -90,6 +96,14 @@ class ConeDetectorRunner:
             self.decision = ObjectDecision(self.meta["decision"], self.class_names) if "decision" in self.meta else None
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: sidecar 'decision' block: {exc}") from exc
+        if self.torch_runner is not None:
+            from workzone.accel.objects import DeviceObjectDetector
+
+            # The whole decision on the torch device: as-trained treatment, letterbox, network, boxes, decision.
+            self.device_path = DeviceObjectDetector(
+                self.torch_runner, size=self.size, stride=self.stride, num_classes=len(self.class_names),
+                source_max_side=self.source_max_side, source_jpeg_quality=self.source_jpeg_quality,
+                decision=self.decision)
         # Serialise runs: each already uses every intra-op thread.
         self._lock = threading.Lock()
 
@@ -107,24 +121,35 @@ class ConeDetectorRunner:
             Per image, (D, 6) rows ``x1, y1, x2, y2, score, class`` in that image's pixels, by
             falling score.
         """
+        return self.decide(images, score_threshold=score_threshold, max_detections=max_detections,
+                           batch_size=batch_size)[0]
+
+    def decide(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
+               batch_size: int = 8) -> tuple[list[np.ndarray], list[float] | None]:
+        """:meth:`detect`, and the sidecar decision's log-odds per image (``None`` without a decision).
+
+        On the torch backend both are computed on its device and copied back once per batch.
+        """
         items = [im if isinstance(im, Image) else Image(im) for im in images]
+        if self.device_path is not None:
+            dets, z = self.device_path.detect(items, floor=score_threshold, max_detections=max_detections).to_host()
+            return dets, (None if z is None else [float(v) for v in z])
         # Box coordinates map back through the letterbox by aspect ratio, so the shrunk copies' boxes land
         # on the original images.
         inputs = [Image(self._as_trained(im.pixels)) for im in items] if self._shrinks else items
-        if self.torch_runner is not None:
-            raws = [first_output(self.torch_runner, torch_inputs(self.torch_runner, inputs, self.size, "letterbox"))]
-        else:
-            raws = []
-            for i in range(0, len(inputs), batch_size):
-                x = np.stack([resize_for_model(im.pixels, self.size, "letterbox") for im in inputs[i:i + batch_size]])
-                with self._lock:
-                    raws.append(self.session.run(None, {"image": x})[0])
+        raws = []
+        for i in range(0, len(inputs), batch_size):
+            x = np.stack([resize_for_model(im.pixels, self.size, "letterbox") for im in inputs[i:i + batch_size]])
+            with self._lock:
+                raws.append(self.session.run(None, {"image": x})[0])
         out: list[np.ndarray] = []
         for im, o in zip(items, (o for raw in raws for o in raw)):
             det = decode_detections(o, score_threshold=score_threshold, max_detections=max_detections,
                                     stride=self.stride, num_classes=len(self.class_names))
             out.append(_to_image_coords(det, im.width, im.height, self.size))
-        return out
+        if self.decision is None:
+            return out, None
+        return out, [self.decision.log_odds(d, float(im.height)) for d, im in zip(out, items)]
 
 
     @property
@@ -200,16 +225,17 @@ class RoadworkDetectorStage(Stage):
         most = max(p.max_boxes, p.top_k)
         if runner.decision is not None:
             floor, most = min(floor, DETECTION_FLOOR), max(most, MAX_DETECTIONS)
-        dets = runner.detect(batch, score_threshold=floor, max_detections=most, batch_size=p.batch_size)
+        dets, zs = runner.decide(batch, score_threshold=floor, max_detections=most, batch_size=p.batch_size)
         report_at = runner.score_threshold if p.score_threshold is None else p.score_threshold
-        return [self._summarise(d, runner, report_at, img.height) for d, img in zip(dets, batch)]
+        return [self._summarise(d, runner, report_at, img.height, None if zs is None else zs[i])
+                for i, (d, img) in enumerate(zip(dets, batch))]
 
-    def _summarise(self, det: np.ndarray, runner: ConeDetectorRunner, report_at: float, height: int) -> StageOutput:
+    def _summarise(self, det: np.ndarray, runner: ConeDetectorRunner, report_at: float, height: int,
+                   z: float | None) -> StageOutput:
         p = self.params
         names = runner.class_names
         extra: tuple[str, ...] = ()
-        if runner.decision is not None:
-            z = runner.decision.log_odds(det, float(height))
+        if runner.decision is not None and z is not None:
             extra = ("decided by: " + ", ".join(f"{n} {v:+.2f}" for n, v in runner.decision.contributions(det, float(height))),)
         else:
             z = pool_scores(det[:, 4][det[:, 4] >= p.min_pool_score][: p.top_k])
