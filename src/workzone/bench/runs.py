@@ -321,3 +321,31 @@ def precision_check(blobs: list[bytes], size: str, model: str, *, device: str, n
                stages={"|delta logit|": {"max": float(delta.max()), "mean": float(delta.mean())}},
                notes=f"max |delta logit| {float(delta.max()):.4f}, mean {float(delta.mean()):.4f}; "
                      f"{flips} of {len(x)} labels at p=0.5 differ (no timing: images/s is not measured)")
+
+
+def detector_session_only(blobs: list[bytes], size: str, model: str, *, batch: int, seconds: float) -> Row:
+    """The bare onnxruntime session of the object detector on inputs prepared beforehand (untimed):
+    the floor a pipeline from bytes is compared with (same images, same run)."""
+    from workzone.stages.roadwork_detector import ConeDetectorRunner
+    from workzone.io.images import resize_for_model
+
+    runner = ConeDetectorRunner(model)
+    ready = [runner._as_trained(decode_image(b).pixels) if runner._shrinks else decode_image(b).pixels for b in blobs]
+    x = np.stack([resize_for_model(px, runner.size, "letterbox") for px in ready])
+    batches = [list(range(i, min(i + batch, len(x)))) for i in range(0, len(x), batch)]
+    session = runner.session
+    res = _repeat(lambda idx: session.run(None, {"image": x[idx[0]:idx[-1] + 1]}), batches, seconds)
+    return _row("object detector, bare onnxruntime session (inputs ready)", "cpu", size, batch, res,
+                notes=f"intra-op threads {session.get_session_options().intra_op_num_threads}")
+
+
+def object_parity_row(data: str, *, device: str, limit: int | None = None) -> Row:
+    """The torch object path on ``device`` against onnxruntime on the CPU, on a manifest's dev images."""
+    from workzone.bench.parity import dev_jpegs, object_parity
+
+    report, _, _ = object_parity(dev_jpegs(data, limit=limit), device=device, batch=256)
+    return Row("parity: object decision, torch path vs onnxruntime", device, "dev JPEGs", 256, report.n, 0.0,
+               float("nan"), float("nan"),
+               stages={"|dp|": {"max": report.max_abs, "share_within_tol": report.within,
+                                "flips": float(report.flips), "flips_away_from_threshold": float(report.flips_outside)}},
+               notes=report.describe() + " (no timing)")
