@@ -23,5 +23,6 @@ def require(module: str, extra: str, purpose: str = "") -> ModuleType:
         if getattr(exc, "name", None) not in (module, module.split(".")[0]):
             # The module is there but something it imports is not (a wheel carried without its
             # dependencies, a binary built for another Python): say what, or the message misleads.
-            err.args = (f"{err.args[0]} (importing it failed: {type(exc).__name__}: {exc})",)
+            err.msg = f"{err.args[0]} (importing it failed: {type(exc).__name__}: {exc})"  # ImportError prints msg
+            err.args = (err.msg,)
         raise err from exc

@@ -7,6 +7,7 @@ it) and imports no web framework. One instance owns one :class:`~workzone.cascad
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ class DetectionService:
 
     def _open_device_decoder(self) -> Any:
         """The batch nvJPEG decoder when the service runs on a GPU torch can see, else ``None``."""
-        if not self.device.startswith("cuda"):
+        if not self.device.startswith("cuda") or importlib.util.find_spec("torch") is None:
             return None
         from workzone.accel.decode import DeviceDecoder
         from workzone.accel.runner import resolve_device

@@ -49,10 +49,12 @@ def test_device_decision_equals_the_sidecar_decision_on_the_same_boxes(roadwork_
 
     runner = ConeDetectorRunner(MODEL, torch_params=TorchBackendParams(backend="torch"), device="cpu")
     imgs = [decode_image(b, source=s) for s, b in items]
-    dets, zs = runner.decide(imgs, score_threshold=0.01, max_detections=50)
-    assert runner.decision is not None and zs is not None
-    for det, z, img in zip(dets, zs, imgs):
+    dets, zs, why = runner.decide(imgs, score_threshold=0.01, max_detections=50)
+    assert runner.decision is not None and zs is not None and why is not None
+    for det, z, note, img in zip(dets, zs, why, imgs):
         assert z == pytest.approx(runner.decision.log_odds(det, float(img.height)), abs=1e-5)
+        want = ", ".join(f"{n} {v:+.2f}" for n, v in runner.decision.contributions(det, float(img.height)))
+        assert note == "decided by: " + want
 
 
 def test_device_features_cover_every_class_column():
@@ -70,7 +72,8 @@ def test_device_features_cover_every_class_column():
     rows = np.array([[10, 5, 30, 80, 0.9, 1], [0, 0, 4, 4, 0.35, 0], [1, 1, 2, 9, 0.2, 2], [0, 0, 1, 1, 0.0, 0]],
                     np.float32)
     boxes = torch.from_numpy(rows)[None]
-    z = det._decide(boxes, torch.tensor([3]), torch.tensor([100.0], dtype=torch.float64))
+    z, parts = det._decide(boxes, torch.tensor([3]), torch.tensor([100.0], dtype=torch.float64))
+    assert parts.shape == (1, len(feature_names(names)))
     want = decision.bias + decision.weights @ object_features(rows[:3], len(names), 100.0)[decision.columns]
     assert float(z[0]) == pytest.approx(want, abs=1e-9)
 

@@ -50,19 +50,24 @@ class ObjectBatch:
         counts: int64 [N] kept boxes per image.
         log_odds: float64 [N] the decision's log-odds, or ``None`` without a decision block.
         images: the decoded full-resolution [3, H, W] uint8 tensors (for crop verifiers).
+        parts: float64 [N, F] each decision feature's weight x value (the "decided by" evidence), or ``None``.
     """
 
     boxes: "torch.Tensor"
     counts: "torch.Tensor"
     log_odds: "torch.Tensor | None"
     images: list
+    parts: "torch.Tensor | None" = None
 
-    def to_host(self) -> tuple[list[np.ndarray], np.ndarray | None]:
-        """Per image (D_i, 6) float32 numpy detections, and the log-odds as float64 numpy (one copy each)."""
+    def to_host(self) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray | None]:
+        """Per image (D_i, 6) float32 numpy detections, the log-odds and the decision parts as float64
+        numpy (one copy each)."""
         boxes = self.boxes.float().cpu().numpy()
         counts = self.counts.cpu().numpy()
         dets = [boxes[i, : int(counts[i])] for i in range(len(counts))]
-        return dets, (self.log_odds.double().cpu().numpy() if self.log_odds is not None else None)
+        z = self.log_odds.double().cpu().numpy() if self.log_odds is not None else None
+        parts = self.parts.double().cpu().numpy() if self.parts is not None else None
+        return dets, z, parts
 
 
 class CropVerifier(Protocol):
@@ -193,7 +198,7 @@ class DeviceObjectDetector:
             batch = ObjectBatch(boxes, counts, None, tensors)
             if self.decision is not None:
                 heights = torch.tensor([float(im.height) for im in images], dtype=torch.float64, device=self.device)
-                batch.log_odds = self._decide(boxes, counts, heights)
+                batch.log_odds, batch.parts = self._decide(boxes, counts, heights)
             if self.verifier is not None:
                 batch.log_odds = self.verifier(batch)
         return batch
@@ -229,8 +234,10 @@ class DeviceObjectDetector:
         counts = (scores >= floor).sum(dim=1)
         return boxes, counts
 
-    def _decide(self, boxes: "torch.Tensor", counts: "torch.Tensor", heights: "torch.Tensor") -> "torch.Tensor":
-        """The decision's log-odds from kept boxes: object_features as reductions over [N, D]."""
+    def _decide(self, boxes: "torch.Tensor", counts: "torch.Tensor", heights: "torch.Tensor"
+                ) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """The decision's log-odds [N] and its parts [N, F] (weight x feature) from kept boxes:
+        object_features as reductions over [N, D]."""
         import torch
 
         d = self.decision
@@ -256,4 +263,5 @@ class DeviceObjectDetector:
         cols.append(tall / heights.clamp(min=1e-9))
         feats = torch.stack(cols, dim=1)
         w = torch.as_tensor(d.weights, dtype=torch.float64, device=b.device)
-        return d.bias + feats[:, torch.as_tensor(d.columns, device=b.device)] @ w
+        parts = feats[:, torch.as_tensor(d.columns, device=b.device)] * w
+        return d.bias + parts.sum(dim=1), parts

@@ -125,15 +125,21 @@ class ConeDetectorRunner:
                            batch_size=batch_size)[0]
 
     def decide(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
-               batch_size: int = 8) -> tuple[list[np.ndarray], list[float] | None]:
-        """:meth:`detect`, and the sidecar decision's log-odds per image (``None`` without a decision).
+               batch_size: int = 8) -> tuple[list[np.ndarray], list[float] | None, list[str] | None]:
+        """:meth:`detect`, the sidecar decision's log-odds per image, and per image the note naming the
+        features that decided it (both ``None`` without a decision block).
 
-        On the torch backend both are computed on its device and copied back once per batch.
+        On the torch backend all three are computed on its device and copied back once per batch.
         """
         items = [im if isinstance(im, Image) else Image(im) for im in images]
         if self.device_path is not None:
-            dets, z = self.device_path.detect(items, floor=score_threshold, max_detections=max_detections).to_host()
-            return dets, (None if z is None else [float(v) for v in z])
+            dets, z, parts = self.device_path.detect(items, floor=score_threshold,
+                                                     max_detections=max_detections).to_host()
+            if z is None or parts is None or self.decision is None:
+                return dets, None, None
+            names = self.decision.feature_names
+            return dets, z.tolist(), [_decided_by([(names[j], float(p[j])) for j in np.argsort(-np.abs(p))[:3]])
+                                      for p in parts]
         # Box coordinates map back through the letterbox by aspect ratio, so the shrunk copies' boxes land
         # on the original images.
         inputs = [Image(self._as_trained(im.pixels)) for im in items] if self._shrinks else items
@@ -148,8 +154,9 @@ class ConeDetectorRunner:
                                     stride=self.stride, num_classes=len(self.class_names))
             out.append(_to_image_coords(det, im.width, im.height, self.size))
         if self.decision is None:
-            return out, None
-        return out, [self.decision.log_odds(d, float(im.height)) for d, im in zip(out, items)]
+            return out, None, None
+        return (out, [self.decision.log_odds(d, float(im.height)) for d, im in zip(out, items)],
+                [_decided_by(self.decision.contributions(d, float(im.height))) for d, im in zip(out, items)])
 
 
     @property
@@ -225,28 +232,32 @@ class RoadworkDetectorStage(Stage):
         most = max(p.max_boxes, p.top_k)
         if runner.decision is not None:
             floor, most = min(floor, DETECTION_FLOOR), max(most, MAX_DETECTIONS)
-        dets, zs = runner.decide(batch, score_threshold=floor, max_detections=most, batch_size=p.batch_size)
+        dets, zs, why = runner.decide(batch, score_threshold=floor, max_detections=most, batch_size=p.batch_size)
         report_at = runner.score_threshold if p.score_threshold is None else p.score_threshold
-        return [self._summarise(d, runner, report_at, img.height, None if zs is None else zs[i])
-                for i, (d, img) in enumerate(zip(dets, batch))]
+        return [self._summarise(d, runner, report_at, None if zs is None else zs[i], None if why is None else why[i])
+                for i, d in enumerate(dets)]
 
-    def _summarise(self, det: np.ndarray, runner: ConeDetectorRunner, report_at: float, height: int,
-                   z: float | None) -> StageOutput:
+    def _summarise(self, det: np.ndarray, runner: ConeDetectorRunner, report_at: float, z: float | None,
+                   why: str | None) -> StageOutput:
         p = self.params
         names = runner.class_names
-        extra: tuple[str, ...] = ()
-        if runner.decision is not None and z is not None:
-            extra = ("decided by: " + ", ".join(f"{n} {v:+.2f}" for n, v in runner.decision.contributions(det, float(height))),)
-        else:
+        extra: tuple[str, ...] = (why,) if z is not None and why is not None else ()
+        if z is None:
             z = pool_scores(det[:, 4][det[:, 4] >= p.min_pool_score][: p.top_k])
-        boxes = tuple(Box(names[int(c)] if int(c) < len(names) else str(int(c)), float(min(1.0, max(0.0, s))),
-                          float(x1), float(y1), float(max(x1, x2)), float(max(y1, y2)))
-                      for x1, y1, x2, y2, s, c in det[: p.max_boxes] if s >= report_at)
+        shown = det[: p.max_boxes]
+        # One tolist() per image, not a numpy scalar per field: a GPU batch summarises thousands of images.
+        boxes = tuple(Box(names[int(c)] if int(c) < len(names) else str(int(c)), min(1.0, max(0.0, s)),
+                          x1, y1, max(x1, x2), max(y1, y2))
+                      for x1, y1, x2, y2, s, c in shown[shown[:, 4] >= report_at].tolist())
         notes = (f"{len(boxes)} box(es) >= {report_at:.2f}; top score {float(det[0, 4]) if len(det) else 0.0:.3f}",) + extra
         return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
 
     async def aclose(self) -> None:
         self._runner = None
+
+
+def _decided_by(parts: Sequence[tuple[str, float]]) -> str:
+    return "decided by: " + ", ".join(f"{n} {v:+.2f}" for n, v in parts)
 
 
 def pool_scores(scores: np.ndarray, floor: float = 1e-4) -> float:
