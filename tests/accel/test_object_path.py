@@ -87,3 +87,30 @@ def test_candidate_crops_cut_the_top_boxes_from_full_resolution_images():
     crops, owner = candidate_crops([a, b], boxes, torch.tensor([2, 1]), 8)
     assert crops.shape == (3, 3, 8, 8) and owner.tolist() == [0, 0, 1]
     assert float(crops[0].min()) == pytest.approx(200.0) and float(crops[1].max()) == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU machine)")
+def test_gpu_service_decodes_jpeg_batches_on_the_device(roadwork_data):
+    import asyncio
+
+    from workzone.accel.device_image import EncodedImage
+    from workzone.service import DetectionService
+
+    items = dev_jpegs(roadwork_data, limit=16)
+    _, p_ref, _ = object_parity(items, device="cpu")
+    broken = items[0][1][:600] + b"\x00" * 200  # a valid header, then garbage: decoded with its batch, then refused
+
+    async def run():
+        svc = DetectionService.from_pipeline("default-gpu", device="cuda")
+        await svc.start()
+        try:
+            imgs = [await svc.decode(b, s) for s, b in items] + [await svc.decode(broken, "broken")]
+            assert all(isinstance(i, EncodedImage) for i in imgs)
+            return await svc.detect_many(imgs)
+        finally:
+            await svc.aclose()
+
+    decisions = asyncio.run(run())
+    got = np.array([d.probability for d in decisions[:-1]])
+    assert np.abs(got - p_ref).max() <= 0.05
+    assert decisions[-1].degraded or np.isfinite(decisions[-1].probability)

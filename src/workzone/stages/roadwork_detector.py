@@ -15,6 +15,7 @@ as log-odds (monotone in every box's confidence, so fusion can learn one weight 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -106,6 +107,8 @@ class ConeDetectorRunner:
                 decision=self.decision)
         # Serialise runs: each already uses every intra-op thread.
         self._lock = threading.Lock()
+        # One thread making the next run's inputs while onnxruntime runs (see decide).
+        self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workzone-objects-prep")
 
     def detect(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
                batch_size: int = 8) -> list[np.ndarray]:
@@ -140,12 +143,16 @@ class ConeDetectorRunner:
             names = self.decision.feature_names
             return dets, z.tolist(), [_decided_by([(names[j], float(p[j])) for j in np.argsort(-np.abs(p))[:3]])
                                       for p in parts]
-        # Box coordinates map back through the letterbox by aspect ratio, so the shrunk copies' boxes land
-        # on the original images.
-        inputs = [Image(self._as_trained(im.pixels)) for im in items] if self._shrinks else items
+        # Runs of at most batch_size, and at least two when there are 4+ images: the next run's inputs are
+        # made (Pillow releases the GIL) while onnxruntime runs this one, so its idle moments are used.
+        n = len(items)
+        step = max(1, min(batch_size, -(-n // 2) if n >= 4 else n))
+        chunks = [items[i:i + step] for i in range(0, n, step)]
         raws = []
-        for i in range(0, len(inputs), batch_size):
-            x = np.stack([resize_for_model(im.pixels, self.size, "letterbox") for im in inputs[i:i + batch_size]])
+        ahead = self._prep_pool.submit(self._inputs, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            x = ahead.result()  # type: ignore[union-attr]
+            ahead = self._prep_pool.submit(self._inputs, chunks[k + 1]) if k + 1 < len(chunks) else None
             with self._lock:
                 raws.append(self.session.run(None, {"image": x})[0])
         out: list[np.ndarray] = []
@@ -158,6 +165,21 @@ class ConeDetectorRunner:
         return (out, [self.decision.log_odds(d, float(im.height)) for d, im in zip(out, items)],
                 [_decided_by(self.decision.contributions(d, float(im.height))) for d, im in zip(out, items)])
 
+
+    def close(self) -> None:
+        """Stop the input-making thread."""
+        self._prep_pool.shutdown(wait=False)
+
+    def _inputs(self, images: Sequence[Image]) -> np.ndarray:
+        """The onnxruntime batch [N, 3, S, S]: each image as trained (see _as_trained), letterboxed.
+
+        Box coordinates map back through the letterbox by aspect ratio, so the shrunk copies' boxes land
+        on the original images.
+        """
+        x = np.empty((len(images), 3, self.size, self.size), np.float32)
+        for j, im in enumerate(images):
+            x[j] = resize_for_model(self._as_trained(im.pixels) if self._shrinks else im.pixels, self.size, "letterbox")
+        return x
 
     @property
     def _shrinks(self) -> bool:
@@ -253,6 +275,8 @@ class RoadworkDetectorStage(Stage):
         return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
 
     async def aclose(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
         self._runner = None
 
 
