@@ -141,8 +141,9 @@ class ConeDetectorRunner:
             if z is None or parts is None or self.decision is None:
                 return dets, None, None
             names = self.decision.feature_names
-            return dets, z.tolist(), [_decided_by([(names[j], float(p[j])) for j in np.argsort(-np.abs(p))[:3]])
-                                      for p in parts]
+            top = np.argsort(-np.abs(parts), axis=1, kind="stable")[:, :3]  # one sort for the batch
+            return dets, z.tolist(), [_decided_by([(names[j], v) for j, v in zip(t, p[t].tolist())])
+                                      for t, p in zip(top.tolist(), parts)]
         # Runs of at most batch_size, and at least two when there are 4+ images: the next run's inputs are
         # made (Pillow releases the GIL) while onnxruntime runs this one, so its idle moments are used.
         n = len(items)
