@@ -24,7 +24,7 @@ print("fastapi", fastapi.__version__, "uvicorn", uvicorn.__version__, "pydantic"
 python3 -m workzone.cli.main serve --help >/dev/null 2>&1 && echo "workzone CLI ok" | tee -a "$OUT/env.txt"
 ls .gpu/roadwork-v1/manifest.csv >/dev/null 2>&1 || echo "NO DEV IMAGES: run benchmarks/prepare_gpu_carry.sh" | tee -a "$OUT/env.txt"
 
-timeout 150 python3 -m pytest -q -p no:cacheprovider -s -rA tests/accel/test_object_path.py -k cuda \
+timeout 150 python3 -m pytest -q -p no:cacheprovider -s -rA tests/accel/test_object_path.py -k "cuda or gpu" \
   2>&1 | tee "$OUT/parity_test_log.txt"
 echo "parity test done after $(( $(date +%s) - START )) s"
 
