@@ -98,7 +98,9 @@ def test_gpu_service_decodes_jpeg_batches_on_the_device(roadwork_data):
 
     items = dev_jpegs(roadwork_data, limit=16)
     _, p_ref, _ = object_parity(items, device="cpu")
-    broken = items[0][1][:600] + b"\x00" * 200  # a valid header, then garbage: decoded with its batch, then refused
+    head = items[0][1]
+    # The whole header (through start-of-scan), then garbage: accepted on its header, decoded with its batch.
+    broken = head[:head.index(b"\xff\xda") + 14] + b"\x00\xff" * 200
 
     async def run():
         svc = DetectionService.from_pipeline("default-gpu", device="cuda")
