@@ -2,10 +2,11 @@
 # The GPU acceptance run of issue 23: ONE call on the device machine (about 6-8 minutes), from the repo root,
 # after `bash benchmarks/prepare_gpu_carry.sh` here (wheels into .whl/, the dev split into .gpu/):
 #   run(command="bash benchmarks/gpu_bench.sh", carry=[".whl", ".gpu"], timeout_s=560)
-# 1. the CUDA parity test on the 469 dev images (tests/accel/test_object_path.py), 2. workzone bench: the parity
-# row, nvJPEG decode alone, default-gpu from JPEG bytes at 224 and 640 px (batch 1024), HTTP /v1/detect at 1,000
-# and 3,000 requests/s over loopback and the highest rate with p99 <= 100 ms. Results in $OUT: bench_gpu.md,
-# bench_gpu.json, the logs and env.txt (what was installed).
+# 1. the CUDA tests (tests/accel/test_object_path.py): parity on the 469 dev images with JPEGs decoded by libjpeg
+# on CPU threads, and the service's batch decode; 2. workzone bench: parity rows with nvJPEG and with libjpeg
+# decode, decode alone (nvJPEG; libjpeg threads), HTTP /v1/detect at 1,000 and 3,000 requests/s over loopback and
+# the highest rate with p99 <= 100 ms, default-gpu from JPEG bytes at 224 and 640 px (batch 1024) with either
+# decoder. Results in $OUT: bench_gpu.md, bench_gpu.json, the logs and env.txt (what was installed).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
@@ -24,7 +25,7 @@ print("fastapi", fastapi.__version__, "uvicorn", uvicorn.__version__, "pydantic"
 python3 -m workzone.cli.main serve --help >/dev/null 2>&1 && echo "workzone CLI ok" | tee -a "$OUT/env.txt"
 ls .gpu/roadwork-v1/manifest.csv >/dev/null 2>&1 || echo "NO DEV IMAGES: run benchmarks/prepare_gpu_carry.sh" | tee -a "$OUT/env.txt"
 
-timeout 150 python3 -m pytest -q -p no:cacheprovider -s -rA tests/accel/test_object_path.py -k "cuda or gpu" \
+timeout 150 python3 -m pytest -q -p no:cacheprovider -s -rA tests/accel/test_object_path.py -k "libjpeg or gpu_service" \
   2>&1 | tee "$OUT/parity_test_log.txt"
 echo "parity test done after $(( $(date +%s) - START )) s"
 
@@ -32,6 +33,7 @@ echo "parity test done after $(( $(date +%s) - START )) s"
 LEFT=$(( 510 - ($(date +%s) - START) ))
 timeout "$LEFT" python3 -m workzone.cli.main bench --device cuda --size 224 --size 640 --images 1024 --seconds 3 \
   --batch 1024 --cascade-batch 1024 -p default-gpu --no-tier1 --no-all-tiers --parity-data .gpu/roadwork-v1 \
+  --cpu-share 0 --cpu-share 1 \
   --http-rate 1000 --http-rate 3000 --http-seconds 8 --http-p99-ms 100 --out "$OUT/bench_gpu.md" \
   2>&1 | tee "$OUT/bench_gpu_log.txt"
 echo "done after $(( $(date +%s) - START )) s"

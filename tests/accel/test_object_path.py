@@ -34,10 +34,13 @@ def test_torch_path_on_cpu_matches_onnxruntime_on_dev_images(roadwork_data):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU machine)")
-def test_torch_path_on_cuda_matches_onnxruntime_on_the_dev_split(roadwork_data):
+@pytest.mark.parametrize("cpu_share", [0.0, 1.0], ids=["nvjpeg", "libjpeg"])
+def test_torch_path_on_cuda_matches_onnxruntime_on_the_dev_split(roadwork_data, cpu_share):
+    # nvjpeg: the fast decoder (its IDCT and chroma upsampling are not libjpeg's); libjpeg: the JPEGs decoded
+    # on CPU threads, the same pixels as the reference, everything after on the GPU.
     items = dev_jpegs(roadwork_data)
-    report, _, _ = object_parity(items, device="cuda", batch=256)
-    print("GPU parity:", report.describe())
+    report, _, _ = object_parity(items, device="cuda", batch=256, cpu_share=cpu_share)
+    print(f"GPU parity ({'nvJPEG' if cpu_share == 0 else 'libjpeg'} decode):", report.describe())
     assert report.n == len(items) == 469
     _assert_parity(report, 0.99)
 
@@ -97,7 +100,7 @@ def test_gpu_service_decodes_jpeg_batches_on_the_device(roadwork_data):
     from workzone.service import DetectionService
 
     items = dev_jpegs(roadwork_data, limit=16)
-    _, p_ref, _ = object_parity(items, device="cpu")
+    _, _, p_same = object_parity(items, device="cuda", cpu_share=0.0)  # the same path, nvJPEG decode too
     head = items[0][1]
     # The whole header (through start-of-scan), then garbage: accepted on its header, decoded with its batch.
     broken = head[:head.index(b"\xff\xda") + 14] + b"\x00\xff" * 200
@@ -114,5 +117,6 @@ def test_gpu_service_decodes_jpeg_batches_on_the_device(roadwork_data):
 
     decisions = asyncio.run(run())
     got = np.array([d.probability for d in decisions[:-1]])
-    assert np.abs(got - p_ref).max() <= 0.05
+    # Batches of another size only (fp16 kernels may differ in the last bits).
+    assert (np.abs(got - p_same) <= 0.02).mean() >= 0.9 and not any(d.degraded for d in decisions[:-1])
     assert decisions[-1].degraded or np.isfinite(decisions[-1].probability)

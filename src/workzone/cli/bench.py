@@ -21,8 +21,9 @@ def bench(
     pipeline: Annotated[List[str], typer.Option("--pipeline", "-p", help="pipeline(s) to time from bytes")] = ["default"],  # noqa: B006
     model: Annotated[str, typer.Option(help="tier-1 classifier ONNX file")] = "builtin:roadwork_lite0.onnx",
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the GPU classifier")] = True,
-    cpu_share: Annotated[List[float], typer.Option("--cpu-share", help="GPU: share of JPEGs decoded on CPU threads "
-                                                   "alongside nvJPEG (repeat to compare)")] = [0.0],  # noqa: B006
+    cpu_share: Annotated[List[float], typer.Option("--cpu-share", help="GPU: share of JPEGs decoded by libjpeg on CPU "
+                                                   "threads alongside nvJPEG (repeat to compare; 1 = the CPU "
+                                                   "path's exact pixels)")] = [0.0],  # noqa: B006
     undecided: Annotated[float, typer.Option(help="share of images tier 1 leaves undecided, for the estimated "
                                              "cascade rate (0.30 on the dev split)")] = 0.30,
     http_rate: Annotated[List[float], typer.Option(help="also time HTTP /v1/detect at this many requests/s on loopback "
@@ -99,7 +100,8 @@ def bench(
         write_results(rows, describe_machine(device), out, command=command)
 
     if parity_data is not None:
-        add(runs.object_parity_row, str(parity_data), device=device, timed=False)
+        for share in cpu_share if cuda else [0.0]:
+            add(runs.object_parity_row, str(parity_data), device=device, cpu_share=share, timed=False)
     inputs = [(f"{side}x{side} JPEG q{quality}", synth_jpegs(images, (side, side), quality=quality, sources=sources))
               for side in sizes]
     if data is not None:
@@ -131,8 +133,9 @@ def bench(
             # The first pipeline is also timed with every tier on every image (the synthesised
             # inputs are easy: few leave tier 1 undecided), from which the estimate row is derived.
             for run_all in (False, True) if k == 0 and all_tiers else (False,):
-                add(runs.cascade_from_bytes, blobs, label, name, device=device, batch=cascade_batch, seconds=seconds,
-                    compile=compile and cuda, run_all=run_all)
+                for share in cpu_share if cuda else [0.0]:
+                    add(runs.cascade_from_bytes, blobs, label, name, device=device, batch=cascade_batch,
+                        seconds=seconds, compile=compile and cuda, run_all=run_all, cpu_share=share)
     if cuda and tier1:
         add(runs.model_only, model_path, device=device, batch=batch, seconds=seconds, compile=compile)
     add_estimates(rows, undecided)
