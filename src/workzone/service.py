@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +64,17 @@ class DetectionService:
         device: ``cuda``/``cuda:N``: JPEGs are not decoded per request but a whole batch at a time
             with nvJPEG, straight into device memory, when the batch runs (the request only reads
             the JPEG header); other formats, and hosts where torch sees no GPU, decode on the CPU.
+        gpu_decode: on CUDA, ``nvjpeg`` or ``libjpeg`` (the batch's JPEGs decoded on CPU threads: the
+            CPU path's exact pixels, which the object decision is sensitive to).
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
-                 decode_workers: int = 2, device: str = "cpu") -> None:
+                 decode_workers: int = 2, device: str = "cpu", gpu_decode: str = "nvjpeg") -> None:
         self.cascade = cascade
         self.device = device
+        self.gpu_decode = gpu_decode
         self._device_decoder: Any = None
         self._decode_slots = asyncio.Semaphore(decode_workers)
         self._trimmer = Trimmer()
@@ -156,7 +160,11 @@ class DetectionService:
         from workzone.accel.runner import resolve_device
 
         device = resolve_device(self.device)
-        return DeviceDecoder(device, limits=self.limits) if device.startswith("cuda") else None
+        if not device.startswith("cuda"):
+            return None
+        exact = self.gpu_decode == "libjpeg"
+        return DeviceDecoder(device, limits=self.limits, cpu_share=1.0 if exact else 0.0,
+                             workers=min(16, len(os.sched_getaffinity(0))))
 
     # -- inputs ----------------------------------------------------------------------------------
     async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None) -> Image:

@@ -115,15 +115,15 @@ class DeviceDecoder:
         return out  # type: ignore[return-value]
 
     def decode_each(self, blobs: Sequence[bytes], labels: Sequence[str]) -> list[Image | InvalidImageError]:
-        """Decode JPEGs that :meth:`accepts` passed in one batched nvJPEG call; a file that fails
-        (nvJPEG and then the CPU decoder) is returned as its :class:`InvalidImageError`, the others decoded."""
+        """:meth:`decode` a batch of JPEGs that :meth:`accepts` passed; a file that fails (nvJPEG and then
+        the CPU decoder) is returned as its :class:`InvalidImageError`, the others decoded."""
         try:
-            return self._decode_gpu(list(blobs), list(labels))
+            return list(self.decode(list(blobs), list(labels)))
         except InvalidImageError:
             out: list[Image | InvalidImageError] = []
             for b, lab in zip(blobs, labels):
                 try:
-                    out.extend(self._decode_gpu([b], [lab]))
+                    out.extend(self.decode([b], [lab]))
                 except InvalidImageError as exc:
                     out.append(exc)
             return out
