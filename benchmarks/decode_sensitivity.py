@@ -19,7 +19,7 @@ from workzone.bench.machine import describe_machine
 from workzone.bench.parity import dev_jpegs
 from workzone.io.images import decode_image
 from workzone.stages.base import StageContext
-from workzone.stages.roadwork_detector import ConeDetectorRunner
+from workzone.stages.roadwork_detector import ObjectDetectorRunner
 from workzone.types import Image
 
 BIAS, WEIGHT = 0.137867, 1.089227  # pipelines/default-gpu.yaml fusion
@@ -36,7 +36,7 @@ def repeated_chroma(px: np.ndarray) -> np.ndarray:
 
 
 def main(data: Path) -> None:
-    runner = ConeDetectorRunner(StageContext().resolve("builtin:roadwork_objects.onnx"))
+    runner = ObjectDetectorRunner(StageContext().resolve("builtin:roadwork_objects.onnx"))
     imgs = [decode_image(b) for _, b in dev_jpegs(data)]
     rng = np.random.default_rng(0)
 

@@ -20,7 +20,7 @@ from workzone.bench.machine import describe_machine
 from workzone.evaluation.metrics import matthews_corrcoef
 from workzone.io.images import decode_image
 from workzone.stages.base import StageContext
-from workzone.stages.roadwork_detector import ConeDetectorRunner
+from workzone.stages.roadwork_detector import ObjectDetectorRunner
 
 BIAS, WEIGHT = 0.137867, 1.089227  # pipelines/default-gpu.yaml fusion
 
@@ -31,7 +31,7 @@ def main(data: Path) -> None:
 
     rows = list(csv.DictReader((data / "manifest.csv").open(newline="", encoding="utf-8")))
     model = StageContext().resolve("builtin:roadwork_objects.onnx")
-    fp32 = ConeDetectorRunner(model)
+    fp32 = ObjectDetectorRunner(model)
     calib = fp32._inputs([decode_image(data / r["path"]) for r in rows if r["split"] == "train"][:48])
 
     class Reader(CalibrationDataReader):
@@ -46,12 +46,12 @@ def main(data: Path) -> None:
     quantize_static(str(tmp / "pre.onnx"), str(tmp / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     (tmp / "int8.json").write_bytes(model.with_suffix(".json").read_bytes())
-    int8 = ConeDetectorRunner(tmp / "int8.onnx")
+    int8 = ObjectDetectorRunner(tmp / "int8.onnx")
     dev = [r for r in rows if r["split"] == "dev"]
     imgs = [decode_image(data / r["path"]) for r in dev]
     x = fp32._inputs(imgs[:32])
 
-    def ms(runner: ConeDetectorRunner) -> float:
+    def ms(runner: ObjectDetectorRunner) -> float:
         times = []
         for _ in range(3):
             t = time.perf_counter()

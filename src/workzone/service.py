@@ -1,7 +1,9 @@
 """The detection service: decode, queue into the micro-batcher, run the cascade under deadlines.
 
-It is core: it knows no HTTP routes (the server's routes, the SN72 miner and batch jobs all drive
-it) and imports no web framework. One instance owns one :class:`~workzone.cascade.Cascade` for the life of the process.
+It is core: it knows no HTTP routes (the server's routes, the SN72 miner, batch jobs and the sync
+:class:`workzone.api.Pipeline` all drive it) and imports no web framework. One instance owns one
+:class:`~workzone.cascade.Cascade` and one :class:`ImageDecoder` (the decode policy: CPU, or nvJPEG on a
+CUDA device) for the life of the process.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from workzone.batching import BatchPolicy, MicroBatcher
 from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
-from workzone.io.images import ImageLimits, decode_image
+from workzone.io.images import DEFAULT_LIMITS, ImageLimits, decode_image
 from workzone.errors import DeadlineExceeded, NotReady
 from workzone._memory import Trimmer
 from workzone.types import Decision, Image
 
-__all__ = ["DetectionService", "ServiceObserver", "EventHandler"]
+__all__ = ["DetectionService", "ImageDecoder", "ServiceObserver", "EventHandler"]
 
 log = logging.getLogger("workzone.service")
 
@@ -41,6 +43,59 @@ class ServiceObserver(Protocol):
     def on_batch(self, size: int, waited_s: float) -> None: ...
 
     def on_decision(self, decision: Decision) -> None: ...
+
+
+class ImageDecoder:
+    """The one decode policy of a service: Pillow on the CPU for any input; on a CUDA device with
+    torchvision, batches of encoded bytes decoded by nvJPEG straight into GPU memory.
+
+    Args:
+        device: the cascade's device (``cpu``, ``cuda``, ``cuda:N``).
+        limits: size, memory and work limits every decoded image respects.
+        gpu_decode: on CUDA, ``nvjpeg`` (fastest) or ``libjpeg`` (the batch's JPEGs decoded on CPU threads:
+            the CPU path's exact pixels, which the object decision is sensitive to; see docs/gpu.md).
+    """
+
+    def __init__(self, device: str = "cpu", *, limits: ImageLimits = DEFAULT_LIMITS, gpu_decode: str = "nvjpeg") -> None:
+        self.limits = limits
+        self._device = _device_decoder(device, limits, 1.0 if gpu_decode == "libjpeg" else 0.0)
+
+    def defers(self, data: Any) -> tuple[int, int] | None:
+        """``(width, height)`` when ``data`` is a JPEG best decoded with its batch on the device (see
+        :meth:`decode_each`), from its header alone; ``None`` when it must be decoded now."""
+        return self._device.accepts(data) if self._device is not None else None
+
+    def decode_each(self, blobs: Sequence[bytes], labels: Sequence[str]) -> list[Image | Exception]:
+        """Decode a batch of JPEGs that :meth:`defers` passed; a file that fails is its exception."""
+        return self._device.decode_each(blobs, labels)
+
+    def decode(self, items: Sequence[Any], sources: Sequence[str | None] | None = None) -> list[Image]:
+        """Decode ``items`` (path, bytes, base64, PIL image, numpy array, Image), in order.
+
+        Raises:
+            InvalidImageError: an item cannot be decoded or breaks a limit.
+        """
+        labels = list(sources) if sources is not None else [None] * len(items)
+        if self._device is not None and items and all(isinstance(x, (bytes, bytearray, memoryview)) for x in items):
+            return self._device.decode(items, [s or "<bytes>" for s in labels])
+        return [decode_image(x, limits=self.limits, source=s) for x, s in zip(items, labels)]
+
+    def close(self) -> None:
+        if self._device is not None:
+            self._device.close()
+
+
+def _device_decoder(device: str, limits: ImageLimits, cpu_share: float = 0.0) -> Any:
+    """A batched GPU decoder for ``device`` (:mod:`workzone.accel.decode`), or None on the CPU or without torch."""
+    if not device.startswith("cuda") or importlib.util.find_spec("torchvision") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from workzone.accel.decode import DeviceDecoder
+
+    return DeviceDecoder(device, limits=limits, cpu_share=cpu_share, workers=min(16, len(os.sched_getaffinity(0))))
 
 
 @dataclass(frozen=True)
@@ -61,21 +116,15 @@ class DetectionService:
         max_deadline_s: cap on any deadline.
         observer: receives batch sizes and decisions (metrics).
         decode_workers: images decoded at the same time (each within ``limits.max_decode_bytes``).
-        device: ``cuda``/``cuda:N``: JPEGs are not decoded per request but a whole batch at a time
-            with nvJPEG, straight into device memory, when the batch runs (the request only reads
-            the JPEG header); other formats, and hosts where torch sees no GPU, decode on the CPU.
-        gpu_decode: on CUDA, ``nvjpeg`` or ``libjpeg`` (the batch's JPEGs decoded on CPU threads: the
-            CPU path's exact pixels, which the object decision is sensitive to).
+        decoder: the decode policy (default: the CPU within ``limits``; :meth:`from_config` picks it for the device).
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
-                 decode_workers: int = 2, device: str = "cpu", gpu_decode: str = "nvjpeg") -> None:
+                 decode_workers: int = 2, decoder: ImageDecoder | None = None) -> None:
         self.cascade = cascade
-        self.device = device
-        self.gpu_decode = gpu_decode
-        self._device_decoder: Any = None
+        self.decoder = decoder or ImageDecoder(limits=limits)
         self._decode_slots = asyncio.Semaphore(decode_workers)
         self._trimmer = Trimmer()
         #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
@@ -94,8 +143,16 @@ class DetectionService:
                       **kwargs: Any) -> "DetectionService":
         """Build from a built-in pipeline name or YAML path (validates the file; loads no weights)."""
         config, path = load_pipeline_config(ref)
-        return cls(Cascade.from_config(config, base_dir=path.parent, device=device, extras=extras), device=device,
-                   **kwargs)
+        return cls.from_config(config, path.parent, device=device, extras=extras, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, base_dir: Path, *, device: str = "cpu",
+                    extras: dict[str, Any] | None = None, **kwargs: Any) -> "DetectionService":
+        """Build from a validated config whose relative paths resolve against ``base_dir`` (loads no weights)."""
+        gpu_decode = kwargs.pop("gpu_decode", "nvjpeg")
+        if "decoder" not in kwargs:
+            kwargs["decoder"] = ImageDecoder(device, limits=kwargs.get("limits", ImageLimits()), gpu_decode=gpu_decode)
+        return cls(Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras), **kwargs)
 
     @property
     def config(self) -> PipelineConfig:
@@ -107,7 +164,6 @@ class DetectionService:
         self.state = "starting"
         try:
             await self.cascade.start()
-            self._device_decoder = await asyncio.to_thread(self._open_device_decoder)
         except BaseException as exc:
             self.state = "failed"
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -146,25 +202,11 @@ class DetectionService:
             await asyncio.gather(self._start_task, return_exceptions=True)
         self.state = "stopping"
         await self.batcher.aclose(timeout)
-        await self.cascade.aclose()
-        if self._device_decoder is not None:
-            self._device_decoder.close()
-            self._device_decoder = None
+        try:
+            await self.cascade.aclose()
+        finally:
+            self.decoder.close()
         self.state = "stopped"
-
-    def _open_device_decoder(self) -> Any:
-        """The batch nvJPEG decoder when the service runs on a GPU torch can see, else ``None``."""
-        if not self.device.startswith("cuda") or importlib.util.find_spec("torch") is None:
-            return None
-        from workzone.accel.decode import DeviceDecoder
-        from workzone.accel.runner import resolve_device
-
-        device = resolve_device(self.device)
-        if not device.startswith("cuda"):
-            return None
-        exact = self.gpu_decode == "libjpeg"
-        return DeviceDecoder(device, limits=self.limits, cpu_share=1.0 if exact else 0.0,
-                             workers=min(16, len(os.sched_getaffinity(0))))
 
     # -- inputs ----------------------------------------------------------------------------------
     async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None) -> Image:
@@ -180,7 +222,7 @@ class DetectionService:
             InvalidImageError: not an image, truncated, or over a limit.
             DeadlineExceeded: no decode slot came free before ``end``.
         """
-        size = self._device_decoder.accepts(data) if self._device_decoder is not None else None
+        size = self.decoder.defers(data)
         if size is not None:
             from workzone.accel.device_image import EncodedImage
 
@@ -192,9 +234,20 @@ class DetectionService:
         except asyncio.TimeoutError:
             raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
         try:
-            return await asyncio.to_thread(decode_image, data, limits=self.limits, source=source)
+            return (await asyncio.to_thread(self.decoder.decode, [data], [source]))[0]
         finally:
             self._decode_slots.release()
+
+    async def run(self, images: Sequence[Image], *, deadline_s: float | None = None,
+                  on_event: Callable[[TierEvent], Any] | None = None, run_all: bool = False) -> list[Decision]:
+        """Decide a batch the caller formed itself (batch jobs, the sync API): straight to the cascade,
+        past the micro-batcher, which exists to gather concurrent single requests."""
+        self.check_ready()
+        decisions = await self.cascade.run(images, deadline_s=deadline_s, on_event=on_event, run_all=run_all)
+        if self.observer is not None:
+            for d in decisions:
+                self.observer.on_decision(d)
+        return decisions
 
     def prior_decision(self, source: str, why: str) -> Decision:
         """The answer when no stage could run in time: the pipeline's prior, marked degraded."""
@@ -302,15 +355,15 @@ class DetectionService:
         return await self._run_jobs(jobs)
 
     async def _decode_batch(self, jobs: list[_Job]) -> tuple[list[_Job], dict[int, Decision]]:
-        """Decode the batch's pending JPEGs in one nvJPEG call; a file that fails is answered with the
-        prior (degraded, naming why) instead of failing its batch."""
+        """Decode the batch's deferred JPEGs in one call; a file that fails is answered with the prior
+        (degraded, naming why) instead of failing its batch."""
         from workzone.accel.device_image import EncodedImage
 
         pending = [k for k, j in enumerate(jobs) if isinstance(j.image, EncodedImage)]
         if not pending:
             return jobs, {}
         imgs = [jobs[k].image for k in pending]
-        decoded = await asyncio.to_thread(self._device_decoder.decode_each, [im.data for im in imgs],  # type: ignore[attr-defined]
+        decoded = await asyncio.to_thread(self.decoder.decode_each, [im.data for im in imgs],  # type: ignore[attr-defined]
                                           [im.source for im in imgs])
         jobs = list(jobs)
         failed: dict[int, Decision] = {}
@@ -322,14 +375,13 @@ class DetectionService:
         return jobs, failed
 
     async def _run_jobs(self, jobs: list[_Job]) -> list[Decision]:
-        if self._device_decoder is not None:
-            jobs, failed = await self._decode_batch(jobs)
-            if failed:
-                live = [k for k in range(len(jobs)) if k not in failed]
-                out = dict(failed)
-                if live:
-                    out.update(zip(live, await self._run_decoded([jobs[k] for k in live])))
-                return [out[k] for k in range(len(jobs))]
+        jobs, failed = await self._decode_batch(jobs)
+        if failed:
+            live = [k for k in range(len(jobs)) if k not in failed]
+            out = dict(failed)
+            if live:
+                out.update(zip(live, await self._run_decoded([jobs[k] for k in live])))
+            return [out[k] for k in range(len(jobs))]
         return await self._run_decoded(jobs)
 
     async def _run_decoded(self, jobs: list[_Job]) -> list[Decision]:

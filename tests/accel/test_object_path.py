@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 
 from workzone.accel.objects import candidate_crops  # noqa: E402
 from workzone.bench.parity import dev_jpegs, object_parity  # noqa: E402
-from workzone.stages._object_evidence import ObjectDecision, object_features  # noqa: E402
+from workzone.object_evidence import ObjectDecision, object_features  # noqa: E402
 from workzone.stages._torch_backend import TorchBackendParams  # noqa: E402
-from workzone.stages.roadwork_detector import ConeDetectorRunner  # noqa: E402
+from workzone.stages.roadwork_detector import ObjectDetectorRunner  # noqa: E402
 from workzone.stages.base import StageContext  # noqa: E402
 
 MODEL = StageContext().resolve("builtin:roadwork_objects.onnx")
@@ -50,7 +50,7 @@ def test_device_decision_equals_the_sidecar_decision_on_the_same_boxes(roadwork_
     items = dev_jpegs(roadwork_data, limit=6)
     from workzone.io.images import decode_image
 
-    runner = ConeDetectorRunner(MODEL, torch_params=TorchBackendParams(backend="torch"), device="cpu")
+    runner = ObjectDetectorRunner(MODEL, torch_params=TorchBackendParams(backend="torch"), device="cpu")
     imgs = [decode_image(b, source=s) for s, b in items]
     dets, zs, why = runner.decide(imgs, score_threshold=0.01, max_detections=50)
     assert runner.decision is not None and zs is not None and why is not None
@@ -63,15 +63,17 @@ def test_device_decision_equals_the_sidecar_decision_on_the_same_boxes(roadwork_
 def test_device_features_cover_every_class_column():
     # A decision over per-class columns too (not only the shipped three), on made-up boxes.
     names = ["cone", "drum", "worker"]
-    from workzone.stages._object_evidence import feature_names
+    from workzone.object_evidence import feature_names
 
     spec = {"version": 1, "features": feature_names(names), "bias": -0.5,
             "weights": list(np.linspace(-1, 1, len(feature_names(names))))}
     decision = ObjectDecision(spec, names)
     from workzone.accel.objects import DeviceObjectDetector
 
-    det = DeviceObjectDetector.__new__(DeviceObjectDetector)
-    det.decision = decision
+    from workzone.object_evidence import COUNT_AT, LOGIT_CLIP
+
+    det = DeviceObjectDetector.__new__(DeviceObjectDetector)  # the decision alone: no runner needed
+    det.decision, det.count_at, det.logit_clip = decision, COUNT_AT, LOGIT_CLIP
     rows = np.array([[10, 5, 30, 80, 0.9, 1], [0, 0, 4, 4, 0.35, 0], [1, 1, 2, 9, 0.2, 2], [0, 0, 1, 1, 0.0, 0]],
                     np.float32)
     boxes = torch.from_numpy(rows)[None]

@@ -10,8 +10,9 @@ on the device (CUDA, or the CPU where CI runs it):
 3. box decoding: the top ``max_detections`` peaks of the heat map above ``floor``, mapped back to
    image pixels exactly as :func:`workzone.stages.roadwork_detector.decode_detections` and the
    letterbox inverse do;
-4. the sidecar's decision (:class:`workzone.stages._object_evidence.ObjectDecision`) over the same
-   features as :func:`~workzone.stages._object_evidence.object_features`, as tensor reductions;
+4. the sidecar's decision (:class:`workzone.object_evidence.ObjectDecision`, handed in by the stage, as
+   accel imports nothing above io) over the same features as
+   :func:`workzone.object_evidence.object_features`, as tensor reductions;
 5. optionally a crop verifier: a callable handed the decoded full-resolution images and the
    candidate boxes (see :class:`CropVerifier` and :func:`candidate_crops`), which returns the
    adjusted log-odds.
@@ -29,7 +30,6 @@ import numpy as np
 from workzone.accel.device_image import image_tensor
 from workzone.accel.jpeg_roundtrip import jpeg_roundtrip
 from workzone.accel.resample import letterbox_geometry, letterbox_like_pillow, resize_like_pillow
-from workzone.stages._object_evidence import _COUNT_AT, _LOGIT_CLIP, ObjectDecision
 from workzone.types import Image
 
 if TYPE_CHECKING:
@@ -37,7 +37,17 @@ if TYPE_CHECKING:
 
     from workzone.accel.runner import TorchModelRunner
 
-__all__ = ["ObjectBatch", "CropVerifier", "DeviceObjectDetector", "candidate_crops"]
+__all__ = ["ObjectBatch", "CropVerifier", "LinearDecision", "DeviceObjectDetector", "candidate_crops"]
+
+
+class LinearDecision(Protocol):
+    """What the device path reads of a fitted decision (``workzone.object_evidence.ObjectDecision``):
+    ``log_odds = bias + weights . features[columns]`` over that module's feature layout."""
+
+    bias: float
+    weights: np.ndarray
+    columns: np.ndarray
+    num_classes: int
 
 
 @dataclass
@@ -131,13 +141,16 @@ class DeviceObjectDetector:
         source_max_side: shrink images larger than this first (``None``: keep them).
         source_jpeg_quality: then pass them through JPEG at this quality (``None``: don't).
         decision: the sidecar's decision, or ``None`` (then :attr:`ObjectBatch.log_odds` is ``None``).
+        count_at: the score from which a box counts (the decision's features' threshold).
+        logit_clip: the bound of the features' clipped logits.
         verifier: an optional :class:`CropVerifier` run after the decision.
         chunk: most images pre-processed at once (bounds the float32 working memory).
     """
 
     def __init__(self, runner: "TorchModelRunner", *, size: int, stride: int, num_classes: int,
                  source_max_side: int | None, source_jpeg_quality: int | None,
-                 decision: ObjectDecision | None, verifier: CropVerifier | None = None, chunk: int = 512) -> None:
+                 decision: LinearDecision | None, count_at: float = 0.3, logit_clip: float = 6.0,
+                 verifier: CropVerifier | None = None, chunk: int = 512) -> None:
         self.runner = runner
         self.size = size
         self.stride = stride
@@ -145,6 +158,8 @@ class DeviceObjectDetector:
         self.source_max_side = source_max_side
         self.source_jpeg_quality = source_jpeg_quality
         self.decision = decision
+        self.count_at = count_at
+        self.logit_clip = logit_clip
         self.verifier = verifier
         self.chunk = chunk
 
@@ -246,11 +261,11 @@ class DeviceObjectDetector:
         valid = torch.arange(b.shape[1], device=b.device)[None, :] < counts[:, None]
         score = torch.where(valid, b[..., 4], torch.zeros_like(b[..., 4]))
         cls = b[..., 5].long()
-        strong = valid & (score >= _COUNT_AT)
+        strong = valid & (score >= self.count_at)
 
         def logit(p: "torch.Tensor") -> "torch.Tensor":
             p = p.clamp(1e-3, 1 - 1e-3)
-            return torch.log(p / (1 - p)).clamp(-_LOGIT_CLIP, _LOGIT_CLIP)
+            return torch.log(p / (1 - p)).clamp(-self.logit_clip, self.logit_clip)
 
         cols = []
         for c in range(d.num_classes):

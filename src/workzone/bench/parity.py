@@ -72,7 +72,7 @@ def object_parity(items: Sequence[tuple[str, bytes]], *, device: str = "cpu", pi
     Returns:
         The report, the onnxruntime probabilities and the torch path's, in ``items``' order.
     """
-    from workzone.accel.configure import with_backend
+    from workzone.config.backend import with_backend
     from workzone.api import Pipeline
     from workzone.config.loader import load_pipeline_config
     from workzone.io.images import decode_image

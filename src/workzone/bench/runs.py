@@ -235,7 +235,7 @@ def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: 
     Per-stage latency is the stage's wall time per batch divided by the images it ran on (the
     cascade's ``latency_ms``), averaged over the images that reached the stage.
     """
-    from workzone.accel.configure import with_backend
+    from workzone.config.backend import with_backend
     from workzone.api import Pipeline
     from workzone.config.loader import load_pipeline_config
 
@@ -328,10 +328,10 @@ def precision_check(blobs: list[bytes], size: str, model: str, *, device: str, n
 def detector_session_only(blobs: list[bytes], size: str, model: str, *, batch: int, seconds: float) -> Row:
     """The bare onnxruntime session of the object detector on inputs prepared beforehand (untimed):
     the floor a pipeline from bytes is compared with (same images, same run)."""
-    from workzone.stages.roadwork_detector import ConeDetectorRunner
+    from workzone.stages.roadwork_detector import ObjectDetectorRunner
     from workzone.io.images import resize_for_model
 
-    runner = ConeDetectorRunner(model)
+    runner = ObjectDetectorRunner(model)
     ready = [runner._as_trained(decode_image(b).pixels) if runner._shrinks else decode_image(b).pixels for b in blobs]
     x = np.stack([resize_for_model(px, runner.size, "letterbox") for px in ready])
     batches = [list(range(i, min(i + batch, len(x)))) for i in range(0, len(x), batch)]

@@ -1,12 +1,12 @@
 """Embedded road-work object detector (cones, drums, posts, barriers, signs, workers, machines) with onnxruntime.
 
 The model contract (``workzone/models/CONE_DETECTOR_CARD.md``; trained by
-:mod:`workzone.training.detector`, decoded here by :func:`decode_detections`): input ``image`` float32 [N, 3, S, S] RGB in [0, 1],
+:mod:`workzone_train.detector`, decoded here by :func:`decode_detections`): input ``image`` float32 [N, 3, S, S] RGB in [0, 1],
 letterboxed; output ``out`` [N, K + 4, S/8, S/8] with peak-suppressed centre probabilities, centre
 offsets and box sizes. A JSON sidecar next to the ``.onnx`` file gives ``input_size``, ``stride``,
 ``class_names`` and ``score_threshold``.
 
-Score: when the sidecar carries a ``decision`` block (:mod:`workzone.stages._object_evidence`), the
+Score: when the sidecar carries a ``decision`` block (:mod:`workzone.object_evidence`), the
 log-odds of a logistic regression over summaries of the detected objects, fitted on out-of-fold
 detections; otherwise the noisy-OR of the top ``top_k`` box confidences, ``p = 1 - prod(1 - s_i)``,
 as log-odds (monotone in every box's confidence, so fusion can learn one weight for it).
@@ -27,10 +27,10 @@ from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, open_runner, use_torch
 from workzone.stages.base import Stage
-from workzone.stages._object_evidence import DETECTION_FLOOR, MAX_DETECTIONS, ObjectDecision
-from workzone.types import Box, Evidence, Image, StageOutput, logit
+from workzone.object_evidence import COUNT_AT, DETECTION_FLOOR, LOGIT_CLIP, MAX_DETECTIONS, ObjectDecision
+from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, logit
 
-__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ConeDetectorRunner", "decode_detections",
+__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ObjectDetectorRunner", "decode_detections",
            "CLASS_NAMES", "STRIDE"]
 
 
@@ -53,7 +53,7 @@ class RoadworkDetectorParams(TorchBackendParams):
     threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
 
-class ConeDetectorRunner:
+class ObjectDetectorRunner:
     """The ONNX detector with its pre- and post-processing, shared by the stage and the evaluator.
 
     Args:
@@ -104,7 +104,7 @@ class ConeDetectorRunner:
             self.device_path = DeviceObjectDetector(
                 self.torch_runner, size=self.size, stride=self.stride, num_classes=len(self.class_names),
                 source_max_side=self.source_max_side, source_jpeg_quality=self.source_jpeg_quality,
-                decision=self.decision)
+                decision=self.decision, count_at=COUNT_AT, logit_clip=LOGIT_CLIP)
         # Serialise runs: each already uses every intra-op thread.
         self._lock = threading.Lock()
         # One thread making the next run's inputs while onnxruntime runs (see decide).
@@ -223,18 +223,18 @@ class RoadworkDetectorStage(Stage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._runner: ConeDetectorRunner | None = None
+        self._runner: ObjectDetectorRunner | None = None
 
     async def load(self) -> None:
         self._runner = await self.run_blocking(self._load_sync)
 
-    def _load_sync(self) -> ConeDetectorRunner:
+    def _load_sync(self) -> ObjectDetectorRunner:
         path = self.context.resolve(self.params.model)
         device = self.context.device
         torch_params = self.params if use_torch(self.params.backend, device) else None
         providers = ["CPUExecutionProvider"] if torch_params else providers_for(device, feature="the cone detector")
         try:
-            return ConeDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
+            return ObjectDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
                                       providers=providers, torch_params=torch_params, device=device)
         except ModelFileError as exc:
             raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
@@ -243,7 +243,7 @@ class RoadworkDetectorStage(Stage):
         if self._runner is not None:
             await self.run_blocking(self._runner.detect, [np.zeros((64, 64, 3), np.uint8)])
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._runner)
         return await self.run_blocking(self._predict_sync, list(batch))
 
@@ -260,7 +260,7 @@ class RoadworkDetectorStage(Stage):
         return [self._summarise(d, runner, report_at, None if zs is None else zs[i], None if why is None else why[i])
                 for i, d in enumerate(dets)]
 
-    def _summarise(self, det: np.ndarray, runner: ConeDetectorRunner, report_at: float, z: float | None,
+    def _summarise(self, det: np.ndarray, runner: ObjectDetectorRunner, report_at: float, z: float | None,
                    why: str | None) -> StageOutput:
         p = self.params
         names = runner.class_names

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["FEATURE_VERSION", "DETECTION_FLOOR", "MAX_DETECTIONS", "feature_names", "object_features", "ObjectDecision"]
+__all__ = ["FEATURE_VERSION", "DETECTION_FLOOR", "MAX_DETECTIONS", "COUNT_AT", "LOGIT_CLIP", "feature_names",
+           "object_features", "ObjectDecision"]
 
 FEATURE_VERSION = 1
 # Detections below this score, or past this many, are not summarised: the decision is fitted on
@@ -28,6 +29,8 @@ DETECTION_FLOOR = 0.01
 MAX_DETECTIONS = 50
 _COUNT_AT = 0.3
 _LOGIT_CLIP = 6.0
+# Public names of the two for the device path (accel/objects.py), which computes the same features.
+COUNT_AT, LOGIT_CLIP = _COUNT_AT, _LOGIT_CLIP
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:
