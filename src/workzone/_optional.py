@@ -20,7 +20,13 @@ def require(module: str, extra: str, purpose: str = "") -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingExtraError(module, extra, purpose) from exc
+        err = MissingExtraError(module, extra, purpose)
+        if getattr(exc, "name", None) not in (module, module.split(".")[0]):
+            # The module is there but something it imports is not (a wheel carried without its
+            # dependencies, a binary built for another Python): say what, or the message misleads.
+            err.msg = f"{err.args[0]} (importing it failed: {type(exc).__name__}: {exc})"  # ImportError prints msg
+            err.args = (err.msg,)
+        raise err from exc
 
 
 def require_installed(modules: list[str], extra: str, purpose: str) -> None:

@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["FEATURE_VERSION", "DETECTION_FLOOR", "MAX_DETECTIONS", "LOOKALIKE_CLASSES", "feature_names",
-           "object_features", "lookalike_indices", "ObjectDecision"]
+__all__ = ["FEATURE_VERSION", "DETECTION_FLOOR", "MAX_DETECTIONS", "COUNT_AT", "LOGIT_CLIP", "LOOKALIKE_CLASSES",
+           "feature_names", "object_features", "lookalike_indices", "ObjectDecision"]
 
 FEATURE_VERSION = 1
 # Detections below this score, or past this many, are not summarised: the decision is fitted on
@@ -33,6 +33,8 @@ _COUNT_AT = 0.3
 #: Detector classes that are look-alikes of work-zone objects, never evidence.
 LOOKALIKE_CLASSES: tuple[str, ...] = ("sign_other",)
 _LOGIT_CLIP = 6.0
+# Public names of the two for the device path (accel/objects.py), which computes the same features.
+COUNT_AT, LOGIT_CLIP = _COUNT_AT, _LOGIT_CLIP
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:

@@ -46,7 +46,7 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
     return DetectionService.from_pipeline(settings.pipeline, device=settings.device, limits=limits, policy=policy,
                                           default_deadline_s=settings.default_deadline_s,
                                           max_deadline_s=settings.max_deadline_s, observer=observer,
-                                          decode_workers=settings.decode_workers)
+                                          decode_workers=settings.decode_workers, gpu_decode=settings.gpu_decode)
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:

@@ -198,7 +198,8 @@ async def _load_charged(request: Request, raw: Any, deadline: float | None) -> A
     svc, settings = _service(request), _settings(request)
     end = None if deadline is None else arrival_time(request) + deadline
     image = await load_image(raw, svc, settings, end=end)
-    charge(request, image.pixels.nbytes)
+    # From the size, not the pixels: on a GPU server JPEGs are decoded later, a batch at a time.
+    charge(request, image.width * image.height * 3)
     admission = request.app.state.admission
     if admission.held_bytes > admission.max_held_bytes:
         raise Overloaded(admission.inflight, admission.max_inflight, admission.retry_after_s)
