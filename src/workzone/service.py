@@ -17,7 +17,8 @@ from workzone.batching import BatchPolicy, MicroBatcher
 from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
-from workzone.io.images import ImageLimits, decode_image
+from workzone.io.decode_pool import DecodeBudget, DecodePool
+from workzone.io.images import ImageHeader, ImageLimits, decode_image, probe_image
 from workzone.errors import DeadlineExceeded, NotReady
 from workzone._memory import Trimmer
 from workzone.types import Decision, Image
@@ -59,14 +60,22 @@ class DetectionService:
         max_deadline_s: cap on any deadline.
         observer: receives batch sizes and decisions (metrics).
         decode_workers: images decoded at the same time (each within ``limits.max_decode_bytes``).
+        decode_processes: decode in worker processes that are killed past the CPU budget (else in
+            threads, which cannot be stopped).
+        image_decode_cpu_s: most CPU seconds one image's decode may take (worker processes only).
+        request_decode_cpu_s: most CPU seconds all images of one request may take together.
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
-                 decode_workers: int = 2) -> None:
+                 decode_workers: int = 2, decode_processes: bool = True, image_decode_cpu_s: float = 1.0,
+                 request_decode_cpu_s: float = 2.0) -> None:
         self.cascade = cascade
         self._decode_slots = asyncio.Semaphore(decode_workers)
+        self.decoder: DecodePool | None = (DecodePool(decode_workers, limits, image_cpu_s=image_decode_cpu_s)
+                                           if decode_processes else None)
+        self.request_decode_cpu_s = request_decode_cpu_s
         self._trimmer = Trimmer()
         #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
         self.seconds_per_image: float | None = None
@@ -95,6 +104,8 @@ class DetectionService:
         """Load and warm up every stage, then accept work. Raises what the cascade raises."""
         self.state = "starting"
         try:
+            if self.decoder is not None and not self.decoder.started:
+                await self.decoder.start()
             await self.cascade.start()
         except BaseException as exc:
             self.state = "failed"
@@ -135,29 +146,57 @@ class DetectionService:
         self.state = "stopping"
         await self.batcher.aclose(timeout)
         await self.cascade.aclose()
+        if self.decoder is not None:
+            await self.decoder.aclose()
         self.state = "stopped"
 
     # -- inputs ----------------------------------------------------------------------------------
-    async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None) -> Image:
-        """Decode encoded image bytes in a worker thread, ``decode_workers`` at a time (the memory and
-        work guards run on the header first).
+    def decode_budget(self) -> DecodeBudget:
+        """A fresh decode budget for one request (every image of a batch draws on it)."""
+        return DecodeBudget(self.request_decode_cpu_s)
+
+    async def probe(self, data: bytes, source: str = "<bytes>", *, end: float | None = None,
+                    budget: DecodeBudget | None = None) -> ImageHeader:
+        """Check the image's header against every limit and say what its pixels will weigh, without
+        decoding a pixel (in a decoder process, under ``budget``, like :meth:`decode`).
+
+        Raises:
+            InvalidImageError: not an image, or over a limit (``DecodeBudgetExceeded``: over the budget).
+            DeadlineExceeded: no decoder came free before ``end``.
+        """
+        if self.decoder is not None:
+            return await self.decoder.probe(data, source, budget or self.decode_budget(), end)
+        return await self._in_thread(probe_image, data, source, end)
+
+    async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None,
+                     budget: DecodeBudget | None = None) -> Image:
+        """Decode encoded image bytes, ``decode_workers`` at a time (the memory and work guards run on
+        the header first): in a decoder process stopped past ``budget`` (and the per-image budget),
+        or in a thread when the service was built with ``decode_processes=False``.
 
         Args:
             data: the encoded image.
             source: label for reports.
-            end: absolute deadline (``time.perf_counter()`` clock) for starting the decode.
+            end: absolute deadline (``time.perf_counter()`` clock) for the decode.
+            budget: the request's decode budget (a fresh one when omitted).
 
         Raises:
-            InvalidImageError: not an image, truncated, or over a limit.
-            DeadlineExceeded: no decode slot came free before ``end``.
+            InvalidImageError: not an image, truncated, or over a limit (``DecodeBudgetExceeded``:
+                over the CPU budget).
+            DeadlineExceeded: no decoder came free, or the decode did not finish, before ``end``.
         """
+        if self.decoder is not None:
+            return await self.decoder.decode(data, source, budget or self.decode_budget(), end)
+        return await self._in_thread(decode_image, data, source, end)
+
+    async def _in_thread(self, fn: Any, data: bytes, source: str, end: float | None) -> Any:
         wait = None if end is None else max(0.0, end - time.perf_counter())
         try:
             await asyncio.wait_for(self._decode_slots.acquire(), timeout=wait)
         except asyncio.TimeoutError:
             raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
         try:
-            return await asyncio.to_thread(decode_image, data, limits=self.limits, source=source)
+            return await asyncio.to_thread(fn, data, limits=self.limits, source=source)
         finally:
             self._decode_slots.release()
 

@@ -46,7 +46,10 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
     return DetectionService.from_pipeline(settings.pipeline, device=settings.device, limits=limits, policy=policy,
                                           default_deadline_s=settings.default_deadline_s,
                                           max_deadline_s=settings.max_deadline_s, observer=observer,
-                                          decode_workers=settings.decode_workers)
+                                          decode_workers=settings.decode_workers,
+                                          decode_processes=settings.decode_processes,
+                                          image_decode_cpu_s=settings.image_decode_cpu_s,
+                                          request_decode_cpu_s=settings.request_decode_cpu_s)
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -81,7 +84,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.service = service
     app.state.metrics = metrics
     app.state.admission = admission = Admission(settings.max_inflight, settings.max_held_bytes,
-                                                float(settings.retry_after_s))
+                                                float(settings.retry_after_s),
+                                                max_uploads_per_client=settings.max_uploads_per_client)
     register_exception_handlers(app, default_retry_after=float(settings.retry_after_s))
     attach_routes(app)
     attach_ui(app)
@@ -156,7 +160,8 @@ def create_server(settings: ServerSettings, app: FastAPI | None = None, **config
 
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    config.setdefault("http", header_timeout_protocol(AutoHTTPProtocol, settings.header_timeout_s))
+    config.setdefault("http", header_timeout_protocol(AutoHTTPProtocol, settings.header_timeout_s,
+                                                      settings.max_header_bytes))
     cfg = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                          timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None, **config)
     return _Server(cfg)

@@ -46,11 +46,23 @@ class ServerSettings(BaseSettings):
     max_held_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024,
                                 description="request bodies and decoded pixels held at once; above it new "
                                 "requests are refused (429) before their body is read")
+    max_uploads_per_client: int = Field(default=16, ge=1, description="request bodies one client address (IPv6: "
+                                        "its /64) may be sending at once; more are refused (429) before their "
+                                        "body is read. Bodies still arriving are not counted as queued work")
     decode_workers: int = Field(default=2, ge=1, le=64, description="images decoded at the same time")
+    decode_processes: bool = Field(default=True, description="decode in worker processes that are killed past the "
+                                   "CPU budget (false: in threads, which cannot be stopped)")
+    image_decode_cpu_s: float = Field(default=1.0, gt=0, le=60, description="most CPU seconds one image's decode "
+                                      "may take; past it the decoder is killed and the image refused (422)")
+    request_decode_cpu_s: float = Field(default=2.0, gt=0, le=600, description="most CPU seconds the decodes of "
+                                        "one request may take together (a batch shares it; past it: 422)")
     max_decode_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024,
                                   description="most memory one image may need to decode (from its header)")
     header_timeout_s: float = Field(default=10.0, gt=0, le=600, description="time to receive a request's headers")
-    body_timeout_s: float = Field(default=30.0, gt=0, le=600, description="time between body chunks")
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024,
+                                  description="largest request line + headers (then 431 and close)")
+    body_timeout_s: float = Field(default=30.0, gt=0, le=600, description="time to receive the whole body (never "
+                                  "past the request's deadline); then 408")
 
     # -- batching and deadlines -------------------------------------------------------------------
     batch_size: int = Field(default=16, ge=1, le=1024, description="most images the cascade runs together")

@@ -1,0 +1,285 @@
+"""Decoding that can be stopped: worker processes with a hard CPU budget per image and per request.
+
+A decoder in a thread cannot be stopped, and a decoder written in Python holds the GIL while it
+runs: one small hostile file can take a core (or the whole event loop) for as long as its data
+says (issue 20: a 1 KB RLE BMP cost 2.8 s). :class:`DecodePool` runs :func:`probe_image` and
+:func:`decode_image` in ``workers`` child processes instead. The parent watches each job's CPU time
+(``/proc/<pid>/stat``; wall time where there is no ``/proc``) and kills the worker when the job
+passes its budget, then forks a fresh one; the caller gets :class:`DecodeBudgetExceeded` (HTTP 422).
+
+A :class:`DecodeBudget` is what one request may spend: every image of a batch draws on the same one,
+so a batch of slow images is stopped as a whole once the request's budget is gone.
+
+Pixels come back through the pipe straight into the caller's array (no pickling of pixel data).
+The workers are forked from a forkserver that has already imported numpy and Pillow, so a killed
+worker is replaced in tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from workzone.errors import DeadlineExceeded, DecodeBudgetExceeded, InvalidImageError
+from workzone.io.images import ImageHeader, ImageLimits, decode_image, probe_image
+from workzone.types import Image
+
+__all__ = ["DecodeBudget", "DecodePool"]
+
+log = logging.getLogger("workzone.decode")
+
+_POLL_S = 0.01  # how often a running job's CPU time is read
+_BIG = 1 << 20  # payloads above this are sent or received in a thread, not on the event loop
+try:
+    _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+    _TICK_S = 0.01
+
+
+@dataclass
+class DecodeBudget:
+    """CPU seconds of decoding one request may still spend (all images of a batch share it).
+
+    Attributes:
+        cpu_s: seconds left.
+        total_s: what the request started with (for messages).
+    """
+
+    cpu_s: float
+    total_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.total_s = self.total_s or self.cpu_s
+
+
+def _serve(conn: Connection, limits: ImageLimits) -> None:  # pragma: no cover - runs in the worker
+    """A worker's loop: one job at a time, ``(op, source)`` then the encoded bytes."""
+    from workzone._memory import release_free_memory
+
+    while True:
+        try:
+            op, source = conn.recv()
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            if op == "probe":
+                h = probe_image(data, limits=limits, source=source)
+                conn.send(("header", h.format, h.size, h.out_bytes))
+            else:
+                img = decode_image(data, limits=limits, source=source)
+                px = np.ascontiguousarray(img.pixels)
+                conn.send(("image", px.shape, img.original_size))
+                conn.send_bytes(memoryview(px).cast("B"))
+                del img, px
+                release_free_memory()  # a worker must not keep a large decode's heap
+        except InvalidImageError as exc:
+            conn.send(("invalid", str(exc)))
+        except MemoryError:
+            conn.send(("invalid", f"{source}: not enough memory to decode this image; lower its size"))
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid``; ``None`` where ``/proc`` cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()
+        return (int(fields[11]) + int(fields[12])) * _TICK_S
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _Worker:
+    def __init__(self, ctx: Any, limits: ImageLimits) -> None:
+        parent, child = ctx.Pipe(duplex=True)
+        self.conn: Connection = parent
+        self.proc = ctx.Process(target=_serve, args=(child, limits), daemon=True, name="workzone-decode")
+        self.proc.start()
+        child.close()
+
+    def cpu(self) -> float:
+        used = _cpu_seconds(self.proc.pid) if self.proc.pid is not None else None
+        return time.perf_counter() if used is None else used
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=5)
+        self.conn.close()
+
+
+class DecodePool:
+    """``workers`` decoder processes, each job under a CPU budget.
+
+    Args:
+        workers: processes (images decoded at once).
+        limits: the limits every image is decoded under.
+        image_cpu_s: most CPU seconds one image may take (probe and decode together).
+    """
+
+    def __init__(self, workers: int, limits: ImageLimits, *, image_cpu_s: float = 1.0) -> None:
+        self.workers = workers
+        self.limits = limits
+        self.image_cpu_s = image_cpu_s
+        self.killed = 0  # workers killed for running past a budget (metrics, tests)
+        self._ctx: Any = None
+        self._idle: asyncio.Queue[_Worker] | None = None
+        self._all: list[_Worker] = []
+        self._starting: asyncio.Lock | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._idle is not None
+
+    async def start(self) -> None:
+        """Start the forkserver and the workers (in a thread: process start-up blocks)."""
+        ctx = multiprocessing.get_context("forkserver")
+        # Imported once by the forkserver, so each worker (and each replacement) starts warm.
+        ctx.set_forkserver_preload(["workzone.io.decode_pool"])
+        self._ctx = ctx
+        workers = await asyncio.to_thread(lambda: [_Worker(ctx, self.limits) for _ in range(self.workers)])
+        self._all = list(workers)
+        self._idle = asyncio.Queue()
+        for w in workers:
+            self._idle.put_nowait(w)
+
+    async def aclose(self) -> None:
+        for w in self._all:
+            await asyncio.to_thread(w.kill)
+        self._all = []
+        self._idle = None
+
+    async def probe(self, data: bytes, source: str, budget: DecodeBudget, end: float | None = None) -> ImageHeader:
+        """The image's header (checked against every limit), read in a worker under ``budget``."""
+        kind, fmt, size, out = await self._job("probe", data, source, budget, end)
+        return ImageHeader(fmt, tuple(size), out)  # type: ignore[arg-type]
+
+    async def decode(self, data: bytes, source: str, budget: DecodeBudget, end: float | None = None) -> Image:
+        """Decode in a worker under ``budget``.
+
+        Raises:
+            InvalidImageError: not an image, or over a limit.
+            DecodeBudgetExceeded: the decode ran past the image's or the request's CPU budget.
+            DeadlineExceeded: no worker came free, or the decode did not finish, before ``end``.
+        """
+        _, px, original = await self._job("decode", data, source, budget, end)
+        return Image(px, source=source, original_size=tuple(original))  # type: ignore[arg-type]
+
+    async def _job(self, op: str, data: bytes, source: str, budget: DecodeBudget, end: float | None) -> tuple:
+        if self._idle is None:  # not started yet: the first caller starts it, the others wait
+            self._starting = self._starting or asyncio.Lock()
+            async with self._starting:
+                if self._idle is None:
+                    await self.start()
+        assert self._idle is not None
+        if budget.cpu_s <= 0:
+            raise self._over(source, budget, whole=True)
+        wait = None if end is None else max(0.0, end - time.perf_counter())
+        try:
+            worker = await asyncio.wait_for(self._idle.get(), timeout=wait)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
+        healthy = False  # a worker stopped mid-job (budget, deadline, cancellation, crash) is replaced
+        cpu0 = worker.cpu()
+        try:
+            limit = min(self.image_cpu_s, budget.cpu_s)
+            await self._send(worker, (op, source), data)
+            over = await self._wait(worker, cpu0, limit, end)
+            budget.cpu_s -= worker.cpu() - cpu0
+            if over == "deadline":
+                raise DeadlineExceeded("decode", "the deadline passed while the image was being decoded")
+            if over is not None:
+                raise self._over(source, budget, whole=limit < self.image_cpu_s)
+            reply = await self._receive(worker)
+            healthy = True
+        except (EOFError, OSError) as exc:
+            raise InvalidImageError(f"{source}: the decoder process failed on this image ({type(exc).__name__})") \
+                from exc
+        finally:
+            if healthy:
+                self._idle.put_nowait(worker)
+            else:
+                await self._replace(worker)
+        if reply[0] == "invalid":
+            raise InvalidImageError(reply[1])
+        return reply
+
+    def _over(self, source: str, budget: DecodeBudget, whole: bool) -> DecodeBudgetExceeded:
+        if whole:
+            return DecodeBudgetExceeded(
+                f"the request's images took more than its decode budget of {budget.total_s:g} CPU seconds; "
+                "send fewer or smaller images per request", whole_request=True)
+        return DecodeBudgetExceeded(f"{source}: decoding took more than {self.image_cpu_s:g} CPU seconds and was "
+                                    "stopped; re-encode the image as a baseline JPEG or PNG")
+
+    @staticmethod
+    async def _send(worker: _Worker, head: tuple, data: bytes) -> None:
+        def send() -> None:
+            worker.conn.send(head)
+            worker.conn.send_bytes(data)
+
+        if len(data) > _BIG:
+            await asyncio.to_thread(send)
+        else:
+            send()
+
+    async def _wait(self, worker: _Worker, cpu0: float, limit: float, end: float | None) -> str | None:
+        """Wait for the worker's answer; ``"budget"`` or ``"deadline"`` if it must be stopped first."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = worker.conn.fileno()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(ready), timeout=_POLL_S)
+                    return None
+                except asyncio.TimeoutError:
+                    pass
+                if worker.cpu() - cpu0 > limit:
+                    return "budget"
+                if end is not None and time.perf_counter() > end:
+                    return "deadline"
+                if not worker.proc.is_alive():
+                    raise EOFError("the decoder process exited")
+        finally:
+            loop.remove_reader(fd)
+            os.set_blocking(fd, True)  # uvloop's add_reader made it non-blocking; Connection reads block
+
+    @staticmethod
+    async def _receive(worker: _Worker) -> tuple:
+        reply = worker.conn.recv()
+        if reply[0] != "image":
+            return reply
+        shape = tuple(reply[1])
+        px = np.empty(shape, np.uint8)
+        flat = memoryview(px).cast("B")  # recv_bytes_into sizes a buffer by its first dimension
+        if px.nbytes > _BIG:
+            await asyncio.to_thread(worker.conn.recv_bytes_into, flat)
+        else:
+            worker.conn.recv_bytes_into(flat)
+        return reply[0], px, reply[2]
+
+    async def _replace(self, worker: _Worker) -> None:
+        self.killed += 1
+        try:
+            fresh = await asyncio.to_thread(self._swap, worker)
+        except Exception:  # noqa: BLE001 - the pool shrinks by one rather than failing the caller twice
+            log.exception("could not start a replacement decoder process")
+            return
+        if self._idle is not None:
+            self._idle.put_nowait(fresh)
+
+    def _swap(self, worker: _Worker) -> _Worker:
+        worker.kill()
+        fresh = _Worker(self._ctx, self.limits)
+        self._all = [fresh if w is worker else w for w in self._all]
+        return fresh
