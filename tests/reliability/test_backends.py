@@ -79,10 +79,14 @@ def test_frozen_backend_opens_the_breaker_within_three_timeouts_and_recovers(cas
             assert len(server.requests) == sent
             server.set_reply(Reply(p_yes=0.9))
             await asyncio.sleep(0.6)  # cool-down
+            # Half-open: one image's request is the trial; its batch mate is refused meanwhile, and says so.
+            trial = await cascade.run(_images())
             recovered = await cascade.run(_images())
-            return healthy, frozen, skipped, fast, recovered, vlm.breaker.state
+            return healthy, frozen, skipped, fast, trial, recovered, vlm.breaker.state
 
-    healthy, frozen, skipped, fast, recovered, state = asyncio.run(go())
+    healthy, frozen, skipped, fast, trial, recovered, state = asyncio.run(go())
+    assert sorted(d.degraded for d in trial) == [False, True]
+    assert all("vlm (BackendUnavailable)" in d.degraded_reason for d in trial if d.degraded)
     assert all(not d.degraded for d in healthy)
     for batch in (*frozen, skipped):
         assert len(batch) == 2  # nothing lost
@@ -105,11 +109,13 @@ def test_dying_and_restarted_backend_loses_no_request(cascade_and_server):
                 answers += await cascade.run(_images())
             server.start(port=port)             # back on the same port
             await asyncio.sleep(0.6)
+            answers += await cascade.run(_images())  # half-open: one trial, its batch mate refused
             answers += await cascade.run(_images())
             return answers
 
     answers = asyncio.run(go())
-    assert len(answers) == 12 and all(np.isfinite(d.probability) for d in answers)
-    assert not answers[0].degraded and not answers[-1].degraded
+    assert len(answers) == 14 and all(np.isfinite(d.probability) for d in answers)
+    assert not answers[0].degraded and sorted(d.degraded for d in answers[10:12]) == [False, True]
+    assert not any(d.degraded for d in answers[12:])
     assert all(d.degraded for d in answers[2:10])
     assert any("BackendUnavailable" in d.degraded_reason for d in answers[2:10])
