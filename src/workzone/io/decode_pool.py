@@ -130,6 +130,7 @@ class DecodePool:
         self.limits = limits
         self.image_cpu_s = image_cpu_s
         self.killed = 0  # workers killed for running past a budget (metrics, tests)
+        self.decoded = 0  # images decoded (tests check that a refused request decoded nothing)
         self._ctx: Any = None
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: list[_Worker] = []
@@ -171,6 +172,7 @@ class DecodePool:
             DeadlineExceeded: no worker came free, or the decode did not finish, before ``end``.
         """
         _, px, original = await self._job("decode", data, source, budget, end)
+        self.decoded += 1
         return Image(px, source=source, original_size=tuple(original))  # type: ignore[arg-type]
 
     async def _job(self, op: str, data: bytes, source: str, budget: DecodeBudget, end: float | None) -> tuple:

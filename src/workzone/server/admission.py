@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workzone.errors import Overloaded, RequestTimeout, ShuttingDown
+from workzone.errors import InvalidImageError, Overloaded, RequestTimeout, ShuttingDown
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -103,11 +103,16 @@ def reserve(request: "Request", nbytes: int) -> None:
 
     Raises:
         Overloaded: the budget would be passed; nothing has been decoded yet.
+        InvalidImageError: the request alone needs more than the whole budget (retrying cannot help).
     """
     held = request.scope.get(_HELD)
     if held is None:
         return
     admission: Admission = held[1]
+    if nbytes > admission.max_held_bytes:
+        raise InvalidImageError(f"the request's images need {nbytes / 2**20:.0f} MiB once decoded; this server "
+                                f"holds at most {admission.max_held_bytes / 2**20:.0f} MiB: send fewer or smaller "
+                                "images")
     held[0] += nbytes
     admission.held_bytes += nbytes
     if admission.held_bytes > admission.max_held_bytes:
