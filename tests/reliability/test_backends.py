@@ -119,3 +119,29 @@ def test_dying_and_restarted_backend_loses_no_request(cascade_and_server):
     assert not any(d.degraded for d in answers[12:])
     assert all(d.degraded for d in answers[2:10])
     assert any("BackendUnavailable" in d.degraded_reason for d in answers[2:10])
+
+
+def test_a_frozen_backend_opens_the_default_breaker_within_three_timeouts_for_one_caller(tmp_path: Path):
+    # Default breaker (5 failures) and one caller at a time: each call costs a whole timeout, so two
+    # timeouts in a row open it (issue 20 measured 3.1 timeouts before this rule).
+    build_tiny_classifier(tmp_path / "tiny.onnx")
+    server = FakeOpenAIServer(Reply(p_yes=0.9, delay_s=30)).start()
+    text = PIPELINE.replace("        breaker_failures: 3\n", "").replace("timeout_s: 0.3", "timeout_s: 0.2")
+    cfg = parse_pipeline(text.format(url=server.url))
+
+    async def go() -> tuple[int, float]:
+        async with Cascade.from_config(cfg, base_dir=tmp_path) as cascade:
+            vlm = next(s for s in cascade.stages if s.name == "vlm")
+            assert vlm.breaker.failure_threshold == 5
+            t, runs = time.perf_counter(), 0
+            while vlm.breaker.state is not BreakerState.OPEN and runs < 6:
+                runs += 1
+                d = (await cascade.run(_images(1)))[0]
+                assert d.degraded and "vlm (DeadlineExceeded)" in d.degraded_reason
+            return runs, time.perf_counter() - t
+
+    try:
+        runs, took = asyncio.run(go())
+    finally:
+        server.stop()
+    assert runs == 2 and took < 3 * 0.2 + 0.5
