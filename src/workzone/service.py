@@ -64,17 +64,19 @@ class DetectionService:
             threads, which cannot be stopped).
         image_decode_cpu_s: most CPU seconds one image's decode may take (worker processes only).
         request_decode_cpu_s: most CPU seconds all images of one request may take together.
+        heavy_decode_s: expected decode seconds (from the header) above which an image is decoded in
+            the costly-image lane (one process, lower CPU priority).
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
                  decode_workers: int = 2, decode_processes: bool = True, image_decode_cpu_s: float = 1.0,
-                 request_decode_cpu_s: float = 2.0) -> None:
+                 request_decode_cpu_s: float = 2.0, heavy_decode_s: float = 0.2) -> None:
         self.cascade = cascade
         self._decode_slots = asyncio.Semaphore(decode_workers)
-        self.decoder: DecodePool | None = (DecodePool(decode_workers, limits, image_cpu_s=image_decode_cpu_s)
-                                           if decode_processes else None)
+        self.decoder: DecodePool | None = (DecodePool(decode_workers, limits, image_cpu_s=image_decode_cpu_s,
+                                                      heavy_s=heavy_decode_s) if decode_processes else None)
         self.request_decode_cpu_s = request_decode_cpu_s
         self._trimmer = Trimmer()
         #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
@@ -169,7 +171,7 @@ class DetectionService:
         return await self._in_thread(probe_image, data, source, end)
 
     async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None,
-                     budget: DecodeBudget | None = None) -> Image:
+                     budget: DecodeBudget | None = None, cost_s: float = 0.0) -> Image:
         """Decode encoded image bytes, ``decode_workers`` at a time (the memory and work guards run on
         the header first): in a decoder process stopped past ``budget`` (and the per-image budget),
         or in a thread when the service was built with ``decode_processes=False``.
@@ -179,6 +181,8 @@ class DetectionService:
             source: label for reports.
             end: absolute deadline (``time.perf_counter()`` clock) for the decode.
             budget: the request's decode budget (a fresh one when omitted).
+            cost_s: the header's decode cost estimate (:meth:`probe`): costly images use their own,
+                lower-priority decoders.
 
         Raises:
             InvalidImageError: not an image, truncated, or over a limit (``DecodeBudgetExceeded``:
@@ -186,7 +190,7 @@ class DetectionService:
             DeadlineExceeded: no decoder came free, or the decode did not finish, before ``end``.
         """
         if self.decoder is not None:
-            return await self.decoder.decode(data, source, budget or self.decode_budget(), end)
+            return await self.decoder.decode(data, source, budget or self.decode_budget(), end, cost_s)
         return await self._in_thread(decode_image, data, source, end)
 
     async def _in_thread(self, fn: Any, data: bytes, source: str, end: float | None) -> Any:

@@ -37,6 +37,7 @@ __all__ = ["DecodeBudget", "DecodePool"]
 log = logging.getLogger("workzone.decode")
 
 _POLL_S = 0.01  # how often a running job's CPU time is read
+_HEAVY_NICE = 10  # CPU priority of the costly-image lane (CFS gives nice 10 about a tenth of nice 0's share)
 _BIG = 1 << 20  # payloads above this are sent or received in a thread, not on the event loop
 try:
     _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -60,9 +61,12 @@ class DecodeBudget:
         self.total_s = self.total_s or self.cpu_s
 
 
-def _serve(conn: Connection, limits: ImageLimits) -> None:  # pragma: no cover - runs in the worker
+def _serve(conn: Connection, limits: ImageLimits, nice: int = 0) -> None:  # pragma: no cover - runs in the worker
     """A worker's loop: one job at a time, ``(op, source)`` then the encoded bytes."""
     from workzone._memory import release_free_memory
+
+    if nice:
+        os.nice(nice)  # the costly-image lane yields the CPU to the server and the cheap lane
 
     while True:
         try:
@@ -73,7 +77,7 @@ def _serve(conn: Connection, limits: ImageLimits) -> None:  # pragma: no cover -
         try:
             if op == "probe":
                 h = probe_image(data, limits=limits, source=source)
-                conn.send(("header", h.format, h.size, h.out_bytes))
+                conn.send(("header", h.format, h.size, h.out_bytes, h.cost_s))
             else:
                 img = decode_image(data, limits=limits, source=source)
                 px = np.ascontiguousarray(img.pixels)
@@ -98,10 +102,12 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, limits: ImageLimits) -> None:
+    def __init__(self, ctx: Any, limits: ImageLimits, heavy: bool = False) -> None:
         parent, child = ctx.Pipe(duplex=True)
         self.conn: Connection = parent
-        self.proc = ctx.Process(target=_serve, args=(child, limits), daemon=True, name="workzone-decode")
+        self.heavy = heavy
+        self.proc = ctx.Process(target=_serve, args=(child, limits, _HEAVY_NICE if heavy else 0), daemon=True,
+                                name="workzone-decode")
         self.proc.start()
         child.close()
 
@@ -117,22 +123,35 @@ class _Worker:
 
 
 class DecodePool:
-    """``workers`` decoder processes, each job under a CPU budget.
+    """Decoder processes in two lanes, each job under a CPU budget.
+
+    Cheap images (header reads, and decodes expected to cost at most ``heavy_s``) use ``workers``
+    processes; costly ones (large WebP and PNG, many-scan JPEGs) wait for ``heavy_workers`` processes
+    of their own that run at a lower CPU priority, so a client sending costly images back to back
+    holds up other costly images, not everyone's.
 
     Args:
-        workers: processes (images decoded at once).
+        workers: processes of the cheap lane.
         limits: the limits every image is decoded under.
-        image_cpu_s: most CPU seconds one image may take (probe and decode together).
+        image_cpu_s: most CPU seconds one image's decode may take.
+        heavy_s: expected decode seconds above which an image goes to the costly lane.
+        heavy_workers: processes of the costly lane.
+        probe_cpu_s: most CPU seconds reading one header may take (honest headers take milliseconds).
     """
 
-    def __init__(self, workers: int, limits: ImageLimits, *, image_cpu_s: float = 1.0) -> None:
+    def __init__(self, workers: int, limits: ImageLimits, *, image_cpu_s: float = 1.0, heavy_s: float = 0.2,
+                 heavy_workers: int = 1, probe_cpu_s: float = 0.25) -> None:
         self.workers = workers
+        self.heavy_workers = heavy_workers
         self.limits = limits
         self.image_cpu_s = image_cpu_s
+        self.heavy_s = heavy_s
+        self.probe_cpu_s = probe_cpu_s
         self.killed = 0  # workers killed for running past a budget (metrics, tests)
         self.decoded = 0  # images decoded (tests check that a refused request decoded nothing)
         self._ctx: Any = None
-        self._idle: asyncio.Queue[_Worker] | None = None
+        self._idle: asyncio.Queue[_Worker] | None = None  # the cheap lane
+        self._idle_heavy: asyncio.Queue[_Worker] | None = None
         self._all: list[_Worker] = []
         self._starting: asyncio.Lock | None = None
 
@@ -146,60 +165,68 @@ class DecodePool:
         # Imported once by the forkserver, so each worker (and each replacement) starts warm.
         ctx.set_forkserver_preload(["workzone.io.decode_pool"])
         self._ctx = ctx
-        workers = await asyncio.to_thread(lambda: [_Worker(ctx, self.limits) for _ in range(self.workers)])
+        workers = await asyncio.to_thread(lambda: [_Worker(ctx, self.limits, heavy=k >= self.workers)
+                                                   for k in range(self.workers + self.heavy_workers)])
         self._all = list(workers)
-        self._idle = asyncio.Queue()
+        self._idle, self._idle_heavy = asyncio.Queue(), asyncio.Queue()
         for w in workers:
-            self._idle.put_nowait(w)
+            self._lane(w.heavy).put_nowait(w)
+
+    def _lane(self, heavy: bool) -> "asyncio.Queue[_Worker]":
+        queue = self._idle_heavy if heavy and self.heavy_workers else self._idle
+        assert queue is not None
+        return queue
 
     async def aclose(self) -> None:
         for w in self._all:
             await asyncio.to_thread(w.kill)
         self._all = []
-        self._idle = None
+        self._idle = self._idle_heavy = None
 
     async def probe(self, data: bytes, source: str, budget: DecodeBudget, end: float | None = None) -> ImageHeader:
-        """The image's header (checked against every limit), read in a worker under ``budget``."""
-        kind, fmt, size, out = await self._job("probe", data, source, budget, end)
-        return ImageHeader(fmt, tuple(size), out)  # type: ignore[arg-type]
+        """The image's header (checked against every limit), read in a cheap-lane worker under ``budget``."""
+        kind, fmt, size, out, cost = await self._job("probe", data, source, budget, end, self.probe_cpu_s)
+        return ImageHeader(fmt, tuple(size), out, cost)  # type: ignore[arg-type]
 
-    async def decode(self, data: bytes, source: str, budget: DecodeBudget, end: float | None = None) -> Image:
-        """Decode in a worker under ``budget``.
+    async def decode(self, data: bytes, source: str, budget: DecodeBudget, end: float | None = None,
+                     cost_s: float = 0.0) -> Image:
+        """Decode in a worker under ``budget``; ``cost_s`` (the header's estimate) picks the lane.
 
         Raises:
             InvalidImageError: not an image, or over a limit.
             DecodeBudgetExceeded: the decode ran past the image's or the request's CPU budget.
             DeadlineExceeded: no worker came free, or the decode did not finish, before ``end``.
         """
-        _, px, original = await self._job("decode", data, source, budget, end)
+        _, px, original = await self._job("decode", data, source, budget, end, self.image_cpu_s,
+                                          heavy=cost_s > self.heavy_s)
         self.decoded += 1
         return Image(px, source=source, original_size=tuple(original))  # type: ignore[arg-type]
 
-    async def _job(self, op: str, data: bytes, source: str, budget: DecodeBudget, end: float | None) -> tuple:
+    async def _job(self, op: str, data: bytes, source: str, budget: DecodeBudget, end: float | None,
+                   cpu_s: float, heavy: bool = False) -> tuple:
         if self._idle is None:  # not started yet: the first caller starts it, the others wait
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
                 if self._idle is None:
                     await self.start()
-        assert self._idle is not None
         if budget.cpu_s <= 0:
             raise self._over(source, budget, whole=True)
         wait = None if end is None else max(0.0, end - time.perf_counter())
         try:
-            worker = await asyncio.wait_for(self._idle.get(), timeout=wait)
+            worker = await asyncio.wait_for(self._lane(heavy).get(), timeout=wait)
         except asyncio.TimeoutError:
             raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
         healthy = False  # a worker stopped mid-job (budget, deadline, cancellation, crash) is replaced
         cpu0 = worker.cpu()
         try:
-            limit = min(self.image_cpu_s, budget.cpu_s)
+            limit = min(cpu_s, budget.cpu_s)
             await self._send(worker, (op, source), data)
             over = await self._wait(worker, cpu0, limit, end)
             budget.cpu_s -= worker.cpu() - cpu0
             if over == "deadline":
                 raise DeadlineExceeded("decode", "the deadline passed while the image was being decoded")
             if over is not None:
-                raise self._over(source, budget, whole=limit < self.image_cpu_s)
+                raise self._over(source, budget, whole=limit < cpu_s, cpu_s=cpu_s)
             reply = await self._receive(worker)
             healthy = True
         except (EOFError, OSError) as exc:
@@ -207,19 +234,19 @@ class DecodePool:
                 from exc
         finally:
             if healthy:
-                self._idle.put_nowait(worker)
+                self._lane(worker.heavy).put_nowait(worker)
             else:
                 await self._replace(worker)
         if reply[0] == "invalid":
             raise InvalidImageError(reply[1])
         return reply
 
-    def _over(self, source: str, budget: DecodeBudget, whole: bool) -> DecodeBudgetExceeded:
+    def _over(self, source: str, budget: DecodeBudget, whole: bool, cpu_s: float = 0.0) -> DecodeBudgetExceeded:
         if whole:
             return DecodeBudgetExceeded(
                 f"the request's images took more than its decode budget of {budget.total_s:g} CPU seconds; "
                 "send fewer or smaller images per request", whole_request=True)
-        return DecodeBudgetExceeded(f"{source}: decoding took more than {self.image_cpu_s:g} CPU seconds and was "
+        return DecodeBudgetExceeded(f"{source}: decoding took more than {cpu_s:g} CPU seconds and was "
                                     "stopped; re-encode the image as a baseline JPEG or PNG")
 
     @staticmethod
@@ -278,10 +305,10 @@ class DecodePool:
             log.exception("could not start a replacement decoder process")
             return
         if self._idle is not None:
-            self._idle.put_nowait(fresh)
+            self._lane(fresh.heavy).put_nowait(fresh)
 
     def _swap(self, worker: _Worker) -> _Worker:
         worker.kill()
-        fresh = _Worker(self._ctx, self.limits)
+        fresh = _Worker(self._ctx, self.limits, heavy=worker.heavy)
         self._all = [fresh if w is worker else w for w in self._all]
         return fresh

@@ -27,7 +27,8 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from workzone.errors import InvalidImageError
-from workzone.io.budget import HIGH_BIT_MODES, count_jpeg_scans, decode_bytes_estimate, metadata_cost, output_bytes
+from workzone.io.budget import (HIGH_BIT_MODES, count_jpeg_scans, decode_bytes_estimate, decode_seconds_estimate,
+                                metadata_cost, output_bytes)
 from workzone.types import Image
 
 __all__ = [
@@ -219,11 +220,14 @@ class ImageHeader:
         size: width and height as stored.
         out_bytes: bytes of the RGB array the decoded image becomes (after downscaling to
             ``max_side``): what the caller will hold, reserved before decoding.
+        cost_s: CPU seconds the decode is expected to take
+            (:func:`workzone.io.budget.decode_seconds_estimate`).
     """
 
     format: str
     size: tuple[int, int]
     out_bytes: int
+    cost_s: float = 0.0
 
 
 def probe_image(raw: bytes, *, limits: ImageLimits = DEFAULT_LIMITS, source: str = "<bytes>") -> ImageHeader:
@@ -244,7 +248,10 @@ def probe_image(raw: bytes, *, limits: ImageLimits = DEFAULT_LIMITS, source: str
     try:
         with _pillow_guard(limits, source):
             im, original = _open_checked(raw, limits, source)
-            return ImageHeader(str(im.format), original, output_bytes(im.size, limits.max_side))
+            fmt = str(im.format)
+            scans = count_jpeg_scans(raw) if fmt in ("JPEG", "MPO") else 1
+            return ImageHeader(fmt, original, output_bytes(im.size, limits.max_side),
+                               decode_seconds_estimate(fmt, im.size, scans))
     except InvalidImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - the contract: a bad input is an InvalidImageError, whatever broke

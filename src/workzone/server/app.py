@@ -49,7 +49,8 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
                                           decode_workers=settings.decode_workers,
                                           decode_processes=settings.decode_processes,
                                           image_decode_cpu_s=settings.image_decode_cpu_s,
-                                          request_decode_cpu_s=settings.request_decode_cpu_s)
+                                          request_decode_cpu_s=settings.request_decode_cpu_s,
+                                          heavy_decode_s=settings.heavy_decode_s)
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:

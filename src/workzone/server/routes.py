@@ -18,6 +18,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from workzone.cascade import TierEvent
 from workzone.errors import DeadlineExceeded, DecodeBudgetExceeded, InvalidImageError, Overloaded, Unauthorized
+from workzone.io.images import ImageHeader
 from workzone.server.admission import arrival_time, reserve
 from workzone.server.errors import error_body, error_status, public_decision, public_message
 from workzone.server.inputs import RawImage, deadline_header, image_bytes, read_batch, read_single
@@ -201,18 +202,18 @@ async def _load(request: Request, raws: list[RawImage], deadline: float | None) 
     end = None if deadline is None else arrival_time(request) + deadline
     budget = svc.decode_budget()
 
-    async def head(raw: RawImage) -> tuple[bytes, int]:
+    async def head(raw: RawImage) -> tuple[bytes, ImageHeader]:
         data = await image_bytes(raw, settings, end=end)
-        return data, (await svc.probe(data, raw.source, end=end, budget=budget)).out_bytes
+        return data, await svc.probe(data, raw.source, end=end, budget=budget)
 
     heads = await asyncio.gather(*(head(r) for r in raws), return_exceptions=True)
     _raise_request_wide(heads, single=len(raws) == 1)
-    reserve(request, sum(h[1] for h in heads if not isinstance(h, BaseException)))
+    reserve(request, sum(h[1].out_bytes for h in heads if not isinstance(h, BaseException)))
 
     async def body(raw: RawImage, h: Any) -> Any:
         if isinstance(h, BaseException):
             raise h
-        return await svc.decode(h[0], raw.source, end=end, budget=budget)
+        return await svc.decode(h[0], raw.source, end=end, budget=budget, cost_s=h[1].cost_s)
 
     loaded = await asyncio.gather(*(body(r, h) for r, h in zip(raws, heads)), return_exceptions=True)
     _raise_request_wide(loaded, single=len(raws) == 1)

@@ -56,6 +56,9 @@ class ServerSettings(BaseSettings):
                                       "may take; past it the decoder is killed and the image refused (422)")
     request_decode_cpu_s: float = Field(default=2.0, gt=0, le=600, description="most CPU seconds the decodes of "
                                         "one request may take together (a batch shares it; past it: 422)")
+    heavy_decode_s: float = Field(default=0.2, gt=0, le=60, description="expected decode CPU seconds (from the "
+                                  "header) above which an image waits for the costly-image decoder (one process, "
+                                  "lower CPU priority), not the ones cheap images use")
     max_decode_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024,
                                   description="most memory one image may need to decode (from its header)")
     header_timeout_s: float = Field(default=10.0, gt=0, le=600, description="time to receive a request's headers")
