@@ -283,3 +283,34 @@ def test_ssrf_guard_refuses_the_ranges_issue_20_found(addr):
 
 def test_isatap_with_a_public_ipv4_is_allowed():
     assert is_public_address("2606:4700::5efe:808:808")  # ISATAP id around 8.8.8.8 under a public prefix
+
+
+def test_costly_images_wait_for_their_own_lower_priority_decoder():
+    import os
+
+    from workzone.io.decode_pool import DecodeBudget, DecodePool
+    from workzone.io.images import ImageLimits, probe_image
+
+    costly = _noise_png(2400)
+    cheap = load_seeds()["baseline.jpg"]
+    assert probe_image(costly).cost_s > 0.1 > probe_image(cheap).cost_s
+
+    async def go() -> tuple[list[str], int]:
+        pool = DecodePool(1, ImageLimits(), heavy_s=0.1, heavy_workers=1)
+        await pool.start()
+        try:
+            order: list[str] = []
+
+            async def one(name: str, data: bytes) -> None:
+                await pool.decode(data, name, DecodeBudget(5.0), cost_s=probe_image(data).cost_s)
+                order.append(name)
+
+            # Two costly images queue for the one costly-lane decoder; the cheap one does not wait.
+            await asyncio.gather(one("costly1", costly), one("costly2", costly), one("cheap", cheap))
+            heavy = next(w for w in pool._all if w.heavy)
+            return order, os.getpriority(os.PRIO_PROCESS, heavy.proc.pid) - os.getpriority(os.PRIO_PROCESS, 0)
+        finally:
+            await pool.aclose()
+
+    order, nicer = asyncio.run(go())
+    assert order[0] == "cheap" and nicer == 10
