@@ -1,4 +1,5 @@
-"""Decode budgets read from the header: memory per image and work per progressive JPEG.
+"""Decode budgets read from the header: memory per image, work per progressive JPEG, expected decode
+seconds, and the size of TIFF IFD / EXIF metadata.
 
 Pillow reads an image's size and mode without decoding it. From them, and for a JPEG from its
 marker segments, these functions say what the decode will cost before any pixel is decoded, so a

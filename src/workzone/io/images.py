@@ -6,7 +6,9 @@ Formats: whatever Pillow decodes among JPEG, PNG, WebP, BMP, GIF (first frame), 
 
 Every failure raises :class:`~workzone.errors.InvalidImageError` with a message naming the problem.
 Memory and decode time are bounded from the header (:mod:`workzone.io.budget`) before any pixel is
-decoded: pixel count, mode and bit depth, progressive JPEG scans; large JPEGs decode at a reduced DCT size.
+decoded: pixel count, mode and bit depth, progressive JPEG scans, TIFF IFD / EXIF entries, and no
+decoder Pillow runs in Python (RLE BMP); large JPEGs decode at a reduced DCT size. The server also
+decodes in worker processes it can stop (:mod:`workzone.io.decode_pool`).
 """
 
 from __future__ import annotations
