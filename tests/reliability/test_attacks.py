@@ -127,6 +127,7 @@ def test_a_decode_past_its_cpu_budget_is_killed_and_the_server_goes_on(live_serv
     assert r.status_code == 422 and r.json()["error"]["type"] == "decode_budget_exceeded", r.text
     assert time.perf_counter() - t < 3.0
     assert srv.app.state.service.decoder.killed >= 1
+    assert "workzone_decoder_kills_total 1.0" in httpx.get(srv.url + "/metrics").text
     ok = httpx.post(srv.url + "/v1/detect", content=load_seeds()["baseline.jpg"],
                     headers={"Content-Type": "image/jpeg"}, timeout=30)
     assert ok.status_code == 200  # the killed decoder was replaced
