@@ -345,6 +345,21 @@ def overload(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def _vlm_pipeline(name: str, url: str, vlm_params: str, head: str = "") -> str:
+    """A pipeline file: the tiny classifier (a tier that never exits), then a VLM tier on ``url``."""
+    return f"""name: {name}
+{head}tiers:
+  - name: fast
+    stages: [{{name: clf, kind: onnx_classifier, model: tiny.onnx, threads: 1}}]
+    fusion: {{weights: {{clf: 1.0}}}}
+    exit: {{lower: 0.0, upper: 1.0}}
+  - name: vlm
+    stages:
+      - {{name: vlm, kind: vlm_openai, base_url: "{url}", model: fake-vlm, max_pixels: 4096, {vlm_params}}}
+    fusion: {{weights: {{clf: 0.5, vlm: 1.0}}}}
+"""
+
+
 def backend(args: argparse.Namespace) -> list[str]:
     import numpy as np
 
@@ -358,19 +373,7 @@ def backend(args: argparse.Namespace) -> list[str]:
     timeout = 2.0
     server = FakeOpenAIServer(Reply(p_yes=0.9, delay_s=0.05)).start()
     port = int(server.url.rsplit(":", 1)[1].split("/")[0])
-    text = f"""
-name: backend-bench
-tiers:
-  - name: fast
-    stages: [{{name: clf, kind: onnx_classifier, model: tiny.onnx, threads: 1}}]
-    fusion: {{weights: {{clf: 1.0}}}}
-    exit: {{lower: 0.0, upper: 1.0}}
-  - name: vlm
-    stages:
-      - {{name: vlm, kind: vlm_openai, base_url: "{server.url}", model: fake-vlm, max_pixels: 4096,
-          timeout_s: {timeout}, breaker_cooldown_s: 5}}
-    fusion: {{weights: {{clf: 0.5, vlm: 1.0}}}}
-"""
+    text = _vlm_pipeline("backend-bench", server.url, f"timeout_s: {timeout}, breaker_cooldown_s: 5")
     images = [Image(np.full((48, 64, 3), 128, np.uint8), source=f"i{k}") for k in range(4)]
     sent = answered = degraded = 0
     events: list[str] = []
@@ -755,19 +758,8 @@ def degraded(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_classifier(Path(tmp) / "tiny.onnx")
         pipeline = Path(tmp) / "flaky.yaml"
-        pipeline.write_text(f"""name: flaky-vlm
-deadline_s: 10
-tiers:
-  - name: fast
-    stages: [{{name: clf, kind: onnx_classifier, model: tiny.onnx, threads: 1}}]
-    fusion: {{weights: {{clf: 1.0}}}}
-    exit: {{lower: 0.0, upper: 1.0}}
-  - name: vlm
-    stages:
-      - {{name: vlm, kind: vlm_openai, base_url: "{backend.url}", model: fake-vlm, max_pixels: 4096, retries: 0,
-          timeout_s: 1.0, breaker_failures: 1000, breaker_timeouts: 1000}}
-    fusion: {{weights: {{clf: 0.5, vlm: 1.0}}}}
-""")
+        pipeline.write_text(_vlm_pipeline("flaky-vlm", backend.url, "retries: 0, timeout_s: 1.0, breaker_failures: "
+                                          "1000, breaker_timeouts: 1000", head="deadline_s: 10\n"))
         srv = Server(WORKZONE_PIPELINE=str(pipeline))
         srv.start()
         bodies = [_scene_jpeg(k) for k in range(4)]
