@@ -510,16 +510,19 @@ def _stats(res: list[Any], seconds: float, deadline: float | None = None) -> str
 
 
 async def _closed_loop(port: int, seconds: float, req: HttpRequest, clients: int = 1,
-                       local_addr: str | None = None, pause_on_refusal: bool = True) -> list[Any]:
+                       local_addr: str | None = None, pause_on_refusal: bool = True, every_s: float = 0.0) -> list[Any]:
+    """``clients`` clients sending ``req`` one after the other (at most one per ``every_s`` each) for ``seconds``."""
     res: list[Any] = []
     stop = time.perf_counter() + seconds
 
     async def one() -> None:
         while time.perf_counter() < stop:
+            t = time.perf_counter()
             r = await raw_request("127.0.0.1", port, req, timeout_s=60, local_addr=local_addr)
             res.append(r)
             if pause_on_refusal and r.status in (429, 503):
                 await asyncio.sleep(0.2)
+            await asyncio.sleep(max(0.0, every_s - (time.perf_counter() - t)))
 
     await asyncio.gather(*(one() for _ in range(clients)))
     return res
@@ -615,7 +618,8 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
         alone = loop.run_until_complete(_closed_loop(srv.port, args.attack_seconds, honest))
         base = len(alone) / args.attack_seconds
         lines.append(f"- honest client alone ({load0}): {_stats(alone, args.attack_seconds)}.")
-        for name, ctype in (("rle_bmp_4000", "image/bmp"), ("webp_4896", "image/webp")):
+        for name, ctype, every in (("rle_bmp_4000", "image/bmp", 0.0), ("rle_bmp_4000", "image/bmp", 1.0),
+                                   ("webp_4896", "image/webp", 0.0)):
             t = time.perf_counter()
             out = subprocess.run([sys.executable, "-c", "import io,sys; from PIL import Image; "
                                   "Image.open(io.BytesIO(open(sys.argv[1],'rb').read())).load()", "/dev/stdin"],
@@ -625,7 +629,7 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
             async def attacked() -> tuple[list[Any], list[Any]]:
                 bomb = _bomb_req(att[name], ctype)
                 b = [asyncio.ensure_future(_closed_loop(srv.port, args.attack_seconds, bomb, local_addr=a,
-                                                        pause_on_refusal=False)) for a in ATTACKERS]
+                                                        pause_on_refusal=False, every_s=every)) for a in ATTACKERS]
                 h = await _closed_loop(srv.port, args.attack_seconds, honest)
                 bombs_res = [r for x in await asyncio.gather(*b) for r in x]
                 return h, bombs_res
@@ -636,8 +640,9 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
             for r in b:
                 k = f"{r.status} {json.loads(r.body).get('error', {}).get('type', 'decided') if r.body else ''}".strip()
                 kinds[k] = kinds.get(k, 0) + 1
+            pace = "back to back" if not every else f"one per {every:g} s each (the issue's rate was one per 2.8 s)"
             lines.append(f"- with two clients sending `{name}` ({len(att[name]) / 1024:.0f} KB; Pillow alone "
-                         f"{pillow_s:.2f} s, exit {out.returncode}) back to back ({load0} before, {_load_now()} after): "
+                         f"{pillow_s:.2f} s, exit {out.returncode}) {pace} ({load0} before, {_load_now()} after): "
                          f"honest {_stats(h, args.attack_seconds)}: {len(h) / args.attack_seconds / base:.2f}x its "
                          f"throughput alone; the bombs got {kinds} (p50 {_pct([r.latency_s for r in b], .5) * 1000:.0f} ms).")
         import base64
