@@ -315,3 +315,10 @@ def test_costly_images_wait_for_their_own_lower_priority_decoder():
 
     order, nicer = asyncio.run(go())
     assert order[0] == "cheap" and nicer == 10
+
+
+def test_a_stream_whose_deadline_passes_before_decoding_gets_the_prior_not_a_504(fuzz_like_server):
+    r = httpx.post(fuzz_like_server.url + "/v1/detect/stream", content=load_seeds()["rgb.png"], timeout=10,
+                   headers={"Content-Type": "image/png", "X-Deadline-S": "0.001"})
+    assert r.status_code == 200 and r.text.startswith("event: decision")
+    assert '"degraded":true' in r.text

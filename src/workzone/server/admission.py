@@ -42,6 +42,7 @@ _HELD = "workzone.held"
 GUARDED_PATHS = frozenset({"/v1/detect", "/v1/detect/batch", "/v1/detect/stream"})
 #: Scope key naming the endpoint of a request refused before routing (for the metrics label).
 ENDPOINT_KEY = "workzone.endpoint"
+_BODY_FLOOR_S = 0.01
 _WAIT_SHARE = 0.5  # of a deadline that queueing may use; the rest is for decoding and the cascade
 
 
@@ -198,7 +199,9 @@ class AdmissionMiddleware:
             if not uploading:  # after the body, receive only waits for a disconnect: no timeout
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), timeout=max(0.0, body_end - time.perf_counter()))
+                # A floor of 10 ms: a body already received is taken even when the deadline is used up
+                # (the request is then answered degraded, not refused).
+                message = await asyncio.wait_for(receive(), timeout=max(_BODY_FLOOR_S, body_end - time.perf_counter()))
             except asyncio.TimeoutError:
                 raise RequestTimeout(f"the request body did not arrive whole within {body_s:g} s (the body "
                                      "budget is the smaller of the server's body timeout and the request's "

@@ -245,11 +245,16 @@ async def detect_stream(request: Request) -> StreamingResponse:
     svc = _service(request)
     raw, body_deadline = await read_single(request)
     deadline = svc.resolve_deadline(deadline_header(request) or body_deadline)
-    (image,) = await _load(request, [raw], deadline)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    try:
+        (image,) = await _load(request, [raw], deadline)
+    except DeadlineExceeded:  # as /v1/detect: the prior, marked degraded (not a 504)
+        prior = svc.prior_decision(raw.source, "the deadline passed before the image was decoded")
+        return StreamingResponse(iter([_sse("decision", public_decision(prior))]), media_type="text/event-stream",
+                                 headers=headers)
     events: asyncio.Queue[TierEvent] = asyncio.Queue()
     (future,) = svc.submit([image], deadline_s=deadline, on_event=events.put_nowait, arrived_at=arrival_time(request))
-    return StreamingResponse(_stream(future, events), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(_stream(future, events), media_type="text/event-stream", headers=headers)
 
 
 async def _stream(future: asyncio.Future, events: asyncio.Queue[TierEvent]) -> AsyncIterator[bytes]:
