@@ -134,11 +134,11 @@ def test_a_decode_past_its_cpu_budget_is_killed_and_the_server_goes_on(live_serv
 
 
 def test_a_batch_shares_one_decode_budget_and_is_refused_whole(live_server, model_dir: Path):
-    srv = live_server(pipeline=str(write_pipeline(model_dir, "batchbudget")), request_decode_cpu_s=0.03,
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "batchbudget")), request_decode_cpu_s=0.05,
                       max_batch_images=64)
-    images = [{"image": base64.b64encode(_noise_png(500, k)).decode()} for k in range(16)]  # ~10 ms each
+    files = [("images", (f"{k}.png", _noise_png(700, k), "image/png")) for k in range(12)]  # ~20 ms of CPU each
     t = time.perf_counter()
-    r = httpx.post(srv.url + "/v1/detect/batch", json={"images": images}, timeout=60)
+    r = httpx.post(srv.url + "/v1/detect/batch", files=files, timeout=60)
     assert r.status_code == 422 and r.json()["error"]["type"] == "decode_budget_exceeded", r.text[:300]
     assert time.perf_counter() - t < 5.0
 

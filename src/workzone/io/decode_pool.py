@@ -10,16 +10,15 @@ passes its budget, then forks a fresh one; the caller gets :class:`DecodeBudgetE
 A :class:`DecodeBudget` is what one request may spend: every image of a batch draws on the same one,
 so a batch of slow images is stopped as a whole once the request's budget is gone.
 
-Pixels come back through the pipe straight into the caller's array (no pickling of pixel data).
-The workers are forked from a forkserver that has already imported numpy and Pillow, so a killed
-worker is replaced in tens of milliseconds.
+Pixels come back through the socket straight into the caller's array (no pickling of pixel data).
+Each worker is a fresh interpreter (``python -m workzone.io.decode_pool``); a killed one is replaced
+in a background thread (a few hundred milliseconds) while the others go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ __all__ = ["DecodeBudget", "DecodePool"]
 log = logging.getLogger("workzone.decode")
 
 _POLL_S = 0.01  # how often a running job's CPU time is read
+_START_S = 60.0  # a decoder process's start-up (a busy machine can take seconds)
 _HEAVY_NICE = 10  # CPU priority of the costly-image lane (CFS gives nice 10 about a tenth of nice 0's share)
 _BIG = 1 << 20  # payloads above this are sent or received in a thread, not on the event loop
 try:
@@ -102,23 +102,47 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, limits: ImageLimits, heavy: bool = False) -> None:
-        parent, child = ctx.Pipe(duplex=True)
-        self.conn: Connection = parent
+    """One decoder: ``python -m workzone.io.decode_pool`` over a socket pair.
+
+    A fresh interpreter, not a fork: the server's threads and locks are not copied into it, and,
+    unlike multiprocessing's spawn and forkserver, it never re-imports the host's ``__main__`` (a
+    script without a main guard would run again in every decoder).
+    """
+
+    def __init__(self, limits: ImageLimits, heavy: bool = False) -> None:
+        import dataclasses
+        import json
+        import socket
+        import subprocess
+        import sys
+
+        mine, theirs = socket.socketpair()
         self.heavy = heavy
-        self.proc = ctx.Process(target=_serve, args=(child, limits, _HEAVY_NICE if heavy else 0), daemon=True,
-                                name="workzone-decode")
-        self.proc.start()
-        child.close()
+        args = [sys.executable, "-m", "workzone.io.decode_pool", str(theirs.fileno()),
+                str(_HEAVY_NICE if heavy else 0), json.dumps(dataclasses.asdict(limits))]
+        self.proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+        theirs.close()
+        self.conn = Connection(mine.detach())
+
+    def wait_ready(self) -> "_Worker":
+        """Block until start-up (imports, Pillow's plugins) is over: its CPU time is not the first job's."""
+        if not self.conn.poll(_START_S) or self.conn.recv() != "ready":
+            self.kill()
+            raise RuntimeError(f"a decoder process did not start within {_START_S:g} s")
+        return self
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def cpu(self) -> float:
-        used = _cpu_seconds(self.proc.pid) if self.proc.pid is not None else None
+        used = _cpu_seconds(self.proc.pid)
         return time.perf_counter() if used is None else used
 
     def kill(self) -> None:
-        if self.proc.is_alive():
+        if self.alive():
             self.proc.kill()
-        self.proc.join(timeout=5)
+        self.proc.wait(timeout=5)
         self.conn.close()
 
 
@@ -149,7 +173,6 @@ class DecodePool:
         self.probe_cpu_s = probe_cpu_s
         self.killed = 0  # workers killed for running past a budget (metrics, tests)
         self.decoded = 0  # images decoded (tests check that a refused request decoded nothing)
-        self._ctx: Any = None
         self._idle: asyncio.Queue[_Worker] | None = None  # the cheap lane
         self._idle_heavy: asyncio.Queue[_Worker] | None = None
         self._all: list[_Worker] = []
@@ -160,13 +183,12 @@ class DecodePool:
         return self._idle is not None
 
     async def start(self) -> None:
-        """Start the forkserver and the workers (in a thread: process start-up blocks)."""
-        ctx = multiprocessing.get_context("forkserver")
-        # Imported once by the forkserver, so each worker (and each replacement) starts warm.
-        ctx.set_forkserver_preload(["workzone.io.decode_pool"])
-        self._ctx = ctx
-        workers = await asyncio.to_thread(lambda: [_Worker(ctx, self.limits, heavy=k >= self.workers)
-                                                   for k in range(self.workers + self.heavy_workers)])
+        """Start the workers (in a thread: process start-up blocks)."""
+        def start_all() -> list[_Worker]:
+            started = [_Worker(self.limits, heavy=k >= self.workers) for k in range(self.workers + self.heavy_workers)]
+            return [w.wait_ready() for w in started]  # they start in parallel
+
+        workers = await asyncio.to_thread(start_all)
         self._all = list(workers)
         self._idle, self._idle_heavy = asyncio.Queue(), asyncio.Queue()
         for w in workers:
@@ -277,7 +299,7 @@ class DecodePool:
                     return "budget"
                 if end is not None and time.perf_counter() > end:
                     return "deadline"
-                if not worker.proc.is_alive():
+                if not worker.alive():
                     raise EOFError("the decoder process exited")
         finally:
             loop.remove_reader(fd)
@@ -309,6 +331,35 @@ class DecodePool:
 
     def _swap(self, worker: _Worker) -> _Worker:
         worker.kill()
-        fresh = _Worker(self._ctx, self.limits, heavy=worker.heavy)
+        fresh = _Worker(self.limits, heavy=worker.heavy).wait_ready()
         self._all = [fresh if w is worker else w for w in self._all]
         return fresh
+
+
+def _main(argv: list[str]) -> None:  # pragma: no cover - the worker's entry point
+    import json
+
+    fd, nice, limits = int(argv[0]), int(argv[1]), ImageLimits(**json.loads(argv[2]))
+    conn = Connection(fd)
+    _warm_up()
+    conn.send("ready")
+    _serve(conn, limits, nice)
+
+
+def _warm_up() -> None:  # pragma: no cover - runs in the worker
+    """Load Pillow's plugins and codecs now, so that a first job's CPU time is its own."""
+    import io
+
+    from PIL import Image as PILImage
+
+    PILImage.init()
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        buf = io.BytesIO()
+        PILImage.new("RGB", (32, 32)).save(buf, fmt)
+        decode_image(buf.getvalue())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    _main(sys.argv[1:])
