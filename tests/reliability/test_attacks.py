@@ -322,3 +322,10 @@ def test_a_stream_whose_deadline_passes_before_decoding_gets_the_prior_not_a_504
                    headers={"Content-Type": "image/png", "X-Deadline-S": "0.001"})
     assert r.status_code == 200 and r.text.startswith("event: decision")
     assert '"degraded":true' in r.text
+
+
+def test_a_one_image_batch_whose_deadline_passes_gets_the_prior_not_a_504(fuzz_like_server):
+    b64 = base64.b64encode(load_seeds()["rgb.png"]).decode()
+    r = httpx.post(fuzz_like_server.url + "/v1/detect/batch", json={"images": [{"image": b64}]}, timeout=10,
+                   headers={"X-Deadline-S": "0.001"})
+    assert r.status_code == 200 and r.json()["results"][0]["decision"]["degraded"], r.text[:300]

@@ -164,7 +164,7 @@ async def detect_batch(request: Request) -> dict[str, Any]:
     raws, body_deadline = await read_batch(request, settings.max_batch_images)
     deadline = svc.resolve_deadline(deadline_header(request) or body_deadline)
     arrived = arrival_time(request)
-    loaded = await _load(request, raws, deadline)
+    loaded = await _load(request, raws, deadline, batch=True)
     results: list[dict[str, Any]] = [{"index": i} for i in range(len(raws))]
     ok = [i for i, x in enumerate(loaded) if not isinstance(x, BaseException)]
     for i, x in enumerate(loaded):
@@ -185,14 +185,14 @@ async def detect_batch(request: Request) -> dict[str, Any]:
     return {"results": results}
 
 
-async def _load(request: Request, raws: list[RawImage], deadline: float | None) -> list[Any]:
+async def _load(request: Request, raws: list[RawImage], deadline: float | None, batch: bool = False) -> list[Any]:
     """Fetch and decode a request's inputs within its deadline and its decode budget: every image's
     header is read first and its pixels are reserved against the memory budget (all images of the
     request at once) before any pixel is decoded.
 
     Returns:
         Per input, the decoded image or the exception that input raised (``InvalidImageError``,
-        ``DeadlineExceeded``, a URL error); a single input's exception is raised instead.
+        ``DeadlineExceeded``, a URL error) when ``batch``; otherwise the one input's exception is raised.
 
     Raises:
         Overloaded: the request's pixels would pass the memory budget.
@@ -207,7 +207,7 @@ async def _load(request: Request, raws: list[RawImage], deadline: float | None) 
         return data, await svc.probe(data, raw.source, end=end, budget=budget)
 
     heads = await asyncio.gather(*(head(r) for r in raws), return_exceptions=True)
-    _raise_request_wide(heads, single=len(raws) == 1)
+    _raise_request_wide(heads, single=not batch)
     reserve(request, sum(h[1].out_bytes for h in heads if not isinstance(h, BaseException)))
 
     async def body(raw: RawImage, h: Any) -> Any:
@@ -216,7 +216,7 @@ async def _load(request: Request, raws: list[RawImage], deadline: float | None) 
         return await svc.decode(h[0], raw.source, end=end, budget=budget, cost_s=h[1].cost_s)
 
     loaded = await asyncio.gather(*(body(r, h) for r, h in zip(raws, heads)), return_exceptions=True)
-    _raise_request_wide(loaded, single=len(raws) == 1)
+    _raise_request_wide(loaded, single=not batch)
     return loaded
 
 
