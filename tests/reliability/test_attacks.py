@@ -329,3 +329,28 @@ def test_a_one_image_batch_whose_deadline_passes_gets_the_prior_not_a_504(fuzz_l
     r = httpx.post(fuzz_like_server.url + "/v1/detect/batch", json={"images": [{"image": b64}]}, timeout=10,
                    headers={"X-Deadline-S": "0.001"})
     assert r.status_code == 200 and r.json()["results"][0]["decision"]["degraded"], r.text[:300]
+
+
+def test_a_client_whose_images_keep_being_refused_is_slowed_down_others_are_not(live_server, model_dir: Path, attacks):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "penalty")), refusal_penalty_s=0.5)
+    bomb, good = attacks["rle_bmp_4000"], load_seeds()["baseline.jpg"]
+
+    async def go() -> tuple[list[float], float]:
+        from tests.reliability.fuzz import HttpRequest, raw_request
+
+        times = []
+        for _ in range(8):  # back to back from the attacker's address
+            r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/bmp", bomb), 10, ATTACKER)
+            assert r.status == 422
+            times.append(r.latency_s)
+        r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/jpeg", good), 10)
+        assert r.status == 200
+        return times, r.latency_s
+
+    try:
+        socket.socket().bind((ATTACKER, 0))
+    except OSError:
+        pytest.skip(f"cannot bind {ATTACKER}")
+    times, honest = asyncio.run(go())
+    assert max(times[:5]) < 0.4 and min(times[6:]) >= 0.5  # past 5 refusals, each costs the attacker 0.5 s
+    assert honest < 0.4

@@ -9,6 +9,9 @@ A body that is still arriving is not queued work: it counts only against its cli
 (``max_uploads_per_client``), and it must arrive whole within the body budget (the smaller of
 ``body_timeout_s`` and the request's deadline) or the request is answered 408. Once the whole body
 is in, the request is admitted again as work (429 if the work admitted meanwhile leaves no room).
+A client address whose images keep being refused (more than ``free_strikes`` 422s within
+``strike_window_s``) has each further request held ``penalty_s`` before any work: refusing is cheap,
+but a client sending bombs back to back would otherwise take the CPU by sheer rate.
 Body bytes count against the memory budget as they arrive; decoded pixels are reserved from each
 image's header before it is decoded (:func:`reserve`); everything a request held is released when
 its response is sent.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,16 +59,24 @@ class Admission:
         max_held_bytes: bytes (bodies + reserved pixels) held at once before new requests are refused.
         retry_after_s: what refused callers are told to wait.
         max_uploads_per_client: bodies one client address may be sending at once.
+        free_strikes: images a client address may have refused as unreadable (422) within
+            ``strike_window_s`` before its requests are held ``penalty_s`` before any work.
+        strike_window_s: the window those refusals are counted in.
+        penalty_s: how long such a client's requests wait (0: no penalty).
     """
 
     max_inflight: int
     max_held_bytes: int
     retry_after_s: float = 1.0
     max_uploads_per_client: int = 16
+    free_strikes: int = 5
+    strike_window_s: float = 10.0
+    penalty_s: float = 1.0
     inflight: int = 0
     held_bytes: int = 0
     refused: int = 0
     uploads: dict[str, int] = field(default_factory=dict)
+    strikes: dict[str, deque[float]] = field(default_factory=dict)
 
     def check(self, expected_wait_s: float = 0.0, deadline_s: float | None = None) -> None:
         """Raise :class:`Overloaded` when one more request must not be admitted: the in-flight or
@@ -87,6 +99,24 @@ class Admission:
             self.uploads[client] = n
         else:
             self.uploads.pop(client, None)
+
+    def strike(self, client: str) -> None:
+        """Record that ``client`` sent an image that was refused as unreadable or too costly."""
+        now = time.monotonic()
+        if len(self.strikes) > 10_000:  # many addresses: forget the quiet ones
+            for key in [k for k, q in self.strikes.items() if not q or now - q[-1] > self.strike_window_s]:
+                del self.strikes[key]
+        q = self.strikes.setdefault(client, deque(maxlen=self.free_strikes + 1))
+        q.append(now)
+
+    def penalty(self, client: str) -> float:
+        """Seconds ``client``'s next request waits: ``penalty_s`` once it has more than ``free_strikes``
+        refusals within the window, else 0. A client sending bombs back to back then sends one a
+        second, however fast they are refused."""
+        q = self.strikes.get(client)
+        if not self.penalty_s or q is None or len(q) <= self.free_strikes:
+            return 0.0
+        return self.penalty_s if time.monotonic() - q[0] < self.strike_window_s else 0.0
 
     def _refuse(self) -> None:
         self.refused += 1
@@ -177,6 +207,14 @@ class AdmissionMiddleware:
             scope[ENDPOINT_KEY] = scope["path"]
             await error_response(exc, admission.retry_after_s)(scope, receive, send)
             return
+        delay = admission.penalty(client)
+        if delay:  # counted as an upload meanwhile: a flood of held connections meets the upload limit
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                admission.end_upload(client)
+                raise
+            arrived = scope[_ARRIVED] = time.perf_counter()  # its deadline starts when its work may start
         held = [0, admission]
         scope[_HELD] = held
         body_s = self.body_timeout_s if deadline is None else min(self.body_timeout_s, deadline)
@@ -217,8 +255,13 @@ class AdmissionMiddleware:
                 admission.end_upload(client)
             return message
 
+        async def watched_send(message: "Message") -> None:
+            if message["type"] == "http.response.start" and message.get("status") == 422:
+                admission.strike(client)  # an unreadable or too costly image: see Admission.penalty
+            await send(message)
+
         try:
-            await self.app(scope, timed_receive, send)
+            await self.app(scope, timed_receive, watched_send)
         finally:
             if uploading:
                 admission.end_upload(client)

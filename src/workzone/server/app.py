@@ -86,7 +86,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.admission = admission = Admission(settings.max_inflight, settings.max_held_bytes,
                                                 float(settings.retry_after_s),
-                                                max_uploads_per_client=settings.max_uploads_per_client)
+                                                max_uploads_per_client=settings.max_uploads_per_client,
+                                                penalty_s=settings.refusal_penalty_s)
     register_exception_handlers(app, default_retry_after=float(settings.retry_after_s))
     attach_routes(app)
     attach_ui(app)

@@ -49,6 +49,9 @@ class ServerSettings(BaseSettings):
     max_uploads_per_client: int = Field(default=16, ge=1, description="request bodies one client address (IPv6: "
                                         "its /64) may be sending at once; more are refused (429) before their "
                                         "body is read. Bodies still arriving are not counted as queued work")
+    refusal_penalty_s: float = Field(default=1.0, ge=0, le=60, description="a client address with more than 5 "
+                                     "images refused (422) in 10 s has each further request held this long before "
+                                     "any work (0: never)")
     decode_workers: int = Field(default=2, ge=1, le=64, description="images decoded at the same time")
     decode_processes: bool = Field(default=True, description="decode in worker processes that are killed past the "
                                    "CPU budget (false: in threads, which cannot be stopped)")
