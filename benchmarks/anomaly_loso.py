@@ -39,9 +39,9 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 from _machine import describe_machine  # noqa: E402
 
 from workzone.evaluation.metrics import matthews_corrcoef, roc_auc  # noqa: E402
-from workzone.training.anomaly_bank import (build_extractor, export_extractor, greedy_coreset,  # noqa: E402
+from workzone_train.anomaly_bank import (build_extractor, export_extractor, greedy_coreset,  # noqa: E402
                                             onnx_patch_features)
-from workzone.training.data import load_samples  # noqa: E402
+from workzone_train.data import load_samples  # noqa: E402
 
 
 _NET = None
@@ -61,7 +61,7 @@ def pooled_features(pixels, size: int) -> np.ndarray:
     import torch
 
     from workzone.io.images import resize_for_model
-    from workzone.training.model import build_model
+    from workzone_train.model import build_model
 
     torch.set_num_threads(2)
 

@@ -40,7 +40,7 @@ from _machine import describe_machine  # noqa: E402
 
 from workzone.evaluation.metrics import matthews_corrcoef  # noqa: E402
 from workzone.io.images import decode_image, resize_for_model  # noqa: E402
-from workzone.training.data import load_samples  # noqa: E402
+from workzone_train.data import load_samples  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Initializers smaller than this stay fp32 in ``fp16-weights``: they are shapes, axes and scalars
@@ -61,7 +61,7 @@ def convert_fp16(model_path: Path, out: Path) -> Path:
 
 def convert_fp16_weights(model_path: Path, out: Path) -> Path:
     """fp16 storage of the float weights only; a Cast back to fp32 feeds each original consumer."""
-    from workzone.training.export import store_weights_fp16
+    from workzone_train.export import store_weights_fp16
 
     return store_weights_fp16(model_path, out, min_elements=_MIN_WEIGHT_ELEMENTS)
 

@@ -70,8 +70,8 @@ def _stand_in_pipeline(folder: Path) -> Path:
     """EfficientNet-Lite0 (random init) -> ONNX, in a one-tier pipeline."""
     import json
 
-    from workzone.training.export import export_onnx
-    from workzone.training.model import build_model
+    from workzone_train.export import export_onnx
+    from workzone_train.model import build_model
 
     model = build_model("efficientnet_lite0", pretrained=False).eval()
     onnx_path = export_onnx(model, folder / "stand_in_lite0.onnx", size=224)

@@ -485,7 +485,7 @@ def kill9(args: argparse.Namespace) -> list[str]:
         out = root / "compact"
         kills = torn = 0
         for _ in range(14):
-            proc = subprocess.Popen([sys.executable, "-m", "workzone.cli.main", "compact-data", str(root / "manifest.csv"),
+            proc = subprocess.Popen([sys.executable, "-m", "workzone.cli.main", "train", "compact-data", str(root / "manifest.csv"),
                                      "--out", str(out)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0.8, 3.0))
             if proc.poll() is None:
@@ -493,7 +493,7 @@ def kill9(args: argparse.Namespace) -> list[str]:
                 kills += 1
             proc.wait()
             torn += sum(1 for p in out.rglob("*.jpg") if not is_complete_jpeg(p))
-        rc = subprocess.run([sys.executable, "-m", "workzone.cli.main", "compact-data", str(root / "manifest.csv"),
+        rc = subprocess.run([sys.executable, "-m", "workzone.cli.main", "train", "compact-data", str(root / "manifest.csv"),
                              "--out", str(out)], env=ENV, capture_output=True).returncode
         jpgs = list(out.rglob("*.jpg"))
         ok = sum(1 for p in jpgs if is_complete_jpeg(p) and PILImage.open(p).size)

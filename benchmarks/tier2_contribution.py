@@ -34,7 +34,7 @@ from _machine import describe_machine  # noqa: E402
 from workzone.evaluation.metrics import matthews_corrcoef  # noqa: E402
 from workzone.io.images import decode_image  # noqa: E402
 from workzone.stages.registry import create_stage  # noqa: E402
-from workzone.training.data import load_samples  # noqa: E402
+from workzone_train.data import load_samples  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[1] / "src" / "workzone" / "models"
 STAGES = {
@@ -110,7 +110,7 @@ def main() -> None:
         f"- date: {dt.date.today().isoformat()}",
         f"- machine: {describe_machine()}",
         f"- data: split `{args.split}` of `{Path(args.manifest).parent.name}`, {len(y)} images ({int(y.sum())} road work), "
-        "reviewed label fixes applied (`workzone.training.data.LABEL_FIXES`)",
+        "reviewed label fixes applied (`workzone_train.data.LABEL_FIXES`)",
         f"- command: `python benchmarks/tier2_contribution.py --split {args.split} --folds {args.folds}`",
         f"- fusion: logistic regression on stage log-odds (+ an abstain indicator for OCR), fitted on `{args.split}` by "
         f"{args.folds}-fold stratified cross-validation; MCC on out-of-fold predictions, decision p > 0.5; weights shown "

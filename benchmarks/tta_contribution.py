@@ -39,7 +39,7 @@ from workzone.fusion.calibration import fit_logistic  # noqa: E402
 from workzone.fusion.pooling import pool_log_odds  # noqa: E402
 from workzone.io.images import decode_image  # noqa: E402
 from workzone.stages.registry import create_stage  # noqa: E402
-from workzone.training.data import load_samples  # noqa: E402
+from workzone_train.data import load_samples  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "builtin:roadwork_lite0.onnx"
@@ -144,7 +144,7 @@ def main() -> None:
         f"- machine: {describe_machine()}",
         f"- command: `{cmd}`",
         f"- data: split `{args.split}` of `{Path(args.manifest).parent.name}`, {len(y)} images ({int(y.sum())} road work), "
-        "reviewed label fixes applied (`workzone.training.data.LABEL_FIXES`)",
+        "reviewed label fixes applied (`workzone_train.data.LABEL_FIXES`)",
         f"- model: `{MODEL}` through the `onnx_classifier` stage; crops are centre + 4 corners at the default "
         "`crop_scale` 0.8, each view averaged in logit space",
         f"- undecided after tier 1 of `{pipeline_rel}`: fused p = sigmoid({tier.fusion.bias:g} + "

@@ -2,7 +2,7 @@
 
 Why a drawn sample: the repository may only ship images whose licence allows redistribution. CamVid
 (CC BY-NC 4.0) does, with attribution and a note of the changes; the work-zone props are drawn by
-this project's own renderer (``workzone.training.props``), not cut from unlicensed photos. The
+this project's own renderer (``workzone_train.props``), not cut from unlicensed photos. The
 frame is from the development set's ``dev`` split (never trained on); seed 2 gives a row of
 channelizer posts closing the right lane.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workzone.training.synth import paste_work_zone
+from workzone_train.synth import paste_work_zone
 
 FRAME = "images/camvid/0016e5_07959.jpg"
 SEED = 2

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from workzone.stages.base import Stage, StageParams
 from workzone.stages.registry import register_stage
-from workzone.types import Evidence, Image, StageOutput
+from workzone.types import EarlierReports, Evidence, Image, StageOutput
 
 
 class RednessParams(StageParams):
@@ -22,7 +22,7 @@ class RednessStage(Stage):
 
     Params = RednessParams
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.calls = getattr(self, "calls", 0) + len(batch)
         out = []
         for im in batch:
@@ -39,7 +39,7 @@ class FailParams(StageParams):
 class FailingStage(Stage):
     Params = FailParams
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         raise RuntimeError(self.params.message)
 
 
@@ -51,17 +51,15 @@ class SleepParams(StageParams):
 class SleepyStage(Stage):
     Params = SleepParams
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         await asyncio.sleep(self.params.seconds)
         return [StageOutput(5.0) for _ in batch]
 
 
 @register_stage("test_evidence_counter", replace=True)
 class EvidenceCounterStage(Stage):
-    """Scores by how many earlier stages said road work: exercises ``needs_evidence``."""
+    """Scores by how many earlier stages said road work: exercises the ``evidence`` argument."""
 
-    needs_evidence = True
-
-    async def predict(self, batch: Sequence[Image], prior=None) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         return [StageOutput(float(sum(1 for r in reps if (r.log_odds or 0) > 0)),
-                            Evidence(notes=(",".join(r.stage for r in reps),))) for reps in prior]
+                            Evidence(notes=(",".join(r.stage for r in reps),))) for reps in evidence or [()] * len(batch)]

@@ -7,7 +7,7 @@ import workzone
 def test_all_is_pinned():
     assert sorted(workzone.__all__) == sorted([
         "BackendUnavailable", "Box", "Cascade", "ConfigError", "DataError", "DeadlineExceeded", "Decision",
-        "Evidence", "Image", "ImageLimits", "InvalidImageError", "MissingExtraError", "ModelFileError",
+        "Evidence", "FrameRef", "Image", "ImageLimits", "InvalidImageError", "MissingExtraError", "ModelFileError",
         "Pipeline", "Stage", "StageContext", "StageError", "StageOutput", "StageParams", "StageReport",
         "TextRead", "TierEvent", "UnknownStageKind", "WorkzoneError", "create_stage", "decode_image",
         "list_stages", "load_pipeline", "load_pipeline_config", "parse_pipeline", "register_stage",

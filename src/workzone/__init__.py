@@ -26,13 +26,13 @@ from workzone.errors import (
 from workzone.io.images import ImageLimits, decode_image
 from workzone.stages.base import Stage, StageContext, StageParams
 from workzone.stages.registry import create_stage, list_stages, register_stage
-from workzone.types import Box, Decision, Evidence, Image, StageOutput, StageReport, TextRead
+from workzone.types import Box, Decision, Evidence, FrameRef, Image, StageOutput, StageReport, TextRead
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable", "Box", "Cascade", "ConfigError", "DataError", "DeadlineExceeded", "Decision",
-    "Evidence", "Image", "ImageLimits", "InvalidImageError", "MissingExtraError", "ModelFileError",
+    "Evidence", "FrameRef", "Image", "ImageLimits", "InvalidImageError", "MissingExtraError", "ModelFileError",
     "Pipeline", "Stage", "StageContext", "StageError", "StageOutput", "StageParams", "StageReport",
     "TextRead", "TierEvent", "UnknownStageKind", "WorkzoneError", "create_stage", "decode_image",
     "list_stages", "load_pipeline", "load_pipeline_config", "parse_pipeline", "register_stage",

@@ -1,12 +1,13 @@
 """The synchronous Python API: ``workzone.load_pipeline("default").predict(image)``.
 
-The cascade is async (stages overlap, remote stages share a client), so the sync facade owns a
-private event loop in a background thread; every stage lives on that loop.
+A thin blocking shell over the :class:`~workzone.service.DetectionService` that the server, the miner
+and batch jobs use too: the service decodes (its decode policy: CPU, or nvJPEG on a CUDA device) and
+runs the cascade; this class owns a private event loop in a background thread, where the service and
+every stage live.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -14,27 +15,56 @@ from workzone._loop import LoopThread
 from workzone.cascade import Cascade, EventCallback
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
-from workzone.io.images import DEFAULT_LIMITS, ImageLimits, decode_image
+from workzone.io.images import DEFAULT_LIMITS, ImageLimits
+from workzone.service import DetectionService
 from workzone.types import Decision, Image
 
 __all__ = ["Pipeline", "load_pipeline"]
 
-class Pipeline:
-    """A loaded cascade with a blocking API. Close it (or use ``with``) to free its models."""
 
-    def __init__(self, config: PipelineConfig, base_dir: Path, *, device: str = "cpu",
-                 limits: ImageLimits = DEFAULT_LIMITS, extras: dict[str, Any] | None = None) -> None:
-        self.config = config
-        self.limits = limits
-        self.cascade = Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras)
-        # On a CUDA device with torch, encoded bytes are decoded in batches straight into GPU memory.
-        self._decoder = _device_decoder(device, limits)
+class Pipeline:
+    """A loaded cascade with a blocking API. Close it (or use ``with``) to free its models.
+
+    Args:
+        config: a validated pipeline (ignored when ``service`` is given).
+        base_dir: folder its relative paths resolve against.
+        device: ``cpu`` or ``cuda[:N]``.
+        limits: limits every decoded image respects.
+        extras: dependencies injected into the stages.
+        service: an existing, not yet started service to drive instead of building one.
+    """
+
+    def __init__(self, config: PipelineConfig | None = None, base_dir: Path = Path("."), *, device: str = "cpu",
+                 limits: ImageLimits = DEFAULT_LIMITS, extras: dict[str, Any] | None = None,
+                 service: DetectionService | None = None) -> None:
+        if service is None:
+            if config is None:
+                raise TypeError("Pipeline needs a config or a service")
+            service = DetectionService.from_config(config, base_dir, device=device, extras=extras, limits=limits)
+        self.service = service
         self._loop = LoopThread("workzone-loop")
         try:
-            self._loop.run(self.cascade.start())
+            self._loop.run(self.service.start())
         except BaseException:
             self._loop.stop()
+            self.service.decoder.close()
             raise
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.service.config
+
+    @property
+    def limits(self) -> ImageLimits:
+        return self.service.limits
+
+    @property
+    def cascade(self) -> Cascade:
+        return self.service.cascade
+
+    def decode(self, items: Sequence[Any], sources: Sequence[str | None] | None = None) -> list[Image]:
+        """Decode inputs with the service's decode policy (raises InvalidImageError on a bad one)."""
+        return self.service.decoder.decode(items, sources)
 
     def predict(self, image: Any, *, deadline_s: float | None = None) -> Decision:
         """Decide one image (path, bytes, base64, PIL image, numpy array)."""
@@ -43,15 +73,11 @@ class Pipeline:
     def predict_batch(self, images: Sequence[Any], *, deadline_s: float | None = None,
                       on_event: EventCallback | None = None, run_all: bool = False) -> list[Decision]:
         """Decide many images at once; undecided images move through the tiers together."""
-        if self._decoder is not None and all(isinstance(x, (bytes, bytearray, memoryview)) for x in images):
-            decoded = self._decoder.decode(images)
-        else:
-            decoded = [decode_image(x, limits=self.limits) for x in images]
-        return self.run_decoded(decoded, deadline_s=deadline_s, on_event=on_event, run_all=run_all)
+        return self.run_decoded(self.decode(images), deadline_s=deadline_s, on_event=on_event, run_all=run_all)
 
     def run_decoded(self, images: Sequence[Image], *, deadline_s: float | None = None,
                     on_event: EventCallback | None = None, run_all: bool = False) -> list[Decision]:
-        return self._loop.run(self.cascade.run(images, deadline_s=deadline_s, on_event=on_event, run_all=run_all))
+        return self._loop.run(self.service.run(images, deadline_s=deadline_s, on_event=on_event, run_all=run_all))
 
     def iter_predict(self, images: Iterable[Any], batch_size: int = 8) -> Iterable[Decision]:
         """Stream decisions over a long iterable, ``batch_size`` images at a time."""
@@ -66,30 +92,15 @@ class Pipeline:
 
     def close(self) -> None:
         try:
-            self._loop.run(self.cascade.aclose(), timeout=30)
+            self._loop.run(self.service.aclose(), timeout=30)
         finally:
             self._loop.stop()
-            if self._decoder is not None:
-                self._decoder.close()
 
     def __enter__(self) -> "Pipeline":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _device_decoder(device: str, limits: ImageLimits) -> Any:
-    """A batched GPU decoder for ``device`` (:mod:`workzone.accel.decode`), or None on the CPU or without torch."""
-    if not device.startswith("cuda") or importlib.util.find_spec("torchvision") is None:
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    from workzone.accel.decode import DeviceDecoder
-
-    return DeviceDecoder(device, limits=limits)
 
 
 def load_pipeline(ref: str | Path = "default", *, device: str = "cpu", limits: ImageLimits = DEFAULT_LIMITS,

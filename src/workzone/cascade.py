@@ -238,7 +238,7 @@ class Cascade:
                         degraded=True, degraded_reason=why)
 
     async def _run_stage(self, stage: Stage, ti: int, batch: list[Image], remaining: float | None,
-                         prior: list[tuple[StageReport, ...]]) -> list[StageReport]:
+                         evidence: list[tuple[StageReport, ...]]) -> list[StageReport]:
         timeout = self._timeouts.get(stage.name)
         if remaining is not None:
             timeout = remaining if timeout is None else min(timeout, remaining)
@@ -247,7 +247,7 @@ class Cascade:
         error_type: str | None = None
         outputs: list[StageOutput] | None = None
         try:
-            call = stage.predict(batch, prior=prior) if stage.needs_evidence else stage.predict(batch)
+            call = stage.predict(batch, evidence=evidence)
             outputs = await asyncio.wait_for(call, timeout=timeout)
             if len(outputs) != len(batch):
                 raise StageError(stage.name, f"returned {len(outputs)} results for {len(batch)} images")

@@ -1,12 +1,15 @@
 """The detection service: decode, queue into the micro-batcher, run the cascade under deadlines.
 
-It is core: it knows no HTTP routes (the server's routes, the SN72 miner and batch jobs all drive
-it) and imports no web framework. One instance owns one :class:`~workzone.cascade.Cascade` for the life of the process.
+It is core: it knows no HTTP routes (the server's routes, the SN72 miner, batch jobs and the sync
+:class:`workzone.api.Pipeline` all drive it) and imports no web framework. One instance owns one
+:class:`~workzone.cascade.Cascade` and one :class:`ImageDecoder` (the decode policy: CPU, or nvJPEG on a
+CUDA device) for the life of the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass
@@ -18,12 +21,12 @@ from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
 from workzone.io.decode_pool import DecodeBudget, DecodePool
-from workzone.io.images import ImageHeader, ImageLimits, decode_image, probe_image
+from workzone.io.images import DEFAULT_LIMITS, ImageHeader, ImageLimits, decode_image, probe_image
 from workzone.errors import DeadlineExceeded, NotReady
 from workzone._memory import Trimmer
 from workzone.types import Decision, Image
 
-__all__ = ["DetectionService", "ServiceObserver", "EventHandler"]
+__all__ = ["DetectionService", "ImageDecoder", "ServiceObserver", "EventHandler"]
 
 log = logging.getLogger("workzone.service")
 
@@ -40,6 +43,70 @@ class ServiceObserver(Protocol):
     def on_batch(self, size: int, waited_s: float) -> None: ...
 
     def on_decision(self, decision: Decision) -> None: ...
+
+
+class ImageDecoder:
+    """The one decode policy of a service: Pillow on the CPU for any input; on a CUDA device with
+    torchvision, batches of encoded bytes decoded by nvJPEG straight into GPU memory. With
+    ``processes`` (the HTTP server's default), a caller's encoded bytes on the CPU are decoded in
+    worker processes that are killed past a CPU budget (:mod:`workzone.io.decode_pool`).
+
+    Args:
+        device: the cascade's device (``cpu``, ``cuda``, ``cuda:N``).
+        limits: size, memory and work limits every decoded image respects.
+        processes: the decoder processes for untrusted bytes (:meth:`decode_bytes`), or None.
+    """
+
+    def __init__(self, device: str = "cpu", *, limits: ImageLimits = DEFAULT_LIMITS,
+                 processes: DecodePool | None = None) -> None:
+        self.limits = limits
+        self._device = _device_decoder(device, limits)
+        # nvJPEG decodes a GPU server's JPEGs; the processes serve the CPU policy.
+        self.processes = processes if self._device is None else None
+
+    def decode(self, items: Sequence[Any], sources: Sequence[str | None] | None = None) -> list[Image]:
+        """Decode ``items`` (path, bytes, base64, PIL image, numpy array, Image), in order.
+
+        Raises:
+            InvalidImageError: an item cannot be decoded or breaks a limit.
+        """
+        labels = list(sources) if sources is not None else [None] * len(items)
+        if self._device is not None and items and all(isinstance(x, (bytes, bytearray, memoryview)) for x in items):
+            return self._device.decode(items, [s or "<bytes>" for s in labels])
+        return [decode_image(x, limits=self.limits, source=s) for x, s in zip(items, labels)]
+
+    async def probe_bytes(self, data: bytes, source: str, budget: DecodeBudget, end: float | None) -> ImageHeader:
+        """The header of encoded bytes, checked against every limit (in a decoder process, if any)."""
+        if self.processes is not None:
+            return await self.processes.probe(data, source, budget, end)
+        return await asyncio.to_thread(probe_image, data, limits=self.limits, source=source)
+
+    async def decode_bytes(self, data: bytes, source: str, budget: DecodeBudget, end: float | None,
+                           cost_s: float = 0.0) -> Image:
+        """Decode encoded bytes: in a decoder process under ``budget`` (``cost_s``, the header's
+        estimate, picks its lane), else with :meth:`decode` in a thread."""
+        if self.processes is not None:
+            return await self.processes.decode(data, source, budget, end, cost_s)
+        return (await asyncio.to_thread(self.decode, [data], [source]))[0]
+
+    def close(self) -> None:
+        if self._device is not None:
+            self._device.close()
+        if self.processes is not None:
+            self.processes.close()
+
+
+def _device_decoder(device: str, limits: ImageLimits) -> Any:
+    """A batched GPU decoder for ``device`` (:mod:`workzone.accel.decode`), or None on the CPU or without torch."""
+    if not device.startswith("cuda") or importlib.util.find_spec("torchvision") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from workzone.accel.decode import DeviceDecoder
+
+    return DeviceDecoder(device, limits=limits)
 
 
 @dataclass(frozen=True)
@@ -59,25 +126,22 @@ class DetectionService:
         default_deadline_s: deadline of a request that gives none (``None``: the pipeline's).
         max_deadline_s: cap on any deadline.
         observer: receives batch sizes and decisions (metrics).
-        decode_workers: images decoded at the same time (each within ``limits.max_decode_bytes``).
-        decode_processes: decode in worker processes that are killed past the CPU budget (else in
-            threads, which cannot be stopped).
-        image_decode_cpu_s: most CPU seconds one image's decode may take (worker processes only).
-        request_decode_cpu_s: most CPU seconds all images of one request may take together.
-        heavy_decode_s: expected decode seconds (from the header) above which an image is decoded in
-            the costly-image lane (one process, lower CPU priority).
+        decode_workers: images decoded at the same time in threads (each within
+            ``limits.max_decode_bytes``), when the decoder has no processes (those have their own count).
+        decoder: the decode policy (default: the CPU within ``limits``; :meth:`from_config` picks it for the device).
+        request_decode_cpu_s: most CPU seconds the decodes of one request may take together (in
+            decoder processes; a batch shares it).
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
-                 decode_workers: int = 2, decode_processes: bool = True, image_decode_cpu_s: float = 1.0,
-                 request_decode_cpu_s: float = 2.0, heavy_decode_s: float = 0.2) -> None:
+                 decode_workers: int = 2, decoder: ImageDecoder | None = None,
+                 request_decode_cpu_s: float = 2.0) -> None:
         self.cascade = cascade
-        self._decode_slots = asyncio.Semaphore(decode_workers)
-        self.decoder: DecodePool | None = (DecodePool(decode_workers, limits, image_cpu_s=image_decode_cpu_s,
-                                                      heavy_s=heavy_decode_s) if decode_processes else None)
+        self.decoder = decoder or ImageDecoder(limits=limits)
         self.request_decode_cpu_s = request_decode_cpu_s
+        self._decode_slots = asyncio.Semaphore(decode_workers)
         self._trimmer = Trimmer()
         #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
         self.seconds_per_image: float | None = None
@@ -95,7 +159,15 @@ class DetectionService:
                       **kwargs: Any) -> "DetectionService":
         """Build from a built-in pipeline name or YAML path (validates the file; loads no weights)."""
         config, path = load_pipeline_config(ref)
-        return cls(Cascade.from_config(config, base_dir=path.parent, device=device, extras=extras), **kwargs)
+        return cls.from_config(config, path.parent, device=device, extras=extras, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, base_dir: Path, *, device: str = "cpu",
+                    extras: dict[str, Any] | None = None, **kwargs: Any) -> "DetectionService":
+        """Build from a validated config whose relative paths resolve against ``base_dir`` (loads no weights)."""
+        if "decoder" not in kwargs:
+            kwargs["decoder"] = ImageDecoder(device, limits=kwargs.get("limits", ImageLimits()))
+        return cls(Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras), **kwargs)
 
     @property
     def config(self) -> PipelineConfig:
@@ -106,8 +178,8 @@ class DetectionService:
         """Load and warm up every stage, then accept work. Raises what the cascade raises."""
         self.state = "starting"
         try:
-            if self.decoder is not None and not self.decoder.started:
-                await self.decoder.start()
+            if self.decoder.processes is not None and not self.decoder.processes.started:
+                await self.decoder.processes.start()
             await self.cascade.start()
         except BaseException as exc:
             self.state = "failed"
@@ -147,9 +219,10 @@ class DetectionService:
             await asyncio.gather(self._start_task, return_exceptions=True)
         self.state = "stopping"
         await self.batcher.aclose(timeout)
-        await self.cascade.aclose()
-        if self.decoder is not None:
-            await self.decoder.aclose()
+        try:
+            await self.cascade.aclose()
+        finally:
+            self.decoder.close()
         self.state = "stopped"
 
     # -- inputs ----------------------------------------------------------------------------------
@@ -160,21 +233,21 @@ class DetectionService:
     async def probe(self, data: bytes, source: str = "<bytes>", *, end: float | None = None,
                     budget: DecodeBudget | None = None) -> ImageHeader:
         """Check the image's header against every limit and say what its pixels will weigh, without
-        decoding a pixel (in a decoder process, under ``budget``, like :meth:`decode`).
+        decoding a pixel (through the decoder, under ``budget``, like :meth:`decode`).
 
         Raises:
             InvalidImageError: not an image, or over a limit (``DecodeBudgetExceeded``: over the budget).
             DeadlineExceeded: no decoder came free before ``end``.
         """
-        if self.decoder is not None:
-            return await self.decoder.probe(data, source, budget or self.decode_budget(), end)
-        return await self._in_thread(probe_image, data, source, end)
+        if self.decoder.processes is not None:
+            return await self.decoder.probe_bytes(data, source, budget or self.decode_budget(), end)
+        return await self._in_slot(self.decoder.probe_bytes(data, source, budget or self.decode_budget(), end), end)
 
     async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None,
                      budget: DecodeBudget | None = None, cost_s: float = 0.0) -> Image:
-        """Decode encoded image bytes, ``decode_workers`` at a time (the memory and work guards run on
-        the header first): in a decoder process stopped past ``budget`` (and the per-image budget),
-        or in a thread when the service was built with ``decode_processes=False``.
+        """Decode encoded image bytes through the service's decoder (the memory and work guards run on
+        the header first): in its processes, stopped past ``budget`` and the per-image budget, or in
+        a thread, ``decode_workers`` at a time.
 
         Args:
             data: the encoded image.
@@ -182,27 +255,41 @@ class DetectionService:
             end: absolute deadline (``time.perf_counter()`` clock) for the decode.
             budget: the request's decode budget (a fresh one when omitted).
             cost_s: the header's decode cost estimate (:meth:`probe`): costly images use their own,
-                lower-priority decoders.
+                lower-priority decoder process.
 
         Raises:
             InvalidImageError: not an image, truncated, or over a limit (``DecodeBudgetExceeded``:
                 over the CPU budget).
             DeadlineExceeded: no decoder came free, or the decode did not finish, before ``end``.
         """
-        if self.decoder is not None:
-            return await self.decoder.decode(data, source, budget or self.decode_budget(), end, cost_s)
-        return await self._in_thread(decode_image, data, source, end)
+        work = self.decoder.decode_bytes(data, source, budget or self.decode_budget(), end, cost_s)
+        if self.decoder.processes is not None:
+            return await work
+        return await self._in_slot(work, end)
 
-    async def _in_thread(self, fn: Any, data: bytes, source: str, end: float | None) -> Any:
+    async def _in_slot(self, work: Awaitable[Any], end: float | None) -> Any:
         wait = None if end is None else max(0.0, end - time.perf_counter())
         try:
             await asyncio.wait_for(self._decode_slots.acquire(), timeout=wait)
         except asyncio.TimeoutError:
+            if asyncio.iscoroutine(work):
+                work.close()
             raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
         try:
-            return await asyncio.to_thread(fn, data, limits=self.limits, source=source)
+            return await work
         finally:
             self._decode_slots.release()
+
+    async def run(self, images: Sequence[Image], *, deadline_s: float | None = None,
+                  on_event: Callable[[TierEvent], Any] | None = None, run_all: bool = False) -> list[Decision]:
+        """Decide a batch the caller formed itself (batch jobs, the sync API): straight to the cascade,
+        past the micro-batcher, which exists to gather concurrent single requests."""
+        self.check_ready()
+        decisions = await self.cascade.run(images, deadline_s=deadline_s, on_event=on_event, run_all=run_all)
+        if self.observer is not None:
+            for d in decisions:
+                self.observer.on_decision(d)
+        return decisions
 
     def prior_decision(self, source: str, why: str) -> Decision:
         """The answer when no stage could run in time: the pipeline's prior, marked degraded."""

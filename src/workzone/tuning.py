@@ -68,7 +68,7 @@ def measure_stage_costs(run_all, images: list, *, repeats: int = 5) -> dict[str,
 
 
 def read_scores_csv(path) -> tuple[list[dict[str, float | None]], list[int], list[str]]:  # noqa: ANN001
-    """Out-of-fold stage scores written by ``workzone loso-scores``: columns key, label, source, one per stage.
+    """Out-of-fold stage scores written by ``workzone train loso-scores``: columns key, label, source, one per stage.
 
     An empty cell is a stage that abstained. Returns (scores, labels, sources).
     """

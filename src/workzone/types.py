@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,8 +18,10 @@ __all__ = [
     "Evidence",
     "StageOutput",
     "StageReport",
+    "EarlierReports",
     "Decision",
     "Image",
+    "FrameRef",
     "sigmoid",
     "logit",
     "is_road_work",
@@ -56,6 +58,19 @@ def logit(p: float, eps: float = 1e-6) -> float:
 
 
 @dataclass(frozen=True)
+class FrameRef:
+    """Which frame of which stream an image is (a video's frames, as ``workzone batch`` samples them).
+
+    Attributes:
+        stream: the video it came from (its path).
+        index: the frame's index in the decoded stream.
+    """
+
+    stream: str
+    index: int
+
+
+@dataclass(frozen=True)
 class Image:
     """A decoded image: RGB uint8 pixels of shape (H, W, 3) plus where it came from.
 
@@ -63,11 +78,13 @@ class Image:
         pixels: array of shape (H, W, 3), dtype uint8, RGB.
         source: a label for reports (path, "bytes", "upload:<name>").
         original_size: (width, height) of the input before any downscale on decode.
+        frame: the video frame it is, or None for a still image.
     """
 
     pixels: np.ndarray
     source: str = "<memory>"
     original_size: tuple[int, int] | None = None
+    frame: FrameRef | None = None
 
     def __post_init__(self) -> None:
         px = self.pixels
@@ -164,6 +181,11 @@ class StageReport:
     @property
     def probability(self) -> float | None:
         return None if self.log_odds is None else sigmoid(self.log_odds)
+
+
+#: What every stage's ``predict`` is handed as ``evidence``: per image of the batch, the reports of
+#: the stages that ran on it before this one, in order (empty for the first tier).
+EarlierReports = Sequence[Sequence[StageReport]]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from workzone.accel.onnx_graph import load_onnx_module  # noqa: E402
 from workzone.accel.runner import TorchModelRunner  # noqa: E402
 from workzone.errors import ModelFileError  # noqa: E402
-from workzone.training.export import store_weights_fp16  # noqa: E402
+from workzone_train.export import store_weights_fp16  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "src" / "workzone" / "models"
 

@@ -126,7 +126,7 @@ def test_a_decode_past_its_cpu_budget_is_killed_and_the_server_goes_on(live_serv
     r = httpx.post(srv.url + "/v1/detect", content=big, headers={"Content-Type": "image/png"}, timeout=30)
     assert r.status_code == 422 and r.json()["error"]["type"] == "decode_budget_exceeded", r.text
     assert time.perf_counter() - t < 3.0
-    assert srv.app.state.service.decoder.killed >= 1
+    assert srv.app.state.service.decoder.processes.killed >= 1
     assert "workzone_decoder_kills_total 1.0" in httpx.get(srv.url + "/metrics").text
     ok = httpx.post(srv.url + "/v1/detect", content=load_seeds()["baseline.jpg"],
                     headers={"Content-Type": "image/jpeg"}, timeout=30)
@@ -163,7 +163,7 @@ def fuzz_like_server(model_dir: Path):
 def test_pixels_are_reserved_from_the_header_before_decoding(live_server, model_dir: Path, attacks):
     srv = live_server(pipeline=str(write_pipeline(model_dir, "reserve")), max_held_bytes=100 * 2**20)
     webp = base64.b64encode(attacks["webp_4896"]).decode()  # 1 KB that decodes to 48 MiB (after downscaling)
-    decoder = srv.app.state.service.decoder
+    decoder = srv.app.state.service.decoder.processes
     r = httpx.post(srv.url + "/v1/detect/batch", json={"images": [{"image": webp}] * 6}, timeout=60)
     assert r.status_code == 422 and "MiB once decoded" in r.json()["error"]["message"]  # 288 MiB > 100 MiB
     assert decoder.decoded == 0  # refused from the headers: not one pixel decoded
@@ -173,7 +173,7 @@ def test_pixels_are_reserved_from_the_header_before_decoding(live_server, model_
 
     r = httpx.post(srv2.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
                    timeout=60)
-    assert r.status_code == 429 and srv2.app.state.service.decoder.decoded == 0
+    assert r.status_code == 429 and srv2.app.state.service.decoder.processes.decoded == 0
     admission.held_bytes -= 30 * 2**20
     assert _released(admission)
 

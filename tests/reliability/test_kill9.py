@@ -63,7 +63,7 @@ def test_compact_data_killed_mid_run_is_completed_by_a_rerun(dataset: Path, tmp_
     rng = random.Random(12)
     kills = 0
     for _ in range(3):
-        proc = _cli("compact-data", str(dataset), "--out", str(out), "--max-side", "320")
+        proc = _cli("train", "compact-data", str(dataset), "--out", str(out), "--max-side", "320")
         kills += _kill_when(proc, lambda: out.exists() and any(out.rglob("*.jpg")), rng)
     assert kills >= 1
     # What a kill leaves: whole files, and at most one temporary per killed writer, never a torn JPEG.
@@ -71,7 +71,7 @@ def test_compact_data_killed_mid_run_is_completed_by_a_rerun(dataset: Path, tmp_
     # A torn file left by an older, non-atomic writer is redone, not skipped.
     victim = next(out.rglob("*.jpg"))
     victim.write_bytes(b"")
-    proc = _cli("compact-data", str(dataset), "--out", str(out), "--max-side", "320")
+    proc = _cli("train", "compact-data", str(dataset), "--out", str(out), "--max-side", "320")
     assert proc.wait(120) == 0, proc.stderr.read().decode()
     jpgs = sorted(out.rglob("*.jpg"))
     assert len(jpgs) == N_IMAGES and all(is_complete_jpeg(p) for p in jpgs)

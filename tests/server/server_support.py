@@ -19,7 +19,7 @@ from pydantic import Field
 
 from workzone.stages.base import Stage, StageParams
 from workzone.stages.registry import register_stage
-from workzone.types import Evidence, Image, StageOutput
+from workzone.types import EarlierReports, Evidence, Image, StageOutput
 
 
 # -- test-only stages ------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ class SleepStage(Stage):
     async def load(self) -> None:
         await asyncio.sleep(self.params.load_s)
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         await asyncio.sleep(self.params.sleep_s)
         if self.params.fail:
             raise RuntimeError("test_sleep stage told to fail")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workzone.stages._object_evidence import ObjectDecision, feature_names, object_features
+from workzone.object_evidence import ObjectDecision, feature_names, object_features
 
 CLASSES = ("cone", "drum", "worker")
 

@@ -40,7 +40,7 @@ def make(url: str, **kw) -> ReasonerStage:
 async def _predict(stage, batch, prior):
     await stage.load()
     try:
-        return await stage.predict(batch, prior=prior)
+        return await stage.predict(batch, evidence=prior)
     finally:
         await stage.aclose()
 
@@ -114,9 +114,9 @@ def test_breaker_opens_on_repeated_failures(server):
         await stage.load()
         for _ in range(2):
             with pytest.raises(BackendUnavailable, match="HTTP 502"):
-                await stage.predict([img()], prior=[reports()])
+                await stage.predict([img()], evidence=[reports()])
         with pytest.raises(BackendUnavailable, match="circuit breaker open"):
-            await stage.predict([img()], prior=[reports()])
+            await stage.predict([img()], evidence=[reports()])
         assert stage.breaker.state is BreakerState.OPEN
         assert stage.describe()["breaker"]["failures"] == 2
         await stage.aclose()

@@ -15,7 +15,7 @@ import workzone.stages.roadwork_detector as rd  # registers the kind until the b
 from workzone.errors import ModelFileError
 from workzone.stages.base import StageContext
 from workzone.stages.registry import create_stage
-from workzone.training.detector import box_iou
+from workzone_train.detector import box_iou
 from workzone.types import Image, logit
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "roadwork-v1"

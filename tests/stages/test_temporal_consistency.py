@@ -11,13 +11,13 @@ from workzone.cascade import Cascade
 from workzone.config.loader import parse_pipeline
 from workzone.errors import ConfigError
 from workzone.stages.registry import create_stage
-from workzone.types import Evidence, Image, StageReport, logit
+from workzone.types import Evidence, FrameRef, Image, StageReport, logit
 
 PX = np.zeros((16, 16, 3), np.uint8)
 
 
 def _frames(video: str, n: int, start: int = 0) -> list[Image]:
-    return [Image(PX, source=f"{video}#frame={k}") for k in range(start, start + n)]
+    return [Image(PX, source=f"{video}#frame={k}", frame=FrameRef(video, k)) for k in range(start, start + n)]
 
 
 def _reports(probs, stage="cls") -> list[tuple[StageReport, ...]]:
@@ -25,7 +25,7 @@ def _reports(probs, stage="cls") -> list[tuple[StageReport, ...]]:
 
 
 def _run(stage, images, probs, stage_name="cls"):
-    outs = asyncio.run(stage.predict(images, prior=_reports(probs, stage_name)))
+    outs = asyncio.run(stage.predict(images, evidence=_reports(probs, stage_name)))
     return [None if o.log_odds is None else 1 / (1 + np.exp(-o.log_odds)) for o in outs]
 
 
@@ -52,7 +52,7 @@ def test_videos_are_tracked_apart_and_a_restart_resets() -> None:
 def test_source_stage_selects_the_followed_score_and_stills_abstain() -> None:
     stage = create_stage("temporal_consistency", "t", {"source_stage": "other"})
     assert _run(stage, _frames("a.mp4", 3), [0.99] * 3, stage_name="cls") == pytest.approx([0.5] * 3)
-    out = asyncio.run(stage.predict([Image(PX, source="photo.jpg")], prior=_reports([0.9])))
+    out = asyncio.run(stage.predict([Image(PX, source="photo.jpg")], evidence=_reports([0.9])))
     assert out[0].log_odds is None and "not a video frame" in out[0].evidence.notes[0]
 
 
@@ -75,7 +75,7 @@ tiers:
 """, "video.yaml")
     red, blue = np.full((32, 32, 3), (220, 30, 30), np.uint8), np.full((32, 32, 3), (30, 30, 220), np.uint8)
     pixels = [red] * 8 + [blue] + [red] * 3
-    images = [Image(px, source=f"v.mp4#frame={k}") for k, px in enumerate(pixels)]
+    images = [Image(px, source=f"v.mp4#frame={k}", frame=FrameRef("v.mp4", k)) for k, px in enumerate(pixels)]
 
     async def go():
         async with Cascade.from_config(config, base_dir=tmp_path) as cascade:

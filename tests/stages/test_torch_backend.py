@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.stages._support import run_stage  # noqa: E402
-from workzone.accel.configure import with_backend  # noqa: E402
+from workzone.config.backend import with_backend  # noqa: E402
 from workzone.config.loader import load_pipeline_config  # noqa: E402
 from workzone.io.images import decode_image, resize_for_model  # noqa: E402
 from workzone.stages._torch_backend import use_torch  # noqa: E402

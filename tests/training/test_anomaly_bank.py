@@ -1,4 +1,4 @@
-"""Tests for workzone.training.anomaly_bank: the coreset, and the real extractor exported to ONNX,
+"""Tests for workzone_train.anomaly_bank: the coreset, and the real extractor exported to ONNX,
 built into a bank and run by the patch_anomaly stage (ImageNet weights from the weights package)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from tests.stages._support import run_stage
 from workzone.stages.base import StageContext
 from workzone.stages.registry import create_stage
-from workzone.training.anomaly_bank import greedy_coreset
+from workzone_train.anomaly_bank import greedy_coreset
 from workzone.types import Image
 
 
@@ -30,7 +30,7 @@ def test_exported_extractor_bank_and_stage_agree(tmp_path):
     import torch
 
     from workzone.io.images import resize_for_model
-    from workzone.training.anomaly_bank import build_extractor, export_extractor, onnx_patch_features, save_bank
+    from workzone_train.anomaly_bank import build_extractor, export_extractor, onnx_patch_features, save_bank
 
     model = build_extractor()
     onnx_path = export_extractor(model, tmp_path / "feat.onnx", size=64)
@@ -66,7 +66,7 @@ def test_cli_builds_a_bank_the_stage_loads(tmp_path):
     boxes: list[str] = []
     add_cone_photos(tmp_path, rows, boxes, 12)
     manifest = write_manifest(tmp_path, rows, boxes)
-    res = CliRunner().invoke(app, ["build-anomaly-bank", str(manifest), "--out", str(tmp_path / "bank"),
+    res = CliRunner().invoke(app, ["train", "anomaly-bank", str(manifest), "--out", str(tmp_path / "bank"),
                                    "--size", "64", "--bank", "16"])
     assert res.exit_code == 0, res.output
     assert "6 negatives" in res.output

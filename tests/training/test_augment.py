@@ -1,9 +1,9 @@
-"""Tests of workzone.training.augment."""
+"""Tests of workzone_train.augment."""
 
 import numpy as np
 import pytest
 
-from workzone.training.augment import AugmentConfig, augment_image, random_crop_box
+from workzone_train.augment import AugmentConfig, augment_image, random_crop_box
 
 
 def _image(h: int = 120, w: int = 200) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from workzone.stages.roadwork_detector import STRIDE, decode_detections
-from workzone.training.detector import average_precision, box_iou, encode_targets
+from workzone_train.detector import average_precision, box_iou, encode_targets
 
 
 def _exported_from_targets(heat: np.ndarray, reg: np.ndarray) -> np.ndarray:
@@ -67,8 +67,8 @@ def test_average_precision_without_truth_is_nan():
 
 
 def test_paste_cones_with_boxes_marks_changed_pixels():
-    from workzone.training.detector_data import paste_cones_with_boxes
-    from workzone.training.synth import Cutout
+    from workzone_train.detector_data import paste_cones_with_boxes
+    from workzone_train.synth import Cutout
 
     cone = np.zeros((60, 40, 4), np.uint8)
     cone[..., 0], cone[..., 1] = 255, 120
@@ -92,7 +92,7 @@ def test_paste_cones_with_boxes_marks_changed_pixels():
 def test_one_cpu_training_step_lowers_loss_on_the_same_batch():
     torch = pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
-    from workzone.training.detector import build_detector, detection_loss
+    from workzone_train.detector import build_detector, detection_loss
 
     torch.manual_seed(0)
     model = build_detector(pretrained=False, width=16, drop_connect=0.0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from workzone.training.erase import decoy_erase, erase_work_zone, fill_masked, work_zone_mask
+from workzone_train.erase import decoy_erase, erase_work_zone, fill_masked, work_zone_mask
 
 from tests.training._data import add_cone_photos, write_manifest
 
@@ -75,8 +75,8 @@ def test_decoy_smudges_change_the_scene_but_not_the_work_zone() -> None:
 
 def test_epoch_set_draws_erased_negatives_and_decoys(tmp_path) -> None:
     """A recipe with erase_neg adds kind-4 rows: positives with the work zone erased, labelled 0."""
-    from workzone.training.data import load_samples
-    from workzone.training.loop import _epoch_plan, _EpochSet, prepare_data, recipe_from_name
+    from workzone_train.data import load_samples
+    from workzone_train.loop import _epoch_plan, _EpochSet, prepare_data, recipe_from_name
 
     rows: list[str] = []
     boxes: list[str] = []
@@ -103,9 +103,9 @@ def test_loso_run_makes_erased_negatives_for_an_erasing_recipe(tmp_path, monkeyp
     """run_loso passes the recipe's erase_neg through to prepare_data and trains on kind-4 rows (tiny CPU run)."""
     pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
-    import workzone.training.loso as loso_mod
-    import workzone.training.model as model_mod
-    from workzone.training.loop import recipe_from_name
+    import workzone_train.loso as loso_mod
+    import workzone_train.model as model_mod
+    from workzone_train.loop import recipe_from_name
 
     rows: list[str] = []
     boxes: list[str] = []

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from workzone.training.hoods import clip_key, context_crop, crop_bottom, dashcam_strips, paste_strip
-from workzone.training.props import PROPS, draw_prop
-from workzone.training.synth import Cutout, paste_work_zone
+from workzone_train.hoods import clip_key, context_crop, crop_bottom, dashcam_strips, paste_strip
+from workzone_train.props import PROPS, draw_prop
+from workzone_train.synth import Cutout, paste_work_zone
 
 from tests.training._data import add_cone_photos, write_manifest
 
@@ -82,7 +82,7 @@ def test_each_prop_is_a_soft_rgba_object_of_the_asked_height(name: str) -> None:
 
 
 def test_box_top_fraction_covers_only_the_sign_panels() -> None:
-    from workzone.training.props import BOX_TOP_FRACTION
+    from workzone_train.props import BOX_TOP_FRACTION
 
     assert set(BOX_TOP_FRACTION) <= set(PROPS)
     for name, frac in BOX_TOP_FRACTION.items():
@@ -110,7 +110,7 @@ def test_paste_work_zone_draws_props_and_reports_their_centres() -> None:
         assert out.shape == scene.shape
     assert with_props >= 25
     # p_cones=1 is plain cone pasting, drawing nothing else from the generator.
-    from workzone.training.synth import paste_cones
+    from workzone_train.synth import paste_cones
 
     a, ca = paste_work_zone(scene, [cut], np.random.default_rng(7), p_cones=1.0)
     b, cb = paste_cones(scene, [cut], np.random.default_rng(7))
@@ -121,8 +121,8 @@ def test_epoch_set_with_hoods_props_and_context_negatives(tmp_path) -> None:
     """A recipe with every new option draws all four sample kinds, with the right labels."""
     from PIL import Image
 
-    from workzone.training.data import load_samples
-    from workzone.training.loop import _epoch_plan, _EpochSet, prepare_data, recipe_from_name
+    from workzone_train.data import load_samples
+    from workzone_train.loop import _epoch_plan, _EpochSet, prepare_data, recipe_from_name
 
     rows: list[str] = []
     boxes: list[str] = []

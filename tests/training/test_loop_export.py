@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workzone.training.loop import binary_metrics
+from workzone_train.loop import binary_metrics
 
 from tests.training._data import add_cone_photos, write_manifest
 
@@ -33,10 +33,10 @@ def test_train_one_step_on_cpu_and_export_parity(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("onnxruntime")
-    from workzone.training.data import load_samples
-    from workzone.training.export import check_parity, export_onnx, onnx_logits
-    from workzone.training.loop import predict_logits, prepare_data, recipe_from_name, train_model
-    from workzone.training.model import build_model
+    from workzone_train.data import load_samples
+    from workzone_train.export import check_parity, export_onnx, onnx_logits
+    from workzone_train.loop import predict_logits, prepare_data, recipe_from_name, train_model
+    from workzone_train.model import build_model
 
     manifest = _write_dataset(tmp_path)
     samples = load_samples(manifest, splits=("train",))
@@ -44,7 +44,7 @@ def test_train_one_step_on_cpu_and_export_parity(tmp_path: Path) -> None:
     recipe = recipe_from_name("partial", epochs=1, epoch_size=8, batch_size=4, size=64)
     torch.manual_seed(0)
     # A random-init model keeps the test offline and fast; the loop itself is the real one.
-    import workzone.training.model as model_mod
+    import workzone_train.model as model_mod
 
     orig = model_mod.build_model
     model_mod.build_model = lambda arch, **kw: orig(arch, pretrained=False, dropout=kw.get("dropout", 0.3))
@@ -69,8 +69,8 @@ def test_onnx_contract_names_and_dynamic_batch(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
     ort = pytest.importorskip("onnxruntime")
-    from workzone.training.export import export_onnx
-    from workzone.training.model import build_model
+    from workzone_train.export import export_onnx
+    from workzone_train.model import build_model
 
     path = export_onnx(build_model(pretrained=False), tmp_path / "m.onnx", size=32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

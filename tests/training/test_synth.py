@@ -1,9 +1,9 @@
-"""Tests of workzone.training.synth."""
+"""Tests of workzone_train.synth."""
 
 import numpy as np
 
-from workzone.training.data import ConeBox
-from workzone.training.synth import cut_cone, paste_cones, paste_distractors
+from workzone_train.data import ConeBox
+from workzone_train.synth import cut_cone, paste_cones, paste_distractors
 
 
 def _cone_photo() -> tuple[np.ndarray, ConeBox]:

@@ -7,8 +7,8 @@ from typing import Container, Iterator
 
 from workzone.batch.inputs import WorkItem, row_key
 from workzone.errors import InvalidImageError
-from workzone.io.images import DEFAULT_LIMITS, ImageLimits, decode_image
-from workzone.types import Image
+from workzone.service import ImageDecoder
+from workzone.types import FrameRef, Image
 
 __all__ = ["Unit", "iter_units"]
 
@@ -46,19 +46,24 @@ class _DoneFrames:
 
 
 def iter_units(item_index: int, item: WorkItem, *, fps: float | None, done: Container[str],
-               limits: ImageLimits = DEFAULT_LIMITS) -> Iterator[Unit]:
+               decoder: ImageDecoder | None = None) -> Iterator[Unit]:
     """Decode ``item``: one unit for an image, one per sampled frame for a video.
+
+    Images go through ``decoder``, the detection service's decode policy (default: the CPU one);
+    video frames are sampled by PyAV within its limits.
 
     Keys already in ``done`` are not decoded. A file that cannot be read gives one unit carrying
     the error (for a video that fails part-way: the frames before the failure, then the error).
     """
+    decoder = decoder or ImageDecoder()
+    limits = decoder.limits
     path = str(item.path)
     if item.kind == "image":
         key = row_key(item.file_id, None)
         if key in done:
             return
         try:
-            image = decode_image(item.path, limits=limits)
+            image = decoder.decode([item.path])[0]
         except (InvalidImageError, OSError) as exc:
             yield Unit(item_index, key, path, None, None, error=str(exc))
             return
@@ -71,7 +76,8 @@ def iter_units(item_index: int, item: WorkItem, *, fps: float | None, done: Cont
         return
     try:
         for f in iter_video_frames(item.path, fps, max_side=limits.max_side, skip=_DoneFrames(item.file_id, done)):
-            image = Image(f.pixels, source=f"{path}#frame={f.frame_index}", original_size=(f.pixels.shape[1], f.pixels.shape[0]))
+            image = Image(f.pixels, source=f"{path}#frame={f.frame_index}", frame=FrameRef(path, f.frame_index),
+                          original_size=(f.pixels.shape[1], f.pixels.shape[0]))
             yield Unit(item_index, row_key(item.file_id, f.frame_index), path, f.frame_index, f.timestamp_s, image=image)
     except (InvalidImageError, OSError) as exc:
         yield Unit(item_index, error_key, path, None, None, error=str(exc))

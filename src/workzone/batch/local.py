@@ -77,7 +77,7 @@ def run_local(pipe: Any, items: list[WorkItem], store: ResultStore, *, batch_siz
                 except queue.Empty:
                     break
                 n = 0
-                for unit in iter_units(i, item, fps=fps, done=store.done, limits=pipe.limits):
+                for unit in iter_units(i, item, fps=fps, done=store.done, decoder=pipe.service.decoder):
                     put(unit)
                     n += 1
                 put(("end", i, n))

@@ -113,14 +113,15 @@ class _CascadeActor:
         from workzone.batch.decode import Unit
         from workzone.batch.local import rows_for_units
         from workzone.batch.rows import COLUMNS, arrow_schema
-        from workzone.types import Image
+        from workzone.types import FrameRef, Image
 
         units = []
         for rec in batch.to_pylist():  # pyarrow batches keep nulls as None (numpy would make them NaN)
             frame, path, image = rec["frame_index"], rec["path"], None
             if rec["height"] and rec["width"]:
                 px = np.frombuffer(rec["pixels"], dtype=np.uint8).reshape(rec["height"], rec["width"], 3).copy()
-                image = Image(px, source=path if frame is None else f"{path}#frame={frame}")
+                image = Image(px, source=path if frame is None else f"{path}#frame={frame}",
+                              frame=None if frame is None else FrameRef(path, frame))
             units.append(Unit(0, rec["key"], path, frame, rec["timestamp_s"], image=image, error=rec["error"]))
         rows = rows_for_units(self.pipe.run_decoded, units)
         return pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=arrow_schema())

@@ -235,7 +235,7 @@ def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: 
     Per-stage latency is the stage's wall time per batch divided by the images it ran on (the
     cascade's ``latency_ms``), averaged over the images that reached the stage.
     """
-    from workzone.accel.configure import with_backend
+    from workzone.config.backend import with_backend
     from workzone.api import Pipeline
     from workzone.config.loader import load_pipeline_config
 

@@ -19,9 +19,12 @@ app = typer.Typer(name="workzone", help="Is there road work in this image? A cal
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 # Sub-command groups that live in their own modules; each exposes register(app).
-_COMMAND_MODULES = ("workzone.cli.train", "workzone.cli.plan", "workzone.cli.serve", "workzone.cli.report",
-                    "workzone.cli.anomaly", "workzone.cli.batch", "workzone.cli.bench",
-                    "workzone.cli.oof")
+_COMMAND_MODULES = ("workzone.cli.plan", "workzone.cli.serve", "workzone.cli.report", "workzone.cli.batch",
+                    "workzone.cli.bench")
+#: Entry point group of the `workzone train` commands: the lab (`workzone-train`, lab/ in this repository)
+#: registers one entry point per command (name = command, value = the typer command function).
+TRAIN_ENTRY_POINT_GROUP = "workzone.train"
+_LAB_INSTALL = "pip install -e ./lab (the workzone-train distribution, in the repository's lab/ folder)"
 
 def _print_version(value: bool) -> None:
     if value:
@@ -77,8 +80,7 @@ def detect(
             decoded, kept = [], []
             for p in chunk:
                 try:
-                    from workzone.io.images import decode_image
-                    decoded.append(decode_image(p, limits=pipe.limits))
+                    decoded.extend(pipe.decode([p]))
                     kept.append(p)
                 except InvalidImageError as exc:
                     failed += 1
@@ -182,7 +184,7 @@ def tune(
     out: Path = typer.Option(..., "--out", help="where to write the tuned pipeline YAML"),
     split: Optional[str] = typer.Option(None, help="rows to fit on; default: dev when present"),
     scores: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                          help="fit on these out-of-fold stage scores (`workzone loso-scores`) "
+                                          help="fit on these out-of-fold stage scores (`workzone train loso-scores`) "
                                                "instead of running the pipeline on MANIFEST"),
     max_cost: Optional[float] = typer.Option(None, help="mean cost budget in ms per image"),
     l2: float = typer.Option(1e-2, min=0.0, help="ridge penalty of the fusion regressions"),
@@ -293,6 +295,25 @@ def schema_cmd(
         out.write_text(text + "\n", encoding="utf-8")
 
 
+def train_group(group: str = TRAIN_ENTRY_POINT_GROUP) -> typer.Typer:
+    """The `train` group: every command the installed lab registers, or a pointer to the lab when none is."""
+    from importlib.metadata import entry_points
+
+    commands = sorted(entry_points(group=group), key=lambda ep: ep.name)
+    group = typer.Typer(no_args_is_help=bool(commands),
+                        help="Reproduce the shipped models (the lab, workzone-train)." if commands else
+                        f"Reproduce the shipped models: needs the lab, {_LAB_INSTALL}.")
+    for ep in commands:
+        fn = ep.load()
+        # A command that parses its own arguments says so with a `context_settings` attribute.
+        group.command(ep.name, context_settings=getattr(fn, "context_settings", None))(fn)
+    if not commands:
+        @group.callback(invoke_without_command=True)
+        def _no_lab() -> None:
+            raise WorkzoneError(f"the training commands are not installed: {_LAB_INSTALL}")
+    return group
+
+
 def _register_subcommands() -> None:
     for mod in _COMMAND_MODULES:
         try:
@@ -302,6 +323,7 @@ def _register_subcommands() -> None:
                 continue
             raise
         module.register(app)
+    app.add_typer(train_group(), name="train")
 
 
 _register_subcommands()

@@ -5,13 +5,14 @@ Built-in pipelines are addressed by name (``default``), files by path.
 
 from __future__ import annotations
 
-from pathlib import Path
+from enum import Enum
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from workzone.config.schema import COMMON_STAGE_KEYS, PipelineConfig
+from workzone.config.schema import COMMON_STAGE_KEYS, PipelineConfig, StageSpec, TierConfig
 from workzone.errors import ConfigError, UnknownStageKind
 from workzone.stages.registry import get_stage_class, validate_params
 
@@ -155,31 +156,45 @@ def _to_python(node: yaml.Node, path: tuple, lines: dict) -> Any:
 
 
 def dump_pipeline(cfg: PipelineConfig) -> str:
-    """Serialise a config back to YAML in the same flat form the loader reads."""
-    tiers = []
-    for tier in cfg.tiers:
-        stages = []
-        for st in tier.stages:
-            entry: dict[str, Any] = {"name": st.name, "kind": st.kind}
-            for key in ("enabled", "timeout_s", "cost", "device"):
-                val = getattr(st, key)
-                if val is not None and not (key == "enabled" and val is True):
-                    entry[key] = val
-            entry.update(st.params.model_dump(mode="json", exclude_unset=True))
-            stages.append(entry)
-        t: dict[str, Any] = {"name": tier.name, "stages": stages}
-        t["fusion"] = tier.fusion.model_dump(mode="json")
-        ex = tier.exit.model_dump(mode="json", exclude_none=True)
-        if ex:
-            t["exit"] = ex
-        tiers.append(t)
+    """Serialise a config to YAML in the flat form :func:`parse_pipeline` reads; its exact inverse.
+
+    Every field of the schema is written when it differs from its default (so a tuned pipeline keeps
+    its routers, engines and every key nobody fitted), and a stage's params are merged into its entry
+    as the loader expects. ``parse_pipeline(dump_pipeline(cfg)) == cfg`` for every valid config.
+    """
     doc: dict[str, Any] = {"name": cfg.name}
-    if cfg.description:
-        doc["description"] = cfg.description
-    doc["version"] = cfg.version
-    if cfg.deadline_s is not None:
-        doc["deadline_s"] = cfg.deadline_s
-    doc["tiers"] = tiers
+    rest = cfg.model_dump(exclude={"name", "tiers"}, exclude_defaults=True)
+    doc.update({k: v for k, v in rest.items() if k != "tuning"})
+    doc["version"] = cfg.version  # always written: it says which schema the file follows
+    doc["tiers"] = [_dump_tier(tier) for tier in cfg.tiers]
     if cfg.tuning:
         doc["tuning"] = cfg.tuning
-    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    return yaml.safe_dump(_plain(doc), sort_keys=False, allow_unicode=True, width=100)
+
+
+def _dump_tier(tier: TierConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tier.name, "stages": [_dump_stage(st) for st in tier.stages]}
+    # fusion is written even when untuned: a reader sees what the tier pools with
+    out["fusion"] = tier.fusion.model_dump()
+    out.update(tier.model_dump(exclude={"name", "stages", "fusion"}, exclude_defaults=True))
+    return out
+
+
+def _dump_stage(st: StageSpec) -> dict[str, Any]:
+    entry = st.model_dump(exclude={"params"}, exclude_defaults=True)
+    # a kind's params are written as given (exclude_unset): the kind's own defaults stay its own
+    entry.update(st.params.model_dump(mode="json", exclude_unset=True))
+    return entry
+
+
+def _plain(value: Any) -> Any:
+    """Tuples, paths and enums as the YAML scalars and lists the loader reads back into them."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return _plain(value.value)
+    if isinstance(value, PurePath):
+        return str(value)
+    return value

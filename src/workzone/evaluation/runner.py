@@ -11,7 +11,6 @@ import numpy as np
 
 from workzone.errors import InvalidImageError
 from workzone.evaluation.metrics import binary_report, percentiles
-from workzone.io.images import ImageLimits, decode_image
 from workzone.io.sources import ManifestRow
 from workzone.types import Decision, Image
 
@@ -29,10 +28,10 @@ class EvalResult:
 
 
 class Decider(Protocol):
-    """What evaluation needs of a pipeline (:class:`workzone.Pipeline` is one): image limits and a
+    """What evaluation needs of a pipeline (:class:`workzone.Pipeline` is one): its decoder and a
     blocking call that decides decoded images."""
 
-    limits: ImageLimits
+    def decode(self, items: Sequence[Any], sources: Sequence[str | None] | None = None) -> list[Image]: ...
 
     def run_decoded(self, images: Sequence[Image], *, run_all: bool = False) -> list[Decision]: ...
 
@@ -49,7 +48,7 @@ def run_manifest(pipe: Decider, rows: Sequence[ManifestRow], *, batch_size: int 
         idx, images = [], []
         for i in range(start, min(start + batch_size, len(rows))):
             try:
-                images.append(decode_image(rows[i].path, limits=pipe.limits))
+                images.append(pipe.decode([rows[i].path])[0])
                 idx.append(i)
                 sizes[i] = (images[-1].width, images[-1].height)
             except InvalidImageError as exc:

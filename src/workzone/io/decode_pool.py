@@ -199,11 +199,15 @@ class DecodePool:
         assert queue is not None
         return queue
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Kill the workers (each a SIGKILL and a wait: milliseconds). A later job starts them again."""
         for w in self._all:
-            await asyncio.to_thread(w.kill)
+            w.kill()
         self._all = []
         self._idle = self._idle_heavy = None
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
 
     async def probe(self, data: bytes, source: str, budget: DecodeBudget, end: float | None = None) -> ImageHeader:
         """The image's header (checked against every limit), read in a cheap-lane worker under ``budget``."""

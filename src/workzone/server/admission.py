@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from workzone.server.service import DetectionService
+    from workzone.service import DetectionService
 
 __all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "client_group", "header_timeout_protocol",
            "GUARDED_PATHS", "ENDPOINT_KEY"]

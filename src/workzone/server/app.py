@@ -27,7 +27,8 @@ from workzone.server.middleware import BodyLimitMiddleware
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorResponse, TierEventModel
 from workzone.server.routes import attach_routes
-from workzone.service import DetectionService
+from workzone.io.decode_pool import DecodePool
+from workzone.service import DetectionService, ImageDecoder
 from workzone.server.settings import ServerSettings
 from workzone.server.ui import attach_ui
 
@@ -43,14 +44,15 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
     policy = BatchPolicy(max_batch_size=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000.0,
                          max_queue=settings.queue_size, workers=settings.batch_workers,
                          retry_after_s=float(settings.retry_after_s))
+    # Untrusted bytes are decoded in processes the server can kill (started with the service).
+    processes = (DecodePool(settings.decode_workers, limits, image_cpu_s=settings.image_decode_cpu_s,
+                            heavy_s=settings.heavy_decode_s) if settings.decode_processes else None)
     return DetectionService.from_pipeline(settings.pipeline, device=settings.device, limits=limits, policy=policy,
                                           default_deadline_s=settings.default_deadline_s,
                                           max_deadline_s=settings.max_deadline_s, observer=observer,
                                           decode_workers=settings.decode_workers,
-                                          decode_processes=settings.decode_processes,
-                                          image_decode_cpu_s=settings.image_decode_cpu_s,
-                                          request_decode_cpu_s=settings.request_decode_cpu_s,
-                                          heavy_decode_s=settings.heavy_decode_s)
+                                          decoder=ImageDecoder(settings.device, limits=limits, processes=processes),
+                                          request_decode_cpu_s=settings.request_decode_cpu_s)
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:

@@ -98,8 +98,8 @@ class _ServiceCollector(Collector):
                 breakers.add_metric([stage.name, str(getattr(state, "value", state))], 1.0)
         killed = CounterMetricFamily("workzone_decoder_kills", "decoder processes killed for passing a CPU budget "
                                      "or deadline (each replaced at once)")
-        decoder = getattr(svc, "decoder", None)
-        killed.add_metric([], float(decoder.killed if decoder is not None else 0))
+        processes = getattr(getattr(svc, "decoder", None), "processes", None)
+        killed.add_metric([], float(processes.killed if processes is not None else 0))
         yield from (depth, running, ready, breakers, killed)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from workzone._optional import require
 from workzone.errors import ModelFileError
 from workzone.stages.base import Stage
-from workzone.types import Image, StageOutput
+from workzone.types import EarlierReports, Image, StageOutput
 
 __all__ = ["ModelStage", "local_weights", "torch_device"]
 
@@ -48,7 +48,7 @@ class ModelStage(Stage):
     async def warmup(self) -> None:
         await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._model)
         return await self.run_blocking(self._predict_sync, list(batch))
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict
 
 from workzone.errors import StageError
-from workzone.types import Image, StageOutput
+from workzone.types import EarlierReports, Image, StageOutput
 
 __all__ = ["Stage", "StageParams", "StageContext", "RunsOn"]
 
@@ -78,9 +78,6 @@ class Stage(ABC):
     Params: ClassVar[type[StageParams]] = StageParams
     #: Default cost per image (ms on the 2-core reference machine) when the pipeline gives none.
     default_cost: ClassVar[float] = 10.0
-    #: When True the cascade calls ``predict(batch, prior=...)`` with, per image, the reports of the
-    #: stages that ran before this one (a reasoner over the collected evidence needs them).
-    needs_evidence: ClassVar[bool] = False
     #: The pip extra that installs what this kind imports ("default": the base install).
     extra: ClassVar[str] = "default"
     #: Modules the kind imports when it loads; ``workzone check`` looks them up without importing them.
@@ -140,7 +137,7 @@ class Stage(ABC):
         """Run a throw-away prediction so the first real request is not slow."""
 
     @abstractmethod
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         """Score a batch of images.
 
         Returns:

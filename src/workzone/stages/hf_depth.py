@@ -29,7 +29,7 @@ from workzone.errors import ConfigError
 from workzone.stages._evidence_map import ClassMap, score_boxes
 from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
 from workzone.stages.registry import create_stage
-from workzone.types import Box, Evidence, Image, StageOutput
+from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput
 
 __all__ = ["DepthParams", "DepthStage", "SizeRange", "focal_px", "fit_ground_scale", "box_size_m"]
 
@@ -130,7 +130,7 @@ class DepthStage(HFStage):
         await self.detector.warmup()
         await self.run_blocking(self._depth_maps, [Image(np.zeros((64, 64, 3), np.uint8))])
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._model)
         batch = list(batch)
         inner = await self.detector.predict(batch)

@@ -1,7 +1,7 @@
 """Promptable segmentation (SAM, SAM 2, SAM 3, EdgeTAM) that confirms or vetoes detector boxes.
 
 The stage takes boxes either from an inline ``detector`` (like ``hf_depth``) or, without one, from
-the stages that ran before it in the cascade (``needs_evidence``: the cascade passes their reports),
+the stages that ran before it in the cascade (the reports the cascade passes ``predict`` as ``evidence``),
 prompts the segmentation model with each box, and checks the mask's shape against the box's
 evidence class:
 
@@ -29,7 +29,7 @@ from workzone.stages._evidence_map import ClassMap, score_boxes
 from workzone.stages._hf_common import HFParams, HFStage, load_hf, to_pil
 from workzone.stages.onnx_detector import nms
 from workzone.stages.registry import create_stage
-from workzone.types import Box, Evidence, Image, StageOutput, StageReport
+from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, StageReport
 
 __all__ = ["SegmentationParams", "SegmentationStage", "ShapeRule", "MaskShape", "clip_to_box", "measure_mask", "judge_shape",
            "DEFAULT_SHAPES"]
@@ -122,7 +122,6 @@ class SegmentationStage(HFStage):
                                                     "format": "yolov8", "conf": 0.3}}
     Params = SegmentationParams
     default_cost = 400.0
-    needs_evidence = True
     params: SegmentationParams
 
     @classmethod
@@ -163,15 +162,15 @@ class SegmentationStage(HFStage):
         await self.run_blocking(self._segment, img, [Box("cone", 0.5, 16, 8, 40, 56)])
 
     async def predict(self, batch: Sequence[Image],
-                      prior: Sequence[Sequence[StageReport]] | None = None) -> list[StageOutput]:
+                      evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._model)
         batch = list(batch)
-        if prior is not None and len(prior) != len(batch):
-            raise StageError(self.name, f"got evidence for {len(prior)} images and {len(batch)} images")
+        if evidence is not None and len(evidence) != len(batch):
+            raise StageError(self.name, f"got evidence for {len(evidence)} images and {len(batch)} images")
         if self.detector is not None:
             inner = await self.detector.predict(batch)
         else:
-            inner = [self._prompts_from(() if prior is None else prior[i]) for i in range(len(batch))]
+            inner = [self._prompts_from(() if evidence is None else evidence[i]) for i in range(len(batch))]
         outputs = list(inner)
         for i, out in enumerate(inner):
             if out.evidence.boxes:

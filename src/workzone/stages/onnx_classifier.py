@@ -23,7 +23,7 @@ from workzone.io.images import ResizeMode, resize_for_model, tile_boxes
 from workzone.stages._onnx import open_session, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
 from workzone.stages.base import Stage
-from workzone.types import Box, Evidence, Image, StageOutput, sigmoid
+from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, sigmoid
 
 __all__ = ["OnnxClassifierParams", "OnnxClassifierStage", "five_crop_boxes"]
 
@@ -83,7 +83,7 @@ class OnnxClassifierStage(Stage):
     async def warmup(self) -> None:
         await self.run_blocking(self._infer, np.zeros((1, 3, self._size, self._size), np.float32))
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._session)
         return await self.run_blocking(self._predict_sync, list(batch))
 

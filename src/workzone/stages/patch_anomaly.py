@@ -1,7 +1,7 @@
 """Patch-feature anomaly scoring: how unlike an ordinary road does each part of the image look?
 
 PatchCore-style and offline: a frozen feature extractor (ONNX; built by
-:mod:`workzone.training.anomaly_bank` from ImageNet EfficientNet-Lite0) gives one feature per
+:mod:`workzone_train.anomaly_bank` from ImageNet EfficientNet-Lite0) gives one feature per
 16 x 16 px patch, and each patch's anomaly is its Euclidean distance to the nearest row of a memory
 bank of patch features of ordinary roads (negatives only, fp16 in an ``.npz``). The image score
 is the mean of the ``top_k`` largest patch distances, turned into log-odds by the bank's
@@ -31,7 +31,7 @@ __all__ = ["PatchAnomalyParams", "PatchAnomalyStage", "nearest_distances", "anom
 
 
 class PatchAnomalyParams(StageParams):
-    # No default files ship with the package (the stage is opt-in): `workzone build-anomaly-bank` writes both.
+    # No default files ship with the package (the stage is opt-in): `workzone train anomaly-bank` writes both.
     model: str = Field(description="patch feature extractor (ONNX), e.g. anomaly_features.onnx")
     bank: str = Field(description="memory bank .npz (fp16 bank + meta), e.g. anomaly_bank.npz")
     top_k: int = Field(default=3, ge=1, le=64, description="image score = mean of the top_k patch distances")
@@ -67,7 +67,7 @@ class PatchAnomalyStage(ModelStage):
         bank_path = self.context.resolve(p.bank)
         if not bank_path.is_file():
             raise ModelFileError(f"{prefix}memory bank {bank_path} does not exist; build one with "
-                                 "workzone.training.anomaly_bank (see docs/stages/patch_anomaly.md)")
+                                 "workzone_train.anomaly_bank (see docs/stages/patch_anomaly.md)")
         try:
             with np.load(bank_path) as z:
                 bank = z["bank"].astype(np.float32)

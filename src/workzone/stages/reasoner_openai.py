@@ -6,9 +6,9 @@ behind an OpenAI-compatible endpoint reads what the detectors, OCR and VLMs repo
 It never sees the pixels, so it is cheap next to a VLM and good at resolving disagreements
 ("cones but no workers, sign reads ROAD CLOSED").
 
-The stage needs the earlier reports: it sets ``needs_evidence = True`` and its ``predict`` takes
-``prior`` (one sequence of :class:`~workzone.types.StageReport` per image), which the cascade
-passes to such stages. Without evidence the stage abstains and sends nothing.
+The stage reads the earlier reports that the cascade hands every stage's ``predict`` as ``evidence``
+(one sequence of :class:`~workzone.types.StageReport` per image). Without evidence the stage abstains
+and sends nothing.
 
 Requests share :class:`~workzone.stages.vlm_openai.OpenAIChat` (through
 :class:`~workzone.stages.vlm_openai.OpenAIChatStage`): pooled, bounded, retried, and behind a circuit
@@ -21,13 +21,13 @@ import asyncio
 import json
 import math
 import re
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from pydantic import Field
 
 from workzone.errors import StageError
 from workzone.stages._remote import OpenAIChatStage, OpenAIEndpointParams, collect_outputs
-from workzone.types import Evidence, Image, StageOutput, StageReport, logit
+from workzone.types import EarlierReports, Evidence, Image, StageOutput, StageReport, logit
 
 __all__ = ["ReasonerParams", "ReasonerStage", "build_evidence_prompt", "parse_probability"]
 
@@ -60,22 +60,20 @@ class ReasonerStage(OpenAIChatStage):
     tiny_params = {"base_url": "tiny:openai", "model": "fake-vlm", "retries": 0}
     Params = ReasonerParams
     default_cost = 1500.0
-    #: Tells the cascade to pass ``prior=`` (the reports gathered so far) to :meth:`predict`.
-    needs_evidence: ClassVar[bool] = True
     params: ReasonerParams
 
     async def predict(self, batch: Sequence[Image],
-                      prior: Sequence[Sequence[StageReport]] | None = None) -> list[StageOutput]:
+                      evidence: EarlierReports | None = None) -> list[StageOutput]:
         """Score each image from its earlier reports.
 
         Args:
             batch: the images (only their size is used).
-            prior: per image, the reports of the stages that ran before this one, in order.
+            evidence: per image, the reports of the stages that ran before this one, in order.
         """
         chat = self._loaded_chat()
-        if prior is not None and len(prior) != len(batch):
-            raise StageError(self.name, f"got evidence for {len(prior)} images and {len(batch)} images")
-        reports = [() if prior is None else tuple(r for r in prior[i] if r.stage != self.name)
+        if evidence is not None and len(evidence) != len(batch):
+            raise StageError(self.name, f"got evidence for {len(evidence)} images and {len(batch)} images")
+        reports = [() if evidence is None else tuple(r for r in evidence[i] if r.stage != self.name)
                    for i in range(len(batch))]
         if not any(reports):
             note = "no earlier evidence was passed to the reasoner; abstained"

@@ -1,12 +1,12 @@
 """Embedded road-work object detector (cones, drums, posts, barriers, signs, workers, machines) with onnxruntime.
 
 The model contract (``workzone/models/CONE_DETECTOR_CARD.md``; trained by
-:mod:`workzone.training.detector`, decoded here by :func:`decode_detections`): input ``image`` float32 [N, 3, S, S] RGB in [0, 1],
+:mod:`workzone_train.detector`, decoded here by :func:`decode_detections`): input ``image`` float32 [N, 3, S, S] RGB in [0, 1],
 letterboxed; output ``out`` [N, K + 4, S/8, S/8] with peak-suppressed centre probabilities, centre
 offsets and box sizes. A JSON sidecar next to the ``.onnx`` file gives ``input_size``, ``stride``,
 ``class_names`` and ``score_threshold``.
 
-Score: when the sidecar carries a ``decision`` block (:mod:`workzone.stages._object_evidence`), the
+Score: when the sidecar carries a ``decision`` block (:mod:`workzone.object_evidence`), the
 log-odds of a logistic regression over summaries of the detected objects, fitted on out-of-fold
 detections; otherwise the noisy-OR of the top ``top_k`` box confidences, ``p = 1 - prod(1 - s_i)``,
 as log-odds (monotone in every box's confidence, so fusion can learn one weight for it).
@@ -26,10 +26,10 @@ from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
 from workzone.stages.base import Stage
-from workzone.stages._object_evidence import DETECTION_FLOOR, MAX_DETECTIONS, ObjectDecision
-from workzone.types import Box, Evidence, Image, StageOutput, logit
+from workzone.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS, ObjectDecision
+from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, logit
 
-__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ConeDetectorRunner", "decode_detections",
+__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ObjectDetectorRunner", "decode_detections",
            "CLASS_NAMES", "STRIDE"]
 
 
@@ -52,7 +52,7 @@ class RoadworkDetectorParams(TorchBackendParams):
     threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
 
-class ConeDetectorRunner:
+class ObjectDetectorRunner:
     """The ONNX detector with its pre- and post-processing, shared by the stage and the evaluator.
 
     Args:
@@ -168,18 +168,18 @@ class RoadworkDetectorStage(Stage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._runner: ConeDetectorRunner | None = None
+        self._runner: ObjectDetectorRunner | None = None
 
     async def load(self) -> None:
         self._runner = await self.run_blocking(self._load_sync)
 
-    def _load_sync(self) -> ConeDetectorRunner:
+    def _load_sync(self) -> ObjectDetectorRunner:
         path = self.context.resolve(self.params.model)
         device = self.context.device
         torch_params = self.params if use_torch(self.params.backend, device) else None
         providers = ["CPUExecutionProvider"] if torch_params else providers_for(device, feature="the cone detector")
         try:
-            return ConeDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
+            return ObjectDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
                                       providers=providers, torch_params=torch_params, device=device)
         except ModelFileError as exc:
             raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
@@ -188,7 +188,7 @@ class RoadworkDetectorStage(Stage):
         if self._runner is not None:
             await self.run_blocking(self._runner.detect, [np.zeros((64, 64, 3), np.uint8)])
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._runner)
         return await self.run_blocking(self._predict_sync, list(batch))
 
@@ -204,7 +204,7 @@ class RoadworkDetectorStage(Stage):
         report_at = runner.score_threshold if p.score_threshold is None else p.score_threshold
         return [self._summarise(d, runner, report_at, img.height) for d, img in zip(dets, batch)]
 
-    def _summarise(self, det: np.ndarray, runner: ConeDetectorRunner, report_at: float, height: int) -> StageOutput:
+    def _summarise(self, det: np.ndarray, runner: ObjectDetectorRunner, report_at: float, height: int) -> StageOutput:
         p = self.params
         names = runner.class_names
         extra: tuple[str, ...] = ()

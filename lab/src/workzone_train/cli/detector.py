@@ -1,7 +1,7 @@
 """``workzone train detector`` and ``workzone train eval-detector``: the embedded cone detector.
 
-The commands only parse options; training is in :mod:`workzone.training.detector_loop`, evaluation in
-:mod:`workzone.training.detector_eval`. Heavy imports (torch, onnxruntime) happen inside them.
+The commands only parse options; training is in :mod:`workzone_train.detector_loop`, evaluation in
+:mod:`workzone_train.detector_eval`. Heavy imports (torch, onnxruntime) happen inside them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from workzone.io.atomic import atomic_write_text
+from workzone.stages.base import StageContext
 
 __all__ = ["train_detector_cmd", "eval_detector_cmd"]
 
@@ -36,7 +37,7 @@ def train_detector_cmd(
                                                         "default CamVid)"),
 ) -> None:
     """Train the cone detector on train + extra-train, export ONNX, and evaluate on dev."""
-    from workzone.training.detector_loop import train_detector
+    from workzone_train.detector_loop import train_detector
 
     result = train_detector(manifest, boxes, out, seed=seed, device=device, epochs=epochs, size=size,
                             batch_size=batch_size, lr=lr, workers=workers,
@@ -49,17 +50,17 @@ def train_detector_cmd(
 def eval_detector_cmd(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False),
     boxes: Path = typer.Option(..., exists=True, dir_okay=False),
-    model: Path = typer.Option(Path(__file__).resolve().parents[1] / "models" / "cone_detector.onnx", exists=True),
+    model: Path = typer.Option(StageContext().resolve("builtin:cone_detector.onnx"), exists=True),
     split: str = typer.Option("dev"),
     seed: int = typer.Option(0, help="seed of the synthetic pastes"),
     threads: int = typer.Option(0),
     json_out: Path | None = typer.Option(None, help="also write the report here"),
 ) -> None:
     """Box AP@0.5 on held-out boxed images and pasted scenes, and image-level rates per source."""
-    from workzone.stages.roadwork_detector import ConeDetectorRunner
-    from workzone.training.detector_eval import evaluate_detector
+    from workzone.stages.roadwork_detector import ObjectDetectorRunner
+    from workzone_train.detector_eval import evaluate_detector
 
-    runner = ConeDetectorRunner(model, threads=threads)
+    runner = ObjectDetectorRunner(model, threads=threads)
     report = evaluate_detector(lambda ims: runner.detect(ims), manifest, boxes, split=split, seed=seed,
                                threshold=runner.score_threshold)
     text = json.dumps(report, indent=2)

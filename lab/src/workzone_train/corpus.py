@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 from PIL import Image as PILImage
 
 from workzone.errors import DataError
-from workzone.training.data import Sample, load_samples
+from workzone_train.data import Sample, load_samples
 
 __all__ = [
     "DATASETS",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from workzone._optional import require
+from workzone_train._deps import require
 
 if TYPE_CHECKING:
     import torch
@@ -44,14 +44,14 @@ def build_model(
     Returns:
         A module mapping float (N, 3, S, S) RGB in [0, 1] to (N,) road-work logits.
     """
-    torch = require("torch", "train", "training the classifier")
-    enet = require("efficientnet_lite_pytorch", "train", "the EfficientNet-Lite backbone")
+    torch = require("torch", "training the classifier")
+    enet = require("efficientnet_lite_pytorch", "the EfficientNet-Lite backbone")
     name = arch.replace("_", "-")
     backbone = enet.EfficientNet.from_name(name, num_classes=1000, dropout_rate=dropout, drop_connect_rate=drop_connect)
     if pretrained:
         if weights_path is None:
             pkg_name, cls_name = _WEIGHT_PACKAGES[arch]
-            pkg = require(pkg_name, "train", f"the pretrained {arch} weights")
+            pkg = require(pkg_name, f"the pretrained {arch} weights")
             weights_path = getattr(pkg, cls_name).get_model_file_path()
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         backbone.load_state_dict({k: v.float() for k, v in state.items()})

@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from workzone.training.data import Sample, is_low_light, load_pixels, load_samples
-from workzone.training.loop import Recipe, binary_metrics, predict_logits, prepare_data, train_model
+from workzone_train.data import Sample, is_low_light, load_pixels, load_samples
+from workzone_train.loop import Recipe, binary_metrics, predict_logits, prepare_data, train_model
 
 __all__ = ["HOLDOUTS", "evaluate_samples", "run_loso", "train_splits", "format_table"]
 

@@ -1,54 +1,25 @@
-"""``workzone train ...``: every command that reproduces a shipped model, as one sub-command group.
+"""``workzone train classifier``, ``loso``, ``loso-fusion``, ``export-classifier``, ``compact-data``.
 
-``train classifier`` (the default: ``workzone train MANIFEST`` still works), ``train loso``,
-``train loso-fusion``, ``train export-classifier``, ``train compact-data``, ``train detector`` and
-``train eval-detector``. The old top-level names (``loso``, ``train-detector``, ...) stay as hidden
-aliases. The commands only parse options; the work is in :mod:`workzone.training`. Heavy imports
-(torch, onnxruntime) happen inside the commands so that ``workzone --help`` stays fast.
+Each function is one command, registered under ``workzone train`` by an entry point of the
+``workzone.train`` group (``lab/pyproject.toml``). The commands only parse options; the work is in
+:mod:`workzone_train`. Heavy imports (torch, onnxruntime) happen inside the commands so that
+``workzone --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from workzone.io.atomic import atomic_write_text
-from typer.core import TyperGroup
 
-__all__ = ["register"]
+__all__ = ["compact_data", "export_classifier", "loso", "loso_fusion", "train"]
 
 _DEVICE = typer.Option(help="torch device: cuda or cpu")
-_RECIPE = typer.Option(help="recipe name (see workzone.training.loop.RECIPES): partial, partial-hp, full, frozen, ...")
-
-
-class _ClassifierByDefault(TyperGroup):
-    """A group whose first argument, when it names no sub-command, is the classifier's MANIFEST."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: the CLI context of typer's click
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
-            args = ["classifier", *args]
-        return super().parse_args(ctx, args)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``train`` group to ``app``, and the old top-level names as hidden aliases."""
-    from workzone.cli.detector import eval_detector_cmd, train_detector_cmd
-
-    group = typer.Typer(cls=_ClassifierByDefault, no_args_is_help=True,
-                        help="Reproduce the shipped models: classifier (default), loso, loso-fusion, export-classifier, "
-                             "compact-data, detector, eval-detector.")
-    commands = {"classifier": train, "loso": loso, "loso-fusion": loso_fusion, "export-classifier": export_classifier,
-                "compact-data": compact_data, "detector": train_detector_cmd, "eval-detector": eval_detector_cmd}
-    for name, fn in commands.items():
-        group.command(name)(fn)
-    app.add_typer(group, name="train")
-    aliases = {"loso": loso, "loso-fusion": loso_fusion, "export-classifier": export_classifier,
-               "compact-data": compact_data, "train-detector": train_detector_cmd, "eval-detector": eval_detector_cmd}
-    for name, fn in aliases.items():
-        app.command(name, hidden=True)(fn)
+_RECIPE = typer.Option(help="recipe name (see workzone_train.loop.RECIPES): partial, partial-hp, full, frozen, ...")
 
 
 def compact_data(
@@ -58,7 +29,7 @@ def compact_data(
     quality: Annotated[int, typer.Option(help="JPEG quality")] = 88,
 ) -> None:
     """Write the downscaled copy of the data set that the shipped model was trained from."""
-    from workzone.training.data import make_compact_copy
+    from workzone_train.data import make_compact_copy
 
     typer.echo(make_compact_copy(manifest, out, max_side=max_side, quality=quality))
 
@@ -80,9 +51,9 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from workzone.training.data import load_samples
-    from workzone.training.loop import prepare_data, recipe_from_name, train_model
-    from workzone.training.loso import train_splits
+    from workzone_train.data import load_samples
+    from workzone_train.loop import prepare_data, recipe_from_name, train_model
+    from workzone_train.loso import train_splits
 
     console = Console()
     rec = recipe_from_name(recipe, epochs=epochs)
@@ -99,7 +70,7 @@ def train(
 
         model = train_model(data, rec, seed=seed, device=device, workers=workers,
                             weights_path=str(weights) if weights else None, progress=progress)
-    from workzone.training.export import export_and_score, save_state
+    from workzone_train.export import export_and_score, save_state
 
     save_state(model, out / "model.pt")
     export_and_score(model, dev_manifest or manifest, out, rec, seed, console.print, fp16=fp16, name=name)
@@ -117,9 +88,9 @@ def export_classifier(
     """Export a checkpoint to ONNX + sidecar, check parity and score dev through onnxruntime."""
     from rich.console import Console
 
-    from workzone.training.export import export_and_score, load_state
-    from workzone.training.loop import recipe_from_name
-    from workzone.training.model import build_model
+    from workzone_train.export import export_and_score, load_state
+    from workzone_train.loop import recipe_from_name
+    from workzone_train.model import build_model
 
     rec = recipe_from_name(recipe)
     model = build_model(rec.arch, pretrained=False, dropout=rec.dropout)
@@ -145,9 +116,9 @@ def loso(
     from rich.console import Console
     from rich.table import Table
 
-    from workzone.training.export import json_safe
-    from workzone.training.loop import recipe_from_name
-    from workzone.training.loso import format_table, run_loso
+    from workzone_train.export import json_safe
+    from workzone_train.loop import recipe_from_name
+    from workzone_train.loso import format_table, run_loso
 
     console = Console()
     results = []
@@ -156,7 +127,7 @@ def loso(
 
         def save(tag: str, model, rec=rec) -> None:  # noqa: ANN001
             if checkpoints is not None:
-                from workzone.training.export import save_state
+                from workzone_train.export import save_state
 
                 checkpoints.mkdir(parents=True, exist_ok=True)
                 name = f"{rec.name}.pt" if tag == "full" else f"{rec.name}__without_{tag}.pt"
@@ -203,10 +174,12 @@ def loso_fusion(
     """Leave-one-source-out of the fused fast tiers (classifier + cone detector + OCR), fusion fitted on the others' dev."""
     from rich.console import Console
 
-    from workzone.training.export import json_safe
-    from workzone.training.loso_fusion import run_loso_fusion
+    from workzone_train.export import json_safe
+    from workzone_train.loso_fusion import run_loso_fusion
 
-    builtin = Path(__file__).resolve().parents[1] / "models" / "cone_detector.onnx"
+    from workzone.stages.base import StageContext
+
+    builtin = StageContext().resolve("builtin:cone_detector.onnx")
     dets = {k: builtin if str(v[-1]) == "builtin" else v[-1] for k, v in _source_paths(detector, "--detector").items()}
     result = run_loso_fusion(manifest, _source_paths(classifier, "--classifier"), dets, recipe=recipe, ocr=ocr,
                              device=device, balanced=balanced, log=Console().print)

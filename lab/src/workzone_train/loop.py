@@ -18,11 +18,11 @@ import numpy as np
 
 from workzone.evaluation.metrics import confusion, matthews_corrcoef
 from workzone.io.images import ResizeMode, resize_for_model
-from workzone.training.augment import AugmentConfig, augment_image
-from workzone.training.data import Sample, load_pixels, read_boxes
-from workzone.training.erase import decoy_erase, erase_work_zone
-from workzone.training.hoods import clip_key, context_crop, crop_bottom, dashcam_strips, paste_strip
-from workzone.training.synth import Cutout, cut_cones, paste_distractors, paste_work_zone
+from workzone_train.augment import AugmentConfig, augment_image
+from workzone_train.data import Sample, load_pixels, read_boxes
+from workzone_train.erase import decoy_erase, erase_work_zone
+from workzone_train.hoods import clip_key, context_crop, crop_bottom, dashcam_strips, paste_strip
+from workzone_train.synth import Cutout, cut_cones, paste_distractors, paste_work_zone
 
 __all__ = ["Recipe", "RECIPES", "TrainData", "prepare_data", "train_model", "predict_logits", "binary_metrics"]
 
@@ -264,7 +264,7 @@ def train_model(
     """
     import torch
 
-    from workzone.training.model import build_model, set_train_mode, trainable_parameters
+    from workzone_train.model import build_model, set_train_mode, trainable_parameters
 
     torch.manual_seed(seed)
     model = build_model(recipe.arch, weights_path=weights_path, dropout=recipe.dropout).to(device)

@@ -2,7 +2,7 @@
 
 Boxed sources (TraCon, 99succubus, Glisten-zy) give real cone boxes, but their cameras are stock
 photographers'; the negative dashcam scenes (CamVid) get cones pasted small at plausible road
-positions with :mod:`workzone.training.synth`, so that the detector sees cones with the negatives'
+positions with :mod:`workzone_train.synth`, so that the detector sees cones with the negatives'
 cameras, and pasted non-cones (orange blobs, grey panels, cone-shaped texture patches) so that a
 paste seam or an orange patch alone is not a cone. Sources with cones but no boxes (WMaia9) are
 left out: every cone there would be taught as background.
@@ -20,12 +20,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image as PILImage
 
-from workzone.training.augment import AugmentConfig, _photometric, random_crop_box
+from workzone_train.augment import AugmentConfig, _photometric, random_crop_box
 from workzone.io.atomic import atomic_path, atomic_write_bytes
-from workzone.training.data import ConeBox, load_pixels, load_samples, read_boxes, save_downscaled_jpeg
-from workzone.training.detector import encode_targets
-from workzone.training import synth
-from workzone.training.synth import Cutout, cut_cones, paste_distractors
+from workzone_train.data import ConeBox, load_pixels, load_samples, read_boxes, save_downscaled_jpeg
+from workzone_train.detector import encode_targets
+from workzone_train import synth
+from workzone_train.synth import Cutout, cut_cones, paste_distractors
 
 __all__ = [
     "DetItem",

@@ -1,4 +1,4 @@
-"""``workzone build-anomaly-bank``: the files of the ``patch_anomaly`` stage, from a manifest's negatives."""
+"""``workzone train anomaly-bank``: the files of the ``patch_anomaly`` stage, from a manifest's negatives."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ def build_anomaly_bank(
     bank: int = typer.Option(2048, help="bank rows kept by the coreset"),
     limit: int = typer.Option(0, help="use at most this many negatives (0: all)"),
 ) -> None:
-    """Build a patch-feature memory bank of ordinary roads (label 0 rows only). Needs the train extra."""
+    """Build a patch-feature memory bank of ordinary roads (label 0 rows only)."""
     from rich.console import Console
 
     from workzone.errors import WorkzoneError
-    from workzone.training.anomaly_bank import build_bank
-    from workzone.training.data import load_pixels, load_samples
+    from workzone_train.anomaly_bank import build_bank
+    from workzone_train.data import load_pixels, load_samples
 
     console = Console(stderr=True)
     try:
@@ -37,8 +37,3 @@ def build_anomaly_bank(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     console.print(f"{len(negatives)} negatives -> {onnx_path} and {bank_path}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``build-anomaly-bank`` to the ``workzone`` app."""
-    app.command("build-anomaly-bank")(build_anomaly_bank)

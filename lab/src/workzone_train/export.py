@@ -187,8 +187,8 @@ def export_and_score(model, manifest: Path, out: Path, rec, seed: int, log: Call
                      fp16: bool = False, name: str = "roadwork_lite0") -> None:
     """Export ``model`` to ``out/<name>.onnx``, check parity, score ``manifest``'s dev split through
     onnxruntime and write ``dev_eval.json`` and the sidecar (``fp16``: weights stored as fp16)."""
-    from workzone.training.data import load_pixels, load_samples
-    from workzone.training.loso import evaluate_samples, train_splits
+    from workzone_train.data import load_pixels, load_samples
+    from workzone_train.loso import evaluate_samples, train_splits
 
     onnx_path = export_onnx(model, out / f"{name}.onnx", size=rec.size)
     dev = load_samples(manifest, splits=("dev",))

@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
-from workzone.training.data import ConeBox
-from workzone.training.props import PROPS, draw_prop
+from workzone_train.data import ConeBox
+from workzone_train.props import PROPS, draw_prop
 
 __all__ = [
     "Cutout", "cut_cone", "cut_cones", "paste_cones", "paste_cones_with_boxes", "paste_distractors", "paste_work_zone",

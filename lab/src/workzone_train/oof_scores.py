@@ -3,8 +3,8 @@
 Every score of an image comes from models that never saw its source:
 
 - ``objects``: the detector of the image's fold (its detections, from
-  ``python -m workzone.training.object_train loso``), summarised by the object decision
-  (:mod:`workzone.stages._object_evidence`) fitted on the *other* folds' out-of-fold detections
+  ``workzone train objects-loso``), summarised by the object decision
+  (:mod:`workzone.object_evidence`) fitted on the *other* folds' out-of-fold detections
   (cross-fitting, so the decision is as honest as the detector);
 - ``signs``: the sign-OCR stage, which learns nothing from these images (a lexicon);
 - ``context``: the frozen-lr whole-image model fitted without the image's fold.
@@ -24,8 +24,8 @@ import numpy as np
 
 from workzone.evaluation.loso_table import OofRow, cross_fit
 from workzone.fusion.calibration import fit_logistic
-from workzone.stages._object_evidence import FEATURE_VERSION, feature_names, object_features
-from workzone.training.corpus import CorpusSample
+from workzone.object_evidence import FEATURE_VERSION, feature_names, object_features
+from workzone_train.corpus import CorpusSample
 
 __all__ = ["DECISION_FEATURES", "read_fold_detections", "object_feature_matrix", "fit_decision", "decision_scores",
            "write_scores_csv"]

@@ -8,7 +8,7 @@ on (the cameras it must not learn as "road work"), one kit at a time as work zon
 a row of cones, drums, posts or barrier blocks closing a lane; a barricade, beam, sign or arrow
 board standing alone with a few cones; a sign cut from a real sign photo on a post. Every object's
 visible box is exact because we drew it. Light, weather and camera effects are applied to the
-whole composed frame afterwards (:mod:`workzone.training.object_data`), so objects and scene
+whole composed frame afterwards (:mod:`workzone_train.object_data`), so objects and scene
 degrade together.
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
-from workzone.training.props import BOX_TOP_FRACTION, PROPS, draw_prop
-from workzone.training.synth import Cutout, _paste, _placements, _visible_box
+from workzone_train.props import BOX_TOP_FRACTION, PROPS, draw_prop
+from workzone_train.synth import Cutout, _paste, _placements, _visible_box
 
 __all__ = ["OBJECT_CLASSES", "PROP_CLASS", "SignCutout", "sign_cutout", "paste_work_zone_objects"]
 
