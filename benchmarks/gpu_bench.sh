@@ -1,17 +1,39 @@
 #!/usr/bin/env bash
-# The GPU acceptance run of issue 15, one call on the device machine (about 4-5 minutes), from the repo root:
-#   run(command="bash benchmarks/gpu_bench.sh", carry=[".whl"], timeout_s=420)
-# after benchmarks/fetch_gpu_wheels.sh has filled .whl here. Results: $OUT/bench_gpu.md, .json and the log.
+# The GPU acceptance run of issue 23: ONE call on the device machine (about 6-8 minutes), from the repo root,
+# after `bash benchmarks/prepare_gpu_carry.sh` here (wheels into .whl/, the dev split into .gpu/):
+#   run(command="bash benchmarks/gpu_bench.sh", carry=[".whl", ".gpu"], timeout_s=560)
+# 1. the CUDA tests (tests/accel/test_object_path.py): parity on the 469 dev images with JPEGs decoded by libjpeg
+# on CPU threads, and the service's batch decode; 2. workzone bench: parity rows with nvJPEG and with libjpeg
+# decode, decode alone (nvJPEG; libjpeg threads), HTTP /v1/detect at 1,000 and 3,000 requests/s over loopback and
+# the highest rate with p99 <= 100 ms, default-gpu from JPEG bytes at 224 and 640 px (batch 1024) with either
+# decoder. Results in $OUT: bench_gpu.md, bench_gpu.json, the logs and env.txt (what was installed).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+mkdir -p "$OUT"
+START=$(date +%s)
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; python3 --version; } \
+  2>&1 | tee "$OUT/env.txt"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:src || exit 1
-python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, torch.cuda.get_device_name())'
-# 224 px (the subnet's input) and native 640 px; tier 1 alone (nvJPEG, and 30 % of JPEGs on CPU threads beside it),
-# default-gpu (tier 2 on the GPU) with the every-tier run for the estimate, the default (sign OCR on the CPU), the
-# network alone, and HTTP /v1/detect at 1,000 requests/s on loopback.
-timeout 330 python3 -m workzone.cli.main bench --device cuda --size 224 --size 640 --images 1024 --seconds 3 \
-  --batch 1024 --cascade-batch 1024 -p default-gpu -p default --cpu-share 0 --cpu-share 0.3 \
-  --http-rate 1000 --http-seconds 10 --out "$OUT/bench_gpu.md" 2>&1 | tee "$OUT/bench_gpu_log.txt"
+  2>&1 | tee -a "$OUT/env.txt"
+export PYTHONPATH=/tmp/site:$PWD/src
+# Fail here, loudly, if the service's imports are broken (the cause, not a later "not installed").
+python3 -c 'import fastapi, uvicorn, pydantic, pydantic_settings, multipart, torch, torchvision, onnxruntime, aiohttp
+print("fastapi", fastapi.__version__, "uvicorn", uvicorn.__version__, "pydantic", pydantic.VERSION, "torch",
+      torch.__version__, "torchvision", torchvision.__version__, "onnxruntime", onnxruntime.__version__,
+      "cuda", torch.cuda.is_available())' 2>&1 | tee -a "$OUT/env.txt" || echo "IMPORT CHECK FAILED" | tee -a "$OUT/env.txt"
+python3 -m workzone.cli.main serve --help >/dev/null 2>&1 && echo "workzone CLI ok" | tee -a "$OUT/env.txt"
+ls .gpu/roadwork-v1/manifest.csv >/dev/null 2>&1 || echo "NO DEV IMAGES: run benchmarks/prepare_gpu_carry.sh" | tee -a "$OUT/env.txt"
+
+timeout 150 python3 -m pytest -q -p no:cacheprovider -s -rA tests/accel/test_object_path.py -k "libjpeg or gpu_service" \
+  2>&1 | tee "$OUT/parity_test_log.txt"
+echo "parity test done after $(( $(date +%s) - START )) s"
+
+# Left for the bench: what remains of about 8.5 minutes (the call's limit is 10).
+LEFT=$(( 510 - ($(date +%s) - START) ))
+timeout "$LEFT" python3 -m workzone.cli.main bench --device cuda --size 224 --size 640 --images 1024 --seconds 3 \
+  --batch 1024 --cascade-batch 1024 -p default-gpu --no-tier1 --no-all-tiers --parity-data .gpu/roadwork-v1 \
+  --cpu-share 0 --cpu-share 1 \
+  --http-rate 1000 --http-rate 3000 --http-seconds 8 --http-p99-ms 100 --out "$OUT/bench_gpu.md" \
+  2>&1 | tee "$OUT/bench_gpu_log.txt"
+echo "done after $(( $(date +%s) - START )) s"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -43,6 +44,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = [rows[i] for i in sorted(rng.permutation(len(rows))[: args.limit])]
     images = [decode_image(r.path) for r in rows]
+    load_before = os.getloadavg()[0]  # the machine may be shared: the results file says how busy it was
     with workzone.load_pipeline(args.pipeline) as pipe:
         pipe.run_decoded(images[: args.batch_size])  # warm-up
         decisions, batch_ms = [], []
@@ -58,6 +60,7 @@ def main() -> None:
             pipe.run_decoded([im])
             single.append((time.perf_counter() - tb) * 1000)
         tiers = [t.name for t in pipe.config.tiers]
+    load_after = os.getloadavg()[0]
     stage_ms = defaultdict(list)
     tier_ms = defaultdict(list)
     for d in decisions:
@@ -74,6 +77,7 @@ def main() -> None:
         f"# Pipeline speed: `{args.pipeline}`", "",
         f"- date: {dt.date.today().isoformat()}",
         f"- machine: {describe_machine()}",
+        f"- load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}",
         f"- data: {len(images)} images of split `{args.split}` of `{Path(args.manifest).parent.name}` (decoded before timing), batch size {args.batch_size}",
         f"- command: `python benchmarks/pipeline_speed.py --pipeline {args.pipeline} --split {args.split} --limit {args.limit} --batch-size {args.batch_size}`",
         "", "| measure | value |", "| --- | --- |",
@@ -87,11 +91,11 @@ def main() -> None:
     for k, name in enumerate(tiers):
         v = tier_ms.get(k, [])
         lat = f"{pct(v, 50):.1f} / {pct(v, 95):.1f}" if v else "-"
-        lines.append(f"| {k} `{name}` | {exits[k]:.1%} | {reach:.1%} | {lat} |")
+        lines.append(f"| {k + 1} `{name}` | {exits[k]:.1%} | {reach:.1%} | {lat} |")  # tiers count from 1
         reach -= exits[k]
     lines += ["", "| stage | tier | ms per image (p50 / p95), amortised over its batch |", "| --- | --- | --- |"]
     for (tier, stage), v in sorted(stage_ms.items()):
-        lines.append(f"| `{stage}` | {tier} | {pct(v, 50):.1f} / {pct(v, 95):.1f} |")
+        lines.append(f"| `{stage}` | {tier + 1} | {pct(v, 50):.1f} / {pct(v, 95):.1f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

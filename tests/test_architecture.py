@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("io", ("workzone.io",)),
     ("video", ("workzone.video",)),
     ("accel", ("workzone.accel",)),
-    ("stages", ("workzone.stages", "workzone.object_evidence")),
+    ("stages", ("workzone.stages", "workzone.object_evidence", "workzone.verified_evidence")),
     ("config", ("workzone.config", "workzone.engine_options", "workzone.routing")),
     ("evaluation", ("workzone.evaluation",)),
     ("fusion", ("workzone.fusion",)),

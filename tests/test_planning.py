@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from importlib.util import find_spec
 
 import pytest
 
@@ -271,3 +272,46 @@ def test_engine_reservation_never_understates_a_too_big_engine():
     # 0.95 is the largest share asked for; an engine needing more than that must not "fit".
     with pytest.raises(ConfigError, match="plan refused"):
         plan_pipeline(pipeline(vlm(model="Qwen/Qwen3-VL-32B-Instruct")), GpuSpec(1, 70))
+
+
+def test_too_few_gpus_are_refused_on_memory_before_a_pin():
+    owl = "{name: owl, kind: hf_zero_shot_detection, device: 'cuda:1', model: google/owlv2-base-patch16-ensemble}"
+    with pytest.raises(ConfigError) as ei:
+        plan_pipeline(pipeline(owl, vlm(model="Qwen/Qwen3-VL-32B-Instruct")), GpuSpec(1, 24))
+    msg = str(ei.value)
+    assert msg.startswith("plan refused: the GPU stages need ") and "but 1 x 24 GB gives 23.0 GB" in msg
+    assert "GB short" in msg and "engine:Qwen/Qwen3-VL-32B-Instruct" in msg and "cuda:1" not in msg
+
+
+def test_an_engine_block_overriding_quant_is_reported():
+    own = vlm(model="Qwen/Qwen3-VL-32B-Instruct")[:-1] + ", engine: {quantization: fp8}}"
+    plan = plan_pipeline(pipeline(own), GpuSpec(1, 80), "awq")
+    (item,) = plan.items
+    assert item.quant == "fp8"
+    assert any("sets quantization fp8, which overrides --quant awq" in w for w in plan.warnings)
+    assert not any("overrides" in w for w in plan_pipeline(pipeline(own), GpuSpec(1, 80), "fp8").warnings)
+
+
+def test_check_and_plan_know_dfine_and_yolo_world(tmp_path):
+    (tmp_path / "vocab.pt").write_bytes(b"x")
+    cfg = pipeline("{name: d, kind: dfine, model: ustc-community/dfine-medium-coco, device: cuda}",
+                   "{name: dl, kind: dfine, model: ./my-dfine}",
+                   "{name: w, kind: yolo_world, model: vocab.pt, device: cuda, prompts: {a traffic cone: cone}}",
+                   "{name: wg, kind: yolo_world, model: gone-world.pt}",
+                   "{name: wy, kind: yolo_world, model: yolov8s-worldv2.yaml}")
+    rows = {(r.stage, r.check): r for r in check_pipeline(cfg, tmp_path, reachable=lambda host: False)}
+    assert rows[("d", "extras")].detail in ("[hf] installed", "missing transformers, torch: pip install 'workzone[hf]'") \
+        or rows[("d", "extras")].detail.startswith("missing ")
+    # offline: a hub checkpoint not in the cache is reported as a download that cannot happen
+    assert rows[("d", "download")].ok is False and "huggingface.co, which is not reachable" in rows[("d", "download")].detail
+    assert rows[("dl", "model")].ok is False and "my-dfine does not exist" in rows[("dl", "model")].detail
+    assert rows[("w", "model")].ok is True and rows[("wg", "model")].ok is False
+    assert "gone-world.pt does not exist" in rows[("wg", "model")].detail
+    assert rows[("w", "extras")].detail.endswith("'workzone[detect]'") or rows[("w", "extras")].detail == "[detect] installed"
+    if find_spec("ultralytics") is not None:
+        assert rows[("wy", "model")].ok is True and "ships with the detect extra" in rows[("wy", "model")].detail
+    plan = plan_pipeline(pipeline("{name: d, kind: dfine, model: ustc-community/dfine-xlarge-obj2coco}",
+                                  "{name: w, kind: yolo_world, model: yolov8m-worldv2.pt, half: true}"), GpuSpec(1, 24))
+    items = {i.stages[0]: i for i in plan.items}
+    assert {k: i.spec.key for k, i in items.items()} == {"d": "dfine-xlarge", "w": "yolov8m-world"}
+    assert items["w"].weights_gb == pytest.approx(0.029e9 * 2 / GiB) and not plan.warnings

@@ -20,7 +20,7 @@ from workzone.config.schema import PipelineConfig, StageSpec
 from workzone.stages.base import Stage, StageContext
 from workzone.stages.registry import get_stage_class, list_stages
 
-__all__ = ["missing_modules", "CheckRow", "check_pipeline", "host_reachable"]
+__all__ = ["missing_modules", "CheckRow", "check_pipeline", "host_reachable", "require_runnable"]
 
 
 def missing_modules(kind: str) -> tuple[str, list[str]]:
@@ -166,3 +166,32 @@ def _endpoint_row(st: StageSpec, timeout_s: float) -> CheckRow:
     if model not in served:
         return CheckRow(st.name, st.kind, "endpoint", False, f"{url} serves {served}, not {model!r}")
     return CheckRow(st.name, st.kind, "endpoint", True, f"{url} serves {model}")
+
+
+def require_runnable(config: PipelineConfig, base_dir: Path, *, what: str, reference: str) -> None:
+    """Refuse before any work (binding a port, reading inputs) what ``workzone check`` would report.
+
+    Extras and model files are checked, offline (a model that would be downloaded counts as fine
+    here; the stage says so when it loads).
+
+    Args:
+        what: the command, for the message (``workzone serve``).
+        reference: the pipeline as the user named it, for the ``workzone check`` hint.
+
+    Raises:
+        MissingExtraError: a stage's extra is not installed (the message lists every problem).
+        ModelFileError: a model file is missing.
+    """
+    from workzone.errors import MissingExtraError, ModelFileError
+
+    problems = [r for r in check_pipeline(config, base_dir, reachable=lambda host: True) if r.ok is False]
+    if not problems:
+        return
+    listed = "; ".join(f"stage {r.stage!r} (kind {r.kind}) {r.check}: {r.detail}" for r in problems)
+    message = (f"{what} refused before starting: pipeline {config.name!r} cannot run here: {listed} "
+               f"(`workzone check {reference}` shows every check)")
+    extras = [r for r in problems if r.check == "extras"]
+    if extras:
+        extra, missing = missing_modules(extras[0].kind)
+        raise MissingExtraError(missing[0] if missing else extras[0].kind, extra, message=message)
+    raise ModelFileError(message)

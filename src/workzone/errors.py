@@ -78,12 +78,12 @@ class UnknownStageKind(ConfigError):
 class MissingExtraError(WorkzoneError, ImportError):
     """An optional dependency is needed but not installed."""
 
-    def __init__(self, module: str, extra: str, purpose: str = "") -> None:
+    def __init__(self, module: str, extra: str, purpose: str = "", message: str | None = None) -> None:
         self.module = module
         self.extra = extra
         what = f" for {purpose}" if purpose else ""
         super().__init__(
-            f"the optional dependency {module!r} is needed{what} but is not installed; "
+            message or f"the optional dependency {module!r} is needed{what} but is not installed; "
             f"install it with: pip install 'workzone[{extra}]'"
         )
 

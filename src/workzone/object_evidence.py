@@ -10,6 +10,8 @@ weights they were fitted for.
 Features per image (all bounded, so a garbage box cannot dominate), for each class ``c``:
 ``logit(max score of c)`` clipped to [-6, 6] and ``log1p(boxes of c scoring >= 0.3)``; then the
 same two over all classes, and the height of the tallest box >= 0.3 as a fraction of the image.
+A look-alike class (``sign_other``: a traffic sign that is not the road-work sign, which the detector learns
+so as to tell the two apart) never counts in the class-blind summaries: it is not evidence of road work.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["FEATURE_VERSION", "DETECTION_FLOOR", "MAX_DETECTIONS", "feature_names", "object_features", "ObjectDecision"]
+__all__ = ["FEATURE_VERSION", "DETECTION_FLOOR", "MAX_DETECTIONS", "COUNT_AT", "LOGIT_CLIP", "LOOKALIKE_CLASSES",
+           "feature_names", "object_features", "lookalike_indices", "ObjectDecision"]
 
 FEATURE_VERSION = 1
 # Detections below this score, or past this many, are not summarised: the decision is fitted on
@@ -27,7 +30,11 @@ FEATURE_VERSION = 1
 DETECTION_FLOOR = 0.01
 MAX_DETECTIONS = 50
 _COUNT_AT = 0.3
+#: Detector classes that are look-alikes of work-zone objects, never evidence.
+LOOKALIKE_CLASSES: tuple[str, ...] = ("sign_other",)
 _LOGIT_CLIP = 6.0
+# Public names of the two for the device path (accel/objects.py), which computes the same features.
+COUNT_AT, LOGIT_CLIP = _COUNT_AT, _LOGIT_CLIP
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:
@@ -43,13 +50,20 @@ def feature_names(class_names: Sequence[str]) -> list[str]:
     return names + ["max_any", "count_any", "tallest"]
 
 
-def object_features(det: np.ndarray, num_classes: int, image_height: float = 1.0) -> np.ndarray:
+def lookalike_indices(class_names: Sequence[str]) -> tuple[int, ...]:
+    """Indices of the look-alike classes among a detector's classes."""
+    return tuple(i for i, c in enumerate(class_names) if c in LOOKALIKE_CLASSES)
+
+
+def object_features(det: np.ndarray, num_classes: int, image_height: float = 1.0,
+                    lookalikes: Sequence[int] = ()) -> np.ndarray:
     """Features of one image's detections.
 
     Args:
         det: (D, 6) rows ``x1, y1, x2, y2, score, class`` (any coordinates; ``image_height`` in the same).
         num_classes: K.
         image_height: height of the image in ``det``'s coordinates.
+        lookalikes: class indices left out of the class-blind summaries (:func:`lookalike_indices`).
 
     Returns:
         (2 K + 3,) float64, columns as :func:`feature_names`.
@@ -66,6 +80,8 @@ def object_features(det: np.ndarray, num_classes: int, image_height: float = 1.0
         s = scores[cls == c]
         out[2 * c] = _logit(s.max() if len(s) else 0.0)
         out[2 * c + 1] = math.log1p(int((s >= _COUNT_AT).sum()))
+    evidence = ~np.isin(cls, np.asarray(lookalikes, int))
+    det, scores = det[evidence], scores[evidence]
     out[2 * num_classes] = _logit(scores.max() if len(scores) else 0.0)
     strong = det[scores >= _COUNT_AT]
     out[2 * num_classes + 1] = math.log1p(len(strong))
@@ -96,15 +112,19 @@ class ObjectDecision:
         if self.weights.shape != (len(used),) or not np.isfinite(self.weights).all() or not math.isfinite(self.bias):
             raise ValueError(f"decision weights: expected {len(used)} finite numbers")
         self.num_classes = len(class_names)
+        self.lookalikes = lookalike_indices(class_names)
         self.feature_names = used
 
     def log_odds(self, det: np.ndarray, image_height: float) -> float:
         """The image's road-work log-odds from its detections."""
-        return float(self.bias + self.weights @ object_features(det, self.num_classes, image_height)[self.columns])
+        return float(self.bias + self.weights @ self._features(det, image_height))
+
+    def _features(self, det: np.ndarray, image_height: float) -> np.ndarray:
+        return object_features(det, self.num_classes, image_height, self.lookalikes)[self.columns]
 
     def contributions(self, det: np.ndarray, image_height: float, top: int = 3) -> list[tuple[str, float]]:
         """The features that pushed this decision most, as (name, weight x value), largest first."""
         names = self.feature_names
-        parts = self.weights * object_features(det, self.num_classes, image_height)[self.columns]
+        parts = self.weights * self._features(det, image_height)
         order = np.argsort(-np.abs(parts))[:top]
         return [(names[i], float(parts[i])) for i in order]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,15 +55,26 @@ class ImageDecoder:
     Args:
         device: the cascade's device (``cpu``, ``cuda``, ``cuda:N``).
         limits: size, memory and work limits every decoded image respects.
-        processes: the decoder processes for untrusted bytes (:meth:`decode_bytes`), or None.
+        gpu_decode: on CUDA, ``nvjpeg`` (fastest) or ``libjpeg`` (the batch's JPEGs decoded on CPU threads:
+            the CPU path's exact pixels, which the object decision is sensitive to; see docs/gpu.md).
+        processes: the decoder processes for untrusted bytes (:meth:`decode_bytes`) on the CPU, or None.
     """
 
-    def __init__(self, device: str = "cpu", *, limits: ImageLimits = DEFAULT_LIMITS,
+    def __init__(self, device: str = "cpu", *, limits: ImageLimits = DEFAULT_LIMITS, gpu_decode: str = "nvjpeg",
                  processes: DecodePool | None = None) -> None:
         self.limits = limits
-        self._device = _device_decoder(device, limits)
-        # nvJPEG decodes a GPU server's JPEGs; the processes serve the CPU policy.
+        self._device = _device_decoder(device, limits, 1.0 if gpu_decode == "libjpeg" else 0.0)
+        # nvJPEG (or libjpeg threads) decode a GPU server's JPEGs; the processes serve the CPU policy.
         self.processes = processes if self._device is None else None
+
+    def defers(self, data: Any) -> tuple[int, int] | None:
+        """``(width, height)`` when ``data`` is a JPEG best decoded with its batch on the device (see
+        :meth:`decode_each`), from its header alone; ``None`` when it must be decoded now."""
+        return self._device.accepts(data) if self._device is not None else None
+
+    def decode_each(self, blobs: Sequence[bytes], labels: Sequence[str]) -> list[Image | Exception]:
+        """Decode a batch of JPEGs that :meth:`defers` passed; a file that fails is its exception."""
+        return self._device.decode_each(blobs, labels)
 
     def decode(self, items: Sequence[Any], sources: Sequence[str | None] | None = None) -> list[Image]:
         """Decode ``items`` (path, bytes, base64, PIL image, numpy array, Image), in order.
@@ -96,7 +108,7 @@ class ImageDecoder:
             self.processes.close()
 
 
-def _device_decoder(device: str, limits: ImageLimits) -> Any:
+def _device_decoder(device: str, limits: ImageLimits, cpu_share: float = 0.0) -> Any:
     """A batched GPU decoder for ``device`` (:mod:`workzone.accel.decode`), or None on the CPU or without torch."""
     if not device.startswith("cuda") or importlib.util.find_spec("torchvision") is None:
         return None
@@ -106,7 +118,7 @@ def _device_decoder(device: str, limits: ImageLimits) -> Any:
         return None
     from workzone.accel.decode import DeviceDecoder
 
-    return DeviceDecoder(device, limits=limits)
+    return DeviceDecoder(device, limits=limits, cpu_share=cpu_share, workers=min(16, len(os.sched_getaffinity(0))))
 
 
 @dataclass(frozen=True)
@@ -165,8 +177,9 @@ class DetectionService:
     def from_config(cls, config: PipelineConfig, base_dir: Path, *, device: str = "cpu",
                     extras: dict[str, Any] | None = None, **kwargs: Any) -> "DetectionService":
         """Build from a validated config whose relative paths resolve against ``base_dir`` (loads no weights)."""
+        gpu_decode = kwargs.pop("gpu_decode", "nvjpeg")
         if "decoder" not in kwargs:
-            kwargs["decoder"] = ImageDecoder(device, limits=kwargs.get("limits", ImageLimits()))
+            kwargs["decoder"] = ImageDecoder(device, limits=kwargs.get("limits", ImageLimits()), gpu_decode=gpu_decode)
         return cls(Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras), **kwargs)
 
     @property
@@ -262,6 +275,12 @@ class DetectionService:
                 over the CPU budget).
             DeadlineExceeded: no decoder came free, or the decode did not finish, before ``end``.
         """
+        size = self.decoder.defers(data)
+        if size is not None:
+            from workzone.accel.device_image import EncodedImage
+
+            # Decoded with its batch, on the device (see _decode_batch): the request reads only the header.
+            return EncodedImage(bytes(data), source, size)
         work = self.decoder.decode_bytes(data, source, budget or self.decode_budget(), end, cost_s)
         if self.decoder.processes is not None:
             return await work
@@ -396,7 +415,37 @@ class DetectionService:
             return [d for d in out if d is not None]
         return await self._run_jobs(jobs)
 
+    async def _decode_batch(self, jobs: list[_Job]) -> tuple[list[_Job], dict[int, Decision]]:
+        """Decode the batch's deferred JPEGs in one call; a file that fails is answered with the prior
+        (degraded, naming why) instead of failing its batch."""
+        from workzone.accel.device_image import EncodedImage
+
+        pending = [k for k, j in enumerate(jobs) if isinstance(j.image, EncodedImage)]
+        if not pending:
+            return jobs, {}
+        imgs = [jobs[k].image for k in pending]
+        decoded = await asyncio.to_thread(self.decoder.decode_each, [im.data for im in imgs],  # type: ignore[attr-defined]
+                                          [im.source for im in imgs])
+        jobs = list(jobs)
+        failed: dict[int, Decision] = {}
+        for k, img in zip(pending, decoded):
+            if isinstance(img, Exception):
+                failed[k] = self.prior_decision(jobs[k].image.source, f"the image could not be decoded: {img}")
+            else:
+                jobs[k] = _Job(img, jobs[k].deadline, jobs[k].on_event)
+        return jobs, failed
+
     async def _run_jobs(self, jobs: list[_Job]) -> list[Decision]:
+        jobs, failed = await self._decode_batch(jobs)
+        if failed:
+            live = [k for k in range(len(jobs)) if k not in failed]
+            out = dict(failed)
+            if live:
+                out.update(zip(live, await self._run_decoded([jobs[k] for k in live])))
+            return [out[k] for k in range(len(jobs))]
+        return await self._run_decoded(jobs)
+
+    async def _run_decoded(self, jobs: list[_Job]) -> list[Decision]:
         now = time.perf_counter()
         # A batch runs under its tightest deadline, so nobody in it is answered late.
         ends = [j.deadline for j in jobs if j.deadline is not None]

@@ -99,6 +99,33 @@ def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labe
     return fusions, np.vstack(probs)
 
 
+#: A budget that costs more MCC than this is worth a sentence (and ``tune --strict`` refuses it).
+BUDGET_MCC_LOSS = 0.05
+#: Fewer images, or fewer of the rarer class, than these make thresholds that move with a handful of
+#: images: MCC's 95 % bootstrap interval is wider than +-0.1 below about 200 images.
+SMALL_SET_IMAGES = 200
+SMALL_SET_MINORITY = 30
+
+
+def _tuning_warnings(config: PipelineConfig, y: np.ndarray, probs: np.ndarray, tier_costs: np.ndarray, sim: Any,
+                     max_cost: float | None) -> list[str]:
+    """What the tuned pipeline's numbers hide: a budget that costs MCC, a set too small to trust."""
+    out = []
+    if max_cost is not None:
+        _, free = tune_exit_thresholds(probs, y, tier_costs, max_cost=None)
+        if free.mcc - sim.mcc > BUDGET_MCC_LOSS:
+            out.append(f"the budget --max-cost {max_cost:g} ms costs {free.mcc - sim.mcc:.2f} MCC: {sim.mcc:.3f} "
+                       f"under it against {free.mcc:.3f} without it (mean cost {free.cost:.1f} ms/img), with "
+                       f"{sim.exit_rates[0]:.0%} of images decided by tier 1 '{config.tiers[0].name}' alone; raise "
+                       "--max-cost or drop it")
+    minority = int(min(y.sum(), len(y) - y.sum()))
+    if len(y) < SMALL_SET_IMAGES or minority < SMALL_SET_MINORITY:
+        out.append(f"the tuning set is small ({len(y)} images, {minority} of the rarer class; fewer than "
+                   f"{SMALL_SET_IMAGES} images or {SMALL_SET_MINORITY} of a class): the fitted weights and exits may "
+                   "not hold on new images; tune on more labelled images")
+    return out
+
+
 def cost_mcc_frontier(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarray,
                       points: int = 12) -> list[dict[str, float]]:
     """Best MCC the exit thresholds reach within budgets from tier 1's cost to every tier's.
@@ -208,5 +235,8 @@ def tune_scores(config: PipelineConfig, scores: list[dict[str, float | None]], l
     unreachable = [config.tiers[k].name for k in range(1, len(tiers)) if reach[k] <= 0.0]
     if unreachable:
         summary["unreachable_tiers"] = unreachable
+    warnings = _tuning_warnings(config, y, probs, tier_costs, sim, max_cost)
+    if warnings:
+        summary["warnings"] = warnings
     new_cfg = config.model_copy(update={"tiers": tuple(new_tiers), "tuning": summary})
     return TuneResult(new_cfg, summary)

@@ -58,3 +58,14 @@ def test_bench_cpu_writes_markdown_and_json(tmp_path):
     assert all(r["images_per_s"] > 0 for r in data["rows"] if not math.isnan(r["batch_ms_p50"]))
     assert data["machine"]["cores"] and "load average (1 min)" in data["machine"]
     assert "| run | device |" in out.read_text()
+
+
+def test_pipeline_rows_state_their_time_against_the_bare_session():
+    from workzone.cli.bench import add_session_ratios
+
+    rows = [Row("object detector, bare onnxruntime session (inputs ready)", "cpu", "dev", 8, 100, 2.0, 1, 1),
+            Row("pipeline 'default' from JPEG bytes", "cpu", "dev", 8, 80, 2.0, 1, 1, notes="0% past"),
+            Row("pipeline 'default' from JPEG bytes", "cpu", "other", 8, 80, 2.0, 1, 1)]
+    add_session_ratios(rows)
+    assert rows[1].notes.endswith("1.25x the bare detector session's time per image")
+    assert rows[2].notes == ""  # no session row for that input

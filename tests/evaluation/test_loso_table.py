@@ -52,3 +52,33 @@ def test_cross_fit_never_fits_on_the_scored_fold() -> None:
 
     z = cross_fit(rows, fit, predict)
     assert len(seen) == 3 and z.shape == (40,)
+
+
+def _csv_without_fold_and_condition(path):
+    lines = ["key,label,source,objects"]
+    for i in range(40):
+        src = "abcd"[i % 4]
+        lines.append(f"k{i},{i % 2},{src},{(1 if i % 2 else -1) * (1 + i % 3) + (0.5 if i % 5 == 0 else 0)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_loso_table_names_the_file_the_missing_column_and_the_flag(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from workzone.cli.main import app
+    from workzone.errors import DataError
+
+    csv = _csv_without_fold_and_condition(tmp_path / "scores.csv")
+    res = CliRunner().invoke(app, ["train", "loso-table", str(csv), "--candidate", "o=objects", "--out", str(tmp_path / "t.md")])
+    assert isinstance(res.exception, DataError)  # one line from main(), not a KeyError traceback
+    msg = str(res.exception)
+    assert msg.startswith(f"{csv}: no column 'fold' (columns: key, label, source, objects)") and "--fold-column" in msg
+    res = CliRunner().invoke(app, ["train", "loso-table", str(csv), "--candidate", "o=objects", "--out", str(tmp_path / "t.md"),
+                                   "--fold-column", "source"])
+    assert isinstance(res.exception, DataError) and "no column 'condition'" in str(res.exception)
+    assert "--condition-column" in str(res.exception)
+    res = CliRunner().invoke(app, ["train", "loso-table", str(csv), "--candidate", "o=objects", "--out", str(tmp_path / "t.md"),
+                                   "--fold-column", "source", "--condition-column", "source"])
+    assert res.exit_code == 0, res.output
+    assert "| o |" in (tmp_path / "t.md").read_text() or "o" in (tmp_path / "t.md").read_text()

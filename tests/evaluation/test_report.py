@@ -127,6 +127,41 @@ def test_report_without_labels_says_how_to_get_metrics(evaluated, tmp_path):
     assert "--manifest" in text and 'data-plot="roc"' not in text and 'data-plot="probabilities"' in text
 
 
+def test_records_without_tier_names_or_labels_are_numbered_from_1_and_claim_no_misses(evaluated, tmp_path):
+    rows = [json.loads(x) for x in evaluated["preds"].read_text().splitlines()]
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("\n".join(json.dumps({k: v for k, v in r.items() if k not in ("truth", "exit_tier_name")})
+                              for r in rows))
+    out = tmp_path / "bare.html"
+    res = runner.invoke(app, ["report", str(bare), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    funnel = out.read_text().split('data-plot="funnel"')[1].split("</figure>")[0]
+    assert ">tier 1<" in funnel and ">tier 2<" in funnel and ">0: 0<" not in funnel
+    text = out.read_text()
+    assert "<p>no misses</p>" not in text and "no true labels, so misses and false alarms cannot be told" in text
+
+
+def test_the_report_gives_one_roc_auc_interval(evaluated):
+    text = evaluated["html"].read_text()
+    row = re.search(r"<td>ROC-AUC</td><td><b>([0-9.]+)</b></td><td>\[([0-9.]+), ([0-9.]+)\]", text)
+    assert row, "headline ROC-AUC row"
+    legend = text.split('data-plot="roc"')[1].split("</figure>")[0]
+    assert f"ROC-AUC {row[1]} [{row[2]}, {row[3]}]" in legend  # the plot's legend quotes the table's interval
+
+
+def test_per_source_numbers_sit_beside_the_axis_not_across_the_bars(evaluated):
+    import xml.etree.ElementTree as ET
+
+    figure = evaluated["html"].read_text().split('data-plot="per-source"')[1].split("</figure>")[0]
+    svg = ET.fromstring(figure[figure.index("<svg"):figure.index("</svg>") + 6])
+    ns = "{http://www.w3.org/2000/svg}"
+    counts = [t for t in svg.iter(f"{ns}text") if (t.text or "").startswith("(n=")]
+    in_ticks = [t for g in svg.iter(f"{ns}g") if g.get("id", "").startswith("ytick_")
+                for t in g.iter(f"{ns}text") if (t.text or "").startswith("(n=")]
+    # every group's numbers are part of its axis label, none drawn over a bar where error bars cross them
+    assert len(counts) == len(in_ticks) == 3
+
+
 def test_report_rejects_a_malformed_records_file(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"path": "a.jpg", "probability": 0.2}\nnot json\n')

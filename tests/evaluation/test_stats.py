@@ -75,6 +75,8 @@ def test_reliability_bins_count_every_image_once():
     ([0, 0, 0, 0], [0.1, 0.2, 0.9, 0.3], "specificity", 0.75),
     ([1, 1, 1], [0.9, 0.2, 0.8], "recall", 2 / 3),
     ([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2], "MCC", 1.0),
+    # one road-work image among nine: its MCC would swing on that image alone, so the nine are scored
+    ([0] * 9 + [1], [0.1] * 8 + [0.9, 0.2], "specificity", 8 / 9),
 ])
 def test_subset_score_never_reports_an_undefined_mcc(y, p, metric, value):
     s = subset_score(y, p)
@@ -89,3 +91,9 @@ def test_headline_metrics_have_intervals():
     assert set(m) == {"MCC", "ROC-AUC", "accuracy", "recall", "specificity", "precision"}
     for iv in m.values():
         assert iv.low <= iv.value <= iv.high
+
+
+def test_a_subset_with_one_minority_image_says_so_instead_of_an_mcc():
+    s = subset_score([0] * 9 + [1], [0.1] * 8 + [0.9, 0.2])
+    assert (s["metric"], s["n"], s["positives"]) == ("specificity", 10, 1)
+    assert s["note"] == "; MCC not shown: 1 road-work image only"

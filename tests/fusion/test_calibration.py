@@ -74,3 +74,19 @@ def test_balanced_fit_shifts_the_bias_by_the_prior_log_ratio():
     assert (z_bal > 0).sum() > (z_plain > 0).sum()
     fus = fit_fusion([{"a": float(v)} for v in x], y, ["a"], l2=0.0, balanced=True)
     assert fus.bias == pytest.approx(bal.bias, abs=1e-5)
+
+
+def test_fit_stays_finite_when_newton_would_overshoot() -> None:
+    """Two correlated stage scores of large magnitude with a weight prior of 1 (as the LOSO table fits fusion):
+    plain Newton steps overshoot and the unpenalised bias ran off to 5e8 (seen on one leave-one-source-out fold,
+    which then called every held-out positive negative). With step halving the fit is finite and separates."""
+    from workzone.fusion.calibration import fit_logistic
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(1700), np.ones(440)].astype(int)
+    a = 2.0 * np.where(y == 1, rng.normal(2.0, 1.5, y.size), rng.normal(-1.5, 1.2, y.size))
+    b = 2.0 * np.where(y == 1, rng.normal(2.5, 2.5, y.size), rng.normal(-2.5, 2.8, y.size)) + 0.8 * a
+    fit = fit_logistic(np.c_[a, b], y, l2=1e-2, balanced=True, prior=1.0)
+    assert np.isfinite(fit.bias) and abs(fit.bias) < 10 and np.all(np.abs(fit.weights) < 10)
+    z = fit.bias + np.c_[a, b] @ fit.weights
+    assert ((z > 0) == (y == 1)).mean() > 0.9

@@ -9,6 +9,7 @@ import pytest
 from workzone.cascade import build_stages
 from workzone.config.loader import builtin_pipeline_path, builtin_pipelines, load_pipeline_config
 from workzone.checking import check_pipeline
+from workzone.errors import ConfigError
 from workzone.planning import GpuSpec, plan_pipeline
 from workzone.stages.base import StageContext
 
@@ -69,3 +70,22 @@ def test_gpu_pipeline_fits_its_hardware(name, gpus):
     plan = plan_pipeline(cfg, gpus)
     assert all(u <= gpus.memory_gb - plan.reserve_gb for u in plan.used)
     assert any(i.engine for i in plan.items) and not plan.warnings
+
+
+@pytest.mark.parametrize("name", sorted(TARGET_GPUS))
+def test_showcase_pipelines_start_from_the_shipped_object_path(name):
+    """The default's two stages (sign OCR, the embedded object detector) come first; heavy tiers sit behind."""
+    cfg, _ = load_pipeline_config(REPO / "pipelines" / f"{name}.yaml")
+    default, _ = load_pipeline_config("default")
+    shipped = {(s.kind, getattr(s.params, "model", None)) for t in default.tiers for s in t.stages}
+    first = {(s.kind, getattr(s.params, "model", None)) for s in cfg.tiers[0].stages}
+    assert shipped <= first
+    heavy = {"vlm_openai", "reasoner_openai", "hf_segmentation", "hf_zero_shot_detection", "hf_zero_shot_image"}
+    assert not {s.kind for s in cfg.tiers[0].stages} & heavy
+    assert {s.kind for t in cfg.tiers[1:] for s in t.stages} & heavy
+
+
+def test_too_few_gpus_for_seven_tier_are_refused_on_memory():
+    cfg, _ = load_pipeline_config(REPO / "pipelines" / "seven-tier.yaml")
+    with pytest.raises(ConfigError, match=r"plan refused: the GPU stages need [0-9.]+ GB in all, but 1 x 24 GB gives"):
+        plan_pipeline(cfg, GpuSpec(1, 24))

@@ -190,3 +190,19 @@ def test_synapse_fields_match_upstream() -> None:
     e = ExtendedImageSynapse(image="abc")
     assert (e.model_url, e.explanation, e.deserialize()) == ("", "", -1.0)
     assert isinstance(e, ImageSynapse) and ExtendedImageSynapse.__name__ == "ExtendedImageSynapse"
+
+
+def test_an_unreachable_chain_is_one_sentence_naming_the_endpoint_and_the_flag(tmp_path: Path) -> None:
+    from workzone.errors import ConfigError
+    from workzone.miner.axon import run_miner
+
+    make_wallet(tmp_path, "offline")
+    endpoint = f"ws://127.0.0.1:{free_port()}"  # nothing listens there: what a machine without a network meets
+    settings = MinerSettings(wallet_name="offline", wallet_path=str(tmp_path), chain_endpoint=endpoint)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        run_miner(settings)
+    msg = str(info.value)
+    assert msg.startswith(f"workzone miner: cannot reach the subtensor at {endpoint}")
+    assert "--subtensor.chain_endpoint" in msg and "\n" not in msg
+    assert time.monotonic() - t0 < 60

@@ -134,7 +134,7 @@ def test_a_decode_past_its_cpu_budget_is_killed_and_the_server_goes_on(live_serv
 
 
 def test_a_batch_shares_one_decode_budget_and_is_refused_whole(live_server, model_dir: Path):
-    srv = live_server(pipeline=str(write_pipeline(model_dir, "batchbudget")), request_decode_cpu_s=0.05,
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "batchbudget")), request_decode_cpu_s=0.01,  # one CPU tick
                       max_batch_images=64)
     files = [("images", (f"{k}.png", _noise_png(700, k), "image/png")) for k in range(12)]  # ~20 ms of CPU each
     t = time.perf_counter()

@@ -75,10 +75,16 @@ def test_page_shows_tiers_decision_and_evidence_of_a_sample(live_server, ui_pipe
     assert card.get_attribute("data-state") == "done", card.inner_text()
     verdict = card.locator(".verdict").inner_text()
     assert "ROAD WORK" in verdict and "P(road work) 0.9" in verdict
+    # the pipeline's costs are declared, not timed, and say so
+    assert "declared cost" in verdict and "not a measured time" in verdict
+    assert "1: fast" in page.inner_text("#pipeline")  # tiers count from 1, as in eval, tune and the CLI
     tiers = card.locator(".tiers li")
     assert tiers.count() == 2  # both tier events arrived from the stream
+    assert tiers.nth(0).inner_text().startswith("tier 1 ")
     assert "closer-look" in tiers.nth(1).inner_text() and "decided" in tiers.nth(1).inner_text()
+    assert tiers.nth(1).inner_text().startswith("tier 2 ")
     assert card.locator("tbody tr").count() == 4  # one row per stage, with its score and cost
+    assert card.locator("tbody tr").first.locator("td").nth(2).inner_text() == "1"
     assert card.locator(".overlay rect.box").count() >= 1  # the cone detector's boxes
     assert card.locator(".overlay rect.heat").count() >= 1  # the tile that lit up
     box = card.locator(".overlay rect.box").first.bounding_box()

@@ -38,3 +38,14 @@ def why_cannot_run(name: str, *modules: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any import failure means "cannot run here"
         return f"{name} cannot run here: {type(exc).__name__}: {exc}"
     return None
+
+
+def ultralytics_offline() -> str | None:
+    """Keep Ultralytics off the network and out of ``$HOME`` (it reads these at import), then
+    :func:`why_cannot_run` for it and the torchvision its predictor imports."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="wz-ultralytics-"))
+    return why_cannot_run("ultralytics", "torchvision", "ultralytics")

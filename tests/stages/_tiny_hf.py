@@ -122,3 +122,25 @@ def save_sam(folder: Path, seed: int = 0) -> Path:
         size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
         mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16})).save_pretrained(folder)
     return folder
+
+
+def save_dfine(folder: Path, labels: tuple[str, ...] = ("traffic cone", "person", "truck"), seed: int = 0) -> Path:
+    """A two-decoder-layer D-FINE over a four-stage HGNetV2 of 8-64 channels (about 0.3 MB), 64 px input."""
+    import torch
+    from transformers import DFineConfig, DFineForObjectDetection, HGNetV2Config, RTDetrImageProcessor
+
+    backbone = HGNetV2Config(embedding_size=8, hidden_sizes=[16, 32, 64, 64], depths=[1, 1, 1, 1],
+                             stem_channels=[3, 8, 8], stage_in_channels=[8, 16, 32, 64],
+                             stage_mid_channels=[8, 8, 16, 16], stage_out_channels=[16, 32, 64, 64],
+                             stage_num_blocks=[1, 1, 1, 1], stage_numb_of_layers=[1, 1, 1, 1],
+                             out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"])
+    cfg = DFineConfig(backbone_config=backbone, encoder_in_channels=[32, 64, 64], encoder_hidden_dim=16,
+                      encoder_ffn_dim=32, encoder_attention_heads=2, d_model=16, decoder_in_channels=[16, 16, 16],
+                      decoder_ffn_dim=32, decoder_layers=2, decoder_attention_heads=2, num_queries=20,
+                      num_denoising=0, lqe_hidden_dim=8, decoder_n_points=2, hidden_expansion=0.5, depth_mult=0.34,
+                      num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={lab: i for i, lab in enumerate(labels)})
+    torch.manual_seed(seed)
+    DFineForObjectDetection(cfg).save_pretrained(folder)
+    RTDetrImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder

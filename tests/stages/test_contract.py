@@ -78,7 +78,8 @@ def tiny(tmp_path_factory):
             servers.append(FakeOpenAIServer().start())
             return servers[-1].url
         builders = {"vit": lambda p: _tiny_hf.save_vit_classifier(p, ["none", "roadwork"]), "clip": _tiny_hf.save_clip,
-                    "owlv2": _tiny_hf.save_owlv2, "depth": _tiny_hf.save_depth_anything, "sam": _tiny_hf.save_sam}
+                    "owlv2": _tiny_hf.save_owlv2, "depth": _tiny_hf.save_depth_anything, "sam": _tiny_hf.save_sam,
+                    "dfine": _tiny_hf.save_dfine}
         if name not in builders:
             pytest.skip(f"no tiny builder for {name!r} here (its kind's own test builds it)")
         return str(builders[name](root / name))

@@ -8,13 +8,11 @@ torchvision is missing or broken they are skipped, and the tests that need no mo
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 
 import numpy as np
 import pytest
 
-from tests.stages._support import run_stage, why_cannot_run
+from tests.stages._support import run_stage, ultralytics_offline
 
 from workzone.errors import MissingExtraError, ModelFileError
 from workzone.stages.base import StageContext
@@ -22,12 +20,8 @@ from workzone.stages.registry import create_stage
 from workzone.types import Image, sigmoid
 
 
-# Ultralytics reads these at import: no network calls, and no settings file in the user's home.
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="wz-ultralytics-"))
-
-
-_WHY = why_cannot_run("ultralytics", "torchvision", "ultralytics")
+# No network calls, and no settings file in the user's home.
+_WHY = ultralytics_offline()
 needs_ultralytics = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 IMAGES = [Image(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)),
           Image(np.full((90, 60, 3), (200, 40, 10), np.uint8))]

@@ -29,12 +29,18 @@ __all__ = [
     "load_corpus",
     "load_object_boxes",
     "load_object_images",
+    "load_lookalike_crops",
     "condition_of",
     "write_compact_corpus",
 ]
 
-DATASETS = ("roadwork-v1", "roadwork-v2")
+DATASETS = ("roadwork-v1", "roadwork-v2", "objects-v2")
 OBJECTS = "objects-v1"
+LOOKALIKES = "objects-v2"
+# objects-v2 holds scenes (a scene source of the leave-one-source-out table) and isolated crops of warning
+# triangles that are not the road-work sign (cut-outs for training, never scored as scenes).
+_SCENE_SOURCES = {LOOKALIKES: ("gtsdb_scenes",)}
+_LOOKALIKE_CROP_SOURCES = ("gtsrb_warning",)
 
 
 @dataclass(frozen=True)
@@ -103,17 +109,22 @@ def load_corpus(root: str | Path, *, exclude_sources: Iterable[str] = (),
     for ds in datasets:
         manifest = root / ds / "manifest.csv"
         if not manifest.is_file():
+            if ds == LOOKALIKES:
+                continue  # optional: corpora made before objects-v2 existed
             raise DataError(f"{manifest} does not exist: point --data at the folder holding {', '.join(datasets)}")
+        keep = _SCENE_SOURCES.get(ds)
         for s in load_samples(manifest, exclude_sources=exclude_sources):
-            out.append(CorpusSample(f"{ds}/{s.rel}", s, condition_of(s)))
+            if keep is None or s.source in keep:
+                out.append(CorpusSample(f"{ds}/{s.rel}", s, condition_of(s)))
     return out
 
 
 def load_object_boxes(root: str | Path) -> dict[str, list[ObjectBox]]:
-    """Boxes by corpus key: the cones of roadwork-v1 and the signs, workers, machines of objects-v1."""
+    """Boxes by corpus key: the cones of roadwork-v1, the signs, workers, machines of objects-v1 and the
+    other traffic signs (``sign_other``) of objects-v2."""
     root = Path(root)
     grouped: dict[str, list[ObjectBox]] = defaultdict(list)
-    for ds in ("roadwork-v1", OBJECTS):
+    for ds in ("roadwork-v1", OBJECTS, LOOKALIKES):
         path = root / ds / "boxes.csv"
         if not path.is_file():
             continue
@@ -134,6 +145,15 @@ def load_object_images(root: str | Path) -> list[tuple[str, Path, str, str]]:
                 for r in csv.DictReader(fh)]
 
 
+def load_lookalike_crops(root: str | Path) -> list[Path]:
+    """objects-v2's crops of warning triangles that are not the road-work sign; [] when absent."""
+    manifest = Path(root) / LOOKALIKES / "manifest.csv"
+    if not manifest.is_file():
+        return []
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        return [manifest.parent / r["path"] for r in csv.DictReader(fh) if r["source"] in _LOOKALIKE_CROP_SOURCES]
+
+
 def write_compact_corpus(root: str | Path, out: str | Path, *, max_side: int = 384, quality: int = 82,
                          object_max_side: int = 320) -> Path:
     """Downscaled copy of the three data sets (images, manifests, boxes) under ``out``.
@@ -146,7 +166,8 @@ def write_compact_corpus(root: str | Path, out: str | Path, *, max_side: int = 3
         ``out``.
     """
     root, out = Path(root), Path(out)
-    for ds, side in (("roadwork-v1", max_side), ("roadwork-v2", max_side), (OBJECTS, object_max_side)):
+    for ds, side in (("roadwork-v1", max_side), ("roadwork-v2", max_side), (OBJECTS, object_max_side),
+                     (LOOKALIKES, max_side)):
         src = root / ds
         if not (src / "manifest.csv").is_file():
             continue

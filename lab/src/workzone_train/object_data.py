@@ -27,18 +27,21 @@ from PIL import Image as PILImage
 
 from workzone.io.images import resize_for_model
 from workzone_train.augment import AugmentConfig, _jpeg, _photometric, _pil_op, random_crop_box
-from workzone_train.corpus import ObjectBox, load_corpus, load_object_boxes, load_object_images
+from workzone_train.corpus import ObjectBox, load_corpus, load_lookalike_crops, load_object_boxes, load_object_images
 from workzone_train.data import ConeBox, load_pixels
 from workzone_train.detector import encode_targets
 from workzone_train.detector_data import clip_boxes, random_geometry
-from workzone_train.scene_synth import OBJECT_CLASSES, SignCutout, paste_work_zone_objects, sign_cutout
+from workzone_train.scene_synth import (OBJECT_CLASSES, SignCutout, paste_lookalike_signs, paste_work_zone_objects,
+                                           sign_cutout)
 from workzone_train.synth import Cutout, cut_cones, paste_distractors
 
 __all__ = ["ObjectItem", "load_object_items", "make_cutouts", "ObjectDetectionSet", "object_holdout"]
 
-# objects-v1 box classes -> detector classes; "sign_other" (a non-road-work sign) stays background,
-# a real hard negative.
-_OBJECT_CLASS_MAP = {"cone": "cone", "sign_roadwork": "sign", "worker": "worker", "machine": "machine"}
+# Box classes of the data sets -> detector classes. "sign_other" (any traffic sign that is not the road-work
+# sign: objects-v2 boxes every one in 873 German scenes) is a class of its own, so that the detector learns
+# it apart from "sign" and the decision can ignore it.
+_OBJECT_CLASS_MAP = {"cone": "cone", "sign_roadwork": "sign", "worker": "worker", "machine": "machine",
+                     "sign_other": "sign_other"}
 # objects-v1 sources whose images are whole-crop signs: cut out and pasted, not trained on as frames.
 _SIGN_CROP_SOURCES = ("gtsrb_roadwork", "gtsrb_roadwork_test")
 
@@ -79,7 +82,10 @@ def _arrays(boxes: Sequence[ObjectBox]) -> tuple[np.ndarray, np.ndarray]:
 
 def load_object_items(root: str | Path, *, exclude_sources: Sequence[str] = (), holdout_objects: bool = False
                       ) -> tuple[list[ObjectItem], list[Path]]:
-    """Detector items and the sign-crop paths (for cutouts).
+    """Detector items and the road-work sign-crop paths (for cutouts).
+
+    A left-out source also leaves out the objects-v1 scenes of the same camera (``gtsdb_scenes`` takes
+    ``gtsdb_roadwork`` with it), so a fold never saw the camera it is scored on.
 
     Args:
         root: folder with roadwork-v1, roadwork-v2, objects-v1.
@@ -100,8 +106,9 @@ def load_object_items(root: str | Path, *, exclude_sources: Sequence[str] = (), 
         elif s.label == 0:
             items.append(ObjectItem(s.key, s.path, s.source, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), True))
     sign_crops: list[Path] = []
+    same_camera = {src for left in exclude_sources for src in SAME_CAMERA.get(left, ())}
     for key, path, source, _scene in load_object_images(root):
-        if holdout_objects and object_holdout(key):
+        if source in same_camera or (holdout_objects and object_holdout(key)):
             continue
         if source in _SIGN_CROP_SOURCES:
             sign_crops.append(path)
@@ -109,6 +116,16 @@ def load_object_items(root: str | Path, *, exclude_sources: Sequence[str] = (), 
         xyxy, cls = _arrays(boxes.get(key, []))
         items.append(ObjectItem(key, path, source, xyxy, cls, scene=False))
     return items, sign_crops
+
+
+# objects-v1 sources filmed by the camera of a corpus source.
+SAME_CAMERA: dict[str, tuple[str, ...]] = {"gtsdb_scenes": ("gtsdb_roadwork",)}
+
+
+def load_lookalike_cutouts(root: str | Path) -> list[SignCutout]:
+    """Cut-outs of the warning triangles that are not the road-work sign (objects-v2 ``gtsrb_warning``)."""
+    signs = [sign_cutout(load_pixels(p)) for p in load_lookalike_crops(root)]
+    return [s for s in signs if min(s.rgba.shape[:2]) >= 16]
 
 
 def make_cutouts(items: Sequence[ObjectItem], sign_crops: Sequence[Path], *, min_px: int = 14
@@ -135,7 +152,7 @@ class ObjectDetectionSet:
     def __init__(self, items: Sequence[ObjectItem], cones: Sequence[Cutout], signs: Sequence[SignCutout], *,
                  size: int = 384, seed: int = 0, scene_repeat: int = 2, p_paste: float = 0.65,
                  p_distract: float = 0.35, p_zoom_out: float = 0.35, augment: bool = True,
-                 photometric: bool = True) -> None:
+                 photometric: bool = True, lookalikes: Sequence[SignCutout] = (), p_lookalike: float = 0.3) -> None:
         if size % 32:
             raise ValueError(f"size: expected a multiple of 32, got {size}")
         self.items, self.cones, self.signs = list(items), list(cones), list(signs)
@@ -144,6 +161,7 @@ class ObjectDetectionSet:
         # on the GPU instead; JPEG artefacts, which need an encoder, stay here either way.
         self.photometric = photometric
         self.p_paste, self.p_distract, self.p_zoom_out = p_paste, p_distract, p_zoom_out
+        self.lookalikes, self.p_lookalike = list(lookalikes), p_lookalike
         self.index = [i for i, it in enumerate(self.items) for _ in range(scene_repeat if it.scene else 1)]
         self.epoch = 0
         # Night, fog and rain are what the hidden cameras show and the boxed photos never do.
@@ -172,6 +190,9 @@ class ObjectDetectionSet:
         if it.scene:
             if self.augment and self.cones and rng.random() < self.p_distract:
                 px = paste_distractors(px, self.cones, rng)
+            if self.augment and self.lookalikes and rng.random() < self.p_lookalike:
+                px, nb, nc = paste_lookalike_signs(px, self.lookalikes, rng)
+                boxes, classes = np.concatenate([boxes, nb]), np.concatenate([classes, nc])
             if not self.augment or rng.random() < self.p_paste:
                 px, nb, nc = paste_work_zone_objects(px, self.cones, self.signs, rng)
                 boxes, classes = np.concatenate([boxes, nb]), np.concatenate([classes, nc])

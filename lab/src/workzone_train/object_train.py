@@ -26,17 +26,16 @@ from workzone_train.detector import build_detector
 
 __all__ = ["train_object_detector", "detect_paths", "export_object_detector", "LOSO_FOLDS"]
 
-# Leave-one-source-out folds over the ten sources. The three smallest all-negative sources (7 to 18
-# images each) share a fold: a model trained without all three still never saw any of them.
+# Leave-one-source-out folds over the eleven scene sources, grouped so that the whole table trains on one GPU
+# (five fold models and the full model). A fold leaves out every source of its group, so each image is scored
+# by a model that never saw its source (nor the others of its group: a slightly harder test than one source
+# alone). Groups mix positives and negatives of different cameras, so no fold loses a whole class.
 LOSO_FOLDS: dict[str, tuple[str, ...]] = {
-    "TraCon": ("TraCon",),
-    "99succubus": ("99succubus",),
-    "WMaia9-workzone": ("WMaia9-workzone",),
-    "CamVid": ("CamVid",),
-    "Glisten-zy": ("Glisten-zy",),
-    "qew-trafficcam": ("qew-trafficcam",),
-    "nexar-eduardo": ("nexar-eduardo",),
-    "small-negatives": ("lostfound-arehad", "fogclip-poojani", "culane-chrisonntag"),
+    "tracon+culane": ("TraCon", "culane-chrisonntag"),
+    "wmaia9+small": ("WMaia9-workzone", "lostfound-arehad", "fogclip-poojani"),
+    "camvid+nexar": ("CamVid", "nexar-eduardo"),
+    "stock+cctv": ("99succubus", "Glisten-zy", "qew-trafficcam"),
+    "gtsdb": ("gtsdb_scenes",),
 }
 
 
@@ -58,6 +57,7 @@ def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclu
                           holdout_objects: bool = False, seed: int = 0, device: str = "cpu", size: int = 384,
                           batch_size: int = 32, lr: float = 2e-3, workers: int = 0, epochs: int = 200,
                           max_seconds: float = 0.0, max_steps: int = 0, weights: str | None = None,
+                          checkpoint: Path | None = None,
                           log=print) -> tuple[Any, dict[str, Any]]:  # noqa: ANN001 - log: str -> None
     """Train on every training source but ``exclude_sources``.
 
@@ -67,15 +67,17 @@ def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclu
     torch = require("torch", "training the object detector")
     from workzone_train.batch_augment import augment_batch
     from workzone_train.detector_loop import fit_detector
-    from workzone_train.object_data import ObjectDetectionSet, load_object_items, make_cutouts
+    from workzone_train.object_data import (ObjectDetectionSet, load_lookalike_cutouts, load_object_items,
+                                               make_cutouts)
 
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = True
     items, sign_crops = load_object_items(root, exclude_sources=exclude_sources, holdout_objects=holdout_objects)
     cones, signs = make_cutouts([it for it in items if not it.scene], sign_crops)
+    lookalikes = load_lookalike_cutouts(root) if "sign_other" in class_names else []
     on_gpu = device.startswith("cuda")
     # On a GPU the colour and weather work runs batched on the device (batch_augment), not in the loader.
-    ds = ObjectDetectionSet(items, cones, signs, size=size, seed=seed, photometric=not on_gpu)
+    ds = ObjectDetectionSet(items, cones, signs, size=size, seed=seed, photometric=not on_gpu, lookalikes=lookalikes)
     aug_gen = torch.Generator(device=device).manual_seed(seed) if on_gpu else None
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0,
@@ -86,11 +88,12 @@ def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclu
     logs, step = fit_detector(model, ds, loader, device=device, lr=lr, epochs=epochs, max_steps=max_steps,
                               max_seconds=max_seconds,
                               augment=(lambda x: augment_batch(x, aug_gen)) if aug_gen is not None else None,
-                              on_epoch=lambda rec: log(json.dumps(rec)))
+                              on_epoch=lambda rec: log(json.dumps(rec)), checkpoint=checkpoint)
     epoch = len(logs)
     t0 = time.time() - (logs[-1]["seconds"] if logs else 0.0)
     summary = {"steps": step, "epochs": epoch, "seconds": round(time.time() - t0, 1), "images": len(items),
                "scenes": sum(it.scene for it in items), "cone_cutouts": len(cones), "sign_cutouts": len(signs),
+               "lookalike_cutouts": len(lookalikes),
                "excluded_sources": list(exclude_sources), "seed": seed, "size": size, "batch_size": batch_size,
                "lr": lr}
     return model.eval().float().cpu(), summary
@@ -165,7 +168,7 @@ def run_fold(args: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     full = a.fold == "full"
     excluded = () if full else LOSO_FOLDS[a.fold]
-    logf = (out / f"{a.fold}.log").open("w")
+    logf = (out / f"{a.fold}-seed{a.seed}.log").open("a")
 
     def log(msg: str) -> None:
         logf.write(msg + "\n")
@@ -174,13 +177,13 @@ def run_fold(args: list[str]) -> None:
     model, summary = train_object_detector(
         a.data, class_names=OBJECT_CLASSES, exclude_sources=excluded, holdout_objects=not full, seed=a.seed,
         device=a.device, size=a.size, workers=a.workers, max_seconds=a.seconds, max_steps=a.max_steps,
-        weights=a.weights, log=log)
+        weights=a.weights, checkpoint=out / f"{a.fold}-seed{a.seed}.ckpt", log=log)
     log(json.dumps(summary))
     if full:
         torch = require("torch", "saving the detector")
-        torch.save({k: v.half() for k, v in model.state_dict().items()}, out / "full_state.pt")
-        export_object_detector(model, out, size=a.size, class_names=OBJECT_CLASSES, name="roadwork_objects",
-                               training=summary)
+        torch.save({k: v.half() for k, v in model.state_dict().items()}, out / f"full-seed{a.seed}_state.pt")
+        export_object_detector(model, out, size=a.size, class_names=OBJECT_CLASSES,
+                               name=f"roadwork_objects-seed{a.seed}", training=summary)
         return
     torch = require("torch", "saving the detector")
     torch.save({k: v.half() for k, v in model.state_dict().items()}, out / f"{a.fold}_state.pt")
@@ -210,17 +213,19 @@ def run_loso(args: list[str]) -> None:
     ap.add_argument("--folds", default="all")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds of the full model")
     a = ap.parse_args(args)
     folds = list(LOSO_FOLDS) + ["full"] if a.folds == "all" else a.folds.split(",")
+    runs = [(f, 0) for f in folds if f != "full"] + [("full", int(s)) for s in a.seeds.split(",") if "full" in folds]
     procs = []
-    for i, fold in enumerate(folds):
+    for i, (fold, seed) in enumerate(runs):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % max(1, a.gpus)), OMP_NUM_THREADS="1")
         cmd = [sys.executable, "-m", "workzone_train.object_train", "fold", "--data", a.data, "--fold", fold,
-               "--out", a.out, "--workers", str(a.workers), "--device", a.device,
+               "--out", a.out, "--workers", str(a.workers), "--device", a.device, "--seed", str(seed),
                "--seconds", str(a.full_seconds if fold == "full" else a.seconds)]
         if a.weights:
             cmd += ["--weights", a.weights]
-        procs.append((fold, subprocess.Popen(cmd, env=env)))
+        procs.append((f"{fold}-seed{seed}", subprocess.Popen(cmd, env=env)))
     failed = [f for f, p in procs if p.wait() != 0]
     if failed:
         raise SystemExit(f"folds failed: {failed}")
@@ -242,13 +247,16 @@ def pack(args: list[str]) -> None:
     torch.save(folds, out / "fold_states.pt")
     dets = {}
     for p in sorted(run.glob("*.json")):
-        if p.name != "roadwork_objects.json":
+        if not p.name.startswith("roadwork_objects"):
             dets[p.stem] = json.loads(p.read_text())
-    (out / "oof_detections.json").write_text(json.dumps(dets))
+    # Gzipped: a GPU machine sends back files of at most 16 MiB, and eleven sources' detections are more.
+    import gzip
+
+    with gzip.open(out / "oof_detections.json.gz", "wt", encoding="utf-8") as fh:
+        json.dump(dets, fh)
     (out / "logs.txt").write_text("".join(f"== {p.name}\n{p.read_text()}" for p in sorted(run.glob("*.log"))))
-    for name in ("roadwork_objects.onnx", "roadwork_objects.json"):
-        if (run / name).exists():
-            shutil.copy(run / name, out / name)
+    for p in sorted(run.glob("roadwork_objects*")):
+        shutil.copy(p, out / p.name)
 
 
 if __name__ == "__main__":

@@ -24,21 +24,29 @@ import numpy as np
 
 from workzone.evaluation.loso_table import OofRow, cross_fit
 from workzone.fusion.calibration import fit_logistic
-from workzone.object_evidence import FEATURE_VERSION, feature_names, object_features
+from workzone.object_evidence import FEATURE_VERSION, feature_names, lookalike_indices, object_features
 from workzone_train.corpus import CorpusSample
 
-__all__ = ["DECISION_FEATURES", "read_fold_detections", "object_feature_matrix", "fit_decision", "decision_scores",
+__all__ = ["DECISION_FEATURES", "PER_CLASS_FEATURES", "read_fold_detections", "object_feature_matrix", "fit_decision", "decision_scores",
            "write_scores_csv"]
 
 # The summaries the decision uses. Chosen by pooled out-of-fold MCC over the ten sources: per-class
 # maxima and counts fit the sources the decision was fitted on (stock cone photos) and lost 0.03 MCC
 # and a third of the US work zones when those were left out; the class-blind summaries transfer.
 DECISION_FEATURES = ("max_any", "count_any", "tallest")
+# The class-aware alternative reported beside it: each work-zone class's best score and count, plus the same.
+PER_CLASS_FEATURES = tuple(f"{k}_{c}" for c in ("cone", "drum", "post", "barricade", "barrier", "sign", "arrow_board",
+                                                 "worker", "machine") for k in ("max", "count")) + DECISION_FEATURES
 
 
 def read_fold_detections(path: str | Path) -> dict[str, np.ndarray]:
-    """Corpus key -> (D, 6) normalised detections, from a packed ``oof_detections.json``."""
-    blob = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Corpus key -> (D, 6) normalised detections, from a packed ``oof_detections.json`` (or ``.json.gz``)."""
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        blob = json.load(fh)
     out: dict[str, np.ndarray] = {}
     for fold in blob.values():
         for key, rows in fold["detections"].items():
@@ -55,7 +63,9 @@ def object_feature_matrix(samples: Sequence[CorpusSample], dets: Mapping[str, np
     missing = [s.key for s in samples if s.key not in dets]
     if missing:
         raise KeyError(f"no out-of-fold detections for {len(missing)} image(s), e.g. {missing[:3]}")
-    return np.array([object_features(dets[s.key], len(class_names), 1.0)[cols] for s in samples]).reshape(len(samples), len(cols))
+    skip = lookalike_indices(class_names)
+    return np.array([object_features(dets[s.key], len(class_names), 1.0, skip)[cols]
+                     for s in samples]).reshape(len(samples), len(cols))
 
 
 def fit_decision(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, features: Sequence[str] = DECISION_FEATURES) -> dict:

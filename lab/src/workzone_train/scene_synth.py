@@ -24,13 +24,17 @@ from PIL import ImageDraw, ImageFilter
 from workzone_train.props import BOX_TOP_FRACTION, PROPS, draw_prop
 from workzone_train.synth import Cutout, _paste, _placements, _visible_box
 
-__all__ = ["OBJECT_CLASSES", "PROP_CLASS", "SignCutout", "sign_cutout", "paste_work_zone_objects"]
+__all__ = ["OBJECT_CLASSES", "LOOKALIKE_CLASSES", "PROP_CLASS", "SignCutout", "sign_cutout", "paste_work_zone_objects",
+           "paste_lookalike_signs"]
 
 # The detector's classes, in output-channel order. Grouped by what a work zone is built from:
 # channelizing devices (cone, drum, post), closures (barricade, barrier incl. fences), signs and
 # boards, people and machines.
 OBJECT_CLASSES: tuple[str, ...] = ("cone", "drum", "post", "barricade", "barrier", "sign", "arrow_board", "worker",
-                                   "machine")
+                                   "machine", "sign_other")
+# Classes the detector learns in order to tell them apart from work-zone objects; they are never evidence of
+# road work (a warning triangle that is not the road-work sign, a speed limit, a keep-right sign).
+LOOKALIKE_CLASSES: tuple[str, ...] = ("sign_other",)
 PROP_CLASS: dict[str, str] = {
     "drum": "drum", "channelizer": "post", "leitbake": "post", "barricade": "barricade", "striped_beam": "barricade",
     "barrier": "barrier", "fence": "barrier", "diamond_sign": "sign", "triangle_sign": "sign", "panel_sign": "sign",
@@ -156,3 +160,30 @@ def _kit(h: int, w: int, cones: Sequence[Cutout], signs: Sequence[SignCutout], r
             rgba = draw_prop(kind, rng, px=int(np.clip(size * 2, 24, 240)))
             items.append((rgba, BOX_TOP_FRACTION.get(kind, 1.0), PROP_CLASS[kind], (x, y, size)))
     return items
+
+
+def paste_lookalike_signs(scene: np.ndarray, signs: Sequence[SignCutout], rng: np.random.Generator, *,
+                          max_signs: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paste one or two real warning triangles that are *not* the road-work sign, on posts, as ``sign_other``.
+
+    Why: the synthetic and real road-work signs are red-bordered triangles too; without triangles that are
+    labelled something else, the detector learns "triangle = road work" (a level-crossing or bend sign
+    raised 12 of 61 false alarms on unseen cameras).
+
+    Returns:
+        The new image, (M, 4) float32 pixel boxes of the sign panels that show, (M,) int64 class indices.
+    """
+    h, w = scene.shape[:2]
+    out = scene.copy()
+    boxes: list[tuple[float, float, float, float]] = []
+    n = int(rng.integers(1, max_signs + 1))
+    for x, y, height in _placements(h, w, n, rng, row=False):
+        rgba, top = _sign_on_post(signs[int(rng.integers(len(signs)))], rng)
+        size = min(height * 3.0 * rng.uniform(0.8, 1.2), 0.45 * h)
+        if _paste(out, rgba, x, y, size, rng, match=True) is None:
+            continue
+        box = _box_of(rgba, top, x, y, size, w, h)
+        if box is not None:
+            boxes.append(box)
+    cls = np.full(len(boxes), OBJECT_CLASSES.index("sign_other"), np.int64)
+    return out, np.array(boxes, np.float32).reshape(-1, 4), cls

@@ -114,20 +114,40 @@ class DeviceDecoder:
             out[i] = fut.result()
         return out  # type: ignore[return-value]
 
+    def decode_each(self, blobs: Sequence[bytes], labels: Sequence[str]) -> list[Image | InvalidImageError]:
+        """:meth:`decode` a batch of JPEGs that :meth:`accepts` passed; a file that fails (nvJPEG and then
+        the CPU decoder) is returned as its :class:`InvalidImageError`, the others decoded."""
+        try:
+            return list(self.decode(list(blobs), list(labels)))
+        except InvalidImageError:
+            out: list[Image | InvalidImageError] = []
+            for b, lab in zip(blobs, labels):
+                try:
+                    out.extend(self.decode([b], [lab]))
+                except InvalidImageError as exc:
+                    out.append(exc)
+            return out
+
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
-    def _nvjpeg_ok(self, data: Any) -> bool:
-        if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > self.limits.max_bytes:
-            return False
+    def accepts(self, data: Any) -> tuple[int, int] | None:
+        """``(width, height)`` when ``data`` is a JPEG nvJPEG decodes as the CPU decoder would (no EXIF
+        rotation, 1 or 3 components, within the limits), else ``None``. Reads the header only."""
+        if not self.cuda or not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > self.limits.max_bytes:
+            return None
         head = jpeg_header(bytes(data[:65536]) if len(data) > 65536 else bytes(data))
         if head is None:
-            return False
+            return None
         w, h, comps, _progressive, exif = head
         lim = self.limits
         # EXIF may rotate the image (nvJPEG ignores it); CMYK and over-limit sizes need the CPU decoder.
-        return (not exif and comps in (1, 3) and w * h <= lim.max_pixels and min(w, h) >= lim.min_side
-                and (not lim.max_side or max(w, h) <= lim.max_side))
+        ok = (not exif and comps in (1, 3) and w * h <= lim.max_pixels and min(w, h) >= lim.min_side
+              and (not lim.max_side or max(w, h) <= lim.max_side))
+        return (w, h) if ok else None
+
+    def _nvjpeg_ok(self, data: Any) -> bool:
+        return self.accepts(data) is not None
 
     def _decode_cpu(self, data: Any, label: str) -> Image:
         img = decode_image(data, limits=self.limits, source=label)

@@ -17,11 +17,35 @@ from workzone.types import Image
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceImage", "image_tensor"]
+__all__ = ["DeviceImage", "EncodedImage", "image_tensor"]
 
 
-class DeviceImage(Image):
-    """RGB uint8 pixels as a [3, H, W] tensor on a device; numpy pixels on demand.
+class _PixelsLater(Image):
+    """An Image whose numpy pixels are made on first use (and kept); compared by identity."""
+
+    def __init__(self, source: str, original_size: tuple[int, int] | None) -> None:
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "original_size", original_size)
+        object.__setattr__(self, "_pixels", None)
+
+    def _make_pixels(self) -> np.ndarray:
+        raise NotImplementedError
+
+    @property  # type: ignore[override]
+    def pixels(self) -> np.ndarray:
+        """(H, W, 3) uint8 numpy pixels, made the first time they are asked for."""
+        if self._pixels is None:
+            object.__setattr__(self, "_pixels", self._make_pixels())
+        return self._pixels
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+class DeviceImage(_PixelsLater):
+    """RGB uint8 pixels as a [3, H, W] tensor on a device; numpy pixels on demand (copied down once).
 
     Args:
         tensor: uint8 tensor of shape (3, H, W), RGB, on any device.
@@ -35,17 +59,10 @@ class DeviceImage(Image):
             raise ValueError(f"DeviceImage.tensor: expected uint8 tensor of shape (3, H, W), "
                              f"got {tensor.dtype} {tuple(tensor.shape)}")
         object.__setattr__(self, "tensor", tensor)
-        object.__setattr__(self, "source", source)
-        object.__setattr__(self, "original_size", original_size)
-        object.__setattr__(self, "_pixels", None)
+        super().__init__(source, original_size)
 
-    @property  # type: ignore[override]
-    def pixels(self) -> np.ndarray:
-        """(H, W, 3) uint8 numpy pixels, copied from the device the first time they are asked for."""
-        if self._pixels is None:
-            px = self.tensor.permute(1, 2, 0).contiguous().cpu().numpy()
-            object.__setattr__(self, "_pixels", px)
-        return self._pixels
+    def _make_pixels(self) -> np.ndarray:
+        return self.tensor.permute(1, 2, 0).contiguous().cpu().numpy()
 
     @property
     def width(self) -> int:
@@ -58,10 +75,38 @@ class DeviceImage(Image):
     def __repr__(self) -> str:
         return f"DeviceImage({self.width}x{self.height} on {self.tensor.device}, source={self.source!r})"
 
-    def __eq__(self, other: object) -> bool:
-        return self is other
 
-    __hash__ = object.__hash__
+class EncodedImage(_PixelsLater):
+    """A JPEG not decoded yet: the service hands these to the device decoder a whole batch at a time.
+
+    Its size comes from the JPEG header (:meth:`workzone.accel.decode.DeviceDecoder.accepts`);
+    :attr:`pixels`, if anything asks before the batch decode, decodes on the CPU with every guard.
+
+    Args:
+        data: the JPEG bytes.
+        source: a label for reports.
+        size: (width, height) from the header.
+    """
+
+    def __init__(self, data: bytes, source: str, size: tuple[int, int]) -> None:
+        object.__setattr__(self, "data", data)
+        super().__init__(source, size)
+
+    def _make_pixels(self) -> np.ndarray:
+        from workzone.io.images import decode_image
+
+        return decode_image(self.data, source=self.source).pixels
+
+    @property
+    def width(self) -> int:
+        return int(self.original_size[0])  # type: ignore[index]
+
+    @property
+    def height(self) -> int:
+        return int(self.original_size[1])  # type: ignore[index]
+
+    def __repr__(self) -> str:
+        return f"EncodedImage({self.width}x{self.height}, {len(self.data)} bytes, source={self.source!r})"
 
 
 def image_tensor(img: Image, device: str) -> Any:

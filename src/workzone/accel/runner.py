@@ -111,7 +111,15 @@ class TorchModelRunner:
                     chunk = _pad_batch(torch, chunk, _bucket(m, self.max_batch))
                 if self.channels_last and chunk.dim() == 4:
                     chunk = chunk.contiguous(memory_format=torch.channels_last)
-                out = self._forward(chunk)
+                try:
+                    out = self._forward(chunk)
+                except Exception as exc:  # noqa: BLE001 - compiling happens on the first call; eager is always right
+                    if not self.compiled:
+                        raise
+                    self.notes.append(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); eager")
+                    self._forward, self.compiled = self._module, False
+                    chunk = chunk[:m]
+                    out = self._forward(chunk)
                 parts.append({k: v[:m] for k, v in out.items()})
         if len(parts) == 1:
             return parts[0]

@@ -33,7 +33,7 @@ class BatchOptions:
         segments: where to write video segments (default ``<out>.segments.json`` when videos are in the job).
         thumbnails: folder for one PNG strip of evidence frames per segment (None: none).
         ray_address: an existing Ray cluster (``auto``, ``ray://host:10001``); None starts a local one.
-        ray_workers: cascade actors in the Ray pool.
+        ray_workers: cascade actors in the Ray pool (None: as many as Ray's CPUs hold beside decoding).
         ray_cpus: CPUs of a local Ray instance (None: all).
         ray_gpus: GPUs each cascade actor asks Ray for (0: none).
         device: compute device of the stages (``cpu``, ``cuda``, ``cuda:1``).
@@ -52,14 +52,14 @@ class BatchOptions:
     segments: Path | None = None
     thumbnails: Path | None = None
     ray_address: str | None = None
-    ray_workers: int = 2
+    ray_workers: int | None = None
     ray_cpus: int | None = None
     ray_gpus: float = 0.0
     device: str = "cpu"
     progress_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.decode_workers < 1 or self.chunk_rows < 1 or self.ray_workers < 1:
+        if self.batch_size < 1 or self.decode_workers < 1 or self.chunk_rows < 1 or (self.ray_workers or 1) < 1:
             raise ConfigError("batch: batch_size, decode_workers, chunk_rows and ray_workers must be at least 1")
         if self.fps is not None and self.fps <= 0:
             raise ConfigError(f"batch: fps must be positive, got {self.fps}")
@@ -103,13 +103,17 @@ def run_batch_job(inputs: Sequence[str | Path], outputs: Sequence[Path], *, pipe
 
     Raises:
         ConfigError: bad options, or the output holds rows of a different job.
-        MissingExtraError: Parquet, video or Ray support is not installed.
+        MissingExtraError: Parquet, video or Ray support, or a stage's extra, is not installed.
+        ModelFileError: a stage's model file is missing.
     """
     from workzone.batch.progress import JobProgress
+    from workzone.checking import require_runnable
     from workzone.config.loader import load_pipeline_config
 
     t0 = time.perf_counter()
-    config, _ = load_pipeline_config(pipeline)
+    config, where = load_pipeline_config(pipeline)
+    # What `workzone check` would report stops the job before it reads an input (or starts Ray).
+    require_runnable(config, where.parent, what="workzone batch", reference=str(pipeline))
     items = expand_inputs(inputs, glob_pattern=options.glob, identity=options.identity)
     if not items:
         raise ConfigError("batch: the inputs name no image or video file")

@@ -26,6 +26,7 @@ class JobProgress:
         self._t0 = self._last = time.monotonic()
         self._bar = None
         self._task = None
+        self._shown: tuple[int, int, int] | None = None
 
     def __enter__(self) -> "JobProgress":
         if self.stream.isatty():
@@ -58,6 +59,7 @@ class JobProgress:
         return self.rows / max(time.monotonic() - self._t0, 1e-9)
 
     def _line(self) -> None:
+        self._shown = (self.items, self.rows, self.errors)
         eta = ""
         if self.items and self.total > self.items:
             left = (time.monotonic() - self._t0) / self.items * (self.total - self.items)
@@ -68,5 +70,5 @@ class JobProgress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
-        else:
+        elif self._shown != (self.items, self.rows, self.errors):  # the last line said it already
             self._line()

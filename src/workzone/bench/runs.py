@@ -226,7 +226,7 @@ def onnx_classifier_from_bytes(blobs: list[bytes], size: str, model: str, *, bat
 
 
 def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: str, batch: int, seconds: float,
-                       compile: bool = False, run_all: bool = False) -> Row:
+                       compile: bool = False, run_all: bool = False, cpu_share: float = 0.0, workers: int = 8) -> Row:
     """A whole pipeline from bytes: decode (on the device when it is CUDA), every tier, early exits.
 
     With ``run_all`` no image exits early: every tier runs on every image (the worst case, and the
@@ -243,7 +243,7 @@ def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: 
     if device.startswith("cuda"):
         from workzone.accel.decode import DeviceDecoder
 
-        decoder = DeviceDecoder(device)
+        decoder = DeviceDecoder(device, cpu_share=cpu_share, workers=workers)
     cfg, path = load_pipeline_config(pipeline)
     if compile:
         # Tier 1 sees full batches of one size: one compiled graph. Later tiers get a different
@@ -291,8 +291,10 @@ def cascade_from_bytes(blobs: list[bytes], size: str, pipeline: str, *, device: 
     stages = {k: {"ms_per_image": float(np.mean(v)), "share_of_images": len(v) / n} for k, v in reach.items()}
     past = sum(1 for d in decisions if d.exit_tier > 0) / n
     name = f"pipeline '{pipeline}' from JPEG bytes" + (", every tier on every image" if run_all else "")
+    how = ("; decode: nvJPEG" if not cpu_share else f"; decode: {cpu_share:.0%} of JPEGs by libjpeg on {workers} CPU "
+           "threads") if decoder is not None else ""
     return _row(name, device, size, batch, res, stages=stages,
-                notes=f"{past:.0%} of images went past tier 1" + ("; torch.compile on" if compile else ""))
+                notes=f"{past:.0%} of images went past tier 1" + ("; torch.compile on" if compile else "") + how)
 
 
 def precision_check(blobs: list[bytes], size: str, model: str, *, device: str, n: int = 512) -> Row:
@@ -321,3 +323,33 @@ def precision_check(blobs: list[bytes], size: str, model: str, *, device: str, n
                stages={"|delta logit|": {"max": float(delta.max()), "mean": float(delta.mean())}},
                notes=f"max |delta logit| {float(delta.max()):.4f}, mean {float(delta.mean()):.4f}; "
                      f"{flips} of {len(x)} labels at p=0.5 differ (no timing: images/s is not measured)")
+
+
+def detector_session_only(blobs: list[bytes], size: str, model: str, *, batch: int, seconds: float) -> Row:
+    """The bare onnxruntime session of the object detector on inputs prepared beforehand (untimed):
+    the floor a pipeline from bytes is compared with (same images, same run)."""
+    from workzone.stages.roadwork_detector import ObjectDetectorRunner
+    from workzone.io.images import resize_for_model
+
+    runner = ObjectDetectorRunner(model)
+    ready = [runner._as_trained(decode_image(b).pixels) if runner._shrinks else decode_image(b).pixels for b in blobs]
+    x = np.stack([resize_for_model(px, runner.size, "letterbox") for px in ready])
+    batches = [list(range(i, min(i + batch, len(x)))) for i in range(0, len(x), batch)]
+    session = runner.session
+    res = _repeat(lambda idx: session.run(None, {"image": x[idx[0]:idx[-1] + 1]}), batches, seconds)
+    return _row("object detector, bare onnxruntime session (inputs ready)", "cpu", size, batch, res,
+                notes=f"intra-op threads {session.get_session_options().intra_op_num_threads}")
+
+
+def object_parity_row(data: str, *, device: str, limit: int | None = None, cpu_share: float = 0.0) -> Row:
+    """The torch object path on ``device`` against onnxruntime on the CPU, on a manifest's dev images."""
+    from workzone.bench.parity import dev_jpegs, object_parity
+
+    report, _, _ = object_parity(dev_jpegs(data, limit=limit), device=device, batch=256, cpu_share=cpu_share)
+    how = "" if not device.startswith("cuda") else (", nvJPEG decode" if cpu_share == 0 else
+                                                     f", {cpu_share:.0%} of JPEGs decoded by libjpeg on CPU threads")
+    return Row(f"parity: object decision, torch path vs onnxruntime{how}", device, "dev JPEGs", 256, report.n, 0.0,
+               float("nan"), float("nan"),
+               stages={"|dp|": {"max": report.max_abs, "share_within_tol": report.within,
+                                "flips": float(report.flips), "flips_away_from_threshold": float(report.flips_outside)}},
+               notes=report.describe() + " (no timing)")

@@ -17,8 +17,10 @@ __all__ = ["make_console", "make_progress", "load_rows", "run_rows"]
 def make_console(stderr: bool = False, piped_width: int = 140) -> Console:
     """A console for the CLI's output (stdout) or its progress and messages (``stderr``)."""
     # Piped output (CI logs, files) gets a wide fixed width so report tables are not truncated.
+    # Messages off a terminal are never hard-wrapped (soft_wrap), so a log line holds a whole sentence.
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else piped_width)
+    piped = not stream.isatty()
+    return Console(stderr=stderr, highlight=False, width=piped_width if piped else None, soft_wrap=piped)
 
 
 def make_progress(console: Console) -> Progress:

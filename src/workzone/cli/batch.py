@@ -31,7 +31,8 @@ def batch(
     segments: Annotated[Optional[Path], typer.Option(help="video segments JSON (default <out>.segments.json)")] = None,
     thumbnails: Annotated[Optional[Path], typer.Option(help="folder for a PNG strip of each segment's evidence frames")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="existing Ray cluster (auto, ray://host:10001)")] = None,
-    ray_workers: Annotated[int, typer.Option(min=1, help="cascade actors in the Ray pool")] = 2,
+    ray_workers: Annotated[Optional[int], typer.Option(min=1, help="cascade actors in the Ray pool (default: as many as "
+                                                       "Ray's CPUs hold, one CPU each beside decoding)")] = None,
     ray_cpus: Annotated[Optional[int], typer.Option(min=1, help="CPUs of a local Ray instance (default: all)")] = None,
     ray_gpus: Annotated[float, typer.Option(min=0, help="GPUs per cascade actor on Ray (0: none)")] = 0.0,
     device: Annotated[str, typer.Option(help="compute device of the stages: cpu, cuda, cuda:1 ...")] = "cpu",
@@ -39,9 +40,8 @@ def batch(
     progress_interval: Annotated[float, typer.Option(help="seconds between progress lines when not on a terminal")] = 10.0,
 ) -> None:
     """Decide every image and sampled video frame; one row each, resumable after a kill (rerun the same command)."""
-    from rich.console import Console
-
     from workzone.batch.job import BatchOptions, run_batch_job
+    from workzone.cli._common import make_console
     from workzone.errors import ConfigError
 
     if engine not in ("local", "ray"):
@@ -54,7 +54,7 @@ def batch(
                            ray_workers=ray_workers, ray_cpus=ray_cpus, ray_gpus=ray_gpus, device=device,
                            progress_interval_s=progress_interval)
     s = run_batch_job(inputs, out, pipeline=pipeline, options=options)
-    con = Console(stderr=True, highlight=False)
+    con = make_console(stderr=True)  # off a terminal the summary stays one line per fact
     con.print(f"batch done: {s.inputs} inputs, {s.rows} rows ({s.new_rows} new this run, {s.errors} errors) "
               f"in {s.elapsed_s:.1f} s, {s.rows_per_s:.1f} new rows/s")
     con.print("results: " + ", ".join(str(o) for o in s.outputs))

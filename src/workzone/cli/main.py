@@ -10,10 +10,11 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from workzone.cli._common import load_rows, make_console, make_progress, run_rows
-from workzone.errors import WorkzoneError
+from workzone.errors import ConfigError, WorkzoneError
 
 app = typer.Typer(name="workzone", help="Is there road work in this image? A calibrated probability with evidence.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -87,22 +88,24 @@ def detect(
                     if as_json:
                         print(json.dumps({"source": str(p), "error": str(exc)}))
                     else:
-                        from rich.markup import escape
-
                         err.print(f"[red]skipped[/red] {escape(str(exc))}")
             for p, d in zip(kept, pipe.run_decoded(decoded, deadline_s=deadline)):
                 if as_json:
                     print(json.dumps(d.to_dict(), default=str))
                 else:
-                    _print_decision(out, d)
+                    _print_decision(out, d, together=len(decoded))
     if failed:
         raise typer.Exit(code=2)
 
 
-def _print_decision(console: Console, d) -> None:
+def _print_decision(console: Console, d, together: int = 1) -> None:
     colour = "red" if d.label else "green"
+    # A decision's latency is its batch's wall time until it exited: shared by the images decided together.
+    took = (f"{d.latency_ms:.0f} ms" if together == 1 else
+            f"{d.latency_ms / together:.0f} ms per image, {together} decided together in {d.latency_ms:.0f} ms")
     console.print(f"[bold]{d.source}[/bold]: [{colour}]{'ROAD WORK' if d.label else 'no road work'}[/{colour}] "
-                  f"p={d.probability:.3f}  (decided after tier '{d.exit_tier_name}', {d.reason}, {d.latency_ms:.0f} ms)")
+                  f"p={d.probability:.3f}  (decided after tier {d.exit_tier + 1} '{d.exit_tier_name}', {d.reason}, "
+                  f"{took})")
     table = Table(show_header=True, header_style="dim", box=None, pad_edge=False)
     for col in ("stage", "tier", "P(road work)", "ms/img", "evidence"):
         table.add_column(col)
@@ -114,7 +117,7 @@ def _print_decision(console: Console, d) -> None:
         if s.error:
             ev = [f"[red]failed: {s.error}[/red]"]
         prob = "abstained" if s.probability is None else f"{s.probability:.3f}"
-        table.add_row(s.stage, str(s.tier), prob, f"{s.latency_ms:.1f}", "; ".join(ev))
+        table.add_row(s.stage, str(s.tier + 1), prob, f"{s.latency_ms:.1f}", "; ".join(ev))
     console.print(table)
 
 
@@ -134,6 +137,10 @@ def eval_(
     from workzone.evaluation.runner import build_report
 
     console = make_console(stderr=True)
+    if html:  # the plots are the last step: find a missing extra before the evaluation, not after it
+        from workzone._optional import require_installed
+
+        require_installed(["matplotlib"], "report", "eval --html")
     _, result, config = run_rows(manifest, pipeline, split, batch_size, run_all=False, what="evaluating",
                                  device=device)
     report = build_report(result, [t.name for t in config.tiers], config.name)
@@ -198,6 +205,8 @@ def tune(
     cost_images: Optional[Path] = typer.Option(None, help="with --measure-costs and --scores: images (folder) to time on; "
                                                           "default: the shipped samples"),
     batch_size: int = typer.Option(8, min=1),
+    strict: bool = typer.Option(False, "--strict", help="write nothing when tuning warns (the budget costs more than "
+                                                        "0.05 MCC, the set is small, a tier is never reached)"),
 ) -> None:
     """Fit fusion weights (logistic regression) and MCC-optimal exit thresholds; write the pipeline.
 
@@ -250,6 +259,11 @@ def tune(
             how = "minimum over 5 timed runs" if measure_costs else "stored in the pipeline; missing ones measured"
     tuned = tune_scores(config, sc, labels, latency, max_cost=max_cost, l2=l2, data_name=name, balanced=balanced,
                         prior_weight=prior_weight, costs_measured=how)
+    warnings = list(tuned.summary.get("warnings", []))
+    warnings += [f"tier {t!r} is never reached under --max-cost {max_cost}: raise the budget or drop the tier"
+                 for t in tuned.summary.get("unreachable_tiers", [])]
+    if strict and warnings:
+        raise ConfigError(f"tune --strict: {out} not written: " + "; ".join(warnings))
     text = dump_pipeline(tuned.config)
     from workzone.config.loader import parse_pipeline
     parse_pipeline(text, str(out))  # never write a file that would not load
@@ -260,10 +274,9 @@ def tune(
     con = make_console()
     con.print(f"tuned on {s['n']} images: MCC {s['mcc']:.4f}, mean cost {s['mean_cost_ms']:.1f} ms/img, "
               f"exit rates {s['exit_rates']}; costs {how}")
-    for t in s.get("unreachable_tiers", []):
-        con.print(f"[yellow]warning: tier {t!r} is never reached under --max-cost {max_cost}: raise the budget or "
-                  f"drop the tier[/yellow]")
-    for k, tier in enumerate(tuned.config.tiers):
+    for w in warnings:
+        con.print(f"[yellow]warning: {escape(w)}[/yellow]")
+    for k, tier in enumerate(tuned.config.tiers, start=1):
         con.print(f"tier {k} '{tier.name}': bias {tier.fusion.bias:+.3f}, weights {tier.fusion.weights}, "
                   f"exit lower={tier.exit.lower} upper={tier.exit.upper}")
     for name, c in s["contribution"].items():
@@ -334,10 +347,9 @@ def main() -> None:
     try:
         app()
     except WorkzoneError as exc:
-        from rich.markup import escape
-
         # escape(): messages hold square brackets (pip install 'workzone[vlm]') that rich would eat.
-        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(str(exc))}")
+        # soft_wrap: off a terminal (a log, a pipe) the message stays one line, never cut at 80 columns.
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(1)
 
 

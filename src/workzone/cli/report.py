@@ -64,8 +64,10 @@ def report(
     condition, exit funnel, cost/MCC trade-off, latency, and the worst errors with their evidence."""
     from workzone.cli._common import make_console
     from workzone.config.loader import load_pipeline_config
+    from workzone._optional import require_installed
     from workzone.errors import DataError
 
+    require_installed(["matplotlib"], "report", "workzone report")  # before evaluating a manifest, not after
     console = make_console(stderr=True)
     if manifest_or_records.suffix.lower() == ".csv":
         for line in _evaluate(manifest_or_records, pipeline or "default", split, batch_size, predictions, out, gallery):

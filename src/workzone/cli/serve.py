@@ -38,6 +38,8 @@ def serve(
     host: Annotated[Optional[str], typer.Option(help="interface to bind (default 127.0.0.1)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port to bind (default 8000)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    gpu_decode: Annotated[Optional[str], typer.Option(help="on CUDA: nvjpeg (default) or libjpeg (CPU threads: "
+                                                      "the CPU path's exact pixels)")] = None,
     api_key: Annotated[Optional[List[str]], typer.Option("--api-key", help="accepted API key (repeat for several); "
                                                          "prefer WORKZONE_API_KEYS=k1,k2 to keep keys out of ps")] = None,
     allow_url_fetch: Annotated[Optional[bool], typer.Option("--allow-url-fetch/--no-url-fetch",
@@ -60,14 +62,24 @@ def serve(
     from workzone.server.settings import ServerSettings
 
     settings = _settings(ServerSettings, {
-        "pipeline": pipeline, "host": host, "port": port, "device": device,
+        "pipeline": pipeline, "host": host, "port": port, "device": device, "gpu_decode": gpu_decode,
         "api_keys": tuple(api_key) if api_key else None, "allow_url_fetch": allow_url_fetch,
         "batch_size": batch_size, "batch_wait_ms": batch_wait_ms, "queue_size": queue_size,
         "max_body_bytes": max_body_bytes, "default_deadline_s": default_deadline, "max_deadline_s": max_deadline,
         "shutdown_timeout_s": shutdown_timeout, "log_level": log_level,
     })
+    _refuse_unrunnable(settings.pipeline, "workzone serve")
     # create_server validates the pipeline file first: a bad file fails here, before binding.
     create_server(settings).run()
+
+
+def _refuse_unrunnable(pipeline: str, what: str) -> None:
+    """What `workzone check` would report (missing extras, model files) stops the command before it binds."""
+    from workzone.checking import require_runnable
+    from workzone.config.loader import load_pipeline_config
+
+    config, path = load_pipeline_config(pipeline)
+    require_runnable(config, path.parent, what=what, reference=pipeline)
 
 
 def miner(
@@ -113,5 +125,6 @@ def miner(
         "deadline_s": deadline, "force_validator_permit": force_validator_permit,
         "allow_non_registered": allow_non_registered, "model_url": model_url,
     })
+    _refuse_unrunnable(settings.pipeline, "workzone miner")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_miner(settings)

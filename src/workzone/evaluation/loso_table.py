@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from workzone.evaluation.metrics import matthews_corrcoef
 
-__all__ = ["OofRow", "wilson_interval", "bootstrap_mcc", "loso_summary", "format_markdown", "cross_fit"]
+__all__ = ["OofRow", "read_oof_rows", "wilson_interval", "bootstrap_mcc", "loso_summary", "format_markdown",
+           "cross_fit"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,49 @@ class OofRow:
     label: int
     fold: str
     scores: dict[str, float]
+
+
+def read_oof_rows(path: Path, *, fold_column: str = "fold", condition_column: str = "condition") -> list[OofRow]:
+    """The rows of an out-of-fold scores CSV (``workzone loso-scores``): key, label, source, a fold and a
+    condition column, then one column of log-odds per stage (empty: the stage abstained).
+
+    Args:
+        fold_column: the column that groups sources into held-out folds (``source``: one per source).
+        condition_column: the column the per-condition table groups by.
+
+    Raises:
+        DataError: a required column is missing or a cell is not a number; the message names the
+            file, the column and the flag that fixes it.
+    """
+    import csv
+
+    from workzone.errors import DataError
+
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = list(reader.fieldnames or [])
+        recs = list(reader)
+    flags = {fold_column: "--fold-column (e.g. --fold-column source to hold out one source per fold)",
+             condition_column: "--condition-column (e.g. --condition-column source)"}
+    for col in ("key", "label", "source", fold_column, condition_column):
+        if col not in columns:
+            fix = (f"name the column to use with {flags[col]}" if col in flags
+                   else "write the file with `workzone loso-scores`")
+            raise DataError(f"{path}: no column {col!r} (columns: {', '.join(columns) or 'none'}); {fix}")
+    fixed = {"key", "label", "source", "condition", "fold", fold_column, condition_column}
+    rows = []
+    for line, r in enumerate(recs, start=2):
+        try:
+            rows.append(OofRow(r["key"], r["source"], r[condition_column], int(r["label"]), r[fold_column],
+                               {k: (float(v) if v not in ("", None) else None) for k, v in r.items() if k not in fixed}))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path}:{line}: {exc}; labels are 0/1 and stage columns log-odds (empty: abstained)") from exc
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    if len({r.fold for r in rows}) < 2:
+        raise DataError(f"{path}: column {fold_column!r} has one value, so nothing is held out; "
+                        f"choose another with {flags[fold_column]}")
+    return rows
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -99,8 +99,9 @@ def group_bars_figure(title: str, groups: Sequence[tuple[str, dict[str, Any]]]) 
     """Horizontal bars, one per group, of the score that is defined for it (see ``stats.subset_score``),
     with its interval and the metric named on the bar."""
     colours = {"MCC": "#5f3dc4", "recall": _POS, "specificity": _NEG}
-    fig = _figure(6.4, 0.55 * len(groups) + 1.4)
+    fig = _figure(7.4, 0.75 * len(groups) + 1.4)
     ax = fig.add_subplot()
+    labels = []
     for k, (name, s) in enumerate(groups):
         iv: Interval = s["interval"]
         v = iv.value if iv.value is not None else 0.0
@@ -110,9 +111,9 @@ def group_bars_figure(title: str, groups: Sequence[tuple[str, dict[str, Any]]]) 
         text = f"{s['metric']} {iv.value:.3f}" if iv.value is not None else f"{s['metric']} undefined"
         if s["metric"] == "MCC" and s.get("recall") is not None:
             text += f", recall {s['recall']:.3f}, specificity {s['specificity']:.3f}"
-        ax.text(0.01, k, f" {text}  (n={s['n']}, {s['positives']} road work)", va="center", fontsize=8,
-                color="white" if v > 0.45 else "black")
-    ax.set_yticks(range(len(groups)), [g[0] for g in groups])
+        # The numbers go beside the axis, under the group's name, where no bar or error bar can cross them.
+        labels.append(f"{name}\n{text}\n(n={s['n']}, {s['positives']} road work{s.get('note', '')})")
+    ax.set_yticks(range(len(groups)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(min(0.0, *(s["interval"].low or 0.0 for _, s in groups)), 1.0)
     _style(ax, title, "score (MCC with both classes; recall if only road work; specificity if none)", "")
@@ -134,7 +135,7 @@ def funnel_figure(tier_names: Sequence[str], reached: Sequence[int], exits: Sequ
         ax.bar(x + 0.2, unknown, 0.4, bottom=right + wrong, color="#868e96", label="left here, no label")
     for k in range(len(x)):
         ax.annotate(str(reached[k]), (x[k] - 0.2, reached[k]), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [f"{k}: {n}" for k, n in enumerate(tier_names)])
+    ax.set_xticks(x, [f"{k}: {n}" if n else f"tier {k}" for k, n in enumerate(tier_names, start=1)])
     ax.legend(fontsize=8)
     _style(ax, "Exit funnel", "tier", "images")
     return _svg(fig)

@@ -46,9 +46,9 @@ def _plot(name: str, svg: str, caption: str) -> str:
     return f'<figure class="plot" data-plot="{name}">{svg}<figcaption>{caption}</figcaption></figure>'
 
 
-def _headline(y: np.ndarray, p: np.ndarray) -> str:
+def _headline(y: np.ndarray, p: np.ndarray, metrics: dict[str, Any]) -> str:
     rows = []
-    for name, iv in headline_metrics(y, p).items():
+    for name, iv in metrics.items():
         ci = "undefined" if iv.low is None else f"[{iv.low:.3f}, {iv.high:.3f}]"
         val = "undefined" if iv.value is None else f"{iv.value:.3f}"
         rows.append(f"<tr><td>{name}</td><td><b>{val}</b></td><td>{ci}</td><td>{html.escape(iv.method)}</td></tr>")
@@ -74,12 +74,13 @@ def _tier_names(records: Sequence[dict[str, Any]], tier_names: Sequence[str] | N
         return list(tier_names)
     names: dict[int, str] = {}
     for r in records:
+        # An unnamed tier gets no name (the funnel then says "tier k"), never its index as a name.
         if r.get("exit_tier") is not None:
-            names[int(r["exit_tier"])] = str(r.get("exit_tier_name") or r["exit_tier"])
+            names[int(r["exit_tier"])] = str(r.get("exit_tier_name") or "")
         for s in r.get("stages", []):
             if s.get("tier", -1) >= 0:
-                names.setdefault(int(s["tier"]), str(s["tier"]))
-    return [names.get(k, str(k)) for k in range(max(names) + 1)] if names else []
+                names.setdefault(int(s["tier"]), "")
+    return [names.get(k, "") for k in range(max(names) + 1)] if names else []
 
 
 def _funnel(records: Sequence[dict[str, Any]], names: list[str]) -> tuple[list[int], list[dict[str, int]]]:
@@ -105,7 +106,7 @@ def tradeoff_points(tuning: dict[str, Any], tier_stages: Sequence[Sequence[str]]
     for k, mcc in enumerate(tuning.get("mcc_if_every_image_ran_to_tier", [])):
         if k < len(tier_stages):
             cum += sum(costs.get(s, 0.0) for s in tier_stages[k])
-            pts.append({"kind": "tier", "cost": cum, "mcc": mcc, "label": f"to tier {k}"})
+            pts.append({"kind": "tier", "cost": cum, "mcc": mcc, "label": f"to tier {k + 1}"})
     for q in tuning.get("tradeoff", []):
         pts.append({"kind": "frontier", "cost": q["mean_cost_ms"], "mcc": q["mcc"], "label": ""})
     if "mcc" in tuning and "mean_cost_ms" in tuning:
@@ -160,10 +161,10 @@ def build_html(records: Sequence[dict[str, Any]], *, base: Path, title: str = "w
            f"{len(labelled)} with a true label, {failed} not decodable. {html.escape(source_note)} "
            f"Generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
     if len(labelled) and 0 < y.sum() < len(y):
-        out.append("<h2>Headline metrics</h2>" + _headline(y, p))
-        auc = headline_metrics(y, p, resamples=200)["ROC-AUC"]
+        metrics = headline_metrics(y, p)  # one set of intervals: the table and the ROC legend agree
+        out.append("<h2>Headline metrics</h2>" + _headline(y, p, metrics))
         out.append('<div class="grid">'
-                   + _plot("roc", plots.roc_figure(y, p, auc), "Each step is one decision threshold; 95 % bootstrap "
+                   + _plot("roc", plots.roc_figure(y, p, metrics["ROC-AUC"]), "Each step is one decision threshold; 95 % bootstrap "
                            "interval of the area in the legend.")
                    + _plot("pr", plots.pr_figure(y, p), "Precision against recall; the dot is the p &gt; 0.5 "
                            "operating point.")
@@ -207,8 +208,15 @@ def build_html(records: Sequence[dict[str, Any]], *, base: Path, title: str = "w
         out.append("<h2>Latency per stage</h2>" + _plot("latency", plots.latency_figure(dict(per_stage)),
                    "Stage wall time per image of its batch, on the machine that produced the records."))
     misses, alarms = pick_worst(labelled, gallery_size)
-    for heading, picked, empty in (("Worst misses (road work called none)", misses, "no misses"),
-                                   ("Worst false alarms (none called road work)", alarms, "no false alarms")):
+    pos, neg = sum(1 for r in labelled if r["truth"]), sum(1 for r in labelled if not r["truth"])
+    for heading, picked, empty in (
+            ("Worst misses (road work called none)", misses,
+             "no misses" if pos else "no image is labelled road work, so none can be missed"),
+            ("Worst false alarms (none called road work)", alarms,
+             "no false alarms" if neg else "no image is labelled without road work, so none can be a false alarm")):
+        if not labelled:  # "no misses" would claim what nobody checked
+            empty = ("no true labels, so misses and false alarms cannot be told apart from right answers: give the "
+                     "manifest (<code>--manifest</code>)")
         cards = "".join(evidence_card(r, base) for r in picked) or f"<p>{empty}</p>"
         out.append(f"<h2>{heading}</h2><div class='grid gallery'>{cards}</div>")
     out.append("</body></html>")

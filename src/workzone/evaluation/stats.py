@@ -151,9 +151,15 @@ def headline_metrics(y: np.ndarray, p: np.ndarray, *, resamples: int = 1000) -> 
     }
 
 
+#: Fewer images than this of a class and a subset's MCC is not shown (see :func:`subset_score`).
+MIN_CLASS_FOR_MCC = 2
+
+
 def subset_score(y: Sequence[int], p: Sequence[float]) -> dict[str, Any]:
     """The score that means something for a subset: MCC when it has both classes, else recall
-    (only positives) or specificity (only negatives). MCC of a one-class subset is undefined, never 0.
+    (only positives) or specificity (only negatives). MCC of a one-class subset is undefined, never 0;
+    a subset with fewer than :data:`MIN_CLASS_FOR_MCC` images of a class is scored on its other class
+    (``note`` says how many it left out).
 
     Examples:
         >>> subset_score([0, 0, 0, 0], [0.1, 0.2, 0.9, 0.3])["metric"]
@@ -164,6 +170,15 @@ def subset_score(y: Sequence[int], p: Sequence[float]) -> dict[str, Any]:
     ya, pa = np.asarray(y, dtype=int), np.asarray(p, dtype=np.float64)
     pred = pa > 0.5
     npos, nneg = int(ya.sum()), int(len(ya) - ya.sum())
+    if 0 < min(npos, nneg) < MIN_CLASS_FOR_MCC:
+        # One or two images of a class make an MCC that swings from -1 to 1 on them alone: score the
+        # subset as if it had one class, and say how many of the other it holds.
+        few = npos if npos < nneg else nneg
+        what = "road-work image" if npos < nneg else "image without road work"
+        note = f"; MCC not shown: {few} {what}{'s' if few > 1 else ''} only"
+        keep = ya == (0 if npos < nneg else 1)
+        out = subset_score(ya[keep], pa[keep])
+        return {**out, "n": len(ya), "positives": npos, "note": note}
     if npos and nneg:
         return {"metric": "MCC", "n": len(ya), "positives": npos,
                 "interval": bootstrap_interval(ya, pa, _mcc, resamples=500),

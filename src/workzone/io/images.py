@@ -136,7 +136,7 @@ def decode_image(data: Any, *, limits: ImageLimits = DEFAULT_LIMITS, source: str
                 except InvalidImageError as exc:
                     raise InvalidImageError(f"the string is neither an existing file path nor valid base64 ({exc})") from exc
                 return _from_bytes(raw, limits, label)
-            return _from_path(Path(data), limits, source)
+            return _from_path(Path(data), limits, source, from_string=True)
     except InvalidImageError:
         raise
     except MemoryError as exc:
@@ -185,10 +185,12 @@ def decode_base64(text: str) -> bytes:
         raise InvalidImageError("the image is not valid base64") from exc
 
 
-def _from_path(path: Path, limits: ImageLimits, source: str | None) -> Image:
+def _from_path(path: Path, limits: ImageLimits, source: str | None, *, from_string: bool = False) -> Image:
     label = source or str(path)
     if not os.path.exists(path):  # os.path.exists, unlike Path.exists, returns False on over-long names
-        raise InvalidImageError(f"{_short(str(path), 200)}: no such file (and not a base64-encoded image)")
+        # base64 is only worth naming when the caller handed a string, which could have been one.
+        maybe = " (and not a base64-encoded image)" if from_string else ""
+        raise InvalidImageError(f"{_short(str(path), 200)}: no such file{maybe}")
     if not os.path.isfile(path):
         raise InvalidImageError(f"{_short(str(path), 200)}: not a regular file")
     try:

@@ -20,7 +20,7 @@ from workzone.miner.service import MetagraphView, MinerService, ServiceLoop
 from workzone.miner.settings import MinerSettings
 from workzone.miner.synapse import SYNAPSES, ExtendedImageSynapse, ImageSynapse
 
-__all__ = ["build_axon", "attach_handlers", "run_miner"]
+__all__ = ["build_axon", "attach_handlers", "chain_endpoint", "run_miner"]
 
 log = logging.getLogger("workzone.miner")
 
@@ -93,17 +93,42 @@ class _MetagraphHolder:
             self._metagraph = metagraph
 
 
+def chain_endpoint(settings: MinerSettings) -> str:
+    """The websocket URL the miner talks to: ``--subtensor.chain_endpoint``, else the network's own."""
+    if settings.chain_endpoint:
+        return settings.chain_endpoint
+    try:
+        from bittensor.core.settings import NETWORK_MAP
+
+        return str(NETWORK_MAP.get(settings.network, settings.network))
+    except ImportError:  # an older bittensor layout: the network name is all there is to show
+        return settings.network
+
+
+def _connect(bt: Any, settings: MinerSettings) -> tuple[Any, Any]:
+    """Subtensor and metagraph, or one sentence naming the endpoint and the flags when the chain is unreachable."""
+    url = chain_endpoint(settings)
+    try:
+        subtensor = bt.Subtensor(network=settings.chain_endpoint or settings.network)
+        return subtensor, subtensor.metagraph(settings.netuid)
+    except Exception as exc:  # noqa: BLE001 - bittensor raises socket, websocket and substrate errors alike
+        raise ConfigError(
+            f"workzone miner: cannot reach the subtensor at {url} (network {settings.network!r}, netuid "
+            f"{settings.netuid}): {type(exc).__name__}: {str(exc) or 'no answer'}. Check this machine's network, or "
+            "point the miner at a node it can reach with --subtensor.chain_endpoint ws://HOST:9944 (or "
+            "--subtensor.network test / local)") from exc
+
+
 def run_miner(settings: MinerSettings) -> None:
     """Run the miner until SIGINT/SIGTERM.
 
     Raises:
-        ConfigError: the wallet's hotkey is not registered on the subnet.
+        ConfigError: the chain cannot be reached, or the wallet's hotkey is not registered on the subnet.
         MissingExtraError: bittensor is not installed.
     """
     bt = require("bittensor", "miner", "the SN72 miner")
     wallet = bt.Wallet(name=settings.wallet_name, hotkey=settings.wallet_hotkey, path=settings.wallet_path)
-    subtensor = bt.Subtensor(network=settings.chain_endpoint or settings.network)
-    metagraph = subtensor.metagraph(settings.netuid)
+    subtensor, metagraph = _connect(bt, settings)
     hotkey = wallet.hotkey.ss58_address
     if hotkey not in metagraph.hotkeys:
         raise ConfigError(

@@ -85,6 +85,12 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
                                                  ("l", 0.0248, 0.2), ("x", 0.0557, 0.3))),
     *(_vis(f"rfdetr-{v}", b, a) for v, b, a in (("nano", 0.030, 0.1), ("small", 0.032, 0.15),
                                                   ("medium", 0.034, 0.2), ("base", 0.029, 0.2), ("large", 0.128, 0.3))),
+    # D-FINE (paper, COCO and Objects365 checkpoints alike) and YOLO-World (v1 and v2 heads; CLIP text encoder
+    # only when the vocabulary is set at load, not counted).
+    *(_vis(f"dfine-{v}", b, a) for v, b, a in (("nano", 0.004, 0.05), ("small", 0.010, 0.08), ("medium", 0.019, 0.12),
+                                                 ("large", 0.031, 0.2), ("xlarge", 0.062, 0.3))),
+    *(_vis(f"yolov8{s}-world", b, a) for s, b, a in (("s", 0.013, 0.08), ("m", 0.029, 0.15), ("l", 0.048, 0.2),
+                                                       ("x", 0.073, 0.3))),
 )
 
 

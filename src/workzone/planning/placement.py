@@ -124,6 +124,7 @@ def plan_pipeline(config: PipelineConfig, gpus: GpuSpec, quant: Quant = "none", 
                 warnings.append(f"{item.name}: {why} (no {server} command)")
     for item in items:
         if item.pinned is not None and item.pinned >= gpus.count:
+            _refuse_if_too_small(items, gpus, reserve_gb)  # the memory it lacks says more than the pin
             raise ConfigError(f"plan refused: stage {item.name!r} is pinned to cuda:{item.pinned} "
                               f"but the plan has {gpus.count} GPU(s)")
     capacity = gpus.memory_gb - reserve_gb
@@ -135,6 +136,24 @@ def plan_pipeline(config: PipelineConfig, gpus: GpuSpec, quant: Quant = "none", 
 
 
 _MAX_SHARE = 0.95  # the most of a GPU an engine is ever asked to take
+
+
+def _refuse_if_too_small(items: list[Item], gpus: GpuSpec, reserve_gb: float) -> None:
+    """Refuse with the numbers when the stages need more memory than every GPU together has.
+
+    Checked before a ``device: cuda:N`` pin beyond the GPUs is refused, so a plan on too few GPUs
+    names the memory it lacks, not a pin it cannot honour.
+    """
+    capacity = gpus.count * (gpus.memory_gb - reserve_gb)
+    need = sum(i.total_gb for i in items)
+    if need <= capacity:
+        return
+    largest = ", ".join(f"{i.name} {i.total_gb:.1f} GB" for i in sorted(items, key=lambda i: -i.total_gb)[:3])
+    raise ConfigError(
+        f"plan refused: the GPU stages need {need:.1f} GB in all, but {gpus.count} x {gpus.memory_gb:g} GB gives "
+        f"{capacity:.1f} GB after {reserve_gb:g} GB reserve each ({need - capacity:.1f} GB short; largest: {largest}). "
+        f"Use more or larger GPUs (at least {math.ceil(need / (gpus.memory_gb - reserve_gb))} x {gpus.memory_gb:g} GB), "
+        "--quant, or lower max_concurrency / max_pixels / batch_size")
 
 
 def _utilisation(per_gpu_gb: float, memory_gb: float) -> float:
@@ -161,7 +180,7 @@ def _collect_items(config: PipelineConfig, quant: str) -> tuple[list[Item], list
                 continue
             runs_on = get_stage_class(st.kind).runs_on
             if runs_on == "engine":
-                _add_to_engine(engines, st, quant)
+                _add_to_engine(engines, st, quant, warnings)
             elif runs_on == "gpu" or (st.device or "").startswith("cuda"):
                 parts = [_in_process_item(s) for s in [st, *st.nested()]]
                 for part in parts:
@@ -186,7 +205,7 @@ def _merge(parts: list[Item]) -> Item:
                 max(p.overhead_gb for p in parts), note="with its detector")
 
 
-def _add_to_engine(engines: dict[tuple[str, str], Item], st: StageSpec, quant: str) -> None:
+def _add_to_engine(engines: dict[tuple[str, str], Item], st: StageSpec, quant: str, notes: list[str]) -> None:
     p = st.params
     model, url = str(getattr(p, "model")), str(getattr(p, "base_url"))
     spec = lookup_model(model)
@@ -195,6 +214,9 @@ def _add_to_engine(engines: dict[tuple[str, str], Item], st: StageSpec, quant: s
         raise ConfigError(f"stage {st.name!r}: cannot size the engine for model {model!r}; the planner knows: {known}")
     opts = st.engine or EngineOptions()
     q = opts.quantization or quant
+    if opts.quantization and quant != "none" and opts.quantization != quant:
+        notes.append(f"stage {st.name!r}: its engine: block sets quantization {opts.quantization}, which overrides "
+                     f"--quant {quant} for that engine")
     if st.engine is not None:  # a plan-wide --quant an engine lacks only drops that engine's command (a warning)
         check_engine_options(st.name, opts, q)
     cls = get_stage_class(st.kind)

@@ -51,7 +51,8 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
                                           default_deadline_s=settings.default_deadline_s,
                                           max_deadline_s=settings.max_deadline_s, observer=observer,
                                           decode_workers=settings.decode_workers,
-                                          decoder=ImageDecoder(settings.device, limits=limits, processes=processes),
+                                          decoder=ImageDecoder(settings.device, limits=limits, gpu_decode=settings.gpu_decode,
+                                                               processes=processes),
                                           request_decode_cpu_s=settings.request_decode_cpu_s)
 
 

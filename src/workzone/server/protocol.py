@@ -91,7 +91,7 @@ class DecisionResponse(BaseModel):
     probability: float = Field(ge=0, le=1, description="calibrated P(road work)")
     label: bool = Field(description="probability > 0.5 (strictly above one half is road work)")
     label_name: Literal["roadwork", "none"] = Field(description="the label as a word")
-    exit_tier: int = Field(description="index of the tier after which the image was decided")
+    exit_tier: int = Field(description="index (from 0) of the tier after which the image was decided; text (CLI, page, report) numbers tiers from 1")
     exit_tier_name: str = Field(description="that tier's name")
     stages: list[StageReportModel] = Field(description="every stage that ran on the image, in order")
     tier_probabilities: list[float] = Field(description="the fused probability after each tier that ran")

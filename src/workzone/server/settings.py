@@ -24,6 +24,9 @@ class ServerSettings(BaseSettings):
     # -- what to serve ----------------------------------------------------------------------------
     pipeline: str = Field(default="default", description="built-in pipeline name or YAML path")
     device: str = Field(default="cpu", description="compute device for stages that have one (cpu, cuda, cuda:1)")
+    gpu_decode: Literal["nvjpeg", "libjpeg"] = Field(
+        default="nvjpeg", description="on CUDA, who decodes a batch's JPEGs: nvJPEG (fastest), or libjpeg on CPU "
+                                      "threads (the CPU path's exact pixels, so the same decisions)")
     host: str = Field(default="127.0.0.1", description="interface to bind; 0.0.0.0 exposes the service")
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -23,14 +23,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workzone.types import Box, Evidence, StageOutput, logit
 
 __all__ = ["ClassMap", "Detection", "DEFAULT_WEIGHTS", "DEFAULT_ALIASES", "normalise_label",
-           "detections_to_output", "score_boxes"]
+           "detections_to_output", "score_boxes", "check_prompts", "outputs_in_chunks"]
 
 #: Road-work evidence classes and how strongly one confident box of each implies road work.
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -219,3 +219,27 @@ def detections_to_output(detections: Iterable[Detection], class_map: ClassMap, *
         extra.append("ignored boxes labelled " + ", ".join(f"{k!r} (x{n})" for k, n in ignored.most_common(5)))
     return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes[:class_map.max_boxes],
                                                      notes=tuple(notes) + tuple(extra)))
+
+
+def check_prompts(prompts: dict[str, str], class_map: ClassMap) -> None:
+    """Validate an open-vocabulary detector's ``prompts`` (text -> evidence class) against its ``classes``.
+
+    Raises:
+        ValueError: a prompt names an unknown evidence class, or is empty (pydantic reports it by key).
+    """
+    known = class_map.evidence_weights()
+    bad = {p: ev for p, ev in prompts.items() if ev not in known}
+    if bad:
+        raise ValueError(f"prompts: unknown evidence classes {bad}; use one of {', '.join(sorted(known))} "
+                         "or declare them under classes.weights")
+    if any(not p.strip() for p in prompts):
+        raise ValueError("prompts: a prompt must not be empty")
+
+
+def outputs_in_chunks(batch: Sequence, size: int, detect: Callable[[Sequence], list[list[Detection]]],
+                      class_map: ClassMap) -> list[StageOutput]:
+    """Run ``detect`` on consecutive chunks of at most ``size`` images and score each image's detections."""
+    outputs: list[StageOutput] = []
+    for i in range(0, len(batch), size):
+        outputs.extend(detections_to_output(d, class_map) for d in detect(batch[i:i + size]))
+    return outputs

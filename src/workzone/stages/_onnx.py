@@ -62,7 +62,8 @@ def open_session(path: Path, *, threads: int = 0, device: str = "cpu", providers
     if not path.is_file():
         raise ModelFileError(f"{prefix}model file {path} does not exist{hint}")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    # The cores this process may run on (a container or taskset can allow fewer than the host has).
+    opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0)) or 1
     # Batches are serialised by the stages; parallel graph branches would only oversubscribe.
     opts.inter_op_num_threads = 1
     # No CPU memory arena: the arena grows to the largest batch's activations and never shrinks (a

@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
-from workzone.stages._evidence_map import ClassMap, Detection, detections_to_output
-from workzone.stages._hf_common import HFParams, HFStage, chunks, load_hf, to_pil
+from workzone.stages._evidence_map import ClassMap, Detection, check_prompts, outputs_in_chunks
+from workzone.stages._hf_common import HFParams, HFStage, load_hf, to_pil
 from workzone.types import Image, StageOutput
 
 __all__ = ["OpenVocabParams", "OpenVocabStage", "match_phrase"]
@@ -40,13 +40,7 @@ class OpenVocabParams(HFParams):
 
     @model_validator(mode="after")
     def _check_prompts(self) -> "OpenVocabParams":
-        known = self.classes.evidence_weights()
-        bad = {p: ev for p, ev in self.prompts.items() if ev not in known}
-        if bad:
-            raise ValueError(f"prompts: unknown evidence classes {bad}; use one of {', '.join(sorted(known))} "
-                             "or declare them under classes.weights")
-        if any(not p.strip() for p in self.prompts):
-            raise ValueError("prompts: a prompt must not be empty")
+        check_prompts(self.prompts, self.classes)
         return self
 
 
@@ -70,10 +64,7 @@ class OpenVocabStage(HFStage):
         self._model, self._processor, self._device = model, processor, device
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
-        outputs: list[StageOutput] = []
-        for part in chunks(batch, self.params.batch_size):
-            outputs.extend(detections_to_output(d, self.params.classes) for d in self._detect(part))
-        return outputs
+        return outputs_in_chunks(batch, self.params.batch_size, self._detect, self.params.classes)
 
     def _detect(self, part: Sequence[Image]) -> list[list[Detection]]:
         import torch

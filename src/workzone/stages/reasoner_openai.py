@@ -133,7 +133,7 @@ def build_evidence_prompt(reports: Sequence[StageReport], size: tuple[int, int] 
     if size is not None:
         lines.insert(0, f"Image size: {size[0]} x {size[1]} pixels.")
     for r in reports:
-        head = f'- tier {r.tier}, stage "{r.stage}" ({r.kind}): '
+        head = f'- tier {r.tier + 1}, stage "{r.stage}" ({r.kind}): '
         if r.error:
             lines.append(head + f"failed ({r.error[:120]}); ignore it")
             continue

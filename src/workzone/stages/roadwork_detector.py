@@ -15,6 +15,7 @@ as log-odds (monotone in every box's confidence, so fusion can learn one weight 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,9 +25,9 @@ from pydantic import Field
 from workzone.errors import ModelFileError
 from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
-from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
+from workzone.stages._torch_backend import TorchBackendParams, open_runner, use_torch
 from workzone.stages.base import Stage
-from workzone.object_evidence import DETECTION_FLOOR, MAX_DETECTIONS, ObjectDecision
+from workzone.object_evidence import COUNT_AT, DETECTION_FLOOR, LOGIT_CLIP, MAX_DETECTIONS, ObjectDecision
 from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, logit
 
 __all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ObjectDetectorRunner", "decode_detections",
@@ -70,7 +71,13 @@ class ObjectDetectorRunner:
         path = Path(path)
         self.session = None
         self.torch_runner = None
+        self.device_path: Any = None
         if torch_params is not None:
+            if torch_params.precision == "auto":
+                # fp16, not the backend's bf16, on CUDA: the decision thresholds a probability, and fp16's
+                # three extra mantissa bits keep it within the parity bound of the CPU path.
+                torch_params = torch_params.model_copy(
+                    update={"precision": "float16" if device.startswith("cuda") else "float32"})
             self.torch_runner = open_runner(path, torch_params, device)
         else:
             self.session = open_session(path, threads=threads, providers=providers, inputs=["image"],
@@ -90,8 +97,18 @@ class ObjectDetectorRunner:
             self.decision = ObjectDecision(self.meta["decision"], self.class_names) if "decision" in self.meta else None
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: sidecar 'decision' block: {exc}") from exc
+        if self.torch_runner is not None:
+            from workzone.accel.objects import DeviceObjectDetector
+
+            # The whole decision on the torch device: as-trained treatment, letterbox, network, boxes, decision.
+            self.device_path = DeviceObjectDetector(
+                self.torch_runner, size=self.size, stride=self.stride, num_classes=len(self.class_names),
+                source_max_side=self.source_max_side, source_jpeg_quality=self.source_jpeg_quality,
+                decision=self.decision, count_at=COUNT_AT, logit_clip=LOGIT_CLIP)
         # Serialise runs: each already uses every intra-op thread.
         self._lock = threading.Lock()
+        # One thread making the next run's inputs while onnxruntime runs (see decide).
+        self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workzone-objects-prep")
 
     def detect(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
                batch_size: int = 8) -> list[np.ndarray]:
@@ -107,25 +124,63 @@ class ObjectDetectorRunner:
             Per image, (D, 6) rows ``x1, y1, x2, y2, score, class`` in that image's pixels, by
             falling score.
         """
+        return self.decide(images, score_threshold=score_threshold, max_detections=max_detections,
+                           batch_size=batch_size)[0]
+
+    def decide(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
+               batch_size: int = 8) -> tuple[list[np.ndarray], list[float] | None, list[str] | None]:
+        """:meth:`detect`, the sidecar decision's log-odds per image, and per image the note naming the
+        features that decided it (both ``None`` without a decision block).
+
+        On the torch backend all three are computed on its device and copied back once per batch.
+        """
         items = [im if isinstance(im, Image) else Image(im) for im in images]
-        # Box coordinates map back through the letterbox by aspect ratio, so the shrunk copies' boxes land
-        # on the original images.
-        inputs = [Image(self._as_trained(im.pixels)) for im in items] if self._shrinks else items
-        if self.torch_runner is not None:
-            raws = [first_output(self.torch_runner, torch_inputs(self.torch_runner, inputs, self.size, "letterbox"))]
-        else:
-            raws = []
-            for i in range(0, len(inputs), batch_size):
-                x = np.stack([resize_for_model(im.pixels, self.size, "letterbox") for im in inputs[i:i + batch_size]])
-                with self._lock:
-                    raws.append(self.session.run(None, {"image": x})[0])
+        if self.device_path is not None:
+            dets, z, parts = self.device_path.detect(items, floor=score_threshold,
+                                                     max_detections=max_detections).to_host()
+            if z is None or parts is None or self.decision is None:
+                return dets, None, None
+            names = self.decision.feature_names
+            top = np.argsort(-np.abs(parts), axis=1, kind="stable")[:, :3]  # one sort for the batch
+            return dets, z.tolist(), [_decided_by([(names[j], v) for j, v in zip(t, p[t].tolist())])
+                                      for t, p in zip(top.tolist(), parts)]
+        # Runs of at most batch_size, and at least two when there are 4+ images: the next run's inputs are
+        # made (Pillow releases the GIL) while onnxruntime runs this one, so its idle moments are used.
+        n = len(items)
+        step = max(1, min(batch_size, -(-n // 2) if n >= 4 else n))
+        chunks = [items[i:i + step] for i in range(0, n, step)]
+        raws = []
+        ahead = self._prep_pool.submit(self._inputs, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            x = ahead.result()  # type: ignore[union-attr]
+            ahead = self._prep_pool.submit(self._inputs, chunks[k + 1]) if k + 1 < len(chunks) else None
+            with self._lock:
+                raws.append(self.session.run(None, {"image": x})[0])
         out: list[np.ndarray] = []
         for im, o in zip(items, (o for raw in raws for o in raw)):
             det = decode_detections(o, score_threshold=score_threshold, max_detections=max_detections,
                                     stride=self.stride, num_classes=len(self.class_names))
             out.append(_to_image_coords(det, im.width, im.height, self.size))
-        return out
+        if self.decision is None:
+            return out, None, None
+        return (out, [self.decision.log_odds(d, float(im.height)) for d, im in zip(out, items)],
+                [_decided_by(self.decision.contributions(d, float(im.height))) for d, im in zip(out, items)])
 
+
+    def close(self) -> None:
+        """Stop the input-making thread."""
+        self._prep_pool.shutdown(wait=False)
+
+    def _inputs(self, images: Sequence[Image]) -> np.ndarray:
+        """The onnxruntime batch [N, 3, S, S]: each image as trained (see _as_trained), letterboxed.
+
+        Box coordinates map back through the letterbox by aspect ratio, so the shrunk copies' boxes land
+        on the original images.
+        """
+        x = np.empty((len(images), 3, self.size, self.size), np.float32)
+        for j, im in enumerate(images):
+            x[j] = resize_for_model(self._as_trained(im.pixels) if self._shrinks else im.pixels, self.size, "letterbox")
+        return x
 
     @property
     def _shrinks(self) -> bool:
@@ -200,27 +255,34 @@ class RoadworkDetectorStage(Stage):
         most = max(p.max_boxes, p.top_k)
         if runner.decision is not None:
             floor, most = min(floor, DETECTION_FLOOR), max(most, MAX_DETECTIONS)
-        dets = runner.detect(batch, score_threshold=floor, max_detections=most, batch_size=p.batch_size)
+        dets, zs, why = runner.decide(batch, score_threshold=floor, max_detections=most, batch_size=p.batch_size)
         report_at = runner.score_threshold if p.score_threshold is None else p.score_threshold
-        return [self._summarise(d, runner, report_at, img.height) for d, img in zip(dets, batch)]
+        return [self._summarise(d, runner, report_at, None if zs is None else zs[i], None if why is None else why[i])
+                for i, d in enumerate(dets)]
 
-    def _summarise(self, det: np.ndarray, runner: ObjectDetectorRunner, report_at: float, height: int) -> StageOutput:
+    def _summarise(self, det: np.ndarray, runner: ObjectDetectorRunner, report_at: float, z: float | None,
+                   why: str | None) -> StageOutput:
         p = self.params
         names = runner.class_names
-        extra: tuple[str, ...] = ()
-        if runner.decision is not None:
-            z = runner.decision.log_odds(det, float(height))
-            extra = ("decided by: " + ", ".join(f"{n} {v:+.2f}" for n, v in runner.decision.contributions(det, float(height))),)
-        else:
+        extra: tuple[str, ...] = (why,) if z is not None and why is not None else ()
+        if z is None:
             z = pool_scores(det[:, 4][det[:, 4] >= p.min_pool_score][: p.top_k])
-        boxes = tuple(Box(names[int(c)] if int(c) < len(names) else str(int(c)), float(min(1.0, max(0.0, s))),
-                          float(x1), float(y1), float(max(x1, x2)), float(max(y1, y2)))
-                      for x1, y1, x2, y2, s, c in det[: p.max_boxes] if s >= report_at)
+        shown = det[: p.max_boxes]
+        # One tolist() per image, not a numpy scalar per field: a GPU batch summarises thousands of images.
+        boxes = tuple(Box(names[int(c)] if int(c) < len(names) else str(int(c)), min(1.0, max(0.0, s)),
+                          x1, y1, max(x1, x2), max(y1, y2))
+                      for x1, y1, x2, y2, s, c in shown[shown[:, 4] >= report_at].tolist())
         notes = (f"{len(boxes)} box(es) >= {report_at:.2f}; top score {float(det[0, 4]) if len(det) else 0.0:.3f}",) + extra
         return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
 
     async def aclose(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
         self._runner = None
+
+
+def _decided_by(parts: Sequence[tuple[str, float]]) -> str:
+    return "decided by: " + ", ".join(f"{n} {v:+.2f}" for n, v in parts)
 
 
 def pool_scores(scores: np.ndarray, floor: float = 1e-4) -> float:

@@ -28,15 +28,15 @@ from workzone.stages._model_stage import ModelStage, local_weights, torch_device
 from workzone.stages.base import StageParams
 from workzone.types import Image, StageOutput
 
-__all__ = ["YoloParams", "YoloStage", "results_to_detections"]
+__all__ = ["UltralyticsParams", "YoloParams", "YoloStage", "results_to_detections"]
 
 _BUILD_SUFFIXES = (".yaml", ".yml")
 
 
-class YoloParams(StageParams):
+class UltralyticsParams(StageParams):
+    """Params every Ultralytics detector kind has (``ultralytics``, ``yolo_world``)."""
+
     model: str = Field(description="weights file (.pt, .onnx, ...) or a model yaml such as yolo11n.yaml")
-    family: Literal["auto", "yolo", "rtdetr"] = Field(
-        default="auto", description="auto: RT-DETR when the model name contains 'rtdetr', else YOLO")
     conf: float = Field(default=0.25, ge=0.0, le=1.0, description="minimum box confidence")
     iou: float = Field(default=0.7, ge=0.0, le=1.0, description="NMS IoU threshold")
     imgsz: int = Field(default=640, ge=32, le=4096, description="inference size (multiple of 32)")
@@ -45,6 +45,11 @@ class YoloParams(StageParams):
     batch_size: int = Field(default=8, ge=1, le=256)
     classes: ClassMap = Field(default_factory=ClassMap, description="detector classes -> road-work evidence")
     allow_download: bool = Field(default=False, description="let Ultralytics fetch hub weights that are not on disk")
+
+
+class YoloParams(UltralyticsParams):
+    family: Literal["auto", "yolo", "rtdetr"] = Field(
+        default="auto", description="auto: RT-DETR when the model name contains 'rtdetr', else YOLO")
 
 
 class YoloStage(ModelStage):
@@ -78,7 +83,7 @@ class YoloStage(ModelStage):
         return any(p.name in names for p in cfg.rglob("*.yaml"))
 
     @classmethod
-    def bytes_per_param(cls, params: YoloParams) -> float:
+    def bytes_per_param(cls, params: UltralyticsParams) -> float:
         return 2.0 if params.half else 4.0
 
     def _load_sync(self) -> None:
@@ -107,7 +112,7 @@ class YoloStage(ModelStage):
         return local_weights(self, model, allow_download=self.params.allow_download, fetcher="Ultralytics")
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
-        p = self.params
+        p: UltralyticsParams = self.params
         outputs: list[StageOutput] = []
         for i in range(0, len(batch), p.batch_size):
             # Ultralytics reads numpy arrays as OpenCV BGR.
@@ -116,8 +121,13 @@ class YoloStage(ModelStage):
                 results = self._model.predict(frames, conf=p.conf, iou=p.iou, imgsz=p.imgsz, max_det=p.max_det,
                                               half=p.half and self._device != "cpu", device=self._device,
                                               verbose=False, save=False)
-            outputs.extend(detections_to_output(results_to_detections(r), p.classes) for r in results)
+            outputs.extend(detections_to_output(results_to_detections(r), self._class_map) for r in results)
         return outputs
+
+    @property
+    def _class_map(self) -> ClassMap:
+        """How box labels count as evidence (``yolo_world`` adds its prompts)."""
+        return self.params.classes
 
 
 def results_to_detections(result) -> list[Detection]:

@@ -26,8 +26,17 @@ def loso_scores(
     detector_sidecar: Optional[Path] = typer.Option(None, help="write the fitted decision block into this sidecar JSON"),
     frozen_features: Optional[Path] = typer.Option(None, help="cache of frozen Lite0 features (.npz; computed when missing)"),
     ocr_cache: Optional[Path] = typer.Option(None, help="cache of sign-OCR log-odds (.json; computed when missing)"),
+    verifier_cache: Optional[Path] = typer.Option(None, help="cache of embedded candidate crops (.npz; computed when "
+                                                             "missing or made from other detections)"),
+    verifier_out: Optional[Path] = typer.Option(None, help="also fit the shipped verifier on every crop and write "
+                                                           "roadwork_verifier.onnx + .json into this folder"),
+    verifier_augment: int = typer.Option(1, min=0, help="degraded copies of each labelled crop (night, fog, far, blur, "
+                                                        "JPEG)"),
+    verify_features: str = typer.Option("blind", help="verified decision's features: 'classes' (class-aware) "
+                                                        "or 'blind'"),
 ) -> None:
-    """Out-of-fold scores per image for the stages objects, signs and context (frozen-lr)."""
+    """Out-of-fold scores per image: objects (class-blind and per-class decisions), verify (the crop verifier's
+    verified decision, class-aware and class-blind), signs and context (frozen-lr)."""
     from rich.console import Console
 
     from workzone.evaluation.loso_table import OofRow
@@ -35,8 +44,8 @@ def loso_scores(
     from workzone_train.frozen_lr import embed_images, fit_frozen_lr, frozen_lr_log_odds
     from workzone_train.loso_fusion import stage_log_odds
     from workzone_train.object_train import LOSO_FOLDS
-    from workzone_train.oof_scores import (decision_scores, fit_decision, object_feature_matrix,
-                                              read_fold_detections, write_scores_csv)
+    from workzone_train.oof_scores import (PER_CLASS_FEATURES, decision_scores, fit_decision,
+                                              object_feature_matrix, read_fold_detections, write_scores_csv)
     from workzone_train.scene_synth import OBJECT_CLASSES
     from workzone.evaluation.loso_table import cross_fit
 
@@ -49,8 +58,15 @@ def loso_scores(
     rows = [OofRow(s.key, s.source, s.condition, s.label, fold_of[s.source], {}) for s in corpus]
     y = np.array([r.label for r in rows])
 
-    x = object_feature_matrix(corpus, read_fold_detections(detections), OBJECT_CLASSES)
+    dets = read_fold_detections(detections)
+    x = object_feature_matrix(corpus, dets, OBJECT_CLASSES)
     objects = decision_scores(rows, x)
+    per_class = decision_scores(rows, object_feature_matrix(corpus, dets, OBJECT_CLASSES, PER_CLASS_FEATURES))
+    from workzone_train.verifier import verify_oof_scores
+
+    verify = verify_oof_scores(data, corpus, rows, dets, LOSO_FOLDS, cache=verifier_cache, export_to=verifier_out,
+                               shipped_features=verify_features, augment=verifier_augment,
+                               log=con.print)
     if detector_sidecar is not None:
         meta = json.loads(detector_sidecar.read_text(encoding="utf-8"))
         meta["decision"] = fit_decision(x, y)
@@ -81,7 +97,8 @@ def loso_scores(
         lambda m, te: frozen_lr_log_odds(feats[[index[r.key] for r in te]], m))
 
     rows = [OofRow(r.key, r.source, r.condition, r.label, r.fold,
-                   {"objects": float(objects[i]), "signs": signs[i], "context": float(context[i])})
+                   {"objects": float(objects[i]), "objects-classes": float(per_class[i]), "signs": signs[i],
+                    "context": float(context[i]), **{k: float(v[i]) for k, v in verify.items()}})
             for i, r in enumerate(rows)]
     write_scores_csv(rows, out)
     con.print(f"{len(rows)} images -> {out}")
@@ -95,17 +112,14 @@ def loso_table(
     prior_weight: float = typer.Option(1.0, help="fusion weight prior (see `workzone tune --prior-weight`)"),
     balanced: bool = typer.Option(True, "--balanced/--no-balanced", help="fit fusion for a 50/50 prior (as `tune --balanced`)"),
     l2: float = typer.Option(1e-2, min=0.0),
+    fold_column: str = typer.Option("fold", help="column grouping sources into held-out folds (source: one per source)"),
+    condition_column: str = typer.Option("condition", help="column the per-condition table groups by"),
 ) -> None:
     """Pooled out-of-fold MCC, per source and per condition, for each candidate stage set."""
-    from workzone.evaluation.loso_table import OofRow, cross_fit, format_markdown, loso_summary
+    from workzone.evaluation.loso_table import cross_fit, format_markdown, loso_summary, read_oof_rows
     from workzone.fusion.calibration import fit_logistic, score_matrix
-    import csv
 
-    with scores.open(newline="", encoding="utf-8") as fh:
-        recs = list(csv.DictReader(fh))
-    fixed = {"key", "label", "source", "condition", "fold"}
-    rows = [OofRow(r["key"], r["source"], r["condition"], int(r["label"]), r["fold"],
-                   {k: (float(v) if v != "" else None) for k, v in r.items() if k not in fixed}) for r in recs]
+    rows = read_oof_rows(scores, fold_column=fold_column, condition_column=condition_column)
     summaries = {}
     for spec in candidate:
         name, _, stages = spec.partition("=")

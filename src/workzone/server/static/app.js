@@ -91,7 +91,7 @@ async function loadPipeline() {
   state.stageCost = {};
   const tiers = p.tiers.map((t, k) => {
     t.stages.forEach((s) => { state.stageCost[s.name] = s.cost; });
-    return `${k}: ${t.name} (${t.stages.map((s) => s.name).join(", ")})`;
+    return `${k + 1}: ${t.name} (${t.stages.map((s) => s.name).join(", ")})`;  // tiers count from 1, as in eval and tune
   });
   $("#pipeline").textContent = `Pipeline “${p.name}”, tiers ${tiers.join(" → ")}`;
   setStatus(p.ready ? "ready" : `service ${p.state}`, p.ready ? "ok" : "bad");
@@ -183,8 +183,8 @@ function onEvent(card, name, event, data) {
   if (event === "tier") {
     const li = document.createElement("li");
     li.className = "tier" + (data.decided ? " decided" : "");
-    li.textContent = `tier ${data.tier} “${data.tier_name}”: P(road work) ${fmtP(data.probability)} after ` +
-      `${data.stages.join(", ")}; cost so far ${data.cost.toFixed(1)} ms — ` +
+    li.textContent = `tier ${data.tier + 1} “${data.tier_name}”: P(road work) ${fmtP(data.probability)} after ` +
+      `${data.stages.join(", ")}; declared cost so far ${data.cost.toFixed(1)} ms — ` +
       (data.decided ? `decided (${data.reason})` : "not sure yet, next tier");
     $(".tiers", card).append(li);
     $(".verdict", card).textContent = `P(road work) ${fmtP(data.probability)} so far…`;
@@ -199,7 +199,7 @@ function showDecision(card, d) {
   const verdict = $(".verdict", card);
   verdict.textContent = `${d.label ? "ROAD WORK" : "no road work"} — P(road work) ${fmtP(d.probability)}, ` +
     `decided after tier “${d.exit_tier_name}” (${d.reason}), ${d.latency_ms.toFixed(0)} ms, ` +
-    `cost ${d.cost.toFixed(1)} ms`;
+    `declared cost ${d.cost.toFixed(1)} ms (the sum of the pipeline's stage costs, not a measured time)`;
   verdict.className = "verdict " + (d.label ? "work" : "none");
   const body = $("tbody", card);
   d.stages.forEach((s, k) => {
@@ -208,7 +208,7 @@ function showDecision(card, d) {
       .concat(ev.notes.slice(0, 2));
     const tr = document.createElement("tr");
     const cost = state.stageCost[s.stage];
-    const cells = [s.stage, s.kind, String(s.tier), s.error ? "failed" : fmtP(s.probability),
+    const cells = [s.stage, s.kind, String(s.tier + 1), s.error ? "failed" : fmtP(s.probability),
                    s.latency_ms.toFixed(1), cost === undefined ? "—" : cost.toFixed(1),
                    s.error ? `failed: ${s.error}` : said.join("; ")];
     cells.forEach((text, i) => {

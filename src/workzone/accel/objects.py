@@ -1,0 +1,290 @@
+"""The work-zone object decision on a torch device, from decoded pixels to log-odds, batched.
+
+What the onnxruntime path does image by image with Pillow and numpy, done here for a whole batch
+on the device (CUDA, or the CPU where CI runs it):
+
+1. the image as the detector was trained on it (its sidecar's ``source_max_side``,
+   ``source_jpeg_quality``): Pillow's Lanczos shrink (:mod:`workzone.accel.resample`) and a JPEG
+   round trip (:mod:`workzone.accel.jpeg_roundtrip`), one call per distinct image size;
+2. the letterbox to the detector's input (Pillow's bilinear), the detector;
+3. box decoding: the top ``max_detections`` peaks of the heat map above ``floor``, mapped back to
+   image pixels exactly as :func:`workzone.stages.roadwork_detector.decode_detections` and the
+   letterbox inverse do;
+4. the sidecar's decision (:class:`workzone.object_evidence.ObjectDecision`, handed in by the stage, as
+   accel imports nothing above io) over the same features as
+   :func:`workzone.object_evidence.object_features`, as tensor reductions;
+5. optionally a crop verifier: a callable handed the decoded full-resolution images and the
+   candidate boxes (see :class:`CropVerifier` and :func:`candidate_crops`), which returns the
+   adjusted log-odds.
+
+Only the log-odds and the kept boxes (N x ``max_detections`` x 6 floats) are copied back to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+import numpy as np
+
+from workzone.accel.device_image import image_tensor
+from workzone.accel.jpeg_roundtrip import jpeg_roundtrip
+from workzone.accel.resample import letterbox_geometry, letterbox_like_pillow, resize_like_pillow
+from workzone.types import Image
+
+if TYPE_CHECKING:
+    import torch
+
+    from workzone.accel.runner import TorchModelRunner
+
+__all__ = ["ObjectBatch", "CropVerifier", "LinearDecision", "DeviceObjectDetector", "candidate_crops"]
+
+
+class LinearDecision(Protocol):
+    """What the device path reads of a fitted decision (``workzone.object_evidence.ObjectDecision``):
+    ``log_odds = bias + weights . features[columns]`` over that module's feature layout."""
+
+    bias: float
+    weights: np.ndarray
+    columns: np.ndarray
+    num_classes: int
+    lookalikes: tuple[int, ...]  # classes left out of the class-blind summaries (``sign_other``)
+
+
+@dataclass
+class ObjectBatch:
+    """One batch's detections and decision, on the device.
+
+    Attributes:
+        boxes: float32 [N, D, 6] rows ``x1, y1, x2, y2, score, class`` in each image's pixels, by
+            falling score; rows past ``counts[i]`` are padding (score below the floor).
+        counts: int64 [N] kept boxes per image.
+        log_odds: float64 [N] the decision's log-odds, or ``None`` without a decision block.
+        images: the decoded full-resolution [3, H, W] uint8 tensors (for crop verifiers).
+        parts: float64 [N, F] each decision feature's weight x value (the "decided by" evidence), or ``None``.
+    """
+
+    boxes: "torch.Tensor"
+    counts: "torch.Tensor"
+    log_odds: "torch.Tensor | None"
+    images: list
+    parts: "torch.Tensor | None" = None
+
+    def to_host(self) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray | None]:
+        """Per image (D_i, 6) float32 numpy detections, the log-odds and the decision parts as float64
+        numpy (one copy each)."""
+        boxes = self.boxes.float().cpu().numpy()
+        counts = self.counts.cpu().numpy()
+        dets = [boxes[i, : int(counts[i])] for i in range(len(counts))]
+        z = self.log_odds.double().cpu().numpy() if self.log_odds is not None else None
+        parts = self.parts.double().cpu().numpy() if self.parts is not None else None
+        return dets, z, parts
+
+
+class CropVerifier(Protocol):
+    """A second look at the candidate boxes (issue 22's verifier plugs in here).
+
+    Called with the batch after detection; returns new log-odds [N] (float64, on the device).
+    :func:`candidate_crops` cuts the candidates out of the full-resolution decoded images.
+    """
+
+    def __call__(self, batch: ObjectBatch) -> "torch.Tensor": ...
+
+
+def candidate_crops(images: Sequence["torch.Tensor"], boxes: "torch.Tensor", counts: "torch.Tensor", size: int,
+                    *, top: int = 8) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The ``top`` highest-scoring boxes of each image as ``size`` x ``size`` crops (``roi_align``).
+
+    Args:
+        images: per image a [3, H, W] uint8 tensor, all on one device (any sizes).
+        boxes: [N, D, 6] as :attr:`ObjectBatch.boxes` (image pixels).
+        counts: [N] valid boxes per image.
+        size: crop side.
+        top: most crops per image.
+
+    Returns:
+        ``(crops, owner)``: float32 [M, 3, size, size] in 0..255 and int64 [M] the image of each crop.
+        Images of one size share one ``roi_align`` call.
+    """
+    import torch
+    from torchvision.ops import roi_align
+
+    device = boxes.device
+    k = min(top, boxes.shape[1])
+    keep = torch.arange(k, device=device)[None, :] < counts.to(device)[:, None].clamp(max=k)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault((int(im.shape[1]), int(im.shape[2])), []).append(i)
+    crops, owners = [], []
+    for idx in groups.values():
+        sel = torch.tensor(idx, device=device)
+        rois = boxes[sel, :k, :4].float()
+        mask = keep[sel]
+        local = torch.arange(len(idx), device=device)[:, None].expand(-1, k)
+        batch = torch.stack([images[i] for i in idx]).float()
+        r = torch.cat([local[mask][:, None].float(), rois[mask]], dim=1)
+        if len(r):
+            crops.append(roi_align(batch, r, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True))
+            owners.append(sel[local[mask]])
+    if not crops:
+        return torch.zeros((0, 3, size, size), device=device), torch.zeros((0,), dtype=torch.int64, device=device)
+    return torch.cat(crops), torch.cat(owners)
+
+
+class DeviceObjectDetector:
+    """The detector's pre-processing, network, box decoding and decision on the runner's device.
+
+    Args:
+        runner: the detector graph as a torch module.
+        size: the detector's square input side.
+        stride: output stride of the heat map.
+        num_classes: K.
+        source_max_side: shrink images larger than this first (``None``: keep them).
+        source_jpeg_quality: then pass them through JPEG at this quality (``None``: don't).
+        decision: the sidecar's decision, or ``None`` (then :attr:`ObjectBatch.log_odds` is ``None``).
+        count_at: the score from which a box counts (the decision's features' threshold).
+        logit_clip: the bound of the features' clipped logits.
+        verifier: an optional :class:`CropVerifier` run after the decision.
+        chunk: most images pre-processed at once (bounds the float32 working memory).
+    """
+
+    def __init__(self, runner: "TorchModelRunner", *, size: int, stride: int, num_classes: int,
+                 source_max_side: int | None, source_jpeg_quality: int | None,
+                 decision: LinearDecision | None, count_at: float = 0.3, logit_clip: float = 6.0,
+                 verifier: CropVerifier | None = None, chunk: int = 512) -> None:
+        self.runner = runner
+        self.size = size
+        self.stride = stride
+        self.num_classes = num_classes
+        self.source_max_side = source_max_side
+        self.source_jpeg_quality = source_jpeg_quality
+        self.decision = decision
+        self.count_at = count_at
+        self.logit_clip = logit_clip
+        self.verifier = verifier
+        self.chunk = chunk
+
+    @property
+    def device(self) -> str:
+        return self.runner.device
+
+    def as_trained(self, x: "torch.Tensor") -> "torch.Tensor":
+        """[n, 3, H, W] uint8 values of one size -> the images as the training copies were made (float32)."""
+        h, w = int(x.shape[2]), int(x.shape[3])
+        x = x.float()
+        side = self.source_max_side
+        if side is not None and max(h, w) > side:
+            s = side / max(h, w)
+            # Python's round (half to even), as the training copies and the onnxruntime path use.
+            x = resize_like_pillow(x, max(1, round(h * s)), max(1, round(w * s)), "lanczos")
+        if self.source_jpeg_quality is not None:
+            x = jpeg_roundtrip(x, self.source_jpeg_quality)
+        return x
+
+    def inputs(self, tensors: Sequence["torch.Tensor"]) -> "torch.Tensor":
+        """Detector inputs [N, 3, S, S] in [0, 1] (the runner's dtype) for [3, H, W] uint8 tensors."""
+        import torch
+
+        out = torch.empty((len(tensors), 3, self.size, self.size), dtype=self.runner.dtype, device=self.device)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault((int(t.shape[1]), int(t.shape[2])), []).append(i)
+        for idx in groups.values():
+            for j in range(0, len(idx), self.chunk):
+                part = idx[j:j + self.chunk]
+                x = self.as_trained(torch.stack([tensors[i] for i in part]))
+                x = letterbox_like_pillow(x, self.size).div_(255.0)
+                out.index_copy_(0, torch.tensor(part, device=self.device), x.to(out.dtype))
+        return out
+
+    def detect(self, images: Sequence[Image], *, floor: float, max_detections: int) -> ObjectBatch:
+        """Detections (and the decision) for a batch of images, all on the device.
+
+        Args:
+            images: decoded images (pixels already on the device stay there).
+            floor: lowest peak probability kept.
+            max_detections: most boxes per image.
+        """
+        import torch
+
+        with torch.inference_mode():
+            tensors = [image_tensor(im, self.device) for im in images]
+            raw = self.runner(self.inputs(tensors))[self.runner.output_names[0]].float()
+            boxes, counts = self._decode(raw, images, floor, max_detections)
+            batch = ObjectBatch(boxes, counts, None, tensors)
+            if self.decision is not None:
+                heights = torch.tensor([float(im.height) for im in images], dtype=torch.float64, device=self.device)
+                batch.log_odds, batch.parts = self._decide(boxes, counts, heights)
+            if self.verifier is not None:
+                batch.log_odds = self.verifier(batch)
+        return batch
+
+    def _decode(self, raw: "torch.Tensor", images: Sequence[Image], floor: float, most: int
+                ) -> tuple["torch.Tensor", "torch.Tensor"]:
+        import torch
+
+        n, k = raw.shape[0], self.num_classes
+        gh, gw = int(raw.shape[2]), int(raw.shape[3])
+        heat = raw[:, :k].reshape(n, -1)
+        top = min(most, heat.shape[1])
+        scores, idx = heat.topk(top, dim=1, sorted=True)
+        cls = torch.div(idx, gh * gw, rounding_mode="floor")
+        cell = idx - cls * (gh * gw)
+        gy = torch.div(cell, gw, rounding_mode="floor")
+        gx = cell - gy * gw
+        geo = raw[:, k:k + 4].reshape(n, 4, -1)
+        dx, dy, bw, bh = (geo[:, j].gather(1, cell) for j in range(4))
+        cx, cy = (gx + dx) * self.stride, (gy + dy) * self.stride
+        # The letterbox inverse of roadwork_detector._to_image_coords, from each image's own size.
+        geom = []
+        for im in images:
+            nw, nh, padx, pady = letterbox_geometry(im.width, im.height, self.size)
+            geom.append((padx, pady, im.width / nw, im.height / nh, im.width, im.height))
+        g = torch.tensor(geom, dtype=torch.float32, device=raw.device)
+        padx, pady, sx, sy, w, h = (g[:, j:j + 1] for j in range(6))
+        x1 = torch.minimum(((cx - bw / 2) - padx).mul(sx).clamp(min=0), w)
+        x2 = torch.minimum(((cx + bw / 2) - padx).mul(sx).clamp(min=0), w)
+        y1 = torch.minimum(((cy - bh / 2) - pady).mul(sy).clamp(min=0), h)
+        y2 = torch.minimum(((cy + bh / 2) - pady).mul(sy).clamp(min=0), h)
+        boxes = torch.stack([x1, y1, x2, y2, scores, cls.float()], dim=2)
+        counts = (scores >= floor).sum(dim=1)
+        return boxes, counts
+
+    def _decide(self, boxes: "torch.Tensor", counts: "torch.Tensor", heights: "torch.Tensor"
+                ) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """The decision's log-odds [N] and its parts [N, F] (weight x feature) from kept boxes:
+        object_features as reductions over [N, D]."""
+        import torch
+
+        d = self.decision
+        assert d is not None
+        b = boxes.double()
+        valid = torch.arange(b.shape[1], device=b.device)[None, :] < counts[:, None]
+        score = torch.where(valid, b[..., 4], torch.zeros_like(b[..., 4]))
+        cls = b[..., 5].long()
+        strong = valid & (score >= self.count_at)
+
+        def logit(p: "torch.Tensor") -> "torch.Tensor":
+            p = p.clamp(1e-3, 1 - 1e-3)
+            return torch.log(p / (1 - p)).clamp(-self.logit_clip, self.logit_clip)
+
+        cols = []
+        for c in range(d.num_classes):
+            of_c = valid & (cls == c)
+            cols.append(logit(torch.where(of_c, score, torch.zeros_like(score)).amax(dim=1)))
+            cols.append(torch.log1p((strong & (cls == c)).sum(dim=1).double()))
+        # A look-alike class (a traffic sign that is not the road-work sign) is never evidence: the class-blind
+        # summaries leave it out, as object_features does.
+        evidence = valid.clone()
+        for c in getattr(d, "lookalikes", ()):
+            evidence &= cls != c
+        ev_score = torch.where(evidence, score, torch.zeros_like(score))
+        ev_strong = strong & evidence
+        cols.append(logit(ev_score.amax(dim=1)))
+        cols.append(torch.log1p(ev_strong.sum(dim=1).double()))
+        tall = torch.where(ev_strong, b[..., 3] - b[..., 1], torch.zeros_like(score)).amax(dim=1)
+        cols.append(tall / heights.clamp(min=1e-9))
+        feats = torch.stack(cols, dim=1)
+        w = torch.as_tensor(d.weights, dtype=torch.float64, device=b.device)
+        parts = feats[:, torch.as_tensor(d.columns, device=b.device)] * w
+        return d.bias + parts.sum(dim=1), parts

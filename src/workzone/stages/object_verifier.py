@@ -1,0 +1,123 @@
+"""A closer look at each candidate: the crop verifier over the object detector's boxes, at full resolution.
+
+The cascade's cheap proposal tier (``roadwork_detector``) sees a 320-px copy of the image; this stage takes
+its boxes (the earlier stages' evidence, passed by the cascade), crops each candidate from the decoded image
+at its own resolution with context around it, and asks a small classifier (``roadwork_verifier.onnx``: frozen
+ImageNet EfficientNet-Lite0 features and a multinomial logistic regression, trained by
+:mod:`workzone_train.verifier`) which work-zone object it is, a look-alike sign (``sign_other``) or
+``none``. The score is the verified decision of its sidecar (:mod:`workzone.verified_evidence`):
+what the detector proposed weighed against what the verifier confirmed, by class.
+
+Model contract: input ``crops`` float32 [N, 3, S, S] in [0, 1]; output ``probs`` [N, C]. The sidecar gives
+``crop_size``, ``context``, ``classes`` (C names), ``candidate_floor``, ``max_candidates``, ``decision`` and
+``source_max_side`` (the longest side of the images it was trained on; crops of larger images are brought to that
+detail, see :func:`~workzone.verified_evidence.candidate_crops`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from pydantic import Field
+
+from workzone.errors import ModelFileError, StageError
+from workzone.stages._model_stage import ModelStage
+from workzone.stages._onnx import open_session, providers_for, read_sidecar
+from workzone.verified_evidence import NONE_CLASSES, VerifiedDecision, candidate_crops, verified_features
+from workzone.stages.base import StageParams
+from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, StageReport
+
+__all__ = ["ObjectVerifierParams", "ObjectVerifierStage"]
+
+
+class ObjectVerifierParams(StageParams):
+    model: str = Field(default="builtin:roadwork_verifier.onnx", description="ONNX file, or builtin:NAME")
+    from_stage: str = Field(default="objects", description="the detector stage whose boxes are the candidates")
+    candidate_floor: float | None = Field(default=None, ge=0.0, le=1.0,
+                                          description="lowest detector score verified (default: the sidecar's)")
+    max_candidates: int | None = Field(default=None, ge=1, le=64,
+                                       description="most candidates verified per image (default: the sidecar's)")
+    threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
+
+
+class ObjectVerifierStage(ModelStage):
+    """Verifies the detector's candidates on crops at the image's own resolution; the verified decision is the score."""
+
+    kind = "object_verifier"
+    requires = ("onnxruntime",)
+    tiny_params = {}
+    Params = ObjectVerifierParams
+    default_cost = 25.0
+    params: ObjectVerifierParams
+
+    def _load_sync(self) -> None:
+        path = self.context.resolve(self.params.model)
+        session = open_session(path, threads=self.params.threads, providers=providers_for(self.context.device,
+                               feature="the object verifier"), inputs=["crops"],
+                               hint="; train one with `workzone train verifier`", feature="the object verifier")
+        meta = read_sidecar(path)
+        try:
+            self._size = int(meta["crop_size"])
+            self._context = float(meta["context"])
+            self._max_side = int(meta["source_max_side"]) if meta.get("source_max_side") else None
+            self._classes = tuple(meta["classes"])
+            self._floor = float(meta["candidate_floor"] if self.params.candidate_floor is None
+                                else self.params.candidate_floor)
+            self._most = int(meta["max_candidates"] if self.params.max_candidates is None else self.params.max_candidates)
+            self._decision = VerifiedDecision(meta["decision"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"stage {self.name!r}: {path.with_suffix('.json')}: {exc}") from exc
+        self._model = session
+
+    async def warmup(self) -> None:
+        await self.run_blocking(self._verify, Image(np.zeros((64, 64, 3), np.uint8)), [Box("cone", 0.5, 16, 8, 40, 56)])
+
+    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
+        self.require_loaded(self._model)
+        batch = list(batch)
+        if evidence is not None and len(evidence) != len(batch):
+            raise StageError(self.name, f"got evidence for {len(evidence)} images and {len(batch)} images")
+        outputs = []
+        for i, img in enumerate(batch):
+            boxes = self._candidates(() if evidence is None else evidence[i])
+            if boxes is None:
+                outputs.append(StageOutput(None, Evidence(notes=(
+                    f"verifier: stage {self.params.from_stage!r} did not report on this image; abstains",))))
+                continue
+            outputs.append(await self.run_blocking(self._verify, img, boxes))
+        return outputs
+
+    def _candidates(self, reports: Sequence[StageReport]) -> list[Box] | None:
+        for rep in reports:
+            if rep.stage == self.params.from_stage:
+                if rep.error is not None or rep.log_odds is None:
+                    return None
+                boxes = sorted((b for b in rep.evidence.boxes if b.score >= self._floor), key=lambda b: -b.score)
+                return boxes[: self._most]
+        return None
+
+    def _verify(self, img: Image, boxes: list[Box]) -> StageOutput:
+        if boxes:
+            xyxy = np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes], np.float64)
+            crops = candidate_crops(img.pixels, xyxy, size=self._size, context=self._context, max_side=self._max_side)
+            with self._lock:
+                probs = self._model.run(None, {"crops": crops})[0].astype(np.float64)
+        else:
+            probs = np.zeros((0, len(self._classes)))
+        scores = np.array([b.score for b in boxes])
+        feats = verified_features(scores, [b.label for b in boxes], probs, self._classes)
+        z = self._decision.log_odds(feats)
+        verified, notes = [], []
+        for b, p in zip(boxes, probs):
+            k = int(p.argmax())
+            answer = self._classes[k]
+            p_obj = 1.0 - sum(float(p[self._classes.index(c)]) for c in NONE_CLASSES if c in self._classes)
+            notes.append(f"{b.label} {b.score:.2f} at ({b.x1:.0f},{b.y1:.0f})-({b.x2:.0f},{b.y2:.0f}): "
+                         f"verifier says {answer} {float(p[k]):.2f}")
+            if answer not in NONE_CLASSES:
+                verified.append(Box(answer, float(min(1.0, max(0.0, p_obj))), b.x1, b.y1, b.x2, b.y2))
+        head = (f"verifier: {len(verified)} of {len(boxes)} candidate(s) confirmed; decided by: "
+                + ", ".join(f"{n} {v:+.2f}" for n, v in self._decision.contributions(feats)))
+        return StageOutput(z, Evidence(boxes=tuple(verified), notes=(head, *notes)))
+

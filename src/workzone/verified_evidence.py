@@ -1,0 +1,179 @@
+"""From candidate boxes and the verifier's answers to one log-odds: the verified decision.
+
+Why a second decision: the detector sees each image as a 320-px JPEG copy, where a tail light in rain, a
+red kerb post and a level-crossing triangle look like a cone or a road-work sign. The verifier looks again
+at each candidate in the image's own resolution (:func:`candidate_crops`) and answers which work-zone object
+it is, a look-alike sign (``sign_other``) or ``none``. This decision weighs what the detector proposed
+against what the verifier confirmed, by class: a verified road-work sign is evidence, a warning triangle is
+not; several verified cones are stronger than one. Its weights are fitted on out-of-fold candidates (each
+image's candidates proposed by a detector, and judged by a verifier, that never saw its source) and live in
+the verifier's JSON sidecar (``decision``).
+
+Candidates: the detector's boxes scoring at least ``candidate_floor``, best first, at most ``max_candidates``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["VERIFIED_FEATURE_VERSION", "NONE_CLASSES", "GROUPS", "candidate_crops", "select_candidates",
+           "verified_feature_names", "verified_features", "VerifiedDecision"]
+
+VERIFIED_FEATURE_VERSION = 1
+#: Verifier answers that are not work-zone objects.
+NONE_CLASSES: tuple[str, ...] = ("none", "sign_other")
+#: Class groups of the class-aware features: what a work zone is built from.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "channelizer": ("cone", "drum", "post"),
+    "closure": ("barricade", "barrier", "arrow_board"),
+    "sign": ("sign",),
+    "people": ("worker", "machine"),
+}
+_CLIP = 6.0
+_VERIFIED_AT = 0.5
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-3), 1 - 1e-3)
+    return max(-_CLIP, min(_CLIP, math.log(p / (1 - p))))
+
+
+def candidate_crops(pixels: np.ndarray, boxes: np.ndarray, *, size: int, context: float, min_side: float = 12.0,
+                    max_side: int | None = None) -> np.ndarray:
+    """Square crops around boxes, at the image's own resolution, resized to ``size``.
+
+    Each crop is centred on its box, its side ``context`` times the box's longer side (at least ``min_side``
+    pixels), so the verifier sees the object and what stands around it (the car around a tail light, the
+    post under a sign). Parts outside the image are black. Bilinear resampling (area-averaging when
+    shrinking), the same in training and at run time.
+
+    Args:
+        pixels: uint8 RGB (H, W, 3), the decoded image.
+        boxes: (N, 4) x1, y1, x2, y2 in its pixels.
+        size: side of each crop in the output.
+        context: crop side over the box's longer side.
+        min_side: smallest crop side in image pixels.
+        max_side: the longest image side the verifier was trained at: a larger image's crops first pass through
+            the size they would have there, so they hold the detail the verifier learnt from (training images
+            were at most 640 px), not more. ``None`` keeps every pixel.
+
+    Returns:
+        (N, 3, size, size) float32 in [0, 1].
+
+    Examples:
+        >>> px = np.zeros((40, 60, 3), np.uint8); px[10:20, 20:30] = 255
+        >>> c = candidate_crops(px, np.array([[20, 10, 30, 20]]), size=8, context=1.0)
+        >>> c.shape, float(c[0].min()), float(c[0, :, 2:6, 2:6].mean())
+        ((1, 3, 8, 8), 1.0, 1.0)
+    """
+    from PIL import Image as PILImage
+
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    out = np.zeros((len(boxes), 3, size, size), np.float32)
+    if not len(boxes):
+        return out
+    h, w = pixels.shape[:2]
+    shrink = min(1.0, max_side / max(h, w)) if max_side else 1.0
+    im = PILImage.fromarray(np.ascontiguousarray(pixels))
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        side = max(min_side, context * max(x2 - x1, y2 - y1))
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+        right, bottom = left + max(1, int(round(side))), top + max(1, int(round(side)))
+        crop = im.crop((left, top, right, bottom))  # zero-filled beyond the image
+        if shrink < 1.0:
+            seen = max(1, round(crop.width * shrink))
+            crop = crop.resize((seen, seen), PILImage.BILINEAR)
+        out[i] = np.asarray(crop.resize((size, size), PILImage.BILINEAR), np.float32).transpose(2, 0, 1) / 255.0
+    return out
+
+
+def select_candidates(det: np.ndarray, *, floor: float, most: int) -> np.ndarray:
+    """The candidate rows of ``det`` (D, 6) ``x1, y1, x2, y2, score, class``: score >= floor, best ``most``."""
+    det = np.asarray(det, np.float64).reshape(-1, 6)
+    det = det[det[:, 4] >= floor]
+    return det[np.argsort(-det[:, 4], kind="stable")][:most]
+
+
+def verified_feature_names() -> list[str]:
+    """Names of :func:`verified_features`' columns, in order."""
+    names = ["det_max", "ver_max", "joint_max", "n_verified"]
+    for g in GROUPS:
+        names += [f"{g}_max", f"{g}_n"]
+    return names
+
+
+def verified_features(scores: np.ndarray, det_classes: Sequence[str], probs: np.ndarray,
+                      verifier_classes: Sequence[str]) -> np.ndarray:
+    """Features of one image's candidates.
+
+    Args:
+        scores: (N,) detector confidences of the candidates.
+        det_classes: (N,) the detector's class names for them.
+        probs: (N, C) the verifier's class probabilities.
+        verifier_classes: the C class names of ``probs`` (work-zone classes, ``sign_other``, ``none``).
+
+    Returns:
+        Columns of :func:`verified_feature_names`: ``det_max`` logit of the best detector score among
+        candidates the detector did not call a look-alike; ``ver_max`` logit of the best verifier P(work-zone
+        object); ``joint_max`` logit of the best product of both; ``n_verified`` log1p of candidates with
+        P(object) >= 0.5; per group, logit of the best verifier probability of that group and log1p of the
+        verified candidates the verifier puts in it.
+
+    Examples:
+        >>> f = verified_features(np.array([0.8]), ["cone"], np.array([[0.9, 0.1]]), ["cone", "none"])
+        >>> [round(float(v), 2) for v in f[:4]]
+        [1.39, 2.2, 1.97, 0.69]
+    """
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    probs = np.asarray(probs, np.float64).reshape(len(scores), len(verifier_classes))
+    col = {c: i for i, c in enumerate(verifier_classes)}
+    none_cols = [col[c] for c in NONE_CLASSES if c in col]
+    p_obj = 1.0 - probs[:, none_cols].sum(1) if none_cols else np.ones(len(scores))
+    wz = np.array([c not in NONE_CLASSES for c in det_classes], bool)
+    out = [
+        _logit(scores[wz].max() if wz.any() else 0.0),
+        _logit(p_obj.max() if len(p_obj) else 0.0),
+        _logit((scores * p_obj).max() if len(scores) else 0.0),
+        math.log1p(int((p_obj >= _VERIFIED_AT).sum())),
+    ]
+    top = probs.argmax(1) if len(scores) else np.zeros(0, int)
+    for members in GROUPS.values():
+        cols = [col[c] for c in members if c in col]
+        g = probs[:, cols].sum(1) if cols else np.zeros(len(scores))
+        out.append(_logit(g.max() if len(g) else 0.0))
+        out.append(math.log1p(int(sum(1 for i in range(len(scores)) if top[i] in cols and p_obj[i] >= _VERIFIED_AT))))
+    return np.asarray(out, np.float64)
+
+
+class VerifiedDecision:
+    """A fitted logistic regression over some of :func:`verified_features` (the sidecar's ``decision``).
+
+    Raises:
+        ValueError: the block was fitted for other features.
+    """
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        known = verified_feature_names()
+        used = list(spec.get("features", []))
+        if int(spec.get("version", 0)) != VERIFIED_FEATURE_VERSION or not used or set(used) - set(known):
+            raise ValueError(f"decision block was fitted for other features (version {spec.get('version')}, "
+                             f"features {used}); expected version {VERIFIED_FEATURE_VERSION} with names from {known}")
+        self.columns = np.array([known.index(n) for n in used])
+        self.feature_names = used
+        self.bias = float(spec["bias"])
+        self.weights = np.asarray(spec["weights"], np.float64)
+        if self.weights.shape != (len(used),) or not np.isfinite(self.weights).all() or not math.isfinite(self.bias):
+            raise ValueError(f"decision weights: expected {len(used)} finite numbers")
+
+    def log_odds(self, features: np.ndarray) -> float:
+        return float(self.bias + self.weights @ np.asarray(features)[self.columns])
+
+    def contributions(self, features: np.ndarray, top: int = 3) -> list[tuple[str, float]]:
+        """The features that pushed this decision most, as (name, weight x value), largest first."""
+        parts = self.weights * np.asarray(features)[self.columns]
+        order = np.argsort(-np.abs(parts))[:top]
+        return [(self.feature_names[i], float(parts[i])) for i in order]

@@ -1,0 +1,271 @@
+"""Every figure docs/ and the README quote from a results file is read from that file here, so a new default
+(or a re-run benchmark) cannot leave old numbers behind.
+
+Each :class:`Quote` names a document, the words around its figures (``{}`` where each figure goes) and, for
+each figure, how to read it from its source: a table cell or a sentence of a file in ``benchmarks/results/``,
+a value of a results JSON, or the ``tuning`` block ``workzone tune`` wrote into a shipped pipeline. The test
+renders the words with the figures read now and looks for them in the document (line breaks and repeated
+spaces do not matter). When a results file changes, the quotes that disagree fail with both texts.
+
+The sweep at the end keeps the list honest: a paragraph of docs/ or the README that links a results file and
+states a decimal figure must hold at least one registered quote, or be listed as quoting none.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+PIPELINES = REPO / "src" / "workzone" / "pipelines"
+
+
+# -- readers: each returns a figure from a source file ----------------------------------------------------
+
+
+def table_cell(name: str, row: str, column: str) -> str:
+    """The cell of a results markdown table at ``row`` (its first cell without ``*`` and a ``[...]`` note) and ``column``."""
+    header: list[str] | None = None
+    for line in (RESULTS / name).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            continue
+        if cells[0].replace("*", "").split(" [")[0] == row and column in header:  # "pooled MCC [95 % CI]"
+            return cells[header.index(column)]
+    raise AssertionError(f"{name}: no table row {row!r} with a column {column!r}")
+
+
+def numbers(text: str) -> list[str]:
+    """The numbers in ``text``, as written (``"rec 0.78 [0.72, 0.82] (n 260)"`` -> ``["0.78", "0.72", "0.82", "260"]``)."""
+    return re.findall(r"-?\d+(?:\.\d+)?", text)
+
+
+def sentence(name: str, pattern: str, group: int = 1) -> str:
+    """A figure stated in a results file's prose: ``group`` of the first match of ``pattern``."""
+    m = re.search(pattern, (RESULTS / name).read_text(encoding="utf-8"))
+    assert m, f"{name}: no text matching {pattern!r}"
+    return m.group(group)
+
+
+def json_value(name: str, dotted: str) -> Any:
+    """A value of a results JSON by dotted path (``overall.mcc``)."""
+    value: Any = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+    for key in dotted.split("."):
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    return value
+
+
+def tuning(pipeline: str, dotted: str) -> Any:
+    """A value of a shipped pipeline's ``tuning`` block (what ``workzone tune`` measured and recorded)."""
+    value: Any = yaml.safe_load((PIPELINES / f"{pipeline}.yaml").read_text(encoding="utf-8"))["tuning"]
+    for key in dotted.split("."):
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    return value
+
+
+def fixed(value: Any, places: int) -> str:
+    return f"{float(value):.{places}f}"
+
+
+def percent(value: Any, places: int = 1) -> str:
+    return f"{100 * float(value):.{places}f} %"
+
+
+# -- what the documents quote -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quote:
+    """Words of ``doc`` with ``{}`` for each figure, and how to read each figure from ``source``."""
+
+    doc: str
+    words: str
+    source: str
+    figures: tuple[Callable[[], str], ...]
+
+    def render(self) -> str:
+        return self.words.format(*(f() for f in self.figures))
+
+
+LOSO = "loso_ten_sources.md"
+SHIPPED = "default (signs+objects)"
+
+
+def loso(row: str, column: str = SHIPPED, k: int = 0, places: int | None = None) -> Callable[[], str]:
+    """The ``k``-th number of a cell of the ten-source table (rounded to ``places`` when given)."""
+    def read() -> str:
+        value = numbers(table_cell(LOSO, row, column))[k]
+        return value if places is None else fixed(value, places)
+    return read
+
+
+def router_best_cost(router: bool) -> Callable[[], str]:
+    """Lowest mean cost (ms) at which the fixed order (or the router) reaches the best fixed-order MCC."""
+    def read() -> str:
+        rows = [ln.strip().strip("|").split("|") for ln in (RESULTS / "router_vs_fixed.md").read_text().splitlines()
+                if re.match(r"\|\s*[0-9.]+ / [0-9.]+\s*\|", ln)]
+        best = sentence("router_vs_fixed.md", r"best fixed-order MCC \(([0-9.]+) at")
+        col_mcc, col_cost = (3, 4) if router else (1, 2)
+        costs = [float(r[col_cost]) for r in rows if r[col_mcc].strip() == best]
+        return fixed(min(costs), 1)
+    return read
+
+
+def capacity_cores() -> str:
+    """Cores for 2,300 images/s at the default's stored cost (two threads per image), rounded to tens."""
+    per_core = 1000.0 / float(tuning("default", "mean_cost_ms")) / 2
+    return str(int(round(2300 / per_core, -1)))
+
+
+QUOTES: list[Quote] = [
+    # README, "What it scores": the ten-source table.
+    Quote("README.md", "MCC **{}** [{}, {}], ROC-AUC {}; recall {}, specificity {}", LOSO,
+          (loso("pooled MCC", places=2), loso("pooled MCC", k=1), loso("pooled MCC", k=2),
+           loso("ROC-AUC", places=2), loso("recall (all road work)"), loso("specificity (all none)"))),
+    Quote("README.md", "the US dashcam work zones recalled {}, UK streets passed {}, US dashcam nights {}", LOSO,
+          (loso("WMaia9-workzone"), loso("CamVid"), loso("nexar-eduardo"))),
+    Quote("README.md", "highway-CCTV road work only {}-{}, fog {} ({} frames)", LOSO,
+          (loso("qew-trafficcam"), loso("qew-trafficcam", column="objects"), loso("fogclip-poojani"),
+           loso("fogclip-poojani", k=3))),
+    Quote("README.md", "A frozen whole-image baseline scores {}", LOSO,
+          (loso("pooled MCC", column="frozen-lr", places=2),)),
+    Quote("README.md", "The previous whole-image default scored {} here but {} on", LOSO,
+          (lambda: sentence(LOSO, r"whole-image default scored ([0-9.]+) on dev"),
+           lambda: sentence(LOSO, r"on dev and ([0-9.]+) on the hidden sources"))),
+    # README: the dev split, from `workzone eval` on it.
+    Quote("README.md", "MCC **{}** (recall {}, specificity {}, ROC-AUC {})", "eval_dev_default.json",
+          (lambda: fixed(json_value("eval_dev_default.json", "overall.mcc"), 3),
+           lambda: fixed(json_value("eval_dev_default.json", "overall.recall"), 3),
+           lambda: fixed(json_value("eval_dev_default.json", "overall.specificity"), 3),
+           lambda: fixed(json_value("eval_dev_default.json", "overall.roc_auc"), 3))),
+    Quote("README.md", "about {} MB for the dev split", "eval_dev_default.md",
+          (lambda: sentence("eval_dev_default.md", r"HTML report \(`--html`\) \| ([0-9.]+) MB"),)),
+    # README: the cascade of the default, and its speed.
+    Quote("README.md", "sign OCR decides {} of the ten sources' images on its own ({} of the dev split) and the other "
+                       "{} reach the object detector", "default.yaml tuning, eval_dev_default.json",
+          (lambda: percent(tuning("default", "exit_rates.0")),
+           lambda: percent(json_value("eval_dev_default.json", "tier_exits.signs")),
+           lambda: percent(1 - float(tuning("default", "exit_rates.0"))))),
+    Quote("README.md", "the object detector {} ms per image and sign OCR {} ms on the shipped samples", "default.yaml tuning",
+          (lambda: str(round(float(tuning("default", "stage_cost_ms.objects")))),
+           lambda: str(round(float(tuning("default", "stage_cost_ms.signs")))))),
+    # docs/gpu.md: default-gpu against the default, from their tuning blocks.
+    Quote("docs/gpu.md", "which adds {} pooled MCC out of fold", "default.yaml tuning",
+          (lambda: fixed(tuning("default", "contribution.signs.delta_mcc"), 3),)),
+    Quote("docs/gpu.md", "decides {} of the ten sources' images on its own", "default.yaml tuning",
+          (lambda: percent(tuning("default", "exit_rates.0")),)),
+    Quote("docs/gpu.md", "pooled MCC {} over the ten sources, against the default's {}", "default-gpu.yaml, default.yaml",
+          (lambda: fixed(tuning("default-gpu", "mcc"), 3), lambda: fixed(tuning("default", "mcc"), 3))),
+    # docs/batch.md: the capacity plan.
+    Quote("docs/batch.md", "the object detector {} ms and sign OCR {} ms per image, a mean of {} ms per image at its "
+                           "exits. The OCR tier decides {} of the ten sources' images on its own, so {} reach",
+          "default.yaml tuning",
+          (lambda: str(tuning("default", "stage_cost_ms.objects")), lambda: str(tuning("default", "stage_cost_ms.signs")),
+           lambda: str(tuning("default", "mean_cost_ms")), lambda: percent(tuning("default", "exit_rates.0")),
+           lambda: percent(1 - float(tuning("default", "exit_rates.0"))))),
+    Quote("docs/batch.md", "{} ms per image on 2 cores = {} images/s per machine, **~{} images/s per core**",
+          "default.yaml tuning",
+          (lambda: str(tuning("default", "mean_cost_ms")),
+           lambda: fixed(1000 / float(tuning("default", "mean_cost_ms")), 1),
+           lambda: fixed(1000 / float(tuning("default", "mean_cost_ms")) / 2, 1))),
+    Quote("docs/batch.md", "2,300 / {} ≈ **{} cores**", "default.yaml tuning",
+          (lambda: fixed(1000 / float(tuning("default", "mean_cost_ms")) / 2, 1), capacity_cores)),
+    Quote("docs/batch.md", "the detector runs on {} of images", "default.yaml tuning",
+          (lambda: percent(1 - float(tuning("default", "exit_rates.0"))),)),
+    Quote("docs/batch.md", "about {} images per CPU-second in `workzone batch` against {} per core when quiet",
+          "batch_speed.md, pipeline_speed.md",
+          (lambda: str(round(float(table_cell("batch_speed.md", "batch, local engine, 2 decode threads",
+                                              "images per CPU-second")))),
+           lambda: str(round(float(numbers(table_cell("pipeline_speed.md", "throughput, batches of 8", "value"))[0]) / 2)))),
+    Quote("docs/batch.md", "Ray adds {} s of start-up", "batch_speed.md",
+          (lambda: str(round(float(table_cell("batch_speed.md", "batch --engine ray, 1 cascade actor(s), local Ray with "
+                                                                "2 CPUs", "start-up s")))),)),
+    # docs/stages: what the stage pages measured.
+    Quote("docs/stages/anomaly.md", "ten sources of roadwork-v1 + v2 ({} images, at most 60 per source", "anomaly_loso.md",
+          (lambda: sentence("anomaly_loso.md", r"every split, (\d+) images"),)),
+    Quote("docs/stages/anomaly.md", "`patch_anomaly` alone reaches a pooled out-of-fold AUC of {} (MCC {}); fused with a "
+                                    "linear probe on frozen ImageNet features it lifts that probe's MCC from {} to {}",
+          "anomaly_loso.md",
+          (lambda: table_cell("anomaly_loso.md", "anomaly alone", "AUC (level 1)"),
+           lambda: table_cell("anomaly_loso.md", "anomaly alone", "MCC (p > 0.5)"),
+           lambda: table_cell("anomaly_loso.md", "probe alone", "MCC (p > 0.5)"),
+           lambda: table_cell("anomaly_loso.md", "probe + anomaly", "MCC (p > 0.5)"))),
+    Quote("docs/stages/anomaly.md", "(`qew-trafficcam`, AUC {})", "anomaly_loso.md",
+          (lambda: fixed(table_cell("anomaly_loso.md", "qew-trafficcam", "anomaly AUC"), 2),)),
+    Quote("docs/stages/onnx_classifier.md", "on the 469 dev images, {} of which ({} road work) the **previous**",
+          "tta_contribution.md",
+          (lambda: sentence("tta_contribution.md", r"\): (\d+) images \([0-9.]+%\), (\d+) road work"),
+           lambda: sentence("tta_contribution.md", r"\): (\d+) images \([0-9.]+%\), (\d+) road work", 2))),
+    # docs/routing.md: the router benchmark (on the previous default).
+    Quote("docs/routing.md", "the router reaches the best out-of-fold dev MCC ({}) at {} ms per image, but the fixed "
+                             "order with its tier-1 exits moved to 0.2 / 0.85 reaches it at {} ms", "router_vs_fixed.md",
+          (lambda: sentence("router_vs_fixed.md", r"best fixed-order MCC \(([0-9.]+) at"), router_best_cost(True),
+           router_best_cost(False))),
+]
+
+#: Paragraphs that link a results file without quoting a figure from it (or whose figures are the file's
+#: own command line): (document, words that identify the paragraph).
+QUOTE_NONE = [
+    ("README.md", "images/s from JPEG bytes -> benchmarks/results/"),
+    ("README.md", "([results](benchmarks/results/reliability.md))"),
+    ("docs/gpu.md", "writes `benchmarks/results/bench_{cpu,gpu}.md`"),
+    ("docs/serving.md", "has the figures"),
+]
+
+
+def _normalised(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+@pytest.mark.parametrize("quote", QUOTES, ids=[f"{q.doc}:{q.words[:40]}" for q in QUOTES])
+def test_a_quoted_figure_matches_its_results_file(quote: Quote) -> None:
+    expected = quote.render()
+    doc = _normalised((REPO / quote.doc).read_text(encoding="utf-8"))
+    assert _normalised(expected) in doc, (
+        f"{quote.doc} should say {expected!r}, read now from {quote.source}; update the document (or the results "
+        "file, if it is the one that is stale)")
+
+
+def _paragraphs(doc: str) -> list[str]:
+    text = (REPO / doc).read_text(encoding="utf-8")
+    return [_normalised(p) for p in re.split(r"\n\s*\n|\n(?=\|)", text) if p.strip()]
+
+
+DOCS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_paragraph_quoting_a_results_file_is_checked(doc: str) -> None:
+    rendered = [_normalised(q.render()) for q in QUOTES if q.doc == doc]
+    none = [words for d, words in QUOTE_NONE if d == doc]
+    unchecked = []
+    for para in _paragraphs(doc):
+        cites = "benchmarks/results" in para
+        if not cites or not re.search(r"\d\.\d", para) and not any(w in para for w in none):
+            continue
+        if any(r in para for r in rendered) or any(w in para for w in none):
+            continue
+        unchecked.append(para[:160])
+    assert not unchecked, (f"{doc}: paragraphs link a results file and state figures no test reads from it; add a "
+                           f"Quote to tests/test_docs_figures.py: {unchecked}")
+
+
+def test_the_quotes_read_real_figures() -> None:
+    # A reader that silently returned nothing would make every quote trivially true.
+    for q in QUOTES:
+        for f in q.figures:
+            value = f()
+            assert re.search(r"\d", value), (q.doc, q.words, value)
+            assert not (value.replace(".", "").isdigit() and math.isnan(float(value)))
