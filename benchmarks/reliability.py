@@ -1,12 +1,16 @@
 """Reliability benchmark: fuzzing, bombs, overload, a frozen and a dying VLM backend, kill -9.
 
 Usage:
-    python benchmarks/reliability.py [--sections api-fuzz http-fuzz bombs overload backend kill9]
+    python benchmarks/reliability.py [--sections api-fuzz http-fuzz bombs overload backend kill9
+                                           slow-bodies cpu-bombs memory degraded]
         [--api-inputs 25000] [--http-inputs 1200] [--clients 500] [--seconds 60]
+        [--slow-connections 300] [--attack-seconds 20] [--degraded-requests 200]
+        [--sections overload-ab --baseline-src OTHER_CHECKOUT/src --ab-seconds 25]
         [--out benchmarks/results/reliability.md]
 
 Every server is ``workzone serve`` with the default pipeline and default settings on 127.0.0.1 (a
-free port); nothing but loopback is ever contacted. Inputs come from the project's own seed corpus
+free port); nothing but loopback is ever contacted (attackers use the loopback addresses 127.0.0.2
+and 127.0.0.3, so the server sees them as other clients than the honest ones on 127.0.0.1). Inputs come from the project's own seed corpus
 and bomb builders (``tests/reliability/corpus.py``), never third-party images. Each section appends
 its figures to the results file, which also records the machine and its load average (the
 machine may be shared: other processes' load inflates the latencies).
@@ -171,7 +175,7 @@ def api_fuzz(args: argparse.Namespace) -> list[str]:
 
 
 def http_fuzz(args: argparse.Namespace) -> list[str]:
-    srv = Server()
+    srv = Server(WORKZONE_REFUSAL_PENALTY_S="0")  # one address sending mostly bad images: the contract, not abuse
     srv.start()
     statuses: dict[int | None, int] = {}
     slow, lat = 0, []
@@ -228,7 +232,7 @@ def bomb_section(args: argparse.Namespace) -> list[str]:
             "server as a raw body, and six of each at once in one `/v1/detect/batch` call.", "",
             "| input | size | API outcome | API time | API peak | HTTP status | HTTP time | batch of 6: status, time |",
             "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
-    srv = Server()
+    srv = Server(WORKZONE_REFUSAL_PENALTY_S="0")  # times of the refusals themselves, not of the penalty
     srv.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -277,8 +281,9 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
     async def client(k: int) -> None:
         i = k
         while time.perf_counter() < stop:
+            # Clients spread over 200 loopback addresses: the per-address upload limit is not what is measured.
             r = await raw_request("127.0.0.1", port, HttpRequest("/v1/detect", "image/jpeg", bodies[i % len(bodies)],
-                                                                 headers), timeout_s=120)
+                                                                 headers), timeout_s=120, local_addr=f"127.0.1.{k % 200 + 1}")
             results.append(r)
             i += 1
             if r.status in (429, 503):
@@ -288,9 +293,17 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
     return results
 
 
+def _errors(res: list[Any]) -> str:
+    errs: dict[str, int] = {}
+    for r in res:
+        if r.status is None:
+            errs[(r.error or "?")[:80]] = errs.get((r.error or "?")[:80], 0) + 1
+    return f"({errs})" if errs else ""
+
+
 def overload(args: argparse.Namespace) -> list[str]:
     rows = ["## Overload: loopback clients in a closed loop (a refused client waits 0.5-1.5 s, honouring "
-            "Retry-After: 1)", ""]
+            "Retry-After: 1; the clients use 200 loopback addresses, 127.0.1.1-200)", ""]
     bodies = [_scene_jpeg(k) for k in range(16)]
     for deadline in (None, "2"):
         srv = Server()
@@ -333,12 +346,53 @@ def overload(args: argparse.Namespace) -> list[str]:
             f"{len(res)} responses; 200: {len(ok)} ({degraded} marked degraded; p50 {_pct(ok, .5):.2f} s, p99 {_pct(ok, .99):.2f} s, max "
             f"{max(ok, default=float('nan')):.2f} s; past the deadline: {late}); 429/503: {len(refused)} (p50 "
             f"{_pct(refused, .5) * 1000:.0f} ms, p99 {_pct(refused, .99) * 1000:.0f} ms); other statuses {other or 0}; "
-            f"dropped connections: {other.get(None, 0)}. Server RSS: {start_rss:.0f} MB at start, peak "
+            f"dropped connections: {other.get(None, 0)} {_errors(res)}. Server RSS: {start_rss:.0f} MB at start, peak "
             f"{max(samples, default=float('nan')):.0f} MB, {after:.0f} MB 10 s after the load "
             f"({(after / start_rss - 1) * 100:+.0f} %).",
             "",
         ]
     return rows
+
+
+def overload_ab(args: argparse.Namespace) -> list[str]:
+    """The X-Deadline-S: 2 overload run, alternating this tree's server with a baseline tree's (same
+    machine, same minutes), so that the machine's load, not the code, shows up as what it is."""
+    if args.baseline_src is None:
+        raise SystemExit("overload-ab needs --baseline-src (the src/ folder of the code to compare against)")
+    bodies = [_scene_jpeg(k) for k in range(16)]
+    rows = [f"## Overload A/B: {args.clients} clients, `X-Deadline-S: 2`, {args.ab_seconds:.0f} s per run, this tree "
+            f"against `{args.baseline_src}` alternately", "",
+            "| code | load before -> after | answers | 200 | 200 past the deadline | 429/503 p50 | 429/503 p99 | dropped |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, src in [("baseline", args.baseline_src), ("this tree", str(ROOT / "src"))] * 2:
+        srv = Server(PYTHONPATH=str(src))
+        srv.start()
+        l0 = os.getloadavg()[0]
+        try:
+            res = asyncio.run(_overload(srv.port, args.clients, args.ab_seconds, bodies, "2"))
+        finally:
+            srv.stop()
+        ok = [r.latency_s for r in res if r.status == 200]
+        ref = [r.latency_s for r in res if r.status in (429, 503)]
+        rows.append(f"| {label} | {l0:.1f} -> {os.getloadavg()[0]:.1f} | {len(res)} | {len(ok)} | "
+                    f"{sum(x > 2 for x in ok)} | {_pct(ref, .5) * 1000:.0f} ms | {_pct(ref, .99) * 1000:.0f} ms | "
+                    f"{sum(r.status is None for r in res)} |")
+    return rows + [""]
+
+
+def _vlm_pipeline(name: str, url: str, vlm_params: str, head: str = "") -> str:
+    """A pipeline file: the tiny classifier (a tier that never exits), then a VLM tier on ``url``."""
+    return f"""name: {name}
+{head}tiers:
+  - name: fast
+    stages: [{{name: clf, kind: onnx_classifier, model: tiny.onnx, threads: 1}}]
+    fusion: {{weights: {{clf: 1.0}}}}
+    exit: {{lower: 0.0, upper: 1.0}}
+  - name: vlm
+    stages:
+      - {{name: vlm, kind: vlm_openai, base_url: "{url}", model: fake-vlm, max_pixels: 4096, {vlm_params}}}
+    fusion: {{weights: {{clf: 0.5, vlm: 1.0}}}}
+"""
 
 
 def backend(args: argparse.Namespace) -> list[str]:
@@ -354,19 +408,7 @@ def backend(args: argparse.Namespace) -> list[str]:
     timeout = 2.0
     server = FakeOpenAIServer(Reply(p_yes=0.9, delay_s=0.05)).start()
     port = int(server.url.rsplit(":", 1)[1].split("/")[0])
-    text = f"""
-name: backend-bench
-tiers:
-  - name: fast
-    stages: [{{name: clf, kind: onnx_classifier, model: tiny.onnx, threads: 1}}]
-    fusion: {{weights: {{clf: 1.0}}}}
-    exit: {{lower: 0.0, upper: 1.0}}
-  - name: vlm
-    stages:
-      - {{name: vlm, kind: vlm_openai, base_url: "{server.url}", model: fake-vlm, max_pixels: 4096,
-          timeout_s: {timeout}, breaker_cooldown_s: 5}}
-    fusion: {{weights: {{clf: 0.5, vlm: 1.0}}}}
-"""
+    text = _vlm_pipeline("backend-bench", server.url, f"timeout_s: {timeout}, breaker_cooldown_s: 5")
     images = [Image(np.full((48, 64, 3), 128, np.uint8), source=f"i{k}") for k in range(4)]
     sent = answered = degraded = 0
     events: list[str] = []
@@ -483,18 +525,339 @@ def kill9(args: argparse.Namespace) -> list[str]:
     return rows + [""]
 
 
+# -- issue 20: cheap attacks ------------------------------------------------------------------------
+ATTACKERS = ("127.0.0.2", "127.0.0.3")  # loopback addresses other than the honest clients' 127.0.0.1
+
+
+def _load_now() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
+def _stats(res: list[Any], seconds: float, deadline: float | None = None) -> str:
+    ok = [r.latency_s for r in res if r.status == 200]
+    timely = sum(1 for x in ok if deadline is None or x <= deadline)
+    codes: dict[Any, int] = {}
+    for r in res:
+        codes[r.status] = codes.get(r.status, 0) + 1
+    return (f"{len(res)} answers ({len(res) / seconds:.2f}/s), 200 within the deadline {timely} "
+            f"({100 * timely / max(1, len(res)):.0f} %), statuses {dict(sorted(codes.items(), key=lambda kv: str(kv[0])))}, "
+            f"200 latency p50 {_pct(ok, .5):.3f} s p99 {_pct(ok, .99):.3f} s")
+
+
+async def _closed_loop(port: int, seconds: float, req: HttpRequest, clients: int = 1,
+                       local_addr: str | None = None, pause_on_refusal: bool = True, every_s: float = 0.0) -> list[Any]:
+    """``clients`` clients sending ``req`` one after the other (at most one per ``every_s`` each) for ``seconds``."""
+    res: list[Any] = []
+    stop = time.perf_counter() + seconds
+
+    async def one() -> None:
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            r = await raw_request("127.0.0.1", port, req, timeout_s=60, local_addr=local_addr)
+            res.append(r)
+            if pause_on_refusal and r.status in (429, 503):
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(max(0.0, every_s - (time.perf_counter() - t)))
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return res
+
+
+async def _slow_connection(port: int, source: str, stop: float, seen: dict[str, int]) -> None:
+    """Headers and a 100 KB Content-Length, then one body byte every 8 s; reconnects 1 s after an answer."""
+    while time.perf_counter() < stop:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        except OSError:
+            seen["connect_failed"] = seen.get("connect_failed", 0) + 1
+            await asyncio.sleep(1)
+            continue
+        writer.write(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\nx")
+        try:
+            while time.perf_counter() < stop:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), 8)
+                except asyncio.TimeoutError:
+                    writer.write(b"x")
+                    await writer.drain()
+                    continue
+                key = line.split()[1].decode() if line.startswith(b"HTTP/1.1") else "closed"
+                seen[key] = seen.get(key, 0) + 1
+                break
+        except OSError:
+            seen["reset"] = seen.get("reset", 0) + 1
+        finally:
+            writer.close()
+        await asyncio.sleep(1)
+
+
+def slow_bodies(args: argparse.Namespace) -> list[str]:
+    body = _scene_jpeg(0)
+    honest = HttpRequest("/v1/detect", "image/jpeg", body, (("X-Deadline-S", "5"),))
+    srv = Server()
+    srv.start()
+    lines = ["## Slow bodies (issue 20, attack 1)", "",
+             f"`workzone serve` (default pipeline and settings). {args.slow_connections} connections from "
+             f"{ATTACKERS[0]} each send their headers and one byte of a 100 KB body every 8 s, and reconnect 1 s after "
+             "any answer; 2 honest clients on 127.0.0.1 send a 640x480 JPEG in a closed loop with `X-Deadline-S: 5`.",
+             ""]
+    try:
+        loop = asyncio.new_event_loop()
+        base_load = _load_now()
+        alone = loop.run_until_complete(_closed_loop(srv.port, args.attack_seconds, honest, clients=2))
+        lines.append(f"- honest clients alone, {args.attack_seconds:.0f} s ({base_load}): "
+                     f"{_stats(alone, args.attack_seconds, 5)}.")
+        seen: dict[str, int] = {}
+
+        async def attacked() -> list[Any]:
+            stop = time.perf_counter() + args.attack_seconds + 10
+            slow = [asyncio.ensure_future(_slow_connection(srv.port, ATTACKERS[0], stop, seen))
+                    for _ in range(args.slow_connections)]
+            await asyncio.sleep(10)  # every slow connection is open (or refused) before measuring
+            res = await _closed_loop(srv.port, args.attack_seconds, honest, clients=2)
+            await asyncio.gather(*slow)
+            return res
+
+        load0 = _load_now()
+        under = loop.run_until_complete(attacked())
+        lines.append(f"- with the {args.slow_connections} slow connections ({load0} before, {_load_now()} after): "
+                     f"{_stats(under, args.attack_seconds, 5)}; the slow connections were answered {seen} "
+                     "(429: refused at once past the per-address upload limit of 16; 408: their body budget, "
+                     "30 s here, ran out).")
+        loop.close()
+    finally:
+        srv.stop()
+    return lines + [""]
+
+
+def _bomb_req(data: bytes, ctype: str) -> HttpRequest:
+    return HttpRequest("/v1/detect", ctype, data)
+
+
+def cpu_bombs(args: argparse.Namespace) -> list[str]:
+    from tests.reliability.corpus import attack_inputs
+
+    att = attack_inputs()
+    honest = HttpRequest("/v1/detect", "image/jpeg", _scene_jpeg(1))
+    lines = ["## CPU bombs inside the size limits (issue 20, attack 2)", "",
+             "`workzone serve` (default pipeline and settings). One honest client on 127.0.0.1 sends a 640x480 JPEG "
+             f"in a closed loop for {args.attack_seconds:.0f} s, alone and then while two clients ({', '.join(ATTACKERS)}) "
+             "send a bomb back to back (or paced). Pillow alone takes the times given to decode each bomb "
+             "(in-process, no limits but Pillow's). Default settings: an address with more than 5 images refused "
+             "in 10 s has each further request held 1 s.", ""]
+    srv = Server()
+    srv.start()
+    try:
+        loop = asyncio.new_event_loop()
+        load0 = _load_now()
+        alone = loop.run_until_complete(_closed_loop(srv.port, args.attack_seconds, honest))
+        base = len(alone) / args.attack_seconds
+        lines.append(f"- honest client alone ({load0}): {_stats(alone, args.attack_seconds)}.")
+        for name, ctype, every in (("rle_bmp_4000", "image/bmp", 0.0), ("rle_bmp_4000", "image/bmp", 1.0),
+                                   ("webp_4896", "image/webp", 0.0)):
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", "import io,sys; from PIL import Image; "
+                                  "Image.open(io.BytesIO(open(sys.argv[1],'rb').read())).load()", "/dev/stdin"],
+                                 input=att[name], env=ENV, capture_output=True, timeout=300)
+            pillow_s = time.perf_counter() - t
+
+            async def attacked() -> tuple[list[Any], list[Any]]:
+                bomb = _bomb_req(att[name], ctype)
+                b = [asyncio.ensure_future(_closed_loop(srv.port, args.attack_seconds, bomb, local_addr=a,
+                                                        pause_on_refusal=False, every_s=every)) for a in ATTACKERS]
+                h = await _closed_loop(srv.port, args.attack_seconds, honest)
+                bombs_res = [r for x in await asyncio.gather(*b) for r in x]
+                return h, bombs_res
+
+            load0 = _load_now()
+            h, b = loop.run_until_complete(attacked())
+            kinds: dict[str, int] = {}
+            for r in b:
+                k = f"{r.status} {json.loads(r.body).get('error', {}).get('type', 'decided') if r.body else ''}".strip()
+                kinds[k] = kinds.get(k, 0) + 1
+            pace = "back to back" if not every else f"one per {every:g} s each (the issue's rate was one per 2.8 s)"
+            lines.append(f"- with two clients sending `{name}` ({len(att[name]) / 1024:.0f} KB; Pillow alone "
+                         f"{pillow_s:.2f} s, exit {out.returncode}) {pace} ({load0} before, {_load_now()} after): "
+                         f"honest {_stats(h, args.attack_seconds)}: {len(h) / args.attack_seconds / base:.2f}x its "
+                         f"throughput alone; the bombs got {kinds} (p50 {_pct([r.latency_s for r in b], .5) * 1000:.0f} ms).")
+        import base64
+
+        for name, n in (("rle_bmp_4000", 64), ("webp_4896", 64)):
+            doc = json.dumps({"images": [{"image": base64.b64encode(att[name]).decode()}] * n}).encode()
+            load0 = _load_now()
+            r = loop.run_until_complete(raw_request("127.0.0.1", srv.port, HttpRequest(
+                "/v1/detect/batch", "application/json", doc), timeout_s=300))
+            kind = json.loads(r.body).get("error", {}).get("type", "-") if r.body else "-"
+            lines.append(f"- one batch request of {n} `{name}` ({len(doc) / 1024:.0f} KB, {load0}): {r.status} "
+                         f"{kind} in {r.latency_s:.2f} s.")
+        loop.close()
+    finally:
+        srv.stop()
+    return lines + [""]
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """RSS of ``pid`` and all its descendants (the decoder processes), in MB."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as fh:
+                    ppid = int(fh.read().rpartition(b")")[2].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += _rss_mb(p)
+        except OSError:
+            pass
+        todo.extend(children.get(p, []))
+    return total
+
+
+def memory(args: argparse.Namespace) -> list[str]:
+    import base64
+    import threading
+
+    from tests.reliability.corpus import attack_inputs
+
+    att = attack_inputs()
+    webp = base64.b64encode(att["webp_4896"]).decode()
+    cases = [
+        ("one `webp_4896` (1 KB, 4896x4896) as the body", HttpRequest("/v1/detect", "image/webp", att["webp_4896"])),
+        ("a batch of 5 `webp_4896`", HttpRequest("/v1/detect/batch", "application/json",
+                                                 json.dumps({"images": [{"image": webp}] * 5}).encode())),
+        ("a batch of 6 `webp_4896` (the attack of issue 20)", HttpRequest(
+            "/v1/detect/batch", "application/json", json.dumps({"images": [{"image": webp}] * 6}).encode())),
+        ("a batch of 64 `webp_4896`", HttpRequest("/v1/detect/batch", "application/json",
+                                                  json.dumps({"images": [{"image": webp}] * 64}).encode())),
+    ] + [(f"`{k}` ({len(att[k]) / 1024:.0f} KB)", HttpRequest("/v1/detect", "application/octet-stream", att[k]))
+         for k in ("tiff_20000_entries", "tiff_shared_values", "jpeg_exif_5000_entries")]
+    srv = Server(WORKZONE_REFUSAL_PENALTY_S="0")
+    srv.start()
+    pid = srv.proc.pid  # type: ignore[union-attr]
+    rows = ["## Memory reserved before decoding, metadata bombs (issue 20, attacks 3 and 6)", "",
+            "`workzone serve` (default pipeline and settings: `WORKZONE_MAX_HELD_BYTES` 256 MiB). RSS of the server "
+            "process, and of the server with its decoder processes, sampled every 20 ms during each request.", "",
+            "| request | status | time | server RSS before | peak rise (server) | peak rise (with decoders) | load |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    try:
+        loop = asyncio.new_event_loop()
+        for what, req in cases:
+            time.sleep(2)
+            before, before_tree = _rss_mb(pid), _tree_rss_mb(pid)
+            peaks = [before, before_tree]
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    peaks[0] = max(peaks[0], _rss_mb(pid))
+                    peaks[1] = max(peaks[1], _tree_rss_mb(pid))
+                    time.sleep(0.02)
+
+            th = threading.Thread(target=sample)
+            th.start()
+            load0 = _load_now()
+            r = loop.run_until_complete(raw_request("127.0.0.1", srv.port, req, timeout_s=120))
+            done.set()
+            th.join()
+            kind = "decided" if r.status == 200 else (json.loads(r.body).get("error", {}).get("type", "-")
+                                                      if r.body else "-")
+            rows.append(f"| {what} | {r.status} {kind} | {r.latency_s * 1000:.0f} ms | {before:.0f} MB | "
+                        f"{peaks[0] - before:+.0f} MB | {peaks[1] - before_tree:+.0f} MB | {load0} |")
+        rows.append("")
+        rows.append(f"Server RSS at the end: {_rss_mb(pid):.0f} MB ({_tree_rss_mb(pid):.0f} MB with the decoders).")
+        loop.close()
+    finally:
+        srv.stop()
+    return rows + [""]
+
+
+def degraded(args: argparse.Namespace) -> list[str]:
+    import base64
+    import threading
+
+    from tests.conftest import build_tiny_classifier
+    from tests.fakes.openai_server import FakeOpenAIServer, Reply
+
+    lock, n = threading.Lock(), [0]
+
+    def reply(body: dict) -> Reply:  # a flaky backend: every third request fails, every fifth is slow
+        with lock:
+            n[0] += 1
+            k = n[0]
+        if k % 3 == 0:
+            return Reply(status=500)
+        return Reply(p_yes=0.9, delay_s=3.0 if k % 5 == 0 else 0.0)
+
+    backend = FakeOpenAIServer(Reply()).start()
+    backend.set_reply(reply)
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_classifier(Path(tmp) / "tiny.onnx")
+        pipeline = Path(tmp) / "flaky.yaml"
+        pipeline.write_text(_vlm_pipeline("flaky-vlm", backend.url, "retries: 0, timeout_s: 1.0, breaker_failures: "
+                                          "1000, breaker_timeouts: 1000", head="deadline_s: 10\n"))
+        srv = Server(WORKZONE_PIPELINE=str(pipeline))
+        srv.start()
+        bodies = [_scene_jpeg(k) for k in range(4)]
+        b64 = [base64.b64encode(b).decode() for b in bodies]
+        answers = unmarked = urls = lost = 0
+        try:
+            import httpx
+
+            load0 = _load_now()
+            with httpx.Client(timeout=30) as client:
+                for k in range(args.degraded_requests):
+                    if k % 2:
+                        r = client.post(srv.url + "/v1/detect/batch",
+                                        json={"images": [{"image": b64[k % 4]}, {"image": b64[(k + 1) % 4]}]})
+                        decisions = [x["decision"] for x in r.json()["results"]]
+                    else:
+                        r = client.post(srv.url + "/v1/detect", content=bodies[k % 4],
+                                        headers={"Content-Type": "image/jpeg"})
+                        decisions = [r.json()]
+                    urls += "http://" in r.text
+                    for d in decisions:
+                        answers += 1
+                        lost_here = any(s["error"] for s in d["stages"]) or not any(
+                            s["stage"] == "vlm" for s in d["stages"])
+                        lost += lost_here
+                        unmarked += lost_here and not d["degraded"]
+                described = client.get(srv.url + "/v1/pipeline").text
+        finally:
+            srv.stop()
+            backend.stop()
+    return ["## Degraded answers and backend URLs (issue 20, attack 5)", "",
+            f"`workzone serve` with a classifier tier and a VLM tier on a flaky fake backend (every third request "
+            f"HTTP 500, every fifth 3 s late against a 1-s stage timeout; breaker kept closed): "
+            f"{args.degraded_requests} requests, half single images, half batches of 2 ({load0}). "
+            f"{answers} answers, {lost} lost the VLM stage, {unmarked} of them without `degraded: true`; "
+            f"responses containing a URL: {urls}; `GET /v1/pipeline` contains a URL: {'http://' in described}.", ""]
+
+
 SECTIONS = {"api-fuzz": api_fuzz, "http-fuzz": http_fuzz, "bombs": bomb_section, "overload": overload,
-            "backend": backend, "kill9": kill9}
+            "backend": backend, "kill9": kill9, "slow-bodies": slow_bodies, "cpu-bombs": cpu_bombs, "memory": memory,
+            "degraded": degraded, "overload-ab": overload_ab}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    ap.add_argument("--sections", nargs="+", default=[k for k in SECTIONS if k != "overload-ab"],
+                    choices=list(SECTIONS))
     ap.add_argument("--decode-inputs", type=int, default=25000)
     ap.add_argument("--api-inputs", type=int, default=2000)
     ap.add_argument("--http-inputs", type=int, default=1200)
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--slow-connections", type=int, default=300)
+    ap.add_argument("--attack-seconds", type=float, default=20.0)
+    ap.add_argument("--degraded-requests", type=int, default=200)
+    ap.add_argument("--baseline-src", type=Path, default=None, help="overload-ab: src/ of the code to compare with")
+    ap.add_argument("--ab-seconds", type=float, default=25.0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.md")
     args = ap.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))

@@ -56,7 +56,7 @@ def test_every_front_end_decodes_through_the_service_decoder(tmp_path: Path) -> 
     from workzone.batch.store import ResultStore
     from workzone.miner.service import MinerService
     from workzone.miner.settings import MinerSettings
-    from workzone.server.inputs import RawImage, load_image
+    from workzone.server.inputs import RawImage, image_bytes
     from workzone.server.settings import ServerSettings
 
     decoder = RecordingDecoder()
@@ -78,7 +78,10 @@ def test_every_front_end_decodes_through_the_service_decoder(tmp_path: Path) -> 
 
         async def server_and_miner() -> tuple[Image, float]:
             raw = RawImage(data=_jpeg(), b64=None, url=None, source="upload")
-            image = await load_image(raw, service, ServerSettings())
+            # what the server's routes do: the bytes of the input, its header, then the decode
+            data = await image_bytes(raw, ServerSettings())
+            await service.probe(data, raw.source)
+            image = await service.decode(data, raw.source)
             miner = MinerService(service, MinerSettings(), metagraph=lambda: None)
             answer = await miner.answer(base64.b64encode(_jpeg()).decode("ascii"))
             assert answer.source == "cascade", answer.error

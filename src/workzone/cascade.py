@@ -263,7 +263,9 @@ class Cascade:
         per = ms / max(1, len(batch))
         if outputs is None:
             return [StageReport(stage.name, stage.kind, ti, None, Evidence(), per, error, error_type) for _ in batch]
-        return [StageReport(stage.name, stage.kind, ti, o.log_odds, o.evidence, per) for o in outputs]
+        # A per-image failure (error_type) is reported like a stage failure, so the decision is degraded.
+        return [StageReport(stage.name, stage.kind, ti, o.log_odds, o.evidence, per, o.error_type, o.error_type)
+                for o in outputs]
 
 
 def _degraded_reason(reports: Sequence[StageReport], reason: str, tier_name: str, any_tier: bool) -> str | None:

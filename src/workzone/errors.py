@@ -7,6 +7,7 @@ The tree::
     │   └── UnknownStageKind     a `kind` no registered stage implements
     ├── MissingExtraError        an optional dependency is not installed (also an ImportError)
     ├── InvalidImageError        an input cannot be decoded or breaks a size limit
+    │   └── DecodeBudgetExceeded an image (or a request's images together) took more decode CPU than allowed
     ├── StageError               a stage failed (carries the stage name)
     │   ├── BackendUnavailable   a remote backend is down or its circuit breaker is open
     │   └── DeadlineExceeded     a stage or request ran past its deadline
@@ -34,6 +35,7 @@ __all__ = [
     "UnknownStageKind",
     "MissingExtraError",
     "InvalidImageError",
+    "DecodeBudgetExceeded",
     "StageError",
     "BackendUnavailable",
     "DeadlineExceeded",
@@ -88,6 +90,19 @@ class MissingExtraError(WorkzoneError, ImportError):
 
 class InvalidImageError(WorkzoneError, ValueError):
     """An image input cannot be decoded or breaks a limit."""
+
+
+class DecodeBudgetExceeded(InvalidImageError):
+    """Decoding ran past its CPU budget and was stopped (the decoder process is killed).
+
+    Attributes:
+        whole_request: the request's shared budget ran out (every image of a batch is refused with
+            it), rather than one image's own.
+    """
+
+    def __init__(self, message: str, whole_request: bool = False) -> None:
+        self.whole_request = whole_request
+        super().__init__(message)
 
 
 class StageError(WorkzoneError):

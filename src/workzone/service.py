@@ -21,7 +21,8 @@ from workzone.batching import BatchPolicy, MicroBatcher
 from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
-from workzone.io.images import DEFAULT_LIMITS, ImageLimits, decode_image
+from workzone.io.decode_pool import DecodeBudget, DecodePool
+from workzone.io.images import DEFAULT_LIMITS, ImageHeader, ImageLimits, decode_image, probe_image
 from workzone.errors import DeadlineExceeded, NotReady
 from workzone._memory import Trimmer
 from workzone.types import Decision, Image
@@ -47,18 +48,24 @@ class ServiceObserver(Protocol):
 
 class ImageDecoder:
     """The one decode policy of a service: Pillow on the CPU for any input; on a CUDA device with
-    torchvision, batches of encoded bytes decoded by nvJPEG straight into GPU memory.
+    torchvision, batches of encoded bytes decoded by nvJPEG straight into GPU memory. With
+    ``processes`` (the HTTP server's default), a caller's encoded bytes on the CPU are decoded in
+    worker processes that are killed past a CPU budget (:mod:`workzone.io.decode_pool`).
 
     Args:
         device: the cascade's device (``cpu``, ``cuda``, ``cuda:N``).
         limits: size, memory and work limits every decoded image respects.
         gpu_decode: on CUDA, ``nvjpeg`` (fastest) or ``libjpeg`` (the batch's JPEGs decoded on CPU threads:
             the CPU path's exact pixels, which the object decision is sensitive to; see docs/gpu.md).
+        processes: the decoder processes for untrusted bytes (:meth:`decode_bytes`) on the CPU, or None.
     """
 
-    def __init__(self, device: str = "cpu", *, limits: ImageLimits = DEFAULT_LIMITS, gpu_decode: str = "nvjpeg") -> None:
+    def __init__(self, device: str = "cpu", *, limits: ImageLimits = DEFAULT_LIMITS, gpu_decode: str = "nvjpeg",
+                 processes: DecodePool | None = None) -> None:
         self.limits = limits
         self._device = _device_decoder(device, limits, 1.0 if gpu_decode == "libjpeg" else 0.0)
+        # nvJPEG (or libjpeg threads) decode a GPU server's JPEGs; the processes serve the CPU policy.
+        self.processes = processes if self._device is None else None
 
     def defers(self, data: Any) -> tuple[int, int] | None:
         """``(width, height)`` when ``data`` is a JPEG best decoded with its batch on the device (see
@@ -80,9 +87,25 @@ class ImageDecoder:
             return self._device.decode(items, [s or "<bytes>" for s in labels])
         return [decode_image(x, limits=self.limits, source=s) for x, s in zip(items, labels)]
 
+    async def probe_bytes(self, data: bytes, source: str, budget: DecodeBudget, end: float | None) -> ImageHeader:
+        """The header of encoded bytes, checked against every limit (in a decoder process, if any)."""
+        if self.processes is not None:
+            return await self.processes.probe(data, source, budget, end)
+        return await asyncio.to_thread(probe_image, data, limits=self.limits, source=source)
+
+    async def decode_bytes(self, data: bytes, source: str, budget: DecodeBudget, end: float | None,
+                           cost_s: float = 0.0) -> Image:
+        """Decode encoded bytes: in a decoder process under ``budget`` (``cost_s``, the header's
+        estimate, picks its lane), else with :meth:`decode` in a thread."""
+        if self.processes is not None:
+            return await self.processes.decode(data, source, budget, end, cost_s)
+        return (await asyncio.to_thread(self.decode, [data], [source]))[0]
+
     def close(self) -> None:
         if self._device is not None:
             self._device.close()
+        if self.processes is not None:
+            self.processes.close()
 
 
 def _device_decoder(device: str, limits: ImageLimits, cpu_share: float = 0.0) -> Any:
@@ -115,16 +138,21 @@ class DetectionService:
         default_deadline_s: deadline of a request that gives none (``None``: the pipeline's).
         max_deadline_s: cap on any deadline.
         observer: receives batch sizes and decisions (metrics).
-        decode_workers: images decoded at the same time (each within ``limits.max_decode_bytes``).
+        decode_workers: images decoded at the same time in threads (each within
+            ``limits.max_decode_bytes``), when the decoder has no processes (those have their own count).
         decoder: the decode policy (default: the CPU within ``limits``; :meth:`from_config` picks it for the device).
+        request_decode_cpu_s: most CPU seconds the decodes of one request may take together (in
+            decoder processes; a batch shares it).
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
-                 decode_workers: int = 2, decoder: ImageDecoder | None = None) -> None:
+                 decode_workers: int = 2, decoder: ImageDecoder | None = None,
+                 request_decode_cpu_s: float = 2.0) -> None:
         self.cascade = cascade
         self.decoder = decoder or ImageDecoder(limits=limits)
+        self.request_decode_cpu_s = request_decode_cpu_s
         self._decode_slots = asyncio.Semaphore(decode_workers)
         self._trimmer = Trimmer()
         #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
@@ -163,6 +191,8 @@ class DetectionService:
         """Load and warm up every stage, then accept work. Raises what the cascade raises."""
         self.state = "starting"
         try:
+            if self.decoder.processes is not None and not self.decoder.processes.started:
+                await self.decoder.processes.start()
             await self.cascade.start()
         except BaseException as exc:
             self.state = "failed"
@@ -209,18 +239,41 @@ class DetectionService:
         self.state = "stopped"
 
     # -- inputs ----------------------------------------------------------------------------------
-    async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None) -> Image:
-        """Decode encoded image bytes in a worker thread, ``decode_workers`` at a time (the memory and
-        work guards run on the header first).
+    def decode_budget(self) -> DecodeBudget:
+        """A fresh decode budget for one request (every image of a batch draws on it)."""
+        return DecodeBudget(self.request_decode_cpu_s)
+
+    async def probe(self, data: bytes, source: str = "<bytes>", *, end: float | None = None,
+                    budget: DecodeBudget | None = None) -> ImageHeader:
+        """Check the image's header against every limit and say what its pixels will weigh, without
+        decoding a pixel (through the decoder, under ``budget``, like :meth:`decode`).
+
+        Raises:
+            InvalidImageError: not an image, or over a limit (``DecodeBudgetExceeded``: over the budget).
+            DeadlineExceeded: no decoder came free before ``end``.
+        """
+        if self.decoder.processes is not None:
+            return await self.decoder.probe_bytes(data, source, budget or self.decode_budget(), end)
+        return await self._in_slot(self.decoder.probe_bytes(data, source, budget or self.decode_budget(), end), end)
+
+    async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None,
+                     budget: DecodeBudget | None = None, cost_s: float = 0.0) -> Image:
+        """Decode encoded image bytes through the service's decoder (the memory and work guards run on
+        the header first): in its processes, stopped past ``budget`` and the per-image budget, or in
+        a thread, ``decode_workers`` at a time.
 
         Args:
             data: the encoded image.
             source: label for reports.
-            end: absolute deadline (``time.perf_counter()`` clock) for starting the decode.
+            end: absolute deadline (``time.perf_counter()`` clock) for the decode.
+            budget: the request's decode budget (a fresh one when omitted).
+            cost_s: the header's decode cost estimate (:meth:`probe`): costly images use their own,
+                lower-priority decoder process.
 
         Raises:
-            InvalidImageError: not an image, truncated, or over a limit.
-            DeadlineExceeded: no decode slot came free before ``end``.
+            InvalidImageError: not an image, truncated, or over a limit (``DecodeBudgetExceeded``:
+                over the CPU budget).
+            DeadlineExceeded: no decoder came free, or the decode did not finish, before ``end``.
         """
         size = self.decoder.defers(data)
         if size is not None:
@@ -228,13 +281,21 @@ class DetectionService:
 
             # Decoded with its batch, on the device (see _decode_batch): the request reads only the header.
             return EncodedImage(bytes(data), source, size)
+        work = self.decoder.decode_bytes(data, source, budget or self.decode_budget(), end, cost_s)
+        if self.decoder.processes is not None:
+            return await work
+        return await self._in_slot(work, end)
+
+    async def _in_slot(self, work: Awaitable[Any], end: float | None) -> Any:
         wait = None if end is None else max(0.0, end - time.perf_counter())
         try:
             await asyncio.wait_for(self._decode_slots.acquire(), timeout=wait)
         except asyncio.TimeoutError:
+            if asyncio.iscoroutine(work):
+                work.close()
             raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
         try:
-            return (await asyncio.to_thread(self.decoder.decode, [data], [source]))[0]
+            return await work
         finally:
             self._decode_slots.release()
 

@@ -151,10 +151,14 @@ class StageOutput:
         log_odds: evidence for road work in log-odds; ``None`` means the stage abstains
             (for example OCR that found no sign), which fusion treats as no evidence.
         evidence: what supports the score.
+        error_type: set when the stage failed for this image only (the others of its batch were
+            answered): the exception class name. The stage abstains for the image and the
+            decision is marked degraded, as when the whole stage fails.
     """
 
     log_odds: float | None
     evidence: Evidence = field(default_factory=Evidence)
+    error_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.log_odds is not None and not math.isfinite(self.log_odds):

@@ -126,6 +126,7 @@ MG = LocalMetagraph(hotkeys=["miner", "validator", "small-validator", "plain"],
     ("plain", False, False, False, "recognized"),
     ("stranger", True, False, True, "not registered"),
     ("stranger", False, True, False, "allowed by settings"),
+    ("stranger", True, True, True, "no validator permit"),  # never more than a registered non-validator
     (None, True, False, True, "missing"),
 ])
 def test_blacklist(pipelines, hotkey, force_permit, allow_unregistered, refused, reason) -> None:

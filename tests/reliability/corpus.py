@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-__all__ = ["SEED_DIR", "make_seeds", "load_seeds", "bombs", "progressive_scan_bomb", "zero_png"]
+__all__ = ["SEED_DIR", "make_seeds", "load_seeds", "bombs", "progressive_scan_bomb", "zero_png", "attack_inputs",
+           "rle_bmp", "tiff_with_entries", "jpeg_with_exif_entries"]
 
 SEED_DIR = Path(__file__).with_name("seeds")
 
@@ -145,6 +146,64 @@ def _png_header(width: int, height: int) -> bytes:
     chunk = b"IHDR" + ihdr
     return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
             + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF) + b"\x00" * 16)
+
+
+def attack_inputs() -> dict[str, bytes]:
+    """Name -> the small hostile inputs of issue 20 (CPU, memory and metadata bombs inside the size limits)."""
+    return {
+        "rle_bmp_4000": rle_bmp(4000, 4000),
+        "webp_4896": _save(PILImage.new("RGB", (4896, 4896), (90, 100, 110)), "WEBP", lossless=True),
+        "tiff_20000_entries": tiff_with_entries(20000),
+        "tiff_shared_values": tiff_with_entries(64, values_each=1_000_000),
+        "jpeg_exif_5000_entries": jpeg_with_exif_entries(5000),
+    }
+
+
+def rle_bmp(width: int, height: int) -> bytes:
+    """An RLE8 BMP of ``width`` x ``height`` whose every row is one short run then end-of-line (a few
+    bytes per row): Pillow decodes RLE in Python, row by row, under the GIL."""
+    import struct
+
+    palette = b"".join(struct.pack("<BBBB", k, k, k, 0) for k in range(256))
+    data = b"".join(b"\x02\x40\x00\x00" for _ in range(height)) + b"\x00\x01"
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0)
+    head = b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
+    return head + info + palette + data
+
+
+def _tiff_ifd(tags: list[tuple[int, int, int, int]], base: int) -> bytes:
+    """One little-endian IFD at file offset ``base``: (tag, type, count, value-or-offset) entries."""
+    import struct
+
+    out = [struct.pack("<H", len(tags))]
+    for tag, kind, count, value in sorted(tags):
+        inline = struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        out.append(struct.pack("<HHI", tag, kind, count) + inline)
+    out.append(b"\x00\x00\x00\x00")
+    return b"".join(out)
+
+
+def tiff_with_entries(extra: int, values_each: int = 1) -> bytes:
+    """An 8x8 grey TIFF whose IFD holds ``extra`` more (private) LONG entries of ``values_each``
+    values each, all pointing at one shared block: small on disk, costly for a parser that turns
+    every entry's values into objects."""
+    w = h = 8
+    n = 9 + extra
+    shared = 8 + 2 + 12 * n + 4
+    pixels_at = shared + (4 * values_each if values_each > 1 else 0)
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 4, 1, pixels_at), (277, 3, 1, 1), (278, 3, 1, h), (279, 4, 1, w * h)]
+    tags += [(40000 + k, 4, values_each, shared if values_each > 1 else k) for k in range(extra)]
+    block = b"\x00" * (pixels_at - shared)
+    return b"II*\x00\x08\x00\x00\x00" + _tiff_ifd(tags, 8) + block + b"\x80" * (w * h)
+
+
+def jpeg_with_exif_entries(entries: int) -> bytes:
+    """A 64x48 JPEG whose EXIF IFD0 holds ``entries`` entries (about 12 bytes each, inside one APP1)."""
+    ifd = _tiff_ifd([(0x0112, 3, 1, 1)] + [(40000 + k, 4, 1, k) for k in range(entries - 1)], 8)
+    exif = b"Exif\x00\x00" + b"II*\x00\x08\x00\x00\x00" + ifd
+    return _save(PILImage.fromarray(_scene(64, 48, 3)), "JPEG", quality=80, exif=exif)
 
 
 if __name__ == "__main__":

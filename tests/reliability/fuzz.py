@@ -150,15 +150,18 @@ class RawResult:
     error: str | None = None
 
 
-async def raw_request(host: str, port: int, req: HttpRequest, timeout_s: float = 30.0) -> RawResult:
+async def raw_request(host: str, port: int, req: HttpRequest, timeout_s: float = 30.0,
+                      local_addr: str | None = None) -> RawResult:
     """Send ``req`` over a fresh connection (``Connection: close``) and read the whole answer.
 
     A connection that closes or resets before a status line is a *dropped* request (status None).
+    ``local_addr`` picks the client address (another loopback address plays another client).
     """
     t = time.perf_counter()
     writer = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        local = None if local_addr is None else (local_addr, 0)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=local), timeout_s)
         head = f"POST {req.path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
         if req.content_type is not None:
             head += f"Content-Type: {req.content_type}\r\n"

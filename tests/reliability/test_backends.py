@@ -79,10 +79,14 @@ def test_frozen_backend_opens_the_breaker_within_three_timeouts_and_recovers(cas
             assert len(server.requests) == sent
             server.set_reply(Reply(p_yes=0.9))
             await asyncio.sleep(0.6)  # cool-down
+            # Half-open: one image's request is the trial; its batch mate is refused meanwhile, and says so.
+            trial = await cascade.run(_images())
             recovered = await cascade.run(_images())
-            return healthy, frozen, skipped, fast, recovered, vlm.breaker.state
+            return healthy, frozen, skipped, fast, trial, recovered, vlm.breaker.state
 
-    healthy, frozen, skipped, fast, recovered, state = asyncio.run(go())
+    healthy, frozen, skipped, fast, trial, recovered, state = asyncio.run(go())
+    assert sorted(d.degraded for d in trial) == [False, True]
+    assert all("vlm (BackendUnavailable)" in d.degraded_reason for d in trial if d.degraded)
     assert all(not d.degraded for d in healthy)
     for batch in (*frozen, skipped):
         assert len(batch) == 2  # nothing lost
@@ -105,11 +109,39 @@ def test_dying_and_restarted_backend_loses_no_request(cascade_and_server):
                 answers += await cascade.run(_images())
             server.start(port=port)             # back on the same port
             await asyncio.sleep(0.6)
+            answers += await cascade.run(_images())  # half-open: one trial, its batch mate refused
             answers += await cascade.run(_images())
             return answers
 
     answers = asyncio.run(go())
-    assert len(answers) == 12 and all(np.isfinite(d.probability) for d in answers)
-    assert not answers[0].degraded and not answers[-1].degraded
+    assert len(answers) == 14 and all(np.isfinite(d.probability) for d in answers)
+    assert not answers[0].degraded and sorted(d.degraded for d in answers[10:12]) == [False, True]
+    assert not any(d.degraded for d in answers[12:])
     assert all(d.degraded for d in answers[2:10])
     assert any("BackendUnavailable" in d.degraded_reason for d in answers[2:10])
+
+
+def test_a_frozen_backend_opens_the_default_breaker_within_three_timeouts_for_one_caller(tmp_path: Path):
+    # Default breaker (5 failures) and one caller at a time: each call costs a whole timeout, so two
+    # timeouts in a row open it (issue 20 measured 3.1 timeouts before this rule).
+    build_tiny_classifier(tmp_path / "tiny.onnx")
+    server = FakeOpenAIServer(Reply(p_yes=0.9, delay_s=30)).start()
+    text = PIPELINE.replace("        breaker_failures: 3\n", "").replace("timeout_s: 0.3", "timeout_s: 0.2")
+    cfg = parse_pipeline(text.format(url=server.url))
+
+    async def go() -> tuple[int, float]:
+        async with Cascade.from_config(cfg, base_dir=tmp_path) as cascade:
+            vlm = next(s for s in cascade.stages if s.name == "vlm")
+            assert vlm.breaker.failure_threshold == 5
+            t, runs = time.perf_counter(), 0
+            while vlm.breaker.state is not BreakerState.OPEN and runs < 6:
+                runs += 1
+                d = (await cascade.run(_images(1)))[0]
+                assert d.degraded and "vlm (DeadlineExceeded)" in d.degraded_reason
+            return runs, time.perf_counter() - t
+
+    try:
+        runs, took = asyncio.run(go())
+    finally:
+        server.stop()
+    assert runs == 2 and took < 3 * 0.2 + 0.5

@@ -1,4 +1,5 @@
-"""Decode budgets read from the header: memory per image and work per progressive JPEG.
+"""Decode budgets read from the header: memory per image, work per progressive JPEG, expected decode
+seconds, and the size of TIFF IFD / EXIF metadata.
 
 Pillow reads an image's size and mode without decoding it. From them, and for a JPEG from its
 marker segments, these functions say what the decode will cost before any pixel is decoded, so a
@@ -15,7 +16,8 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["count_jpeg_scans", "decode_bytes_estimate", "HIGH_BIT_MODES"]
+__all__ = ["count_jpeg_scans", "decode_bytes_estimate", "decode_seconds_estimate", "metadata_cost", "output_bytes",
+           "HIGH_BIT_MODES"]
 
 #: Modes with more than 8 bits per sample; decoded through a chunked 8-bit conversion.
 HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
@@ -101,3 +103,166 @@ def decode_bytes_estimate(mode: str, size: tuple[int, int], max_side: int) -> in
     scale = 1.0 if not max_side or max(w, h) <= max_side else max_side / max(w, h)
     out = 4 * math.ceil(w * scale) * math.ceil(h * scale)
     return stored + work + out
+
+
+# CPU seconds per decoded megapixel, decode + conversion + downscale, measured with Pillow 13 on the
+# 2-core test machine (4000x3000 drawings and noise; the slower of the two, rounded up).
+_SECONDS_PER_MP = {"PNG": 0.030, "WEBP": 0.032, "TIFF": 0.020, "GIF": 0.015, "BMP": 0.010, "JPEG": 0.010,
+                   "MPO": 0.010}
+_SECONDS_PER_SCAN_MP = 0.0015  # a progressive JPEG's every scan walks every block (see the module doc)
+
+
+def decode_seconds_estimate(fmt: str, size: tuple[int, int], scans: int = 1) -> float:
+    """CPU seconds decoding an image of format ``fmt`` at ``size`` (the decode size, after a JPEG's
+    reduced-DCT draft) is expected to take; ``scans``: a JPEG's scan count. Used to keep costly
+    images off the decoders that cheap ones use.
+
+    Examples:
+        >>> round(decode_seconds_estimate("WEBP", (4896, 4896)), 2)
+        0.77
+        >>> decode_seconds_estimate("JPEG", (1920, 1080)) < 0.03
+        True
+    """
+    mp = size[0] * size[1] / 1e6
+    est = mp * _SECONDS_PER_MP.get(fmt, 0.032)
+    if fmt in ("JPEG", "MPO"):
+        est += max(0, scans - 1) * mp * _SECONDS_PER_SCAN_MP
+    return est
+
+
+def output_bytes(size: tuple[int, int], max_side: int) -> int:
+    """Bytes of the 8-bit RGB array an image of ``size`` becomes once downscaled to ``max_side``
+    (what a caller holds after decoding; reserved from the header, before decoding).
+
+    Examples:
+        >>> output_bytes((8000, 4000), 4096)
+        25165824
+    """
+    w, h = size
+    scale = 1.0 if not max_side or max(w, h) <= max_side else max_side / max(w, h)
+    return 3 * max(1, round(w * scale)) * max(1, round(h * scale))
+
+
+# -- metadata (TIFF IFD / EXIF) guard ---------------------------------------------------------------
+# Bytes per value of each TIFF field type (1 BYTE ... 13 IFD, 16-18 BigTIFF 8-byte types).
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
+                   16: 8, 17: 8, 18: 8}
+# Types Pillow keeps as one bytes object; the others become a tuple of Python numbers.
+_BYTE_TYPES = frozenset({1, 2, 6, 7})
+# Tags whose value is the offset of another IFD: Exif, GPS, Interoperability, SubIFDs.
+_SUB_IFD_TAGS = frozenset({0x8769, 0x8825, 0xA005, 0x014A})
+
+
+def metadata_cost(raw: bytes, max_entries: int, max_value_bytes: int) -> str | None:
+    """Why the TIFF structures in ``raw`` (a TIFF file's IFDs, a JPEG's EXIF and MPF blocks, the EXIF
+    chunk of a WebP or PNG) are too large to parse, or ``None`` when they are within budget.
+
+    Pillow parses every IFD entry into Python objects, and follows EXIF pointers in pure Python: a
+    few KB of IFD entries that all point at the same large block cost gigabytes and seconds (issue
+    20). This walk reads only the entry headers (12 bytes each), never the values, and stops at the
+    first limit passed, so it costs microseconds whatever the input.
+
+    Args:
+        raw: the encoded image.
+        max_entries: most IFD entries summed over every IFD (chained and nested) of every block.
+        max_value_bytes: most memory the values the entries declare would take once parsed, summed
+            (a byte of a string or blob counts 1, a number 32: Pillow makes a Python object of it).
+
+    Examples:
+        >>> tiff = b"II*\\x00\\x08\\x00\\x00\\x00" + b"\\x01\\x00" + b"\\x00\\x01\\x04\\x00\\x01\\x00\\x00\\x00\\x10\\x00\\x00\\x00" + b"\\x00" * 4
+        >>> metadata_cost(tiff, 100, 1000) is None
+        True
+        >>> metadata_cost(tiff, 0, 1000)
+        'its metadata (TIFF IFDs, EXIF) holds more than 0 entries'
+    """
+    budget = [max_entries, max_value_bytes]
+    for block in _tiff_blocks(raw):
+        over = _walk_tiff(block, budget)
+        if over == "entries":
+            return f"its metadata (TIFF IFDs, EXIF) holds more than {max_entries} entries"
+        if over == "bytes":
+            return f"its metadata (TIFF IFDs, EXIF) declares values that would take over {max_value_bytes // 2**20} MiB"
+    return None
+
+
+def _tiff_blocks(raw: bytes) -> list[memoryview]:
+    view = memoryview(raw)
+    if raw[:4] in (b"II*\x00", b"MM\x00*"):
+        return [view]
+    blocks: list[memoryview] = []
+    if raw[:2] == b"\xff\xd8":  # JPEG: APP1 Exif and APP2 MPF segments, before the first scan
+        pos, n = 2, len(raw)
+        while pos + 4 <= n and raw[pos] == 0xFF:
+            marker = raw[pos + 1]
+            if marker == 0xFF:
+                pos += 1
+                continue
+            if marker == _SOS or marker == _EOI:
+                break
+            if marker in _STANDALONE or marker == _SOI:
+                pos += 2
+                continue
+            length = int.from_bytes(raw[pos + 2:pos + 4], "big")
+            body = view[pos + 4:pos + 2 + length]
+            if marker == 0xE1 and bytes(body[:6]) == b"Exif\x00\x00":
+                blocks.append(body[6:])
+            elif marker == 0xE2 and bytes(body[:4]) == b"MPF\x00":
+                blocks.append(body[4:])
+            pos += 2 + max(length, 2)
+    elif raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        pos = 12
+        while pos + 8 <= len(raw):
+            size = int.from_bytes(raw[pos + 4:pos + 8], "little")
+            if raw[pos:pos + 4] == b"EXIF":
+                body = view[pos + 8:pos + 8 + size]
+                blocks.append(body[6:] if bytes(body[:6]) == b"Exif\x00\x00" else body)
+            pos += 8 + size + (size & 1)
+    elif raw[:8] == b"\x89PNG\r\n\x1a\n":
+        at = raw.find(b"eXIf")
+        if at >= 12:
+            size = int.from_bytes(raw[at - 4:at], "big")
+            blocks.append(view[at + 4:at + 4 + size])
+    return blocks
+
+
+def _walk_tiff(block: memoryview, budget: list[int]) -> str | None:
+    """Walk the IFD chain and the sub-IFDs it points to, spending ``budget`` (entries, value bytes)
+    in place; returns which limit was passed, or ``None``."""
+    order = bytes(block[:2])
+    if order not in (b"II", b"MM") or len(block) < 8:
+        return None  # not a TIFF structure: the decoder will say what is wrong with it
+    endian = "little" if order == b"II" else "big"
+    u16 = lambda at: int.from_bytes(block[at:at + 2], endian)  # noqa: E731
+    u32 = lambda at: int.from_bytes(block[at:at + 4], endian)  # noqa: E731
+    if u16(2) == 43:  # BigTIFF: not parsed here; Pillow reads its first IFD only
+        return None
+    todo, seen = [u32(4)], set()
+    while todo:
+        offset = todo.pop()
+        if offset in seen or offset == 0 or offset + 2 > len(block):
+            continue
+        seen.add(offset)
+        entries = u16(offset)
+        budget[0] -= entries + 1  # an IFD counts as an entry: a chain of empty IFDs is not free
+        if budget[0] < 0:
+            return "entries"
+        for k in range(entries):
+            at = offset + 2 + 12 * k
+            if at + 12 > len(block):
+                break
+            tag, kind, count = u16(at), u16(at + 2), u32(at + 4)
+            size = _TIFF_TYPE_SIZE.get(kind, 1) * count
+            if size > 4:  # values stored elsewhere, parsed into Python objects (numbers: ~32 bytes each)
+                budget[1] -= count if kind in _BYTE_TYPES else 32 * count
+                if budget[1] < 0:
+                    return "bytes"
+            if tag in _SUB_IFD_TAGS and kind in (4, 13) and count >= 1:
+                if count == 1:
+                    todo.append(u32(at + 8))
+                else:  # an array of offsets (SubIFDs): at most 64 followed
+                    base = u32(at + 8)
+                    todo.extend(u32(base + 4 * j) for j in range(min(count, 64)) if base + 4 * j + 4 <= len(block))
+        nxt = offset + 2 + 12 * entries
+        if nxt + 4 <= len(block):
+            todo.append(u32(nxt))
+    return None

@@ -6,33 +6,39 @@ Formats: whatever Pillow decodes among JPEG, PNG, WebP, BMP, GIF (first frame), 
 
 Every failure raises :class:`~workzone.errors.InvalidImageError` with a message naming the problem.
 Memory and decode time are bounded from the header (:mod:`workzone.io.budget`) before any pixel is
-decoded: pixel count, mode and bit depth, progressive JPEG scans; large JPEGs decode at a reduced DCT size.
+decoded: pixel count, mode and bit depth, progressive JPEG scans, TIFF IFD / EXIF entries, and no
+decoder Pillow runs in Python (RLE BMP); large JPEGs decode at a reduced DCT size. The server also
+decodes in worker processes it can stop (:mod:`workzone.io.decode_pool`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from workzone.errors import InvalidImageError
-from workzone.io.budget import HIGH_BIT_MODES, count_jpeg_scans, decode_bytes_estimate
+from workzone.io.budget import (HIGH_BIT_MODES, count_jpeg_scans, decode_bytes_estimate, decode_seconds_estimate,
+                                metadata_cost, output_bytes)
 from workzone.types import Image
 
 __all__ = [
     "decode_base64",
     "ImageLimits",
     "decode_image",
+    "ImageHeader",
+    "probe_image",
     "resize_for_model",
     "tile_boxes",
     "ResizeMode",
@@ -67,6 +73,9 @@ class ImageLimits:
             (see :func:`workzone.io.budget.decode_bytes_estimate`).
         max_jpeg_scans: most scans a (progressive) JPEG may have.
         max_jpeg_scan_pixels: most scans x pixels a JPEG may cost (decode time grows with both).
+        max_metadata_entries: most TIFF IFD / EXIF entries, summed over every IFD (see
+            :func:`workzone.io.budget.metadata_cost`).
+        max_metadata_bytes: most memory those entries' values may take once parsed.
     """
 
     max_bytes: int = 40 * 1024 * 1024
@@ -77,6 +86,8 @@ class ImageLimits:
     max_decode_bytes: int = 512 * 1024 * 1024
     max_jpeg_scans: int = 100
     max_jpeg_scan_pixels: int = 400_000_000
+    max_metadata_entries: int = 4096
+    max_metadata_bytes: int = 16 * 1024 * 1024
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -196,33 +207,78 @@ def _from_path(path: Path, limits: ImageLimits, source: str | None, *, from_stri
 def _from_bytes(raw: bytes, limits: ImageLimits, source: str) -> Image:
     if not raw:
         raise InvalidImageError(f"{source}: empty input (0 bytes)")
-    if len(raw) > limits.max_bytes:
-        raise InvalidImageError(f"{source}: input is {len(raw)} bytes, over the limit of {limits.max_bytes}")
-    # Pillow's own bomb check warns at max_pixels and fails at twice that; we set it to our limit and
-    # turn the warning into an error so that the check happens on the header, before pixels are decoded.
+    with _pillow_guard(limits, source):
+        im, original = _open_checked(raw, limits, source)
+        if im.tell() != 0:  # never count frames: n_frames walks every frame of a GIF
+            im.seek(0)
+        im.load()
+    return _from_pil(im, limits, source, original)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header of an encoded image says, read without decoding a pixel.
+
+    Attributes:
+        format: Pillow's format name (JPEG, PNG, ...).
+        size: width and height as stored.
+        out_bytes: bytes of the RGB array the decoded image becomes (after downscaling to
+            ``max_side``): what the caller will hold, reserved before decoding.
+        cost_s: CPU seconds the decode is expected to take
+            (:func:`workzone.io.budget.decode_seconds_estimate`).
+    """
+
+    format: str
+    size: tuple[int, int]
+    out_bytes: int
+    cost_s: float = 0.0
+
+
+def probe_image(raw: bytes, *, limits: ImageLimits = DEFAULT_LIMITS, source: str = "<bytes>") -> ImageHeader:
+    """Read and check the header of encoded image bytes (every limit of :func:`decode_image` that can be
+    checked from the header is), without decoding a pixel.
+
+    Raises:
+        InvalidImageError: not an image, or the header breaks a limit.
+
+    Examples:
+        >>> import io; from PIL import Image as P
+        >>> buf = io.BytesIO(); P.new("RGB", (8192, 16)).save(buf, "PNG")
+        >>> probe_image(buf.getvalue()).out_bytes  # downscaled to the default 4096 long side
+        98304
+    """
+    if not raw:
+        raise InvalidImageError(f"{source}: empty input (0 bytes)")
+    try:
+        with _pillow_guard(limits, source):
+            im, original = _open_checked(raw, limits, source)
+            fmt = str(im.format)
+            scans = count_jpeg_scans(raw) if fmt in ("JPEG", "MPO") else 1
+            return ImageHeader(fmt, original, output_bytes(im.size, limits.max_side),
+                               decode_seconds_estimate(fmt, im.size, scans))
+    except InvalidImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract: a bad input is an InvalidImageError, whatever broke
+        raise InvalidImageError(f"{_short(source)}: cannot read the image header ({type(exc).__name__})") from exc
+
+
+# Pillow's decoders written in Python (registered in PIL.Image.DECODERS; the C ones are not) hold the
+# GIL and run as long as the data says: a 1 KB RLE BMP costs seconds. Refused from the header: no
+# camera writes them.
+_DECODER_NAMES = {"bmp_rle": "an RLE-compressed BMP"}
+
+
+@contextlib.contextmanager
+def _pillow_guard(limits: ImageLimits, source: str) -> Iterator[None]:
+    """Pillow's bomb check at ``limits.max_pixels`` (as an error, on the header), and Pillow's errors
+    translated into :class:`InvalidImageError`."""
     old = PILImage.MAX_IMAGE_PIXELS
     try:
         PILImage.MAX_IMAGE_PIXELS = limits.max_pixels
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
             try:
-                im = PILImage.open(io.BytesIO(raw))
-                fmt = im.format
-                if fmt not in _ALLOWED_FORMATS:
-                    raise InvalidImageError(f"{source}: image format {fmt} is not accepted")
-                _check_dims(im.size, limits, source)
-                original = im.size
-                if fmt in ("JPEG", "MPO"):
-                    _check_jpeg_work(raw, im.size, limits, source)
-                    _draft(im, limits.max_side)
-                if im.size[0] * im.size[1] > limits.max_decode_pixels:
-                    raise InvalidImageError(
-                        f"{source}: a {fmt} of {im.size[0]}x{im.size[1]} pixels is over the decode budget of "
-                        f"{limits.max_decode_pixels} pixels at full resolution; send it downscaled")
-                _check_decode_memory(im.mode, im.size, limits, source)
-                if im.tell() != 0:  # never count frames: n_frames walks every frame of a GIF
-                    im.seek(0)
-                im.load()
+                yield
             except InvalidImageError:
                 raise
             except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
@@ -237,7 +293,38 @@ def _from_bytes(raw: bytes, limits: ImageLimits, source: str) -> Image:
                 raise InvalidImageError(f"{source}: truncated or corrupt image data") from exc
     finally:
         PILImage.MAX_IMAGE_PIXELS = old
-    return _from_pil(im, limits, source, original)
+
+
+def _open_checked(raw: bytes, limits: ImageLimits, source: str) -> tuple[PILImage.Image, tuple[int, int]]:
+    """Open ``raw`` (header only) and enforce every limit that the header decides; a large JPEG is
+    set to decode at a reduced DCT size. Returns the image, not loaded, and its stored size."""
+    if len(raw) > limits.max_bytes:
+        raise InvalidImageError(f"{source}: input is {len(raw)} bytes, over the limit of {limits.max_bytes}")
+    # Before Pillow sees the bytes: Pillow parses TIFF IFDs (a TIFF's, a JPEG's MPF block) on open
+    # and EXIF on demand, in Python, whatever their size.
+    why = metadata_cost(raw, limits.max_metadata_entries, limits.max_metadata_bytes)
+    if why is not None:
+        raise InvalidImageError(f"{source}: {why}; strip the metadata (e.g. re-save the image) and resend it")
+    im = PILImage.open(io.BytesIO(raw))
+    fmt = im.format
+    if fmt not in _ALLOWED_FORMATS:
+        raise InvalidImageError(f"{source}: image format {fmt} is not accepted")
+    for tile in im.tile:
+        if tile[0] in PILImage.DECODERS:
+            what = _DECODER_NAMES.get(tile[0], f"a {fmt} whose data needs Pillow's Python decoder {tile[0]!r}")
+            raise InvalidImageError(f"{source}: {what} is not accepted (its decoder cannot be bounded); "
+                                    "send it as PNG or JPEG")
+    _check_dims(im.size, limits, source)
+    original = im.size
+    if fmt in ("JPEG", "MPO"):
+        _check_jpeg_work(raw, im.size, limits, source)
+        _draft(im, limits.max_side)
+    if im.size[0] * im.size[1] > limits.max_decode_pixels:
+        raise InvalidImageError(
+            f"{source}: a {fmt} of {im.size[0]}x{im.size[1]} pixels is over the decode budget of "
+            f"{limits.max_decode_pixels} pixels at full resolution; send it downscaled")
+    _check_decode_memory(im.mode, im.size, limits, source)
+    return im, original
 
 
 def _check_jpeg_work(raw: bytes, size: tuple[int, int], limits: ImageLimits, source: str) -> None:

@@ -135,9 +135,14 @@ class MinerService:
         mg = self.metagraph()
         hotkeys = list(mg.hotkeys) if mg is not None else []
         if hotkey not in hotkeys:
-            if self.settings.allow_non_registered:
-                return False, "non-registered hotkey allowed by settings"
-            return True, "unrecognized hotkey: not registered on this subnet"
+            if not self.settings.allow_non_registered:
+                return True, "unrecognized hotkey: not registered on this subnet"
+            # Allowed unregistered callers hold no validator permit either: they must not get more
+            # than a registered non-validator does.
+            if self.settings.force_validator_permit:
+                return True, "non-registered hotkey: no validator permit (allow_non_registered needs " \
+                             "force_validator_permit off)"
+            return False, "non-registered hotkey allowed by settings"
         uid = hotkeys.index(hotkey)
         if self.settings.force_validator_permit and not _at(mg.validator_permit, uid, False):
             return True, "non-validator hotkey: no validator permit"

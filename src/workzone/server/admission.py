@@ -1,24 +1,36 @@
-"""Admission before work, and read timeouts: an overloaded server answers in milliseconds.
+"""Admission before work, and read budgets: an overloaded server answers in milliseconds.
 
 :class:`AdmissionMiddleware` sits in front of the detect routes. Before a body is read it refuses
-with 503 (not ready, shutting down) or 429 (too many requests in flight, or too many bytes held)
-and stamps the request's arrival time, so that reading, decoding and queueing all count against
-its deadline. While the body streams it enforces the body read timeout (408) and counts the bytes
-against the memory budget; decoded pixels are charged to the same budget by the routes
-(:func:`charge`); everything a request held is released when its response is sent.
+with 503 (not ready, shutting down) or 429 (too many requests in flight, too many bytes held, or
+too many bodies still arriving from the same client address) and stamps the request's arrival
+time, so that reading, decoding and queueing all count against its deadline.
+
+A body that is still arriving is not queued work: it counts only against its client's upload limit
+(``max_uploads_per_client``), and it must arrive whole within the body budget (the smaller of
+``body_timeout_s`` and the request's deadline) or the request is answered 408. Once the whole body
+is in, the request is admitted again as work (429 if the work admitted meanwhile leaves no room).
+A client address whose images keep being refused (more than ``free_strikes`` 422s within
+``strike_window_s``) has each further request held ``penalty_s`` before any work: refusing is cheap,
+but a client sending bombs back to back would otherwise take the CPU by sheer rate.
+Body bytes count against the memory budget as they arrive; decoded pixels are reserved from each
+image's header before it is decoded (:func:`reserve`); everything a request held is released when
+its response is sent.
 
 :func:`header_timeout_protocol` gives uvicorn a protocol class that answers 408 and closes a
-connection whose request headers do not arrive within the header timeout (slow-loris clients).
+connection whose request headers do not arrive within the header timeout (slow-loris clients), and
+431 when they pass the header size limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workzone.errors import Overloaded, RequestTimeout, ShuttingDown
+from workzone.errors import InvalidImageError, Overloaded, RequestTimeout, ShuttingDown
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -26,33 +38,45 @@ if TYPE_CHECKING:
 
     from workzone.service import DetectionService
 
-__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "charge", "header_timeout_protocol", "GUARDED_PATHS",
-           "ENDPOINT_KEY"]
+__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "client_group", "header_timeout_protocol",
+           "GUARDED_PATHS", "ENDPOINT_KEY"]
 
 _ARRIVED = "workzone.arrived"
 _HELD = "workzone.held"
 GUARDED_PATHS = frozenset({"/v1/detect", "/v1/detect/batch", "/v1/detect/stream"})
 #: Scope key naming the endpoint of a request refused before routing (for the metrics label).
 ENDPOINT_KEY = "workzone.endpoint"
+_BODY_FLOOR_S = 0.01
 _WAIT_SHARE = 0.5  # of a deadline that queueing may use; the rest is for decoding and the cascade
 
 
 @dataclass
 class Admission:
-    """Live counters of admitted detect requests and the bytes they hold.
+    """Live counters of admitted detect requests, the bodies still arriving and the bytes they hold.
 
     Attributes:
-        max_inflight: requests admitted at once.
-        max_held_bytes: bytes (bodies + decoded pixels) held at once before new requests are refused.
+        max_inflight: requests admitted as work at once (their body has arrived).
+        max_held_bytes: bytes (bodies + reserved pixels) held at once before new requests are refused.
         retry_after_s: what refused callers are told to wait.
+        max_uploads_per_client: bodies one client address may be sending at once.
+        free_strikes: images a client address may have refused as unreadable (422) within
+            ``strike_window_s`` before its requests are held ``penalty_s`` before any work.
+        strike_window_s: the window those refusals are counted in.
+        penalty_s: how long such a client's requests wait (0: no penalty).
     """
 
     max_inflight: int
     max_held_bytes: int
     retry_after_s: float = 1.0
+    max_uploads_per_client: int = 16
+    free_strikes: int = 5
+    strike_window_s: float = 10.0
+    penalty_s: float = 1.0
     inflight: int = 0
     held_bytes: int = 0
     refused: int = 0
+    uploads: dict[str, int] = field(default_factory=dict)
+    strikes: dict[str, deque[float]] = field(default_factory=dict)
 
     def check(self, expected_wait_s: float = 0.0, deadline_s: float | None = None) -> None:
         """Raise :class:`Overloaded` when one more request must not be admitted: the in-flight or
@@ -60,8 +84,43 @@ class Admission:
         request's deadline (it could not be answered in time: better refused now than late)."""
         late = deadline_s is not None and expected_wait_s > _WAIT_SHARE * deadline_s
         if self.inflight >= self.max_inflight or self.held_bytes >= self.max_held_bytes or late:
-            self.refused += 1
-            raise Overloaded(self.inflight, self.max_inflight, self.retry_after_s)
+            self._refuse()
+
+    def begin_upload(self, client: str) -> None:
+        """Count one more body arriving from ``client``; :class:`Overloaded` past its limit."""
+        n = self.uploads.get(client, 0)
+        if n >= self.max_uploads_per_client:
+            self._refuse()
+        self.uploads[client] = n + 1
+
+    def end_upload(self, client: str) -> None:
+        n = self.uploads.get(client, 0) - 1
+        if n > 0:
+            self.uploads[client] = n
+        else:
+            self.uploads.pop(client, None)
+
+    def strike(self, client: str) -> None:
+        """Record that ``client`` sent an image that was refused as unreadable or too costly."""
+        now = time.monotonic()
+        if len(self.strikes) > 10_000:  # many addresses: forget the quiet ones
+            for key in [k for k, q in self.strikes.items() if not q or now - q[-1] > self.strike_window_s]:
+                del self.strikes[key]
+        q = self.strikes.setdefault(client, deque(maxlen=self.free_strikes + 1))
+        q.append(now)
+
+    def penalty(self, client: str) -> float:
+        """Seconds ``client``'s next request waits: ``penalty_s`` once it has more than ``free_strikes``
+        refusals within the window, else 0. A client sending bombs back to back then sends one a
+        second, however fast they are refused."""
+        q = self.strikes.get(client)
+        if not self.penalty_s or q is None or len(q) <= self.free_strikes:
+            return 0.0
+        return self.penalty_s if time.monotonic() - q[0] < self.strike_window_s else 0.0
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        raise Overloaded(self.inflight, self.max_inflight, self.retry_after_s)
 
 
 def arrival_time(request: "Request") -> float:
@@ -69,22 +128,54 @@ def arrival_time(request: "Request") -> float:
     return float(request.scope.get(_ARRIVED, time.perf_counter()))
 
 
-def charge(request: "Request", nbytes: int) -> None:
-    """Count ``nbytes`` (decoded pixels) against the memory budget until the response is sent."""
+def reserve(request: "Request", nbytes: int) -> None:
+    """Count ``nbytes`` (pixels about to be decoded) against the memory budget until the response is
+    sent.
+
+    Raises:
+        Overloaded: the budget would be passed; nothing has been decoded yet.
+        InvalidImageError: the request alone needs more than the whole budget (retrying cannot help).
+    """
     held = request.scope.get(_HELD)
-    if held is not None:
-        held[1].held_bytes += nbytes
-        held[0] += nbytes
+    if held is None:
+        return
+    admission: Admission = held[1]
+    if nbytes > admission.max_held_bytes:
+        raise InvalidImageError(f"the request's images need {nbytes / 2**20:.0f} MiB once decoded; this server "
+                                f"holds at most {admission.max_held_bytes / 2**20:.0f} MiB: send fewer or smaller "
+                                "images")
+    held[0] += nbytes
+    admission.held_bytes += nbytes
+    if admission.held_bytes > admission.max_held_bytes:
+        admission._refuse()
+
+
+def client_group(scope: "Scope") -> str:
+    """The client address a request's upload counts against: IPv4 as is, IPv6 by its /64 (one host
+    usually holds a whole /64)."""
+    client = scope.get("client")
+    host = str(client[0]) if client else ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return host
 
 
 class AdmissionMiddleware:
-    """Refuses detect requests before their body is read when the service cannot take them.
+    """Refuses detect requests before their body is read when the service cannot take them, and
+    bounds the time a body may take to arrive.
 
     Args:
         app: the ASGI app.
         service: the detection service (readiness, shutdown).
         admission: the shared counters and limits.
-        body_timeout_s: longest wait for the next body chunk.
+        body_timeout_s: longest time a whole body may take to arrive (the request's deadline, if
+            shorter, bounds it too).
     """
 
     def __init__(self, app: "ASGIApp", service: "DetectionService", admission: Admission,
@@ -98,49 +189,85 @@ class AdmissionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope[_ARRIVED] = time.perf_counter()
+        arrived = scope[_ARRIVED] = time.perf_counter()
         if scope.get("method") != "POST" or scope.get("path") not in GUARDED_PATHS:
             await self.app(scope, receive, send)
             return
+        admission, client = self.admission, client_group(scope)
         try:
             if not self.service.batcher.accepting and self.service.state not in ("created", "starting", "failed"):
-                raise ShuttingDown(retry_after_s=self.admission.retry_after_s)
+                raise ShuttingDown(retry_after_s=admission.retry_after_s)
             self.service.check_ready()
             deadline = self.service.resolve_deadline(_header_deadline(scope))
-            self.admission.check(self.service.expected_wait_s(self.admission.inflight), deadline)
+            admission.check(self.service.expected_wait_s(admission.inflight), deadline)
+            admission.begin_upload(client)
         except Exception as exc:  # noqa: BLE001 - NotReady, ShuttingDown, Overloaded: answered before the body
             from workzone.server.errors import error_response
 
             scope[ENDPOINT_KEY] = scope["path"]
-            await error_response(exc, self.admission.retry_after_s)(scope, receive, send)
+            await error_response(exc, admission.retry_after_s)(scope, receive, send)
             return
-        held = [0, self.admission]
+        delay = admission.penalty(client)
+        if delay:  # counted as an upload meanwhile: a flood of held connections meets the upload limit
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                admission.end_upload(client)
+                raise
+            arrived = scope[_ARRIVED] = time.perf_counter()  # its deadline starts when its work may start
+        held = [0, admission]
         scope[_HELD] = held
-        self.admission.inflight += 1
-        body_done = False
+        body_s = self.body_timeout_s if deadline is None else min(self.body_timeout_s, deadline)
+        body_end = arrived + body_s
+        uploading, working = True, False
+
+        def body_arrived() -> None:
+            # The body is whole: only now is the request queued work, checked against what was
+            # admitted while it arrived.
+            nonlocal uploading, working
+            uploading = False
+            admission.end_upload(client)
+            remaining = None if deadline is None else max(0.0, deadline - (time.perf_counter() - arrived))
+            admission.check(self.service.expected_wait_s(admission.inflight), remaining)
+            admission.inflight += 1
+            working = True
 
         async def timed_receive() -> "Message":
-            nonlocal body_done
-            if body_done:  # after the body, receive only waits for a disconnect: no timeout
+            nonlocal uploading
+            if not uploading:  # after the body, receive only waits for a disconnect: no timeout
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), timeout=self.body_timeout_s)
+                # A floor of 10 ms: a body already received is taken even when the deadline is used up
+                # (the request is then answered degraded, not refused).
+                message = await asyncio.wait_for(receive(), timeout=max(_BODY_FLOOR_S, body_end - time.perf_counter()))
             except asyncio.TimeoutError:
-                raise RequestTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s") from None
+                raise RequestTimeout(f"the request body did not arrive whole within {body_s:g} s (the body "
+                                     "budget is the smaller of the server's body timeout and the request's "
+                                     "deadline)") from None
             if message["type"] == "http.request":
                 n = len(message.get("body", b""))
                 held[0] += n
-                self.admission.held_bytes += n
-                body_done = not message.get("more_body", False)
-            else:
-                body_done = True
+                admission.held_bytes += n
+                if not message.get("more_body", False):
+                    body_arrived()
+            else:  # the client went away
+                uploading = False
+                admission.end_upload(client)
             return message
 
+        async def watched_send(message: "Message") -> None:
+            if message["type"] == "http.response.start" and message.get("status") == 422:
+                admission.strike(client)  # an unreadable or too costly image: see Admission.penalty
+            await send(message)
+
         try:
-            await self.app(scope, timed_receive, send)
+            await self.app(scope, timed_receive, watched_send)
         finally:
-            self.admission.inflight -= 1
-            self.admission.held_bytes -= held[0]
+            if uploading:
+                admission.end_upload(client)
+            if working:
+                admission.inflight -= 1
+            admission.held_bytes -= held[0]
 
 
 def _header_deadline(scope: "Scope") -> float | None:
@@ -154,9 +281,10 @@ def _header_deadline(scope: "Scope") -> float | None:
     return None
 
 
-def header_timeout_protocol(base: type, timeout_s: float) -> type:
+def header_timeout_protocol(base: type, timeout_s: float, max_header_bytes: int = 32 * 1024) -> type:
     """A subclass of uvicorn's HTTP protocol ``base`` that closes connections whose request headers
-    do not arrive within ``timeout_s`` (answering 408 when part of a request was sent)."""
+    do not arrive within ``timeout_s`` (answering 408 when part of a request was sent), or pass
+    ``max_header_bytes`` before they are complete (answering 431; httptools itself has no limit)."""
 
     class HeaderTimeoutProtocol(base):  # type: ignore[misc, valid-type]
         _wz_timer: asyncio.TimerHandle | None = None
@@ -170,9 +298,18 @@ def header_timeout_protocol(base: type, timeout_s: float) -> type:
         def data_received(self, data: bytes) -> None:
             self._wz_bytes += len(data)
             super().data_received(data)
-            if self._wz_timer is not None and getattr(self, "cycle", None) is not self._wz_cycle:
+            if self._wz_timer is None:
+                return
+            if getattr(self, "cycle", None) is not self._wz_cycle:
                 self._wz_timer.cancel()  # a new request's headers are complete
                 self._wz_timer = None
+            elif (self._wz_bytes > max_header_bytes and not self.transport.is_closing()
+                  # the rest of a body answered before it was read (413) is not a header
+                  and not getattr(getattr(self, "cycle", None), "more_body", False)):
+                self._wz_timer.cancel()
+                self._wz_timer = None
+                self.transport.write(_TOO_LARGE_RESPONSE)
+                self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -206,3 +343,9 @@ _TIMEOUT_BODY = (b'{"error":{"type":"request_timeout","message":"the request hea
                  b'"status":408}}')
 _TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
                      + f"content-length: {len(_TIMEOUT_BODY)}\r\n\r\n".encode() + _TIMEOUT_BODY)
+
+_TOO_LARGE_BODY = (b'{"error":{"type":"headers_too_large","message":"the request line and headers are over the '
+                   b'server\'s size limit","status":431}}')
+_TOO_LARGE_RESPONSE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                       b"connection: close\r\n" + f"content-length: {len(_TOO_LARGE_BODY)}\r\n\r\n".encode()
+                       + _TOO_LARGE_BODY)

@@ -27,7 +27,8 @@ from workzone.server.middleware import BodyLimitMiddleware
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorResponse, TierEventModel
 from workzone.server.routes import attach_routes
-from workzone.service import DetectionService
+from workzone.io.decode_pool import DecodePool
+from workzone.service import DetectionService, ImageDecoder
 from workzone.server.settings import ServerSettings
 from workzone.server.ui import attach_ui
 
@@ -43,10 +44,16 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
     policy = BatchPolicy(max_batch_size=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000.0,
                          max_queue=settings.queue_size, workers=settings.batch_workers,
                          retry_after_s=float(settings.retry_after_s))
+    # Untrusted bytes are decoded in processes the server can kill (started with the service).
+    processes = (DecodePool(settings.decode_workers, limits, image_cpu_s=settings.image_decode_cpu_s,
+                            heavy_s=settings.heavy_decode_s) if settings.decode_processes else None)
     return DetectionService.from_pipeline(settings.pipeline, device=settings.device, limits=limits, policy=policy,
                                           default_deadline_s=settings.default_deadline_s,
                                           max_deadline_s=settings.max_deadline_s, observer=observer,
-                                          decode_workers=settings.decode_workers, gpu_decode=settings.gpu_decode)
+                                          decode_workers=settings.decode_workers,
+                                          decoder=ImageDecoder(settings.device, limits=limits, gpu_decode=settings.gpu_decode,
+                                                               processes=processes),
+                                          request_decode_cpu_s=settings.request_decode_cpu_s)
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -81,7 +88,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.service = service
     app.state.metrics = metrics
     app.state.admission = admission = Admission(settings.max_inflight, settings.max_held_bytes,
-                                                float(settings.retry_after_s))
+                                                float(settings.retry_after_s),
+                                                max_uploads_per_client=settings.max_uploads_per_client,
+                                                penalty_s=settings.refusal_penalty_s)
     register_exception_handlers(app, default_retry_after=float(settings.retry_after_s))
     attach_routes(app)
     attach_ui(app)
@@ -156,7 +165,8 @@ def create_server(settings: ServerSettings, app: FastAPI | None = None, **config
 
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    config.setdefault("http", header_timeout_protocol(AutoHTTPProtocol, settings.header_timeout_s))
+    config.setdefault("http", header_timeout_protocol(AutoHTTPProtocol, settings.header_timeout_s,
+                                                      settings.max_header_bytes))
     cfg = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                          timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None, **config)
     return _Server(cfg)

@@ -24,6 +24,7 @@ from workzone.errors import (
     BackendUnavailable,
     ConfigError,
     DeadlineExceeded,
+    DecodeBudgetExceeded,
     InvalidImageError,
     MissingExtraError,
     ModelFileError,
@@ -61,6 +62,7 @@ _STATUS: dict[type[BaseException], tuple[int, str]] = {
     UrlFetchFailed: (422, "url_fetch_failed"),
     RequestError: (400, "bad_request"),
     InvalidImageError: (422, "invalid_image"),
+    DecodeBudgetExceeded: (422, "decode_budget_exceeded"),
     Overloaded: (429, "overloaded"),
     ShuttingDown: (503, "shutting_down"),
     NotReady: (503, "not_ready"),
@@ -163,7 +165,8 @@ def register_exception_handlers(app: "FastAPI", default_retry_after: float = 1.0
 
     async def _http(_: "Request", exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        # 400: Starlette's own refusals, e.g. a malformed multipart body (documented as bad_request).
+        kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(exc.status_code, kind, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

@@ -10,6 +10,7 @@ local file path).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +24,9 @@ from workzone.server.protocol import BatchDetectRequest, DetectRequest, ImageInp
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from workzone.service import DetectionService
     from workzone.server.settings import ServerSettings
-    from workzone.types import Image
 
-__all__ = ["RawImage", "read_single", "read_batch", "load_image",
+__all__ = ["RawImage", "read_single", "read_batch", "image_bytes",
            "deadline_header", "parse_deadline"]
 
 DEADLINE_HEADER = "x-deadline-s"
@@ -151,9 +150,15 @@ async def read_batch(request: "Request", max_images: int) -> tuple[list[RawImage
     return images, deadline
 
 
-async def load_image(raw: RawImage, service: "DetectionService", settings: "ServerSettings", *,
-                     end: float | None = None) -> "Image":
-    """Fetch (if a URL, and allowed) and decode one input (decoding starts before ``end``, if given)."""
+async def image_bytes(raw: RawImage, settings: "ServerSettings", *, end: float | None = None) -> bytes:
+    """The encoded bytes of one input: as sent, from base64, or fetched (if a URL, and allowed) within
+    the URL fetch timeout and the request's deadline (``end``, ``time.perf_counter()`` clock).
+
+    Raises:
+        InvalidImageError: empty, or invalid base64.
+        UrlNotAllowed: URL inputs are off, or the URL points at a non-public address.
+        UrlFetchFailed: the fetch failed or did not finish within its budget.
+    """
     data = raw.data
     if raw.b64 is not None:
         data = decode_base64(raw.b64)
@@ -161,8 +166,11 @@ async def load_image(raw: RawImage, service: "DetectionService", settings: "Serv
         if not settings.allow_url_fetch:
             raise UrlNotAllowed("URL inputs are disabled on this server; send the image bytes or base64 instead "
                                 "(the operator can enable them with WORKZONE_ALLOW_URL_FETCH=true)")
+        total = settings.url_fetch_timeout_s
+        if end is not None:
+            total = min(total, max(0.0, end - time.perf_counter()))
         data = await fetch_image_bytes(raw.url, max_bytes=settings.max_body_bytes,
-                                       timeout_s=settings.url_fetch_timeout_s)
+                                       timeout_s=settings.url_fetch_timeout_s, total_s=total)
     if not data:
         raise InvalidImageError(f"{raw.source}: the image is empty (0 bytes)")
-    return await service.decode(data, raw.source, end=end)
+    return data

@@ -7,7 +7,8 @@ Exposed at ``GET /metrics``:
 * ``workzone_exits_total{tier,reason}``: where images leave the cascade
 * ``workzone_batch_size`` and ``workzone_queue_wait_seconds``: what the micro-batcher forms
 * ``workzone_queue_depth``, ``workzone_batch_running``, ``workzone_ready`` and
-  ``workzone_breaker_state{stage,state}`` (1 for the current state), read at scrape time.
+  ``workzone_breaker_state{stage,state}`` (1 for the current state), ``workzone_decoder_kills_total``,
+  read at scrape time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -95,7 +96,11 @@ class _ServiceCollector(Collector):
             state = getattr(breaker, "state", None) if breaker is not None else None
             if state is not None:
                 breakers.add_metric([stage.name, str(getattr(state, "value", state))], 1.0)
-        yield from (depth, running, ready, breakers)
+        killed = CounterMetricFamily("workzone_decoder_kills", "decoder processes killed for passing a CPU budget "
+                                     "or deadline (each replaced at once)")
+        processes = getattr(getattr(svc, "decoder", None), "processes", None)
+        killed.add_metric([], float(processes.killed if processes is not None else 0))
+        yield from (depth, running, ready, breakers, killed)
 
 
 class MetricsMiddleware:

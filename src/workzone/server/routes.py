@@ -17,10 +17,11 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from workzone.cascade import TierEvent
-from workzone.errors import DeadlineExceeded, Overloaded, Unauthorized
-from workzone.server.admission import arrival_time, charge
+from workzone.errors import DeadlineExceeded, DecodeBudgetExceeded, InvalidImageError, Overloaded, Unauthorized
+from workzone.io.images import ImageHeader
+from workzone.server.admission import arrival_time, reserve
 from workzone.server.errors import error_body, error_status, public_decision, public_message
-from workzone.server.inputs import deadline_header, load_image, read_batch, read_single
+from workzone.server.inputs import RawImage, deadline_header, image_bytes, read_batch, read_single
 from workzone.server.protocol import (
     BatchDetectRequest,
     BatchDetectResponse,
@@ -140,15 +141,15 @@ async def detect(request: Request) -> dict[str, Any]:
     """One image as a multipart upload (field ``image``), raw bytes (``image/*`` or
     ``application/octet-stream``), or JSON with base64. Returns P(road work), the label and the
     evidence of every stage that ran. The deadline comes from ``X-Deadline-S`` or ``deadline_s``."""
-    svc, settings = _service(request), _settings(request)
+    svc = _service(request)
     raw, body_deadline = await read_single(request)
     deadline = svc.resolve_deadline(deadline_header(request) or body_deadline)
     arrived = arrival_time(request)
     try:
-        image = await _load_charged(request, raw, deadline)
+        (image,) = await _load(request, [raw], deadline)
     except DeadlineExceeded:
         return public_decision(svc.prior_decision(raw.source, "the deadline passed before the image was decoded"))
-    decision = await svc.detect(image, deadline_s=deadline, arrived_at=arrived)
+    decision = await svc.detect(image, deadline_s=deadline, arrived_at=arrived)  # type: ignore[arg-type]
     return public_decision(decision)
 
 
@@ -156,29 +157,26 @@ async def detect(request: Request) -> dict[str, Any]:
          openapi_extra=_content("BatchDetectRequest", raw=False, multi=True))
 async def detect_batch(request: Request) -> dict[str, Any]:
     """Many images in one call (multipart files, or JSON ``images``). An image that cannot be read
-    gets its own error in ``results``; the others are still decided. The whole batch is queued or
-    refused (429) at once."""
+    gets its own error in ``results``; the others are still decided. The whole batch is refused at
+    once when it would pass the memory budget (429, from the images' headers), when its images
+    together pass the request's decode budget (422), or when none of its images can be read (422)."""
     svc, settings = _service(request), _settings(request)
     raws, body_deadline = await read_batch(request, settings.max_batch_images)
     deadline = svc.resolve_deadline(deadline_header(request) or body_deadline)
     arrived = arrival_time(request)
-    # Decoded through the service's decode slots (decode_workers at a time), each charged to the
-    # memory budget as it lands; a batch that would pass the budget is refused as a whole (429).
-    loaded = await asyncio.gather(*(_load_charged(request, r, deadline) for r in raws), return_exceptions=True)
+    loaded = await _load(request, raws, deadline, batch=True)
     results: list[dict[str, Any]] = [{"index": i} for i in range(len(raws))]
     ok = [i for i, x in enumerate(loaded) if not isinstance(x, BaseException)]
     for i, x in enumerate(loaded):
-        if isinstance(x, BaseException):
-            if not isinstance(x, Exception):
-                raise x
-            if isinstance(x, Overloaded):
-                raise x
-            if isinstance(x, DeadlineExceeded):
-                why = "the deadline passed before the image was decoded"
-                results[i]["decision"] = public_decision(svc.prior_decision(raws[i].source, why))
-                continue
+        if isinstance(x, DeadlineExceeded):
+            why = "the deadline passed before the image was decoded"
+            results[i]["decision"] = public_decision(svc.prior_decision(raws[i].source, why))
+        elif isinstance(x, BaseException):
             status, kind = error_status(x)
             results[i]["error"] = error_body(status, kind, public_message(x))["error"]
+    if not ok and all(isinstance(x, InvalidImageError) for x in loaded):
+        raise InvalidImageError(f"none of the batch's {len(raws)} image(s) could be read; the first: "
+                                f"{public_message(loaded[0])}")  # type: ignore[arg-type]
     if ok:
         decisions = await svc.detect_many([loaded[i] for i in ok], deadline_s=deadline,  # type: ignore[misc]
                                           arrived_at=arrived)
@@ -187,23 +185,48 @@ async def detect_batch(request: Request) -> dict[str, Any]:
     return {"results": results}
 
 
-async def _load_charged(request: Request, raw: Any, deadline: float | None) -> Any:
-    """Fetch and decode one input within the request's deadline; its pixels count against the
-    memory budget until the response is sent.
+async def _load(request: Request, raws: list[RawImage], deadline: float | None, batch: bool = False) -> list[Any]:
+    """Fetch and decode a request's inputs within its deadline and its decode budget: every image's
+    header is read first and its pixels are reserved against the memory budget (all images of the
+    request at once) before any pixel is decoded.
+
+    Returns:
+        Per input, the decoded image or the exception that input raised (``InvalidImageError``,
+        ``DeadlineExceeded``, a URL error) when ``batch``; otherwise the one input's exception is raised.
 
     Raises:
-        Overloaded: the decoded pixels would pass the memory budget.
-        DeadlineExceeded: the deadline passed before a decode slot came free.
+        Overloaded: the request's pixels would pass the memory budget.
+        DecodeBudgetExceeded: the request's images together ran past its decode budget.
     """
     svc, settings = _service(request), _settings(request)
     end = None if deadline is None else arrival_time(request) + deadline
-    image = await load_image(raw, svc, settings, end=end)
-    # From the size, not the pixels: on a GPU server JPEGs are decoded later, a batch at a time.
-    charge(request, image.width * image.height * 3)
-    admission = request.app.state.admission
-    if admission.held_bytes > admission.max_held_bytes:
-        raise Overloaded(admission.inflight, admission.max_inflight, admission.retry_after_s)
-    return image
+    budget = svc.decode_budget()
+
+    async def head(raw: RawImage) -> tuple[bytes, ImageHeader]:
+        data = await image_bytes(raw, settings, end=end)
+        return data, await svc.probe(data, raw.source, end=end, budget=budget)
+
+    heads = await asyncio.gather(*(head(r) for r in raws), return_exceptions=True)
+    _raise_request_wide(heads, single=not batch)
+    reserve(request, sum(h[1].out_bytes for h in heads if not isinstance(h, BaseException)))
+
+    async def body(raw: RawImage, h: Any) -> Any:
+        if isinstance(h, BaseException):
+            raise h
+        return await svc.decode(h[0], raw.source, end=end, budget=budget, cost_s=h[1].cost_s)
+
+    loaded = await asyncio.gather(*(body(r, h) for r, h in zip(raws, heads)), return_exceptions=True)
+    _raise_request_wide(loaded, single=not batch)
+    return loaded
+
+
+def _raise_request_wide(results: list[Any], single: bool) -> None:
+    """Raise what fails the whole request: cancellation, the request's decode budget, or (for a
+    single input) that input's error."""
+    for x in results:
+        if isinstance(x, BaseException) and (not isinstance(x, Exception) or single or isinstance(x, Overloaded)
+                                             or isinstance(x, DecodeBudgetExceeded) and x.whole_request):
+            raise x
 
 
 def _sse(event: str, data: Any) -> bytes:
@@ -222,11 +245,16 @@ async def detect_stream(request: Request) -> StreamingResponse:
     svc = _service(request)
     raw, body_deadline = await read_single(request)
     deadline = svc.resolve_deadline(deadline_header(request) or body_deadline)
-    image = await _load_charged(request, raw, deadline)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    try:
+        (image,) = await _load(request, [raw], deadline)
+    except DeadlineExceeded:  # as /v1/detect: the prior, marked degraded (not a 504)
+        prior = svc.prior_decision(raw.source, "the deadline passed before the image was decoded")
+        return StreamingResponse(iter([_sse("decision", public_decision(prior))]), media_type="text/event-stream",
+                                 headers=headers)
     events: asyncio.Queue[TierEvent] = asyncio.Queue()
     (future,) = svc.submit([image], deadline_s=deadline, on_event=events.put_nowait, arrived_at=arrival_time(request))
-    return StreamingResponse(_stream(future, events), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(_stream(future, events), media_type="text/event-stream", headers=headers)
 
 
 async def _stream(future: asyncio.Future, events: asyncio.Queue[TierEvent]) -> AsyncIterator[bytes]:

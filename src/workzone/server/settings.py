@@ -49,11 +49,29 @@ class ServerSettings(BaseSettings):
     max_held_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024,
                                 description="request bodies and decoded pixels held at once; above it new "
                                 "requests are refused (429) before their body is read")
+    max_uploads_per_client: int = Field(default=16, ge=1, description="request bodies one client address (IPv6: "
+                                        "its /64) may be sending at once; more are refused (429) before their "
+                                        "body is read. Bodies still arriving are not counted as queued work")
+    refusal_penalty_s: float = Field(default=1.0, ge=0, le=60, description="a client address with more than 5 "
+                                     "images refused (422) in 10 s has each further request held this long before "
+                                     "any work (0: never)")
     decode_workers: int = Field(default=2, ge=1, le=64, description="images decoded at the same time")
+    decode_processes: bool = Field(default=True, description="decode in worker processes that are killed past the "
+                                   "CPU budget (false: in threads, which cannot be stopped)")
+    image_decode_cpu_s: float = Field(default=1.0, gt=0, le=60, description="most CPU seconds one image's decode "
+                                      "may take; past it the decoder is killed and the image refused (422)")
+    request_decode_cpu_s: float = Field(default=2.0, gt=0, le=600, description="most CPU seconds the decodes of "
+                                        "one request may take together (a batch shares it; past it: 422)")
+    heavy_decode_s: float = Field(default=0.2, gt=0, le=60, description="expected decode CPU seconds (from the "
+                                  "header) above which an image waits for the costly-image decoder (one process, "
+                                  "lower CPU priority), not the ones cheap images use")
     max_decode_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024,
                                   description="most memory one image may need to decode (from its header)")
     header_timeout_s: float = Field(default=10.0, gt=0, le=600, description="time to receive a request's headers")
-    body_timeout_s: float = Field(default=30.0, gt=0, le=600, description="time between body chunks")
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024,
+                                  description="largest request line + headers (then 431 and close)")
+    body_timeout_s: float = Field(default=30.0, gt=0, le=600, description="time to receive the whole body (never "
+                                  "past the request's deadline); then 408")
 
     # -- batching and deadlines -------------------------------------------------------------------
     batch_size: int = Field(default=16, ge=1, le=1024, description="most images the cascade runs together")

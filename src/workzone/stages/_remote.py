@@ -12,7 +12,8 @@ its full timeout. One :class:`Resilience` belongs to one stage instance: nothing
 
 States of the breaker::
 
-    closed ──(failure_threshold consecutive failures, timeouts and cancellations included)──> open
+    closed ──(failure_threshold consecutive failures, timeouts and cancellations included,
+              or timeout_threshold consecutive timeouts)──> open
     open ──(cooldown_s elapsed, next call)──> half-open   (one trial call at a time)
     half-open ──success──> closed      half-open ──failure──> open (cool-down starts again)
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, TypeVar
@@ -42,6 +44,8 @@ __all__ = ["BreakerState", "CircuitBreaker", "ResilienceParams", "Resilience", "
            "OpenAIEndpointParams", "OpenAIChat", "OpenAIChatStage", "collect_outputs"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("workzone.stages")
 
 
 class BreakerState(str, enum.Enum):
@@ -62,6 +66,10 @@ class CircuitBreaker:
         counted: exception types that count as a backend failure; others (a bad request) pass
             through without touching the state. A cancelled call (the caller's deadline ran out
             while the backend said nothing) always counts.
+        timeout_threshold: consecutive timeouts (a ``timeouts`` exception, or a cancellation) that
+            open the circuit even below ``failure_threshold``: a frozen backend costs every call its
+            whole timeout, so it gets fewer tries than one that fails fast. ``None``: no such rule.
+        timeouts: exception types that are timeouts.
         clock: monotonic clock in seconds (injectable so tests need not sleep).
 
     Attributes:
@@ -75,6 +83,7 @@ class CircuitBreaker:
 
     def __init__(self, name: str, *, failure_threshold: int = 5, cooldown_s: float = 30.0,
                  counted: tuple[type[BaseException], ...] = (Exception,),
+                 timeout_threshold: int | None = None, timeouts: tuple[type[BaseException], ...] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         if failure_threshold < 1:
             raise ValueError(f"failure_threshold: expected >= 1, got {failure_threshold}")
@@ -84,9 +93,12 @@ class CircuitBreaker:
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
         self.counted = counted
+        self.timeout_threshold = timeout_threshold
+        self.timeouts = timeouts
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._failures = 0
+        self._timeouts = 0
         self._trial_in_flight = False
         self.opened_at: float | None = None
         #: How many calls were refused while open (for metrics).
@@ -108,7 +120,7 @@ class CircuitBreaker:
         """JSON-ready state for ``describe()`` and metrics."""
         return {"state": self.state.value, "failures": self._failures, "opened_at": self.opened_at,
                 "rejected": self.rejected, "failure_threshold": self.failure_threshold,
-                "cooldown_s": self.cooldown_s}
+                "timeout_threshold": self.timeout_threshold, "cooldown_s": self.cooldown_s}
 
     def check(self) -> None:
         """Raise :class:`BackendUnavailable` if a call would be refused now (takes no trial slot)."""
@@ -131,13 +143,13 @@ class CircuitBreaker:
             self._trial_in_flight = True
         try:
             result = await fn(*args, **kwargs)
-        except self.counted:
-            self.record_failure()
+        except self.counted as exc:
+            self.record_failure(timeout=isinstance(exc, self.timeouts))
             raise
         except asyncio.CancelledError:
             # A call cancelled by the caller's deadline is a backend that did not answer in time: a
             # frozen server never raises, it is only ever cancelled, so this must count.
-            self.record_failure()
+            self.record_failure(timeout=True)
             raise
         except BaseException:
             # Cancellation or an error that says nothing about the backend's health: a trial that
@@ -153,12 +165,15 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         self._failures = 0
+        self._timeouts = 0
         self._state = BreakerState.CLOSED
         self.opened_at = None
 
-    def record_failure(self) -> None:
+    def record_failure(self, timeout: bool = False) -> None:
         self._failures += 1
-        if self._state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold:
+        self._timeouts = self._timeouts + 1 if timeout else 0
+        slow = self.timeout_threshold is not None and self._timeouts >= self.timeout_threshold
+        if self._state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold or slow:
             self._state = BreakerState.OPEN
             self.opened_at = self._clock()
 
@@ -206,6 +221,8 @@ class ResilienceParams(StageParams):
     retry_backoff_s: float = Field(default=0.2, ge=0, le=30, description="first backoff; doubles per retry")
     retry_timeouts: bool = Field(default=False, description="also retry requests that timed out")
     breaker_failures: int = Field(default=5, ge=1, le=1000, description="consecutive failures that open the circuit")
+    breaker_timeouts: int = Field(default=2, ge=1, le=1000, description="consecutive timeouts that open the circuit "
+                                  "(a frozen backend costs each call its whole timeout: it gets fewer tries)")
     breaker_cooldown_s: float = Field(default=30.0, ge=0, le=3600, description="open time before a trial call")
 
 
@@ -220,7 +237,9 @@ class Resilience:
         self.params = params
         self.breaker = CircuitBreaker(name, failure_threshold=params.breaker_failures,
                                       cooldown_s=params.breaker_cooldown_s,
-                                      counted=(BackendUnavailable, DeadlineExceeded), clock=clock)
+                                      counted=(BackendUnavailable, DeadlineExceeded),
+                                      timeout_threshold=params.breaker_timeouts, timeouts=(DeadlineExceeded,),
+                                      clock=clock)
         retry_on: tuple[type[BaseException], ...] = (BackendUnavailable,)
         if params.retry_timeouts:
             retry_on += (DeadlineExceeded,)
@@ -327,7 +346,7 @@ class OpenAIChatStage(Stage):
     """Base of the stages that call an OpenAI-compatible endpoint through :class:`OpenAIChat`.
 
     Holds the client (``self.chat``, created by :meth:`load` on the injected ``http_client`` when
-    the host gives one), exposes its breaker, reports the endpoint in :meth:`describe` and closes
+    the host gives one), exposes its breaker, keeps the endpoint out of :meth:`describe` and closes
     the client in :meth:`aclose`. Subclasses implement ``predict`` and call :meth:`_loaded_chat`.
     """
 
@@ -365,8 +384,10 @@ class OpenAIChatStage(Stage):
         return self.require_loaded(self.chat)
 
     def describe(self) -> dict[str, Any]:
+        # No endpoint: /v1/pipeline shows this to every caller, and the backend's address is the
+        # operator's business (it is in the pipeline file and the log).
         d = super().describe()
-        d["endpoint"] = self.params.base_url
+        d["params"].pop("base_url", None)
         d["breaker"] = None if self.breaker is None else self.breaker.snapshot()
         return d
 
@@ -380,7 +401,9 @@ def collect_outputs(results: list[Any]) -> list[StageOutput]:
     """Per-image results -> outputs; if every image failed, raise the first error for the cascade.
 
     A partial failure (one image's request died after its retries) abstains for that image only,
-    with the error in a note, so one bad request does not throw away the batch's other answers.
+    with its error type in a note and in ``error_type`` (the decision is marked degraded), so one bad
+    request does not throw away the batch's other answers. The full error text, which names the
+    backend URL, goes to the log only.
     """
     errors = [r for r in results if isinstance(r, BaseException)]
     for e in errors:
@@ -388,8 +411,10 @@ def collect_outputs(results: list[Any]) -> list[StageOutput]:
             raise e
     if errors and len(errors) == len(results):
         raise errors[0]
-    return [StageOutput(None, Evidence(notes=(f"request failed: {r}",))) if isinstance(r, BaseException) else r
-            for r in results]
+    for e in errors:  # the text names the backend URL: the log keeps it, the answer gets the type only
+        log.warning("a remote request failed for one image of a batch: %s: %s", type(e).__name__, e)
+    return [StageOutput(None, Evidence(notes=(f"request failed: {type(r).__name__}",)), error_type=type(r).__name__)
+            if isinstance(r, BaseException) else r for r in results]
 
 
 def _error_text(resp: Any) -> str:

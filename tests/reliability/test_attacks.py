@@ -1,0 +1,356 @@
+"""The cheap attacks of issue 20, each against a real server on loopback (short versions; the load
+runs are in benchmarks/reliability.py): slow bodies, CPU bombs, memory charged after decoding, a
+URL fetch outliving its deadline, unmarked degraded answers and leaked backend URLs, IFD/EXIF
+bombs, oversized headers, and the small points (malformed multipart, SSRF ranges, breaker)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from server_support import FAST_TIER, write_pipeline  # noqa: E402  (tests/server on sys.path, see conftest)
+from tests.fakes.openai_server import FakeOpenAIServer, Reply
+from tests.reliability.corpus import attack_inputs, load_seeds
+from workzone.errors import InvalidImageError, UrlFetchFailed
+from workzone.io.images import decode_image
+from workzone.server.fetch import fetch_image_bytes, is_public_address
+
+ATTACKER = "127.0.0.2"  # loopback too (all of 127/8 is), but another client address than the honest 127.0.0.1
+
+
+@pytest.fixture(scope="module")
+def attacks() -> dict[str, bytes]:
+    return attack_inputs()
+
+
+def _slow_body(port: int, deadline: str | None = None, source: str = ATTACKER) -> socket.socket:
+    """A client that sends its headers and the first byte of a 100 KB body, then nothing more for now."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    extra = f"X-Deadline-S: {deadline}\r\n" if deadline else ""
+    s.sendall(f"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n"
+              f"{extra}\r\nx".encode())
+    return s
+
+
+def _status(s: socket.socket, timeout: float) -> tuple[int | None, float]:
+    """The status code the server sends on ``s`` and when (seconds from now); None if it sends none."""
+    t = time.perf_counter()
+    s.settimeout(timeout)
+    try:
+        head = s.recv(64)
+    except (socket.timeout, ConnectionError):
+        return None, time.perf_counter() - t
+    return (int(head.split()[1]) if head.startswith(b"HTTP/1.1") else None), time.perf_counter() - t
+
+
+def test_slow_bodies_are_not_queued_work_and_have_a_per_client_limit(live_server, model_dir: Path):
+    try:
+        socket.socket().bind((ATTACKER, 0))
+    except OSError:
+        pytest.skip(f"cannot bind {ATTACKER} (loopback is not 127/8 here)")
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "slowbody")), max_uploads_per_client=4,
+                      max_inflight=8)
+    slow = [_slow_body(srv.port) for _ in range(12)]
+    try:
+        # Beyond the attacker's 4 uploads, its connections are refused at once, before any body.
+        statuses = [_status(s, 3.0) for s in slow[4:]]
+        assert all(code == 429 and t < 2.0 for code, t in statuses), statuses
+        assert srv.app.state.admission.inflight == 0  # bodies still arriving are not queued work
+        body = load_seeds()["baseline.jpg"]
+        for _ in range(10):  # the honest client (another address) with a short deadline is served
+            r = httpx.post(srv.url + "/v1/detect", content=body, timeout=10,
+                           headers={"Content-Type": "image/jpeg", "X-Deadline-S": "2"})
+            assert r.status_code == 200 and not r.json()["degraded"], r.text
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_a_body_must_arrive_whole_within_the_deadline(live_server, model_dir: Path):
+    # body_timeout_s is 30 s and each chunk comes well within it: the 1-s deadline still ends it.
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "trickle")), body_timeout_s=30)
+    s = _slow_body(srv.port, deadline="1", source="127.0.0.1")
+    try:
+        t = time.perf_counter()
+        for _ in range(8):
+            time.sleep(0.25)
+            try:
+                s.sendall(b"y")
+            except OSError:
+                break
+        code, _ = _status(s, 5.0)
+        assert code == 408 and time.perf_counter() - t < 3.0
+    finally:
+        s.close()
+    assert _released(srv.app.state.admission)
+
+
+def _released(admission) -> bool:
+    """True once nothing is held (the response goes out before a request's bookkeeping is released)."""
+    end = time.monotonic() + 5
+    while (admission.uploads or admission.held_bytes or admission.inflight) and time.monotonic() < end:
+        time.sleep(0.02)
+    return not (admission.uploads or admission.held_bytes or admission.inflight)
+
+
+def test_unbounded_decoders_are_refused_from_the_header(attacks):
+    t = time.perf_counter()
+    with pytest.raises(InvalidImageError, match="RLE-compressed BMP"):
+        decode_image(attacks["rle_bmp_4000"])  # Pillow alone takes seconds on it (benchmarks/reliability.py)
+    assert time.perf_counter() - t < 0.5
+
+
+def _noise_png(side: int, seed: int = 0) -> bytes:
+    px = np.random.default_rng(seed).integers(0, 256, (side, side, 3), np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(px).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def test_a_decode_past_its_cpu_budget_is_killed_and_the_server_goes_on(live_server, model_dir: Path):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "cpubudget")), image_decode_cpu_s=0.02)
+    big = _noise_png(2400)  # tens of ms of CPU to decode: over this server's 0.02 s
+    t = time.perf_counter()
+    r = httpx.post(srv.url + "/v1/detect", content=big, headers={"Content-Type": "image/png"}, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["type"] == "decode_budget_exceeded", r.text
+    assert time.perf_counter() - t < 3.0
+    assert srv.app.state.service.decoder.processes.killed >= 1
+    assert "workzone_decoder_kills_total 1.0" in httpx.get(srv.url + "/metrics").text
+    ok = httpx.post(srv.url + "/v1/detect", content=load_seeds()["baseline.jpg"],
+                    headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert ok.status_code == 200  # the killed decoder was replaced
+
+
+def test_a_batch_shares_one_decode_budget_and_is_refused_whole(live_server, model_dir: Path):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "batchbudget")), request_decode_cpu_s=0.01,  # one CPU tick
+                      max_batch_images=64)
+    files = [("images", (f"{k}.png", _noise_png(700, k), "image/png")) for k in range(12)]  # ~20 ms of CPU each
+    t = time.perf_counter()
+    r = httpx.post(srv.url + "/v1/detect/batch", files=files, timeout=60)
+    assert r.status_code == 422 and r.json()["error"]["type"] == "decode_budget_exceeded", r.text[:300]
+    assert time.perf_counter() - t < 5.0
+
+
+def test_a_batch_of_unreadable_images_is_refused_whole(fuzz_like_server, attacks):
+    bomb = base64.b64encode(attacks["rle_bmp_4000"]).decode()
+    t = time.perf_counter()
+    r = httpx.post(fuzz_like_server.url + "/v1/detect/batch", json={"images": [{"image": bomb}] * 64}, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_image", r.text[:300]
+    assert time.perf_counter() - t < 2.0
+
+
+@pytest.fixture(scope="module")
+def fuzz_like_server(model_dir: Path):
+    from server_support import LiveServer
+
+    srv = LiveServer(pipeline=str(write_pipeline(model_dir, "attacks")), max_batch_images=64).start()
+    yield srv
+    srv.stop()
+
+
+def test_pixels_are_reserved_from_the_header_before_decoding(live_server, model_dir: Path, attacks):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "reserve")), max_held_bytes=100 * 2**20)
+    webp = base64.b64encode(attacks["webp_4896"]).decode()  # 1 KB that decodes to 48 MiB (after downscaling)
+    decoder = srv.app.state.service.decoder.processes
+    r = httpx.post(srv.url + "/v1/detect/batch", json={"images": [{"image": webp}] * 6}, timeout=60)
+    assert r.status_code == 422 and "MiB once decoded" in r.json()["error"]["message"]  # 288 MiB > 100 MiB
+    assert decoder.decoded == 0  # refused from the headers: not one pixel decoded
+    srv2 = live_server(pipeline=str(write_pipeline(model_dir, "reserve2")), max_held_bytes=60 * 2**20)
+    admission = srv2.app.state.admission
+    admission.held_bytes += 30 * 2**20  # another request holds 30 MiB
+
+    r = httpx.post(srv2.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
+                   timeout=60)
+    assert r.status_code == 429 and srv2.app.state.service.decoder.processes.decoded == 0
+    admission.held_bytes -= 30 * 2**20
+    assert _released(admission)
+
+
+def test_a_url_fetch_never_outlives_its_budget():
+    # A server that sends its headers, then one byte of the body every 0.2 s, forever.
+    ready = threading.Event()
+    stop = threading.Event()
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    port = lsock.getsockname()[1]
+
+    def trickle() -> None:
+        ready.set()
+        conn, _ = lsock.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")
+        while not stop.is_set():
+            try:
+                conn.sendall(b"\xff")
+            except OSError:
+                break
+            time.sleep(0.2)
+        conn.close()
+
+    th = threading.Thread(target=trickle, daemon=True)
+    th.start()
+    ready.wait()
+    t = time.perf_counter()
+    try:
+        with pytest.raises(UrlFetchFailed, match="did not arrive whole within 1 s"):
+            asyncio.run(fetch_image_bytes(f"http://127.0.0.1:{port}/a.jpg", max_bytes=10**6, timeout_s=5,
+                                          total_s=1.0, allow=lambda addr: True))
+        assert time.perf_counter() - t < 2.5  # each read came within timeout_s: only the total stops it
+    finally:
+        stop.set()
+        lsock.close()
+        th.join(5)
+
+
+VLM_TIER = """\
+  - name: vlm
+    stages:
+      - {{name: vlm, kind: vlm_openai, base_url: "{url}", model: fake-vlm, max_pixels: 4096, retries: 0,
+          timeout_s: 5}}
+    fusion: {{weights: {{clf: 0.5, vlm: 1.0}}}}
+"""
+NEVER_EXIT = FAST_TIER + "    fusion: {weights: {clf: 1.0}}\n    exit: {lower: 0.0, upper: 1.0}\n"
+
+
+def test_an_image_that_lost_its_stage_is_marked_degraded_and_no_url_is_shown(live_server, model_dir: Path):
+    pytest.importorskip("tenacity")
+    backend = FakeOpenAIServer(Reply(p_yes=0.9)).start()
+    lock, seen = threading.Lock(), []
+
+    def every_other(body: dict) -> Reply:  # the second request of each pair gets HTTP 500
+        with lock:
+            seen.append(1)
+            return Reply(p_yes=0.9) if len(seen) % 2 else Reply(status=500)
+
+    backend.set_reply(every_other)
+    try:
+        srv = live_server(pipeline=str(write_pipeline(model_dir, "degraded", first_tier=NEVER_EXIT,
+                                                      more_tiers=VLM_TIER.format(url=backend.url))))
+        imgs = [{"image": base64.b64encode(load_seeds()[n]).decode()} for n in ("baseline.jpg", "rgb.png")]
+        r = httpx.post(srv.url + "/v1/detect/batch", json={"images": imgs}, timeout=30)
+        assert r.status_code == 200
+        decisions = [x["decision"] for x in r.json()["results"]]
+        assert sorted(d["degraded"] for d in decisions) == [False, True]
+        lost = next(d for d in decisions if d["degraded"])
+        assert lost["degraded_reason"] == "skipped failed stage(s) vlm (BackendUnavailable)"
+        vlm = next(s for s in lost["stages"] if s["stage"] == "vlm")
+        assert vlm["error"] == "BackendUnavailable" and vlm["evidence"]["notes"] == ["request failed: BackendUnavailable"]
+        described = httpx.get(srv.url + "/v1/pipeline").text
+        for text in (r.text, described):
+            assert "http://" not in text and str(backend.port) not in text
+    finally:
+        backend.stop()
+
+
+def test_headers_over_the_limit_get_431(live_server, model_dir: Path):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "headers")), max_header_bytes=8192)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 20000 + b"\r\n")
+        s.settimeout(5)
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431") and b"headers_too_large" in answer
+    ok = httpx.get(srv.url + "/healthz", headers={"X-Pad": "a" * 4000})
+    assert ok.status_code == 200
+
+
+def test_malformed_multipart_is_a_documented_bad_request(fuzz_like_server):
+    r = httpx.post(fuzz_like_server.url + "/v1/detect", content=b"--x\r\nContent-Disposition: form-data\r\n\r\nab",
+                   headers={"Content-Type": "multipart/form-data; boundary=x"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "bad_request", r.text
+
+
+@pytest.mark.parametrize("addr", [
+    "fec0::1",                      # IPv6 site-local (deprecated, still routed in places)
+    "fe80::5efe:a9fe:a9fe",         # ISATAP embedding 169.254.169.254
+    "2001:db8:1::200:5efe:a00:1",   # ISATAP (universal bit set) embedding 10.0.0.1
+    "192.88.99.1",                  # 6to4 relay anycast
+])
+def test_ssrf_guard_refuses_the_ranges_issue_20_found(addr):
+    assert not is_public_address(addr)
+
+
+def test_isatap_with_a_public_ipv4_is_allowed():
+    assert is_public_address("2606:4700::5efe:808:808")  # ISATAP id around 8.8.8.8 under a public prefix
+
+
+def test_costly_images_wait_for_their_own_lower_priority_decoder():
+    import os
+
+    from workzone.io.decode_pool import DecodeBudget, DecodePool
+    from workzone.io.images import ImageLimits, probe_image
+
+    costly = _noise_png(2400)
+    cheap = load_seeds()["baseline.jpg"]
+    assert probe_image(costly).cost_s > 0.1 > probe_image(cheap).cost_s
+
+    async def go() -> tuple[list[str], int]:
+        pool = DecodePool(1, ImageLimits(), heavy_s=0.1, heavy_workers=1)
+        await pool.start()
+        try:
+            order: list[str] = []
+
+            async def one(name: str, data: bytes) -> None:
+                await pool.decode(data, name, DecodeBudget(5.0), cost_s=probe_image(data).cost_s)
+                order.append(name)
+
+            # Two costly images queue for the one costly-lane decoder; the cheap one does not wait.
+            await asyncio.gather(one("costly1", costly), one("costly2", costly), one("cheap", cheap))
+            heavy = next(w for w in pool._all if w.heavy)
+            return order, os.getpriority(os.PRIO_PROCESS, heavy.proc.pid) - os.getpriority(os.PRIO_PROCESS, 0)
+        finally:
+            await pool.aclose()
+
+    order, nicer = asyncio.run(go())
+    assert order[0] == "cheap" and nicer == 10
+
+
+def test_a_stream_whose_deadline_passes_before_decoding_gets_the_prior_not_a_504(fuzz_like_server):
+    r = httpx.post(fuzz_like_server.url + "/v1/detect/stream", content=load_seeds()["rgb.png"], timeout=10,
+                   headers={"Content-Type": "image/png", "X-Deadline-S": "0.001"})
+    assert r.status_code == 200 and r.text.startswith("event: decision")
+    assert '"degraded":true' in r.text
+
+
+def test_a_one_image_batch_whose_deadline_passes_gets_the_prior_not_a_504(fuzz_like_server):
+    b64 = base64.b64encode(load_seeds()["rgb.png"]).decode()
+    r = httpx.post(fuzz_like_server.url + "/v1/detect/batch", json={"images": [{"image": b64}]}, timeout=10,
+                   headers={"X-Deadline-S": "0.001"})
+    assert r.status_code == 200 and r.json()["results"][0]["decision"]["degraded"], r.text[:300]
+
+
+def test_a_client_whose_images_keep_being_refused_is_slowed_down_others_are_not(live_server, model_dir: Path, attacks):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "penalty")), refusal_penalty_s=0.5)
+    bomb, good = attacks["rle_bmp_4000"], load_seeds()["baseline.jpg"]
+
+    async def go() -> tuple[list[float], float]:
+        from tests.reliability.fuzz import HttpRequest, raw_request
+
+        times = []
+        for _ in range(8):  # back to back from the attacker's address
+            r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/bmp", bomb), 10, ATTACKER)
+            assert r.status == 422
+            times.append(r.latency_s)
+        r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/jpeg", good), 10)
+        assert r.status == 200
+        return times, r.latency_s
+
+    try:
+        socket.socket().bind((ATTACKER, 0))
+    except OSError:
+        pytest.skip(f"cannot bind {ATTACKER}")
+    times, honest = asyncio.run(go())
+    assert max(times[:5]) < 0.4 and min(times[6:]) >= 0.5  # past 5 refusals, each costs the attacker 0.5 s
+    assert honest < 0.4
