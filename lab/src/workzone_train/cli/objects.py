@@ -1,4 +1,4 @@
-"""``workzone train objects-fold``, ``objects-loso``, ``objects-pack``: the shipped nine-class object detector.
+"""``workzone train objects-fold``, ``objects-loso``, ``objects-pack``: the shipped ten-class object detector.
 
 The options are parsed by :mod:`workzone_train.object_train` itself (``--help`` shows them), so these
 commands hand every argument on unchanged.
