@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = ["FEATURE_VERSION", "DETECTION_FLOOR", "MAX_DETECTIONS", "COUNT_AT", "LOGIT_CLIP", "LOOKALIKE_CLASSES",
-           "feature_names", "object_features", "lookalike_indices", "ObjectDecision"]
+           "clipped_logit", "feature_names", "object_features", "lookalike_indices", "LinearDecision", "ObjectDecision"]
 
 FEATURE_VERSION = 1
 # Detections below this score, or past this many, are not summarised: the decision is fitted on
@@ -37,7 +37,8 @@ _LOGIT_CLIP = 6.0
 COUNT_AT, LOGIT_CLIP = _COUNT_AT, _LOGIT_CLIP
 
 
-def _logit(p: np.ndarray | float) -> np.ndarray:
+def clipped_logit(p: np.ndarray | float) -> np.ndarray:
+    """Log-odds of ``p`` (taken in [0.001, 0.999]) clipped to ±LOGIT_CLIP: bounded, so no box dominates."""
     p = np.clip(np.asarray(p, np.float64), 1e-3, 1 - 1e-3)
     return np.clip(np.log(p / (1 - p)), -_LOGIT_CLIP, _LOGIT_CLIP)
 
@@ -78,18 +79,57 @@ def object_features(det: np.ndarray, num_classes: int, image_height: float = 1.0
     scores, cls = det[:, 4], det[:, 5].astype(int)
     for c in range(num_classes):
         s = scores[cls == c]
-        out[2 * c] = _logit(s.max() if len(s) else 0.0)
+        out[2 * c] = clipped_logit(s.max() if len(s) else 0.0)
         out[2 * c + 1] = math.log1p(int((s >= _COUNT_AT).sum()))
     evidence = ~np.isin(cls, np.asarray(lookalikes, int))
     det, scores = det[evidence], scores[evidence]
-    out[2 * num_classes] = _logit(scores.max() if len(scores) else 0.0)
+    out[2 * num_classes] = clipped_logit(scores.max() if len(scores) else 0.0)
     strong = det[scores >= _COUNT_AT]
     out[2 * num_classes + 1] = math.log1p(len(strong))
     out[2 * num_classes + 2] = float((strong[:, 3] - strong[:, 1]).max() / max(image_height, 1e-9)) if len(strong) else 0.0
     return out
 
 
-class ObjectDecision:
+class LinearDecision:
+    """A fitted logistic regression over named columns of a feature layout (a sidecar's ``decision`` block).
+
+    One place for what every decision block is: which of the layout's features it uses, its bias and weights,
+    the check that it was fitted for this layout, and the "decided by" parts. :class:`ObjectDecision` (over
+    detections) and ``workzone.verified_evidence.VerifiedDecision`` (over verified candidates) are its two kinds.
+
+    Args:
+        spec: ``{"version": V, "features": [names used], "bias": b, "weights": [one per name], ...}``.
+        known: the layout's feature names, in column order.
+        version: the layout's version.
+
+    Raises:
+        ValueError: the spec does not match this feature layout.
+    """
+
+    def __init__(self, spec: Mapping[str, Any], known: Sequence[str], version: int) -> None:
+        used = list(spec.get("features", []))
+        if int(spec.get("version", 0)) != version or not used or set(used) - set(known):
+            raise ValueError(f"decision block was fitted for other features (version {spec.get('version')}, "
+                             f"features {used}); expected version {version} with names from {list(known)}")
+        self.columns = np.array([list(known).index(n) for n in used])
+        self.bias = float(spec["bias"])
+        self.weights = np.asarray(spec["weights"], np.float64)
+        if self.weights.shape != (len(used),) or not np.isfinite(self.weights).all() or not math.isfinite(self.bias):
+            raise ValueError(f"decision weights: expected {len(used)} finite numbers")
+        self.feature_names = used
+
+    def score(self, features: np.ndarray) -> float:
+        """Log-odds from a full feature row of the layout."""
+        return float(self.bias + self.weights @ np.asarray(features)[self.columns])
+
+    def parts(self, features: np.ndarray, top: int = 3) -> list[tuple[str, float]]:
+        """The features that pushed this decision most, as (name, weight x value), largest first."""
+        parts = self.weights * np.asarray(features)[self.columns]
+        order = np.argsort(-np.abs(parts))[:top]
+        return [(self.feature_names[i], float(parts[i])) for i in order]
+
+
+class ObjectDecision(LinearDecision):
     """A fitted logistic regression over some of :func:`object_features` (from the sidecar's ``decision``).
 
     Args:
@@ -101,30 +141,17 @@ class ObjectDecision:
     """
 
     def __init__(self, spec: Mapping[str, Any], class_names: Sequence[str]) -> None:
-        known = feature_names(class_names)
-        used = list(spec.get("features", []))
-        if int(spec.get("version", 0)) != FEATURE_VERSION or not used or set(used) - set(known):
-            raise ValueError(f"decision block was fitted for other features (version {spec.get('version')}, "
-                             f"features {used}); expected version {FEATURE_VERSION} with names from {known}")
-        self.columns = np.array([known.index(n) for n in used])
-        self.bias = float(spec["bias"])
-        self.weights = np.asarray(spec["weights"], np.float64)
-        if self.weights.shape != (len(used),) or not np.isfinite(self.weights).all() or not math.isfinite(self.bias):
-            raise ValueError(f"decision weights: expected {len(used)} finite numbers")
+        super().__init__(spec, feature_names(class_names), FEATURE_VERSION)
         self.num_classes = len(class_names)
         self.lookalikes = lookalike_indices(class_names)
-        self.feature_names = used
+
+    def _layout(self, det: np.ndarray, image_height: float) -> np.ndarray:
+        return object_features(det, self.num_classes, image_height, self.lookalikes)
 
     def log_odds(self, det: np.ndarray, image_height: float) -> float:
         """The image's road-work log-odds from its detections."""
-        return float(self.bias + self.weights @ self._features(det, image_height))
-
-    def _features(self, det: np.ndarray, image_height: float) -> np.ndarray:
-        return object_features(det, self.num_classes, image_height, self.lookalikes)[self.columns]
+        return self.score(self._layout(det, image_height))
 
     def contributions(self, det: np.ndarray, image_height: float, top: int = 3) -> list[tuple[str, float]]:
         """The features that pushed this decision most, as (name, weight x value), largest first."""
-        names = self.feature_names
-        parts = self.weights * self._features(det, image_height)
-        order = np.argsort(-np.abs(parts))[:top]
-        return [(names[i], float(parts[i])) for i in order]
+        return self.parts(self._layout(det, image_height), top)

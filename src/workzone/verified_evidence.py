@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from workzone.object_evidence import LinearDecision, clipped_logit
+
 __all__ = ["VERIFIED_FEATURE_VERSION", "NONE_CLASSES", "GROUPS", "candidate_crops", "select_candidates",
            "verified_feature_names", "verified_features", "VerifiedDecision"]
 
@@ -32,13 +34,11 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "sign": ("sign",),
     "people": ("worker", "machine"),
 }
-_CLIP = 6.0
 _VERIFIED_AT = 0.5
 
 
 def _logit(p: float) -> float:
-    p = min(max(float(p), 1e-3), 1 - 1e-3)
-    return max(-_CLIP, min(_CLIP, math.log(p / (1 - p))))
+    return float(clipped_logit(p))
 
 
 def candidate_crops(pixels: np.ndarray, boxes: np.ndarray, *, size: int, context: float, min_side: float = 12.0,
@@ -149,31 +149,19 @@ def verified_features(scores: np.ndarray, det_classes: Sequence[str], probs: np.
     return np.asarray(out, np.float64)
 
 
-class VerifiedDecision:
-    """A fitted logistic regression over some of :func:`verified_features` (the sidecar's ``decision``).
+class VerifiedDecision(LinearDecision):
+    """A fitted logistic regression over some of :func:`verified_features` (the verifier sidecar's ``decision``).
 
     Raises:
         ValueError: the block was fitted for other features.
     """
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
-        known = verified_feature_names()
-        used = list(spec.get("features", []))
-        if int(spec.get("version", 0)) != VERIFIED_FEATURE_VERSION or not used or set(used) - set(known):
-            raise ValueError(f"decision block was fitted for other features (version {spec.get('version')}, "
-                             f"features {used}); expected version {VERIFIED_FEATURE_VERSION} with names from {known}")
-        self.columns = np.array([known.index(n) for n in used])
-        self.feature_names = used
-        self.bias = float(spec["bias"])
-        self.weights = np.asarray(spec["weights"], np.float64)
-        if self.weights.shape != (len(used),) or not np.isfinite(self.weights).all() or not math.isfinite(self.bias):
-            raise ValueError(f"decision weights: expected {len(used)} finite numbers")
+        super().__init__(spec, verified_feature_names(), VERIFIED_FEATURE_VERSION)
 
     def log_odds(self, features: np.ndarray) -> float:
-        return float(self.bias + self.weights @ np.asarray(features)[self.columns])
+        return self.score(features)
 
     def contributions(self, features: np.ndarray, top: int = 3) -> list[tuple[str, float]]:
         """The features that pushed this decision most, as (name, weight x value), largest first."""
-        parts = self.weights * np.asarray(features)[self.columns]
-        order = np.argsort(-np.abs(parts))[:top]
-        return [(self.feature_names[i], float(parts[i])) for i in order]
+        return self.parts(features, top)

@@ -68,12 +68,13 @@ def object_feature_matrix(samples: Sequence[CorpusSample], dets: Mapping[str, np
                      for s in samples]).reshape(len(samples), len(cols))
 
 
-def fit_decision(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, features: Sequence[str] = DECISION_FEATURES) -> dict:
-    """The sidecar ``decision`` block: a class-balanced logistic regression over the features."""
+def fit_decision(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, features: Sequence[str] = DECISION_FEATURES,
+                 version: int = FEATURE_VERSION, fitted_on: str = "out-of-fold detections, eleven sources") -> dict:
+    """A sidecar ``decision`` block: a class-balanced logistic regression over the named features (``version``
+    is the feature layout's: the detector's, or the verifier's verified features)."""
     fit = fit_logistic(x, y, l2=l2, balanced=True)
-    return {"version": FEATURE_VERSION, "features": list(features), "bias": round(fit.bias, 6),
-            "weights": [round(float(w), 6) for w in fit.weights], "fitted_on": "out-of-fold detections, ten sources",
-            "balanced": True, "l2": l2}
+    return {"version": version, "features": list(features), "bias": round(fit.bias, 6),
+            "weights": [round(float(w), 6) for w in fit.weights], "fitted_on": fitted_on, "balanced": True, "l2": l2}
 
 
 def decision_scores(rows: Sequence[OofRow], x: np.ndarray, *, l2: float = 1e-2) -> np.ndarray:

