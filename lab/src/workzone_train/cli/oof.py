@@ -32,6 +32,10 @@ def loso_scores(
                                                            "roadwork_verifier.onnx + .json into this folder"),
     verifier_augment: int = typer.Option(1, min=0, help="degraded copies of each labelled crop (night, fog, far, blur, "
                                                         "JPEG)"),
+    verifier_run: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
+                                                help="a `workzone train verifier-loso` run: its fine-tuned fold "
+                                                     "models' probabilities replace the frozen verifier's, and "
+                                                     "--verifier-out exports its full model"),
     verify_features: str = typer.Option("blind", help="verified decision's features: 'classes' (class-aware) "
                                                         "or 'blind'"),
 ) -> None:
@@ -66,7 +70,7 @@ def loso_scores(
 
     verify = verify_oof_scores(data, corpus, rows, dets, LOSO_FOLDS, cache=verifier_cache, export_to=verifier_out,
                                shipped_features=verify_features, augment=verifier_augment,
-                               log=con.print)
+                               finetuned=verifier_run, log=con.print)
     if detector_sidecar is not None:
         meta = json.loads(detector_sidecar.read_text(encoding="utf-8"))
         meta["decision"] = fit_decision(x, y)

