@@ -9,9 +9,12 @@
 set -euo pipefail
 EPOCHS=${1:-15}
 RUN=${RUN:-/tmp/verifier_run}
-pip install -q --no-index --no-deps .gpu/whl/*.whl 2>&1 | grep -v "^WARNING" || true
+# The wheels are unpacked, not pip-installed: the machine's pip refused them (pydantic was missing in the first run).
+SITE=/tmp/verifier_site
+mkdir -p "$SITE" && for w in .gpu/whl/*.whl; do python -m zipfile -e "$w" "$SITE"; done
+export PYTHONPATH=$PWD/src:$PWD/lab/src:$SITE
+python -c "import pydantic, efficientnet_lite_pytorch"
 python -c "from PIL import features; assert features.check('webp'), 'Pillow without WebP: repack as JPEG'"
-export PYTHONPATH=$PWD/src:$PWD/lab/src
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 nproc >> "$OUT/device.txt"
 start=$(date +%s)
