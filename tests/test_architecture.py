@@ -21,7 +21,7 @@ LAB = ROOT / "lab" / "src"
 
 #: Bottom to top. A module belongs to the first layer with a prefix equal to it or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("workzone.errors", "workzone.types", "workzone._optional", "workzone._loop", "workzone._memory")),
+    ("foundation", ("workzone.errors", "workzone.types", "workzone.answer", "workzone._optional", "workzone._loop", "workzone._memory")),
     ("io", ("workzone.io",)),
     ("video", ("workzone.video",)),
     ("accel", ("workzone.accel",)),

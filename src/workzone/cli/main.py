@@ -60,6 +60,7 @@ def detect(
     deadline: Optional[float] = typer.Option(None, help="seconds per batch before slow tiers are skipped"),
 ) -> None:
     """Decide whether each image shows road work, with the evidence behind it."""
+    from workzone.answer import public_answer
     from workzone.api import load_pipeline
     from workzone.errors import InvalidImageError
     from workzone.io.sources import iter_image_paths
@@ -91,7 +92,7 @@ def detect(
                         err.print(f"[red]skipped[/red] {escape(str(exc))}")
             for p, d in zip(kept, pipe.run_decoded(decoded, deadline_s=deadline)):
                 if as_json:
-                    print(json.dumps(d.to_dict(), default=str))
+                    print(json.dumps(public_answer(d), default=str))
                 else:
                     _print_decision(out, d, together=len(decoded))
     if failed:
