@@ -26,7 +26,7 @@ from workzone.errors import ModelFileError
 from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, open_runner, use_torch
-from workzone.stages.base import Stage
+from workzone.stages._model_stage import ModelStage
 from workzone.object_evidence import COUNT_AT, DETECTION_FLOOR, LOGIT_CLIP, MAX_DETECTIONS, ObjectDecision
 from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, logit
 
@@ -211,8 +211,12 @@ class ObjectDetectorRunner:
         return np.asarray(im)
 
 
-class RoadworkDetectorStage(Stage):
-    """Finds work-zone objects with the embedded detector; the score is its sidecar's decision (or a box pool)."""
+class RoadworkDetectorStage(ModelStage):
+    """Finds work-zone objects with the embedded detector; the score is its sidecar's decision (or a box pool).
+
+    The model (``_model``) is an :class:`ObjectDetectorRunner`; :class:`ModelStage` loads, warms up (a
+    blank image through the whole path) and closes it.
+    """
 
     kind = "roadwork_detector"
     requires = ("onnxruntime",)
@@ -221,36 +225,20 @@ class RoadworkDetectorStage(Stage):
     default_cost = 60.0
     params: RoadworkDetectorParams
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._runner: ObjectDetectorRunner | None = None
-
-    async def load(self) -> None:
-        self._runner = await self.run_blocking(self._load_sync)
-
-    def _load_sync(self) -> ObjectDetectorRunner:
+    def _load_sync(self) -> None:
         path = self.context.resolve(self.params.model)
         device = self.context.device
         torch_params = self.params if use_torch(self.params.backend, device) else None
-        providers = ["CPUExecutionProvider"] if torch_params else providers_for(device, feature="the cone detector")
+        providers = ["CPUExecutionProvider"] if torch_params else providers_for(device, feature="the object detector")
         try:
-            return ObjectDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
-                                      providers=providers, torch_params=torch_params, device=device)
+            self._model = ObjectDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
+                                               providers=providers, torch_params=torch_params, device=device)
         except ModelFileError as exc:
             raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
 
-    async def warmup(self) -> None:
-        if self._runner is not None:
-            await self.run_blocking(self._runner.detect, [np.zeros((64, 64, 3), np.uint8)])
-
-    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
-        self.require_loaded(self._runner)
-        return await self.run_blocking(self._predict_sync, list(batch))
-
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         p = self.params
-        runner = self._runner
-        assert runner is not None
+        runner: ObjectDetectorRunner = self._model
         floor = min(p.min_pool_score, runner.score_threshold if p.score_threshold is None else p.score_threshold)
         most = max(p.max_boxes, p.top_k)
         if runner.decision is not None:
@@ -276,9 +264,9 @@ class RoadworkDetectorStage(Stage):
         return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
 
     async def aclose(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-        self._runner = None
+        if self._model is not None:
+            self._model.close()  # its input-making thread
+        await super().aclose()
 
 
 def _decided_by(parts: Sequence[tuple[str, float]]) -> str:
