@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from workzone._loop import LoopThread
 from workzone.answer import public_answer
-from workzone.batching import BatchPolicy
+from workzone.micro_batcher import BatchPolicy
 from workzone.errors import InvalidImageError
 from workzone.fusion.rules import prior_probability
 from workzone.io.images import ImageLimits, decode_base64
