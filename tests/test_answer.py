@@ -21,25 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "roadwork_cambridge_drawn.jpg"
 SECRET = "no answer from http://10.1.2.3:8000/v1"  # what a failing backend's message may name
 
-SMALL = f"""
-name: answer-shape
-tiers:
-  - name: first
-    stages:
-      - {{name: red, kind: test_redness}}
-      - {{name: fail, kind: test_failing, message: "{SECRET}"}}
-"""
 
-# The shipped object path (sign OCR, the ten-class detector) beside a stage that always fails.
-REAL = f"""
-name: answer-real
-tiers:
-  - name: objects
-    stages:
-      - {{name: signs, kind: sign_ocr}}
-      - {{name: objects, kind: roadwork_detector, model: builtin:roadwork_objects.onnx, score_threshold: 0.05}}
-      - {{name: fail, kind: test_failing, message: "{SECRET}"}}
-"""
+def _pipeline(name: str, *stages: str) -> str:
+    """A one-tier pipeline of ``stages`` and a stage that always fails, naming a backend in its message."""
+    listed = "".join(f"      - {{{st}}}\n" for st in (*stages, f'name: fail, kind: test_failing, message: "{SECRET}"'))
+    return f"name: {name}\ntiers:\n  - name: first\n    stages:\n{listed}"
+
+
+SMALL = _pipeline("answer-shape", "name: red, kind: test_redness")
+# The shipped object path: sign OCR and the ten-class detector.
+REAL = _pipeline("answer-real", "name: signs, kind: sign_ocr",
+                 "name: objects, kind: roadwork_detector, model: builtin:roadwork_objects.onnx, score_threshold: 0.05")
 
 
 def _described(answer: dict[str, Any]) -> None:
