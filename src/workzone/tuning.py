@@ -90,9 +90,13 @@ def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labe
              l2: float, drop: str | None = None, balanced: bool = False, prior_weight: float = 0.0):
     tiers = _tier_stage_names(config)
     fusions, probs, seen = [], [], []
-    for names in tiers:
+    for tier, names in zip(config.tiers, tiers):
         seen = seen + [n for n in names if n != drop]
-        fus = fit_fusion(scores, labels, seen, l2=l2, balanced=balanced, prior_weight=prior_weight) if seen else None
+        # A tier that names its pooled stages fits only those (the others stay out of its answer).
+        pooled = [n for n in seen if tier.fusion.stages is None or n in tier.fusion.stages]
+        fus = fit_fusion(scores, labels, pooled, l2=l2, balanced=balanced, prior_weight=prior_weight) if pooled else None
+        if fus is not None and tier.fusion.stages is not None:
+            fus = fus.model_copy(update={"stages": tier.fusion.stages})
         fusions.append(fus)
         z = fused_log_odds(scores, fus) if fus is not None else np.zeros(len(scores))
         probs.append(sigmoid(z))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from workzone.errors import ConfigError
 from workzone.config.loader import builtin_pipeline_path, builtin_pipelines, dump_pipeline, parse_pipeline
 from workzone.stages.registry import get_stage_class, list_stages
 
@@ -114,3 +115,41 @@ def test_tune_keeps_what_it_did_not_fit():
     assert again.tiers[1].stages[1].enabled is False
     assert again.tiers[0].stages[0].params.gain == 2
     assert again.tiers[1].fusion.fitted and again.tuning["n"] == 80  # and what it did fit
+
+
+POOLED = """
+name: pooled
+tiers:
+  - name: first
+    stages: [{name: a, kind: test_redness}]
+  - name: second
+    stages: [{name: b, kind: test_redness}]
+    fusion: {stages: [b]}
+"""
+
+
+def test_a_tier_that_names_its_pooled_stages_is_fitted_on_those_alone():
+    import tests.stages_fixtures  # noqa: F401 - registers test_redness
+    from workzone.tuning import tune_scores
+
+    cfg = parse_pipeline(POOLED, "pooled.yaml")
+    rng = np.random.default_rng(1)
+    labels = [int(v) for v in rng.integers(0, 2, 120)]
+    scores = [{n: float(rng.normal(2 * y - 1, 1)) for n in ("a", "b")} for y in labels]
+    tuned = tune_scores(cfg, scores, labels, {"a": 1.0, "b": 10.0}).config
+    assert set(tuned.tiers[0].fusion.weights) == {"a"}
+    assert set(tuned.tiers[1].fusion.weights) == {"b"}  # a stays out of the second tier's answer
+    again = parse_pipeline(dump_pipeline(tuned), "tuned.yaml")
+    assert again == tuned and again.tiers[1].fusion.stages == ("b",)
+
+
+@pytest.mark.parametrize("fusion, message", [
+    ("{stages: [z]}", "fusion stages must name"),
+    ("{stages: []}", "fusion stages must name"),
+    ("{stages: [b], weights: {a: 1.0}}", "leave out"),
+])
+def test_pooled_stages_must_be_stages_so_far(fusion: str, message: str):
+    import tests.stages_fixtures  # noqa: F401 - registers test_redness
+
+    with pytest.raises(ConfigError, match=message):
+        parse_pipeline(POOLED.replace("fusion: {stages: [b]}", f"fusion: {fusion}"), "pooled.yaml")

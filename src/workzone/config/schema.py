@@ -62,6 +62,10 @@ class FusionParams(BaseModel):
     bias: float = 0.0
     weights: dict[str, float] = Field(default_factory=dict)
     fitted: bool = False
+    stages: tuple[str, ...] | None = Field(
+        default=None, description="the stages this tier pools, which `workzone tune` fits weights for (default: "
+                                  "every stage of this tier and the earlier ones); the others' scores stay out of "
+                                  "this tier's answer, e.g. a verifier whose decision already holds the detector's")
 
 
 class StageSpec(BaseModel):
@@ -134,6 +138,18 @@ class PipelineConfig(BaseModel):
                     f"tier {tier.name!r}: fusion weights name {unknown}, which are not stages of this tier "
                     f"or an earlier one ({seen})", ("tiers", ti, "fusion", "weights", unknown[0])
                 )
+            pooled = tier.fusion.stages
+            if pooled is not None:
+                stray = [k for k in pooled if k not in seen]
+                if stray or not pooled:
+                    raise LocatedValueError(
+                        f"tier {tier.name!r}: fusion stages must name at least one stage of this tier or an earlier "
+                        f"one ({seen}); {stray or 'none'} given", ("tiers", ti, "fusion", "stages"))
+                outside = [k for k in tier.fusion.weights if k not in pooled]
+                if outside:
+                    raise LocatedValueError(
+                        f"tier {tier.name!r}: fusion weights name {outside}, which its fusion stages {list(pooled)} "
+                        "leave out", ("tiers", ti, "fusion", "weights", outside[0]))
         return self
 
     def stage_names(self) -> list[str]:
