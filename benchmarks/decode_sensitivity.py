@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from workzone.bench.machine import describe_machine
-from workzone.bench.parity import dev_jpegs
+from workzone.throughput.machine import describe_machine
+from workzone.throughput.parity import dev_jpegs
 from workzone.io.images import decode_image
 from workzone.stages.base import StageContext
 from workzone.stages.roadwork_detector import ObjectDetectorRunner

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workzone.bench.machine import describe_machine
+from workzone.throughput.machine import describe_machine
 from workzone.evaluation.metrics import matthews_corrcoef
 from workzone.io.images import decode_image
 from workzone.stages.base import StageContext

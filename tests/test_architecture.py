@@ -21,7 +21,7 @@ LAB = ROOT / "lab" / "src"
 
 #: Bottom to top. A module belongs to the first layer with a prefix equal to it or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("workzone.errors", "workzone.types", "workzone._optional", "workzone._loop", "workzone._memory")),
+    ("foundation", ("workzone.errors", "workzone.types", "workzone.answer", "workzone._optional", "workzone._loop", "workzone._memory")),
     ("io", ("workzone.io",)),
     ("video", ("workzone.video",)),
     ("accel", ("workzone.accel",)),
@@ -29,9 +29,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("workzone.config", "workzone.engine_options", "workzone.routing")),
     ("evaluation", ("workzone.evaluation",)),
     ("fusion", ("workzone.fusion",)),
-    ("cascade", ("workzone.cascade", "workzone.batching")),
+    ("cascade", ("workzone.cascade", "workzone.micro_batcher")),
     ("application", ("workzone.api", "workzone.service", "workzone.tuning", "workzone.checking", "workzone.planning",
-                     "workzone.bench")),
+                     "workzone.throughput")),
     ("public API", ("workzone",)),
     ("training", ("workzone_train",)),
     ("front ends", ("workzone.server", "workzone.miner", "workzone.batch")),

@@ -10,7 +10,7 @@ def test_all_is_pinned():
         "Evidence", "FrameRef", "Image", "ImageLimits", "InvalidImageError", "MissingExtraError", "ModelFileError",
         "Pipeline", "Stage", "StageContext", "StageError", "StageOutput", "StageParams", "StageReport",
         "TextRead", "TierEvent", "UnknownStageKind", "WorkzoneError", "create_stage", "decode_image",
-        "list_stages", "load_pipeline", "load_pipeline_config", "parse_pipeline", "register_stage",
+        "list_stages", "load_pipeline", "load_pipeline_config", "parse_pipeline", "public_answer", "register_stage",
         "__version__",
     ])
     for name in workzone.__all__:

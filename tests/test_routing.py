@@ -9,6 +9,7 @@ import pytest
 
 import tests.stages_fixtures  # noqa: F401 - registers the test stage kinds
 from tests.conftest import solid
+from workzone.answer import public_answer
 from workzone.cascade import Cascade
 from workzone.config.loader import parse_pipeline
 from workzone.errors import ConfigError
@@ -97,7 +98,7 @@ def test_cascade_runs_the_routed_stages_only_and_reports_why():
     tier2 = [e for e in events if e.tier == 1]
     assert len(tier2) == 3 and all(e.route and e.route.startswith("second: ran") for e in tier2)
     assert all(e.route is None for e in events if e.tier == 0)
-    assert list(pink.to_dict()["routes"]) == list(pink.routes)
+    assert public_answer(pink)["routes"] == list(pink.routes)
 
 
 def test_route_naming_a_stage_outside_its_tier_is_refused():

@@ -6,8 +6,10 @@ Public API::
     with workzone.load_pipeline("default") as pipe:
         decision = pipe.predict("dashcam.jpg")
         print(decision.probability, decision.label, decision.exit_tier_name)
+        print(workzone.public_answer(decision))   # the JSON the server, the CLI and batch jobs emit
 """
 
+from workzone.answer import public_answer
 from workzone.api import Pipeline, load_pipeline
 from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config, parse_pipeline
@@ -35,6 +37,6 @@ __all__ = [
     "Evidence", "FrameRef", "Image", "ImageLimits", "InvalidImageError", "MissingExtraError", "ModelFileError",
     "Pipeline", "Stage", "StageContext", "StageError", "StageOutput", "StageParams", "StageReport",
     "TextRead", "TierEvent", "UnknownStageKind", "WorkzoneError", "create_stage", "decode_image",
-    "list_stages", "load_pipeline", "load_pipeline_config", "parse_pipeline", "register_stage",
+    "list_stages", "load_pipeline", "load_pipeline_config", "parse_pipeline", "public_answer", "register_stage",
     "__version__",
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Protocol, Sequence
 
-from workzone.batching import BatchPolicy, MicroBatcher
+from workzone.micro_batcher import BatchPolicy, MicroBatcher
 from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig

@@ -7,7 +7,7 @@ written, not three layers later.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -234,12 +234,3 @@ class Decision:
     @property
     def errors(self) -> dict[str, str]:
         return {s.stage: s.error for s in self.stages if s.error}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form used by the CLI and the server."""
-        d = asdict(self)
-        d["label"] = self.label
-        d["label_name"] = "roadwork" if self.label else "none"
-        for s, rep in zip(d["stages"], self.stages):
-            s["probability"] = rep.probability
-        return d

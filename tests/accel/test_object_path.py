@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from workzone.accel.objects import candidate_crops  # noqa: E402
-from workzone.bench.parity import dev_jpegs, object_parity  # noqa: E402
+from workzone.throughput.parity import dev_jpegs, object_parity  # noqa: E402
 from workzone.object_evidence import ObjectDecision, object_features  # noqa: E402
 from workzone.stages._torch_backend import TorchBackendParams  # noqa: E402
 from workzone.stages.roadwork_detector import ObjectDetectorRunner  # noqa: E402

@@ -82,7 +82,7 @@ def test_html_report_of_the_dev_split_is_small_offline_and_renders(dev_report, b
     from tests.conftest import DATA
     from workzone.config.loader import load_pipeline_config
     from workzone.evaluation.records import records_from_eval
-    from workzone.evaluation.report import write_report
+    from workzone.evaluation.html_report import write_report
 
     result, _, _ = dev_report
     config, _ = load_pipeline_config("default")

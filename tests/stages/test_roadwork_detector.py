@@ -111,8 +111,10 @@ def test_missing_model_is_a_model_file_error(tmp_path: Path):
         asyncio.run(stage.load())
 
 
+# The default (the ten-class object detector), and the superseded cone detector a pipeline may still name.
+@pytest.mark.parametrize("params", [{}, {"model": "builtin:cone_detector.onnx"}], ids=["default", "cone_detector"])
 @pytest.mark.skipif(not SHIPPED.is_file() or not (DATA / "boxes.csv").is_file(), reason="needs the shipped model and roadwork-v1")
-def test_shipped_model_finds_a_boxed_dev_cone_and_stays_quiet_on_empty_roads():
+def test_shipped_model_finds_a_boxed_dev_cone_and_stays_quiet_on_empty_roads(params):
     import csv
 
     from workzone.io.images import decode_image
@@ -128,8 +130,9 @@ def test_shipped_model_finds_a_boxed_dev_cone_and_stays_quiet_on_empty_roads():
     cx, cy, w, h = (float(b[k]) for k in ("cx", "cy", "w", "h"))
     truth = np.array([[(cx - w / 2) * img.width, (cy - h / 2) * img.height, (cx + w / 2) * img.width, (cy + h / 2) * img.height]])
     negs = [decode_image(DATA / r["path"]) for r in rows if r["source"] == "CamVid"][:8]
-    stage = create_stage("roadwork_detector", "det", {})
+    stage = create_stage("roadwork_detector", "det", params)
     outs = run_stage(stage, [img, *negs])
+    assert stage.params.model == params.get("model", "builtin:roadwork_objects.onnx")
     top = outs[0].evidence.boxes[0]
     assert box_iou(np.array([[top.x1, top.y1, top.x2, top.y2]]), truth)[0, 0] > 0.5
     assert outs[0].log_odds > np.median([o.log_odds for o in outs[1:]])

@@ -73,7 +73,7 @@ def test_the_torch_backend_is_what_runs():
     cfg, path = load_pipeline_config("default")
     with Pipeline(with_backend(cfg, "torch"), path.parent) as pipe:
         by_name = {s.name: s for s in pipe.cascade.stages}
-        assert by_name["objects"]._runner.torch_runner is not None and by_name["objects"]._runner.session is None
+        assert by_name["objects"]._model.torch_runner is not None and by_name["objects"]._model.session is None
 
 
 def test_with_backend_switches_only_the_onnx_stages():

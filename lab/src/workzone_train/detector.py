@@ -22,10 +22,15 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from workzone_train._deps import require
-from workzone.stages.roadwork_detector import CLASS_NAMES, STRIDE
+from workzone.stages.roadwork_detector import STRIDE
 
 if TYPE_CHECKING:
     import torch
+
+#: Classes of the one-class cone detector (``workzone train detector``), the default here. The shipped
+#: ten-class object detector names its own (:data:`workzone_train.scene_synth.OBJECT_CLASSES`); the runtime
+#: reads the names from the sidecar.
+CLASS_NAMES: tuple[str, ...] = ("cone",)
 
 __all__ = [
     "CLASS_NAMES",

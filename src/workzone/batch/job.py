@@ -142,7 +142,7 @@ def run_batch_job(inputs: Sequence[str | Path], outputs: Sequence[Path], *, pipe
 
 
 def _write_video_reports(rows: list[dict[str, Any]], config: Any, options: BatchOptions, summary: BatchSummary) -> None:
-    from workzone.video.report import pipeline_prior, video_segments, write_segments, write_thumbnail_strip
+    from workzone.video.segments_report import pipeline_prior, video_segments, write_segments, write_thumbnail_strip
 
     videos = video_segments(rows, prior=pipeline_prior(config.tuning))
     target = options.segments or summary.outputs[0].with_suffix(".segments.json")

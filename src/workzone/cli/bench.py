@@ -46,10 +46,10 @@ def bench(
     out: Annotated[Optional[Path], typer.Option(help="results file (.md; a .json is written beside it)")] = None,
 ) -> None:
     """Time the cascade from JPEG bytes (decode included) at 224 px and 640 px, and write a results file."""
-    from workzone.bench import runs
-    from workzone.bench.inputs import sample_images, synth_jpegs
-    from workzone.bench.machine import describe_machine
-    from workzone.bench.report import write_results
+    from workzone.throughput import runs
+    from workzone.throughput.inputs import sample_images, synth_jpegs
+    from workzone.throughput.machine import describe_machine
+    from workzone.throughput.results import write_results
     from workzone.cli._common import make_console
     from workzone.stages.base import StageContext
 
@@ -104,7 +104,7 @@ def bench(
     inputs = [(f"{side}x{side} JPEG q{quality}", synth_jpegs(images, (side, side), quality=quality, sources=sources))
               for side in sizes]
     if data is not None:
-        from workzone.bench.parity import dev_jpegs
+        from workzone.throughput.parity import dev_jpegs
 
         inputs.append((f"{data.name} dev JPEGs", [b for _, b in dev_jpegs(data)[:images]]))
     for k_in, (label, blobs) in enumerate(inputs):
@@ -124,7 +124,7 @@ def bench(
                 seconds=seconds)
         if http_rate and k_in == 0:
             # Before the in-process pipeline runs: their torch.compile must not eat the time budget of this row.
-            from workzone.bench.http import http_sweep
+            from workzone.throughput.http import http_sweep
 
             add(http_sweep, blobs, label, pipeline=pipeline[0], device=device, rates=http_rate, seconds=http_seconds,
                 p99_limit_ms=http_p99_ms, timed=False)
@@ -163,7 +163,7 @@ def add_estimates(rows: list, undecided: float) -> None:
     and the run-all run ``t1 + t2``; solving the two for ``t1`` and ``t2`` gives the rate
     ``1 / (t1 + undecided * t2)``, from wall time and (where measured) from CPU time.
     """
-    from workzone.bench.runs import Row
+    from workzone.throughput.runs import Row
 
     for r in list(rows):
         if not r.name.endswith("every tier on every image"):

@@ -20,7 +20,7 @@ app = typer.Typer(name="workzone", help="Is there road work in this image? A cal
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 # Sub-command groups that live in their own modules; each exposes register(app).
-_COMMAND_MODULES = ("workzone.cli.plan", "workzone.cli.serve", "workzone.cli.report", "workzone.cli.batch",
+_COMMAND_MODULES = ("workzone.cli.plan", "workzone.cli.serve", "workzone.cli.html_report", "workzone.cli.batch",
                     "workzone.cli.bench")
 #: Entry point group of the `workzone train` commands: the lab (`workzone-train`, lab/ in this repository)
 #: registers one entry point per command (name = command, value = the typer command function).
@@ -60,6 +60,7 @@ def detect(
     deadline: Optional[float] = typer.Option(None, help="seconds per batch before slow tiers are skipped"),
 ) -> None:
     """Decide whether each image shows road work, with the evidence behind it."""
+    from workzone.answer import public_answer
     from workzone.api import load_pipeline
     from workzone.errors import InvalidImageError
     from workzone.io.sources import iter_image_paths
@@ -91,7 +92,7 @@ def detect(
                         err.print(f"[red]skipped[/red] {escape(str(exc))}")
             for p, d in zip(kept, pipe.run_decoded(decoded, deadline_s=deadline)):
                 if as_json:
-                    print(json.dumps(d.to_dict(), default=str))
+                    print(json.dumps(public_answer(d), default=str))
                 else:
                     _print_decision(out, d, together=len(decoded))
     if failed:
@@ -151,7 +152,7 @@ def eval_(
         atomic_write_text(out, json.dumps(report, indent=2, default=str))
         console.print(f"report written to {out}")
     if html or predictions:
-        from workzone.cli.report import write_eval_outputs
+        from workzone.cli.html_report import write_eval_outputs
 
         for line in write_eval_outputs(result, manifest, config, predictions=predictions, html=html):
             console.print(line)

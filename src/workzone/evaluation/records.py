@@ -9,7 +9,8 @@ One record per image, as one JSON object per line (JSON Lines)::
                  "latency_ms": 6.9, "error": null, "evidence": {"boxes": [], "texts": [], "notes": []}}],
      "error": null}
 
-``truth`` is the ground-truth label (absent when unknown); ``label`` is the decision. Rows written by
+The decision's fields are its public answer (:func:`workzone.answer.public_answer`, ``source`` left out:
+the path says it). ``truth`` is the ground-truth label (absent when unknown); ``label`` is the decision. Rows written by
 other tools are accepted when they carry at least a path and a probability: a ``workzone detect
 --json`` line (``source`` is the path), or a ``workzone batch`` row (per-stage scores as a
 ``stages`` list or a ``stage_scores`` mapping of stage name to probability). Ground truth missing
@@ -23,6 +24,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from workzone.answer import public_answer
 from workzone.errors import DataError
 from workzone.io.atomic import atomic_path
 
@@ -68,7 +70,7 @@ def records_from_eval(result: "EvalResult", base: Path | None = None) -> list[di
         if d is None:
             rec.update(probability=None, error=result.failures.get(i, "not decided"), stages=[])
         else:
-            dd = d.to_dict()
+            dd = public_answer(d)
             dd.pop("source", None)
             rec.update(dd)
             rec["error"] = None

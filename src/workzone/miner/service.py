@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from workzone._loop import LoopThread
-from workzone.batching import BatchPolicy
+from workzone.answer import public_answer
+from workzone.micro_batcher import BatchPolicy
 from workzone.errors import InvalidImageError
 from workzone.fusion.rules import prior_probability
 from workzone.io.images import ImageLimits, decode_base64
@@ -159,19 +160,20 @@ class MinerService:
 def explain(decision: Decision, limit: int = 300) -> str:
     """A short text naming the visual evidence, for ``ExtendedImageSynapse.explanation``.
 
-    Upstream asks for one when the prediction is above 0.5; it is empty otherwise.
+    Upstream asks for one when the prediction is above 0.5; it is empty otherwise. It is read from the
+    decision's public answer, so the miner tells a validator nothing the HTTP answer would not.
     """
-    if not decision.label:
+    answer = public_answer(decision)
+    if not answer["label"]:
         return ""
     parts: list[str] = []
-    for rep in decision.stages:
-        for box in rep.evidence.boxes:
-            parts.append(f"{box.label} ({box.score:.2f})")
-        for text in rep.evidence.texts:
-            parts.append(f"sign text '{text.text}'" + (f" ~ {text.matched}" if text.matched else ""))
-        parts.extend(rep.evidence.notes)
+    for rep in answer["stages"]:
+        ev = rep["evidence"]
+        parts += [f"{b['label']} ({b['score']:.2f})" for b in ev["boxes"]]
+        parts += [f"sign text '{t['text']}'" + (f" ~ {t['matched']}" if t["matched"] else "") for t in ev["texts"]]
+        parts += ev["notes"]
     if not parts:
-        parts = [f"road work likely (p={decision.probability:.2f}, decided by tier {decision.exit_tier_name})"]
+        parts = [f"road work likely (p={answer['probability']:.2f}, decided by tier {answer['exit_tier_name']})"]
     out = "; ".join(dict.fromkeys(parts))
     return out if len(out) <= limit else out[:limit - 1] + "…"
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 import workzone
-from workzone.batching import BatchPolicy
+from workzone.micro_batcher import BatchPolicy
 from workzone.io.images import ImageLimits
 from workzone.server.admission import Admission, AdmissionMiddleware, header_timeout_protocol
 from workzone.server.errors import register_exception_handlers

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request
     from starlette.responses import JSONResponse
 
-__all__ = ["error_status", "error_body", "public_message", "public_decision", "register_exception_handlers"]
+__all__ = ["error_status", "error_body", "public_message", "register_exception_handlers"]
 
 log = logging.getLogger("workzone.server")
 
@@ -105,17 +105,6 @@ def public_message(exc: BaseException) -> str:
         text = str(exc)
         return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE - 1] + "…"
     return _PUBLIC.get(kind, "internal server error; see the server log")
-
-
-def public_decision(decision: Any) -> dict[str, Any]:
-    """``decision.to_dict()`` with each stage error reduced to its error type (the full text, which
-    may name a backend URL, stays in the server log and metrics)."""
-    d = decision.to_dict()
-    for s, rep in zip(d["stages"], decision.stages):
-        s.pop("error_type", None)
-        if rep.error is not None:
-            s["error"] = rep.error_type or "StageError"
-    return d
 
 
 def error_body(status: int, kind: str, message: str, detail: Any = None) -> dict[str, Any]:

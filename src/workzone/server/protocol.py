@@ -1,7 +1,8 @@
 """Wire format of the HTTP API: request and response models, with every field documented.
 
-These models are the OpenAPI schema; they mirror :meth:`workzone.types.Decision.to_dict` and
-:class:`workzone.cascade.TierEvent` and hold no logic.
+These models are the OpenAPI schema and hold no logic. The answer's models (``DecisionResponse`` and the
+parts of it) live beside the one function that shapes the answer, :func:`workzone.answer.public_answer`,
+and are re-exported here; ``TierEventModel`` mirrors :class:`workzone.cascade.TierEvent`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from workzone.answer import BoxModel, DecisionResponse, EvidenceModel, StageReportModel, TextReadModel
 
 __all__ = [
     "ImageInput", "DetectRequest", "BatchDetectRequest", "BoxModel", "TextReadModel", "EvidenceModel",
@@ -49,62 +52,6 @@ class BatchDetectRequest(BaseModel):
     model_config = _IN
     images: list[ImageInput] = Field(min_length=1, description="the images, answered in the same order")
     deadline_s: float | None = Field(default=None, gt=0, description="deadline for the whole call, in seconds")
-
-
-class BoxModel(BaseModel):
-    label: str = Field(description="what was detected")
-    score: float = Field(ge=0, le=1, description="detector confidence")
-    x1: float = Field(description="left edge, pixels of the decoded image")
-    y1: float = Field(description="top edge, pixels")
-    x2: float = Field(description="right edge, pixels")
-    y2: float = Field(description="bottom edge, pixels")
-
-
-class TextReadModel(BaseModel):
-    text: str = Field(description="text read in the image")
-    score: float = Field(description="recognition confidence")
-    matched: str | None = Field(default=None, description="road-work lexicon entry the text matched, if any")
-    box: tuple[float, float, float, float] | None = Field(default=None, description="(x1, y1, x2, y2) of the text")
-
-
-class EvidenceModel(BaseModel):
-    boxes: list[BoxModel] = Field(default_factory=list, description="detections supporting the score")
-    texts: list[TextReadModel] = Field(default_factory=list, description="text read in the image")
-    notes: list[str] = Field(default_factory=list, description="free-form remarks of the stage")
-
-
-class StageReportModel(BaseModel):
-    stage: str = Field(description="stage name in the pipeline")
-    kind: str = Field(description="stage kind (onnx_classifier, sign_ocr, vlm_openai, ...)")
-    tier: int = Field(description="index of the tier the stage belongs to")
-    log_odds: float | None = Field(description="the stage's road-work evidence in log-odds; null = abstained or failed")
-    probability: float | None = Field(description="sigmoid(log_odds); null when log_odds is null")
-    evidence: EvidenceModel = Field(description="what the stage saw")
-    latency_ms: float = Field(description="stage wall time per image of its batch, in milliseconds")
-    error: str | None = Field(default=None, description="the error type (DeadlineExceeded, BackendUnavailable, ...) "
-                              "when the stage failed or timed out; null when it answered")
-
-
-class DecisionResponse(BaseModel):
-    """The cascade's answer for one image (``Decision.to_dict()``)."""
-
-    probability: float = Field(ge=0, le=1, description="calibrated P(road work)")
-    label: bool = Field(description="probability > 0.5 (strictly above one half is road work)")
-    label_name: Literal["roadwork", "none"] = Field(description="the label as a word")
-    exit_tier: int = Field(description="index (from 0) of the tier after which the image was decided; text (CLI, page, report) numbers tiers from 1")
-    exit_tier_name: str = Field(description="that tier's name")
-    stages: list[StageReportModel] = Field(description="every stage that ran on the image, in order")
-    tier_probabilities: list[float] = Field(description="the fused probability after each tier that ran")
-    latency_ms: float = Field(description="cascade wall time for the batch up to this image's exit, ms")
-    cost: float = Field(description="declared cost units spent (ms of the reference CPU)")
-    source: str = Field(description="where the image came from (upload name, 'body', 'base64', URL)")
-    reason: str = Field(description="why it exited: 'confident', 'last tier' or 'deadline'")
-    routes: list[str] = Field(default_factory=list, description="per routed tier: which of its stages ran and why")
-    degraded: bool = Field(default=False, description="true when the answer is less informed than the pipeline "
-                           "intends: no stage ran (the prior), a failed stage was skipped, or the deadline "
-                           "skipped tiers")
-    degraded_reason: str | None = Field(default=None, description="why the answer is degraded (stage names and "
-                                        "error types only)")
 
 
 class ErrorDetail(BaseModel):

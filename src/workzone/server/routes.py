@@ -16,11 +16,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.responses import Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from workzone.answer import public_answer
 from workzone.cascade import TierEvent
 from workzone.errors import DeadlineExceeded, DecodeBudgetExceeded, InvalidImageError, Overloaded, Unauthorized
 from workzone.io.images import ImageHeader
 from workzone.server.admission import arrival_time, reserve
-from workzone.server.errors import error_body, error_status, public_decision, public_message
+from workzone.server.errors import error_body, error_status, public_message
 from workzone.server.inputs import RawImage, deadline_header, image_bytes, read_batch, read_single
 from workzone.server.protocol import (
     BatchDetectRequest,
@@ -148,9 +149,9 @@ async def detect(request: Request) -> dict[str, Any]:
     try:
         (image,) = await _load(request, [raw], deadline)
     except DeadlineExceeded:
-        return public_decision(svc.prior_decision(raw.source, "the deadline passed before the image was decoded"))
+        return public_answer(svc.prior_decision(raw.source, "the deadline passed before the image was decoded"))
     decision = await svc.detect(image, deadline_s=deadline, arrived_at=arrived)  # type: ignore[arg-type]
-    return public_decision(decision)
+    return public_answer(decision)
 
 
 @v1.post("/detect/batch", response_model=BatchDetectResponse, tags=["detect"], summary="Decide many images",
@@ -170,7 +171,7 @@ async def detect_batch(request: Request) -> dict[str, Any]:
     for i, x in enumerate(loaded):
         if isinstance(x, DeadlineExceeded):
             why = "the deadline passed before the image was decoded"
-            results[i]["decision"] = public_decision(svc.prior_decision(raws[i].source, why))
+            results[i]["decision"] = public_answer(svc.prior_decision(raws[i].source, why))
         elif isinstance(x, BaseException):
             status, kind = error_status(x)
             results[i]["error"] = error_body(status, kind, public_message(x))["error"]
@@ -181,7 +182,7 @@ async def detect_batch(request: Request) -> dict[str, Any]:
         decisions = await svc.detect_many([loaded[i] for i in ok], deadline_s=deadline,  # type: ignore[misc]
                                           arrived_at=arrived)
         for i, d in zip(ok, decisions):
-            results[i]["decision"] = public_decision(d)
+            results[i]["decision"] = public_answer(d)
     return {"results": results}
 
 
@@ -250,7 +251,7 @@ async def detect_stream(request: Request) -> StreamingResponse:
         (image,) = await _load(request, [raw], deadline)
     except DeadlineExceeded:  # as /v1/detect: the prior, marked degraded (not a 504)
         prior = svc.prior_decision(raw.source, "the deadline passed before the image was decoded")
-        return StreamingResponse(iter([_sse("decision", public_decision(prior))]), media_type="text/event-stream",
+        return StreamingResponse(iter([_sse("decision", public_answer(prior))]), media_type="text/event-stream",
                                  headers=headers)
     events: asyncio.Queue[TierEvent] = asyncio.Queue()
     (future,) = svc.submit([image], deadline_s=deadline, on_event=events.put_nowait, arrived_at=arrival_time(request))
@@ -274,7 +275,7 @@ async def _stream(future: asyncio.Future, events: asyncio.Queue[TierEvent]) -> A
             status, kind = error_status(exc)
             yield _sse("error", error_body(status, kind, public_message(exc))["error"])
         else:
-            yield _sse("decision", public_decision(decision))
+            yield _sse("decision", public_answer(decision))
     finally:
         if not future.done():  # the client went away: do not run its image
             future.cancel()

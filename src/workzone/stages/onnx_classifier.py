@@ -13,7 +13,6 @@ road-work log-odds. A JSON sidecar next to the ``.onnx`` file gives ``input_size
 from __future__ import annotations
 
 import math
-import threading
 from typing import Literal, Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ from pydantic import Field
 from workzone.io.images import ResizeMode, resize_for_model, tile_boxes
 from workzone.stages._onnx import open_session, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, first_output, open_runner, torch_inputs, use_torch
-from workzone.stages.base import Stage
+from workzone.stages._model_stage import ModelStage
 from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, sigmoid
 
 __all__ = ["OnnxClassifierParams", "OnnxClassifierStage", "five_crop_boxes"]
@@ -45,8 +44,12 @@ class OnnxClassifierParams(TorchBackendParams):
     threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
 
-class OnnxClassifierStage(Stage):
-    """Scores images with an ONNX classifier; tiles find small evidence the whole frame misses."""
+class OnnxClassifierStage(ModelStage):
+    """Scores images with an ONNX classifier; tiles find small evidence the whole frame misses.
+
+    The model (``_model``) is the onnxruntime session, or the torch backend's runner; :class:`ModelStage`
+    loads and closes it.
+    """
 
     kind = "onnx_classifier"
     requires = ("onnxruntime",)
@@ -57,16 +60,9 @@ class OnnxClassifierStage(Stage):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._session = None
-        self._runner = None  # the torch backend's TorchModelRunner, when it is used
+        self._runner = None  # the torch backend's TorchModelRunner, when it is used (then also the model)
         self._size = 224
         self._mode: ResizeMode = "squash"
-        # onnxruntime sessions are thread-safe for run(), but we serialise so that concurrent batches
-        # do not oversubscribe the cores (each run already uses every intra-op thread).
-        self._lock = threading.Lock()
-
-    async def load(self) -> None:
-        await self.run_blocking(self._load_sync)
 
     def _load_sync(self) -> None:
         path = self.context.resolve(self.params.model)
@@ -74,18 +70,14 @@ class OnnxClassifierStage(Stage):
         self._size = int(self.params.input_size or meta.get("input_size", 224))
         self._mode = self.params.resize or meta.get("resize", "squash")
         if use_torch(self.params.backend, self.context.device):
-            self._runner = open_runner(path, self.params, self.context.device)
-            self._session = self._runner
+            self._runner = self._model = open_runner(path, self.params, self.context.device)
             return
-        self._session = open_session(path, threads=self.params.threads, device=self.context.device,
-                                     inputs=["image"], prefix=f"stage {self.name!r}: ", feature="the ONNX classifier")
+        self._model = open_session(path, threads=self.params.threads, device=self.context.device,
+                                   inputs=["image"], prefix=f"stage {self.name!r}: ", feature="the ONNX classifier")
 
     async def warmup(self) -> None:
+        # One model-sized input, whatever the tiling: the session's first run, not the pre-processing.
         await self.run_blocking(self._infer, np.zeros((1, 3, self._size, self._size), np.float32))
-
-    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
-        self.require_loaded(self._session)
-        return await self.run_blocking(self._predict_sync, list(batch))
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         if not batch:
@@ -167,13 +159,15 @@ class OnnxClassifierStage(Stage):
     def _infer(self, x: np.ndarray) -> np.ndarray:
         if self._runner is not None:
             return self._runner.run_numpy(x).reshape(len(x), -1)[:, 0]
+        # onnxruntime sessions are thread-safe for run(), but ModelStage's lock serialises them so that
+        # concurrent batches do not oversubscribe the cores (each run already uses every intra-op thread).
         with self._lock:
-            out = self._session.run(None, {"image": x.astype(np.float32, copy=False)})[0]
+            out = self._model.run(None, {"image": x.astype(np.float32, copy=False)})[0]
         return np.asarray(out, dtype=np.float64).reshape(len(x), -1)[:, 0]
 
     async def aclose(self) -> None:
-        self._session = None
         self._runner = None
+        await super().aclose()
 
 
 def five_crop_boxes(width: int, height: int, scale: float) -> list[tuple[int, int, int, int]]:

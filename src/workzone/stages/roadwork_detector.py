@@ -1,10 +1,12 @@
 """Embedded road-work object detector (cones, drums, posts, barriers, signs, workers, machines) with onnxruntime.
 
-The model contract (``workzone/models/CONE_DETECTOR_CARD.md``; trained by
-:mod:`workzone_train.detector`, decoded here by :func:`decode_detections`): input ``image`` float32 [N, 3, S, S] RGB in [0, 1],
-letterboxed; output ``out`` [N, K + 4, S/8, S/8] with peak-suppressed centre probabilities, centre
-offsets and box sizes. A JSON sidecar next to the ``.onnx`` file gives ``input_size``, ``stride``,
-``class_names`` and ``score_threshold``.
+The model contract (``workzone/models/OBJECT_DETECTOR_CARD.md``; the network is
+:mod:`workzone_train.detector`'s, trained by :mod:`workzone_train.object_train`, decoded here by
+:func:`decode_detections`): input ``image`` float32 [N, 3, S, S] RGB in [0, 1], letterboxed; output ``out``
+[N, K + 4, S/8, S/8] with peak-suppressed centre probabilities for K classes, centre offsets and box sizes.
+A JSON sidecar next to the ``.onnx`` file gives ``input_size``, ``stride``, ``class_names`` and
+``score_threshold``. The default model is the ten-class ``roadwork_objects.onnx``; the superseded one-class
+``cone_detector.onnx`` still ships and loads when a pipeline names it (``model: builtin:cone_detector.onnx``).
 
 Score: when the sidecar carries a ``decision`` block (:mod:`workzone.object_evidence`), the
 log-odds of a logistic regression over summaries of the detected objects, fitted on out-of-fold
@@ -26,22 +28,21 @@ from workzone.errors import ModelFileError
 from workzone.io.images import resize_for_model
 from workzone.stages._onnx import open_session, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, open_runner, use_torch
-from workzone.stages.base import Stage
+from workzone.stages._model_stage import ModelStage
 from workzone.object_evidence import COUNT_AT, DETECTION_FLOOR, LOGIT_CLIP, MAX_DETECTIONS, ObjectDecision
 from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, logit
 
-__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ObjectDetectorRunner", "decode_detections",
-           "CLASS_NAMES", "STRIDE"]
+__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ObjectDetectorRunner", "decode_detections", "STRIDE"]
 
 
-#: Classes of the exported detector, in output-channel order.
-CLASS_NAMES: tuple[str, ...] = ("cone",)
 #: Output stride of the exported heat map.
 STRIDE = 8
+#: Class names of a sidecar that lists none: only the one-class cone detector's early sidecars lack them.
+_UNNAMED_CLASSES = ["cone"]
 
 
 class RoadworkDetectorParams(TorchBackendParams):
-    model: str = Field(default="builtin:cone_detector.onnx", description="ONNX file, or builtin:NAME")
+    model: str = Field(default="builtin:roadwork_objects.onnx", description="ONNX file, or builtin:NAME")
     input_size: int | None = Field(default=None, ge=64, le=2048, description="override the sidecar's input size (multiple of 32)")
     score_threshold: float | None = Field(default=None, ge=0.0, le=1.0,
                                           description="lowest box confidence reported as evidence (default: sidecar's)")
@@ -81,13 +82,13 @@ class ObjectDetectorRunner:
             self.torch_runner = open_runner(path, torch_params, device)
         else:
             self.session = open_session(path, threads=threads, providers=providers, inputs=["image"],
-                                        hint="; train one with `workzone train detector`", feature="the cone detector")
+                                        hint="; train one with `workzone train objects-loso`", feature="the object detector")
         self.meta = read_sidecar(path)
         self.size = int(input_size or self.meta.get("input_size", 448))
         if self.size % 32:
             raise ModelFileError(f"{path}: input size must be a multiple of 32, got {self.size}")
         self.stride = int(self.meta.get("stride", 8))
-        self.class_names: list[str] = list(self.meta.get("class_names", ["cone"]))
+        self.class_names: list[str] = list(self.meta.get("class_names", _UNNAMED_CLASSES))
         self.score_threshold = float(self.meta.get("score_threshold", 0.3))
         # A model trained (and its decision fitted) on shrunk JPEG copies sees images so treated first:
         # see _as_trained.
@@ -112,7 +113,7 @@ class ObjectDetectorRunner:
 
     def detect(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
                batch_size: int = 8) -> list[np.ndarray]:
-        """Detect cones.
+        """Detect work-zone objects.
 
         Args:
             images: uint8 RGB arrays (H, W, 3), or images (pixels already on the torch device stay there).
@@ -211,8 +212,12 @@ class ObjectDetectorRunner:
         return np.asarray(im)
 
 
-class RoadworkDetectorStage(Stage):
-    """Finds work-zone objects with the embedded detector; the score is its sidecar's decision (or a box pool)."""
+class RoadworkDetectorStage(ModelStage):
+    """Finds work-zone objects with the embedded detector; the score is its sidecar's decision (or a box pool).
+
+    The model (``_model``) is an :class:`ObjectDetectorRunner`; :class:`ModelStage` loads, warms up (a
+    blank image through the whole path) and closes it.
+    """
 
     kind = "roadwork_detector"
     requires = ("onnxruntime",)
@@ -221,36 +226,20 @@ class RoadworkDetectorStage(Stage):
     default_cost = 60.0
     params: RoadworkDetectorParams
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._runner: ObjectDetectorRunner | None = None
-
-    async def load(self) -> None:
-        self._runner = await self.run_blocking(self._load_sync)
-
-    def _load_sync(self) -> ObjectDetectorRunner:
+    def _load_sync(self) -> None:
         path = self.context.resolve(self.params.model)
         device = self.context.device
         torch_params = self.params if use_torch(self.params.backend, device) else None
-        providers = ["CPUExecutionProvider"] if torch_params else providers_for(device, feature="the cone detector")
+        providers = ["CPUExecutionProvider"] if torch_params else providers_for(device, feature="the object detector")
         try:
-            return ObjectDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
-                                      providers=providers, torch_params=torch_params, device=device)
+            self._model = ObjectDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
+                                               providers=providers, torch_params=torch_params, device=device)
         except ModelFileError as exc:
             raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
 
-    async def warmup(self) -> None:
-        if self._runner is not None:
-            await self.run_blocking(self._runner.detect, [np.zeros((64, 64, 3), np.uint8)])
-
-    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
-        self.require_loaded(self._runner)
-        return await self.run_blocking(self._predict_sync, list(batch))
-
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         p = self.params
-        runner = self._runner
-        assert runner is not None
+        runner: ObjectDetectorRunner = self._model
         floor = min(p.min_pool_score, runner.score_threshold if p.score_threshold is None else p.score_threshold)
         most = max(p.max_boxes, p.top_k)
         if runner.decision is not None:
@@ -276,9 +265,9 @@ class RoadworkDetectorStage(Stage):
         return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
 
     async def aclose(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-        self._runner = None
+        if self._model is not None:
+            self._model.close()  # its input-making thread
+        await super().aclose()
 
 
 def _decided_by(parts: Sequence[tuple[str, float]]) -> str:
@@ -311,7 +300,7 @@ def _to_image_coords(det: np.ndarray, w: int, h: int, size: int) -> np.ndarray:
 
 
 def decode_detections(out: np.ndarray, *, score_threshold: float = 0.1, max_detections: int = 50,
-                      stride: int = STRIDE, num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+                      stride: int = STRIDE, num_classes: int | None = None) -> np.ndarray:
     """Boxes from one image's exported output.
 
     Args:
@@ -319,7 +308,7 @@ def decode_detections(out: np.ndarray, *, score_threshold: float = 0.1, max_dete
         score_threshold: lowest peak probability kept.
         max_detections: most boxes kept (highest scores first).
         stride: output stride.
-        num_classes: K.
+        num_classes: K (default: the channels before the four box channels, ``out.shape[0] - 4``).
 
     Returns:
         (D, 6) float32 rows ``x1, y1, x2, y2, score, class`` in input pixels, by falling score.
@@ -329,6 +318,8 @@ def decode_detections(out: np.ndarray, *, score_threshold: float = 0.1, max_dete
         >>> decode_detections(out).tolist()  # the peak in cell (x=2, y=1), 8 x 8 px
         [[12.0, 4.0, 20.0, 12.0, 0.5, 0.0]]
     """
+    if num_classes is None:
+        num_classes = out.shape[0] - 4
     heat = out[:num_classes].reshape(-1)
     g_h, g_w = out.shape[1:]
     k = min(max_detections, heat.size)

@@ -343,7 +343,7 @@ def detector_session_only(blobs: list[bytes], size: str, model: str, *, batch: i
 
 def object_parity_row(data: str, *, device: str, limit: int | None = None, cpu_share: float = 0.0) -> Row:
     """The torch object path on ``device`` against onnxruntime on the CPU, on a manifest's dev images."""
-    from workzone.bench.parity import dev_jpegs, object_parity
+    from workzone.throughput.parity import dev_jpegs, object_parity
 
     report, _, _ = object_parity(dev_jpegs(data, limit=limit), device=device, batch=256, cpu_share=cpu_share)
     how = "" if not device.startswith("cuda") else (", nvJPEG decode" if cpu_share == 0 else

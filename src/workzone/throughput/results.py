@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from workzone.bench.runs import Row
+from workzone.throughput.runs import Row
 
 __all__ = ["write_results", "decode_ratios"]
 

@@ -35,7 +35,7 @@ def write_eval_outputs(result: "EvalResult", manifest: Path, config: "PipelineCo
         n = write_records(records, predictions)
         done.append(f"{n} prediction records written to {predictions}")
     if html:
-        from workzone.evaluation.report import write_report
+        from workzone.evaluation.html_report import write_report
 
         write_report(html, records, base=base, title=f"workzone evaluation: pipeline {config.name}",
                      tuning=config.tuning or None, tier_names=[t.name for t in config.tiers], gallery_size=gallery,
@@ -74,7 +74,7 @@ def report(
             console.print(line)
         return
     from workzone.evaluation.records import join_truth, read_records
-    from workzone.evaluation.report import write_report
+    from workzone.evaluation.html_report import write_report
 
     records = read_records(manifest_or_records)
     note = f"Records {manifest_or_records.name}."

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import build_tiny_classifier
-from workzone.bench.inputs import sample_images, synth_jpegs
-from workzone.bench.runs import Row
+from workzone.throughput.inputs import sample_images, synth_jpegs
+from workzone.throughput.runs import Row
 from workzone.cli.bench import add_estimates
 from workzone.cli.main import app
 from workzone.io.images import decode_image

@@ -1,4 +1,4 @@
-"""workzone.batching: batches form under load, a lone job does not wait, the queue is bounded,
+"""workzone.micro_batcher: batches form under load, a lone job does not wait, the queue is bounded,
 shutdown drains."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from workzone.batching import BatchPolicy, MicroBatcher
+from workzone.micro_batcher import BatchPolicy, MicroBatcher
 from workzone.errors import Overloaded, ShuttingDown
 
 

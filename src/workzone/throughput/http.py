@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from workzone.bench.runs import Row
+from workzone.throughput.runs import Row
 from workzone.errors import WorkzoneError
 
 __all__ = ["http_latency", "http_sweep", "served"]
