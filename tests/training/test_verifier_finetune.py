@@ -135,3 +135,11 @@ def test_loso_scores_read_a_finetuned_run_and_export_its_full_model(lookalike_ro
     sidecar = json.loads((models / "roadwork_verifier.json").read_text())
     assert "fine-tuned" in sidecar["training"]["backbone"] and sidecar["decision"]["features"][-1] == "people_n"
     assert (models / "roadwork_verifier.onnx").stat().st_size > 1_000_000
+
+
+def test_fold_runs_name_every_fold_and_each_seed_of_the_full_model() -> None:
+    from workzone_train.fold_processes import fold_runs
+
+    assert fold_runs(["a", "b"], "all", "0,1") == [("a", 0), ("b", 0), ("full", 0), ("full", 1)]
+    assert fold_runs(["a", "b"], "b", "0,1") == [("b", 0)]
+    assert fold_runs(["a", "b"], "full", "3") == [("full", 3)]

@@ -292,7 +292,8 @@ def export_finetuned_verifier(weights: Path, out: Path, *, sidecar: Mapping) -> 
 def run_verifier_loso(args: list[str]) -> None:
     """Every fold and the full model(s), one process each on the visible GPU(s)."""
     import argparse
-    import subprocess
+
+    from workzone_train.fold_processes import fold_runs, run_fold_processes
 
     ap = argparse.ArgumentParser(prog="workzone train verifier-loso")
     ap.add_argument("--pack", required=True, help="crop pack from `workzone train verifier-pack`")
@@ -328,21 +329,14 @@ def run_verifier_loso(args: list[str]) -> None:
     blob = np.load(a.pack)
     folds = json.loads(str(blob["folds"]))
     (out / "pack.json").write_text(json.dumps({"digest": str(blob["digest"]), "folds": folds}))
-    names = list(folds) + ["full"] if a.folds == "all" else a.folds.split(",")
-    runs = [(f, 0) for f in names if f != "full"] + [("full", int(s)) for s in a.seeds.split(",") if "full" in names]
-    procs = []
-    for i, (fold, seed) in enumerate(runs):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % max(1, a.gpus)), OMP_NUM_THREADS="1")
+    def command(fold: str, seed: int) -> list[str]:
         cmd = [sys.executable, "-m", "workzone_train.verifier_tune", "--pack", a.pack, "--out", a.out, "--fold", fold,
                "--seed", str(seed), "--workers", str(a.workers), "--epochs", str(a.epochs), "--batch-size",
                str(a.batch_size), "--lr", str(a.lr), "--backbone-lr", str(a.backbone_lr), "--max-seconds",
                str(a.max_seconds), "--device", a.device]
-        if a.weights:
-            cmd += ["--weights", a.weights]
-        procs.append((f"{fold}-seed{seed}", subprocess.Popen(cmd, env=env)))
-    failed = [f for f, p in procs if p.wait() != 0]
-    if failed:
-        raise SystemExit(f"verifier folds failed: {failed}")
+        return cmd + (["--weights", a.weights] if a.weights else [])
+
+    run_fold_processes(fold_runs(list(folds), a.folds, a.seeds), command, gpus=a.gpus)
 
 
 if __name__ == "__main__":
