@@ -26,3 +26,8 @@ python -m workzone_train.verifier_tune --pack .gpu/verifier_pack.npz --out "$RUN
 echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/$TAG-device.txt"
 tar -C "$RUN" -czf "$OUT/$TAG-run.tar.gz" --exclude='*.ckpt' --exclude='*.pt' .
 for f in "$RUN"/verifier-seed*.pt; do cp "$f" "$OUT/$TAG-$(basename "$f")"; done
+# FOLD_WEIGHTS=1 also brings back each fold model (9.5 MB each): with SEEDS=0 that is 8 files, ~57 MB, within
+# what a call returns (8 files, 64 MiB); needed to score candidates that the run did not see out of fold.
+if [ "${FOLD_WEIGHTS:-0}" = 1 ]; then
+  for f in "$RUN"/*-seed0.pt; do cp "$f" "$OUT/$TAG-$(basename "$f")"; done
+fi

@@ -67,6 +67,7 @@ def test_a_fold_trains_resumes_and_scores_only_what_it_never_saw(pack: tuple, tm
     # a rerun with more epochs resumes from the checkpoint instead of starting again
     finetune_fold(p, "b", run, epochs=2, batch_size=4, workers=0, device="cpu", log=logs.append)
     assert any("resumed at epoch 1" in m for m in logs)
+    assert (run / "b-seed0.pt").exists()  # the fold model's weights, to score other candidates out of fold
     probs = read_verifier_run(run, items_digest(items))
     b_candidates = {i for i, it in enumerate(items) if it.kind == "candidate" and it.source == "gtsdb_scenes"}
     assert set(probs) == b_candidates

@@ -171,8 +171,8 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
                   ) -> dict[str, Any]:
     """Fine-tune one verifier without ``fold``'s crops (``full``: with every crop), checkpointing each epoch.
 
-    Writes ``{fold}-probs.npz`` (the fold's candidates: item index and probabilities) or, for ``full``,
-    ``verifier-seed{seed}.pt`` (float16 weights), and ``{fold}-seed{seed}.json`` (what it learnt from, held-out
+    Writes ``{fold}-probs.npz`` (the fold's candidates: item index and probabilities), the float16 weights
+    (``{fold}-seed{seed}.pt``; for ``full``: ``verifier-seed{seed}.pt``), and ``{fold}-seed{seed}.json`` (what it learnt from, held-out
     accuracy per class). A checkpoint ``{fold}-seed{seed}.ckpt`` left by an interrupted run is resumed.
     ``backbone_lr`` scales the backbone's learning rate against the head's: below 1 the ImageNet features move
     less, which keeps more of what transfers to cameras the crops never came from.
@@ -250,9 +250,9 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
         test = np.flatnonzero(pack["scored"] & in_fold)
         probs = _predict(model, pack["pixels"], test, device)
         np.savez(out / f"{fold}-probs.npz", owner=pack["owner"][test], probs=probs.astype(np.float16))
-    else:
-        torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
-                   out / f"verifier-seed{seed}.pt")
+    # float16 weights of every model (a fold's too: scoring new candidates out of fold needs them)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+               out / (f"verifier-seed{seed}.pt" if fold == "full" else f"{fold}-seed{seed}.pt"))
     (out / f"{fold}-seed{seed}.json").write_text(json.dumps(summary, indent=2))
     log(f"{fold}: done {summary.get('held_out_recall', '')}")
     return summary
