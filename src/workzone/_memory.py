@@ -66,7 +66,7 @@ def freeze_loaded_objects() -> int:
     permanent generation, which it never scans again.
 
     A full collection walks every tracked object: with the pipeline loaded, a server's full
-    collections took 30-160 ms each under load (2 cores), all of it on the event loop, where every
+    collections took 29-162 ms each under load (2 cores), all of it on the event loop, where every
     request waits for it. After the freeze they walk only what was allocated since.
 
     Returns:
