@@ -298,6 +298,13 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
     return results
 
 
+def _refusal_latencies(res: list[Any]) -> tuple[list[float], list[float]]:
+    """Seconds of each 429/503 by the client's clock, and the same from its connection to the status line.
+    The client's connect is part of its clock; on 2 shared cores it is a large part of the tail."""
+    refused = [r for r in res if r.status in (429, 503)]
+    return [r.latency_s for r in refused], [r.latency_s - r.connect_s for r in refused]
+
+
 def _errors(res: list[Any]) -> str:
     errs: dict[str, int] = {}
     for r in res:
@@ -342,9 +349,7 @@ def overload(args: argparse.Namespace) -> list[str]:
         limit = 30.0 if deadline is None else float(deadline)
         ok = [r.latency_s for r in res if r.status == 200]
         degraded = sum(1 for r in res if r.status == 200 and b'"degraded":true' in r.body)
-        refused = [r.latency_s for r in res if r.status in (429, 503)]
-        # The client's connect is part of its clock; on 2 shared cores it is a large part of the tail.
-        answered = [r.latency_s - r.connect_s for r in res if r.status in (429, 503)]
+        refused, answered = _refusal_latencies(res)
         late = sum(1 for x in ok if x > limit)
         other = {r.status: 0 for r in res if r.status not in (200, 429, 503)}
         for r in res:
@@ -385,8 +390,7 @@ def overload_ab(args: argparse.Namespace) -> list[str]:
         finally:
             srv.stop()
         ok = [r.latency_s for r in res if r.status == 200]
-        ref = [r.latency_s for r in res if r.status in (429, 503)]
-        answered = [r.latency_s - r.connect_s for r in res if r.status in (429, 503)]
+        ref, answered = _refusal_latencies(res)
         rows.append(f"| {label} | {l0:.1f} -> {os.getloadavg()[0]:.1f} | {len(res)} | {len(ok)} | "
                     f"{sum(x > 2 for x in ok)} | {_pct(ref, .5) * 1000:.0f} ms | {_pct(ref, .99) * 1000:.0f} ms | "
                     f"{_pct(answered, .99) * 1000:.0f} ms | {sum(r.status is None for r in res)} |")

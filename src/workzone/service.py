@@ -59,6 +59,10 @@ def answer_by(arrived_at: float, deadline_s: float | None) -> float | None:
     return None if deadline_s is None else arrived_at + deadline_s - answer_margin(deadline_s)
 
 
+EventHandler = Callable[[TierEvent], Awaitable[None] | None]
+State = Literal["created", "starting", "ready", "failed", "stopping", "stopped"]
+
+
 class ServiceObserver(Protocol):
     """What the service reports as it works (the Prometheus metrics implement it)."""
 
