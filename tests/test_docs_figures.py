@@ -102,8 +102,8 @@ class Quote:
 LOSO = "loso_ten_sources.md"  # the previous default's table: the whole-image comparison is quoted from it
 SHIPPED = "default (signs+objects)"
 LOSO11 = "loso_eleven_sources.md"
-SHIPPED11 = "default (signs+objects+verify)"
-VERIFY = "verify (class-blind)"
+SHIPPED11 = "default (signs+verify)"
+VERIFY = "verify (fine-tuned, class-aware)"
 
 
 def loso(row: str, column: str = SHIPPED, k: int = 0, places: int | None = None) -> Callable[[], str]:

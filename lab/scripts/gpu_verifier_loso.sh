@@ -2,25 +2,27 @@
 # Fine-tune the candidate verifier's fold models and full model on one GPU machine (`device` run), from what
 # `workzone train verifier-pack` wrote here. Carry .gpu holding:
 #   .gpu/verifier_pack.npz   the crop pack (workzone train verifier-pack ... --out .gpu/verifier_pack.npz)
-#   .gpu/lite0_fp16.pt       ImageNet Lite0 weights, float16, without the classifier (OBJECT_DETECTOR_CARD.md)
+#   .gpu/lite0_fp16.pt       ImageNet Lite0 weights, float16, without the classifier (VERIFIER_CARD.md)
 #   .gpu/whl/                wheels the machine lacks: efficientnet-lite-pytorch, pydantic and its four deps
-# Usage: run(command="bash lab/scripts/gpu_verifier_loso.sh [EPOCHS]", carry=[".gpu"]); the run comes back in
-# $OUT as verifier_run.tar.gz (probabilities, summaries, logs) and verifier-seed*.pt (the full models).
+# Usage: run(command="bash lab/scripts/gpu_verifier_loso.sh [EPOCHS] [verifier-loso options...]", carry=[".gpu"]);
+# TAG names the run (default v), SEEDS the full model's seeds (default 0,1). The run comes back in $OUT as
+# $TAG-run.tar.gz (probabilities, summaries, logs) and $TAG-verifier-seed*.pt (the full models).
 set -euo pipefail
 EPOCHS=${1:-15}
-RUN=${RUN:-/tmp/verifier_run}
+shift || true
+TAG=${TAG:-v}
+RUN=/tmp/verifier-$TAG
 # The wheels are unpacked, not pip-installed: the machine's pip refused them (pydantic was missing in the first run).
 SITE=/tmp/verifier_site
 mkdir -p "$SITE" && for w in .gpu/whl/*.whl; do python -m zipfile -e "$w" "$SITE"; done
 export PYTHONPATH=$PWD/src:$PWD/lab/src:$SITE
 python -c "import pydantic, efficientnet_lite_pytorch"
 python -c "from PIL import features; assert features.check('webp'), 'Pillow without WebP: repack as JPEG'"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
-nproc >> "$OUT/device.txt"
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; } > "$OUT/$TAG-device.txt"
 start=$(date +%s)
 python -m workzone_train.verifier_tune --pack .gpu/verifier_pack.npz --out "$RUN" --weights .gpu/lite0_fp16.pt \
-  --epochs "$EPOCHS" --workers 2 --seeds 0,1 --max-seconds "${MAX_SECONDS:-420}" || echo "some folds failed"
-echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/device.txt"
-tar -C "$RUN" -czf "$OUT/verifier_run.tar.gz" --exclude='*.ckpt' --exclude='*.pt' .
-cp "$RUN"/verifier-seed*.pt "$OUT/" 2>/dev/null || true
-ls -la "$OUT"
+  --epochs "$EPOCHS" --workers 2 --seeds "${SEEDS:-0,1}" --max-seconds "${MAX_SECONDS:-420}" "$@" \
+  || echo "some folds failed"
+echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/$TAG-device.txt"
+tar -C "$RUN" -czf "$OUT/$TAG-run.tar.gz" --exclude='*.ckpt' --exclude='*.pt' .
+for f in "$RUN"/verifier-seed*.pt; do cp "$f" "$OUT/$TAG-$(basename "$f")"; done

@@ -105,3 +105,41 @@ def test_the_loso_command_runs_each_fold_in_its_own_process(pack: tuple, tmp_pat
     assert (run / "verifier-seed0.pt").exists() and (run / "b-seed0.log").exists()
     assert set(read_verifier_run(run, items_digest(items))) == {
         i for i, it in enumerate(items) if it.kind == "candidate" and it.source == "gtsdb_scenes"}
+
+
+def test_loso_scores_read_a_finetuned_run_and_export_its_full_model(lookalike_root: Path, tmp_path: Path  # noqa: F811
+                                                                    ) -> None:
+    pytest.importorskip("onnxruntime")
+    from workzone.evaluation.loso_table import OofRow
+    from workzone_train.corpus import load_corpus
+    from workzone_train.verifier import build_crop_table, verify_oof_scores
+    from workzone_train.verifier_tune import run_verifier_loso, write_crop_pack
+
+    folds = {"a": ("TraCon",), "b": ("CamVid", "nexar-eduardo", "gtsdb_scenes", "WMaia9-workzone")}
+    cone = OBJECT_CLASSES.index("cone")
+    corpus = load_corpus(lookalike_root)
+    rng = np.random.default_rng(0)
+    dets = {s.key: np.array([[0.3, 0.3, 0.5, 0.6, float(rng.uniform(0.2, 0.9)), cone]]) for s in corpus}
+    pack = tmp_path / "pack.npz"
+    write_crop_pack(build_crop_table(lookalike_root, dets, OBJECT_CLASSES), folds, pack)
+    run = tmp_path / "run"
+    run_verifier_loso(["--pack", str(pack), "--out", str(run), "--epochs", "1", "--batch-size", "4", "--workers", "0",
+                       "--device", "cpu"])
+    fold_of = {s: f for f, srcs in folds.items() for s in srcs}
+    rows = [OofRow(s.key, s.source, s.condition, s.label, fold_of[s.source], {}) for s in corpus]
+    models = tmp_path / "models"
+    out = verify_oof_scores(lookalike_root, corpus, rows, dets, folds, finetuned=run, export_to=models,
+                            shipped_features="classes", log=lambda _: None)
+    assert set(out) == {"verify", "verify-blind", "verify-classes"}
+    assert all(len(v) == len(rows) and np.isfinite(v).all() for v in out.values())
+    sidecar = json.loads((models / "roadwork_verifier.json").read_text())
+    assert "fine-tuned" in sidecar["training"]["backbone"] and sidecar["decision"]["features"][-1] == "people_n"
+    assert (models / "roadwork_verifier.onnx").stat().st_size > 1_000_000
+
+
+def test_fold_runs_name_every_fold_and_each_seed_of_the_full_model() -> None:
+    from workzone_train.fold_processes import fold_runs
+
+    assert fold_runs(["a", "b"], "all", "0,1") == [("a", 0), ("b", 0), ("full", 0), ("full", 1)]
+    assert fold_runs(["a", "b"], "b", "0,1") == [("b", 0)]
+    assert fold_runs(["a", "b"], "full", "3") == [("full", 3)]

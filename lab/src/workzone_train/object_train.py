@@ -10,7 +10,6 @@ each writing the detections of the images it never saw.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -201,7 +200,8 @@ def run_fold(args: list[str]) -> None:
 def run_loso(args: list[str]) -> None:
     """Spawn every fold (and the full model) as its own process, spread over the visible GPUs."""
     import argparse
-    import subprocess
+
+    from workzone_train.fold_processes import fold_runs, run_fold_processes
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -215,20 +215,13 @@ def run_loso(args: list[str]) -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the full model")
     a = ap.parse_args(args)
-    folds = list(LOSO_FOLDS) + ["full"] if a.folds == "all" else a.folds.split(",")
-    runs = [(f, 0) for f in folds if f != "full"] + [("full", int(s)) for s in a.seeds.split(",") if "full" in folds]
-    procs = []
-    for i, (fold, seed) in enumerate(runs):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % max(1, a.gpus)), OMP_NUM_THREADS="1")
+    def command(fold: str, seed: int) -> list[str]:
         cmd = [sys.executable, "-m", "workzone_train.object_train", "fold", "--data", a.data, "--fold", fold,
                "--out", a.out, "--workers", str(a.workers), "--device", a.device, "--seed", str(seed),
                "--seconds", str(a.full_seconds if fold == "full" else a.seconds)]
-        if a.weights:
-            cmd += ["--weights", a.weights]
-        procs.append((f"{fold}-seed{seed}", subprocess.Popen(cmd, env=env)))
-    failed = [f for f, p in procs if p.wait() != 0]
-    if failed:
-        raise SystemExit(f"folds failed: {failed}")
+        return cmd + (["--weights", a.weights] if a.weights else [])
+
+    run_fold_processes(fold_runs(list(LOSO_FOLDS), a.folds, a.seeds), command, gpus=a.gpus)
 
 
 def pack(args: list[str]) -> None:

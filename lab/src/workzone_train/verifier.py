@@ -23,6 +23,7 @@ positives are daytime close-ups learns to reject night and distance).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence

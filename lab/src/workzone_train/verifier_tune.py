@@ -166,13 +166,16 @@ def _predict(model: Any, pixels: np.ndarray, rows: np.ndarray, device: str, batc
 
 
 def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int = 12, batch_size: int = 256,
-                  lr: float = 1e-3, seed: int = 0, workers: int = 2, device: str = "cuda", weights: str | None = None,
-                  max_seconds: float = 0.0, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  lr: float = 1e-3, backbone_lr: float = 1.0, seed: int = 0, workers: int = 2, device: str = "cuda",
+                  weights: str | None = None, max_seconds: float = 0.0, log: Callable[[str], None] = print
+                  ) -> dict[str, Any]:
     """Fine-tune one verifier without ``fold``'s crops (``full``: with every crop), checkpointing each epoch.
 
     Writes ``{fold}-probs.npz`` (the fold's candidates: item index and probabilities) or, for ``full``,
     ``verifier-seed{seed}.pt`` (float16 weights), and ``{fold}-seed{seed}.json`` (what it learnt from, held-out
     accuracy per class). A checkpoint ``{fold}-seed{seed}.ckpt`` left by an interrupted run is resumed.
+    ``backbone_lr`` scales the backbone's learning rate against the head's: below 1 the ImageNet features move
+    less, which keeps more of what transfers to cameras the crops never came from.
     """
     torch = require("torch", "the fine-tuned verifier")
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +195,9 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
                                          batch_size=batch_size, sampler=sampler, num_workers=workers,
                                          drop_last=True, persistent_workers=workers > 0)
     model = build_verifier_net(weights).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    head = [p for n, p in model.named_parameters() if n.startswith("head.")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    opt = torch.optim.AdamW([{"params": body, "lr": lr * backbone_lr}, {"params": head, "lr": lr}], weight_decay=1e-4)
     steps = max(1, epochs * len(loader))
     warm = max(1, len(loader) // 2)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -232,6 +237,7 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
             log(f"{fold}: stopped after {epoch + 1} epochs, past {max_seconds:.0f} s")
             break
     summary: dict[str, Any] = {"fold": fold, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                               "backbone_lr": backbone_lr,
                                "seconds": round(time.monotonic() - t0, 1),
                                "train_crops_by_class": {c: int(k) for c, k in zip(VERIFIER_CLASSES, counts)}}
     if fold != "full":
@@ -286,7 +292,8 @@ def export_finetuned_verifier(weights: Path, out: Path, *, sidecar: Mapping) -> 
 def run_verifier_loso(args: list[str]) -> None:
     """Every fold and the full model(s), one process each on the visible GPU(s)."""
     import argparse
-    import subprocess
+
+    from workzone_train.fold_processes import fold_runs, run_fold_processes
 
     ap = argparse.ArgumentParser(prog="workzone train verifier-loso")
     ap.add_argument("--pack", required=True, help="crop pack from `workzone train verifier-pack`")
@@ -296,6 +303,7 @@ def run_verifier_loso(args: list[str]) -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--backbone-lr", type=float, default=1.0, help="backbone learning rate over the head's")
     ap.add_argument("--max-seconds", type=float, default=0.0)
     ap.add_argument("--folds", default="all")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the full model")
@@ -314,26 +322,21 @@ def run_verifier_loso(args: list[str]) -> None:
                 fh.flush()
                 print(msg, flush=True)
 
-            finetune_fold(pack, a.fold, out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+            finetune_fold(pack, a.fold, out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                          backbone_lr=a.backbone_lr, seed=a.seed,
                           workers=a.workers, device=a.device, weights=a.weights, max_seconds=a.max_seconds, log=log)
         return
     blob = np.load(a.pack)
     folds = json.loads(str(blob["folds"]))
     (out / "pack.json").write_text(json.dumps({"digest": str(blob["digest"]), "folds": folds}))
-    names = list(folds) + ["full"] if a.folds == "all" else a.folds.split(",")
-    runs = [(f, 0) for f in names if f != "full"] + [("full", int(s)) for s in a.seeds.split(",") if "full" in names]
-    procs = []
-    for i, (fold, seed) in enumerate(runs):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % max(1, a.gpus)), OMP_NUM_THREADS="1")
+    def command(fold: str, seed: int) -> list[str]:
         cmd = [sys.executable, "-m", "workzone_train.verifier_tune", "--pack", a.pack, "--out", a.out, "--fold", fold,
                "--seed", str(seed), "--workers", str(a.workers), "--epochs", str(a.epochs), "--batch-size",
-               str(a.batch_size), "--lr", str(a.lr), "--max-seconds", str(a.max_seconds), "--device", a.device]
-        if a.weights:
-            cmd += ["--weights", a.weights]
-        procs.append((f"{fold}-seed{seed}", subprocess.Popen(cmd, env=env)))
-    failed = [f for f, p in procs if p.wait() != 0]
-    if failed:
-        raise SystemExit(f"verifier folds failed: {failed}")
+               str(a.batch_size), "--lr", str(a.lr), "--backbone-lr", str(a.backbone_lr), "--max-seconds",
+               str(a.max_seconds), "--device", a.device]
+        return cmd + (["--weights", a.weights] if a.weights else [])
+
+    run_fold_processes(fold_runs(list(folds), a.folds, a.seeds), command, gpus=a.gpus)
 
 
 if __name__ == "__main__":

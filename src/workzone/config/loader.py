@@ -175,7 +175,7 @@ def dump_pipeline(cfg: PipelineConfig) -> str:
 def _dump_tier(tier: TierConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"name": tier.name, "stages": [_dump_stage(st) for st in tier.stages]}
     # fusion is written even when untuned: a reader sees what the tier pools with
-    out["fusion"] = tier.fusion.model_dump()
+    out["fusion"] = tier.fusion.model_dump(exclude_none=True)
     out.update(tier.model_dump(exclude={"name", "stages", "fusion"}, exclude_defaults=True))
     return out
 
