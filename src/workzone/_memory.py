@@ -1,4 +1,5 @@
-"""Give memory back to the operating system after load (glibc only; a no-op elsewhere).
+"""Give memory back to the operating system after load (glibc only; a no-op elsewhere), and keep
+what was loaded out of the garbage collector's way.
 
 Under load, decoding and the cascade's worker threads allocate from several glibc malloc arenas;
 freed blocks stay in the process (RSS does not come down after the load). The server limits the
@@ -10,10 +11,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 import time
 
-__all__ = ["limit_malloc_arenas", "release_free_memory", "Trimmer"]
+__all__ = ["limit_malloc_arenas", "release_free_memory", "Trimmer", "freeze_loaded_objects"]
 
 log = logging.getLogger("workzone.server")
 
@@ -57,3 +59,19 @@ class Trimmer:
             return False
         self._last = now
         return release_free_memory()
+
+
+def freeze_loaded_objects() -> int:
+    """Collect once, then move every object alive now (modules, models, the app) to the collector's
+    permanent generation, which it never scans again.
+
+    A full collection walks every tracked object: with the pipeline loaded, a server's full
+    collections took 29-162 ms each under load (2 cores), all of it on the event loop, where every
+    request waits for it. After the freeze they walk only what was allocated since.
+
+    Returns:
+        The number of objects frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -27,12 +27,37 @@ from workzone.errors import DeadlineExceeded, NotReady
 from workzone._memory import Trimmer
 from workzone.types import Decision, Image
 
-__all__ = ["DetectionService", "ImageDecoder", "ServiceObserver", "EventHandler"]
+__all__ = ["DetectionService", "ImageDecoder", "ServiceObserver", "EventHandler", "answer_by", "answer_margin"]
 
 log = logging.getLogger("workzone.service")
 
-# How long past its deadline a request waits for a batch that is still finishing its last tier.
-_LATE_GRACE_S = 0.05
+# What an answer keeps of its deadline for itself: the time to shape and send it and for the client
+# to read it (the client's clock started before the server stamped the request's arrival). The
+# cascade and the wait for it end this much before the deadline: a 200 after it is a late answer.
+_ANSWER_MARGIN_S = 0.1
+_ANSWER_MARGIN_SHARE = 0.1  # of shorter deadlines
+
+
+def answer_margin(deadline_s: float) -> float:
+    """Seconds of a ``deadline_s`` kept for sending the answer (see ``_ANSWER_MARGIN_S``).
+
+    Examples:
+        >>> answer_margin(2.0), answer_margin(0.5)
+        (0.1, 0.05)
+    """
+    return min(_ANSWER_MARGIN_S, _ANSWER_MARGIN_SHARE * deadline_s)
+
+
+def answer_by(arrived_at: float, deadline_s: float | None) -> float | None:
+    """When the work of a request that arrived at ``arrived_at`` (``time.perf_counter()`` clock) must
+    be over: its deadline less :func:`answer_margin`.
+
+    Examples:
+        >>> answer_by(10.0, 2.0), answer_by(10.0, None)
+        (11.9, None)
+    """
+    return None if deadline_s is None else arrived_at + deadline_s - answer_margin(deadline_s)
+
 
 EventHandler = Callable[[TierEvent], Awaitable[None] | None]
 State = Literal["created", "starting", "ready", "failed", "stopping", "stopped"]
@@ -364,7 +389,7 @@ class DetectionService:
         """
         self.check_ready()
         start = time.perf_counter() if arrived_at is None else arrived_at
-        end = None if deadline_s is None else start + deadline_s
+        end = answer_by(start, deadline_s)
         if on_event is None or callable(on_event):
             handlers: Sequence[EventHandler | None] = [on_event] * len(images)
         else:
@@ -380,15 +405,18 @@ class DetectionService:
                           arrived_at: float | None = None, on_event: EventHandler | None = None) -> list[Decision]:
         """Decide several images; they are queued together and usually share a batch.
 
-        The answer never comes after the deadline: the cascade stops slow tiers at it, and if the
-        batch holding these images has not answered shortly after (the cores are saturated, a stage
-        runs on past its timeout), each image gets the prior, marked degraded.
+        The answer never comes after the deadline: the cascade stops slow tiers before it (keeping
+        :func:`answer_by`'s margin to send the answer), and if the batch holding these images has not
+        answered by then (the cores are saturated, a stage runs on past its timeout), each image gets
+        the prior, marked degraded.
         """
         start = time.perf_counter() if arrived_at is None else arrived_at
         futures = self.submit(images, deadline_s=deadline_s, arrived_at=start, on_event=on_event)
         if deadline_s is None:
             return list(await asyncio.gather(*futures))
-        wait = max(0.0, start + deadline_s + _LATE_GRACE_S - time.perf_counter())
+        # The cascade stops at answer_by(); half the margin more lets a batch cut there finish
+        # shaping its answers (else the prior would race them), the other half sends the answer.
+        wait = max(0.0, start + deadline_s - answer_margin(deadline_s) / 2 - time.perf_counter())
         done, _ = await asyncio.wait(futures, timeout=wait)
         out = []
         for img, fut in zip(images, futures):
@@ -400,14 +428,18 @@ class DetectionService:
         return out
 
     async def _process(self, jobs: list[_Job]) -> list[Decision]:
-        # Work whose deadline passed while it waited in the queue is answered at once (the prior,
-        # marked degraded) instead of holding the batch, or the cascade, to a deadline of zero.
+        # Work that cannot finish by its deadline (it passed while the image was queued, or less is
+        # left than the batch is expected to take) is answered at once (the prior, marked degraded)
+        # instead of holding the batch to a deadline it cannot meet, or taking CPU from work that can.
         now = time.perf_counter()
-        expired = [k for k, j in enumerate(jobs) if j.deadline is not None and j.deadline <= now]
+        expected = 0.0 if self.seconds_per_image is None else self.seconds_per_image * len(jobs)
+        expired = [k for k, j in enumerate(jobs) if j.deadline is not None and j.deadline - now <= expected]
         if expired:
             out: list[Decision | None] = [None] * len(jobs)
             for k in expired:
-                out[k] = self.prior_decision(jobs[k].image.source, "the deadline passed while the image was queued")
+                why = ("the deadline passed while the image was queued" if jobs[k].deadline <= now  # type: ignore[operator]
+                       else "the deadline would pass before the cascade answered: dropped before it started")
+                out[k] = self.prior_decision(jobs[k].image.source, why)
             live = [k for k in range(len(jobs)) if out[k] is None]
             if live:
                 for k, d in zip(live, await self._run_jobs([jobs[k] for k in live])):

@@ -148,6 +148,7 @@ class RawResult:
     latency_s: float
     body: bytes = b""
     error: str | None = None
+    connect_s: float | None = None  # of latency_s, the time to connect (the client's side of the clock)
 
 
 async def raw_request(host: str, port: int, req: HttpRequest, timeout_s: float = 30.0,
@@ -162,6 +163,7 @@ async def raw_request(host: str, port: int, req: HttpRequest, timeout_s: float =
     try:
         local = None if local_addr is None else (local_addr, 0)
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=local), timeout_s)
+        connected = time.perf_counter() - t
         head = f"POST {req.path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
         if req.content_type is not None:
             head += f"Content-Type: {req.content_type}\r\n"
@@ -176,7 +178,7 @@ async def raw_request(host: str, port: int, req: HttpRequest, timeout_s: float =
         status = int(line.split()[1])
         latency = time.perf_counter() - t
         body = await asyncio.wait_for(reader.read(), timeout_s)
-        return RawResult(status, latency, body.split(b"\r\n\r\n", 1)[-1])
+        return RawResult(status, latency, body.split(b"\r\n\r\n", 1)[-1], connect_s=connected)
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
         return RawResult(None, time.perf_counter() - t, error=f"{type(exc).__name__}: {exc}")
     except asyncio.TimeoutError:

@@ -11,6 +11,8 @@ A :class:`DecodeBudget` is what one request may spend: every image of a batch dr
 so a batch of slow images is stopped as a whole once the request's budget is gone.
 
 Pixels come back through the socket straight into the caller's array (no pickling of pixel data).
+The parent's end of each socket is non-blocking and read and written through the event loop: a
+worker the scheduler has not run yet (two busy cores) makes its job wait, never the server's loop.
 Each worker is a fresh interpreter (``python -m workzone.io.decode_pool``); a killed one is replaced
 in a background thread (a few hundred milliseconds) while the others go on.
 """
@@ -20,6 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
+import socket
+import struct
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -38,7 +43,6 @@ log = logging.getLogger("workzone.decode")
 _POLL_S = 0.01  # how often a running job's CPU time is read
 _START_S = 60.0  # a decoder process's start-up (a busy machine can take seconds)
 _HEAVY_NICE = 10  # CPU priority of the costly-image lane (CFS gives nice 10 about a tenth of nice 0's share)
-_BIG = 1 << 20  # payloads above this are sent or received in a thread, not on the event loop
 try:
     _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
@@ -112,7 +116,6 @@ class _Worker:
     def __init__(self, limits: ImageLimits, heavy: bool = False) -> None:
         import dataclasses
         import json
-        import socket
         import subprocess
         import sys
 
@@ -123,13 +126,20 @@ class _Worker:
         self.proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                      env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
         theirs.close()
-        self.conn = Connection(mine.detach())
+        self.sock = mine
 
     def wait_ready(self) -> "_Worker":
-        """Block until start-up (imports, Pillow's plugins) is over: its CPU time is not the first job's."""
-        if not self.conn.poll(_START_S) or self.conn.recv() != "ready":
+        """Block until start-up (imports, Pillow's plugins) is over: its CPU time is not the first job's.
+        Runs in a thread; the socket is non-blocking afterwards (the event loop reads and writes it)."""
+        self.sock.settimeout(_START_S)
+        try:
+            ready = _read_message(self.sock) == "ready"
+        except OSError:
+            ready = False
+        if not ready:
             self.kill()
             raise RuntimeError(f"a decoder process did not start within {_START_S:g} s")
+        self.sock.setblocking(False)
         return self
 
     def alive(self) -> bool:
@@ -143,7 +153,45 @@ class _Worker:
         if self.alive():
             self.proc.kill()
         self.proc.wait(timeout=5)
-        self.conn.close()
+        self.sock.close()
+
+    async def send(self, head: tuple, data: bytes) -> None:
+        """``head`` then ``data``, framed as :class:`multiprocessing.connection.Connection` frames them."""
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(self.sock, _frame(pickle.dumps(head)))
+        await loop.sock_sendall(self.sock, _frame_header(len(data)))
+        await loop.sock_sendall(self.sock, data)
+
+    async def receive(self) -> tuple:
+        """The worker's reply; the pixels of an ``image`` reply land straight in a new array."""
+        reply = pickle.loads(await self._frame())
+        if reply[0] != "image":
+            return reply
+        px = np.empty(tuple(reply[1]), np.uint8)
+        await self._frame(into=memoryview(px).cast("B"))
+        return reply[0], px, reply[2]
+
+    async def _frame(self, into: memoryview | None = None) -> bytes:
+        loop = asyncio.get_running_loop()
+        (size,) = struct.unpack("!i", await self._exactly(loop, 4))
+        if size == -1:
+            (size,) = struct.unpack("!Q", await self._exactly(loop, 8))
+        if into is None:
+            return await self._exactly(loop, size)
+        if size != len(into):
+            raise OSError(f"the decoder sent {size} bytes of pixels for a buffer of {len(into)}")
+        await self._exactly(loop, size, into)
+        return b""
+
+    async def _exactly(self, loop: asyncio.AbstractEventLoop, n: int, into: memoryview | None = None) -> bytes:
+        buf = memoryview(bytearray(n)) if into is None else into
+        got = 0
+        while got < n:
+            k = await loop.sock_recv_into(self.sock, buf[got:])
+            if not k:
+                raise EOFError("the decoder process closed its socket")
+            got += k
+        return bytes(buf) if into is None else b""
 
 
 class DecodePool:
@@ -246,14 +294,13 @@ class DecodePool:
         cpu0 = worker.cpu()
         try:
             limit = min(cpu_s, budget.cpu_s)
-            await self._send(worker, (op, source), data)
-            over = await self._wait(worker, cpu0, limit, end)
+            await worker.send((op, source), data)
+            reply, over = await self._watch(worker, cpu0, limit, end)
             budget.cpu_s -= worker.cpu() - cpu0
             if over == "deadline":
                 raise DeadlineExceeded("decode", "the deadline passed while the image was being decoded")
             if over is not None:
                 raise self._over(source, budget, whole=limit < cpu_s, cpu_s=cpu_s)
-            reply = await self._receive(worker)
             healthy = True
         except (EOFError, OSError) as exc:
             raise InvalidImageError(f"{source}: the decoder process failed on this image ({type(exc).__name__})") \
@@ -275,53 +322,25 @@ class DecodePool:
         return DecodeBudgetExceeded(f"{source}: decoding took more than {cpu_s:g} CPU seconds and was "
                                     "stopped; re-encode the image as a baseline JPEG or PNG")
 
-    @staticmethod
-    async def _send(worker: _Worker, head: tuple, data: bytes) -> None:
-        def send() -> None:
-            worker.conn.send(head)
-            worker.conn.send_bytes(data)
-
-        if len(data) > _BIG:
-            await asyncio.to_thread(send)
-        else:
-            send()
-
-    async def _wait(self, worker: _Worker, cpu0: float, limit: float, end: float | None) -> str | None:
-        """Wait for the worker's answer; ``"budget"`` or ``"deadline"`` if it must be stopped first."""
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        fd = worker.conn.fileno()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    async def _watch(self, worker: _Worker, cpu0: float, limit: float, end: float | None) -> tuple[Any, str | None]:
+        """The worker's reply, or ``(None, "budget" | "deadline")`` when it must be stopped first (its
+        CPU time is read every ``_POLL_S`` while the reply is awaited)."""
+        reading = asyncio.ensure_future(worker.receive())
         try:
             while True:
-                try:
-                    await asyncio.wait_for(asyncio.shield(ready), timeout=_POLL_S)
-                    return None
-                except asyncio.TimeoutError:
-                    pass
+                done, _ = await asyncio.wait({reading}, timeout=_POLL_S)
+                if done:
+                    return reading.result(), None
                 if worker.cpu() - cpu0 > limit:
-                    return "budget"
+                    return None, "budget"
                 if end is not None and time.perf_counter() > end:
-                    return "deadline"
+                    return None, "deadline"
                 if not worker.alive():
                     raise EOFError("the decoder process exited")
         finally:
-            loop.remove_reader(fd)
-            os.set_blocking(fd, True)  # uvloop's add_reader made it non-blocking; Connection reads block
-
-    @staticmethod
-    async def _receive(worker: _Worker) -> tuple:
-        reply = worker.conn.recv()
-        if reply[0] != "image":
-            return reply
-        shape = tuple(reply[1])
-        px = np.empty(shape, np.uint8)
-        flat = memoryview(px).cast("B")  # recv_bytes_into sizes a buffer by its first dimension
-        if px.nbytes > _BIG:
-            await asyncio.to_thread(worker.conn.recv_bytes_into, flat)
-        else:
-            worker.conn.recv_bytes_into(flat)
-        return reply[0], px, reply[2]
+            if not reading.done():  # the worker is replaced: its half-read reply goes with it
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
 
     async def _replace(self, worker: _Worker) -> None:
         self.killed += 1
@@ -338,6 +357,33 @@ class DecodePool:
         fresh = _Worker(self.limits, heavy=worker.heavy).wait_ready()
         self._all = [fresh if w is worker else w for w in self._all]
         return fresh
+
+
+def _frame_header(n: int) -> bytes:
+    # Connection's framing: a signed 32-bit length, or -1 and an unsigned 64-bit one for huge payloads.
+    return struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
+
+
+def _frame(payload: bytes) -> bytes:
+    return _frame_header(len(payload)) + payload
+
+
+def _read_message(sock: socket.socket) -> Any:
+    """One pickled message read from a blocking ``sock`` (start-up only)."""
+    def exactly(n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = sock.recv(n)
+            if not chunk:
+                raise EOFError("the decoder process closed its socket")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    (size,) = struct.unpack("!i", exactly(4))
+    if size == -1:
+        (size,) = struct.unpack("!Q", exactly(8))
+    return pickle.loads(exactly(size))
 
 
 def _main(argv: list[str]) -> None:  # pragma: no cover - the worker's entry point

@@ -47,6 +47,7 @@ GUARDED_PATHS = frozenset({"/v1/detect", "/v1/detect/batch", "/v1/detect/stream"
 #: Scope key naming the endpoint of a request refused before routing (for the metrics label).
 ENDPOINT_KEY = "workzone.endpoint"
 _BODY_FLOOR_S = 0.01
+_FRESH_S = 0.25  # an upload counts as upcoming work for 0.25 to 0.5 s after its headers
 _WAIT_SHARE = 0.5  # of a deadline that queueing may use; the rest is for decoding and the cascade
 
 
@@ -77,6 +78,16 @@ class Admission:
     refused: int = 0
     uploads: dict[str, int] = field(default_factory=dict)
     strikes: dict[str, deque[float]] = field(default_factory=dict)
+    #: Bodies arriving that began within the last one or two ``_FRESH_S`` windows, by window.
+    fresh: dict[int, int] = field(default_factory=dict)
+
+    def upcoming(self) -> int:
+        """Requests admitted from their headers moments ago whose body is still arriving: about to be
+        work. A burst of requests all pass a check that counts only the work admitted so far, and then
+        are refused one by one as their bodies arrive; counting these refuses them from the headers.
+        Bodies arriving for longer (slow uploads) are not counted: they are not about to be work."""
+        now = int(time.monotonic() / _FRESH_S)
+        return self.fresh.get(now, 0) + self.fresh.get(now - 1, 0)
 
     def check(self, expected_wait_s: float = 0.0, deadline_s: float | None = None) -> None:
         """Raise :class:`Overloaded` when one more request must not be admitted: the in-flight or
@@ -86,19 +97,30 @@ class Admission:
         if self.inflight >= self.max_inflight or self.held_bytes >= self.max_held_bytes or late:
             self._refuse()
 
-    def begin_upload(self, client: str) -> None:
-        """Count one more body arriving from ``client``; :class:`Overloaded` past its limit."""
+    def begin_upload(self, client: str) -> int:
+        """Count one more body arriving from ``client``; :class:`Overloaded` past its limit.
+
+        Returns:
+            The token to give back to :meth:`end_upload`.
+        """
         n = self.uploads.get(client, 0)
         if n >= self.max_uploads_per_client:
             self._refuse()
         self.uploads[client] = n + 1
+        window = int(time.monotonic() / _FRESH_S)
+        for old in [w for w in self.fresh if w < window - 1]:
+            del self.fresh[old]
+        self.fresh[window] = self.fresh.get(window, 0) + 1
+        return window
 
-    def end_upload(self, client: str) -> None:
+    def end_upload(self, client: str, token: int) -> None:
         n = self.uploads.get(client, 0) - 1
         if n > 0:
             self.uploads[client] = n
         else:
             self.uploads.pop(client, None)
+        if self.fresh.get(token, 0) > 0:  # still a fresh window: no longer upcoming
+            self.fresh[token] -= 1
 
     def strike(self, client: str) -> None:
         """Record that ``client`` sent an image that was refused as unreadable or too costly."""
@@ -199,8 +221,8 @@ class AdmissionMiddleware:
                 raise ShuttingDown(retry_after_s=admission.retry_after_s)
             self.service.check_ready()
             deadline = self.service.resolve_deadline(_header_deadline(scope))
-            admission.check(self.service.expected_wait_s(admission.inflight), deadline)
-            admission.begin_upload(client)
+            admission.check(self.service.expected_wait_s(admission.inflight + admission.upcoming()), deadline)
+            token = admission.begin_upload(client)
         except Exception as exc:  # noqa: BLE001 - NotReady, ShuttingDown, Overloaded: answered before the body
             from workzone.server.errors import error_response
 
@@ -212,7 +234,7 @@ class AdmissionMiddleware:
             try:
                 await asyncio.sleep(delay)
             except BaseException:
-                admission.end_upload(client)
+                admission.end_upload(client, token)
                 raise
             arrived = scope[_ARRIVED] = time.perf_counter()  # its deadline starts when its work may start
         held = [0, admission]
@@ -226,7 +248,7 @@ class AdmissionMiddleware:
             # admitted while it arrived.
             nonlocal uploading, working
             uploading = False
-            admission.end_upload(client)
+            admission.end_upload(client, token)
             remaining = None if deadline is None else max(0.0, deadline - (time.perf_counter() - arrived))
             admission.check(self.service.expected_wait_s(admission.inflight), remaining)
             admission.inflight += 1
@@ -252,7 +274,7 @@ class AdmissionMiddleware:
                     body_arrived()
             else:  # the client went away
                 uploading = False
-                admission.end_upload(client)
+                admission.end_upload(client, token)
             return message
 
         async def watched_send(message: "Message") -> None:
@@ -264,7 +286,7 @@ class AdmissionMiddleware:
             await self.app(scope, timed_receive, watched_send)
         finally:
             if uploading:
-                admission.end_upload(client)
+                admission.end_upload(client, token)
             if working:
                 admission.inflight -= 1
             admission.held_bytes -= held[0]
@@ -281,21 +303,76 @@ def _header_deadline(scope: "Scope") -> float | None:
     return None
 
 
+class _LingeringTransport:
+    """The transport uvicorn writes to, closed the way a refusal needs: when a response is complete
+    but the request's body is still arriving (a 429 decided from the headers, a 413), closing at once
+    would make the kernel answer the client's next body bytes with a reset, which can destroy the
+    response before the client reads it (a dropped connection). Instead the write side is shut
+    (the client reads the answer and an end of file) and what still arrives is read and discarded for
+    up to ``_LINGER_S`` or ``_LINGER_BYTES``, as nginx's lingering close does."""
+
+    def __init__(self, inner: Any, protocol: Any) -> None:
+        self._inner = inner
+        self._protocol = protocol
+        self.lingering = False
+        self.discarded = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._inner.is_closing()
+
+    def close(self) -> None:
+        cycle = getattr(self._protocol, "cycle", None)
+        body_unread = cycle is not None and getattr(cycle, "more_body", False)
+        if self.lingering or not body_unread or self._inner.is_closing() or not self._inner.can_write_eof():
+            self._cancel()
+            self._inner.close()
+            return
+        self.lingering = True
+        self._inner.write_eof()
+        self._inner.resume_reading()
+        self._timer = asyncio.get_running_loop().call_later(_LINGER_S, self.close)
+
+    def discard(self, data: bytes) -> None:
+        self.discarded += len(data)
+        if self.discarded > _LINGER_BYTES:
+            self.close()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+_LINGER_S = 2.0
+_LINGER_BYTES = 4 << 20
+
+
 def header_timeout_protocol(base: type, timeout_s: float, max_header_bytes: int = 32 * 1024) -> type:
     """A subclass of uvicorn's HTTP protocol ``base`` that closes connections whose request headers
     do not arrive within ``timeout_s`` (answering 408 when part of a request was sent), or pass
-    ``max_header_bytes`` before they are complete (answering 431; httptools itself has no limit)."""
+    ``max_header_bytes`` before they are complete (answering 431; httptools itself has no limit),
+    and that closes a connection answered before its body arrived without resetting it
+    (:class:`_LingeringTransport`)."""
 
     class HeaderTimeoutProtocol(base):  # type: ignore[misc, valid-type]
         _wz_timer: asyncio.TimerHandle | None = None
         _wz_cycle: Any = None
         _wz_bytes = 0
+        _wz_transport: _LingeringTransport | None = None
 
         def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
+            self._wz_transport = _LingeringTransport(transport, self)
+            super().connection_made(self._wz_transport)
             self._wz_arm()
 
         def data_received(self, data: bytes) -> None:
+            if self._wz_transport is not None and self._wz_transport.lingering:
+                self._wz_transport.discard(data)  # the rest of a refused body: never parsed
+                return
             self._wz_bytes += len(data)
             super().data_received(data)
             if self._wz_timer is None:
@@ -319,6 +396,8 @@ def header_timeout_protocol(base: type, timeout_s: float, max_header_bytes: int 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._wz_timer is not None:
                 self._wz_timer.cancel()
+            if self._wz_transport is not None:
+                self._wz_transport._cancel()
             super().connection_lost(exc)
 
         def _wz_arm(self) -> None:

@@ -22,7 +22,7 @@ from workzone.micro_batcher import BatchPolicy
 from workzone.io.images import ImageLimits
 from workzone.server.admission import Admission, AdmissionMiddleware, header_timeout_protocol
 from workzone.server.errors import register_exception_handlers
-from workzone._memory import limit_malloc_arenas
+from workzone._memory import freeze_loaded_objects, limit_malloc_arenas
 from workzone.server.middleware import BodyLimitMiddleware
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorResponse, TierEventModel
@@ -71,7 +71,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limit_malloc_arenas(2)  # before the worker threads allocate: fewer arenas, less RSS kept after load
-        service.start_in_background()
+        # Once loaded, the pipeline's objects are never garbage: out of the collector's full walks.
+        service.start_in_background().add_done_callback(lambda _: freeze_loaded_objects())
         try:
             yield
         finally:

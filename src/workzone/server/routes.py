@@ -33,7 +33,7 @@ from workzone.server.protocol import (
     PipelineResponse,
     ReadyResponse,
 )
-from workzone.service import DetectionService
+from workzone.service import DetectionService, answer_by
 from workzone.server.settings import ServerSettings
 
 __all__ = ["attach_routes"]
@@ -200,7 +200,7 @@ async def _load(request: Request, raws: list[RawImage], deadline: float | None, 
         DecodeBudgetExceeded: the request's images together ran past its decode budget.
     """
     svc, settings = _service(request), _settings(request)
-    end = None if deadline is None else arrival_time(request) + deadline
+    end = answer_by(arrival_time(request), deadline)  # a prior answered at `end` is still on time
     budget = svc.decode_budget()
 
     async def head(raw: RawImage) -> tuple[bytes, ImageHeader]:

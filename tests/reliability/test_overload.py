@@ -1,0 +1,127 @@
+"""Under overload (issue 20, its last acceptance item): refusals decided from the headers, refused
+connections closed without a reset, no work started that cannot finish by its deadline, and an event
+loop that neither a decoder process nor the garbage collector can stall."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from server_support import jpeg_bytes, write_pipeline
+
+SLOW_TIER = """\
+  - name: slow
+    stages:
+      - name: clf
+        kind: onnx_classifier
+        model: tiny.onnx
+        threads: 1
+      - name: wait
+        kind: test_sleep
+        sleep_s: 0.3
+"""
+
+
+def test_a_body_refused_before_it_is_read_is_answered_not_reset(live_server, model_dir: Path):
+    # 413 is sent from the declared length, before the body is read; the client goes on sending it.
+    # Closed at once, the server's kernel would answer those bytes with a reset, which can destroy
+    # the 413 before the client reads it: a dropped connection instead of an answer.
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "linger")), max_body_bytes=1 << 20)
+    body = b"\xff" * (3 << 20)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/jpeg\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        s.sendall(body)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+
+
+def test_bodies_admitted_moments_ago_count_as_upcoming_work():
+    from workzone.server.admission import Admission
+
+    admission = Admission(max_inflight=8, max_held_bytes=1 << 20)
+    first, second = admission.begin_upload("10.0.0.1"), admission.begin_upload("10.0.0.2")
+    assert admission.upcoming() == 2
+    admission.end_upload("10.0.0.1", first)  # its body arrived: now in-flight work, not upcoming
+    assert admission.upcoming() == 1 and admission.uploads == {"10.0.0.2": 1}
+    admission.end_upload("10.0.0.2", second)
+    assert admission.upcoming() == 0 and admission.uploads == {}
+
+
+def test_work_that_cannot_finish_by_its_deadline_is_answered_before_it_starts(live_server, model_dir: Path):
+    p = write_pipeline(model_dir, "dropped", first_tier=SLOW_TIER, deadline_s=30)
+    srv = live_server(pipeline=str(p))
+    service = srv.app.state.service
+    service.seconds_per_image = 5.0  # as measured on a saturated server: a 1-s deadline cannot be met
+    t = time.perf_counter()
+    r = httpx.post(srv.url + "/v1/detect", content=jpeg_bytes(), timeout=10,
+                   headers={"Content-Type": "image/jpeg", "X-Deadline-S": "1"})
+    elapsed = time.perf_counter() - t
+    d = r.json()
+    assert r.status_code == 200 and d["degraded"] is True and d["stages"] == []
+    assert "dropped before it started" in d["degraded_reason"]
+    assert elapsed < 0.3  # not run: the slow tier alone takes 0.3 s
+    # A deadline the estimate fits is run as usual.
+    service.seconds_per_image = 0.5
+    d = httpx.post(srv.url + "/v1/detect", content=jpeg_bytes(), timeout=10,
+                   headers={"Content-Type": "image/jpeg", "X-Deadline-S": "10"}).json()
+    assert d["degraded"] is False and [s["stage"] for s in d["stages"]] == ["clf", "wait"]
+
+
+def test_a_decoder_that_sent_half_its_pixels_does_not_stop_the_event_loop():
+    from workzone.io.decode_pool import _Worker
+
+    px = np.arange(600 * 800 * 3, dtype=np.uint8).reshape(600, 800, 3)
+    raw = px.tobytes()
+    parent, child = socket.socketpair()
+    parent.setblocking(False)
+    worker = _Worker.__new__(_Worker)  # the parent's end only; this test plays the decoder process
+    worker.sock = parent
+    import pickle
+
+    head = pickle.dumps(("image", px.shape, (800, 600)))
+    release = threading.Event()
+
+    def decoder() -> None:  # a decoder preempted halfway through writing its pixels
+        child.sendall(struct.pack("!i", len(head)) + head + struct.pack("!i", len(raw)) + raw[:len(raw) // 2])
+        release.wait(5)
+        child.sendall(raw[len(raw) // 2:])
+
+    async def go() -> tuple[tuple, int]:
+        threading.Thread(target=decoder, daemon=True).start()
+        reading = asyncio.ensure_future(worker.receive())
+        ticks = 0
+        for _ in range(20):  # the loop keeps turning while the reply is half there
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not reading.done()
+        release.set()
+        return await asyncio.wait_for(reading, 5), ticks
+
+    try:
+        reply, ticks = asyncio.run(go())
+    finally:
+        parent.close()
+        child.close()
+    assert ticks == 20 and reply[0] == "image" and np.array_equal(reply[1], px) and reply[2] == (800, 600)
+
+
+def test_loaded_objects_are_frozen_out_of_the_collector():
+    from workzone._memory import freeze_loaded_objects
+
+    try:
+        frozen = freeze_loaded_objects()
+        assert frozen > 1000 and gc.get_freeze_count() == frozen
+        assert gc.collect() >= 0 and gc.get_freeze_count() == frozen  # a full collection leaves them be
+    finally:
+        gc.unfreeze()
