@@ -155,6 +155,12 @@ QUOTES: list[Quote] = [
     Quote("README.md", "The previous whole-image default scored {} here but {} on", LOSO,
           (lambda: sentence(LOSO, r"whole-image default scored ([0-9.]+) on dev"),
            lambda: sentence(LOSO, r"on dev and ([0-9.]+) on the hidden sources"))),
+    # VERIFIER_CARD.md: the CPU-only path against the linear head and the fine-tuned network.
+    Quote("src/workzone/models/VERIFIER_CARD.md", "pooled out-of-fold MCC {} against the linear head's {} and the "
+                                                  "fine-tuned network's {}", LOSO11,
+          (loso11("pooled MCC", column="verify (frozen, MLP head)", places=3),
+           loso11("pooled MCC", column="verify (frozen, previous)", places=3),
+           loso11("pooled MCC", column=VERIFY, places=3))),
     # README: the dev split, from `workzone eval` on it.
     Quote("README.md", "MCC **{}** (recall {}, specificity {}, ROC-AUC {})", "eval_dev_default.json",
           (lambda: fixed(json_value("eval_dev_default.json", "overall.mcc"), 3),

@@ -148,3 +148,31 @@ def test_verifier_head_learns_separable_classes_and_never_answers_an_unseen_clas
     assert (p[:5].argmax(1) == cone).all() and (p[5:].argmax(1) == none).all()
     assert p[:, drum].max() < 1e-6
     assert np.allclose(p.sum(1), 1.0)
+
+
+def test_mlp_head_learns_separable_classes_and_exports_as_it_scores(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from workzone_train.frozen_lr import lite0_feature_session
+    from workzone_train.verifier import VERIFIER_CLASSES, export_verifier, fit_head, verifier_probs
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (80, 16)) + 2
+    b = rng.normal(0, 1, (80, 16)) - 2
+    head = fit_head(np.vstack([a, b]).astype(np.float32), ["sign"] * 80 + ["none"] * 80, "mlp")
+    p = verifier_probs(head, np.vstack([a[:5], b[:5]]).astype(np.float32))
+    sign, none, drum = (VERIFIER_CLASSES.index(c) for c in ("sign", "none", "drum"))
+    assert (p[:5].argmax(1) == sign).all() and (p[5:].argmax(1) == none).all()
+    assert p[:, drum].max() < 1e-6 and np.allclose(p.sum(1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown verifier head"):
+        fit_head(a.astype(np.float32), ["sign"] * 80, "forest")
+    # the exported graph (frozen Lite0 + the same MLP) answers what the head answers on Lite0's features
+    crops = rng.random((3, 3, 96, 96)).astype(np.float32)
+    feats = lite0_feature_session(96)(crops)
+    big = fit_head(np.vstack([feats + rng.normal(0, 0.1, feats.shape) for _ in range(20)]).astype(np.float32),
+                   ["cone", "none", "sign"] * 20, "mlp")
+    onnx_path = export_verifier(big, tmp_path / "v.onnx", sidecar={"crop_size": 96})
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"crops": crops})[0]
+    assert np.abs(got - verifier_probs(big, feats)).max() < 2e-2

@@ -36,6 +36,9 @@ def loso_scores(
                                                 help="a `workzone train verifier-loso` run: its fine-tuned fold "
                                                      "models' probabilities replace the frozen verifier's, and "
                                                      "--verifier-out exports its full model"),
+    verifier_head: str = typer.Option("linear", help="the frozen verifier's head: 'linear' (multinomial logistic "
+                                                     "regression) or 'mlp' (one hidden layer); not used with "
+                                                     "--verifier-run"),
     verify_features: str = typer.Option("blind", help="verified decision's features: 'classes' (class-aware) "
                                                         "or 'blind'"),
 ) -> None:
@@ -53,6 +56,10 @@ def loso_scores(
     from workzone_train.scene_synth import OBJECT_CLASSES
     from workzone.evaluation.loso_table import cross_fit
 
+    from workzone_train.verifier import VERIFIER_HEADS
+
+    if verifier_head not in VERIFIER_HEADS:
+        raise typer.BadParameter(f"{verifier_head!r}: use one of {', '.join(VERIFIER_HEADS)}", param_hint="--verifier-head")
     con = Console(stderr=True)
     corpus = load_corpus(data)
     fold_of = {s: f for f, srcs in LOSO_FOLDS.items() for s in srcs}
@@ -70,7 +77,7 @@ def loso_scores(
 
     verify = verify_oof_scores(data, corpus, rows, dets, LOSO_FOLDS, cache=verifier_cache, export_to=verifier_out,
                                shipped_features=verify_features, augment=verifier_augment,
-                               finetuned=verifier_run, log=con.print)
+                               finetuned=verifier_run, head=verifier_head, log=con.print)
     if detector_sidecar is not None:
         meta = json.loads(detector_sidecar.read_text(encoding="utf-8"))
         meta["decision"] = fit_decision(x, y)
