@@ -15,19 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from server_support import jpeg_bytes, write_pipeline
-
-SLOW_TIER = """\
-  - name: slow
-    stages:
-      - name: clf
-        kind: onnx_classifier
-        model: tiny.onnx
-        threads: 1
-      - name: wait
-        kind: test_sleep
-        sleep_s: 0.3
-"""
+from server_support import jpeg_bytes, slow_first_tier, write_pipeline
 
 
 def test_a_body_refused_before_it_is_read_is_answered_not_reset(live_server, model_dir: Path):
@@ -59,7 +47,7 @@ def test_bodies_admitted_moments_ago_count_as_upcoming_work():
 
 
 def test_work_that_cannot_finish_by_its_deadline_is_answered_before_it_starts(live_server, model_dir: Path):
-    p = write_pipeline(model_dir, "dropped", first_tier=SLOW_TIER, deadline_s=30)
+    p = write_pipeline(model_dir, "dropped", first_tier=slow_first_tier(0.3), deadline_s=30)
     srv = live_server(pipeline=str(p))
     service = srv.app.state.service
     service.seconds_per_image = 5.0  # as measured on a saturated server: a 1-s deadline cannot be met

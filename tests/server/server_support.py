@@ -97,6 +97,21 @@ FAST_TIER = """\
 """
 
 
+def slow_first_tier(sleep_s: float) -> str:
+    """A first tier that runs the tiny classifier and then sleeps ``sleep_s`` per batch: work that takes time."""
+    return f"""\
+  - name: slow
+    stages:
+      - name: clf
+        kind: onnx_classifier
+        model: tiny.onnx
+        threads: 1
+      - name: wait
+        kind: test_sleep
+        sleep_s: {sleep_s}
+"""
+
+
 def write_pipeline(folder: Path, name: str, more_tiers: str = "", deadline_s: float = 5.0,
                    first_tier: str = FAST_TIER) -> Path:
     """A pipeline file next to the tiny model: the fast ONNX tier, then ``more_tiers`` (YAML list items

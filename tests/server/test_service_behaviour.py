@@ -13,21 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_support import jpeg_bytes, metric_value, write_pipeline
+from server_support import jpeg_bytes, metric_value, slow_first_tier, write_pipeline
 
 JPEG = {"content-type": "image/jpeg"}
-
-SLOW_FIRST_TIER = """\
-  - name: slow
-    stages:
-      - name: clf
-        kind: onnx_classifier
-        model: tiny.onnx
-        threads: 1
-      - name: wait
-        kind: test_sleep
-        sleep_s: {sleep}
-"""
 
 
 def second_tier(sleep_s: float = 0.0, fail: bool = False, timeout_s: float | None = None) -> str:
@@ -53,7 +41,7 @@ def post_many(url: str, n: int, **kwargs) -> list[httpx.Response]:
 
 # -- batching and queueing ---------------------------------------------------------------------------
 def test_concurrent_requests_form_batches(live_server, model_dir: Path) -> None:
-    p = write_pipeline(model_dir, "batching", first_tier=SLOW_FIRST_TIER.format(sleep=0.3))
+    p = write_pipeline(model_dir, "batching", first_tier=slow_first_tier(0.3))
     srv = live_server(pipeline=str(p), batch_size=16, batch_wait_ms=20)
     responses = post_many(srv.url, 10)
     assert [r.status_code for r in responses] == [200] * 10
@@ -67,7 +55,7 @@ def test_concurrent_requests_form_batches(live_server, model_dir: Path) -> None:
 
 
 def test_full_queue_answers_429_with_retry_after(live_server, model_dir: Path) -> None:
-    p = write_pipeline(model_dir, "queue", first_tier=SLOW_FIRST_TIER.format(sleep=0.5))
+    p = write_pipeline(model_dir, "queue", first_tier=slow_first_tier(0.5))
     srv = live_server(pipeline=str(p), batch_size=1, queue_size=2, retry_after_s=7)
     responses = post_many(srv.url, 8)
     codes = sorted(r.status_code for r in responses)
@@ -199,7 +187,7 @@ def test_url_inputs_never_reach_loopback_or_private_addresses(live_server, model
 
 # -- graceful shutdown -------------------------------------------------------------------------------
 def test_graceful_shutdown_finishes_in_flight_work(live_server, model_dir: Path) -> None:
-    p = write_pipeline(model_dir, "shutdown", first_tier=SLOW_FIRST_TIER.format(sleep=1.0))
+    p = write_pipeline(model_dir, "shutdown", first_tier=slow_first_tier(1.0))
     srv = live_server(pipeline=str(p))
     results: list[httpx.Response] = []
     senders = [threading.Thread(target=lambda: results.append(
