@@ -153,3 +153,13 @@ def test_pooled_stages_must_be_stages_so_far(fusion: str, message: str):
 
     with pytest.raises(ConfigError, match=message):
         parse_pipeline(POOLED.replace("fusion: {stages: [b]}", f"fusion: {fusion}"), "pooled.yaml")
+
+
+def test_an_untuned_tier_averages_only_its_pooled_stages():
+    from workzone.config.schema import FusionParams
+    from workzone.fusion.pooling import pool_log_odds
+
+    scores = {"a": -3.0, "b": 2.0}
+    assert pool_log_odds(scores, FusionParams()) == pytest.approx(-0.5)
+    assert pool_log_odds(scores, FusionParams(stages=("b",))) == pytest.approx(2.0)
+    assert pool_log_odds({"a": -3.0, "b": None}, FusionParams(stages=("b",))) == pytest.approx(0.0)

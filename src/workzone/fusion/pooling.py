@@ -19,7 +19,8 @@ def pool_log_odds(scores: Mapping[str, float | None], fusion: FusionParams) -> f
 
     Fitted fusion: ``bias + sum(w[s] * z[s])`` over the stages in ``fusion.weights`` that produced a
     score (abstaining or failed stages add nothing). Unfitted fusion (no weights): the mean of the
-    available scores plus the bias, so an untuned pipeline still gives a sensible probability.
+    available scores (of ``fusion.stages`` only, when the tier names them) plus the bias, so an untuned
+    pipeline still gives a sensible probability.
 
     Args:
         scores: stage name -> log-odds, or None when the stage abstained or failed.
@@ -33,11 +34,14 @@ def pool_log_odds(scores: Mapping[str, float | None], fusion: FusionParams) -> f
         0.0
         >>> pool_log_odds({"a": 2.0, "b": 4.0}, FusionParams())
         3.0
+        >>> pool_log_odds({"a": 2.0, "b": 4.0}, FusionParams(stages=("b",)))
+        4.0
     """
     if fusion.weights:
         z = fusion.bias + sum(w * scores[s] for s, w in fusion.weights.items() if scores.get(s) is not None)
     else:
-        avail = [v for v in scores.values() if v is not None]
+        pooled = fusion.stages
+        avail = [v for k, v in scores.items() if v is not None and (pooled is None or k in pooled)]
         z = fusion.bias + (sum(avail) / len(avail) if avail else 0.0)
     if not math.isfinite(z):
         z = 0.0
