@@ -463,40 +463,58 @@ def _from_array(arr: np.ndarray, limits: ImageLimits, source: str) -> Image:
     return _from_pil(PILImage.fromarray(np.ascontiguousarray(arr), "RGB"), limits, source)
 
 
-def resize_for_model(pixels: np.ndarray, size: int, mode: ResizeMode = "squash", pad_value: int = 0) -> np.ndarray:
+def resize_for_model(pixels: np.ndarray | PILImage.Image, size: int, mode: ResizeMode = "squash", pad_value: int = 0,
+                     *, out: np.ndarray | None = None) -> np.ndarray:
     """Resize RGB pixels to a ``size`` x ``size`` model input.
 
     This is the one preprocessing function shared by training, export checks and inference, so
     the classifier sees the same pixels everywhere.
 
     Args:
-        pixels: array of shape (H, W, 3), uint8.
+        pixels: array of shape (H, W, 3), uint8, or a PIL image (spares a copy when the caller has one).
         size: side of the square output.
         mode: ``squash`` (stretch), ``letterbox`` (fit, pad with ``pad_value``) or ``center_crop``.
+        out: a float32 (3, size, size) array to write into (a slot of a batch) instead of a new one.
 
     Returns:
-        float32 array of shape (3, size, size) with values in [0, 1].
+        float32 array of shape (3, size, size) with values in [0, 1] (``out`` when given).
 
     Examples:
         >>> resize_for_model(np.zeros((10, 20, 3), np.uint8), 8, "letterbox").shape
         (3, 8, 8)
     """
-    im = PILImage.fromarray(pixels)
+    im = pixels if isinstance(pixels, PILImage.Image) else PILImage.fromarray(pixels)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    dst = np.empty((3, size, size), np.float32) if out is None else out
     if mode == "squash":
         im = im.resize((size, size), PILImage.BILINEAR)
     elif mode == "letterbox":
         scale = size / max(im.size)
         nw, nh = max(1, round(im.width * scale)), max(1, round(im.height * scale))
-        canvas = PILImage.new("RGB", (size, size), (pad_value,) * 3)
-        canvas.paste(im.resize((nw, nh), PILImage.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
-        im = canvas
+        # Only the resized part is converted; the padding is written as a constant (the same values as
+        # pasting onto a padded canvas, without converting the canvas).
+        left, top = (size - nw) // 2, (size - nh) // 2
+        dst[...] = np.float32(pad_value) / _255
+        _to_unit(im.resize((nw, nh), PILImage.BILINEAR), dst[:, top:top + nh, left:left + nw])
+        return dst
     elif mode == "center_crop":
         side = min(im.size)
         left, top = (im.width - side) // 2, (im.height - side) // 2
         im = im.crop((left, top, left + side, top + side)).resize((size, size), PILImage.BILINEAR)
     else:
         raise ValueError(f"mode: expected squash, letterbox or center_crop, got {mode!r}")
-    return (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
+    _to_unit(im, dst)
+    return dst
+
+
+_255 = np.float32(255.0)
+
+
+def _to_unit(im: PILImage.Image, out: np.ndarray) -> None:
+    # float32(v) / 255 per sample, channels first, written straight into ``out`` (no float copy of the
+    # interleaved image, no transposed copy): the same values as ``np.asarray(im, np.float32) / 255.0``.
+    np.divide(np.asarray(im).transpose(2, 0, 1), _255, out=out, dtype=np.float32)
 
 
 def tile_boxes(width: int, height: int, grid: int, overlap: float = 0.25) -> list[tuple[int, int, int, int]]:

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Literal, Sequence, TypeVar
+
+from pydantic import Field
 
 from workzone._optional import require
 from workzone.errors import ModelFileError
+from workzone.stages.base import StageParams
 
-__all__ = ["providers_for", "open_session", "read_sidecar"]
+__all__ = ["providers_for", "open_session", "read_sidecar", "SessionPool", "Parallel", "CpuRunParams"]
+
+#: How a stage spreads a batch's onnxruntime runs over its threads (see :class:`SessionPool`).
+Parallel = Literal["images", "operators"]
+_In = TypeVar("_In")
+_Mid = TypeVar("_Mid")
+_Out = TypeVar("_Out")
 
 
 def providers_for(device: str, *, feature: str = "ONNX models") -> list[str]:
@@ -95,3 +106,75 @@ def read_sidecar(model_path: Path) -> dict:
         return json.loads(side.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{side}: not valid JSON ({exc})") from exc
+
+
+
+class CpuRunParams(StageParams):
+    """Params of a stage whose onnxruntime runs go through a :class:`SessionPool`."""
+
+    threads: int = Field(default=0, ge=0, le=64, description="CPU threads of the onnxruntime runs (0 = all cores)")
+    parallel: Parallel = Field(default="images", description="images: a batch's runs go to `threads` workers at "
+                               "once, one onnxruntime thread each; operators: one run at a time over `threads` "
+                               "intra-op threads")
+
+
+class SessionPool:
+    """One ONNX model, run over ``threads`` CPU threads either by image or by operator.
+
+    ``parallel="images"`` (the default of the stages that use it): a batch's runs go to ``threads`` worker threads
+    at once, each run on one onnxruntime thread, and each worker also makes its run's inputs (Pillow and
+    onnxruntime release the GIL). Why: on the 2-core machine the object detector's runs of one image on one
+    thread took 25 CPU-ms per image, against 58 for runs of 4 over two intra-op threads (cache-sized
+    activations, no barrier between the threads, no spinning), with bit-identical outputs
+    (``benchmarks/results/bench_cpu.md``). A lone run still uses every thread (its latency would double on one).
+    ``parallel="operators"``: runs one after another, each over ``threads`` intra-op threads, the next run's
+    inputs made meanwhile on one thread (the scheme before).
+
+    Runs of one pool are serialised between callers: each batch already uses every thread.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: CPU threads (0 = every core this process may use).
+        parallel: ``"images"`` or ``"operators"``.
+        **open_kwargs: passed to :func:`open_session` (``providers``, ``inputs``, ``prefix``, ``hint``, ``feature``).
+
+    Raises:
+        ModelFileError: as :func:`open_session`.
+    """
+
+    def __init__(self, path: Path, *, threads: int = 0, parallel: Parallel = "images", **open_kwargs: Any) -> None:
+        self.threads = threads or len(os.sched_getaffinity(0)) or 1
+        self.parallel = parallel
+        self.wide = open_session(path, threads=self.threads, **open_kwargs)
+        # A second session of the same (small) model with one intra-op thread: the workers share it (runs are
+        # thread-safe), and the wide one stays for a lone run.
+        by_image = parallel == "images" and self.threads > 1
+        self.narrow = open_session(path, threads=1, **open_kwargs) if by_image else None
+        self._workers = ThreadPoolExecutor(max_workers=self.threads if by_image else 1,
+                                           thread_name_prefix=f"workzone-{path.stem}")
+        self._lock = threading.Lock()
+
+    def map(self, prepare: Callable[[_In], _Mid], run: Callable[[Any, _Mid], _Out], items: Sequence[_In]) -> list[_Out]:
+        """``run(session, prepare(item))`` for every item, in order.
+
+        Args:
+            prepare: makes one run's inputs (in a worker thread).
+            run: one onnxruntime run on the session it is given.
+            items: one per run.
+        """
+        items = list(items)
+        with self._lock:
+            if self.narrow is not None and len(items) > 1:
+                narrow = self.narrow
+                return list(self._workers.map(lambda it: run(narrow, prepare(it)), items))
+            out: list[_Out] = []
+            ahead = self._workers.submit(prepare, items[0]) if items else None
+            for k in range(len(items)):
+                x = ahead.result()  # type: ignore[union-attr]
+                ahead = self._workers.submit(prepare, items[k + 1]) if k + 1 < len(items) else None
+                out.append(run(self.wide, x))
+            return out
+
+    def close(self) -> None:
+        """Stop the worker threads (the sessions are freed with the pool)."""
+        self._workers.shutdown(wait=False)

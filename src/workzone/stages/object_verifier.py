@@ -16,33 +16,36 @@ detail, see :func:`~workzone.verified_evidence.candidate_crops`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from pydantic import Field
 
 from workzone.errors import ModelFileError, StageError
 from workzone.stages._model_stage import ModelStage
-from workzone.stages._onnx import open_session, providers_for, read_sidecar
+from workzone.stages._onnx import CpuRunParams, SessionPool, providers_for, read_sidecar
 from workzone.verified_evidence import NONE_CLASSES, VerifiedDecision, candidate_crops, verified_features
-from workzone.stages.base import StageParams
 from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, StageReport
 
 __all__ = ["ObjectVerifierParams", "ObjectVerifierStage"]
 
 
-class ObjectVerifierParams(StageParams):
+class ObjectVerifierParams(CpuRunParams):
     model: str = Field(default="builtin:roadwork_verifier.onnx", description="ONNX file, or builtin:NAME")
     from_stage: str = Field(default="objects", description="the detector stage whose boxes are the candidates")
     candidate_floor: float | None = Field(default=None, ge=0.0, le=1.0,
                                           description="lowest detector score verified (default: the sidecar's)")
     max_candidates: int | None = Field(default=None, ge=1, le=64,
                                        description="most candidates verified per image (default: the sidecar's)")
-    threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
 
 class ObjectVerifierStage(ModelStage):
-    """Verifies the detector's candidates on crops at the image's own resolution; the verified decision is the score."""
+    """Verifies the detector's candidates on crops at the image's own resolution; the verified decision is the score.
+
+    One onnxruntime run per image (its candidates), the images of a batch spread over the threads (see
+    :class:`~workzone.stages._onnx.SessionPool`): one run over every candidate of a batch measured no faster on
+    2 cores.
+    """
 
     kind = "object_verifier"
     requires = ("onnxruntime",)
@@ -53,9 +56,10 @@ class ObjectVerifierStage(ModelStage):
 
     def _load_sync(self) -> None:
         path = self.context.resolve(self.params.model)
-        session = open_session(path, threads=self.params.threads, providers=providers_for(self.context.device,
-                               feature="the object verifier"), inputs=["crops"],
-                               hint="; train one with `workzone train verifier`", feature="the object verifier")
+        sessions = SessionPool(path, threads=self.params.threads, parallel=self.params.parallel,
+                               providers=providers_for(self.context.device, feature="the object verifier"),
+                               inputs=["crops"], hint="; train one with `workzone train verifier`",
+                               feature="the object verifier")
         meta = read_sidecar(path)
         try:
             self._size = int(meta["crop_size"])
@@ -67,26 +71,27 @@ class ObjectVerifierStage(ModelStage):
             self._most = int(meta["max_candidates"] if self.params.max_candidates is None else self.params.max_candidates)
             self._decision = VerifiedDecision(meta["decision"])
         except (KeyError, TypeError, ValueError) as exc:
+            sessions.close()
             raise ModelFileError(f"stage {self.name!r}: {path.with_suffix('.json')}: {exc}") from exc
-        self._model = session
+        self._model = sessions
 
     async def warmup(self) -> None:
-        await self.run_blocking(self._verify, Image(np.zeros((64, 64, 3), np.uint8)), [Box("cone", 0.5, 16, 8, 40, 56)])
+        img, boxes = Image(np.zeros((64, 64, 3), np.uint8)), [Box("cone", 0.5, 16, 8, 40, 56)]
+        for n in (1, 2):  # a lone image runs on the wide session, two on the workers' one: warm both
+            await self.run_blocking(self._verify_all, [img] * n, [boxes] * n)
 
     async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._model)
         batch = list(batch)
         if evidence is not None and len(evidence) != len(batch):
             raise StageError(self.name, f"got evidence for {len(evidence)} images and {len(batch)} images")
-        outputs = []
-        for i, img in enumerate(batch):
-            boxes = self._candidates(() if evidence is None else evidence[i])
-            if boxes is None:
-                outputs.append(StageOutput(None, Evidence(notes=(
-                    f"verifier: stage {self.params.from_stage!r} did not report on this image; abstains",))))
-                continue
-            outputs.append(await self.run_blocking(self._verify, img, boxes))
-        return outputs
+        candidates = [self._candidates(() if evidence is None else evidence[i]) for i in range(len(batch))]
+        return await self.run_blocking(self._verify_all, batch, candidates)
+
+    async def aclose(self) -> None:
+        if self._model is not None:
+            self._model.close()  # its worker threads
+        await super().aclose()
 
     def _candidates(self, reports: Sequence[StageReport]) -> list[Box] | None:
         for rep in reports:
@@ -97,14 +102,23 @@ class ObjectVerifierStage(ModelStage):
                 return boxes[: self._most]
         return None
 
-    def _verify(self, img: Image, boxes: list[Box]) -> StageOutput:
-        if boxes:
-            xyxy = np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes], np.float64)
-            crops = candidate_crops(img.pixels, xyxy, size=self._size, context=self._context, max_side=self._max_side)
-            with self._lock:
-                probs = self._model.run(None, {"crops": crops})[0].astype(np.float64)
-        else:
-            probs = np.zeros((0, len(self._classes)))
+    def _verify_all(self, batch: list[Image], candidates: list[list[Box] | None]) -> list[StageOutput]:
+        """Every image's outcome: its candidates' crops and runs over the pool, then the verified decision."""
+        todo = [i for i, boxes in enumerate(candidates) if boxes]
+        sessions: SessionPool = self._model
+        probs = dict(zip(todo, sessions.map(self._crops, _run_crops, [(batch[i], candidates[i]) for i in todo])))
+        none = np.zeros((0, len(self._classes)))
+        return [StageOutput(None, Evidence(notes=(
+                    f"verifier: stage {self.params.from_stage!r} did not report on this image; abstains",)))
+                if boxes is None else self._verify(boxes, probs.get(i, none))
+                for i, boxes in enumerate(candidates)]
+
+    def _crops(self, item: tuple[Image, list[Box]]) -> np.ndarray:
+        img, boxes = item
+        xyxy = np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes], np.float64)
+        return candidate_crops(img.pixels, xyxy, size=self._size, context=self._context, max_side=self._max_side)
+
+    def _verify(self, boxes: list[Box], probs: np.ndarray) -> StageOutput:
         scores = np.array([b.score for b in boxes])
         feats = verified_features(scores, [b.label for b in boxes], probs, self._classes)
         z = self._decision.log_odds(feats)
@@ -121,3 +135,7 @@ class ObjectVerifierStage(ModelStage):
                 + ", ".join(f"{n} {v:+.2f}" for n, v in self._decision.contributions(feats)))
         return StageOutput(z, Evidence(boxes=tuple(verified), notes=(head, *notes)))
 
+
+
+def _run_crops(session: Any, crops: np.ndarray) -> np.ndarray:
+    return session.run(None, {"crops": crops})[0].astype(np.float64)

@@ -16,8 +16,6 @@ as log-odds (monotone in every box's confidence, so fusion can learn one weight 
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +24,7 @@ from pydantic import Field
 
 from workzone.errors import ModelFileError
 from workzone.io.images import resize_for_model
-from workzone.stages._onnx import open_session, providers_for, read_sidecar
+from workzone.stages._onnx import CpuRunParams, Parallel, SessionPool, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, open_runner, use_torch
 from workzone.stages._model_stage import ModelStage
 from workzone.object_evidence import COUNT_AT, DETECTION_FLOOR, LOGIT_CLIP, MAX_DETECTIONS, ObjectDecision
@@ -41,7 +39,7 @@ STRIDE = 8
 _UNNAMED_CLASSES = ["cone"]
 
 
-class RoadworkDetectorParams(TorchBackendParams):
+class RoadworkDetectorParams(TorchBackendParams, CpuRunParams):
     model: str = Field(default="builtin:roadwork_objects.onnx", description="ONNX file, or builtin:NAME")
     input_size: int | None = Field(default=None, ge=64, le=2048, description="override the sidecar's input size (multiple of 32)")
     score_threshold: float | None = Field(default=None, ge=0.0, le=1.0,
@@ -49,9 +47,9 @@ class RoadworkDetectorParams(TorchBackendParams):
     top_k: int = Field(default=3, ge=1, le=50, description="boxes pooled by noisy-OR into the score")
     min_pool_score: float = Field(default=0.02, ge=0.0, le=1.0, description="boxes below this do not enter the pool")
     max_boxes: int = Field(default=20, ge=1, le=300, description="most boxes reported as evidence")
-    batch_size: int = Field(default=8, ge=1, le=256, description="images per onnxruntime run (the torch "
+    # One image per run: on the 2-core machine a run of 4 cost 2.3x the CPU per image of a run of 1 (same outputs).
+    batch_size: int = Field(default=1, ge=1, le=256, description="images per onnxruntime run (the torch "
                                                                  "backend runs max_batch)")
-    threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads (0 = all cores)")
 
 
 class ObjectDetectorRunner:
@@ -60,7 +58,8 @@ class ObjectDetectorRunner:
     Args:
         path: the ``.onnx`` file; its ``.json`` sidecar is read when present.
         input_size: overrides the sidecar's input size.
-        threads: onnxruntime intra-op threads (0 = all cores).
+        threads: CPU threads of the onnxruntime runs (0 = all cores).
+        parallel: how runs use them (see :class:`~workzone.stages._onnx.SessionPool`).
         providers: onnxruntime providers (default CPU).
         torch_params: run the graph through torch with these backend params instead of onnxruntime.
         device: the torch backend's device.
@@ -68,9 +67,10 @@ class ObjectDetectorRunner:
 
     def __init__(self, path: str | Path, *, input_size: int | None = None, threads: int = 0,
                  providers: Sequence[str] = ("CPUExecutionProvider",),
-                 torch_params: TorchBackendParams | None = None, device: str = "cpu") -> None:
+                 torch_params: TorchBackendParams | None = None, device: str = "cpu",
+                 parallel: Parallel = "images") -> None:
         path = Path(path)
-        self.session = None
+        self.sessions: SessionPool | None = None
         self.torch_runner = None
         self.device_path: Any = None
         if torch_params is not None:
@@ -81,8 +81,9 @@ class ObjectDetectorRunner:
                     update={"precision": "float16" if device.startswith("cuda") else "float32"})
             self.torch_runner = open_runner(path, torch_params, device)
         else:
-            self.session = open_session(path, threads=threads, providers=providers, inputs=["image"],
-                                        hint="; train one with `workzone train objects-loso`", feature="the object detector")
+            self.sessions = SessionPool(path, threads=threads, parallel=parallel, providers=providers, inputs=["image"],
+                                        hint="; train one with `workzone train objects-loso`",
+                                        feature="the object detector")
         self.meta = read_sidecar(path)
         self.size = int(input_size or self.meta.get("input_size", 448))
         if self.size % 32:
@@ -106,10 +107,11 @@ class ObjectDetectorRunner:
                 self.torch_runner, size=self.size, stride=self.stride, num_classes=len(self.class_names),
                 source_max_side=self.source_max_side, source_jpeg_quality=self.source_jpeg_quality,
                 decision=self.decision, count_at=COUNT_AT, logit_clip=LOGIT_CLIP)
-        # Serialise runs: each already uses every intra-op thread.
-        self._lock = threading.Lock()
-        # One thread making the next run's inputs while onnxruntime runs (see decide).
-        self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workzone-objects-prep")
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime session over every thread (``None`` on the torch backend)."""
+        return None if self.sessions is None else self.sessions.wide
 
     def detect(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
                batch_size: int = 8) -> list[np.ndarray]:
@@ -145,18 +147,12 @@ class ObjectDetectorRunner:
             top = np.argsort(-np.abs(parts), axis=1, kind="stable")[:, :3]  # one sort for the batch
             return dets, z.tolist(), [_decided_by([(names[j], v) for j, v in zip(t, p[t].tolist())])
                                       for t, p in zip(top.tolist(), parts)]
-        # Runs of at most batch_size, and at least two when there are 4+ images: the next run's inputs are
-        # made (Pillow releases the GIL) while onnxruntime runs this one, so its idle moments are used.
+        # Runs of at most batch_size, and at least two when there are 4+ images: runs' inputs are made (Pillow
+        # releases the GIL) while onnxruntime runs others, so its idle moments are used.
         n = len(items)
         step = max(1, min(batch_size, -(-n // 2) if n >= 4 else n))
         chunks = [items[i:i + step] for i in range(0, n, step)]
-        raws = []
-        ahead = self._prep_pool.submit(self._inputs, chunks[0]) if chunks else None
-        for k in range(len(chunks)):
-            x = ahead.result()  # type: ignore[union-attr]
-            ahead = self._prep_pool.submit(self._inputs, chunks[k + 1]) if k + 1 < len(chunks) else None
-            with self._lock:
-                raws.append(self.session.run(None, {"image": x})[0])
+        raws = self.sessions.map(self._inputs, _run_image, chunks)  # type: ignore[union-attr]
         out: list[np.ndarray] = []
         for im, o in zip(items, (o for raw in raws for o in raw)):
             det = decode_detections(o, score_threshold=score_threshold, max_detections=max_detections,
@@ -169,8 +165,9 @@ class ObjectDetectorRunner:
 
 
     def close(self) -> None:
-        """Stop the input-making thread."""
-        self._prep_pool.shutdown(wait=False)
+        """Stop the onnxruntime worker threads."""
+        if self.sessions is not None:
+            self.sessions.close()
 
     def _inputs(self, images: Sequence[Image]) -> np.ndarray:
         """The onnxruntime batch [N, 3, S, S]: each image as trained (see _as_trained), letterboxed.
@@ -180,20 +177,22 @@ class ObjectDetectorRunner:
         """
         x = np.empty((len(images), 3, self.size, self.size), np.float32)
         for j, im in enumerate(images):
-            x[j] = resize_for_model(self._as_trained(im.pixels) if self._shrinks else im.pixels, self.size, "letterbox")
+            resize_for_model(self._as_trained(im.pixels) if self._shrinks else im.pixels, self.size, "letterbox", out=x[j])
         return x
 
     @property
     def _shrinks(self) -> bool:
         return self.source_max_side is not None or self.source_jpeg_quality is not None
 
-    def _as_trained(self, px: np.ndarray) -> np.ndarray:
+    def _as_trained(self, px: np.ndarray) -> Any:
         """The image as the model was trained on it: longest side at most ``source_max_side`` (Lanczos),
         then through JPEG at ``source_jpeg_quality``.
 
         Why: the sidecar names how the training copies were made, and the decision was fitted on
         detections of such copies. Measured on CamVid dev frames, the same frames in their original
         sharpness raised the decision's false alarms from 2 % to 29 %.
+
+        Returns the PIL image (letterboxing takes it as it is: no array round trip).
         """
         import io
 
@@ -208,8 +207,10 @@ class ObjectDetectorRunner:
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=self.source_jpeg_quality)
             buf.seek(0)
-            im = PILImage.open(buf).convert("RGB")
-        return np.asarray(im)
+            im = PILImage.open(buf)
+            if im.mode != "RGB":  # a converted copy only when needed (an RGB image's JPEG decodes as RGB)
+                im = im.convert("RGB")
+        return im
 
 
 class RoadworkDetectorStage(ModelStage):
@@ -233,7 +234,8 @@ class RoadworkDetectorStage(ModelStage):
         providers = ["CPUExecutionProvider"] if torch_params else providers_for(device, feature="the object detector")
         try:
             self._model = ObjectDetectorRunner(path, input_size=self.params.input_size, threads=self.params.threads,
-                                               providers=providers, torch_params=torch_params, device=device)
+                                               providers=providers, torch_params=torch_params, device=device,
+                                               parallel=self.params.parallel)
         except ModelFileError as exc:
             raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
 
@@ -268,6 +270,10 @@ class RoadworkDetectorStage(ModelStage):
         if self._model is not None:
             self._model.close()  # its input-making thread
         await super().aclose()
+
+
+def _run_image(session: Any, x: np.ndarray) -> np.ndarray:
+    return session.run(None, {"image": x})[0]
 
 
 def _decided_by(parts: Sequence[tuple[str, float]]) -> str:

@@ -1,8 +1,10 @@
-"""Parity of the torch object path with the onnxruntime path on real images (test and benchmark alike).
+"""Parity of two ways of running a pipeline on real images (test and benchmark alike).
 
-Both run the same pipeline (``default-gpu``: the object decision alone) on the same JPEG bytes: the
-reference with onnxruntime on the CPU and Pillow decoding, the other with the torch backend on
-``device``, decoding with nvJPEG on CUDA. The probabilities are compared image by image.
+:func:`object_parity`: the torch object path against onnxruntime. Both run the same pipeline
+(``default-gpu``: the object decision alone) on the same JPEG bytes: the reference with onnxruntime on the
+CPU and Pillow decoding, the other with the torch backend on ``device``, decoding with nvJPEG on CUDA.
+:func:`cpu_scheme_parity`: the shipped CPU run scheme (runs spread over threads by image) against the one
+before it (runs of several images over every intra-op thread). The probabilities are compared image by image.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["ParityReport", "dev_jpegs", "object_parity"]
+if TYPE_CHECKING:
+    from workzone.config.schema import PipelineConfig
+
+__all__ = ["ParityReport", "dev_jpegs", "object_parity", "pipeline_probabilities", "compare", "cpu_scheme_parity",
+           "OPERATOR_SCHEME"]
 
 
 @dataclass(frozen=True)
@@ -73,38 +79,72 @@ def object_parity(items: Sequence[tuple[str, bytes]], *, device: str = "cpu", pi
         The report, the onnxruntime probabilities and the torch path's, in ``items``' order.
     """
     from workzone.config.backend import with_backend
-    from workzone.api import Pipeline
     from workzone.config.loader import load_pipeline_config
-    from workzone.io.images import decode_image
 
     cfg, path = load_pipeline_config(pipeline)
-    labels = [p for p, _ in items]
-    blobs = [b for _, b in items]
-    with Pipeline(with_backend(cfg, "onnxruntime"), path.parent, device="cpu") as ref:
-        p_ref = np.array([d.probability for i in range(0, len(blobs), batch)
-                          for d in ref.run_decoded([decode_image(b, source=s) for b, s in
-                                                    zip(blobs[i:i + batch], labels[i:i + batch])])])
+    p_ref = pipeline_probabilities(with_backend(cfg, "onnxruntime"), path.parent, items, batch=batch)
     decoder = None
     if device.startswith("cuda"):
         from workzone.accel.decode import DeviceDecoder
 
         decoder = DeviceDecoder(device, cpu_share=cpu_share, workers=min(16, len(os.sched_getaffinity(0))))
     try:
-        with Pipeline(with_backend(cfg, "torch"), path.parent, device=device) as fast:
-            p_fast = []
-            for i in range(0, len(blobs), batch):
-                chunk, names = blobs[i:i + batch], labels[i:i + batch]
-                imgs = (decoder.decode(chunk, names) if decoder is not None
-                        else [decode_image(b, source=s) for b, s in zip(chunk, names)])
-                p_fast += [d.probability for d in fast.run_decoded(imgs)]
+        p_fast = pipeline_probabilities(with_backend(cfg, "torch"), path.parent, items, batch=batch, device=device,
+                                        decode=None if decoder is None else decoder.decode)
     finally:
         if decoder is not None:
             decoder.close()
-    p_fast_a = np.array(p_fast)
-    diff = np.abs(p_ref - p_fast_a)
-    flip = (p_ref > 0.5) != (p_fast_a > 0.5)
-    near = (np.abs(p_ref - 0.5) <= tolerance) | (np.abs(p_fast_a - 0.5) <= tolerance)
-    report = ParityReport(len(items), float((diff <= tolerance).mean()) if len(items) else 1.0,
-                          float(diff.max()) if len(items) else 0.0, int(flip.sum()), int((flip & ~near).sum()),
-                          tolerance, device)
-    return report, p_ref, p_fast_a
+    return compare(p_ref, p_fast, tolerance=tolerance, device=device), p_ref, p_fast
+
+
+def pipeline_probabilities(cfg: "PipelineConfig", base_dir: Path, items: Sequence[tuple[str, bytes]], *,
+                           batch: int = 64, device: str = "cpu",
+                           decode: Callable[[list[bytes], list[str]], list] | None = None) -> np.ndarray:
+    """P(road work) of a pipeline on ``(name, JPEG bytes)`` items, in order (Pillow decodes unless ``decode``)."""
+    from workzone.api import Pipeline
+    from workzone.io.images import decode_image
+
+    out: list[float] = []
+    with Pipeline(cfg, base_dir, device=device) as pipe:
+        for i in range(0, len(items), batch):
+            names, blobs = [n for n, _ in items[i:i + batch]], [b for _, b in items[i:i + batch]]
+            imgs = decode(blobs, names) if decode is not None else [decode_image(b, source=s)
+                                                                   for b, s in zip(blobs, names)]
+            out += [d.probability for d in pipe.run_decoded(imgs)]
+    return np.array(out)
+
+
+def compare(p_ref: np.ndarray, p_new: np.ndarray, *, tolerance: float = 0.02, device: str = "cpu") -> ParityReport:
+    """How far ``p_new`` is from ``p_ref`` image by image (decisions at 0.5)."""
+    diff = np.abs(p_ref - p_new)
+    flip = (p_ref > 0.5) != (p_new > 0.5)
+    near = (np.abs(p_ref - 0.5) <= tolerance) | (np.abs(p_new - 0.5) <= tolerance)
+    n = len(p_ref)
+    return ParityReport(n, float((diff <= tolerance).mean()) if n else 1.0, float(diff.max()) if n else 0.0,
+                        int(flip.sum()), int((flip & ~near).sum()), tolerance, device)
+
+
+#: The CPU run scheme before issue 23: batches of 8 in runs of 4 over every intra-op thread, one run at a time.
+OPERATOR_SCHEME: dict[str, Any] = {"parallel": "operators", "batch_size": 8}
+
+
+def cpu_scheme_parity(items: Sequence[tuple[str, bytes]], *, pipeline: str = "default", batch: int = 8,
+                      reference: Mapping[str, Any] = OPERATOR_SCHEME) -> tuple[ParityReport, np.ndarray, np.ndarray]:
+    """The pipeline as shipped against the same pipeline with its onnxruntime stages run the ``reference`` way.
+
+    ``reference`` sets the :class:`~workzone.stages._onnx.CpuRunParams` of every stage that has them (and
+    ``batch_size`` where the stage has one), so the two runs differ only in how runs are split over threads.
+
+    Returns:
+        The report (tolerance 0.02), the reference probabilities and the shipped ones, in ``items``' order.
+    """
+    from workzone.config.backend import with_stage_params
+    from workzone.config.loader import load_pipeline_config
+    from workzone.stages._onnx import CpuRunParams
+
+    cfg, path = load_pipeline_config(pipeline)
+    updates = {s.name: {k: v for k, v in reference.items() if k in type(s.params).model_fields}
+               for t in cfg.tiers for s in t.stages if isinstance(s.params, CpuRunParams)}
+    p_ref = pipeline_probabilities(with_stage_params(cfg, updates), path.parent, items, batch=batch)
+    p_new = pipeline_probabilities(cfg, path.parent, items, batch=batch)
+    return compare(p_ref, p_new), p_ref, p_new
