@@ -137,3 +137,42 @@ def test_unidentified_image_stays_invalid_when_pil_open_is_patched(monkeypatch):
     monkeypatch.setattr(PILImage, "open", patched)
     with pytest.raises(InvalidImageError, match="identify"):
         decode_image(b"definitely not an image")
+
+
+def _resize_before(pixels: np.ndarray, size: int, mode: str, pad_value: int = 0) -> np.ndarray:
+    """resize_for_model as it was written before it learnt to skip the canvas and the float copies."""
+    im = PILImage.fromarray(pixels)
+    if mode == "squash":
+        im = im.resize((size, size), PILImage.BILINEAR)
+    elif mode == "letterbox":
+        scale = size / max(im.size)
+        nw, nh = max(1, round(im.width * scale)), max(1, round(im.height * scale))
+        canvas = PILImage.new("RGB", (size, size), (pad_value,) * 3)
+        canvas.paste(im.resize((nw, nh), PILImage.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
+        im = canvas
+    else:
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        im = im.crop((left, top, left + side, top + side)).resize((size, size), PILImage.BILINEAR)
+    return (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
+
+
+@pytest.mark.parametrize("mode", ["squash", "letterbox", "center_crop"])
+@pytest.mark.parametrize("pad_value", [0, 114])
+def test_resize_for_model_gives_the_same_bits_as_the_canvas_and_division(mode, pad_value):
+    rng = np.random.default_rng(3)
+    for h, w in [(360, 480), (640, 360), (37, 91), (64, 64)]:
+        px = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        want = _resize_before(px, 96, mode, pad_value)
+        assert np.array_equal(resize_for_model(px, 96, mode, pad_value), want)
+        assert np.array_equal(resize_for_model(PILImage.fromarray(px), 96, mode, pad_value), want)  # a PIL image too
+        batch = np.full((2, 3, 96, 96), -1.0, np.float32)
+        slot = batch[1]
+        assert resize_for_model(px, 96, mode, pad_value, out=slot) is slot  # written in place, all of it
+        assert np.array_equal(batch[1], want) and (batch[0] == -1.0).all()
+
+
+def test_resize_for_model_takes_grey_images_as_rgb():
+    grey = np.arange(30 * 60, dtype=np.uint8).reshape(30, 60)
+    x = resize_for_model(grey, 16, "letterbox")
+    assert x.shape == (3, 16, 16) and np.array_equal(x[0], x[2])

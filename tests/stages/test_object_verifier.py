@@ -164,3 +164,17 @@ def test_crops_of_a_larger_image_hold_the_detail_of_the_trained_size() -> None:
     same = candidate_crops(big, box * 3, size=64, context=2.0, max_side=80)
     sharp = candidate_crops(big, box * 3, size=64, context=2.0)
     assert np.abs(same - want).mean() < 0.5 * np.abs(sharp - want).mean()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_images_spread_over_workers_give_what_one_run_at_a_time_gives(tmp_path: Path, threads: int) -> None:
+    cone, blue = Box("cone", 0.6, 20, 40, 40, 80), Box("sign", 0.7, 150, 40, 170, 80)
+    rng = np.random.default_rng(1)
+    images = [Image(np.clip(_scene().astype(int) + rng.integers(-40, 40, (120, 200, 3)), 0, 255).astype(np.uint8))
+              for _ in range(5)]
+    reports = [(_report((cone, blue)),), (_report(()),), (), (_report((blue,)),), (_report((cone,)),)]
+    by_op = _run(_stage(tmp_path, parallel="operators", threads=threads), images, reports)
+    by_image = _run(_stage(tmp_path, parallel="images", threads=threads), images, reports)
+    assert [o.log_odds for o in by_image] == [o.log_odds for o in by_op]
+    assert [o.evidence for o in by_image] == [o.evidence for o in by_op]
+    assert by_image[2].log_odds is None and by_image[1].log_odds is not None  # abstains / no candidates, in place

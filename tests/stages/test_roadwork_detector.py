@@ -136,3 +136,22 @@ def test_shipped_model_finds_a_boxed_dev_cone_and_stays_quiet_on_empty_roads(par
     top = outs[0].evidence.boxes[0]
     assert box_iou(np.array([[top.x1, top.y1, top.x2, top.y2]]), truth)[0, 0] > 0.5
     assert outs[0].log_odds > np.median([o.log_odds for o in outs[1:]])
+
+
+@pytest.mark.skipif(not (DATA / "manifest.csv").is_file(), reason="needs roadwork-v1")
+def test_runs_spread_by_image_give_the_bits_of_runs_of_four_over_every_thread():
+    from workzone.io.images import decode_image
+    from workzone.throughput.parity import dev_jpegs
+
+    imgs = [decode_image(b) for _, b in dev_jpegs(DATA, limit=12)]
+    model = StageContext().resolve("builtin:roadwork_objects.onnx")
+    by_image = rd.ObjectDetectorRunner(model, threads=2, parallel="images")
+    by_op = rd.ObjectDetectorRunner(model, threads=2, parallel="operators")
+    try:
+        a, za, _ = by_image.decide(imgs, batch_size=1)
+        b, zb, _ = by_op.decide(imgs, batch_size=8)
+    finally:
+        by_image.close()
+        by_op.close()
+    assert za == zb and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert by_image.sessions.narrow is not None and by_op.sessions.narrow is None

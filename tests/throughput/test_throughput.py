@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -69,3 +70,48 @@ def test_pipeline_rows_state_their_time_against_the_bare_session():
     add_session_ratios(rows)
     assert rows[1].notes.endswith("1.25x the bare detector session's time per image")
     assert rows[2].notes == ""  # no session row for that input
+
+
+def test_pipeline_rows_state_both_floors_and_never_the_scheme_before():
+    from workzone.cli.bench import add_session_ratios
+
+    rows = [Row("object detector, bare onnxruntime session (inputs ready)", "cpu", "dev", 8, 50, 2.0, 1, 1,
+                notes="runs of 4 (the scheme before issue 23)"),
+            Row("object detector, bare onnxruntime session (inputs ready)", "cpu", "dev", 8, 100, 2.0, 1, 1),
+            Row("object detector + verifier, bare onnxruntime sessions (inputs and crops ready)", "cpu", "dev", 8, 60,
+                2.0, 1, 1),
+            Row("pipeline 'default' from JPEG bytes", "cpu", "dev", 8, 40, 2.0, 1, 1)]
+    add_session_ratios(rows)
+    assert rows[3].notes == ("2.50x the bare detector session's time per image; "
+                             "1.50x the bare detector + verifier sessions' time per image")
+
+
+DATA = REPO.parent / "shared" / "data" / "roadwork-v1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "manifest.csv").is_file(), reason="needs roadwork-v1")
+def test_the_bare_sessions_are_the_pipelines_own_and_the_verifier_sees_the_images_that_reach_it():
+    from workzone.throughput.parity import OPERATOR_SCHEME, dev_jpegs
+    from workzone.throughput.runs import sessions_only
+
+    blobs = [b for _, b in dev_jpegs(DATA, limit=8)]
+    det = sessions_only(blobs, "dev", "default", batch=4, seconds=0.1, verifier=False)
+    both = sessions_only(blobs, "dev", "default", batch=4, seconds=0.1, verifier=True)
+    before = sessions_only(blobs, "dev", "default", batch=4, seconds=0.1, verifier=False, scheme=OPERATOR_SCHEME)
+    assert det.images_per_s > 0 and both.images_per_s > 0 and before.images_per_s > 0
+    assert det.notes.startswith("runs of 1 image(s) over") and "one onnxruntime thread each" in det.notes
+    assert before.notes.endswith("intra-op threads (the scheme before issue 23)")
+    reached, total = (int(v) for v in both.notes.split("the verifier on the ")[1].split(" images")[0].split(" of "))
+    assert total == 8 and 0 < reached <= 8 and "crops)" in both.notes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "manifest.csv").is_file(), reason="needs roadwork-v1")
+def test_the_default_decides_the_same_bits_by_image_as_by_operator():
+    # A spread of dev image sizes here; benchmarks/cpu_parity.py runs all 469 (bench_cpu.md quotes it).
+    from workzone.throughput.parity import cpu_scheme_parity, dev_jpegs
+
+    report, before, now = cpu_scheme_parity(dev_jpegs(DATA, limit=40))
+    assert report.n == 40 and report.flips == 0
+    assert np.array_equal(before, now)

@@ -33,7 +33,6 @@ def bench(
     http_p99_ms: Annotated[float, typer.Option(help="p99 bound of the highest-rate search")] = 100.0,
     tier1: Annotated[bool, typer.Option("--tier1/--no-tier1", help="also time the --model classifier alone "
                                         "(the old tier 1)")] = True,
-    detector: Annotated[str, typer.Option(help="object detector ONNX file of the bare-session row (CPU)")] = "builtin:roadwork_objects.onnx",
     data: Annotated[Optional[Path], typer.Option(help="also time real JPEGs: a manifest folder (its dev split, "
                                                  "--images of them)")] = None,
     parity_data: Annotated[Optional[Path], typer.Option(help="first, compare the torch object path with onnxruntime "
@@ -49,6 +48,7 @@ def bench(
     from workzone.throughput import runs
     from workzone.throughput.inputs import sample_images, synth_jpegs
     from workzone.throughput.machine import describe_machine
+    from workzone.throughput.parity import OPERATOR_SCHEME
     from workzone.throughput.results import write_results
     from workzone.cli._common import make_console
     from workzone.stages.base import StageContext
@@ -120,8 +120,15 @@ def bench(
             add(runs.decode_cpu, blobs, label, batch=batch, seconds=seconds)
             if tier1:
                 add(runs.onnx_classifier_from_bytes, blobs, label, model_path, batch=batch, seconds=seconds)
-            add(runs.detector_session_only, blobs, label, str(StageContext().resolve(detector)), batch=batch,
-                seconds=seconds)
+            if _has_kind(pipeline[0], "roadwork_detector"):
+                # The floors of the ratio: the first pipeline's own sessions alone on ready inputs, as it runs them
+                # and as they ran before issue 23; with the verifier too when it has one.
+                for scheme in (None, OPERATOR_SCHEME):
+                    add(runs.sessions_only, blobs, label, pipeline[0], batch=cascade_batch, seconds=seconds,
+                        verifier=False, scheme=scheme)
+                if _has_kind(pipeline[0], "object_verifier"):
+                    add(runs.sessions_only, blobs, label, pipeline[0], batch=cascade_batch, seconds=seconds,
+                        verifier=True)
         if http_rate and k_in == 0:
             # Before the in-process pipeline runs: their torch.compile must not eat the time budget of this row.
             from workzone.throughput.http import http_sweep
@@ -144,16 +151,27 @@ def bench(
 
 
 def add_session_ratios(rows: list) -> None:
-    """Note on each CPU pipeline row how many times slower it is than the bare detector session on the
-    same inputs in the same run (the issue's bound: 1.3)."""
+    """Note on each CPU pipeline row how many times slower it is than the bare sessions on the same inputs in the
+    same run: the detector session alone (the issue's bound: 1.3), and the detector and verifier sessions (what is
+    left is the cascade's own work: decoding, the as-trained copy, crops, sign OCR, fusion)."""
+    floors = (("object detector, bare onnxruntime session", "bare detector session's", " (the scheme before"),
+              ("object detector + verifier, bare", "bare detector + verifier sessions'", None))
     for r in rows:
         if r.device != "cpu" or not r.name.startswith("pipeline ") or not r.images_per_s:
             continue
-        bare = next((b for b in rows if b.name.startswith("object detector, bare") and b.size == r.size
-                     and b.images_per_s), None)
-        if bare is not None:
-            r.notes = (r.notes + "; " if r.notes else "") + \
-                f"{bare.images_per_s / r.images_per_s:.2f}x the bare detector session's time per image"
+        for prefix, what, unless in floors:
+            bare = next((b for b in rows if b.name.startswith(prefix) and b.size == r.size and b.images_per_s
+                         and not (unless and unless in b.notes)), None)
+            if bare is not None:
+                r.notes = (r.notes + "; " if r.notes else "") + \
+                    f"{bare.images_per_s / r.images_per_s:.2f}x the {what} time per image"
+
+
+def _has_kind(pipeline: str, kind: str) -> bool:
+    from workzone.config.loader import load_pipeline_config
+
+    cfg, _ = load_pipeline_config(pipeline)
+    return any(s.kind == kind for t in cfg.tiers for s in t.stages)
 
 
 def add_estimates(rows: list, undecided: float) -> None:

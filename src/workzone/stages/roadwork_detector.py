@@ -30,7 +30,8 @@ from workzone.stages._model_stage import ModelStage
 from workzone.object_evidence import COUNT_AT, DETECTION_FLOOR, LOGIT_CLIP, MAX_DETECTIONS, ObjectDecision
 from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, logit
 
-__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ObjectDetectorRunner", "decode_detections", "STRIDE"]
+__all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ObjectDetectorRunner", "decode_detections", "STRIDE",
+           "runs_of"]
 
 
 #: Output stride of the exported heat map.
@@ -147,12 +148,7 @@ class ObjectDetectorRunner:
             top = np.argsort(-np.abs(parts), axis=1, kind="stable")[:, :3]  # one sort for the batch
             return dets, z.tolist(), [_decided_by([(names[j], v) for j, v in zip(t, p[t].tolist())])
                                       for t, p in zip(top.tolist(), parts)]
-        # Runs of at most batch_size, and at least two when there are 4+ images: runs' inputs are made (Pillow
-        # releases the GIL) while onnxruntime runs others, so its idle moments are used.
-        n = len(items)
-        step = max(1, min(batch_size, -(-n // 2) if n >= 4 else n))
-        chunks = [items[i:i + step] for i in range(0, n, step)]
-        raws = self.sessions.map(self._inputs, _run_image, chunks)  # type: ignore[union-attr]
+        raws = self.sessions.map(self._inputs, _run_image, runs_of(items, batch_size))  # type: ignore[union-attr]
         out: list[np.ndarray] = []
         for im, o in zip(items, (o for raw in raws for o in raw)):
             det = decode_detections(o, score_threshold=score_threshold, max_detections=max_detections,
@@ -239,6 +235,10 @@ class RoadworkDetectorStage(ModelStage):
         except ModelFileError as exc:
             raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
 
+    async def warmup(self) -> None:
+        for n in (1, 2):  # a lone image runs on the wide session, two on the workers' one: warm both
+            await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n)
+
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         p = self.params
         runner: ObjectDetectorRunner = self._model
@@ -270,6 +270,19 @@ class RoadworkDetectorStage(ModelStage):
         if self._model is not None:
             self._model.close()  # its input-making thread
         await super().aclose()
+
+
+def runs_of(items: Sequence[Any], batch_size: int) -> list[Sequence[Any]]:
+    """The onnxruntime runs of a batch: at most ``batch_size`` images each, and at least two runs when there are
+    4+ images, so one run's inputs are made (Pillow releases the GIL) while onnxruntime runs another.
+
+    Examples:
+        >>> [len(r) for r in runs_of(list(range(8)), 8)], [len(r) for r in runs_of(list(range(3)), 1)]
+        ([4, 4], [1, 1, 1])
+    """
+    n = len(items)
+    step = max(1, min(batch_size, -(-n // 2) if n >= 4 else n))
+    return [items[i:i + step] for i in range(0, n, step)]
 
 
 def _run_image(session: Any, x: np.ndarray) -> np.ndarray:

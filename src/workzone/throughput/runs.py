@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -325,20 +325,72 @@ def precision_check(blobs: list[bytes], size: str, model: str, *, device: str, n
                      f"{flips} of {len(x)} labels at p=0.5 differ (no timing: images/s is not measured)")
 
 
-def detector_session_only(blobs: list[bytes], size: str, model: str, *, batch: int, seconds: float) -> Row:
-    """The bare onnxruntime session of the object detector on inputs prepared beforehand (untimed):
-    the floor a pipeline from bytes is compared with (same images, same run)."""
-    from workzone.stages.roadwork_detector import ObjectDetectorRunner
-    from workzone.io.images import resize_for_model
+def sessions_only(blobs: list[bytes], size: str, pipeline: str, *, batch: int, seconds: float, verifier: bool,
+                  scheme: Mapping[str, Any] | None = None) -> Row:
+    """The bare onnxruntime sessions of a pipeline's object stages, on inputs prepared beforehand (untimed): the
+    floor its rate from bytes is compared with (same images, same run, the pipeline's own sessions and threads).
 
-    runner = ObjectDetectorRunner(model)
-    ready = [runner._as_trained(decode_image(b).pixels) if runner._shrinks else decode_image(b).pixels for b in blobs]
-    x = np.stack([resize_for_model(px, runner.size, "letterbox") for px in ready])
-    batches = [list(range(i, min(i + batch, len(x)))) for i in range(0, len(x), batch)]
-    session = runner.session
-    res = _repeat(lambda idx: session.run(None, {"image": x[idx[0]:idx[-1] + 1]}), batches, seconds)
+    Timed per batch of ``batch`` images: the detector's runs over every image (as the stage splits them), and with
+    ``verifier`` also the verifier's runs over the candidate crops of the images that reach it in the pipeline
+    (found by one untimed pass of the pipeline over the same batches). Left out: decoding, the as-trained copy and
+    letterbox, crops, sign OCR, box decoding, fusion, the cascade.
+
+    Args:
+        scheme: run the sessions with these :class:`~workzone.stages._onnx.CpuRunParams` (and ``batch_size``)
+            instead of the pipeline's, e.g. :data:`~workzone.throughput.parity.OPERATOR_SCHEME`.
+    """
+    from workzone.api import Pipeline
+    from workzone.config.backend import with_stage_params
+    from workzone.config.loader import load_pipeline_config
+    from workzone.stages._onnx import CpuRunParams
+    from workzone.stages.object_verifier import _run_crops
+    from workzone.stages.roadwork_detector import _run_image, runs_of
+
+    cfg, path = load_pipeline_config(pipeline)
+    if scheme is not None:
+        cfg = with_stage_params(cfg, {s.name: {k: v for k, v in scheme.items() if k in type(s.params).model_fields}
+                                      for t in cfg.tiers for s in t.stages if isinstance(s.params, CpuRunParams)})
+    pipe = Pipeline(cfg, path.parent)
+    try:
+        by_kind = {st.kind: st for st in pipe.cascade.stages}
+        det, ver = by_kind["roadwork_detector"], by_kind.get("object_verifier")
+        if verifier and ver is None:
+            raise ValueError(f"pipeline {pipeline!r} has no object_verifier stage")
+        runner = det._model
+        batches = _batches(list(range(len(blobs))), batch)
+        imgs = [decode_image(b) for b in blobs]
+        inputs = {k: [runner._inputs(r) for r in runs_of([imgs[i] for i in idx], det.params.batch_size)]
+                  for k, idx in enumerate(batches)}
+        crops: dict[int, list[np.ndarray]] = {}
+        for k, idx in enumerate(batches):
+            crops[k] = []
+            if verifier:
+                for i, d in zip(idx, pipe.run_decoded([imgs[i] for i in idx])):
+                    boxes = ver._candidates(d.stages) if any(r.stage == ver.name for r in d.stages) else None
+                    if boxes:
+                        crops[k].append(ver._crops((imgs[i], boxes)))
+        keyed = [[k] * len(idx) for k, idx in enumerate(batches)]  # _repeat counts images by len(batch)
+
+        def step(b: list[int]) -> None:
+            runner.sessions.map(lambda x: x, _run_image, inputs[b[0]])
+            if crops[b[0]]:
+                ver._model.map(lambda c: c, _run_crops, crops[b[0]])
+
+        res = _repeat(step, keyed, seconds)
+        verified = sum(len(c) for c in crops.values())
+        n_crops = sum(len(x) for c in crops.values() for x in c)
+    finally:
+        pipe.close()
+    sp = det.params
+    how = (f"runs of {sp.batch_size} image(s) over {runner.sessions.threads} workers, one onnxruntime thread each"
+           if sp.parallel == "images" else f"runs of up to {sp.batch_size} images (at least two per batch of 4+), "
+           f"one at a time over {runner.sessions.threads} intra-op threads")
+    if verifier:
+        return _row("object detector + verifier, bare onnxruntime sessions (inputs and crops ready)", "cpu", size,
+                    batch, res, notes=f"{how}; the verifier on the {verified} of {len(blobs)} images that reach it "
+                                      f"in the pipeline ({n_crops} crops)")
     return _row("object detector, bare onnxruntime session (inputs ready)", "cpu", size, batch, res,
-                notes=f"intra-op threads {session.get_session_options().intra_op_num_threads}")
+                notes=how + ("" if scheme is None else " (the scheme before issue 23)"))
 
 
 def object_parity_row(data: str, *, device: str, limit: int | None = None, cpu_share: float = 0.0) -> Row:
