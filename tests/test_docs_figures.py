@@ -47,6 +47,25 @@ def table_cell(name: str, row: str, column: str) -> str:
     raise AssertionError(f"{name}: no table row {row!r} with a column {column!r}")
 
 
+def bench_cell(name: str, run: str, size: str, column: str, *, notes_has: str = "", notes_lacks: str = "") -> str:
+    """A cell of a ``workzone bench`` table: the row of that run and input whose notes hold ``notes_has`` and not
+    ``notes_lacks`` (one run name appears once per input, and the bare detector row once per run scheme)."""
+    header: list[str] | None = None
+    for line in (RESULTS / name).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            continue
+        if header[:3] == ["run", "device", "input"] and cells[0] == run and cells[2] == size:
+            notes = cells[header.index("notes")]
+            if notes_has in notes and not (notes_lacks and notes_lacks in notes):
+                return cells[header.index(column)]
+    raise AssertionError(f"{name}: no {run!r} row for {size!r} with notes holding {notes_has!r}")
+
+
 def numbers(text: str) -> list[str]:
     """The numbers in ``text``, as written (``"rec 0.78 [0.72, 0.82] (n 260)"`` -> ``["0.78", "0.72", "0.82", "260"]``)."""
     return re.findall(r"-?\d+(?:\.\d+)?", text)
