@@ -66,6 +66,17 @@ def bench_cell(name: str, run: str, size: str, column: str, *, notes_has: str = 
     raise AssertionError(f"{name}: no {run!r} row for {size!r} with notes holding {notes_has!r}")
 
 
+BARE_DETECTOR = "object detector, bare onnxruntime session (inputs ready)"
+DEV_JPEGS = "roadwork-v1 dev JPEGs"
+
+
+def same_bits_of_all() -> str:
+    """The image count of cpu_parity.md, only when every image's probability was bit-identical."""
+    n, same = (table_cell("cpu_parity.md", "shipped vs before", c) for c in ("images", "bit-identical probabilities"))
+    assert n == same, f"cpu_parity.md: {same} of {n} probabilities bit-identical"
+    return n
+
+
 def numbers(text: str) -> list[str]:
     """The numbers in ``text``, as written (``"rec 0.78 [0.72, 0.82] (n 260)"`` -> ``["0.78", "0.72", "0.82", "260"]``)."""
     return re.findall(r"-?\d+(?:\.\d+)?", text)
@@ -246,6 +257,16 @@ QUOTES: list[Quote] = [
           "tta_contribution.md",
           (lambda: sentence("tta_contribution.md", r"\): (\d+) images \([0-9.]+%\), (\d+) road work"),
            lambda: sentence("tta_contribution.md", r"\): (\d+) images \([0-9.]+%\), (\d+) road work", 2))),
+    # docs/stages/roadwork_detector.md: the CPU run scheme against the one before it, same run of workzone bench.
+    Quote("docs/stages/roadwork_detector.md", "the bare detector session decided {} images/s ({} per CPU-second) this "
+                                              "way, against {} ({} per CPU-second) one run of 4 at a time over both "
+                                              "threads; the default gives the same probabilities both ways on the {} "
+                                              "dev images", "bench_cpu.md, cpu_parity.md",
+          (lambda: bench_cell("bench_cpu.md", BARE_DETECTOR, DEV_JPEGS, "images/s", notes_lacks="scheme before"),
+           lambda: bench_cell("bench_cpu.md", BARE_DETECTOR, DEV_JPEGS, "images per CPU-s", notes_lacks="scheme before"),
+           lambda: bench_cell("bench_cpu.md", BARE_DETECTOR, DEV_JPEGS, "images/s", notes_has="scheme before"),
+           lambda: bench_cell("bench_cpu.md", BARE_DETECTOR, DEV_JPEGS, "images per CPU-s", notes_has="scheme before"),
+           same_bits_of_all)),
     # docs/routing.md: the router benchmark (on the previous default).
     Quote("docs/routing.md", "the router reaches the best out-of-fold dev MCC ({}) at {} ms per image, but the fixed "
                              "order with its tier-1 exits moved to 0.2 / 0.85 reaches it at {} ms", "router_vs_fixed.md",

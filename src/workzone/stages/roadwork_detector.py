@@ -115,7 +115,7 @@ class ObjectDetectorRunner:
         return None if self.sessions is None else self.sessions.wide
 
     def detect(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
-               batch_size: int = 8) -> list[np.ndarray]:
+               batch_size: int = 1) -> list[np.ndarray]:
         """Detect work-zone objects.
 
         Args:
@@ -132,7 +132,7 @@ class ObjectDetectorRunner:
                            batch_size=batch_size)[0]
 
     def decide(self, images: Sequence[np.ndarray | Image], *, score_threshold: float = 0.02, max_detections: int = 50,
-               batch_size: int = 8) -> tuple[list[np.ndarray], list[float] | None, list[str] | None]:
+               batch_size: int = 1) -> tuple[list[np.ndarray], list[float] | None, list[str] | None]:
         """:meth:`detect`, the sidecar decision's log-odds per image, and per image the note naming the
         features that decided it (both ``None`` without a decision block).
 
