@@ -88,3 +88,27 @@ def test_one_thread_has_no_second_session_and_a_missing_model_names_the_file(tin
     assert pool.narrow is None and pool.threads == 1
     with pytest.raises(ModelFileError, match="missing.onnx does not exist"):
         SessionPool(tmp_path / "missing.onnx", threads=2)
+
+
+def test_spatial_fixes_a_dynamic_graphs_free_height_and_width_with_the_same_outputs():
+    pytest.importorskip("onnxruntime")
+    from workzone.stages.base import StageContext
+    from workzone.stages._onnx import open_session
+
+    model = StageContext().resolve("builtin:roadwork_objects.onnx")
+    free = open_session(model, threads=1)
+    if not all(isinstance(d, str) for d in free.get_inputs()[0].shape[2:]):
+        pytest.skip("the shipped detector has fixed axes")
+    fixed = open_session(model, threads=1, spatial=64)
+    assert fixed.get_inputs()[0].shape[1:] == [3, 64, 64]
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    assert np.array_equal(free.run(None, {"image": x})[0], fixed.run(None, {"image": x})[0])
+    # The runner fixes them at the size it feeds.
+    from workzone.stages.roadwork_detector import ObjectDetectorRunner
+
+    runner = ObjectDetectorRunner(model, threads=2)
+    try:
+        assert runner.sessions.wide.get_inputs()[0].shape[2:] == [runner.size] * 2
+        assert runner.sessions.narrow.get_inputs()[0].shape[2:] == [runner.size] * 2
+    finally:
+        runner.close()

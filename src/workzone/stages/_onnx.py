@@ -50,7 +50,7 @@ def providers_for(device: str, *, feature: str = "ONNX models") -> list[str]:
 
 def open_session(path: Path, *, threads: int = 0, device: str = "cpu", providers: Sequence[str] | None = None,
                  inputs: Sequence[str] | None = None, prefix: str = "", hint: str = "",
-                 feature: str = "ONNX models") -> Any:
+                 feature: str = "ONNX models", spatial: int | None = None) -> Any:
     """Open an ONNX model with one inter-op thread and ``threads`` intra-op threads.
 
     Args:
@@ -62,6 +62,10 @@ def open_session(path: Path, *, threads: int = 0, device: str = "cpu", providers
         prefix: put before every error message (e.g. ``"stage 'cones': "``).
         hint: appended to the missing-file message (how to get the file).
         feature: what needs onnxruntime, for the missing-extra message.
+        spatial: the one height and width the caller feeds: where the first input's last two axes are symbolic
+            (a graph exported with dynamic axes), they are fixed to it, so onnxruntime plans its kernels for that
+            shape (on the object detector: about half the CPU per image, same outputs;
+            benchmarks/results/dynamic_axes.md).
 
     Returns:
         The ``onnxruntime.InferenceSession``.
@@ -83,6 +87,11 @@ def open_session(path: Path, *, threads: int = 0, device: str = "cpu", providers
     chosen = list(providers) if providers is not None else providers_for(device, feature=feature)
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+        free = [d for d in session.get_inputs()[0].shape[-2:] if isinstance(d, str)] if spatial else []
+        if free:
+            for name in free:
+                opts.add_free_dimension_override_by_name(name, spatial)
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise ModelFileError(f"{prefix}cannot load {path}: {exc}") from exc
     if inputs is not None:

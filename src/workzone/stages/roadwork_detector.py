@@ -81,15 +81,17 @@ class ObjectDetectorRunner:
                 torch_params = torch_params.model_copy(
                     update={"precision": "float16" if device.startswith("cuda") else "float32"})
             self.torch_runner = open_runner(path, torch_params, device)
-        else:
-            self.sessions = SessionPool(path, threads=threads, parallel=parallel, providers=providers, inputs=["image"],
-                                        hint="; train one with `workzone train objects-loso`",
-                                        feature="the object detector")
         self.meta = read_sidecar(path)
         native = int(self.meta.get("input_size", 448))
         self.size = int(input_size or native)
         if self.size % 32:
             raise ModelFileError(f"{path}: input size must be a multiple of 32, got {self.size}")
+        if torch_params is None:
+            # Height and width fixed at the one size this runner feeds: the graph is exported with dynamic axes,
+            # which left free cost about twice the CPU per image (benchmarks/results/dynamic_axes.md).
+            self.sessions = SessionPool(path, threads=threads, parallel=parallel, providers=providers, inputs=["image"],
+                                        spatial=self.size, hint="; train one with `workzone train objects-loso`",
+                                        feature="the object detector")
         self.stride = int(self.meta.get("stride", 8))
         self.class_names: list[str] = list(self.meta.get("class_names", _UNNAMED_CLASSES))
         self.score_threshold = float(self.meta.get("score_threshold", 0.3))
