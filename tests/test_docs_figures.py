@@ -31,8 +31,8 @@ PIPELINES = REPO / "src" / "workzone" / "pipelines"
 # -- readers: each returns a figure from a source file ----------------------------------------------------
 
 
-def table_cell(name: str, row: str, column: str) -> str:
-    """The cell of a results markdown table at ``row`` (its first cell without ``*`` and a ``[...]`` note) and ``column``."""
+def _table_rows(name: str):
+    """(header, cells) of every body row of every markdown table in a results file."""
     header: list[str] | None = None
     for line in (RESULTS / name).read_text(encoding="utf-8").splitlines():
         if not line.startswith("|"):
@@ -42,6 +42,12 @@ def table_cell(name: str, row: str, column: str) -> str:
         if header is None:
             header = cells
             continue
+        yield header, cells
+
+
+def table_cell(name: str, row: str, column: str) -> str:
+    """The cell of a results markdown table at ``row`` (its first cell without ``*`` and a ``[...]`` note) and ``column``."""
+    for header, cells in _table_rows(name):
         if cells[0].replace("*", "").split(" [")[0] == row and column in header:  # "pooled MCC [95 % CI]"
             return cells[header.index(column)]
     raise AssertionError(f"{name}: no table row {row!r} with a column {column!r}")
@@ -50,15 +56,7 @@ def table_cell(name: str, row: str, column: str) -> str:
 def bench_cell(name: str, run: str, size: str, column: str, *, notes_has: str = "", notes_lacks: str = "") -> str:
     """A cell of a ``workzone bench`` table: the row of that run and input whose notes hold ``notes_has`` and not
     ``notes_lacks`` (one run name appears once per input, and the bare detector row once per run scheme)."""
-    header: list[str] | None = None
-    for line in (RESULTS / name).read_text(encoding="utf-8").splitlines():
-        if not line.startswith("|"):
-            header = None
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if header is None:
-            header = cells
-            continue
+    for header, cells in _table_rows(name):
         if header[:3] == ["run", "device", "input"] and cells[0] == run and cells[2] == size:
             notes = cells[header.index("notes")]
             if notes_has in notes and not (notes_lacks and notes_lacks in notes):
