@@ -179,6 +179,7 @@ class DetectionService:
         self.decoder = decoder or ImageDecoder(limits=limits)
         self.request_decode_cpu_s = request_decode_cpu_s
         self._decode_slots = asyncio.Semaphore(decode_workers)
+        self._decode_workers = decode_workers
         self._trimmer = Trimmer()
         #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
         self.seconds_per_image: float | None = None
@@ -264,6 +265,12 @@ class DetectionService:
         self.state = "stopped"
 
     # -- inputs ----------------------------------------------------------------------------------
+    @property
+    def parallel_decodes(self) -> int:
+        """Most images decoded at once: the decoder processes (both lanes), or the decode threads."""
+        pool = self.decoder.processes
+        return pool.workers + pool.heavy_workers if pool is not None else self._decode_workers
+
     def decode_budget(self) -> DecodeBudget:
         """A fresh decode budget for one request (every image of a batch draws on it)."""
         return DecodeBudget(self.request_decode_cpu_s)

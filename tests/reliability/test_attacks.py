@@ -167,14 +167,56 @@ def test_pixels_are_reserved_from_the_header_before_decoding(live_server, model_
     r = httpx.post(srv.url + "/v1/detect/batch", json={"images": [{"image": webp}] * 6}, timeout=60)
     assert r.status_code == 422 and "MiB once decoded" in r.json()["error"]["message"]  # 288 MiB > 100 MiB
     assert decoder.decoded == 0  # refused from the headers: not one pixel decoded
-    srv2 = live_server(pipeline=str(write_pipeline(model_dir, "reserve2")), max_held_bytes=60 * 2**20)
+    # One image: its 48 MiB of pixels fit, but decoding it needs about 240 MiB (the decoder's memory
+    # is reserved too, from the header): refused before decoding, whatever else is held.
+    r = httpx.post(srv.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
+                   timeout=60)
+    assert r.status_code == 422 and "while decoding" in r.json()["error"]["message"] and decoder.decoded == 0
+    srv2 = live_server(pipeline=str(write_pipeline(model_dir, "reserve2")), max_held_bytes=270 * 2**20)
     admission = srv2.app.state.admission
-    admission.held_bytes += 30 * 2**20  # another request holds 30 MiB
+    admission.held_bytes += 40 * 2**20  # another request holds 40 MiB
 
     r = httpx.post(srv2.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
                    timeout=60)
     assert r.status_code == 429 and srv2.app.state.service.decoder.processes.decoded == 0
-    admission.held_bytes -= 30 * 2**20
+    admission.held_bytes -= 40 * 2**20
+    assert _released(admission)
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+def test_a_large_image_is_decided_within_its_reservation_and_300_mb(live_server, model_dir: Path, attacks):
+    import os
+
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "reserve3")))  # the default budget, 256 MiB
+    service, admission = srv.app.state.service, srv.app.state.admission
+    ok = httpx.post(srv.url + "/v1/detect", content=load_seeds()["baseline.jpg"],
+                    headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert ok.status_code == 200  # the decoders are started
+    pids = [os.getpid()] + [w.proc.pid for w in service.decoder.processes._all]
+    before = sum(_rss(p) for p in pids)
+    peak, held, done = [before], [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], sum(_rss(p) for p in pids))
+            held[0] = max(held[0], admission.held_bytes)
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        r = httpx.post(srv.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
+                       timeout=60)
+    finally:
+        done.set()
+        th.join()
+    assert r.status_code == 200, r.text[:300]
+    assert peak[0] - before < 300 * 2**20, (peak[0] - before) / 2**20
+    assert held[0] > 200 * 2**20  # the decode's own memory was reserved while it ran, not the pixels alone
     assert _released(admission)
 
 

@@ -104,3 +104,28 @@ def test_opencv_decodes_an_opaque_webp_to_pillows_pixels(kw):
     want = np.asarray(pil.convert("RGB").transpose(PILImage.Transpose.ROTATE_90))
     assert ours.pixels.shape == want.shape == (640, 480, 3) and ours.original_size == (480, 640)
     assert np.array_equal(ours.pixels, want)
+
+
+def test_a_decoder_process_past_its_memory_cap_refuses_the_image_and_goes_on():
+    import asyncio
+
+    from workzone.errors import DecodeBudgetExceeded
+    from workzone.io.decode_pool import DecodeBudget, DecodePool
+    from workzone.io.images import ImageLimits
+
+    big = _encode(_noise(3000, 3000), "PNG", compress_level=1)  # about 80 MiB to decode
+    small = _encode(_noise(320, 240), "PNG")
+
+    async def go() -> None:
+        # A cap below what the header says the decode needs: as if the estimate had been wrong.
+        pool = DecodePool(1, ImageLimits(), heavy_workers=0, memory_cap=24 * 2**20, image_cpu_s=10)
+        try:
+            with pytest.raises(DecodeBudgetExceeded, match="may use 24 MiB"):
+                await pool.decode(big, "big.png", DecodeBudget(30.0))
+            assert pool.killed == 0  # refused by the worker itself, which goes on
+            img = await pool.decode(small, "small.png", DecodeBudget(30.0))
+            assert img.pixels.shape == (240, 320, 3)
+        finally:
+            await pool.aclose()
+
+    asyncio.run(go())

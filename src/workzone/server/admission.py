@@ -12,9 +12,10 @@ is in, the request is admitted again as work (429 if the work admitted meanwhile
 A client address whose images keep being refused (more than ``free_strikes`` 422s within
 ``strike_window_s``) has each further request held ``penalty_s`` before any work: refusing is cheap,
 but a client sending bombs back to back would otherwise take the CPU by sheer rate.
-Body bytes count against the memory budget as they arrive; decoded pixels are reserved from each
-image's header before it is decoded (:func:`reserve`); everything a request held is released when
-its response is sent.
+Body bytes count against the memory budget as they arrive; decoded pixels, and the decoders' memory
+while they decode, are reserved from each image's header before it is decoded (:func:`reserve`);
+the decoders' share is given back once the request's images are decoded (:func:`release`), the
+rest when its response is sent.
 
 :func:`header_timeout_protocol` gives uvicorn a protocol class that answers 408 and closes a
 connection whose request headers do not arrive within the header timeout (slow-loris clients), and
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
     from workzone.service import DetectionService
 
-__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "client_group", "header_timeout_protocol",
+__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "release", "client_group", "header_timeout_protocol",
            "GUARDED_PATHS", "ENDPOINT_KEY"]
 
 _ARRIVED = "workzone.arrived"
@@ -150,26 +151,37 @@ def arrival_time(request: "Request") -> float:
     return float(request.scope.get(_ARRIVED, time.perf_counter()))
 
 
-def reserve(request: "Request", nbytes: int) -> None:
-    """Count ``nbytes`` (pixels about to be decoded) against the memory budget until the response is
-    sent.
+def reserve(request: "Request", nbytes: int, working: int = 0) -> None:
+    """Count ``nbytes`` (pixels about to be decoded, held until the response is sent) and ``working``
+    (the decoders' memory while the request's images decode, given back by :func:`release`) against
+    the memory budget: single and batch requests draw on the same one.
 
     Raises:
-        Overloaded: the budget would be passed; nothing has been decoded yet.
+        Overloaded: the budget would be passed now; nothing has been decoded yet.
         InvalidImageError: the request alone needs more than the whole budget (retrying cannot help).
     """
     held = request.scope.get(_HELD)
     if held is None:
         return
     admission: Admission = held[1]
-    if nbytes > admission.max_held_bytes:
-        raise InvalidImageError(f"the request's images need {nbytes / 2**20:.0f} MiB once decoded; this server "
-                                f"holds at most {admission.max_held_bytes / 2**20:.0f} MiB: send fewer or smaller "
-                                "images")
-    held[0] += nbytes
-    admission.held_bytes += nbytes
+    need = nbytes + working
+    if need > admission.max_held_bytes:
+        raise InvalidImageError(f"the request's images need {need / 2**20:.0f} MiB once decoded (and while "
+                                f"decoding); this server holds at most {admission.max_held_bytes / 2**20:.0f} MiB: "
+                                "send fewer or smaller images")
+    held[0] += need
+    admission.held_bytes += need
     if admission.held_bytes > admission.max_held_bytes:
         admission._refuse()
+
+
+def release(request: "Request", working: int) -> None:
+    """Give back the decoders' working memory :func:`reserve` counted (the decodes are over)."""
+    held = request.scope.get(_HELD)
+    if held is None or not working:
+        return
+    held[0] -= working
+    held[1].held_bytes -= working
 
 
 def client_group(scope: "Scope") -> str:

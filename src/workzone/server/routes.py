@@ -20,7 +20,7 @@ from workzone.answer import public_answer
 from workzone.cascade import TierEvent
 from workzone.errors import DeadlineExceeded, DecodeBudgetExceeded, InvalidImageError, Overloaded, Unauthorized
 from workzone.io.images import ImageHeader
-from workzone.server.admission import arrival_time, reserve
+from workzone.server.admission import arrival_time, release, reserve
 from workzone.server.errors import error_body, error_status, public_message
 from workzone.server.inputs import RawImage, deadline_header, image_bytes, read_batch, read_single
 from workzone.server.protocol import (
@@ -188,8 +188,8 @@ async def detect_batch(request: Request) -> dict[str, Any]:
 
 async def _load(request: Request, raws: list[RawImage], deadline: float | None, batch: bool = False) -> list[Any]:
     """Fetch and decode a request's inputs within its deadline and its decode budget: every image's
-    header is read first and its pixels are reserved against the memory budget (all images of the
-    request at once) before any pixel is decoded.
+    header is read first and its pixels, and the decoders' memory while they decode, are reserved
+    against the memory budget (all images of the request at once) before any pixel is decoded.
 
     Returns:
         Per input, the decoded image or the exception that input raised (``InvalidImageError``,
@@ -209,14 +209,22 @@ async def _load(request: Request, raws: list[RawImage], deadline: float | None, 
 
     heads = await asyncio.gather(*(head(r) for r in raws), return_exceptions=True)
     _raise_request_wide(heads, single=not batch)
-    reserve(request, sum(h[1].out_bytes for h in heads if not isinstance(h, BaseException)))
+    good = [h[1] for h in heads if not isinstance(h, BaseException)]
+    # The pixels are held until the answer; a decode needs more than its pixels while it runs, and
+    # at most `parallel_decodes` of the request's images decode at once: the largest ones are counted.
+    extra = sorted((max(0, h.work_bytes - h.out_bytes) for h in good), reverse=True)
+    working = sum(extra[:svc.parallel_decodes])
+    reserve(request, sum(h.out_bytes for h in good), working)
 
     async def body(raw: RawImage, h: Any) -> Any:
         if isinstance(h, BaseException):
             raise h
         return await svc.decode(h[0], raw.source, end=end, budget=budget, cost_s=h[1].cost_s)
 
-    loaded = await asyncio.gather(*(body(r, h) for r, h in zip(raws, heads)), return_exceptions=True)
+    try:
+        loaded = await asyncio.gather(*(body(r, h) for r, h in zip(raws, heads)), return_exceptions=True)
+    finally:
+        release(request, working)
     _raise_request_wide(loaded, single=not batch)
     return loaded
 
