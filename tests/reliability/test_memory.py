@@ -15,11 +15,15 @@ from PIL import Image as PILImage
 
 from workzone.io.images import decode_image, probe_image
 
-# Decodes `path` in this fresh process after a warm-up (codecs loaded, OpenCV imported), with the
-# kernel's peak-RSS mark reset just before: the peak is the decode's own.
+# Decodes `path` in this fresh process after a warm-up (codecs loaded, OpenCV imported as the costly-image
+# decoder does when it starts), with the kernel's peak-RSS mark reset just before: the peak is the decode's own.
 _PEAK = """
 import io, json, sys
 import numpy as np
+try:
+    import cv2
+except ImportError:
+    pass
 from PIL import Image
 from workzone.io.images import decode_image
 def status(key):
@@ -48,19 +52,26 @@ def _noise(w: int, h: int, mode: str = "RGB", seed: int = 0) -> PILImage.Image:
     return PILImage.fromarray(small).resize((w, h), PILImage.NEAREST).convert(mode)
 
 
+def _with_alpha(im: PILImage.Image) -> PILImage.Image:
+    im = im.convert("RGBA")
+    im.putalpha(PILImage.linear_gradient("L").resize(im.size))  # real transparency: kept by the encoder
+    return im
+
+
 def _cases() -> dict[str, bytes]:
     rotated = _noise(4800, 3000)
     exif = rotated.getexif()
     exif[0x0112] = 6
     return {
         "webp_rgb_4896_downscaled": _encode(_noise(4896, 4896), "WEBP", quality=80),
-        "webp_rgba_3000": _encode(_noise(3000, 2000, "RGBA"), "WEBP", quality=80),
+        "webp_rgba_3000": _encode(_with_alpha(_noise(3000, 2000)), "WEBP", quality=80),
+        "webp_rgb_3000": _encode(_noise(3000, 2000), "WEBP", quality=80),
         "png_rgb_5000x3000_downscaled": _encode(_noise(5000, 3000), "PNG", compress_level=1),
         "png_palette_4000x3000": _encode(_noise(4000, 3000).convert("P"), "PNG", compress_level=1),
         "png_grey16_4500x3000": _encode(_noise(4500, 3000, "L").convert("I;16"), "PNG", compress_level=1),
         "jpeg_rotated_4800x3000": _encode(rotated, "JPEG", quality=85, exif=exif),
         "jpeg_4000x3000": _encode(_noise(4000, 3000), "JPEG", quality=85),
-        "tiff_rgba_3000": _encode(_noise(3000, 3000, "RGBA"), "TIFF"),
+        "tiff_rgba_3000": _encode(_with_alpha(_noise(3000, 3000)), "TIFF"),
     }
 
 
@@ -76,7 +87,7 @@ def cases(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak")
 @pytest.mark.parametrize("name", [
-    "webp_rgb_4896_downscaled", "webp_rgba_3000", "png_rgb_5000x3000_downscaled", "png_palette_4000x3000",
+    "webp_rgb_4896_downscaled", "webp_rgba_3000", "webp_rgb_3000", "png_rgb_5000x3000_downscaled", "png_palette_4000x3000",
     "png_grey16_4500x3000", "jpeg_rotated_4800x3000", "jpeg_4000x3000", "tiff_rgba_3000"])
 def test_the_header_says_at_least_what_the_decode_takes_and_not_far_more(cases, name):
     data = cases[name].read_bytes()
@@ -94,7 +105,7 @@ def test_opencv_decodes_an_opaque_webp_to_pillows_pixels(kw):
 
     if not images._has_opencv():
         pytest.skip("OpenCV is not installed: Pillow decodes every WebP")
-    im = _noise(640, 480, seed=3)
+    im = _noise(1920, 1200, seed=3)
     exif = im.getexif()
     exif[0x0112] = 8
     data = _encode(im, "WEBP", exif=exif, **kw)
@@ -102,8 +113,9 @@ def test_opencv_decodes_an_opaque_webp_to_pillows_pixels(kw):
     pil = PILImage.open(io.BytesIO(data))
     assert images._by_opencv(pil)
     want = np.asarray(pil.convert("RGB").transpose(PILImage.Transpose.ROTATE_90))
-    assert ours.pixels.shape == want.shape == (640, 480, 3) and ours.original_size == (480, 640)
+    assert ours.pixels.shape == want.shape == (1920, 1200, 3) and ours.original_size == (1200, 1920)
     assert np.array_equal(ours.pixels, want)
+    assert not images._by_opencv(PILImage.open(io.BytesIO(_encode(_noise(640, 480), "WEBP"))))  # small: Pillow
 
 
 def test_a_decoder_process_past_its_memory_cap_refuses_the_image_and_goes_on():

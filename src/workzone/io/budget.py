@@ -92,8 +92,12 @@ def decode_bytes_estimate(mode: str, size: tuple[int, int], max_side: int, fmt: 
        array (libwebp's own buffers on top: 6 bytes a pixel at most); any other WebP by Pillow's
        animation decoder, which keeps two canvases and hands over a copy (16 bytes a pixel).
     2. Downscaling to ``max_side``: the full image, Pillow's one-direction intermediate and the result.
-    3. The downscaled image turned upright or its transparency flattened onto white (up to four
-       more copies), and its 3-byte array.
+    3. The image turned upright (a copy), or its transparency flattened onto white (its RGBA copy,
+       the white canvas, the blend and its RGB conversion), beside the image as decoded (or the
+       downscaled one); then the 3-byte array.
+
+    OpenCV's own libraries are not counted: the costly-image decoder loads them when it starts, the
+    others on their first large WebP (25 MB, once).
 
     Measured against real decodes in ``tests/reliability/test_memory.py`` (the estimate is never
     below the process's peak, and not far above it).
@@ -114,7 +118,7 @@ def decode_bytes_estimate(mode: str, size: tuple[int, int], max_side: int, fmt: 
     grey = mode in ("L", "1") or mode in HIGH_BIT_MODES  # kept (or made) one byte a pixel
     px = 1 if grey else 4  # Pillow's bytes a pixel of the image that is downscaled
     if fmt == "WEBP" and mode == "RGB":
-        decoding = (7 if resized else 6) * n  # OpenCV's array (libwebp's buffers, or Pillow's copy to downscale)
+        decoding = 7 * n  # OpenCV's array (libwebp's buffers on top), or beside it Pillow's copy
         image = 4 * n
     elif fmt == "WEBP":
         decoding = 16 * n
@@ -129,10 +133,13 @@ def decode_bytes_estimate(mode: str, size: tuple[int, int], max_side: int, fmt: 
             work = 4 * n
         decoding = stored + work
         image = px * n
-    downscaling = image + px * (max(ow * h, w * oh) + ow * oh) if resized else 0
-    # The downscaled image turned upright (a copy), or its transparency flattened onto white (the
-    # image, its RGBA copy, the white canvas, the blend and its RGB conversion), then its array.
-    finishing = (20 if mode in _ALPHA_MODES else 8) * ow * oh
+    alpha = mode in _ALPHA_MODES
+    if resized:  # the full image, its downscaling intermediate and the result; then the small one's copies
+        downscaling = image + px * (max(ow * h, w * oh) + ow * oh)
+        finishing = (20 if alpha else 8) * ow * oh
+    else:  # the copies are made beside the image as decoded
+        downscaling = 0
+        finishing = image + 16 * n if alpha else max(image + 4 * n, 8 * n)
     return max(decoding, downscaling, finishing) + _SLACK
 
 

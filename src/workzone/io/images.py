@@ -230,11 +230,16 @@ def _from_bytes(raw: bytes, limits: ImageLimits, source: str) -> Image:
 
 
 def _by_opencv(im: PILImage.Image) -> bool:
-    """Whether OpenCV decodes this image instead of Pillow: an opaque still WebP, which Pillow decodes
-    through its animation decoder (two full canvases and a copy of one: 16 bytes a pixel, against
-    OpenCV's 3-byte array). The pixels are the same (libwebp decodes both; see tests/reliability/test_memory.py)."""
-    return (im.format == "WEBP" and im.mode == "RGB" and not getattr(im, "is_animated", False)
-            and _has_opencv())
+    """Whether OpenCV decodes this image instead of Pillow: an opaque still WebP of 2 MP or more, which
+    Pillow decodes through its animation decoder (two full canvases and a copy of one: 16 bytes a
+    pixel, against OpenCV's 3-byte array). The pixels are the same (libwebp decodes both; see
+    tests/reliability/test_memory.py). Smaller ones stay with Pillow: OpenCV, once imported, keeps
+    25 MB in the process."""
+    return (im.format == "WEBP" and im.mode == "RGB" and im.size[0] * im.size[1] >= _OPENCV_MIN_PIXELS
+            and not getattr(im, "is_animated", False) and _has_opencv())
+
+
+_OPENCV_MIN_PIXELS = 2_000_000
 
 
 @functools.lru_cache(maxsize=1)
