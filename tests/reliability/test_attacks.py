@@ -396,3 +396,36 @@ def test_a_client_whose_images_keep_being_refused_is_slowed_down_others_are_not(
     times, honest = asyncio.run(go())
     assert max(times[:5]) < 0.4 and min(times[6:]) >= 0.5  # past 5 refusals, each costs the attacker 0.5 s
     assert honest < 0.4
+
+
+def test_a_client_whose_images_memory_keeps_being_refused_is_slowed_down_too(live_server, model_dir: Path, attacks):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "penalty429")), refusal_penalty_s=0.5,
+                      max_held_bytes=270 * 2**20)
+    admission = srv.app.state.admission
+    admission.held_bytes += 40 * 2**20  # another request holds 40 MiB: a 24-MP WebP's decode does not fit now
+
+    async def go() -> tuple[list[float], float]:
+        from tests.reliability.fuzz import HttpRequest, raw_request
+
+        times = []
+        for _ in range(8):  # back to back, ignoring Retry-After
+            r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/webp", attacks["webp_4896"]),
+                                  10, ATTACKER)
+            assert r.status == 429
+            times.append(r.latency_s)
+        r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/jpeg", load_seeds()["baseline.jpg"]),
+                              10)
+        assert r.status == 200
+        return times, r.latency_s
+
+    try:
+        socket.socket().bind((ATTACKER, 0))
+    except OSError:
+        pytest.skip(f"cannot bind {ATTACKER}")
+    try:
+        times, honest = asyncio.run(go())
+    finally:
+        admission.held_bytes -= 40 * 2**20
+    assert max(times[:5]) < 0.4 and min(times[6:]) >= 0.5  # refused in ms, but past 5 each costs 0.5 s
+    assert honest < 0.4
+    assert srv.app.state.service.decoder.processes.decoded == 1  # the honest image only

@@ -9,9 +9,10 @@ A body that is still arriving is not queued work: it counts only against its cli
 (``max_uploads_per_client``), and it must arrive whole within the body budget (the smaller of
 ``body_timeout_s`` and the request's deadline) or the request is answered 408. Once the whole body
 is in, the request is admitted again as work (429 if the work admitted meanwhile leaves no room).
-A client address whose images keep being refused (more than ``free_strikes`` 422s within
-``strike_window_s``) has each further request held ``penalty_s`` before any work: refusing is cheap,
-but a client sending bombs back to back would otherwise take the CPU by sheer rate.
+A client address whose images keep being refused (more than ``free_strikes`` 422s, or 429s because
+its own images' memory could not be reserved, within ``strike_window_s``) has each further request
+held ``penalty_s`` before any work: refusing is cheap, but a client sending bombs back to back would
+otherwise take the CPU by sheer rate.
 Body bytes count against the memory budget as they arrive; decoded pixels, and the decoders' memory
 while they decode, are reserved from each image's header before it is decoded (:func:`reserve`);
 the decoders' share is given back once the request's images are decoded (:func:`release`), the
@@ -44,6 +45,7 @@ __all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "relea
 
 _ARRIVED = "workzone.arrived"
 _HELD = "workzone.held"
+_STRIKE = "workzone.strike"  # the request's own images could not be reserved (429): counted as a 422 is
 GUARDED_PATHS = frozenset({"/v1/detect", "/v1/detect/batch", "/v1/detect/stream"})
 #: Scope key naming the endpoint of a request refused before routing (for the metrics label).
 ENDPOINT_KEY = "workzone.endpoint"
@@ -61,8 +63,9 @@ class Admission:
         max_held_bytes: bytes (bodies + reserved pixels) held at once before new requests are refused.
         retry_after_s: what refused callers are told to wait.
         max_uploads_per_client: bodies one client address may be sending at once.
-        free_strikes: images a client address may have refused as unreadable (422) within
-            ``strike_window_s`` before its requests are held ``penalty_s`` before any work.
+        free_strikes: requests a client address may have refused for their images (422: unreadable or
+            too costly; 429: their memory could not be reserved) within ``strike_window_s`` before its
+            requests are held ``penalty_s`` before any work.
         strike_window_s: the window those refusals are counted in.
         penalty_s: how long such a client's requests wait (0: no penalty).
     """
@@ -124,7 +127,8 @@ class Admission:
             self.fresh[token] -= 1
 
     def strike(self, client: str) -> None:
-        """Record that ``client`` sent an image that was refused as unreadable or too costly."""
+        """Record that ``client`` sent an image that was refused as unreadable or too costly (or whose
+        memory could not be reserved)."""
         now = time.monotonic()
         if len(self.strikes) > 10_000:  # many addresses: forget the quiet ones
             for key in [k for k, q in self.strikes.items() if not q or now - q[-1] > self.strike_window_s]:
@@ -172,6 +176,9 @@ def reserve(request: "Request", nbytes: int, working: int = 0) -> None:
     held[0] += need
     admission.held_bytes += need
     if admission.held_bytes > admission.max_held_bytes:
+        # A strike for its client, as a 422 is: a client sending large images back to back, each
+        # refused in milliseconds, would otherwise keep the server busy refusing by sheer rate.
+        request.scope[_STRIKE] = True
         admission._refuse()
 
 
@@ -290,7 +297,8 @@ class AdmissionMiddleware:
             return message
 
         async def watched_send(message: "Message") -> None:
-            if message["type"] == "http.response.start" and message.get("status") == 422:
+            if message["type"] == "http.response.start" and (
+                    message.get("status") == 422 or message.get("status") == 429 and scope.get(_STRIKE)):
                 admission.strike(client)  # an unreadable or too costly image: see Admission.penalty
             await send(message)
 
