@@ -373,27 +373,33 @@ def test_a_one_image_batch_whose_deadline_passes_gets_the_prior_not_a_504(fuzz_l
     assert r.status_code == 200 and r.json()["results"][0]["decision"]["degraded"], r.text[:300]
 
 
-def test_a_client_whose_images_keep_being_refused_is_slowed_down_others_are_not(live_server, model_dir: Path, attacks):
-    srv = live_server(pipeline=str(write_pipeline(model_dir, "penalty")), refusal_penalty_s=0.5)
-    bomb, good = attacks["rle_bmp_4000"], load_seeds()["baseline.jpg"]
-
-    async def go() -> tuple[list[float], float]:
-        from tests.reliability.fuzz import HttpRequest, raw_request
-
-        times = []
-        for _ in range(8):  # back to back from the attacker's address
-            r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/bmp", bomb), 10, ATTACKER)
-            assert r.status == 422
-            times.append(r.latency_s)
-        r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/jpeg", good), 10)
-        assert r.status == 200
-        return times, r.latency_s
+def _eight_then_honest(port: int, path_type_body: tuple[str, bytes], status: int) -> tuple[list[float], float]:
+    """Eight requests back to back from the attacker's address (each answered ``status``), then one
+    honest request from 127.0.0.1: the attacker's latencies and the honest one's."""
+    from tests.reliability.fuzz import HttpRequest, raw_request
 
     try:
         socket.socket().bind((ATTACKER, 0))
     except OSError:
         pytest.skip(f"cannot bind {ATTACKER}")
-    times, honest = asyncio.run(go())
+
+    async def go() -> tuple[list[float], float]:
+        times = []
+        for _ in range(8):  # back to back, ignoring Retry-After
+            r = await raw_request("127.0.0.1", port, HttpRequest("/v1/detect", *path_type_body), 10, ATTACKER)
+            assert r.status == status
+            times.append(r.latency_s)
+        r = await raw_request("127.0.0.1", port, HttpRequest("/v1/detect", "image/jpeg", load_seeds()["baseline.jpg"]),
+                              10)
+        assert r.status == 200
+        return times, r.latency_s
+
+    return asyncio.run(go())
+
+
+def test_a_client_whose_images_keep_being_refused_is_slowed_down_others_are_not(live_server, model_dir: Path, attacks):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "penalty")), refusal_penalty_s=0.5)
+    times, honest = _eight_then_honest(srv.port, ("image/bmp", attacks["rle_bmp_4000"]), 422)
     assert max(times[:5]) < 0.4 and min(times[6:]) >= 0.5  # past 5 refusals, each costs the attacker 0.5 s
     assert honest < 0.4
 
@@ -403,27 +409,8 @@ def test_a_client_whose_images_memory_keeps_being_refused_is_slowed_down_too(liv
                       max_held_bytes=270 * 2**20)
     admission = srv.app.state.admission
     admission.held_bytes += 40 * 2**20  # another request holds 40 MiB: a 24-MP WebP's decode does not fit now
-
-    async def go() -> tuple[list[float], float]:
-        from tests.reliability.fuzz import HttpRequest, raw_request
-
-        times = []
-        for _ in range(8):  # back to back, ignoring Retry-After
-            r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/webp", attacks["webp_4896"]),
-                                  10, ATTACKER)
-            assert r.status == 429
-            times.append(r.latency_s)
-        r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/jpeg", load_seeds()["baseline.jpg"]),
-                              10)
-        assert r.status == 200
-        return times, r.latency_s
-
     try:
-        socket.socket().bind((ATTACKER, 0))
-    except OSError:
-        pytest.skip(f"cannot bind {ATTACKER}")
-    try:
-        times, honest = asyncio.run(go())
+        times, honest = _eight_then_honest(srv.port, ("image/webp", attacks["webp_4896"]), 429)
     finally:
         admission.held_bytes -= 40 * 2**20
     assert max(times[:5]) < 0.4 and min(times[6:]) >= 0.5  # refused in ms, but past 5 each costs 0.5 s
