@@ -416,3 +416,20 @@ def test_a_client_whose_images_memory_keeps_being_refused_is_slowed_down_too(liv
     assert max(times[:5]) < 0.4 and min(times[6:]) >= 0.5  # refused in ms, but past 5 each costs 0.5 s
     assert honest < 0.4
     assert srv.app.state.service.decoder.processes.decoded == 1  # the honest image only
+
+
+def test_decoding_in_threads_reserves_the_decodes_memory_too(live_server, model_dir: Path, attacks):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "reserve_threads")), decode_processes=False,
+                      max_held_bytes=270 * 2**20)
+    admission = srv.app.state.admission
+    admission.held_bytes += 40 * 2**20  # the pixels fit beside these 40 MiB; the decode's memory does not
+    try:
+        r = httpx.post(srv.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
+                       timeout=60)
+        assert r.status_code == 429, r.text[:300]
+    finally:
+        admission.held_bytes -= 40 * 2**20
+    r = httpx.post(srv.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
+                   timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    assert _released(admission)

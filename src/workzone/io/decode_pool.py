@@ -24,6 +24,7 @@ in a background thread (a few hundred milliseconds) while the others go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -32,7 +33,7 @@ import struct
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 
@@ -275,8 +276,10 @@ class DecodePool:
         return ImageHeader(fmt, tuple(size), out, cost, work)  # type: ignore[arg-type]
 
     async def decode(self, data: bytes, source: str, budget: DecodeBudget, end: float | None = None,
-                     cost_s: float = 0.0) -> Image:
-        """Decode in a worker under ``budget``; ``cost_s`` (the header's estimate) picks the lane.
+                     cost_s: float = 0.0, memory: Callable[[], ContextManager[None]] | None = None) -> Image:
+        """Decode in a worker under ``budget``; ``cost_s`` (the header's estimate) picks the lane;
+        ``memory()`` is held from when a worker is free for the image to the end of its decode (the
+        server's reservation of the decode's memory: what raises there is raised, nothing decoded).
 
         Raises:
             InvalidImageError: not an image, or over a limit.
@@ -285,12 +288,12 @@ class DecodePool:
             DeadlineExceeded: no worker came free, or the decode did not finish, before ``end``.
         """
         _, px, original = await self._job("decode", data, source, budget, end, self.image_cpu_s,
-                                          heavy=cost_s > self.heavy_s)
+                                          heavy=cost_s > self.heavy_s, memory=memory)
         self.decoded += 1
         return Image(px, source=source, original_size=tuple(original))  # type: ignore[arg-type]
 
     async def _job(self, op: str, data: bytes, source: str, budget: DecodeBudget, end: float | None,
-                   cpu_s: float, heavy: bool = False) -> tuple:
+                   cpu_s: float, heavy: bool = False, memory: Callable[[], ContextManager[None]] | None = None) -> tuple:
         if self._idle is None:  # not started yet: the first caller starts it, the others wait
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
@@ -303,6 +306,18 @@ class DecodePool:
             worker = await asyncio.wait_for(self._lane(heavy).get(), timeout=wait)
         except asyncio.TimeoutError:
             raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
+        held = contextlib.ExitStack()
+        try:
+            if memory is not None:
+                held.enter_context(memory())
+        except BaseException:
+            self._lane(worker.heavy).put_nowait(worker)  # not started: the worker is as it was
+            raise
+        with held:
+            return await self._run(worker, op, data, source, budget, end, cpu_s)
+
+    async def _run(self, worker: _Worker, op: str, data: bytes, source: str, budget: DecodeBudget,
+                   end: float | None, cpu_s: float) -> tuple:
         healthy = False  # a worker stopped mid-job (budget, deadline, cancellation, crash) is replaced
         cpu0 = worker.cpu()
         try:

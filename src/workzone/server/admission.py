@@ -13,10 +13,10 @@ A client address whose images keep being refused (more than ``free_strikes`` 422
 its own images' memory could not be reserved, within ``strike_window_s``) has each further request
 held ``penalty_s`` before any work: refusing is cheap, but a client sending bombs back to back would
 otherwise take the CPU by sheer rate.
-Body bytes count against the memory budget as they arrive; decoded pixels, and the decoders' memory
-while they decode, are reserved from each image's header before it is decoded (:func:`reserve`);
-the decoders' share is given back once the request's images are decoded (:func:`release`), the
-rest when its response is sent.
+Body bytes count against the memory budget as they arrive; decoded pixels are reserved from each
+image's header before it is decoded (:func:`reserve`), and what a decoder needs beyond them while it
+decodes from the moment it starts to when it ends (:func:`working_memory`); everything a request
+held is released when its response is sent.
 
 :func:`header_timeout_protocol` gives uvicorn a protocol class that answers 408 and closes a
 connection whose request headers do not arrive within the header timeout (slow-loris clients), and
@@ -26,11 +26,12 @@ connection whose request headers do not arrive within the header timeout (slow-l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from workzone.errors import InvalidImageError, Overloaded, RequestTimeout, ShuttingDown
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from workzone.service import DetectionService
 
-__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "release", "client_group", "header_timeout_protocol",
+__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "working_memory", "client_group", "header_timeout_protocol",
            "GUARDED_PATHS", "ENDPOINT_KEY"]
 
 _ARRIVED = "workzone.arrived"
@@ -156,9 +157,10 @@ def arrival_time(request: "Request") -> float:
 
 
 def reserve(request: "Request", nbytes: int, working: int = 0) -> None:
-    """Count ``nbytes`` (pixels about to be decoded, held until the response is sent) and ``working``
-    (the decoders' memory while the request's images decode, given back by :func:`release`) against
-    the memory budget: single and batch requests draw on the same one.
+    """Count ``nbytes`` (pixels about to be decoded) against the memory budget until the response is
+    sent; ``working`` is the most a decode of the request needs beyond its pixels (taken while it
+    runs, :func:`working_memory`): a request whose pixels and largest decode together pass the whole
+    budget can never be served. Single and batch requests draw on the same budget.
 
     Raises:
         Overloaded: the budget would be passed now; nothing has been decoded yet.
@@ -168,27 +170,44 @@ def reserve(request: "Request", nbytes: int, working: int = 0) -> None:
     if held is None:
         return
     admission: Admission = held[1]
-    need = nbytes + working
-    if need > admission.max_held_bytes:
-        raise InvalidImageError(f"the request's images need {need / 2**20:.0f} MiB once decoded (and while "
-                                f"decoding); this server holds at most {admission.max_held_bytes / 2**20:.0f} MiB: "
-                                "send fewer or smaller images")
-    held[0] += need
-    admission.held_bytes += need
+    if nbytes + working > admission.max_held_bytes:
+        raise InvalidImageError(f"the request's images need {(nbytes + working) / 2**20:.0f} MiB once decoded (and "
+                                f"while decoding); this server holds at most {admission.max_held_bytes / 2**20:.0f} "
+                                "MiB: send fewer or smaller images")
+    held[0] += nbytes
+    admission.held_bytes += nbytes
     if admission.held_bytes > admission.max_held_bytes:
-        # A strike for its client, as a 422 is: a client sending large images back to back, each
-        # refused in milliseconds, would otherwise keep the server busy refusing by sheer rate.
-        request.scope[_STRIKE] = True
-        admission._refuse()
+        _refuse_for_its_images(request, admission)
 
 
-def release(request: "Request", working: int) -> None:
-    """Give back the decoders' working memory :func:`reserve` counted (the decodes are over)."""
+@contextlib.contextmanager
+def working_memory(request: "Request", nbytes: int) -> Iterator[None]:
+    """Hold ``nbytes`` of the memory budget while one of the request's images decodes (what the decoder
+    needs beyond the pixels :func:`reserve` counted); taken when a decoder is ready to start on it,
+    so images waiting for a decoder hold nothing.
+
+    Raises:
+        Overloaded: the budget cannot give it now (nothing is decoded).
+    """
     held = request.scope.get(_HELD)
-    if held is None or not working:
+    if held is None or nbytes <= 0:
+        yield
         return
-    held[0] -= working
-    held[1].held_bytes -= working
+    admission: Admission = held[1]
+    if admission.held_bytes + nbytes > admission.max_held_bytes:
+        _refuse_for_its_images(request, admission)
+    admission.held_bytes += nbytes
+    try:
+        yield
+    finally:
+        admission.held_bytes -= nbytes
+
+
+def _refuse_for_its_images(request: "Request", admission: Admission) -> None:
+    # A strike for its client, as a 422 is: a client sending large images back to back, each refused
+    # in milliseconds, would otherwise keep the server busy refusing them by sheer rate.
+    request.scope[_STRIKE] = True
+    admission._refuse()
 
 
 def client_group(scope: "Scope") -> str:
