@@ -241,6 +241,7 @@ QUOTE_NONE = [
     ("README.md", "([results](benchmarks/results/reliability.md))"),
     ("docs/gpu.md", "writes `benchmarks/results/bench_{cpu,gpu}.md`"),
     ("docs/serving.md", "has the figures"),
+    ("docs/stages/roadwork_detector.md", "measured, it does not pay"),
 ]
 
 

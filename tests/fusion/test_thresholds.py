@@ -52,3 +52,13 @@ def test_with_a_budget_ties_in_mcc_are_spent_on_calibration():
     assert cheap.mcc == 1.0 and cheap.exit_rates[0] == 1.0  # no budget: cheapest perfect setting
     _, spent = tune_exit_thresholds(probs, y, np.array([1.0, 10.0]), max_cost=11.0)
     assert spent.mcc == 1.0 and spent.exit_rates[1] == 1.0 and spent.log_loss < cheap.log_loss
+
+
+def test_tiers_not_allowed_to_exit_keep_every_image():
+    probs, y, hard = two_tier_data()
+    probs = np.vstack([probs[0], probs[0], probs[1]])  # a cheap tier that would send most images out
+    th, sim = tune_exit_thresholds(probs, y, np.array([1.0, 1.0, 10.0]), may_exit=(False, True))
+    assert th[0] == (None, None) and sim.exit_rates[0] == 0.0
+    assert sim.exit_rates[1] == pytest.approx(1 - hard.mean()) and sim.mcc == 1.0
+    with pytest.raises(ValueError, match="names 1 tiers"):
+        tune_exit_thresholds(probs, y, np.array([1.0, 1.0, 10.0]), may_exit=(True,))

@@ -111,6 +111,41 @@ def test_missing_model_is_a_model_file_error(tmp_path: Path):
         asyncio.run(stage.load())
 
 
+def _at_another_size(tmp_path: Path, decisions: dict | None) -> Path:
+    """A 128-px red detector whose sidecar says it was trained (and its decision fitted) at 64 px."""
+    path = build_red_detector(tmp_path / "red128.onnx", size=128)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta.update(input_size=64, decision={"version": 1, "features": ["max_any"], "bias": 0.0, "weights": [4.0]})
+    if decisions is not None:
+        meta["decisions_by_input_size"] = decisions
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    return path
+
+
+def test_another_input_size_needs_a_decision_fitted_at_that_size(tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    stage = create_stage("roadwork_detector", "det", {"model": str(_at_another_size(tmp_path, None)), "input_size": 128})
+    with pytest.raises(ModelFileError, match="decisions_by_input_size"):
+        asyncio.run(stage.load())
+
+
+def test_another_input_size_reads_its_own_decision(tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    glance = {"version": 1, "features": ["max_any"], "bias": -3.0, "weights": [4.0]}
+    path = _at_another_size(tmp_path, {"128": glance})
+    image = Image(_blue_with_red(box=(64, 32, 96, 64)))
+    native = create_stage("roadwork_detector", "det", {"model": str(path)})
+    small = create_stage("roadwork_detector", "det", {"model": str(path), "input_size": 128})
+    # The same boxes would score alike under one decision; the glance's own bias of -3 is what moves it.
+    (z_small,) = (o.log_odds for o in run_stage(small, [image]))
+    box = run_stage(small, [image])[0].evidence.boxes[0]
+    from workzone.object_evidence import clipped_logit
+
+    assert z_small == pytest.approx(-3.0 + 4.0 * float(clipped_logit(box.score)), abs=1e-3)
+    with pytest.raises(Exception):  # the 128-px graph cannot run at the sidecar's native 64 px
+        run_stage(native, [image])
+
+
 # The default (the ten-class object detector), and the superseded cone detector a pipeline may still name.
 @pytest.mark.parametrize("params", [{}, {"model": "builtin:cone_detector.onnx"}], ids=["default", "cone_detector"])
 @pytest.mark.skipif(not SHIPPED.is_file() or not (DATA / "boxes.csv").is_file(), reason="needs the shipped model and roadwork-v1")
@@ -136,3 +171,15 @@ def test_shipped_model_finds_a_boxed_dev_cone_and_stays_quiet_on_empty_roads(par
     top = outs[0].evidence.boxes[0]
     assert box_iou(np.array([[top.x1, top.y1, top.x2, top.y2]]), truth)[0, 0] > 0.5
     assert outs[0].log_odds > np.median([o.log_odds for o in outs[1:]])
+
+
+def test_the_shipped_detector_glances_at_224_px_with_its_own_decision():
+    pytest.importorskip("onnxruntime")
+    shipped = SHIPPED.parent / "roadwork_objects.onnx"
+    meta = json.loads(shipped.with_suffix(".json").read_text())
+    assert meta["decisions_by_input_size"]["224"] != meta["decision"]
+    image = Image(_blue_with_red(w=640, h=360, box=(300, 200, 330, 260)))
+    glance = create_stage("roadwork_detector", "g", {"input_size": 224})
+    full = create_stage("roadwork_detector", "f", {})
+    (g,), (f,) = run_stage(glance, [image]), run_stage(full, [image])
+    assert np.isfinite(g.log_odds) and np.isfinite(f.log_odds) and g.log_odds != f.log_odds

@@ -12,7 +12,7 @@ from workzone.cli.main import app, train_group  # noqa: E402
 
 #: Every training command, the object detector's included; `workzone train --help` must list them all.
 TRAIN_COMMANDS = ("classifier", "export-classifier", "compact-data", "loso", "loso-fusion", "detector",
-                  "eval-detector", "objects-fold", "objects-loso", "objects-pack", "loso-scores", "loso-table",
+                  "eval-detector", "objects-fold", "objects-loso", "objects-pack", "objects-oof", "loso-scores", "loso-table",
                   "anomaly-bank")
 
 

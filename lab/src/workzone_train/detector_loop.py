@@ -182,12 +182,17 @@ def _lr_at(progress: float, peak: float, warmup: float = 0.05) -> float:
 
 
 def export_onnx(model: Any, path: Path, size: int) -> None:
-    """Export with a dynamic batch axis and check onnxruntime agrees with torch."""
+    """Export with dynamic batch and spatial axes and check onnxruntime agrees with torch.
+
+    Spatial axes are dynamic so that one file also serves a cheaper look at a smaller input (the
+    ``roadwork_detector`` stage's ``input_size``, with a decision fitted at that size); ``size`` is the
+    size it was trained at.
+    """
     import torch
 
     dummy = torch.rand(2, 3, size, size)
     kwargs = dict(input_names=["image"], output_names=["out"], opset_version=17,
-                  dynamic_axes={"image": {0: "n"}, "out": {0: "n"}})
+                  dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "out": {0: "n", 2: "gh", 3: "gw"}})
     try:
         torch.onnx.export(model, (dummy,), str(path), dynamo=False, **kwargs)
     except TypeError:  # older torch without the dynamo switch
@@ -195,9 +200,11 @@ def export_onnx(model: Any, path: Path, size: int) -> None:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"image": dummy.numpy()})[0]
-    with torch.no_grad():
-        want = model(dummy).numpy()
-    err = float(np.abs(got - want).max())
-    if err > 1e-2:
-        raise RuntimeError(f"ONNX export of the cone detector disagrees with torch (max abs error {err:.4f})")
+    for side in (size, max(32, size * 2 // 3 // 32 * 32)):  # the trained size and a smaller one
+        x = dummy if side == size else torch.rand(2, 3, side, side)
+        got = sess.run(None, {"image": x.numpy()})[0]
+        with torch.no_grad():
+            want = model(x).numpy()
+        err = float(np.abs(got - want).max())
+        if err > 1e-2:
+            raise RuntimeError(f"ONNX export of the detector disagrees with torch at {side} px (max abs error {err:.4f})")

@@ -27,7 +27,7 @@ from workzone.fusion.calibration import fit_logistic
 from workzone.object_evidence import FEATURE_VERSION, feature_names, lookalike_indices, object_features
 from workzone_train.corpus import CorpusSample
 
-__all__ = ["DECISION_FEATURES", "PER_CLASS_FEATURES", "read_fold_detections", "object_feature_matrix", "fit_decision", "decision_scores",
+__all__ = ["DECISION_FEATURES", "PER_CLASS_FEATURES", "read_fold_detections", "detection_input_size", "object_feature_matrix", "fit_decision", "decision_scores",
            "write_scores_csv"]
 
 # The summaries the decision uses. Chosen by pooled out-of-fold MCC over the ten sources: per-class
@@ -53,6 +53,24 @@ def read_fold_detections(path: str | Path) -> dict[str, np.ndarray]:
             if not key.startswith("objects::"):
                 out[key] = np.asarray(rows, np.float64).reshape(-1, 6)
     return out
+
+
+def detection_input_size(path: str | Path) -> int:
+    """The detector input size a packed detections file was made at (its folds' ``summary``), e.g. 224.
+
+    Raises:
+        ValueError: the folds disagree or name no size.
+    """
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        blob = json.load(fh)
+    sizes = {(fold.get("summary") or {}).get("input_size") or (fold.get("summary") or {}).get("size") for fold in blob.values()}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"{path}: its folds name input sizes {sorted(map(str, sizes))}; expected one")
+    return int(sizes.pop())
 
 
 def object_feature_matrix(samples: Sequence[CorpusSample], dets: Mapping[str, np.ndarray], class_names: Sequence[str],

@@ -206,6 +206,10 @@ def tune(
     cost_images: Optional[Path] = typer.Option(None, help="with --measure-costs and --scores: images (folder) to time on; "
                                                           "default: the shipped samples"),
     batch_size: int = typer.Option(8, min=1),
+    exits_out_of_fold: bool = typer.Option(True, "--exits-out-of-fold/--exits-in-sample",
+                                           help="with --scores: choose exit thresholds on fused probabilities "
+                                                "fitted without each image's fold (its `fold` column), so that an "
+                                                "exit is only as confident as it is on sources the fusion never saw"),
     strict: bool = typer.Option(False, "--strict", help="write nothing when tuning warns (the budget costs more than "
                                                         "0.05 MCC, the set is small, a tier is never reached)"),
 ) -> None:
@@ -226,8 +230,10 @@ def tune(
         stages = [st for t in config.tiers for st in t.stages if st.enabled]
         stored = {st.name: float(st.cost) for st in stages if getattr(st, "cost", None) is not None}
         need_timing = measure_costs or len(stored) < len(stages)
+        folds = None
         if scores is not None:
-            sc, labels, _ = read_scores_csv(scores)
+            sc, labels, folds = read_scores_csv(scores)
+            folds = folds if exits_out_of_fold else None
             name = f"{scores.name} (out-of-fold)"
         else:
             if manifest is None:
@@ -244,6 +250,9 @@ def tune(
             labels = [rows[i].label for i in ok]
             name = f"{manifest.name} split={split or 'dev'}"
         latency, how = dict(stored), "stored in the pipeline"
+        earlier = str((config.tuning or {}).get("costs") or "")
+        if earlier and not need_timing:  # say how the stored costs were measured, once
+            how = earlier if earlier.startswith("stored in the pipeline") else f"stored in the pipeline ({earlier})"
         if need_timing:
             from workzone.io.images import decode_image
             from workzone.io.sources import iter_image_paths
@@ -259,7 +268,7 @@ def tune(
             latency = measured if measure_costs else {**measured, **stored}
             how = "minimum over 5 timed runs" if measure_costs else "stored in the pipeline; missing ones measured"
     tuned = tune_scores(config, sc, labels, latency, max_cost=max_cost, l2=l2, data_name=name, balanced=balanced,
-                        prior_weight=prior_weight, costs_measured=how)
+                        prior_weight=prior_weight, costs_measured=how, folds=folds)
     warnings = list(tuned.summary.get("warnings", []))
     warnings += [f"tier {t!r} is never reached under --max-cost {max_cost}: raise the budget or drop the tier"
                  for t in tuned.summary.get("unreachable_tiers", [])]

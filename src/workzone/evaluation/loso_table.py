@@ -193,6 +193,12 @@ def format_markdown(summaries: dict[str, dict], sources: Iterable[str], conditio
     lines.append("| ROC-AUC | " + " | ".join(f"{s['auc']:.3f}" for s in summaries.values()) + " |")
     lines.append("| recall (all road work) | " + " | ".join(_fmt_rate(s["recall"]) for s in summaries.values()) + " |")
     lines.append("| specificity (all none) | " + " | ".join(_fmt_rate(s["specificity"]) for s in summaries.values()) + " |")
+    if any("cascade" in s for s in summaries.values()):
+        # A whole cascade (tuned out of fold): where its images left, and the mean cost they ran up.
+        lines.append("| left at each tier (mean cost) | " + " | ".join(
+            "–" if "cascade" not in s else
+            ", ".join(f"{t} {r:.1%}" for t, r in zip(s["cascade"]["tiers"], s["cascade"]["exit_rates"]))
+            + f" ({s['cascade']['mean_cost_ms']:.1f} ms)" for s in summaries.values()) + " |")
     for group, keys in (("per_source", sources), ("per_condition", conditions)):
         for k in keys:
             cells = []

@@ -63,13 +63,17 @@ def simulate_cascade(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarr
 
 
 def tune_exit_thresholds(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarray,
-                         max_cost: float | None = None, sweeps: int = 3) -> tuple[list[tuple[float | None, float | None]], CascadeSimulation]:
+                         max_cost: float | None = None, sweeps: int = 3,
+                         may_exit: tuple[bool, ...] | None = None) -> tuple[list[tuple[float | None, float | None]], CascadeSimulation]:
     """Coordinate search for the thresholds with the best MCC whose mean cost is within ``max_cost``.
 
     Without a budget, among settings with equal MCC the cheaper wins, so confident images leave as
     early as the data allows. With a budget, ties in MCC are broken by the lower log loss of the final
     probabilities (then by cost): the budget is spent on better-calibrated answers for the images
     the early tiers are least sure of, not left unused.
+
+    ``may_exit`` (one flag per non-final tier; default all) names the tiers images may leave after; the
+    others keep (None, None).
 
     Returns:
         The thresholds per non-final tier and the simulation of the chosen setting.
@@ -80,14 +84,15 @@ def tune_exit_thresholds(probs: np.ndarray, labels: np.ndarray, tier_costs: np.n
     t = probs.shape[0]
     if t == 1:
         return [], simulate_cascade(probs, labels, tier_costs, [])
-    # Start from the cheapest setting (everything exits after tier 1), then improve tier by tier.
-    current: list[tuple[float | None, float | None]] = [(0.5, 0.5)] + [(None, None)] * (t - 2)
-    if t > 2:
-        current = [(0.5, 0.5)] * (t - 1)
+    allowed = tuple(may_exit) if may_exit is not None else (True,) * (t - 1)
+    if len(allowed) != t - 1:
+        raise ValueError(f"may_exit names {len(allowed)} tiers; the cascade has {t - 1} before its last")
+    # Start from the cheapest setting (everything exits after the first tier it may leave), then improve tier by tier.
+    current: list[tuple[float | None, float | None]] = [(0.5, 0.5) if a else (None, None) for a in allowed]
     best = simulate_cascade(probs, labels, tier_costs, current)
     if max_cost is not None and best.cost > max_cost + 1e-9:
         raise ConfigError(
-            f"max_cost: the cheapest cascade (every image leaves after tier 1) costs {best.cost:.1f} ms per image, "
+            f"max_cost: the cheapest cascade (every image leaves at the first tier it may) costs {best.cost:.1f} ms per image, "
             f"over the budget of {max_cost:.1f}; raise --max-cost or make tier 1 cheaper (costs are measured on "
             "this machine, so a busy machine measures higher)"
         )
@@ -103,7 +108,7 @@ def tune_exit_thresholds(probs: np.ndarray, labels: np.ndarray, tier_costs: np.n
 
     for _ in range(sweeps):
         changed = False
-        for k in range(t - 1):
+        for k in (k for k in range(t - 1) if allowed[k]):
             for lo in _LOWER:
                 for hi in _UPPER:
                     trial = list(current)

@@ -84,7 +84,8 @@ class ObjectDetectorRunner:
             self.session = open_session(path, threads=threads, providers=providers, inputs=["image"],
                                         hint="; train one with `workzone train objects-loso`", feature="the object detector")
         self.meta = read_sidecar(path)
-        self.size = int(input_size or self.meta.get("input_size", 448))
+        native = int(self.meta.get("input_size", 448))
+        self.size = int(input_size or native)
         if self.size % 32:
             raise ModelFileError(f"{path}: input size must be a multiple of 32, got {self.size}")
         self.stride = int(self.meta.get("stride", 8))
@@ -94,10 +95,21 @@ class ObjectDetectorRunner:
         # see _as_trained.
         self.source_max_side = int(self.meta.get("source_max_side", 0)) or None
         self.source_jpeg_quality = int(self.meta.get("source_jpeg_quality", 0)) or None
+        spec = self.meta.get("decision")
+        if self.size != native and spec is not None:
+            # A decision reads box scores and counts, which change with the input size (a 224-px glance
+            # finds fewer and weaker boxes than the 384 px it was fitted at): another size needs its own fit.
+            spec = (self.meta.get("decisions_by_input_size") or {}).get(str(self.size))
+            if spec is None:
+                raise ModelFileError(
+                    f"{path}: its decision was fitted on detections at {native} px, and it has none for input size "
+                    f"{self.size} (sidecar key 'decisions_by_input_size'); fit one on out-of-fold detections at that "
+                    "size (`workzone train objects-oof --size ...`, then `workzone train loso-scores "
+                    "--glance-detections ...`) or leave input_size unset")
         try:
-            self.decision = ObjectDecision(self.meta["decision"], self.class_names) if "decision" in self.meta else None
+            self.decision = ObjectDecision(spec, self.class_names) if spec is not None else None
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path}: sidecar 'decision' block: {exc}") from exc
+            raise ModelFileError(f"{path}: sidecar decision block for input size {self.size}: {exc}") from exc
         if self.torch_runner is not None:
             from workzone.accel.objects import DeviceObjectDetector
 

@@ -39,6 +39,11 @@ def loso_scores(
     verifier_head: str = typer.Option("linear", help="the frozen verifier's head: 'linear' (multinomial logistic "
                                                      "regression) or 'mlp' (one hidden layer); not used with "
                                                      "--verifier-run"),
+    glance_detections: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                                     help="out-of-fold detections of the same folds at a smaller "
+                                                          "input (`workzone train objects-oof --size`): adds a "
+                                                          "'glance' column, and with --detector-sidecar its decision "
+                                                          "block for that size"),
     verify_features: str = typer.Option("blind", help="verified decision's features: 'classes' (class-aware) "
                                                         "or 'blind'"),
 ) -> None:
@@ -51,7 +56,7 @@ def loso_scores(
     from workzone_train.frozen_lr import embed_images, fit_frozen_lr, frozen_lr_log_odds
     from workzone_train.loso_fusion import stage_log_odds
     from workzone_train.object_train import LOSO_FOLDS
-    from workzone_train.oof_scores import (PER_CLASS_FEATURES, decision_scores, fit_decision,
+    from workzone_train.oof_scores import (PER_CLASS_FEATURES, decision_scores, detection_input_size, fit_decision,
                                               object_feature_matrix, read_fold_detections, write_scores_csv)
     from workzone_train.scene_synth import OBJECT_CLASSES
     from workzone.evaluation.loso_table import cross_fit
@@ -78,9 +83,17 @@ def loso_scores(
     verify = verify_oof_scores(data, corpus, rows, dets, LOSO_FOLDS, cache=verifier_cache, export_to=verifier_out,
                                shipped_features=verify_features, augment=verifier_augment,
                                finetuned=verifier_run, head=verifier_head, log=con.print)
+    glance = None
+    if glance_detections is not None:
+        x_glance = object_feature_matrix(corpus, read_fold_detections(glance_detections), OBJECT_CLASSES)
+        glance = decision_scores(rows, x_glance)
     if detector_sidecar is not None:
         meta = json.loads(detector_sidecar.read_text(encoding="utf-8"))
         meta["decision"] = fit_decision(x, y)
+        if glance is not None:
+            size = str(detection_input_size(glance_detections))
+            meta.setdefault("decisions_by_input_size", {})[size] = fit_decision(
+                x_glance, y, fitted_on=f"out-of-fold detections at input size {size}, eleven sources")
         detector_sidecar.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         con.print(f"decision block written to {detector_sidecar}")
 
@@ -109,7 +122,8 @@ def loso_scores(
 
     rows = [OofRow(r.key, r.source, r.condition, r.label, r.fold,
                    {"objects": float(objects[i]), "objects-classes": float(per_class[i]), "signs": signs[i],
-                    "context": float(context[i]), **{k: float(v[i]) for k, v in verify.items()}})
+                    "context": float(context[i]), **{k: float(v[i]) for k, v in verify.items()},
+                    **({} if glance is None else {"glance": float(glance[i])})})
             for i, r in enumerate(rows)]
     write_scores_csv(rows, out)
     con.print(f"{len(rows)} images -> {out}")
@@ -117,7 +131,15 @@ def loso_scores(
 
 def loso_table(
     scores: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV from `workzone train loso-scores`"),
-    candidate: list[str] = typer.Option(..., help="NAME=stage+stage (fusion cross-fitted over the folds); repeat"),
+    candidate: list[str] = typer.Option([], help="NAME=stage+stage (fusion cross-fitted over the folds); repeat"),
+    cascade: list[str] = typer.Option([], help="NAME=PIPELINE.yaml[@BUDGET_MS]: the whole cascade, its fusions and "
+                                               "exits tuned on the other folds (as `workzone tune --scores`), under "
+                                               "its own mean cost budget if given; repeat"),
+    max_cost: Optional[float] = typer.Option(None, min=0.0, help="mean cost budget (ms per image) the cascades are "
+                                                                 "tuned under, from their stages' `cost:`"),
+    exits_out_of_fold: bool = typer.Option(True, "--exits-out-of-fold/--exits-in-sample",
+                                           help="the cascades' exits chosen as `workzone tune --scores` chooses "
+                                                "them (out of fold), or on in-sample probabilities"),
     out: Path = typer.Option(Path("loso_table.md"), help="markdown table"),
     json_out: Optional[Path] = typer.Option(None, help="also the full numbers as JSON"),
     prior_weight: float = typer.Option(1.0, help="fusion weight prior (see `workzone tune --prior-weight`)"),
@@ -146,6 +168,16 @@ def loso_table(
             return model.bias + score_matrix([r.scores for r in test], names) @ model.weights
 
         summaries[name] = loso_summary(rows, cross_fit(rows, fit, predict))
+    for spec in cascade:
+        name, _, pipeline = spec.partition("=")
+        budget = max_cost
+        head, at, tail = pipeline.rpartition("@")
+        if at and tail.replace(".", "", 1).isdigit():
+            pipeline, budget = head, float(tail)
+        summaries[name] = _cascade_summary(rows, Path(pipeline), max_cost=budget, l2=l2, balanced=balanced,
+                                           prior_weight=prior_weight, exits_out_of_fold=exits_out_of_fold)
+    if not summaries:
+        raise typer.BadParameter("name at least one --candidate or --cascade")
     sources = sorted({r.source for r in rows})
     conditions = sorted({r.condition for r in rows})
     text = format_markdown(summaries, sources, conditions)
@@ -153,3 +185,17 @@ def loso_table(
     if json_out is not None:
         json_out.write_text(json.dumps(summaries, indent=2, default=float) + "\n", encoding="utf-8")
     typer.echo(text)
+
+
+def _cascade_summary(rows, pipeline: Path, **tune) -> dict:  # noqa: ANN001 - rows: OofRow list
+    """:func:`loso_summary` of a pipeline tuned out of fold, plus where its images left and what they cost."""
+    from workzone.config import load_pipeline_config
+    from workzone.evaluation.loso_table import loso_summary
+    from workzone_train.cascade_oof import cross_fitted_cascade
+
+    config, _ = load_pipeline_config(pipeline)
+    got = cross_fitted_cascade(config, rows, **tune)
+    out = loso_summary(rows, got.log_odds)
+    out["cascade"] = {"tiers": [t.name for t in config.tiers], "exit_rates": [round(r, 4) for r in got.exit_rates(len(config.tiers))],
+                      "mean_cost_ms": round(float(got.cost_ms.mean()), 2), "max_cost_ms": tune.get("max_cost")}
+    return out
