@@ -15,8 +15,8 @@ from PIL import Image as PILImage
 
 from workzone.io.images import decode_image, probe_image
 
-# Decodes `path` in this fresh process after a warm-up (codecs loaded, OpenCV imported as the costly-image
-# decoder does when it starts), with the kernel's peak-RSS mark reset just before: the peak is the decode's own.
+# Decodes `path` in this fresh process after a warm-up (codecs loaded, OpenCV imported: loaded once per
+# process, it is not the decode's), with the kernel's peak-RSS mark reset just before: the peak is the decode's own.
 _PEAK = """
 import io, json, sys
 import numpy as np

@@ -96,8 +96,8 @@ def decode_bytes_estimate(mode: str, size: tuple[int, int], max_side: int, fmt: 
        the white canvas, the blend and its RGB conversion), beside the image as decoded (or the
        downscaled one); then the 3-byte array.
 
-    OpenCV's own libraries are not counted: the costly-image decoder loads them when it starts, the
-    others on their first large WebP (25 MB, once).
+    OpenCV's own libraries are not counted: a process loads them with its first large WebP (25 MB,
+    once; the decoder processes' memory cap leaves room for them).
 
     Measured against real decodes in ``tests/reliability/test_memory.py`` (the estimate is never
     below the process's peak, and not far above it).

@@ -422,7 +422,7 @@ def _main(argv: list[str]) -> None:  # pragma: no cover - the worker's entry poi
 
     fd, nice, limits = int(argv[0]), int(argv[1]), ImageLimits(**json.loads(argv[2]))
     conn = Connection(fd)
-    _warm_up(heavy=nice > 0)
+    _warm_up()
     _cap_memory(int(argv[3]) if len(argv) > 3 else 0)
     conn.send("ready")
     _serve(conn, limits, nice)
@@ -447,17 +447,12 @@ def _cap_memory(cap: int) -> None:  # pragma: no cover - runs in the worker
         log.warning("could not cap a decoder process's memory")
 
 
-def _warm_up(heavy: bool = False) -> None:  # pragma: no cover - runs in the worker
-    """Load Pillow's plugins and codecs now, so that a first job's CPU time is its own; the costly-image
-    lane also loads OpenCV, which decodes large WebPs (:func:`workzone.io.images.decode_image`)."""
+def _warm_up() -> None:  # pragma: no cover - runs in the worker
+    """Load Pillow's plugins and codecs now, so that a first job's CPU time is its own. OpenCV, which
+    decodes large WebPs, is loaded by the first of them (25 MB kept at rest otherwise, in every worker)."""
     import io
 
     from PIL import Image as PILImage
-
-    from workzone.io.images import _has_opencv
-
-    if heavy and _has_opencv():
-        import cv2  # noqa: F401
 
     PILImage.init()
     for fmt in ("PNG", "JPEG", "WEBP"):
