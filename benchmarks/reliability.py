@@ -5,7 +5,7 @@ Usage:
                                            slow-bodies cpu-bombs memory degraded]
         [--api-inputs 25000] [--http-inputs 1200] [--clients 500] [--seconds 60]
         [--slow-connections 300] [--attack-seconds 20] [--degraded-requests 200]
-        [--sections overload-ab --baseline-src OTHER_CHECKOUT/src --ab-seconds 25]
+        [--sections overload-ab --baseline-src OTHER_CHECKOUT/src --baseline-env KEY=VALUE --ab-seconds 25]
         [--out benchmarks/results/reliability.md]
 
 Every server is ``workzone serve`` with the default pipeline and default settings on 127.0.0.1 (a
@@ -50,6 +50,11 @@ def _pct(xs: list[float], q: float) -> float:
         return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def _ms(xs: list[float], q: float) -> str:
+    """The ``q`` quantile of ``xs`` (seconds) in ms, or "-" when there is none (a baseline without the figure)."""
+    return f"{_pct(xs, q) * 1000:.0f} ms" if xs else "-"
 
 
 def _free_port() -> int:
@@ -274,7 +279,10 @@ def _scene_jpeg(k: int) -> bytes:
     return buf.getvalue()
 
 
-async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes], deadline: str | None) -> list[Any]:
+async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes], deadline: str | None,
+                    lags: list[float] | None = None) -> list[Any]:
+    """Run the closed-loop clients; ``lags`` (if given) receives the generator's own event-loop lag,
+    sampled every 5 ms: how late the load generator itself ran, a delay its clock adds to every answer."""
     # The load generator shares the 2 cores and its clock is the one measured: a full collection of
     # its heap (tens of ms) would stall all 500 clients at once and show as the server's latency.
     gc.collect()
@@ -282,6 +290,12 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
     results: list[Any] = []
     stop = time.perf_counter() + seconds
     headers = (("X-Deadline-S", deadline),) if deadline else ()
+
+    async def probe() -> None:
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append(time.perf_counter() - t - 0.005)  # type: ignore[union-attr]
 
     async def client(k: int) -> None:
         i = k
@@ -294,15 +308,17 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
             if r.status in (429, 503):
                 await asyncio.sleep(random.uniform(0.5, 1.5))  # honours Retry-After (1 s), with jitter
 
-    await asyncio.gather(*(client(k) for k in range(clients)))
+    await asyncio.gather(*(client(k) for k in range(clients)), *([probe()] if lags is not None else []))
     return results
 
 
-def _refusal_latencies(res: list[Any]) -> tuple[list[float], list[float]]:
-    """Seconds of each 429/503 by the client's clock, and the same from its connection to the status line.
-    The client's connect is part of its clock; on 2 shared cores it is a large part of the tail."""
+def _refusal_latencies(res: list[Any]) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of each 429/503 by the client's clock, the same from its connection to the status line,
+    and the server's own (its Server-Timing header). The client's connect is part of its clock; on 2
+    shared cores it is a large part of the tail."""
     refused = [r for r in res if r.status in (429, 503)]
-    return [r.latency_s for r in refused], [r.latency_s - r.connect_s for r in refused]
+    return ([r.latency_s for r in refused], [r.latency_s - r.connect_s for r in refused],
+            [r.server_s for r in refused if r.server_s is not None])
 
 
 def _errors(res: list[Any]) -> str:
@@ -332,10 +348,12 @@ def overload(args: argparse.Namespace) -> list[str]:
                 tree.append(await asyncio.to_thread(_tree_rss_mb, pid))  # walks /proc: off the clients' loop
                 await asyncio.sleep(0.5)
 
+        lags: list[float] = []
+
         async def go() -> list[Any]:
             nonlocal done
             s = asyncio.ensure_future(sample())
-            res = await _overload(srv.port, args.clients, args.seconds, bodies, deadline)
+            res = await _overload(srv.port, args.clients, args.seconds, bodies, deadline, lags)
             done = True
             await s
             return res
@@ -349,7 +367,7 @@ def overload(args: argparse.Namespace) -> list[str]:
         limit = 30.0 if deadline is None else float(deadline)
         ok = [r.latency_s for r in res if r.status == 200]
         degraded = sum(1 for r in res if r.status == 200 and b'"degraded":true' in r.body)
-        refused, answered = _refusal_latencies(res)
+        refused, answered, inside = _refusal_latencies(res)
         late = sum(1 for x in ok if x > limit)
         other = {r.status: 0 for r in res if r.status not in (200, 429, 503)}
         for r in res:
@@ -360,7 +378,8 @@ def overload(args: argparse.Namespace) -> list[str]:
             f"{len(res)} responses; 200: {len(ok)} ({degraded} marked degraded; p50 {_pct(ok, .5):.2f} s, p99 {_pct(ok, .99):.2f} s, max "
             f"{max(ok, default=float('nan')):.2f} s; past the deadline: {late}); 429/503: {len(refused)} (p50 "
             f"{_pct(refused, .5) * 1000:.0f} ms, p99 {_pct(refused, .99) * 1000:.0f} ms; from connected to status line "
-            f"p99 {_pct(answered, .99) * 1000:.0f} ms); other statuses {other or 0}; "
+            f"p99 {_pct(answered, .99) * 1000:.0f} ms; inside the server p99 {_ms(inside, .99)}; the "
+            f"load generator's own loop lag p99 {_ms(lags, .99)}); other statuses {other or 0}; "
             f"dropped connections: {other.get(None, 0)} {_errors(res)}. Server RSS: {start_rss:.0f} MB at start, peak "
             f"{max(samples, default=float('nan')):.0f} MB, {after:.0f} MB 10 s after the load "
             f"({(after / start_rss - 1) * 100:+.0f} %); with its decoder processes: {start_tree:.0f} MB at start, "
@@ -373,27 +392,34 @@ def overload(args: argparse.Namespace) -> list[str]:
 def overload_ab(args: argparse.Namespace) -> list[str]:
     """The X-Deadline-S: 2 overload run, alternating this tree's server with a baseline tree's (same
     machine, same minutes), so that the machine's load, not the code, shows up as what it is."""
-    if args.baseline_src is None:
-        raise SystemExit("overload-ab needs --baseline-src (the src/ folder of the code to compare against)")
+    if args.baseline_src is None and not args.baseline_env:
+        raise SystemExit("overload-ab needs --baseline-src (the src/ folder of the code to compare against) "
+                         "or --baseline-env (settings this tree's baseline runs with)")
+    base_env = dict(kv.split("=", 1) for kv in args.baseline_env)
+    baseline = " ".join(f"`{kv}`" for kv in [*([str(args.baseline_src)] if args.baseline_src else []),
+                                               *args.baseline_env])
     bodies = [_scene_jpeg(k) for k in range(16)]
     rows = [f"## Overload A/B: {args.clients} clients, `X-Deadline-S: 2`, {args.ab_seconds:.0f} s per run, this tree "
-            f"against `{args.baseline_src}` alternately", "",
+            f"against {baseline} alternately", "",
             "| code | load before -> after | answers | 200 | 200 past the deadline | 429/503 p50 | 429/503 p99 | "
-            "429/503 p99 from connected | dropped |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for label, src in [("baseline", args.baseline_src), ("this tree", str(ROOT / "src"))] * 2:
-        srv = Server(PYTHONPATH=str(src))
+            "429/503 p99 from connected | 429/503 p99 inside the server | generator loop lag p99 | dropped |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    here = str(ROOT / "src")
+    for label, src, env in [("baseline", str(args.baseline_src or here), base_env), ("this tree", here, {})] * 2:
+        srv = Server(PYTHONPATH=src, **env)
         srv.start()
         l0 = os.getloadavg()[0]
+        lags: list[float] = []
         try:
-            res = asyncio.run(_overload(srv.port, args.clients, args.ab_seconds, bodies, "2"))
+            res = asyncio.run(_overload(srv.port, args.clients, args.ab_seconds, bodies, "2", lags))
         finally:
             srv.stop()
         ok = [r.latency_s for r in res if r.status == 200]
-        ref, answered = _refusal_latencies(res)
+        ref, answered, inside = _refusal_latencies(res)
         rows.append(f"| {label} | {l0:.1f} -> {os.getloadavg()[0]:.1f} | {len(res)} | {len(ok)} | "
                     f"{sum(x > 2 for x in ok)} | {_pct(ref, .5) * 1000:.0f} ms | {_pct(ref, .99) * 1000:.0f} ms | "
-                    f"{_pct(answered, .99) * 1000:.0f} ms | {sum(r.status is None for r in res)} |")
+                    f"{_pct(answered, .99) * 1000:.0f} ms | {_ms(inside, .99)} | {_ms(lags, .99)} | "
+                    f"{sum(r.status is None for r in res)} |")
     return rows + [""]
 
 
@@ -660,17 +686,14 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
     lines = ["## CPU bombs inside the size limits (issue 20, attack 2)", "",
              "`workzone serve` (default pipeline and settings). One honest client on 127.0.0.1 sends a 640x480 JPEG "
              f"in a closed loop for {args.attack_seconds:.0f} s, alone and then while two clients ({', '.join(ATTACKERS)}) "
-             "send a bomb back to back (or paced). Pillow alone takes the times given to decode each bomb "
+             "send a bomb back to back (or paced); each attack right after its own baseline (the client "
+             "alone). Pillow alone takes the times given to decode each bomb "
              "(in-process, no limits but Pillow's). Default settings: an address with more than 5 images refused "
              "in 10 s has each further request held 1 s.", ""]
     srv = Server()
     srv.start()
     try:
         loop = asyncio.new_event_loop()
-        load0 = _load_now()
-        alone = loop.run_until_complete(_closed_loop(srv.port, args.attack_seconds, honest))
-        base = len(alone) / args.attack_seconds
-        lines.append(f"- honest client alone ({load0}): {_stats(alone, args.attack_seconds)}.")
         for name, ctype, every in (("rle_bmp_4000", "image/bmp", 0.0), ("rle_bmp_4000", "image/bmp", 1.0),
                                    ("webp_4896", "image/webp", 0.0)):
             t = time.perf_counter()
@@ -678,6 +701,12 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
                                   "Image.open(io.BytesIO(open(sys.argv[1],'rb').read())).load()", "/dev/stdin"],
                                  input=att[name], env=ENV, capture_output=True, timeout=300)
             pillow_s = time.perf_counter() - t
+            # The baseline right before each attack (back to back): the machine's load drifts by the minute.
+            time.sleep(5)  # the previous attack's work is over
+            load0 = _load_now()
+            alone = loop.run_until_complete(_closed_loop(srv.port, args.attack_seconds, honest))
+            base = len(alone) / args.attack_seconds
+            lines.append(f"- honest client alone, right before ({load0}): {_stats(alone, args.attack_seconds)}.")
 
             async def attacked() -> tuple[list[Any], list[Any]]:
                 bomb = _bomb_req(att[name], ctype)
@@ -697,7 +726,7 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
             lines.append(f"- with two clients sending `{name}` ({len(att[name]) / 1024:.0f} KB; Pillow alone "
                          f"{pillow_s:.2f} s, exit {out.returncode}) {pace} ({load0} before, {_load_now()} after): "
                          f"honest {_stats(h, args.attack_seconds)}: {len(h) / args.attack_seconds / base:.2f}x its "
-                         f"throughput alone; the bombs got {kinds} (p50 {_pct([r.latency_s for r in b], .5) * 1000:.0f} ms).")
+                         f"throughput alone just before; the bombs got {kinds} (p50 {_pct([r.latency_s for r in b], .5) * 1000:.0f} ms).")
         import base64
 
         for name, n in (("rle_bmp_4000", 64), ("webp_4896", 64)):
@@ -874,6 +903,8 @@ def main() -> None:
     ap.add_argument("--attack-seconds", type=float, default=20.0)
     ap.add_argument("--degraded-requests", type=int, default=200)
     ap.add_argument("--baseline-src", type=Path, default=None, help="overload-ab: src/ of the code to compare with")
+    ap.add_argument("--baseline-env", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overload-ab: settings of the baseline's server (e.g. WORKZONE_COMPUTE_NICE=0)")
     ap.add_argument("--ab-seconds", type=float, default=25.0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.md")
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""An asyncio event loop running in a daemon thread.
+"""An asyncio event loop running in a daemon thread, and worker threads that yield the CPU to the loop.
 
 The sync API and the miner both host the async cascade from code that is not on its loop (plain
 Python callers; the axon's own uvicorn loop). Stages and their clients are bound to this loop.
@@ -7,10 +7,12 @@ Python callers; the axon's own uvicorn loop). Stages and their clients are bound
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Coroutine, TypeVar
 
-__all__ = ["LoopThread"]
+__all__ = ["LoopThread", "lower_priority_executor"]
 
 T = TypeVar("T")
 
@@ -37,3 +39,26 @@ class LoopThread:
             self._thread.join(timeout=5)
         if not self.loop.is_running():
             self.loop.close()
+
+
+def _lower_own_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: nice is per thread, and the threads
+    a thread starts inherit it). Where that is not possible the thread keeps its priority."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (OSError, AttributeError):  # not Linux, or not allowed
+        pass
+
+
+def lower_priority_executor(nice: int) -> ThreadPoolExecutor:
+    """A thread pool whose threads run ``nice`` steps below the caller, for an event loop's default
+    executor (``asyncio.to_thread``, where the stages load and run).
+
+    Why: on a server with few cores, the stages' work (and the ONNX Runtime threads a stage starts
+    from these threads while it loads: they inherit the priority) took the CPU the event loop needs to
+    admit and refuse requests; at a lower priority it gets every idle cycle, and the loop gets the
+    CPU within a scheduler tick when it has something to do.
+    """
+    return ThreadPoolExecutor(thread_name_prefix="workzone-compute", initializer=_lower_own_priority,
+                              initargs=(nice,))

@@ -9,13 +9,14 @@ CUDA device) for the life of the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, Protocol, Sequence
+from typing import Any, Awaitable, Callable, ContextManager, Literal, Protocol, Sequence
 
 from workzone.micro_batcher import BatchPolicy, MicroBatcher
 from workzone.cascade import Cascade, TierEvent
@@ -119,11 +120,12 @@ class ImageDecoder:
         return await asyncio.to_thread(probe_image, data, limits=self.limits, source=source)
 
     async def decode_bytes(self, data: bytes, source: str, budget: DecodeBudget, end: float | None,
-                           cost_s: float = 0.0) -> Image:
+                           cost_s: float = 0.0, memory: Callable[[], ContextManager[None]] | None = None) -> Image:
         """Decode encoded bytes: in a decoder process under ``budget`` (``cost_s``, the header's
-        estimate, picks its lane), else with :meth:`decode` in a thread."""
+        estimate, picks its lane; ``memory`` is held while it decodes), else with :meth:`decode` in a
+        thread (the caller holds ``memory`` then)."""
         if self.processes is not None:
-            return await self.processes.decode(data, source, budget, end, cost_s)
+            return await self.processes.decode(data, source, budget, end, cost_s, memory)
         return (await asyncio.to_thread(self.decode, [data], [source]))[0]
 
     def close(self) -> None:
@@ -282,7 +284,8 @@ class DetectionService:
         return await self._in_slot(self.decoder.probe_bytes(data, source, budget or self.decode_budget(), end), end)
 
     async def decode(self, data: bytes, source: str = "<bytes>", *, end: float | None = None,
-                     budget: DecodeBudget | None = None, cost_s: float = 0.0) -> Image:
+                     budget: DecodeBudget | None = None, cost_s: float = 0.0,
+                     memory: Callable[[], ContextManager[None]] | None = None) -> Image:
         """Decode encoded image bytes through the service's decoder (the memory and work guards run on
         the header first): in its processes, stopped past ``budget`` and the per-image budget, or in
         a thread, ``decode_workers`` at a time.
@@ -294,6 +297,8 @@ class DetectionService:
             budget: the request's decode budget (a fresh one when omitted).
             cost_s: the header's decode cost estimate (:meth:`probe`): costly images use their own,
                 lower-priority decoder process.
+            memory: held while the decode runs, from when a decoder is free for it (the server's
+                reservation of the decode's memory; it may refuse with ``Overloaded``).
 
         Raises:
             InvalidImageError: not an image, truncated, or over a limit (``DecodeBudgetExceeded``:
@@ -306,12 +311,13 @@ class DetectionService:
 
             # Decoded with its batch, on the device (see _decode_batch): the request reads only the header.
             return EncodedImage(bytes(data), source, size)
-        work = self.decoder.decode_bytes(data, source, budget or self.decode_budget(), end, cost_s)
+        work = self.decoder.decode_bytes(data, source, budget or self.decode_budget(), end, cost_s, memory)
         if self.decoder.processes is not None:
             return await work
-        return await self._in_slot(work, end)
+        return await self._in_slot(work, end, memory)
 
-    async def _in_slot(self, work: Awaitable[Any], end: float | None) -> Any:
+    async def _in_slot(self, work: Awaitable[Any], end: float | None,
+                       memory: Callable[[], ContextManager[None]] | None = None) -> Any:
         wait = None if end is None else max(0.0, end - time.perf_counter())
         try:
             await asyncio.wait_for(self._decode_slots.acquire(), timeout=wait)
@@ -320,7 +326,12 @@ class DetectionService:
                 work.close()
             raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
         try:
-            return await work
+            with memory() if memory is not None else contextlib.nullcontext():
+                return await work
+        except BaseException:
+            if asyncio.iscoroutine(work):
+                work.close()  # refused before it started (a no-op once it ran)
+            raise
         finally:
             self._decode_slots.release()
 

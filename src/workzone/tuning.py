@@ -136,10 +136,14 @@ def _exit_policy_out_of_fold(config: PipelineConfig, scores: list[dict[str, floa
     cost = 0.0
     for fold in sorted(set(folds)):
         test = idx == fold
-        train = [sc for sc, t in zip(scores, test) if not t]
-        inner = _out_of_fold_probs(config, train, y[~test], list(idx[~test]), l2, balanced, prior_weight)
-        thresholds, _ = tune_exit_thresholds(inner, y[~test], tier_costs, max_cost=max_cost, may_exit=may_exit)
-        fusions, _ = _fit_all(config, train, y[~test], l2, balanced=balanced, prior_weight=prior_weight)
+        if len(np.unique(y[~test])) < 2:  # as in _out_of_fold_probs: what is left holds one class; fit on all
+            train, train_y, train_folds = list(scores), y, list(idx)
+        else:
+            train = [sc for sc, t in zip(scores, test) if not t]
+            train_y, train_folds = y[~test], list(idx[~test])
+        inner = _out_of_fold_probs(config, train, train_y, train_folds, l2, balanced, prior_weight)
+        thresholds, _ = tune_exit_thresholds(inner, train_y, tier_costs, max_cost=max_cost, may_exit=may_exit)
+        fusions, _ = _fit_all(config, train, train_y, l2, balanced=balanced, prior_weight=prior_weight)
         held = [sc for sc, t in zip(scores, test) if t]
         probs = np.vstack([sigmoid(fused_log_odds(held, f)) if f is not None else np.full(len(held), 0.5)
                            for f in fusions])
@@ -288,6 +292,10 @@ def tune_scores(config: PipelineConfig, scores: list[dict[str, float | None]], l
     if folds is not None:
         if len(folds) != len(scores):
             raise ConfigError(f"got {len(folds)} folds for {len(scores)} images")
+        if len(set(folds)) < 2:
+            raise ConfigError(f"exits chosen out of fold need at least two folds; the scores name one ({folds[0]!r}): "
+                              "give them a `fold` (or `source`) column with several, or choose exits in sample "
+                              "(`workzone tune --exits-in-sample`)")
         probs = _out_of_fold_probs(config, scores, y, list(folds), l2, balanced, prior_weight)
         if len(config.tiers) > 1:
             may_exit, policies = _choose_exit_policy(config, scores, y, list(folds), tier_costs, max_cost=max_cost,

@@ -161,6 +161,14 @@ def test_tune_on_out_of_fold_scores_with_stored_costs_is_deterministic(setup, tm
     assert cfg.tuning["costs"] == "stored in the pipeline"
     assert cfg.tuning["stage_cost_ms"] == {"cls": 5.0, "tiles": 20.0}
     assert "out-of-fold" in cfg.tuning["fitted_on"]
+    # Exits chosen out of fold by default: which tiers may exit was decided on the folds, and said.
+    assert cfg.tuning["exits_chosen_on"].startswith("out-of-fold") and "chosen" in cfg.tuning["exit_tiers"]
+    assert "tiers that may exit, chosen out of fold:" in res.output
+    res = runner.invoke(app, ["tune", "-p", str(pipe), "--scores", str(scores), "--out", str(tmp / "ins.yaml"),
+                              "--prior-weight", "1", "--balanced", "--max-cost", "15", "--exits-in-sample"])
+    assert res.exit_code == 0, res.output
+    cfg, _ = load_pipeline_config(tmp / "ins.yaml")
+    assert cfg.tuning["exits_chosen_on"] == "in-sample fused probabilities" and "exit_tiers" not in cfg.tuning
 
 
 def test_tune_says_when_the_budget_leaves_a_tier_unreached(setup, tmp_path):

@@ -57,3 +57,23 @@ def test_a_cheap_tier_that_fails_on_an_unseen_source_does_not_exit():
 def test_in_sample_tuning_keeps_the_old_behaviour():
     s = tune(6.0, folds=False)
     assert "exit_tiers" not in s and s["exits_chosen_on"] == "in-sample fused probabilities"
+
+
+def test_one_fold_cannot_choose_exits_out_of_fold_and_says_what_to_do():
+    from workzone.errors import ConfigError
+
+    config = parse_pipeline(PIPELINE, "two-tier.yaml")
+    scores, y, _ = scores_with_a_shifted_source(0.0)
+    with pytest.raises(ConfigError, match="--exits-in-sample"):
+        tune_scores(config, scores, y, {"cheap": 1.0, "strong": 10.0}, folds=["only"] * len(y))
+
+
+def test_a_fold_whose_rest_holds_one_class_is_still_scored():
+    config = parse_pipeline(PIPELINE, "two-tier.yaml")
+    scores, y, _ = scores_with_a_shifted_source(0.0)
+    y = np.asarray(y)
+    # Two folds: "neg" holds only images without road work, so without "mixed" one class is left.
+    folds = np.where((y == 0) & (np.arange(len(y)) % 2 == 0), "neg", "mixed").tolist()
+    s = tune_scores(config, scores, y.tolist(), {"cheap": 1.0, "strong": 10.0}, balanced=True, prior_weight=1.0,
+                    folds=folds).summary
+    assert s["mcc"] > 0.9 and len(s["exit_tiers"]["candidates"]) == 2

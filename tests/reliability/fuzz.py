@@ -149,6 +149,19 @@ class RawResult:
     body: bytes = b""
     error: str | None = None
     connect_s: float | None = None  # of latency_s, the time to connect (the client's side of the clock)
+    server_s: float | None = None  # the server's own time to the status line (its Server-Timing header)
+
+
+def _server_timing(head: bytes) -> float | None:
+    """Seconds of the ``app`` entry of a ``Server-Timing: app;dur=<ms>`` header, if the answer has one."""
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"server-timing" and b"dur=" in value:
+            try:
+                return float(value.split(b"dur=", 1)[1].split(b",")[0].split(b";")[0]) / 1000
+            except ValueError:
+                return None
+    return None
 
 
 async def raw_request(host: str, port: int, req: HttpRequest, timeout_s: float = 30.0,
@@ -177,8 +190,9 @@ async def raw_request(host: str, port: int, req: HttpRequest, timeout_s: float =
             return RawResult(None, time.perf_counter() - t, error="closed without a status line")
         status = int(line.split()[1])
         latency = time.perf_counter() - t
-        body = await asyncio.wait_for(reader.read(), timeout_s)
-        return RawResult(status, latency, body.split(b"\r\n\r\n", 1)[-1], connect_s=connected)
+        rest = await asyncio.wait_for(reader.read(), timeout_s)
+        head_part, sep, body = rest.partition(b"\r\n\r\n")
+        return RawResult(status, latency, body if sep else rest, connect_s=connected, server_s=_server_timing(head_part))
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
         return RawResult(None, time.perf_counter() - t, error=f"{type(exc).__name__}: {exc}")
     except asyncio.TimeoutError:

@@ -167,14 +167,56 @@ def test_pixels_are_reserved_from_the_header_before_decoding(live_server, model_
     r = httpx.post(srv.url + "/v1/detect/batch", json={"images": [{"image": webp}] * 6}, timeout=60)
     assert r.status_code == 422 and "MiB once decoded" in r.json()["error"]["message"]  # 288 MiB > 100 MiB
     assert decoder.decoded == 0  # refused from the headers: not one pixel decoded
-    srv2 = live_server(pipeline=str(write_pipeline(model_dir, "reserve2")), max_held_bytes=60 * 2**20)
+    # One image: its 48 MiB of pixels fit, but decoding it needs about 240 MiB (the decoder's memory
+    # is reserved too, from the header): refused before decoding, whatever else is held.
+    r = httpx.post(srv.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
+                   timeout=60)
+    assert r.status_code == 422 and "while decoding" in r.json()["error"]["message"] and decoder.decoded == 0
+    srv2 = live_server(pipeline=str(write_pipeline(model_dir, "reserve2")), max_held_bytes=270 * 2**20)
     admission = srv2.app.state.admission
-    admission.held_bytes += 30 * 2**20  # another request holds 30 MiB
+    admission.held_bytes += 40 * 2**20  # another request holds 40 MiB
 
     r = httpx.post(srv2.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
                    timeout=60)
     assert r.status_code == 429 and srv2.app.state.service.decoder.processes.decoded == 0
-    admission.held_bytes -= 30 * 2**20
+    admission.held_bytes -= 40 * 2**20
+    assert _released(admission)
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+def test_a_large_image_is_decided_within_its_reservation_and_300_mb(live_server, model_dir: Path, attacks):
+    import os
+
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "reserve3")))  # the default budget, 256 MiB
+    service, admission = srv.app.state.service, srv.app.state.admission
+    ok = httpx.post(srv.url + "/v1/detect", content=load_seeds()["baseline.jpg"],
+                    headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert ok.status_code == 200  # the decoders are started
+    pids = [os.getpid()] + [w.proc.pid for w in service.decoder.processes._all]
+    before = sum(_rss(p) for p in pids)
+    peak, held, done = [before], [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], sum(_rss(p) for p in pids))
+            held[0] = max(held[0], admission.held_bytes)
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        r = httpx.post(srv.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
+                       timeout=60)
+    finally:
+        done.set()
+        th.join()
+    assert r.status_code == 200, r.text[:300]
+    assert peak[0] - before < 300 * 2**20, (peak[0] - before) / 2**20
+    assert held[0] > 200 * 2**20  # the decode's own memory was reserved while it ran, not the pixels alone
     assert _released(admission)
 
 
@@ -331,26 +373,63 @@ def test_a_one_image_batch_whose_deadline_passes_gets_the_prior_not_a_504(fuzz_l
     assert r.status_code == 200 and r.json()["results"][0]["decision"]["degraded"], r.text[:300]
 
 
-def test_a_client_whose_images_keep_being_refused_is_slowed_down_others_are_not(live_server, model_dir: Path, attacks):
-    srv = live_server(pipeline=str(write_pipeline(model_dir, "penalty")), refusal_penalty_s=0.5)
-    bomb, good = attacks["rle_bmp_4000"], load_seeds()["baseline.jpg"]
-
-    async def go() -> tuple[list[float], float]:
-        from tests.reliability.fuzz import HttpRequest, raw_request
-
-        times = []
-        for _ in range(8):  # back to back from the attacker's address
-            r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/bmp", bomb), 10, ATTACKER)
-            assert r.status == 422
-            times.append(r.latency_s)
-        r = await raw_request("127.0.0.1", srv.port, HttpRequest("/v1/detect", "image/jpeg", good), 10)
-        assert r.status == 200
-        return times, r.latency_s
+def _eight_then_honest(port: int, path_type_body: tuple[str, bytes], status: int) -> tuple[list[float], float]:
+    """Eight requests back to back from the attacker's address (each answered ``status``), then one
+    honest request from 127.0.0.1: the attacker's latencies and the honest one's."""
+    from tests.reliability.fuzz import HttpRequest, raw_request
 
     try:
         socket.socket().bind((ATTACKER, 0))
     except OSError:
         pytest.skip(f"cannot bind {ATTACKER}")
-    times, honest = asyncio.run(go())
+
+    async def go() -> tuple[list[float], float]:
+        times = []
+        for _ in range(8):  # back to back, ignoring Retry-After
+            r = await raw_request("127.0.0.1", port, HttpRequest("/v1/detect", *path_type_body), 10, ATTACKER)
+            assert r.status == status
+            times.append(r.latency_s)
+        r = await raw_request("127.0.0.1", port, HttpRequest("/v1/detect", "image/jpeg", load_seeds()["baseline.jpg"]),
+                              10)
+        assert r.status == 200
+        return times, r.latency_s
+
+    return asyncio.run(go())
+
+
+def test_a_client_whose_images_keep_being_refused_is_slowed_down_others_are_not(live_server, model_dir: Path, attacks):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "penalty")), refusal_penalty_s=0.5)
+    times, honest = _eight_then_honest(srv.port, ("image/bmp", attacks["rle_bmp_4000"]), 422)
     assert max(times[:5]) < 0.4 and min(times[6:]) >= 0.5  # past 5 refusals, each costs the attacker 0.5 s
     assert honest < 0.4
+
+
+def test_a_client_whose_images_memory_keeps_being_refused_is_slowed_down_too(live_server, model_dir: Path, attacks):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "penalty429")), refusal_penalty_s=0.5,
+                      max_held_bytes=270 * 2**20)
+    admission = srv.app.state.admission
+    admission.held_bytes += 40 * 2**20  # another request holds 40 MiB: a 24-MP WebP's decode does not fit now
+    try:
+        times, honest = _eight_then_honest(srv.port, ("image/webp", attacks["webp_4896"]), 429)
+    finally:
+        admission.held_bytes -= 40 * 2**20
+    assert max(times[:5]) < 0.4 and min(times[6:]) >= 0.5  # refused in ms, but past 5 each costs 0.5 s
+    assert honest < 0.4
+    assert srv.app.state.service.decoder.processes.decoded == 1  # the honest image only
+
+
+def test_decoding_in_threads_reserves_the_decodes_memory_too(live_server, model_dir: Path, attacks):
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "reserve_threads")), decode_processes=False,
+                      max_held_bytes=270 * 2**20)
+    admission = srv.app.state.admission
+    admission.held_bytes += 40 * 2**20  # the pixels fit beside these 40 MiB; the decode's memory does not
+    try:
+        r = httpx.post(srv.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
+                       timeout=60)
+        assert r.status_code == 429, r.text[:300]
+    finally:
+        admission.held_bytes -= 40 * 2**20
+    r = httpx.post(srv.url + "/v1/detect", content=attacks["webp_4896"], headers={"Content-Type": "image/webp"},
+                   timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    assert _released(admission)

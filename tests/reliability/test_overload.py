@@ -129,3 +129,25 @@ def test_loaded_objects_are_frozen_out_of_the_collector():
         gc.unfreeze()
     gc.collect()
     assert alive() is None  # unfrozen, the same cycle is garbage again: the freeze was what kept it
+
+
+def test_the_stages_and_decoders_run_below_the_event_loops_priority(live_server, model_dir: Path):
+    import os
+
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "nice")), compute_nice=5)
+    r = httpx.post(srv.url + "/v1/detect", content=jpeg_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert r.status_code == 200
+    assert "app;dur=" in r.headers["server-timing"]  # the server's own time, apart from the network's
+    loop = srv.server._workzone_loop
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def in_executor() -> int:
+        return await asyncio.to_thread(nice)
+
+    base = os.getpriority(os.PRIO_PROCESS, srv.thread.native_id)  # the event loop's thread
+    assert asyncio.run_coroutine_threadsafe(in_executor(), loop).result(10) == min(19, base + 5)
+    # The decoder processes were started from those threads: they inherit the lower priority too.
+    pool = srv.app.state.service.decoder.processes
+    assert all(os.getpriority(os.PRIO_PROCESS, w.proc.pid) >= min(19, base + 5) for w in pool._all)

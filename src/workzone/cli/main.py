@@ -292,6 +292,11 @@ def tune(
     for name, c in s["contribution"].items():
         con.print(f"  {name}: MCC without {c['mcc_without']:.4f} (delta {c['delta_mcc']:+.4f}), "
                   f"{c['cost_ms_per_image_when_run']:.1f} ms/img")
+    if "exit_tiers" in s:
+        tried = "; ".join(f"{', '.join(c['may_exit']) or 'none'}: MCC {c['out_of_fold_mcc']:.4f} at "
+                          f"{c['mean_cost_ms']:.1f} ms/img" for c in s["exit_tiers"]["candidates"])
+        con.print(f"tiers that may exit, chosen out of fold: {', '.join(s['exit_tiers']['chosen']) or 'none'} "
+                  f"(tried {tried})")
     con.print(f"written to {out}")
 
 

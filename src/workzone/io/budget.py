@@ -28,6 +28,9 @@ _STORED_BPP = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N
 # Modes the decoder can downscale before converting (the rest are converted at full size first).
 _RESIZED_IN_PLACE = frozenset({"L", "LA", "RGB", "RGBA"})
 
+# Modes with transparency, flattened onto white (the caller names a palette with a transparent entry PA).
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+
 # A marker after entropy-coded data: 0xFF (plus fill bytes) then a byte that is neither a stuffed
 # zero nor a restart marker (RST0-7 sit inside a scan).
 _NEXT_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
@@ -78,31 +81,69 @@ def count_jpeg_scans(raw: bytes) -> int:
     return scans
 
 
-def decode_bytes_estimate(mode: str, size: tuple[int, int], max_side: int) -> int:
-    """Peak bytes the decoder needs for an image of ``mode`` and ``size`` (as Pillow reports them).
+def decode_bytes_estimate(mode: str, size: tuple[int, int], max_side: int, fmt: str = "") -> int:
+    """Peak bytes the decoder needs for an image of ``mode`` and ``size`` (as Pillow reports them, after
+    a JPEG's reduced-DCT draft) and format ``fmt``: the most it holds at once, in the order
+    :func:`workzone.io.images.decode_image` works (each step frees what the one before held).
 
-    The decoder keeps the decoded image (its stored size), converts 16-bit and float samples to 8
-    bits in a copy (plus the 8-bit result), converts modes it cannot resize (palette, CMYK, LAB,
-    ...) to RGB at full size, and holds the downscaled result.
+    1. Decoding: the stored image (Pillow keeps RGB in 4 bytes a pixel), 16-bit and float samples
+       converted to 8 bits in a copy, and modes the decoder cannot resize (palette, CMYK, ...)
+       converted to RGB at full size. An opaque still WebP is decoded by OpenCV straight into a 3-byte
+       array (libwebp's own buffers on top: 6 bytes a pixel at most); any other WebP by Pillow's
+       animation decoder, which keeps two canvases and hands over a copy (16 bytes a pixel).
+    2. Downscaling to ``max_side``: the full image, Pillow's one-direction intermediate and the result.
+    3. The image turned upright (a copy), or its transparency flattened onto white (its RGBA copy,
+       the white canvas, the blend and its RGB conversion), beside the image as decoded (or the
+       downscaled one); then the 3-byte array.
+
+    OpenCV's own libraries are not counted: a process loads them with its first large WebP (25 MB,
+    once; the decoder processes' memory cap leaves room for them).
+
+    Measured against real decodes in ``tests/reliability/test_memory.py`` (the estimate is never
+    below the process's peak, and not far above it).
 
     Examples:
-        >>> decode_bytes_estimate("RGB", (1000, 1000), 4096)
-        8000000
+        >>> decode_bytes_estimate("RGB", (1000, 1000), 4096) // 2**20
+        15
         >>> decode_bytes_estimate("I;16", (8944, 8944), 4096) > 400_000_000
         True
+        >>> decode_bytes_estimate("RGB", (4896, 4896), 4096, "WEBP") // 2**20
+        239
     """
     w, h = size
     n = w * h
-    stored = _STORED_BPP.get(mode, 4) * n
-    if mode in HIGH_BIT_MODES:
-        work = stored + n  # the samples as an array, and the 8-bit result
-    elif mode in _RESIZED_IN_PLACE:
-        work = 0
-    else:
-        work = 4 * n
     scale = 1.0 if not max_side or max(w, h) <= max_side else max_side / max(w, h)
-    out = 4 * math.ceil(w * scale) * math.ceil(h * scale)
-    return stored + work + out
+    ow, oh = (w, h) if scale == 1.0 else (math.ceil(w * scale), math.ceil(h * scale))
+    resized = (ow, oh) != (w, h)
+    grey = mode in ("L", "1") or mode in HIGH_BIT_MODES  # kept (or made) one byte a pixel
+    px = 1 if grey else 4  # Pillow's bytes a pixel of the image that is downscaled
+    if fmt == "WEBP" and mode == "RGB":
+        decoding = 7 * n  # OpenCV's array (libwebp's buffers on top), or beside it Pillow's copy
+        image = 4 * n
+    elif fmt == "WEBP":
+        decoding = 16 * n
+        image = 12 * n  # the decoder's two canvases live as long as the image
+    else:
+        stored = _STORED_BPP.get(mode, 4) * n
+        if mode in HIGH_BIT_MODES:
+            work = stored + n  # the samples as an array, and the 8-bit result
+        elif mode in _RESIZED_IN_PLACE or grey:
+            work = 0
+        else:
+            work = 4 * n
+        decoding = stored + work
+        image = px * n
+    alpha = mode in _ALPHA_MODES
+    if resized:  # the full image, its downscaling intermediate and the result; then the small one's copies
+        downscaling = image + px * (max(ow * h, w * oh) + ow * oh)
+        finishing = (20 if alpha else 8) * ow * oh
+    else:  # the copies are made beside the image as decoded
+        downscaling = 0
+        finishing = image + 16 * n if alpha else max(image + 4 * n, 8 * n)
+    return max(decoding, downscaling, finishing) + _SLACK
+
+
+_SLACK = 8 * 2**20  # the decoder's own buffers (a JPEG's DCT rows, zlib windows, a row of the array copy)
 
 
 # CPU seconds per decoded megapixel, decode + conversion + downscale, measured with Pillow 13 on the

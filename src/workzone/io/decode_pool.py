@@ -7,6 +7,10 @@ says (issue 20: a 1 KB RLE BMP cost 2.8 s). :class:`DecodePool` runs :func:`prob
 (``/proc/<pid>/stat``; wall time where there is no ``/proc``) and kills the worker when the job
 passes its budget, then forks a fresh one; the caller gets :class:`DecodeBudgetExceeded` (HTTP 422).
 
+Each worker also has a hard memory cap (``RLIMIT_DATA``, ``max_decode_bytes`` plus a margin): the
+header's memory estimate decides what is decoded and what is reserved, the cap is the backstop that
+turns an estimate that was wrong into a refused image (422), not a server out of memory.
+
 A :class:`DecodeBudget` is what one request may spend: every image of a batch draws on the same one,
 so a batch of slow images is stopped as a whole once the request's budget is gone.
 
@@ -20,6 +24,7 @@ in a background thread (a few hundred milliseconds) while the others go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -28,7 +33,7 @@ import struct
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 
@@ -42,6 +47,7 @@ log = logging.getLogger("workzone.decode")
 
 _POLL_S = 0.01  # how often a running job's CPU time is read
 _START_S = 60.0  # a decoder process's start-up (a busy machine can take seconds)
+_CAP_MARGIN = 128 * 2**20  # a decoder's memory cap above max_decode_bytes (libraries loaded on demand, slack)
 _HEAVY_NICE = 10  # CPU priority of the costly-image lane (CFS gives nice 10 about a tenth of nice 0's share)
 try:
     _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -66,7 +72,8 @@ class DecodeBudget:
 
 
 def _serve(conn: Connection, limits: ImageLimits, nice: int = 0) -> None:  # pragma: no cover - runs in the worker
-    """A worker's loop: one job at a time, ``(op, source)`` then the encoded bytes."""
+    """A worker's loop: one job at a time, ``(op, source)`` then the encoded bytes. A decode that runs
+    out of the process's memory cap (:func:`_cap_memory`) is answered ``memory``, and the worker goes on."""
     from workzone._memory import release_free_memory
 
     if nice:
@@ -81,18 +88,18 @@ def _serve(conn: Connection, limits: ImageLimits, nice: int = 0) -> None:  # pra
         try:
             if op == "probe":
                 h = probe_image(data, limits=limits, source=source)
-                conn.send(("header", h.format, h.size, h.out_bytes, h.cost_s))
+                conn.send(("header", h.format, h.size, h.out_bytes, h.cost_s, h.work_bytes))
             else:
                 img = decode_image(data, limits=limits, source=source)
                 px = np.ascontiguousarray(img.pixels)
                 conn.send(("image", px.shape, img.original_size))
                 conn.send_bytes(memoryview(px).cast("B"))
-                del img, px
-                release_free_memory()  # a worker must not keep a large decode's heap
+                del img, px  # a worker must not keep a large decode's heap (trimmed below)
         except InvalidImageError as exc:
-            conn.send(("invalid", str(exc)))
+            conn.send(("memory" if isinstance(exc.__cause__, MemoryError) else "invalid", str(exc)))
         except MemoryError:
-            conn.send(("invalid", f"{source}: not enough memory to decode this image; lower its size"))
+            conn.send(("memory", f"{source}: not enough memory to decode this image; lower its size"))
+        release_free_memory()
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -113,7 +120,7 @@ class _Worker:
     script without a main guard would run again in every decoder).
     """
 
-    def __init__(self, limits: ImageLimits, heavy: bool = False) -> None:
+    def __init__(self, limits: ImageLimits, heavy: bool = False, memory_cap: int = 0) -> None:
         import dataclasses
         import json
         import subprocess
@@ -122,7 +129,7 @@ class _Worker:
         mine, theirs = socket.socketpair()
         self.heavy = heavy
         args = [sys.executable, "-m", "workzone.io.decode_pool", str(theirs.fileno()),
-                str(_HEAVY_NICE if heavy else 0), json.dumps(dataclasses.asdict(limits))]
+                str(_HEAVY_NICE if heavy else 0), json.dumps(dataclasses.asdict(limits)), str(memory_cap)]
         self.proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                      env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
         theirs.close()
@@ -209,16 +216,21 @@ class DecodePool:
         heavy_s: expected decode seconds above which an image goes to the costly lane.
         heavy_workers: processes of the costly lane.
         probe_cpu_s: most CPU seconds reading one header may take (honest headers take milliseconds).
+        memory_cap: most bytes a worker may map beyond what it holds once started (0: no cap); by
+            default ``limits.max_decode_bytes`` and a margin of 128 MiB (the estimates behind
+            ``max_decode_bytes`` are measured, the cap is the backstop). A decode past it is refused
+            (:class:`DecodeBudgetExceeded`, HTTP 422).
     """
 
     def __init__(self, workers: int, limits: ImageLimits, *, image_cpu_s: float = 1.0, heavy_s: float = 0.2,
-                 heavy_workers: int = 1, probe_cpu_s: float = 0.25) -> None:
+                 heavy_workers: int = 1, probe_cpu_s: float = 0.25, memory_cap: int | None = None) -> None:
         self.workers = workers
         self.heavy_workers = heavy_workers
         self.limits = limits
         self.image_cpu_s = image_cpu_s
         self.heavy_s = heavy_s
         self.probe_cpu_s = probe_cpu_s
+        self.memory_cap = limits.max_decode_bytes + _CAP_MARGIN if memory_cap is None else memory_cap
         self.killed = 0  # workers killed for running past a budget (metrics, tests)
         self.decoded = 0  # images decoded (tests check that a refused request decoded nothing)
         self._idle: asyncio.Queue[_Worker] | None = None  # the cheap lane
@@ -233,7 +245,8 @@ class DecodePool:
     async def start(self) -> None:
         """Start the workers (in a thread: process start-up blocks)."""
         def start_all() -> list[_Worker]:
-            started = [_Worker(self.limits, heavy=k >= self.workers) for k in range(self.workers + self.heavy_workers)]
+            started = [_Worker(self.limits, heavy=k >= self.workers, memory_cap=self.memory_cap)
+                       for k in range(self.workers + self.heavy_workers)]
             return [w.wait_ready() for w in started]  # they start in parallel
 
         workers = await asyncio.to_thread(start_all)
@@ -259,25 +272,28 @@ class DecodePool:
 
     async def probe(self, data: bytes, source: str, budget: DecodeBudget, end: float | None = None) -> ImageHeader:
         """The image's header (checked against every limit), read in a cheap-lane worker under ``budget``."""
-        kind, fmt, size, out, cost = await self._job("probe", data, source, budget, end, self.probe_cpu_s)
-        return ImageHeader(fmt, tuple(size), out, cost)  # type: ignore[arg-type]
+        kind, fmt, size, out, cost, work = await self._job("probe", data, source, budget, end, self.probe_cpu_s)
+        return ImageHeader(fmt, tuple(size), out, cost, work)  # type: ignore[arg-type]
 
     async def decode(self, data: bytes, source: str, budget: DecodeBudget, end: float | None = None,
-                     cost_s: float = 0.0) -> Image:
-        """Decode in a worker under ``budget``; ``cost_s`` (the header's estimate) picks the lane.
+                     cost_s: float = 0.0, memory: Callable[[], ContextManager[None]] | None = None) -> Image:
+        """Decode in a worker under ``budget``; ``cost_s`` (the header's estimate) picks the lane;
+        ``memory()`` is held from when a worker is free for the image to the end of its decode (the
+        server's reservation of the decode's memory: what raises there is raised, nothing decoded).
 
         Raises:
             InvalidImageError: not an image, or over a limit.
-            DecodeBudgetExceeded: the decode ran past the image's or the request's CPU budget.
+            DecodeBudgetExceeded: the decode ran past the image's or the request's CPU budget, or
+                past the worker's memory cap.
             DeadlineExceeded: no worker came free, or the decode did not finish, before ``end``.
         """
         _, px, original = await self._job("decode", data, source, budget, end, self.image_cpu_s,
-                                          heavy=cost_s > self.heavy_s)
+                                          heavy=cost_s > self.heavy_s, memory=memory)
         self.decoded += 1
         return Image(px, source=source, original_size=tuple(original))  # type: ignore[arg-type]
 
     async def _job(self, op: str, data: bytes, source: str, budget: DecodeBudget, end: float | None,
-                   cpu_s: float, heavy: bool = False) -> tuple:
+                   cpu_s: float, heavy: bool = False, memory: Callable[[], ContextManager[None]] | None = None) -> tuple:
         if self._idle is None:  # not started yet: the first caller starts it, the others wait
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
@@ -290,6 +306,18 @@ class DecodePool:
             worker = await asyncio.wait_for(self._lane(heavy).get(), timeout=wait)
         except asyncio.TimeoutError:
             raise DeadlineExceeded("decode", "the deadline passed while the image waited to be decoded") from None
+        held = contextlib.ExitStack()
+        try:
+            if memory is not None:
+                held.enter_context(memory())
+        except BaseException:
+            self._lane(worker.heavy).put_nowait(worker)  # not started: the worker is as it was
+            raise
+        with held:
+            return await self._run(worker, op, data, source, budget, end, cpu_s)
+
+    async def _run(self, worker: _Worker, op: str, data: bytes, source: str, budget: DecodeBudget,
+                   end: float | None, cpu_s: float) -> tuple:
         healthy = False  # a worker stopped mid-job (budget, deadline, cancellation, crash) is replaced
         cpu0 = worker.cpu()
         try:
@@ -312,6 +340,9 @@ class DecodePool:
                 await self._replace(worker)
         if reply[0] == "invalid":
             raise InvalidImageError(reply[1])
+        if reply[0] == "memory":
+            raise DecodeBudgetExceeded(f"{reply[1]} (a decoder process may use {self.memory_cap / 2**20:.0f} MiB; "
+                                       "send a smaller image)")
         return reply
 
     def _over(self, source: str, budget: DecodeBudget, whole: bool, cpu_s: float = 0.0) -> DecodeBudgetExceeded:
@@ -354,7 +385,7 @@ class DecodePool:
 
     def _swap(self, worker: _Worker) -> _Worker:
         worker.kill()
-        fresh = _Worker(self.limits, heavy=worker.heavy).wait_ready()
+        fresh = _Worker(self.limits, heavy=worker.heavy, memory_cap=self.memory_cap).wait_ready()
         self._all = [fresh if w is worker else w for w in self._all]
         return fresh
 
@@ -392,12 +423,33 @@ def _main(argv: list[str]) -> None:  # pragma: no cover - the worker's entry poi
     fd, nice, limits = int(argv[0]), int(argv[1]), ImageLimits(**json.loads(argv[2]))
     conn = Connection(fd)
     _warm_up()
+    _cap_memory(int(argv[3]) if len(argv) > 3 else 0)
     conn.send("ready")
     _serve(conn, limits, nice)
 
 
+def _cap_memory(cap: int) -> None:  # pragma: no cover - runs in the worker
+    """A hard cap on the memory this process may map beyond what it holds now (``RLIMIT_DATA``: the
+    heap and private mappings, which every image buffer is): the backstop behind the estimates that
+    decides from the header. Past it an allocation fails (``MemoryError``) and the image is refused;
+    the process and the server go on."""
+    if cap <= 0:
+        return
+    import resource
+
+    try:
+        with open("/proc/self/status") as fh:
+            data = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmData:"))
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        limit = data + cap if hard == resource.RLIM_INFINITY else min(hard, data + cap)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (OSError, ValueError, StopIteration):  # not Linux: the estimates alone bound the decode
+        log.warning("could not cap a decoder process's memory")
+
+
 def _warm_up() -> None:  # pragma: no cover - runs in the worker
-    """Load Pillow's plugins and codecs now, so that a first job's CPU time is its own."""
+    """Load Pillow's plugins and codecs now, so that a first job's CPU time is its own. OpenCV, which
+    decodes large WebPs, is loaded by the first of them (25 MB kept at rest otherwise, in every worker)."""
     import io
 
     from PIL import Image as PILImage

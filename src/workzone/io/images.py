@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
+import importlib.util
 import io
 import os
 import re
@@ -208,11 +210,56 @@ def _from_bytes(raw: bytes, limits: ImageLimits, source: str) -> Image:
     if not raw:
         raise InvalidImageError(f"{source}: empty input (0 bytes)")
     with _pillow_guard(limits, source):
-        im, original = _open_checked(raw, limits, source)
-        if im.tell() != 0:  # never count frames: n_frames walks every frame of a GIF
-            im.seek(0)
-        im.load()
-    return _from_pil(im, limits, source, original)
+        im, original, _ = _open_checked(raw, limits, source)
+        px = _opencv_webp(raw) if _by_opencv(im) else None
+        if px is not None:
+            method = _orientation(im)
+            im.close()  # Pillow's WebP decoder reserved two canvases when the file was opened
+            if method is None and (not limits.max_side or max(px.shape[:2]) <= limits.max_side):
+                return Image(px, source=source, original_size=original)  # already the answer: no copy
+            im = PILImage.fromarray(px)
+            del px
+        else:
+            if im.tell() != 0:  # never count frames: n_frames walks every frame of a GIF
+                im.seek(0)
+            im.load()
+            method = _orientation(im)
+        held = [im]
+        del im
+    return _finish(held, limits, source, original, method)
+
+
+def _by_opencv(im: PILImage.Image) -> bool:
+    """Whether OpenCV decodes this image instead of Pillow: an opaque still WebP of 2 MP or more, which
+    Pillow decodes through its animation decoder (two full canvases and a copy of one: 16 bytes a
+    pixel, against OpenCV's 3-byte array). The pixels are the same (libwebp decodes both; see
+    tests/reliability/test_memory.py). Smaller ones stay with Pillow: OpenCV, once imported, keeps
+    25 MB in the process."""
+    return (im.format == "WEBP" and im.mode == "RGB" and im.size[0] * im.size[1] >= _OPENCV_MIN_PIXELS
+            and not getattr(im, "is_animated", False) and _has_opencv())
+
+
+_OPENCV_MIN_PIXELS = 2_000_000
+
+
+@functools.lru_cache(maxsize=1)
+def _has_opencv() -> bool:
+    return importlib.util.find_spec("cv2") is not None
+
+
+def _opencv_webp(raw: bytes) -> np.ndarray | None:
+    """The RGB pixels of an opaque WebP decoded by OpenCV (orientation not applied), or None when
+    OpenCV cannot decode it (Pillow then tries, and says what is wrong)."""
+    import cv2
+
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    px = cv2.imdecode(np.frombuffer(raw, np.uint8),
+                      (cv2.IMREAD_COLOR if rgb is None else rgb) | cv2.IMREAD_IGNORE_ORIENTATION)
+    if px is None or px.ndim != 3 or px.shape[2] != 3:
+        return None
+    if rgb is None:  # OpenCV < 4.11 decodes to BGR only
+        cv2.cvtColor(px, cv2.COLOR_BGR2RGB, dst=px)
+    return px
 
 
 @dataclass(frozen=True)
@@ -226,12 +273,15 @@ class ImageHeader:
             ``max_side``): what the caller will hold, reserved before decoding.
         cost_s: CPU seconds the decode is expected to take
             (:func:`workzone.io.budget.decode_seconds_estimate`).
+        work_bytes: peak memory of the decode itself, ``out_bytes`` included
+            (:func:`workzone.io.budget.decode_bytes_estimate`): reserved while it runs.
     """
 
     format: str
     size: tuple[int, int]
     out_bytes: int
     cost_s: float = 0.0
+    work_bytes: int = 0
 
 
 def probe_image(raw: bytes, *, limits: ImageLimits = DEFAULT_LIMITS, source: str = "<bytes>") -> ImageHeader:
@@ -251,11 +301,11 @@ def probe_image(raw: bytes, *, limits: ImageLimits = DEFAULT_LIMITS, source: str
         raise InvalidImageError(f"{source}: empty input (0 bytes)")
     try:
         with _pillow_guard(limits, source):
-            im, original = _open_checked(raw, limits, source)
+            im, original, need = _open_checked(raw, limits, source)
             fmt = str(im.format)
             scans = count_jpeg_scans(raw) if fmt in ("JPEG", "MPO") else 1
             return ImageHeader(fmt, original, output_bytes(im.size, limits.max_side),
-                               decode_seconds_estimate(fmt, im.size, scans))
+                               decode_seconds_estimate(fmt, im.size, scans), need)
     except InvalidImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - the contract: a bad input is an InvalidImageError, whatever broke
@@ -295,9 +345,10 @@ def _pillow_guard(limits: ImageLimits, source: str) -> Iterator[None]:
         PILImage.MAX_IMAGE_PIXELS = old
 
 
-def _open_checked(raw: bytes, limits: ImageLimits, source: str) -> tuple[PILImage.Image, tuple[int, int]]:
+def _open_checked(raw: bytes, limits: ImageLimits, source: str) -> tuple[PILImage.Image, tuple[int, int], int]:
     """Open ``raw`` (header only) and enforce every limit that the header decides; a large JPEG is
-    set to decode at a reduced DCT size. Returns the image, not loaded, and its stored size."""
+    set to decode at a reduced DCT size. Returns the image, not loaded, its stored size and the peak
+    bytes its decode needs (:func:`workzone.io.budget.decode_bytes_estimate`)."""
     if len(raw) > limits.max_bytes:
         raise InvalidImageError(f"{source}: input is {len(raw)} bytes, over the limit of {limits.max_bytes}")
     # Before Pillow sees the bytes: Pillow parses TIFF IFDs (a TIFF's, a JPEG's MPF block) on open
@@ -323,8 +374,19 @@ def _open_checked(raw: bytes, limits: ImageLimits, source: str) -> tuple[PILImag
         raise InvalidImageError(
             f"{source}: a {fmt} of {im.size[0]}x{im.size[1]} pixels is over the decode budget of "
             f"{limits.max_decode_pixels} pixels at full resolution; send it downscaled")
-    _check_decode_memory(im.mode, im.size, limits, source)
-    return im, original
+    need = _check_decode_memory(_memory_mode(im), im.size, limits, source, fmt)
+    return im, original, need
+
+
+def _memory_mode(im: PILImage.Image) -> str:
+    """The mode the decode's memory is counted for: Pillow decodes an opaque WebP into RGBA-sized
+    canvases too (when OpenCV does not decode it), and a palette with a transparent entry is flattened
+    onto white like an image with alpha."""
+    if im.format == "WEBP" and not _by_opencv(im):
+        return "RGBA"
+    if im.mode == "P" and "transparency" in im.info:
+        return "PA"
+    return im.mode
 
 
 def _check_jpeg_work(raw: bytes, size: tuple[int, int], limits: ImageLimits, source: str) -> None:
@@ -347,13 +409,14 @@ def _draft(im: PILImage.Image, max_side: int) -> None:
         im.draft(im.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
 
 
-def _check_decode_memory(mode: str, size: tuple[int, int], limits: ImageLimits, source: str) -> None:
-    need = decode_bytes_estimate(mode, size, limits.max_side)
+def _check_decode_memory(mode: str, size: tuple[int, int], limits: ImageLimits, source: str, fmt: str = "") -> int:
+    need = decode_bytes_estimate(mode, size, limits.max_side, fmt)
     if need > limits.max_decode_bytes:
         raise InvalidImageError(
             f"{source}: a {size[0]}x{size[1]} image of mode {mode} needs about {need // 2**20} MiB to decode, "
             f"over the budget of {limits.max_decode_bytes // 2**20} MiB; send a smaller or 8-bit image"
         )
+    return need
 
 
 def _check_dims(size: tuple[int, int], limits: ImageLimits, source: str) -> None:
@@ -366,15 +429,20 @@ def _check_dims(size: tuple[int, int], limits: ImageLimits, source: str) -> None
         raise InvalidImageError(f"{source}: image is {w}x{h}, smaller than the minimum side {limits.min_side}")
 
 
-def _from_pil(im: PILImage.Image, limits: ImageLimits, source: str,
-              original: tuple[int, int] | None = None) -> Image:
+def _from_pil(im: PILImage.Image, limits: ImageLimits, source: str) -> Image:
     _check_dims(im.size, limits, source)
     _check_decode_memory(im.mode, im.size, limits, source)
-    method = _orientation(im)
-    size = original or im.size
+    return _finish([im], limits, source, im.size, _orientation(im))
+
+
+def _finish(held: list[PILImage.Image], limits: ImageLimits, source: str, size: tuple[int, int],
+            method: PILImage.Transpose | None) -> Image:
+    """Downscale, convert and turn upright the one image in ``held`` (taken out of it: when the
+    caller kept no other reference, each step frees the image of the step before), then copy it
+    into its array a band of rows at a time. Peak memory is what
+    :func:`workzone.io.budget.decode_bytes_estimate` counts: never two full-size copies at once."""
+    im = held.pop()
     original = (size[1], size[0]) if method in _SWAPS_SIDES else size
-    # Downscale first, convert and rotate the small image: peak memory is the decoded image, not
-    # two or three full-size copies of it.
     im = _to_8bit(im)
     if im.mode == "La":  # premultiplied alpha: Pillow converts it to LA only
         im = im.convert("LA")
@@ -386,7 +454,19 @@ def _from_pil(im: PILImage.Image, limits: ImageLimits, source: str,
     im = _to_rgb(im)
     if method is not None:
         im = im.transpose(method)
-    return Image(np.asarray(im, dtype=np.uint8).copy(), source=source, original_size=original)
+    return Image(_array(im), source=source, original_size=original)
+
+
+_ROWS_PER_COPY = 256
+
+
+def _array(im: PILImage.Image) -> np.ndarray:
+    """The RGB image as a (H, W, 3) uint8 array, copied a band of rows at a time (``np.asarray`` of
+    the whole image goes through a full-size bytes copy first)."""
+    out = np.empty((im.height, im.width, 3), np.uint8)
+    for r in range(0, im.height, _ROWS_PER_COPY):
+        out[r:r + _ROWS_PER_COPY] = np.asarray(im.crop((0, r, im.width, min(im.height, r + _ROWS_PER_COPY))))
+    return out
 
 
 _SWAPS_SIDES = {PILImage.Transpose.TRANSPOSE, PILImage.Transpose.ROTATE_270, PILImage.Transpose.TRANSVERSE,

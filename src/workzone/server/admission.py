@@ -9,12 +9,14 @@ A body that is still arriving is not queued work: it counts only against its cli
 (``max_uploads_per_client``), and it must arrive whole within the body budget (the smaller of
 ``body_timeout_s`` and the request's deadline) or the request is answered 408. Once the whole body
 is in, the request is admitted again as work (429 if the work admitted meanwhile leaves no room).
-A client address whose images keep being refused (more than ``free_strikes`` 422s within
-``strike_window_s``) has each further request held ``penalty_s`` before any work: refusing is cheap,
-but a client sending bombs back to back would otherwise take the CPU by sheer rate.
+A client address whose images keep being refused (more than ``free_strikes`` 422s, or 429s because
+its own images' memory could not be reserved, within ``strike_window_s``) has each further request
+held ``penalty_s`` before any work: refusing is cheap, but a client sending bombs back to back would
+otherwise take the CPU by sheer rate.
 Body bytes count against the memory budget as they arrive; decoded pixels are reserved from each
-image's header before it is decoded (:func:`reserve`); everything a request held is released when
-its response is sent.
+image's header before it is decoded (:func:`reserve`), and what a decoder needs beyond them while it
+decodes from the moment it starts to when it ends (:func:`working_memory`); everything a request
+held is released when its response is sent.
 
 :func:`header_timeout_protocol` gives uvicorn a protocol class that answers 408 and closes a
 connection whose request headers do not arrive within the header timeout (slow-loris clients), and
@@ -24,11 +26,12 @@ connection whose request headers do not arrive within the header timeout (slow-l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from workzone.errors import InvalidImageError, Overloaded, RequestTimeout, ShuttingDown
 
@@ -38,11 +41,12 @@ if TYPE_CHECKING:
 
     from workzone.service import DetectionService
 
-__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "client_group", "header_timeout_protocol",
+__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "working_memory", "client_group", "header_timeout_protocol",
            "GUARDED_PATHS", "ENDPOINT_KEY"]
 
 _ARRIVED = "workzone.arrived"
 _HELD = "workzone.held"
+_STRIKE = "workzone.strike"  # the request's own images could not be reserved (429): counted as a 422 is
 GUARDED_PATHS = frozenset({"/v1/detect", "/v1/detect/batch", "/v1/detect/stream"})
 #: Scope key naming the endpoint of a request refused before routing (for the metrics label).
 ENDPOINT_KEY = "workzone.endpoint"
@@ -60,8 +64,9 @@ class Admission:
         max_held_bytes: bytes (bodies + reserved pixels) held at once before new requests are refused.
         retry_after_s: what refused callers are told to wait.
         max_uploads_per_client: bodies one client address may be sending at once.
-        free_strikes: images a client address may have refused as unreadable (422) within
-            ``strike_window_s`` before its requests are held ``penalty_s`` before any work.
+        free_strikes: requests a client address may have refused for their images (422: unreadable or
+            too costly; 429: their memory could not be reserved) within ``strike_window_s`` before its
+            requests are held ``penalty_s`` before any work.
         strike_window_s: the window those refusals are counted in.
         penalty_s: how long such a client's requests wait (0: no penalty).
     """
@@ -123,7 +128,8 @@ class Admission:
             self.fresh[token] -= 1
 
     def strike(self, client: str) -> None:
-        """Record that ``client`` sent an image that was refused as unreadable or too costly."""
+        """Record that ``client`` sent an image that was refused as unreadable or too costly (or whose
+        memory could not be reserved)."""
         now = time.monotonic()
         if len(self.strikes) > 10_000:  # many addresses: forget the quiet ones
             for key in [k for k, q in self.strikes.items() if not q or now - q[-1] > self.strike_window_s]:
@@ -150,26 +156,58 @@ def arrival_time(request: "Request") -> float:
     return float(request.scope.get(_ARRIVED, time.perf_counter()))
 
 
-def reserve(request: "Request", nbytes: int) -> None:
+def reserve(request: "Request", nbytes: int, working: int = 0) -> None:
     """Count ``nbytes`` (pixels about to be decoded) against the memory budget until the response is
-    sent.
+    sent; ``working`` is the most a decode of the request needs beyond its pixels (taken while it
+    runs, :func:`working_memory`): a request whose pixels and largest decode together pass the whole
+    budget can never be served. Single and batch requests draw on the same budget.
 
     Raises:
-        Overloaded: the budget would be passed; nothing has been decoded yet.
+        Overloaded: the budget would be passed now; nothing has been decoded yet.
         InvalidImageError: the request alone needs more than the whole budget (retrying cannot help).
     """
     held = request.scope.get(_HELD)
     if held is None:
         return
     admission: Admission = held[1]
-    if nbytes > admission.max_held_bytes:
-        raise InvalidImageError(f"the request's images need {nbytes / 2**20:.0f} MiB once decoded; this server "
-                                f"holds at most {admission.max_held_bytes / 2**20:.0f} MiB: send fewer or smaller "
-                                "images")
+    if nbytes + working > admission.max_held_bytes:
+        raise InvalidImageError(f"the request's images need {(nbytes + working) / 2**20:.0f} MiB once decoded (and "
+                                f"while decoding); this server holds at most {admission.max_held_bytes / 2**20:.0f} "
+                                "MiB: send fewer or smaller images")
     held[0] += nbytes
     admission.held_bytes += nbytes
     if admission.held_bytes > admission.max_held_bytes:
-        admission._refuse()
+        _refuse_for_its_images(request, admission)
+
+
+@contextlib.contextmanager
+def working_memory(request: "Request", nbytes: int) -> Iterator[None]:
+    """Hold ``nbytes`` of the memory budget while one of the request's images decodes (what the decoder
+    needs beyond the pixels :func:`reserve` counted); taken when a decoder is ready to start on it,
+    so images waiting for a decoder hold nothing.
+
+    Raises:
+        Overloaded: the budget cannot give it now (nothing is decoded).
+    """
+    held = request.scope.get(_HELD)
+    if held is None or nbytes <= 0:
+        yield
+        return
+    admission: Admission = held[1]
+    if admission.held_bytes + nbytes > admission.max_held_bytes:
+        _refuse_for_its_images(request, admission)
+    admission.held_bytes += nbytes
+    try:
+        yield
+    finally:
+        admission.held_bytes -= nbytes
+
+
+def _refuse_for_its_images(request: "Request", admission: Admission) -> None:
+    # A strike for its client, as a 422 is: a client sending large images back to back, each refused
+    # in milliseconds, would otherwise keep the server busy refusing them by sheer rate.
+    request.scope[_STRIKE] = True
+    admission._refuse()
 
 
 def client_group(scope: "Scope") -> str:
@@ -278,7 +316,8 @@ class AdmissionMiddleware:
             return message
 
         async def watched_send(message: "Message") -> None:
-            if message["type"] == "http.response.start" and message.get("status") == 422:
+            if message["type"] == "http.response.start" and (
+                    message.get("status") == 422 or message.get("status") == 429 and scope.get(_STRIKE)):
                 admission.strike(client)  # an unreadable or too costly image: see Admission.penalty
             await send(message)
 

@@ -22,6 +22,7 @@ from workzone.micro_batcher import BatchPolicy
 from workzone.io.images import ImageLimits
 from workzone.server.admission import Admission, AdmissionMiddleware, header_timeout_protocol
 from workzone.server.errors import register_exception_handlers
+from workzone._loop import lower_priority_executor
 from workzone._memory import freeze_loaded_objects, limit_malloc_arenas
 from workzone.server.middleware import BodyLimitMiddleware
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
@@ -71,6 +72,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limit_malloc_arenas(2)  # before the worker threads allocate: fewer arenas, less RSS kept after load
+        if settings.compute_nice:  # before the stages load: their threads (and ONNX Runtime's) inherit it
+            asyncio.get_running_loop().set_default_executor(lower_priority_executor(settings.compute_nice))
         # Once loaded, the pipeline's objects are never garbage: out of the collector's full walks.
         service.start_in_background().add_done_callback(lambda _: freeze_loaded_objects())
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import secrets
 from typing import Any, AsyncIterator
@@ -20,7 +21,7 @@ from workzone.answer import public_answer
 from workzone.cascade import TierEvent
 from workzone.errors import DeadlineExceeded, DecodeBudgetExceeded, InvalidImageError, Overloaded, Unauthorized
 from workzone.io.images import ImageHeader
-from workzone.server.admission import arrival_time, reserve
+from workzone.server.admission import arrival_time, reserve, working_memory
 from workzone.server.errors import error_body, error_status, public_message
 from workzone.server.inputs import RawImage, deadline_header, image_bytes, read_batch, read_single
 from workzone.server.protocol import (
@@ -189,7 +190,8 @@ async def detect_batch(request: Request) -> dict[str, Any]:
 async def _load(request: Request, raws: list[RawImage], deadline: float | None, batch: bool = False) -> list[Any]:
     """Fetch and decode a request's inputs within its deadline and its decode budget: every image's
     header is read first and its pixels are reserved against the memory budget (all images of the
-    request at once) before any pixel is decoded.
+    request at once) before any pixel is decoded; what each decode needs beyond its pixels is taken
+    from the same budget while it runs.
 
     Returns:
         Per input, the decoded image or the exception that input raised (``InvalidImageError``,
@@ -209,16 +211,24 @@ async def _load(request: Request, raws: list[RawImage], deadline: float | None, 
 
     heads = await asyncio.gather(*(head(r) for r in raws), return_exceptions=True)
     _raise_request_wide(heads, single=not batch)
-    reserve(request, sum(h[1].out_bytes for h in heads if not isinstance(h, BaseException)))
+    good = [h[1] for h in heads if not isinstance(h, BaseException)]
+    # The pixels are held until the answer; what a decode needs beyond them, only while it runs.
+    reserve(request, sum(h.out_bytes for h in good), max((_beyond(h) for h in good), default=0))
 
     async def body(raw: RawImage, h: Any) -> Any:
         if isinstance(h, BaseException):
             raise h
-        return await svc.decode(h[0], raw.source, end=end, budget=budget, cost_s=h[1].cost_s)
+        return await svc.decode(h[0], raw.source, end=end, budget=budget, cost_s=h[1].cost_s,
+                                memory=functools.partial(working_memory, request, _beyond(h[1])))
 
     loaded = await asyncio.gather(*(body(r, h) for r, h in zip(raws, heads)), return_exceptions=True)
     _raise_request_wide(loaded, single=not batch)
     return loaded
+
+
+def _beyond(header: ImageHeader) -> int:
+    """Bytes a decode of ``header``'s image needs beyond its pixels."""
+    return max(0, header.work_bytes - header.out_bytes)
 
 
 def _raise_request_wide(results: list[Any], single: bool) -> None:

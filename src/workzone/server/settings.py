@@ -53,8 +53,12 @@ class ServerSettings(BaseSettings):
                                         "its /64) may be sending at once; more are refused (429) before their "
                                         "body is read. Bodies still arriving are not counted as queued work")
     refusal_penalty_s: float = Field(default=1.0, ge=0, le=60, description="a client address with more than 5 "
-                                     "images refused (422) in 10 s has each further request held this long before "
-                                     "any work (0: never)")
+                                     "requests refused for their images in 10 s (422, or 429 because their memory "
+                                     "could not be reserved) has each further request held this long before any "
+                                     "work (0: never)")
+    compute_nice: int = Field(default=5, ge=0, le=19, description="how many nice steps below the event loop the "
+                              "threads that load and run the stages run (0: the same priority); the loop admits "
+                              "and refuses requests, and must not wait for the CPU behind the cascade")
     decode_workers: int = Field(default=2, ge=1, le=64, description="images decoded at the same time")
     decode_processes: bool = Field(default=True, description="decode in worker processes that are killed past the "
                                    "CPU budget (false: in threads, which cannot be stopped)")
