@@ -132,10 +132,10 @@ class SessionPool:
 
     ``parallel="images"`` (the default of the stages that use it): a batch's runs go to ``threads`` worker threads
     at once, each run on one onnxruntime thread, and each worker also makes its run's inputs (Pillow and
-    onnxruntime release the GIL). Why: on the 2-core machine the object detector's runs of one image on one
-    thread took 25 CPU-ms per image, against 58 for runs of 4 over two intra-op threads (cache-sized
-    activations, no barrier between the threads, no spinning), with bit-identical outputs
-    (``benchmarks/results/bench_cpu.md``). A lone run still uses every thread (its latency would double on one).
+    onnxruntime release the GIL). Why: on the 2-core machine runs of one image on one thread used less CPU per
+    image than runs of 4 over two intra-op threads, which also wait at every operator for the slower thread when
+    other processes share the cores; the outputs are bit-identical (``benchmarks/results/bench_cpu.md``,
+    ``cpu_parity.md``). A lone run still uses every thread (its latency would double on one).
     ``parallel="operators"``: runs one after another, each over ``threads`` intra-op threads, the next run's
     inputs made meanwhile on one thread (the scheme before).
 

@@ -48,7 +48,8 @@ class RoadworkDetectorParams(TorchBackendParams, CpuRunParams):
     top_k: int = Field(default=3, ge=1, le=50, description="boxes pooled by noisy-OR into the score")
     min_pool_score: float = Field(default=0.02, ge=0.0, le=1.0, description="boxes below this do not enter the pool")
     max_boxes: int = Field(default=20, ge=1, le=300, description="most boxes reported as evidence")
-    # One image per run: on the 2-core machine a run of 4 cost 2.3x the CPU per image of a run of 1 (same outputs).
+    # One image per run: on the 2-core machine runs of 4 used more CPU per image than runs of 1 (same outputs;
+    # benchmarks/results/bench_cpu.md).
     batch_size: int = Field(default=1, ge=1, le=256, description="images per onnxruntime run (the torch "
                                                                  "backend runs max_batch)")
 
