@@ -21,11 +21,11 @@ from workzone.config.schema import ExitThresholds, PipelineConfig
 from workzone.errors import ConfigError
 from workzone.evaluation.metrics import matthews_corrcoef
 from workzone.fusion.calibration import fit_fusion, fused_log_odds
-from workzone.fusion.thresholds import simulate_cascade, tune_exit_thresholds
+from workzone.fusion.thresholds import simulate_cascade, tune_exit_thresholds, walk_cascade
 from workzone.types import Decision, is_road_work, sigmoid
 
 __all__ = ["TuneResult", "collect_scores", "cost_mcc_frontier", "measure_stage_costs", "read_scores_csv",
-           "tune_pipeline", "tune_scores"]
+           "replay_cascade", "tune_pipeline", "tune_scores"]
 
 
 @dataclass
@@ -87,8 +87,37 @@ def read_scores_csv(path) -> tuple[list[dict[str, float | None]], list[int], lis
     return scores, labels, sources
 
 
+def _rest_of(scores: list[dict[str, float | None]], labels: np.ndarray, folds: np.ndarray, fold: str
+             ) -> tuple[np.ndarray, list[dict[str, float | None]], np.ndarray, np.ndarray]:
+    """``fold``'s mask, and the scores, labels and folds to fit on without it.
+
+    Without the fold only one class may be left (few folds, some all-negative): then the fold is scored by fits
+    on every image, in sample, rather than not at all.
+    """
+    test = folds == fold
+    if len(np.unique(labels[~test])) < 2:
+        return test, list(scores), labels, folds
+    return test, [sc for sc, t in zip(scores, test) if not t], labels[~test], folds[~test]
+
+
+def _tier_probs(fusions: list, scores: list[dict[str, float | None]]) -> np.ndarray:
+    """Each tier's fused probability of each image, shape (tiers, n); a tier with no fusion says 0.5."""
+    return np.vstack([sigmoid(fused_log_odds(scores, f)) if f is not None else np.full(len(scores), 0.5)
+                      for f in fusions])
+
+
+def replay_cascade(config: PipelineConfig, scores: list[dict[str, float | None]]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``config``'s fusions and exits replayed on precomputed stage scores (every stage scored on every image):
+    per image the probability it leaves with, the tier it leaves at (0-based) and its cost (the stages' ``cost:``).
+    """
+    probs = _tier_probs([t.fusion for t in config.tiers], scores)
+    costs = np.array([sum(float(st.cost or 0.0) for st in t.stages) for t in config.tiers])
+    return walk_cascade(probs, costs, [(t.exit.lower, t.exit.upper) for t in config.tiers[:-1]])
+
+
 def _out_of_fold_probs(config: PipelineConfig, scores: list[dict[str, float | None]], labels: np.ndarray,
-                       folds: list[str], l2: float, balanced: bool, prior_weight: float,
+                       folds: list[str] | np.ndarray, l2: float, balanced: bool, prior_weight: float,
                        drop: str | None = None) -> np.ndarray:
     """Per tier, each image's fused probability from fusions fitted on the *other* folds (shape (tiers, n)).
 
@@ -99,16 +128,10 @@ def _out_of_fold_probs(config: PipelineConfig, scores: list[dict[str, float | No
     """
     idx = np.asarray(folds)
     probs = np.zeros((len(config.tiers), len(scores)))
-    for fold in sorted(set(folds)):
-        test = idx == fold
-        train = [sc for sc, t in zip(scores, test) if not t]
-        # Without this fold only one class may be left (few folds, some all-negative): then the fold is scored
-        # by the fusions fitted on every image, in sample, rather than not at all.
-        fit_on, fit_y = (train, labels[~test]) if len(np.unique(labels[~test])) == 2 else (scores, labels)
+    for fold in sorted(set(idx.tolist())):
+        test, fit_on, fit_y, _ = _rest_of(scores, labels, idx, fold)
         fusions, _ = _fit_all(config, fit_on, fit_y, l2, drop=drop, balanced=balanced, prior_weight=prior_weight)
-        held = [sc for sc, t in zip(scores, test) if t]
-        for k, fus in enumerate(fusions):
-            probs[k, test] = sigmoid(fused_log_odds(held, fus)) if fus is not None else 0.5
+        probs[:, test] = _tier_probs(fusions, [sc for sc, t in zip(scores, test) if t])
     return probs
 
 
@@ -121,9 +144,32 @@ class ExitPolicyScore:
     mean_cost_ms: float
 
 
-def _exit_policy_out_of_fold(config: PipelineConfig, scores: list[dict[str, float | None]], y: np.ndarray,
-                             folds: list[str], tier_costs: np.ndarray, may_exit: tuple[bool, ...], *,
-                             max_cost: float | None, l2: float, balanced: bool, prior_weight: float) -> ExitPolicyScore:
+@dataclass(frozen=True)
+class _FoldView:
+    """What choosing exits without one fold needs, whatever tiers may exit: the rest's out-of-fold
+    probabilities and labels (to choose the thresholds on), and the fold's probabilities from fusions fitted
+    on the rest (to replay them on)."""
+
+    test: np.ndarray
+    rest_probs: np.ndarray
+    rest_labels: np.ndarray
+    held_probs: np.ndarray
+
+
+def _fold_views(config: PipelineConfig, scores: list[dict[str, float | None]], y: np.ndarray, folds: list[str],
+                *, l2: float, balanced: bool, prior_weight: float) -> list[_FoldView]:
+    idx = np.asarray(folds)
+    views = []
+    for fold in sorted(set(folds)):
+        test, rest, rest_y, rest_folds = _rest_of(scores, y, idx, fold)
+        inner = _out_of_fold_probs(config, rest, rest_y, rest_folds, l2, balanced, prior_weight)
+        fusions, _ = _fit_all(config, rest, rest_y, l2, balanced=balanced, prior_weight=prior_weight)
+        views.append(_FoldView(test, inner, rest_y, _tier_probs(fusions, [sc for sc, t in zip(scores, test) if t])))
+    return views
+
+
+def _exit_policy_out_of_fold(views: list[_FoldView], y: np.ndarray, tier_costs: np.ndarray,
+                             may_exit: tuple[bool, ...], max_cost: float | None) -> ExitPolicyScore:
     """Pooled MCC of each fold decided by a cascade whose fusions and exits were chosen on the other folds.
 
     Why: exits chosen on the images they are tried on, even on out-of-fold probabilities, can look free and
@@ -131,37 +177,29 @@ def _exit_policy_out_of_fold(config: PipelineConfig, scores: list[dict[str, floa
     tuned on the rest sent 54 % of its images out early and lost 42 of its 261 work zones). Which tiers
     may exit at all is therefore itself chosen by how the tuned cascade does on folds it never saw.
     """
-    idx = np.asarray(folds)
     pred = np.zeros(len(y), dtype=int)
     cost = 0.0
-    for fold in sorted(set(folds)):
-        test = idx == fold
-        if len(np.unique(y[~test])) < 2:  # as in _out_of_fold_probs: what is left holds one class; fit on all
-            train, train_y, train_folds = list(scores), y, list(idx)
-        else:
-            train = [sc for sc, t in zip(scores, test) if not t]
-            train_y, train_folds = y[~test], list(idx[~test])
-        inner = _out_of_fold_probs(config, train, train_y, train_folds, l2, balanced, prior_weight)
-        thresholds, _ = tune_exit_thresholds(inner, train_y, tier_costs, max_cost=max_cost, may_exit=may_exit)
-        fusions, _ = _fit_all(config, train, train_y, l2, balanced=balanced, prior_weight=prior_weight)
-        held = [sc for sc, t in zip(scores, test) if t]
-        probs = np.vstack([sigmoid(fused_log_odds(held, f)) if f is not None else np.full(len(held), 0.5)
-                           for f in fusions])
-        sim = simulate_cascade(probs, y[test], tier_costs, thresholds)
-        pred[test] = sim.predictions
-        cost += sim.cost * int(test.sum())
+    for v in views:
+        thresholds, _ = tune_exit_thresholds(v.rest_probs, v.rest_labels, tier_costs, max_cost=max_cost,
+                                             may_exit=may_exit)
+        sim = simulate_cascade(v.held_probs, y[v.test], tier_costs, thresholds)
+        pred[v.test] = sim.predictions
+        cost += sim.cost * int(v.test.sum())
     return ExitPolicyScore(may_exit, matthews_corrcoef(y, pred), cost / len(y))
 
 
 def _choose_exit_policy(config: PipelineConfig, scores: list[dict[str, float | None]], y: np.ndarray,
-                        folds: list[str], tier_costs: np.ndarray, **tune: Any) -> tuple[tuple[bool, ...], list[ExitPolicyScore]]:
+                        folds: list[str], tier_costs: np.ndarray, *, max_cost: float | None, l2: float,
+                        balanced: bool, prior_weight: float) -> tuple[tuple[bool, ...], list[ExitPolicyScore]]:
     """The set of tiers allowed to exit whose cascade does best out of fold (ties: the cheaper)."""
     import itertools
 
+    # The fits do not depend on which tiers may exit: made once, replayed for every choice.
+    views = _fold_views(config, scores, y, folds, l2=l2, balanced=balanced, prior_weight=prior_weight)
     scored = []
     for may_exit in itertools.product((False, True), repeat=len(config.tiers) - 1):
         try:
-            scored.append(_exit_policy_out_of_fold(config, scores, y, folds, tier_costs, may_exit, **tune))
+            scored.append(_exit_policy_out_of_fold(views, y, tier_costs, may_exit, max_cost))
         except ConfigError:  # this choice cannot meet the budget
             continue
     if not scored:
@@ -173,7 +211,7 @@ def _choose_exit_policy(config: PipelineConfig, scores: list[dict[str, float | N
 def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labels: np.ndarray,
              l2: float, drop: str | None = None, balanced: bool = False, prior_weight: float = 0.0):
     tiers = _tier_stage_names(config)
-    fusions, probs, seen = [], [], []
+    fusions, seen = [], []
     for tier, names in zip(config.tiers, tiers):
         seen = seen + [n for n in names if n != drop]
         # A tier that names its pooled stages fits only those (the others stay out of its answer).
@@ -182,9 +220,7 @@ def _fit_all(config: PipelineConfig, scores: list[dict[str, float | None]], labe
         if fus is not None and tier.fusion.stages is not None:
             fus = fus.model_copy(update={"stages": tier.fusion.stages})
         fusions.append(fus)
-        z = fused_log_odds(scores, fus) if fus is not None else np.zeros(len(scores))
-        probs.append(sigmoid(z))
-    return fusions, np.vstack(probs)
+    return fusions, _tier_probs(fusions, scores)
 
 
 #: A budget that costs more MCC than this is worth a sentence (and ``tune --strict`` refuses it).
@@ -259,7 +295,7 @@ def tune_pipeline(config: PipelineConfig, decisions: list[Decision], labels: lis
 def tune_scores(config: PipelineConfig, scores: list[dict[str, float | None]], labels: list[int],
                 latency: dict[str, float], *, max_cost: float | None = None, l2: float = 1e-2, data_name: str = "",
                 balanced: bool = False, prior_weight: float = 0.0, costs_measured: str = "mean of the tuning run",
-                folds: list[str] | None = None) -> TuneResult:
+                folds: list[str] | None = None, contributions: bool = True) -> TuneResult:
     """Fit fusion and exit thresholds from per-image stage scores and per-stage costs.
 
     The scores may come from a run of the pipeline (:func:`tune_pipeline`) or be out-of-fold
@@ -277,6 +313,7 @@ def tune_scores(config: PipelineConfig, scores: list[dict[str, float | None]], l
         folds: each image's held-out fold (``loso-scores``' ``fold`` column). Given, the exit thresholds are
             chosen on out-of-fold fused probabilities (see :func:`_out_of_fold_probs`) and the summary's
             ``mcc`` is that of the cascade so replayed; the shipped fusions are still fitted on every image.
+        contributions: measure each stage's contribution (a refit without it: most of the time of a tune).
     """
     y = np.asarray(labels, dtype=int)
     tiers = _tier_stage_names(config)
@@ -305,7 +342,7 @@ def tune_scores(config: PipelineConfig, scores: list[dict[str, float | None]], l
     contribution: dict[str, Any] = {}
     all_stages = [n for names in tiers for n in names]
     for name in all_stages:
-        if len(all_stages) == 1:
+        if len(all_stages) == 1 or not contributions:
             break
         _, p_wo = _fit_all(config, scores, y, l2, drop=name, balanced=balanced, prior_weight=prior_weight)
         if folds is not None:

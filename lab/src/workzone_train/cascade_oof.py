@@ -17,9 +17,7 @@ import numpy as np
 
 from workzone.config.schema import PipelineConfig
 from workzone.evaluation.loso_table import OofRow
-from workzone.fusion.calibration import fused_log_odds
-from workzone.fusion.rules import leaves
-from workzone.tuning import tune_scores
+from workzone.tuning import replay_cascade, tune_scores
 
 __all__ = ["CascadeOof", "cascade_log_odds", "cross_fitted_cascade"]
 
@@ -38,19 +36,9 @@ class CascadeOof:
 
 def cascade_log_odds(config: PipelineConfig, scores: Sequence[dict[str, float | None]]) -> CascadeOof:
     """Replay ``config``'s fusions and exits on precomputed stage scores (every stage scored on every image)."""
-    n = len(scores)
-    z = np.zeros(n)
-    tier_of = np.full(n, len(config.tiers) - 1)
-    cost = np.zeros(n)
-    active = np.ones(n, dtype=bool)
-    for k, tier in enumerate(config.tiers):
-        cost[active] += sum(float(s.cost or 0.0) for s in tier.stages)
-        zk = fused_log_odds(list(scores), tier.fusion)
-        last = k == len(config.tiers) - 1
-        leave = active.copy() if last else active & leaves(1.0 / (1.0 + np.exp(-zk)), tier.exit.lower, tier.exit.upper)
-        z[leave], tier_of[leave] = zk[leave], k
-        active &= ~leave
-    return CascadeOof(z, tier_of, cost)
+    final, tier_of, cost = replay_cascade(config, list(scores))
+    p = np.clip(final, 1e-15, 1 - 1e-15)  # fused log-odds are within +-30, whose probabilities this keeps apart
+    return CascadeOof(np.log(p) - np.log1p(-p), tier_of, cost)
 
 
 def cross_fitted_cascade(config: PipelineConfig, rows: Sequence[OofRow], *, max_cost: float | None = None,
@@ -71,7 +59,8 @@ def cross_fitted_cascade(config: PipelineConfig, rows: Sequence[OofRow], *, max_
         test = np.array([r.fold == fold for r in rows])
         tuned = tune_scores(config, [r.scores for r in train], [r.label for r in train], latency,
                             max_cost=max_cost, l2=l2, balanced=balanced, prior_weight=prior_weight,
-                            folds=[r.fold for r in train] if exits_out_of_fold else None).config
+                            folds=[r.fold for r in train] if exits_out_of_fold else None,
+                            contributions=False).config
         got = cascade_log_odds(tuned, [r.scores for r, t in zip(rows, test) if t])
         z[test], tier_of[test], cost[test] = got.log_odds, got.exit_tier, got.cost_ms
     return CascadeOof(z, tier_of, cost)

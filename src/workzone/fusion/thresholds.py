@@ -16,7 +16,7 @@ from workzone.evaluation.metrics import matthews_corrcoef
 from workzone.fusion.rules import leaves
 from workzone.types import is_road_work
 
-__all__ = ["CascadeSimulation", "simulate_cascade", "tune_exit_thresholds"]
+__all__ = ["CascadeSimulation", "simulate_cascade", "tune_exit_thresholds", "walk_cascade"]
 
 # Candidate thresholds: "never exit" plus a grid dense near the extremes, where confident exits live.
 _LOWER = [None] + [0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
@@ -32,6 +32,27 @@ class CascadeSimulation:
     log_loss: float
 
 
+def walk_cascade(probs: np.ndarray, tier_costs: np.ndarray, thresholds: list[tuple[float | None, float | None]]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each image's way through the cascade: the probability it leaves with, the tier it leaves at (0-based)
+    and what the tiers it ran cost.
+
+    Args:
+        probs: shape (tiers, n): fused probability of each image after each tier.
+        tier_costs: shape (tiers,): cost per image of running each tier.
+        thresholds: (lower, upper) for every tier but the last; None = never exit that way.
+    """
+    t, n = probs.shape
+    active = np.ones(n, dtype=bool)
+    final, tier_of, cost = np.zeros(n), np.full(n, t - 1), np.zeros(n)
+    for k in range(t):
+        cost[active] += tier_costs[k]
+        leave = active.copy() if k == t - 1 else active & leaves(probs[k], *thresholds[k])
+        final[leave], tier_of[leave] = probs[k][leave], k
+        active &= ~leave
+    return final, tier_of, cost
+
+
 def simulate_cascade(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarray,
                      thresholds: list[tuple[float | None, float | None]]) -> CascadeSimulation:
     """Replay the cascade's exit rule on precomputed probabilities.
@@ -42,20 +63,9 @@ def simulate_cascade(probs: np.ndarray, labels: np.ndarray, tier_costs: np.ndarr
         tier_costs: shape (tiers,): cost per image of running each tier.
         thresholds: (lower, upper) for every tier but the last; None = never exit that way.
     """
-    t, n = probs.shape
-    active = np.ones(n, dtype=bool)
-    final = np.zeros(n)
-    cost = np.zeros(n)
-    rates = []
-    for k in range(t):
-        cost[active] += tier_costs[k]
-        if k == t - 1:
-            leave = active.copy()
-        else:
-            leave = active & leaves(probs[k], *thresholds[k])
-        final[leave] = probs[k][leave]
-        rates.append(float(leave.sum()) / n)
-        active &= ~leave
+    final, tier_of, cost = walk_cascade(probs, tier_costs, thresholds)
+    n = probs.shape[1]
+    rates = [float(np.sum(tier_of == k)) / n for k in range(probs.shape[0])]
     pred = is_road_work(final).astype(int)
     pc = np.clip(final, 1e-6, 1 - 1e-6)
     loss = float(-np.mean(labels * np.log(pc) + (1 - labels) * np.log(1 - pc)))
