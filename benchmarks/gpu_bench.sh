@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU acceptance run of issue 23: ONE call on the device machine (about 6-8 minutes), from the repo root,
 # after `bash benchmarks/prepare_gpu_carry.sh` here (wheels into .whl/, the dev split into .gpu/):
-#   run(command="bash benchmarks/gpu_bench.sh", carry=[".whl", ".gpu"], timeout_s=560)
+#   run(command="bash benchmarks/gpu_bench.sh", carry=[".whl", ".gpu/roadwork-v1"], timeout_s=560)
 # 1. the CUDA tests (tests/accel/test_object_path.py): parity on the 469 dev images with JPEGs decoded by libjpeg
 # on CPU threads, and the service's batch decode; 2. workzone bench: parity rows with nvJPEG and with libjpeg
 # decode, decode alone (nvJPEG; libjpeg threads), HTTP /v1/detect at 1,000 and 3,000 requests/s over loopback and

@@ -6,7 +6,7 @@
 #          the GPU bench runs default-gpu (no OCR tier).
 #   .gpu/roadwork-v1/  the dev split of ../shared/data/roadwork-v1 (469 JPEGs, manifest of those rows), read by the
 #          parity test and bench (../shared does not travel).
-# Run here, in the repository root; then: run(command="bash benchmarks/gpu_bench.sh", carry=[".whl", ".gpu"]).
+# Run here, in the repository root; then: run(command="bash benchmarks/gpu_bench.sh", carry=[".whl", ".gpu/roadwork-v1"]).
 set -euo pipefail
 DATA=${1:-../shared/data/roadwork-v1}
 rm -rf .whl && mkdir -p .whl
@@ -17,7 +17,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   fastapi==0.165.0 starlette==1.10.0 uvicorn==0.55.0 python-multipart==0.0.34 pydantic-settings==2.16.3 \
   python-dotenv==1.2.4 annotated-doc==0.0.7 anyio==4.16.0 h11==0.16.0 opentelemetry-api==1.45.2 \
   2>&1 | grep -v "^WARNING: Location" || true
-rm -rf .gpu && mkdir -p .gpu/roadwork-v1
+# Only the dev split is replaced: .gpu/ also holds the verifier's crop pack (lab/scripts/gpu_verifier_loso.sh).
+rm -rf .gpu/roadwork-v1 && mkdir -p .gpu/roadwork-v1
 python3 - "$DATA" .gpu/roadwork-v1 <<'EOF'
 import csv, shutil, sys
 from pathlib import Path
@@ -36,11 +37,11 @@ with (dst / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
 print(f"{len(rows)} dev images copied to {dst}")
 EOF
 { git check-ignore -q .whl && git check-ignore -q .gpu; } || { echo "error: .whl/ and .gpu/ must be git-ignored (see .gitignore)"; exit 1; }
-du -sh .whl .gpu
+du -sh .whl .gpu/roadwork-v1
 # The call sends tracked + untracked-not-ignored files + the carried folders: at most 64 MiB in all.
 tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 untracked=$(git ls-files -z --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
-carried=$(du -sb .whl .gpu | awk '{s += $1} END {print s}')
+carried=$(du -sb .whl .gpu/roadwork-v1 | awk '{s += $1} END {print s}')
 total=$(( tracked + ${untracked:-0} + carried ))
 echo "the call would send about $(( total / 1048576 )) MiB (limit 64)"
 [ "$total" -lt $(( 64 * 1048576 )) ] || { echo "error: over 64 MiB"; exit 1; }

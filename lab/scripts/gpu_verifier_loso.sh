@@ -4,7 +4,8 @@
 #   .gpu/verifier_pack.npz   the crop pack (workzone train verifier-pack ... --out .gpu/verifier_pack.npz)
 #   .gpu/lite0_fp16.pt       ImageNet Lite0 weights, float16, without the classifier (VERIFIER_CARD.md)
 #   .gpu/whl/                wheels the machine lacks: efficientnet-lite-pytorch, pydantic and its four deps
-# Usage: run(command="bash lab/scripts/gpu_verifier_loso.sh [EPOCHS] [verifier-loso options...]", carry=[".gpu"]);
+# Usage: run(command="bash lab/scripts/gpu_verifier_loso.sh [EPOCHS] [verifier-loso options...]",
+#            carry=[".gpu/verifier_pack.npz", ".gpu/lite0_fp16.pt", ".gpu/whl"]);
 # TAG names the run (default v), SEEDS the full model's seeds (default 0,1). The run comes back in $OUT as
 # $TAG-run.tar.gz (probabilities, summaries, logs) and $TAG-verifier-seed*.pt (the full models).
 set -euo pipefail
@@ -13,7 +14,7 @@ shift || true
 TAG=${TAG:-v}
 RUN=/tmp/verifier-$TAG
 # The wheels are unpacked, not pip-installed: the machine's pip refused them (pydantic was missing in the first run).
-SITE=/tmp/verifier_site
+SITE=/tmp/verifier_site-$TAG  # one per run: two runs may share a call
 mkdir -p "$SITE" && for w in .gpu/whl/*.whl; do python -m zipfile -e "$w" "$SITE"; done
 export PYTHONPATH=$PWD/src:$PWD/lab/src:$SITE
 python -c "import pydantic, efficientnet_lite_pytorch"

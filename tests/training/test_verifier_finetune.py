@@ -47,6 +47,32 @@ def test_the_pack_holds_every_crop_with_its_fold_and_decodes(pack: tuple) -> Non
     assert scored == {it.key for it in items if it.kind == "candidate"}
     german = [k for k, i in enumerate(p["owner"]) if items[i].key.startswith("objects-v2/images/gtsdb_scenes")]
     assert german and all(p["fold"][k] == "b" for k in german)
+    # each crop's window side, in its image's pixels: twice the candidate's longer side here
+    from PIL import Image
+
+    c0 = next(k for k, i in enumerate(p["owner"]) if items[i].key == "roadwork-v1/images/c0.jpg"
+              and items[i].kind == "candidate")
+    w, h = Image.open(items[p["owner"][c0]].path).size
+    assert p["side"][c0] == pytest.approx(2 * max(0.17 * w, 0.56 * h), rel=1e-3)
+    assert (p["side"] >= 12).all()
+
+
+def test_matching_resolution_takes_detail_away_only_from_sharper_crops() -> None:
+    from workzone_train.verifier_tune import _augment, match_resolution
+
+    # a 96-px checkerboard of 2-px squares: all its detail is fine
+    x = np.broadcast_to(((np.indices((96, 96)) // 2).sum(0) % 2).astype(np.float32), (3, 96, 96)).copy()
+    detail = lambda a: float(np.abs(np.diff(a, axis=-1)).mean())  # noqa: E731
+    assert detail(match_resolution(x, side=300.0, seen=20.0)) < 0.2 * detail(x)
+    # a window already as small as the one it would be seen through keeps its pixels
+    assert np.array_equal(match_resolution(x, side=20.0, seen=30.0), x)
+    assert np.array_equal(match_resolution(x, side=300.0, seen=120.0), x)
+    # in training views, with match=1 every view is brought down to the drawn window
+    coarse = np.broadcast_to(((np.indices((96, 96)) // 8).sum(0) % 2).astype(np.float32), (3, 96, 96)).copy()
+    rng = np.random.default_rng(0)
+    views = [_augment(coarse, rng, side=300.0, seen_sides=np.array([8.0]), match=1.0) for _ in range(16)]
+    plain = [_augment(coarse, rng) for _ in range(16)]
+    assert np.mean([detail(v) for v in views]) < 0.5 * np.mean([detail(v) for v in plain])
 
 
 def test_a_fold_trains_resumes_and_scores_only_what_it_never_saw(pack: tuple, tmp_path: Path) -> None:
@@ -59,13 +85,16 @@ def test_a_fold_trains_resumes_and_scores_only_what_it_never_saw(pack: tuple, tm
     run.mkdir()
     (run / "pack.json").write_text(json.dumps({"digest": p["digest"], "folds": p["folds"]}))
     logs: list[str] = []
-    first = finetune_fold(p, "b", run, epochs=1, batch_size=4, workers=0, device="cpu", log=logs.append)
+    with pytest.raises(ValueError, match="window sides"):  # a pack written before sides were kept
+        finetune_fold({**p, "side": None}, "b", run, epochs=1, match=0.5, device="cpu", log=logs.append)
+    first = finetune_fold(p, "b", run, epochs=1, batch_size=4, workers=0, device="cpu", match=0.5, log=logs.append)
     assert (run / "b-seed0.ckpt").exists() and first["train_crops_by_class"]["sign_other"] >= 1
+    assert first["match_resolution"] == 0.5
     # the held-out fold's labelled crops are out of its training data
     held = int(((p["fold"] == "b") & (p["labels"] != "")).sum())
     assert sum(first["train_crops_by_class"].values()) == int((p["labels"] != "").sum()) - held
     # a rerun with more epochs resumes from the checkpoint instead of starting again
-    finetune_fold(p, "b", run, epochs=2, batch_size=4, workers=0, device="cpu", log=logs.append)
+    finetune_fold(p, "b", run, epochs=2, batch_size=4, workers=0, device="cpu", match=0.5, log=logs.append)
     assert any("resumed at epoch 1" in m for m in logs)
     assert (run / "b-seed0.pt").exists()  # the fold model's weights, to score other candidates out of fold
     probs = read_verifier_run(run, items_digest(items))

