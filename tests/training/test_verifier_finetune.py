@@ -173,3 +173,27 @@ def test_fold_runs_name_every_fold_and_each_seed_of_the_full_model() -> None:
     assert fold_runs(["a", "b"], "all", "0,1") == [("a", 0), ("b", 0), ("full", 0), ("full", 1)]
     assert fold_runs(["a", "b"], "b", "0,1") == [("b", 0)]
     assert fold_runs(["a", "b"], "full", "3") == [("full", 3)]
+
+
+def test_matched_copies_join_the_frozen_verifiers_cache(pack: tuple, tmp_path: Path) -> None:
+    from workzone.errors import DataError
+    from workzone_train.verifier import embed_crops, items_digest
+    from workzone_train.verifier_tune import add_matched_copies, read_crop_pack
+
+    items, path, _ = pack
+    p = read_crop_pack(path)
+    feats, owner, labels, aug = embed_crops(items, augment=1)
+    cache = tmp_path / "crops.npz"
+    np.savez(cache, feats=feats, owner=np.array(owner), labels=np.array(labels), aug=np.array(aug),
+             digest=np.array(items_digest(items)))
+    n = add_matched_copies(cache, p, tmp_path / "matched.npz")
+    copied = (p["labels"] != "") & ~p["scored"]
+    assert n == int(copied.sum()) > 0
+    out = np.load(tmp_path / "matched.npz")
+    assert out["feats"].shape == (len(feats) + n, feats.shape[1]) and np.isfinite(out["feats"]).all()
+    assert list(out["labels"][len(feats):]) == list(p["labels"][copied]) and out["aug"][len(feats):].all()
+    np.savez(cache, feats=feats, owner=np.array(owner), labels=np.array(labels), aug=np.array(aug),
+             digest=np.array("another table"))
+    with pytest.raises(DataError, match="different crop tables"):
+        add_matched_copies(cache, p, tmp_path / "never.npz")
+    assert not (tmp_path / "never.npz").exists()

@@ -29,13 +29,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from workzone.errors import DataError
 from workzone_train._deps import require
 from workzone_train.frozen_lr import IMAGENET_MEAN, IMAGENET_STD
 from workzone_train.verifier import (CROP_SIZE, VERIFIER_CLASSES, CropItem, degrade, fold_of_source, item_crops,
                                      items_digest)
 
 __all__ = ["write_crop_pack", "read_crop_pack", "build_verifier_net", "finetune_fold", "read_verifier_run",
-           "export_finetuned_verifier", "run_verifier_loso"]
+           "export_finetuned_verifier", "run_verifier_loso", "match_resolution", "add_matched_copies"]
 
 # WebP at quality 80: about 0.95 KB a 96-px crop against 2.6 KB for JPEG at 90, so the eleven sources' 29k
 # crops (27 MiB) travel to a GPU machine beside the working tree within its 64 MiB.
@@ -163,6 +164,42 @@ def _augment(x: np.ndarray, rng: np.random.Generator, *, side: float = 0.0,
     return np.ascontiguousarray(x, np.float32)
 
 
+def add_matched_copies(cache: Path, pack: Mapping[str, Any], out: Path, *, seed: int = 0,
+                       progress: Callable[[int], None] | None = None) -> int:
+    """The frozen verifier's embedded-crop cache (``loso-scores --verifier-cache``) plus one copy of every labelled
+    crop that is not a candidate (real boxes, look-alike signs, drawn props), brought to the detail of a window
+    drawn from the candidates' (:func:`match_resolution`), embedded by the same frozen Lite0. Returns the copies.
+
+    The CPU-side check of resolution matching: the fine-tuned verifier does the same on the fly (``match``).
+    """
+    from workzone.io.atomic import atomic_path
+    from workzone_train.frozen_lr import lite0_feature_session
+
+    if pack.get("side") is None:
+        raise DataError("the crop pack has no window sides: rewrite it with `workzone train verifier-pack`")
+    old = np.load(cache)
+    if str(old["digest"]) != pack["digest"]:
+        raise DataError(f"{cache} and the crop pack were built from different crop tables: rebuild one of them")
+    rng = np.random.default_rng(seed)
+    seen = pack["side"][pack["scored"]]
+    rows = np.flatnonzero((pack["labels"] != "") & ~pack["scored"])
+    embed = lite0_feature_session(CROP_SIZE)
+    feats = []
+    for k in range(0, len(rows), 64):
+        batch = [match_resolution(pack["pixels"][r].astype(np.float32).transpose(2, 0, 1) / 255.0,
+                                  float(pack["side"][r]), float(rng.choice(seen))) for r in rows[k:k + 64]]
+        feats.append(embed(np.stack(batch).astype(np.float32)))
+        if progress is not None:
+            progress(len(batch))
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, feats=np.concatenate([old["feats"], *feats]),
+                     owner=np.concatenate([old["owner"], pack["owner"][rows]]),
+                     labels=np.concatenate([old["labels"], pack["labels"][rows]]),
+                     aug=np.concatenate([old["aug"], np.ones(len(rows), bool)]), digest=old["digest"])
+    return len(rows)
+
+
 def _crop_dataset(pixels: np.ndarray, rows: np.ndarray, targets: np.ndarray, *, train: bool,
                   sides: np.ndarray | None = None, seen_sides: np.ndarray | None = None, match: float = 0.0) -> Any:
     torch = require("torch", "the fine-tuned verifier")
@@ -226,7 +263,7 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
     sampler = torch.utils.data.WeightedRandomSampler(torch.from_numpy(weight), len(train_rows), generator=gen)
     sides = pack.get("side")
     if match and sides is None:
-        raise ValueError("match > 0 needs a crop pack with window sides: rewrite it with `workzone train verifier-pack`")
+        raise DataError("match > 0 needs a crop pack with window sides: rewrite it with `workzone train verifier-pack`")
     # The windows the verifier judges at run time: every candidate's, whatever its fold (sizes only, no labels).
     seen_sides = sides[pack["scored"]] if sides is not None else None
     dataset = _crop_dataset(pack["pixels"], train_rows, targets, train=True, sides=sides, seen_sides=seen_sides,

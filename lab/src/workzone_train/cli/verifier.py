@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["pack", "loso"]
+__all__ = ["pack", "loso", "matched_cache"]
 
 
 def pack(
@@ -38,6 +38,33 @@ def pack(
         counts = write_crop_pack(items, LOSO_FOLDS, out, progress=lambda n: bar.advance(task, n))
     con.print(f"{sum(counts.values())} crops of {len(items)} items -> {out} ({out.stat().st_size / 2**20:.1f} MiB): "
               + ", ".join(f"{k or 'unlabelled'} {v}" for k, v in counts.items()))
+
+
+def matched_cache(
+    pack: Path = typer.Option(..., exists=True, dir_okay=False, help="crop pack from `workzone train verifier-pack`"),
+    cache: Path = typer.Option(..., exists=True, dir_okay=False, help="embedded-crop cache of `loso-scores "
+                                                                      "--verifier-cache` (same crop table)"),
+    out: Path = typer.Option(..., help="the cache with the matched copies added (.npz)"),
+    seed: int = typer.Option(0, help="draw of the windows"),
+) -> None:
+    """The frozen verifier's crop cache plus a resolution-matched copy of every labelled crop (a CPU check of
+    `verifier-loso --match-resolution`); score it with `loso-scores --verifier-cache OUT`."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from workzone.errors import DataError
+    from workzone_train.verifier_tune import add_matched_copies, read_crop_pack
+
+    con = Console(stderr=True)
+    crops = read_crop_pack(pack)
+    try:
+        with Progress(console=con) as bar:
+            task = bar.add_task("embedding matched copies", total=int(((crops["labels"] != "") & ~crops["scored"]).sum()))
+            n = add_matched_copies(cache, crops, out, seed=seed, progress=lambda k: bar.advance(task, k))
+    except DataError as exc:
+        con.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    con.print(f"{n} matched copies added -> {out}")
 
 
 def loso(ctx: typer.Context) -> None:
