@@ -154,7 +154,7 @@ def test_loso_scores_read_a_finetuned_run_and_export_its_full_model(lookalike_ro
     write_crop_pack(build_crop_table(lookalike_root, dets, OBJECT_CLASSES), folds, pack)
     run = tmp_path / "run"
     run_verifier_loso(["--pack", str(pack), "--out", str(run), "--epochs", "1", "--batch-size", "4", "--workers", "0",
-                       "--device", "cpu"])
+                       "--device", "cpu", "--match-resolution", "0.5"])
     fold_of = {s: f for f, srcs in folds.items() for s in srcs}
     rows = [OofRow(s.key, s.source, s.condition, s.label, fold_of[s.source], {}) for s in corpus]
     models = tmp_path / "models"
@@ -164,6 +164,8 @@ def test_loso_scores_read_a_finetuned_run_and_export_its_full_model(lookalike_ro
     assert all(len(v) == len(rows) and np.isfinite(v).all() for v in out.values())
     sidecar = json.loads((models / "roadwork_verifier.json").read_text())
     assert "fine-tuned" in sidecar["training"]["backbone"] and sidecar["decision"]["features"][-1] == "people_n"
+    # the recipe travels with the model: the fold processes got --match-resolution, and the sidecar says so
+    assert sidecar["training"]["match_resolution"] == 0.5 and sidecar["training"]["backbone_lr"] == 1.0
     assert (models / "roadwork_verifier.onnx").stat().st_size > 1_000_000
 
 
