@@ -433,3 +433,62 @@ def test_decoding_in_threads_reserves_the_decodes_memory_too(live_server, model_
                    timeout=60)
     assert r.status_code == 200, r.text[:300]
     assert _released(admission)
+
+
+def _costly_image_pipeline(model_dir: Path) -> Path:
+    # The tiny classifier, then 0.5 s per megapixel: a 2-MP image costs the cascade about 1 s, a
+    # 64x48 one under 2 ms (as a 16-MP image costs the default pipeline ten times a dashcam frame).
+    tier = """\
+  - name: sized
+    stages:
+      - name: clf
+        kind: onnx_classifier
+        model: tiny.onnx
+        threads: 1
+      - name: resize
+        kind: test_sleep
+        per_megapixel_s: 0.5
+"""
+    return write_pipeline(model_dir, "costly", first_tier=tier, deadline_s=10.0)
+
+
+@pytest.mark.parametrize("costly_image_s", [0.2, 0.0])
+def test_a_client_whose_images_cost_the_cascade_more_does_not_hold_up_others(live_server, model_dir: Path,
+                                                                             costly_image_s: float):
+    """Two clients: one sends 2-MP images back to back (1 s of cascade each), one sends small images
+    in a closed loop. With the costly lane (0.2 s), the small images never wait behind a large one;
+    with one lane for all (0), they do (the control: this test fails without the costly lane)."""
+    try:
+        socket.socket().bind((ATTACKER, 0))
+    except OSError:
+        pytest.skip(f"cannot bind {ATTACKER}")
+    srv = live_server(pipeline=str(_costly_image_pipeline(model_dir)), costly_image_s=costly_image_s)
+    big = {"content": _noise_png(1414), "headers": {"Content-Type": "image/png"}}  # 2.0 MP
+    small = {"content": _noise_png(64), "headers": {"Content-Type": "image/png"}}
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=ATTACKER), timeout=30) as attacker:
+        first = attacker.post(srv.url + "/v1/detect", **big)  # measured: from now on the client is costly
+        assert first.status_code == 200, first.text
+        stop = threading.Event()
+
+        def attack() -> None:
+            while not stop.is_set():
+                assert attacker.post(srv.url + "/v1/detect", **big).status_code == 200
+
+        thread = threading.Thread(target=attack, daemon=True)
+        thread.start()
+        latencies = []
+        with httpx.Client(timeout=30) as honest:
+            end = time.perf_counter() + 4.0
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                assert honest.post(srv.url + "/v1/detect", **small).status_code == 200
+                latencies.append(time.perf_counter() - t)
+        stop.set()
+        thread.join(30)
+    costs = srv.app.state.service.client_costs
+    assert costs.cost(ATTACKER) > 0.5 > costs.cost("127.0.0.1")  # each charged its own images' time
+    if costly_image_s:
+        assert max(latencies) < 0.5, f"a small image waited behind a large one: {max(latencies):.2f} s"
+        assert len(latencies) > 20
+    else:
+        assert max(latencies) > 0.5  # one lane: the small images wait for the large ones' batches

@@ -19,6 +19,7 @@ from fastapi.openapi.utils import get_openapi
 
 import workzone
 from workzone.micro_batcher import BatchPolicy
+from workzone.client_costs import ClientCosts
 from workzone.io.images import ImageLimits
 from workzone.server.admission import Admission, AdmissionMiddleware, header_timeout_protocol
 from workzone.server.errors import register_exception_handlers
@@ -54,7 +55,8 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
                                           decode_workers=settings.decode_workers,
                                           decoder=ImageDecoder(settings.device, limits=limits, gpu_decode=settings.gpu_decode,
                                                                processes=processes),
-                                          request_decode_cpu_s=settings.request_decode_cpu_s)
+                                          request_decode_cpu_s=settings.request_decode_cpu_s,
+                                          client_costs=ClientCosts(settings.costly_image_s))
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:

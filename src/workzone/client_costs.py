@@ -1,0 +1,80 @@
+"""What each client's images cost the cascade, measured, and which clients run in the costly lane.
+
+The cascade's time per image is not the same for every image: a 16-MP image costs the default
+pipeline about ten times an ordinary dashcam frame (its stages bring it to their input size and read
+signs from its full resolution). The micro-batcher runs batches one after the other, so an ordinary
+image queued behind, or batched with, a costly one waits for all of it: two clients sending legal
+24-MP WebPs back to back cut a third client's throughput to 0.73x although they used less of the
+cascade's time than it did.
+
+:class:`ClientCosts` charges every batch's measured time to the clients whose images were in it, in
+proportion to their pixels (the part of a stage's work that grows with the image), and keeps a
+smoothed cost per image for each client. A client whose images cost more than ``costly_image_s``
+each is *costly*: :class:`workzone.service.DetectionService` runs its images in their own lane (one
+image at a time, never batched with other clients' images), so nobody waits behind them; together,
+costly clients get at most that lane's one worker while everyone else keeps the shared lane.
+A client is judged on what its images were measured to cost, not on their size: its first image
+runs in the shared lane, and a client whose images become cheap again leaves the costly lane after a
+few of them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
+
+__all__ = ["ClientCosts"]
+
+
+@dataclass
+class ClientCosts:
+    """Smoothed cascade seconds per image, by client key.
+
+    Attributes:
+        costly_image_s: a client whose images cost more than this each (smoothed) is costly; 0: never.
+        smoothing: weight of the newest image in the smoothed cost (1: the last image alone).
+        max_clients: clients remembered; the least recently charged are forgotten first.
+
+    Examples:
+        >>> costs = ClientCosts(costly_image_s=0.2)
+        >>> costs.charge(["a", "b"], [16_000_000, 300_000], seconds=0.5)
+        >>> costs.is_costly("a"), costs.is_costly("b"), costs.is_costly("new")
+        (True, False, False)
+    """
+
+    costly_image_s: float = 0.2
+    smoothing: float = 0.5
+    max_clients: int = 10_000
+    _per_image: OrderedDict[Hashable, float] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        if self.costly_image_s < 0:
+            raise ValueError(f"costly_image_s: expected >= 0, got {self.costly_image_s}")
+        if not 0 < self.smoothing <= 1:
+            raise ValueError(f"smoothing: expected in (0, 1], got {self.smoothing}")
+
+    def is_costly(self, client: Hashable | None) -> bool:
+        """Whether ``client``'s images run in the costly lane (never for an unknown or keyless caller)."""
+        if not self.costly_image_s or client is None:
+            return False
+        return self._per_image.get(client, 0.0) > self.costly_image_s
+
+    def cost(self, client: Hashable) -> float | None:
+        """The smoothed seconds per image charged to ``client``, or None before its first image."""
+        return self._per_image.get(client)
+
+    def charge(self, clients: Sequence[Hashable | None], pixels: Sequence[int], seconds: float) -> None:
+        """Charge one batch's measured ``seconds`` to the clients of its images (``None``: a keyless
+        caller, not recorded), each image its share of the batch's pixels."""
+        total = sum(pixels)
+        if total <= 0 or not clients:
+            return
+        for client, px in zip(clients, pixels):
+            if client is None:
+                continue
+            spent = seconds * px / total
+            old = self._per_image.pop(client, None)  # re-inserted last: the most recently charged
+            self._per_image[client] = spent if old is None else old + self.smoothing * (spent - old)
+        while len(self._per_image) > self.max_clients:
+            self._per_image.popitem(last=False)
