@@ -689,7 +689,9 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
              "send a bomb back to back (or paced); each attack right after its own baseline (the client "
              "alone). Pillow alone takes the times given to decode each bomb "
              "(in-process, no limits but Pillow's). Default settings: an address with more than 5 images refused "
-             "in 10 s has each further request held 1 s.", ""]
+             "in 10 s has each further request held 1 s; a client address whose images cost the cascade more than 0.2 s each "
+             "(measured) has its images run in the costly lane, one at a time beside the shared batches "
+             "(`WORKZONE_COSTLY_IMAGE_S`).", ""]
     srv = Server()
     srv.start()
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from workzone.server.admission import REFUSAL_KEY
 from workzone.errors import (
     BackendUnavailable,
     ConfigError,
@@ -142,7 +143,10 @@ def register_exception_handlers(app: "FastAPI", default_retry_after: float = 1.0
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.responses import JSONResponse
 
-    async def _workzone(_: "Request", exc: Exception) -> JSONResponse:
+    async def _workzone(request: "Request", exc: Exception) -> JSONResponse:
+        status, kind = error_status(exc)
+        if status in (429, 503):  # the reason for the refusal log (admission.RefusalLog), not for the client
+            request.scope[REFUSAL_KEY] = (kind, str(exc))
         return error_response(exc, default_retry_after)
 
     async def _validation(_: "Request", exc: Exception) -> JSONResponse:
