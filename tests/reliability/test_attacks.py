@@ -465,6 +465,8 @@ def test_a_client_whose_images_cost_the_cascade_more_does_not_hold_up_others(liv
     srv = live_server(pipeline=str(_costly_image_pipeline(model_dir)), costly_image_s=costly_image_s)
     big = {"content": _noise_png(1414), "headers": {"Content-Type": "image/png"}}  # 2.0 MP
     small = {"content": _noise_png(64), "headers": {"Content-Type": "image/png"}}
+    with httpx.Client(timeout=30) as honest:  # what a typical image costs now
+        assert all(honest.post(srv.url + "/v1/detect", **small).status_code == 200 for _ in range(8))
     with httpx.Client(transport=httpx.HTTPTransport(local_address=ATTACKER), timeout=30) as attacker:
         first = attacker.post(srv.url + "/v1/detect", **big)  # measured: from now on the client is costly
         assert first.status_code == 200, first.text

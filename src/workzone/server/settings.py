@@ -64,9 +64,10 @@ class ServerSettings(BaseSettings):
                               "threads that load and run the stages run (0: the same priority); the loop admits "
                               "and refuses requests, and must not wait for the CPU behind the cascade")
     costly_image_s: float = Field(default=0.2, ge=0, le=60, description="cascade seconds per image (measured, "
-                                  "smoothed, by client address) above which a client's images run in the costly "
-                                  "lane: one image at a time beside the shared batches, so no other client waits "
-                                  "behind them (0: one lane for all)")
+                                  "smoothed, by client address) above which, when it is also 4 times what a "
+                                  "typical image costs now, a client's images run in the costly lane: one image at "
+                                  "a time beside the shared batches, so no other client waits behind them (0: one "
+                                  "lane for all)")
     decode_workers: int = Field(default=2, ge=1, le=64, description="images decoded at the same time")
     decode_processes: bool = Field(default=True, description="decode in worker processes that are killed past the "
                                    "CPU budget (false: in threads, which cannot be stopped)")
