@@ -707,7 +707,7 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
              "alone). Pillow alone takes the times given to decode each bomb "
              "(in-process, no limits but Pillow's). Default settings: an address with more than 5 images refused "
              "in 10 s has each further request held 1 s; a client address whose images cost the cascade more than 0.2 s each "
-             "(measured), and 4 times a typical image, has its images run in the costly lane, one at a time beside the shared batches "
+             "(measured; before its first is measured, its pixels at a typical image's cost per pixel), and twice a typical image, has its images run in the costly lane, one at a time beside the shared batches "
              "(`WORKZONE_COSTLY_IMAGE_S`). The last attack is repeated on a server with that lane off "
              "(`WORKZONE_COSTLY_IMAGE_S=0`: one lane for all, as before it), right after.", ""]
     loop = asyncio.new_event_loop()

@@ -34,12 +34,14 @@ def test_a_saturated_server_keeps_one_lane():
 def test_a_client_leaves_the_costly_lane_once_its_images_are_cheap_again():
     costs = ClientCosts(costly_image_s=0.2, smoothing=0.5)
     costs.charge(["x"] * 16, [1] * 16, 16 * 0.03)
+    assert costs.is_costly("a", pixels=10) and not costs.is_costly("a", pixels=2)  # not measured: by its pixels
     costs.charge(["a"], [1], 1.0)
     seen = []
     for _ in range(4):
         costs.charge(["a"], [1], 0.03)
         seen.append(costs.is_costly("a"))
     assert seen == [True, True, False, False]  # 0.515, 0.27, 0.15, 0.09 s
+    assert not costs.is_costly("a", pixels=1000)  # measured: its pixels no longer count
 
 
 def test_zero_turns_it_off_and_the_quietest_clients_are_forgotten():

@@ -14,9 +14,10 @@ each, and more than ``ratio`` times what a typical image costs now (the 25th per
 256 images charged), is *costly*: :class:`workzone.service.DetectionService` runs its images in their own lane (one
 image at a time, never batched with other clients' images), so nobody waits behind them; together,
 costly clients get at most that lane's one worker while everyone else keeps the shared lane.
-A client is judged on what its images were measured to cost, not on their size: its first image
-runs in the shared lane, and a client whose images become cheap again leaves the costly lane after a
-few of them. The typical image's cost keeps a saturated server in one lane: when every batch is
+A client is judged on what its images were measured to cost; until it has been measured, on its
+image's pixels at the typical image's cost per pixel (which overestimates a large image: the fixed
+part of an image's cost is counted per pixel too, so a large first image errs towards the costly lane).
+A client whose images become cheap again leaves the costly lane after a few of them. The typical image's cost keeps a saturated server in one lane: when every batch is
 slow, every client's images cost more than ``costly_image_s``, but none costs more than the others.
 """
 
@@ -51,12 +52,14 @@ class ClientCosts:
     """
 
     costly_image_s: float = 0.2
-    ratio: float = 4.0
+    ratio: float = 2.0
     smoothing: float = 0.5
     max_clients: int = 10_000
     _per_image: OrderedDict[Hashable, float] = field(default_factory=OrderedDict)
     _recent: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     _typical: float = 0.0
+    _recent_per_pixel: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    _typical_per_pixel: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ratio < 1:
@@ -66,11 +69,14 @@ class ClientCosts:
         if not 0 < self.smoothing <= 1:
             raise ValueError(f"smoothing: expected in (0, 1], got {self.smoothing}")
 
-    def is_costly(self, client: Hashable | None) -> bool:
-        """Whether ``client``'s images run in the costly lane (never for an unknown or keyless caller)."""
+    def is_costly(self, client: Hashable | None, pixels: int = 0) -> bool:
+        """Whether ``client``'s images (of ``pixels`` each, for a client not measured yet) run in the
+        costly lane (never for a keyless caller)."""
         if not self.costly_image_s or client is None:
             return False
-        cost = self._per_image.get(client, 0.0)
+        cost = self._per_image.get(client)
+        if cost is None:  # not measured yet: its pixels at the typical cost per pixel
+            cost = pixels * self._typical_per_pixel
         return cost > self.costly_image_s and cost > self.ratio * self._typical
 
     def cost(self, client: Hashable) -> float | None:
@@ -87,6 +93,7 @@ class ClientCosts:
         for client, px in zip(clients, pixels):
             spent = seconds * px / total
             self._recent.append(spent)
+            self._recent_per_pixel.append(seconds / total)
             if client is None:
                 continue
             old = self._per_image.pop(client, None)  # re-inserted last: the most recently charged
@@ -95,6 +102,8 @@ class ClientCosts:
             self._per_image.popitem(last=False)
         ordered = sorted(self._recent)
         self._typical = ordered[len(ordered) // 4]
+        ordered = sorted(self._recent_per_pixel)
+        self._typical_per_pixel = ordered[len(ordered) // 4]
         for client, costly in was.items():  # one line when a client changes lanes, not one per image
             if self.is_costly(client) != costly:
                 log.warning("client %s: its images cost %.3f s each (a typical image %.3f s): %s", client,

@@ -424,7 +424,8 @@ class DetectionService:
             handlers: Sequence[EventHandler | None] = [on_event] * len(images)
         else:
             handlers = list(on_event)
-        lane = self.costly_batcher if self.client_costs.is_costly(client) else self.batcher
+        pixels = max((img.width * img.height for img in images), default=0)
+        lane = self.costly_batcher if self.client_costs.is_costly(client, pixels) else self.batcher
         return lane.submit_many([_Job(img, end, h, client) for img, h in zip(images, handlers)])
 
     async def detect(self, image: Image, *, deadline_s: float | None = None,

@@ -64,7 +64,7 @@ class ServerSettings(BaseSettings):
                               "threads that load and run the stages run (0: the same priority); the loop admits "
                               "and refuses requests, and must not wait for the CPU behind the cascade")
     costly_image_s: float = Field(default=0.2, ge=0, le=60, description="cascade seconds per image (measured, "
-                                  "smoothed, by client address) above which, when it is also 4 times what a "
+                                  "smoothed, by client address) above which, when it is also twice what a "
                                   "typical image costs now, a client's images run in the costly lane: one image at "
                                   "a time beside the shared batches, so no other client waits behind them (0: one "
                                   "lane for all)")
