@@ -170,3 +170,49 @@ def test_public_answer_is_json_native():
     answer = public_answer(Decision(0.9, 1, "late", (), (0.4, 0.9), 2.0, 3.0, routes=("late: ran x",)))
     json.dump(answer, buf)  # no default=: tuples are lists, every value a JSON type
     assert json.loads(buf.getvalue()) == answer and answer["routes"] == ["late: ran x"]
+
+
+def _keys(answer: dict[str, Any]) -> tuple:
+    """The answer's shape: its keys, each stage's keys and each stage's evidence keys."""
+    return (tuple(answer), tuple(tuple(s) for s in answer["stages"]),
+            tuple(tuple(s["evidence"]) for s in answer["stages"]))
+
+
+def test_every_surface_gives_the_same_keys_for_the_same_decision(small, tmp_path: Path):
+    """CLI JSON, the HTTP body and a `workzone batch` JSON Lines row, for one image through one pipeline."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("prometheus_client")
+    import httpx
+    from typer.testing import CliRunner
+
+    from tests.server.server_support import LiveServer
+    from workzone.batch.rows import COLUMNS
+    from workzone.cli.main import app
+
+    pipeline, image, answer = small
+    cli = CliRunner().invoke(app, ["detect", str(image), "-p", str(pipeline), "--json"])
+    cli_answer = json.loads(cli.output.strip().splitlines()[-1])
+    srv = LiveServer(pipeline=str(pipeline)).start()
+    try:
+        http_answer = httpx.post(srv.url + "/v1/detect",
+                                 files={"image": ("red.jpg", image.read_bytes(), "image/jpeg")}).json()
+    finally:
+        srv.stop()
+    out = tmp_path / "rows.jsonl"
+    res = CliRunner().invoke(app, ["batch", str(image), "-p", str(pipeline), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+
+    # The two answers: the keys the response model declares, in the one function's order, nested alike.
+    declared = tuple(DecisionResponse.model_fields)
+    assert _keys(cli_answer) == _keys(http_answer) == _keys(answer) and tuple(cli_answer) == declared
+    assert _without_timing(cli_answer) == _without_timing(http_answer)
+    # The batch row: flat columns (one schema for Parquet and JSON Lines); those the answer names hold its
+    # values, the per-stage columns are keyed by the answer's stage names.
+    assert tuple(row) == COLUMNS
+    shared = [k for k in COLUMNS if k in declared]
+    assert shared == ["probability", "label", "exit_tier", "exit_tier_name", "reason", "latency_ms"]
+    assert {k: row[k] for k in shared if k != "latency_ms"} == {k: cli_answer[k] for k in shared if k != "latency_ms"}
+    assert list(json.loads(row["stage_scores"])) == sorted(s["stage"] for s in cli_answer["stages"])
+    assert json.loads(row["stage_errors"]) == {s["stage"]: s["error"] for s in cli_answer["stages"] if s["error"]}

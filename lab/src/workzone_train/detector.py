@@ -1,4 +1,5 @@
-"""A small CenterNet-style cone detector on EfficientNet-Lite0: model, loss, targets, decode, AP.
+"""The small CenterNet-style object detector on EfficientNet-Lite0 (the shipped ten-class
+``roadwork_objects.onnx`` and the superseded one-class ``cone_detector.onnx``): model, loss, targets, AP.
 
 Why this design: cones in dashcam frames are often 10-30 px tall, so the head runs at stride 8 on
 a light top-down feature pyramid (strides 8/16/32 of the ImageNet Lite0 backbone); a centre
@@ -113,8 +114,8 @@ def _make_net(torch, backbone, width: int, num_classes: int, levels: int):  # no
         return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
                              nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-    class ConeNet(nn.Module):
-        """Lite0 backbone -> top-down pyramid to stride 8 -> centre heat-map and box heads."""
+    class CentreNet(nn.Module):
+        """Lite0 backbone -> top-down pyramid to stride 8 -> per-class centre heat-map and box heads."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -153,7 +154,7 @@ def _make_net(torch, backbone, width: int, num_classes: int, levels: int):  # no
             wh = torch.exp(reg[:, 2:4].clamp(*_LOG_WH_RANGE)) * STRIDE
             return torch.cat([peaks, reg[:, 0:2], wh], dim=1)
 
-    return ConeNet()
+    return CentreNet()
 
 
 def encode_targets(boxes: np.ndarray, size: int, *, classes: np.ndarray | None = None,

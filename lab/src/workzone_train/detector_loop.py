@@ -1,7 +1,8 @@
-"""Training the embedded cone detector: the loop, ONNX export with a parity check, the sidecar.
-
-The recipe and evaluation protocol are in ``workzone/models/CONE_DETECTOR_CARD.md``; the command is
-``workzone train detector``. Heavy imports (torch, onnxruntime) happen inside the functions.
+"""Training the object detectors: the loop and the ONNX export with a parity check (:func:`fit_detector`,
+:func:`export_onnx`, shared with :mod:`workzone_train.object_train`, which trains the shipped ten-class
+``roadwork_objects.onnx``), and the superseded one-class cone detector's whole run (:func:`train_detector`: loop,
+export, sidecar; its recipe and evaluation protocol are in ``workzone/models/CONE_DETECTOR_CARD.md``, its command
+``workzone train detector``). Heavy imports (torch, onnxruntime) happen inside the functions.
 """
 
 from __future__ import annotations

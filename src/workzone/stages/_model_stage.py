@@ -2,7 +2,10 @@
 
 :class:`ModelStage` holds the model, its device and a lock, loads and predicts in a worker thread,
 and refuses to predict before :meth:`~ModelStage.load`. A subclass writes only ``_load_sync``
-(build ``self._model``) and ``_predict_sync`` (score a batch). :func:`local_weights` and
+(build ``self._model``) and ``_predict_sync`` (score a batch); a stage that reads earlier stages' evidence
+writes ``_predict_evidence_sync`` and ``_warmup_evidence`` instead of ``_predict_sync``. Warm-up, the
+evidence's length check and closing the model (its ``close()``, when it has one) are :class:`ModelStage`'s
+alone. :func:`local_weights` and
 :func:`torch_device` resolve the weights file and the device the same way for every family.
 Nothing heavy is imported at module import.
 """
@@ -10,12 +13,12 @@ Nothing heavy is imported at module import.
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from workzone._optional import require
-from workzone.errors import ModelFileError
+from workzone.errors import ModelFileError, StageError
 from workzone.stages.base import Stage
 from workzone.types import EarlierReports, Image, StageOutput
 
@@ -32,6 +35,11 @@ class ModelStage(Stage):
             and a second concurrent forward would only contend for the same cores or GPU.
     """
 
+    #: Batch sizes of the warm-up runs, one run each. A model behind a
+    #: :class:`~workzone.stages._onnx.SessionPool` warms ``(1, 2)``: a lone image runs on its wide session,
+    #: two on the workers' narrow one, and each session's first run is the slow one.
+    warmup_batches: ClassVar[tuple[int, ...]] = (1,)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._model: Any = None
@@ -46,18 +54,37 @@ class ModelStage(Stage):
         raise NotImplementedError
 
     async def warmup(self) -> None:
-        await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))])
+        """One throw-away batch of blank images per size in :attr:`warmup_batches`, through the whole path."""
+        for n in self.warmup_batches:
+            await self.run_blocking(self._predict_evidence_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n,
+                                    self._warmup_evidence(n))
 
     async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._model)
-        return await self.run_blocking(self._predict_sync, list(batch))
+        batch = list(batch)
+        if evidence is not None and len(evidence) != len(batch):
+            raise StageError(self.name, f"got evidence for {len(evidence)} images and {len(batch)} images")
+        return await self.run_blocking(self._predict_evidence_sync, batch, evidence)
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
-        """Score a batch; runs in a worker thread."""
+        """Score a batch from its pixels; runs in a worker thread."""
         raise NotImplementedError
 
+    def _predict_evidence_sync(self, batch: list[Image], evidence: EarlierReports | None) -> list[StageOutput]:
+        """Score a batch given the earlier stages' evidence (one entry per image, or ``None``); runs in a worker
+        thread. The default reads pixels only: :meth:`_predict_sync`."""
+        return self._predict_sync(batch)
+
+    def _warmup_evidence(self, n: int) -> EarlierReports | None:
+        """The evidence of a warm-up batch of ``n`` blank images: a stage that reads evidence gives some that makes
+        its model run (without it, it would abstain and leave the model cold)."""
+        return None
+
     async def aclose(self) -> None:
-        self._model = None
+        model, self._model = self._model, None
+        close = getattr(model, "close", None)
+        if callable(close):  # a session pool's or runner's worker threads
+            close()
 
 
 def local_weights(stage: Stage, model: str, *, allow_download: bool, fetcher: str,

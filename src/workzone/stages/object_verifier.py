@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import Field
 
-from workzone.errors import ModelFileError, StageError
+from workzone.errors import ModelFileError
 from workzone.stages._model_stage import ModelStage
 from workzone.stages._onnx import CpuRunParams, SessionPool, providers_for, read_sidecar
 from workzone.verified_evidence import NONE_CLASSES, VerifiedDecision, candidate_crops, verified_features
@@ -52,6 +52,7 @@ class ObjectVerifierStage(ModelStage):
     tiny_params = {}
     Params = ObjectVerifierParams
     default_cost = 25.0
+    warmup_batches = (1, 2)  # its SessionPool: the wide and the narrow session
     params: ObjectVerifierParams
 
     def _load_sync(self) -> None:
@@ -75,23 +76,23 @@ class ObjectVerifierStage(ModelStage):
             raise ModelFileError(f"stage {self.name!r}: {path.with_suffix('.json')}: {exc}") from exc
         self._model = sessions
 
-    async def warmup(self) -> None:
-        img, boxes = Image(np.zeros((64, 64, 3), np.uint8)), [Box("cone", 0.5, 16, 8, 40, 56)]
-        for n in (1, 2):  # a lone image runs on the wide session, two on the workers' one: warm both
-            await self.run_blocking(self._verify_all, [img] * n, [boxes] * n)
+    def _warmup_evidence(self, n: int) -> EarlierReports:
+        # One sure candidate per blank image, reported by the stage it reads: its crop goes through the model.
+        seen = StageReport(self.params.from_stage, "roadwork_detector", 0, 0.0,
+                           Evidence(boxes=(Box("cone", 1.0, 16, 8, 40, 56),)), 0.0)
+        return [(seen,)] * n
 
-    async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
-        self.require_loaded(self._model)
-        batch = list(batch)
-        if evidence is not None and len(evidence) != len(batch):
-            raise StageError(self.name, f"got evidence for {len(evidence)} images and {len(batch)} images")
+    def _predict_evidence_sync(self, batch: list[Image], evidence: EarlierReports | None) -> list[StageOutput]:
+        """Every image's outcome: its candidates' crops and runs over the pool, then the verified decision."""
         candidates = [self._candidates(() if evidence is None else evidence[i]) for i in range(len(batch))]
-        return await self.run_blocking(self._verify_all, batch, candidates)
-
-    async def aclose(self) -> None:
-        if self._model is not None:
-            self._model.close()  # its worker threads
-        await super().aclose()
+        todo = [i for i, boxes in enumerate(candidates) if boxes]
+        sessions: SessionPool = self._model
+        probs = dict(zip(todo, sessions.map(self._crops, _run_crops, [(batch[i], candidates[i]) for i in todo])))
+        none = np.zeros((0, len(self._classes)))
+        return [StageOutput(None, Evidence(notes=(
+                    f"verifier: stage {self.params.from_stage!r} did not report on this image; abstains",)))
+                if boxes is None else self._verify(boxes, probs.get(i, none))
+                for i, boxes in enumerate(candidates)]
 
     def _candidates(self, reports: Sequence[StageReport]) -> list[Box] | None:
         for rep in reports:
@@ -101,17 +102,6 @@ class ObjectVerifierStage(ModelStage):
                 boxes = sorted((b for b in rep.evidence.boxes if b.score >= self._floor), key=lambda b: -b.score)
                 return boxes[: self._most]
         return None
-
-    def _verify_all(self, batch: list[Image], candidates: list[list[Box] | None]) -> list[StageOutput]:
-        """Every image's outcome: its candidates' crops and runs over the pool, then the verified decision."""
-        todo = [i for i, boxes in enumerate(candidates) if boxes]
-        sessions: SessionPool = self._model
-        probs = dict(zip(todo, sessions.map(self._crops, _run_crops, [(batch[i], candidates[i]) for i in todo])))
-        none = np.zeros((0, len(self._classes)))
-        return [StageOutput(None, Evidence(notes=(
-                    f"verifier: stage {self.params.from_stage!r} did not report on this image; abstains",)))
-                if boxes is None else self._verify(boxes, probs.get(i, none))
-                for i, boxes in enumerate(candidates)]
 
     def _crops(self, item: tuple[Image, list[Box]]) -> np.ndarray:
         img, boxes = item

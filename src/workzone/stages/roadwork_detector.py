@@ -28,7 +28,7 @@ from workzone.stages._onnx import CpuRunParams, Parallel, SessionPool, providers
 from workzone.stages._torch_backend import TorchBackendParams, open_runner, use_torch
 from workzone.stages._model_stage import ModelStage
 from workzone.object_evidence import COUNT_AT, DETECTION_FLOOR, LOGIT_CLIP, MAX_DETECTIONS, ObjectDecision
-from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, logit
+from workzone.types import Box, Evidence, Image, StageOutput, logit
 
 __all__ = ["RoadworkDetectorParams", "RoadworkDetectorStage", "ObjectDetectorRunner", "decode_detections", "STRIDE",
            "runs_of"]
@@ -227,8 +227,8 @@ class ObjectDetectorRunner:
 class RoadworkDetectorStage(ModelStage):
     """Finds work-zone objects with the embedded detector; the score is its sidecar's decision (or a box pool).
 
-    The model (``_model``) is an :class:`ObjectDetectorRunner`; :class:`ModelStage` loads, warms up (a
-    blank image through the whole path) and closes it.
+    The model (``_model``) is an :class:`ObjectDetectorRunner`; :class:`ModelStage` loads, warms up (blank
+    images through the whole path, on both sessions of its pool) and closes it.
     """
 
     kind = "roadwork_detector"
@@ -236,6 +236,7 @@ class RoadworkDetectorStage(ModelStage):
     tiny_params = {}
     Params = RoadworkDetectorParams
     default_cost = 60.0
+    warmup_batches = (1, 2)  # the runner's SessionPool: its wide and its narrow session
     params: RoadworkDetectorParams
 
     def _load_sync(self) -> None:
@@ -249,10 +250,6 @@ class RoadworkDetectorStage(ModelStage):
                                                parallel=self.params.parallel)
         except ModelFileError as exc:
             raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
-
-    async def warmup(self) -> None:
-        for n in (1, 2):  # a lone image runs on the wide session, two on the workers' one: warm both
-            await self.run_blocking(self._predict_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n)
 
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         p = self.params
@@ -280,11 +277,6 @@ class RoadworkDetectorStage(ModelStage):
                       for x1, y1, x2, y2, s, c in shown[shown[:, 4] >= report_at].tolist())
         notes = (f"{len(boxes)} box(es) >= {report_at:.2f}; top score {float(det[0, 4]) if len(det) else 0.0:.3f}",) + extra
         return StageOutput(log_odds=z, evidence=Evidence(boxes=boxes, notes=notes))
-
-    async def aclose(self) -> None:
-        if self._model is not None:
-            self._model.close()  # its input-making thread
-        await super().aclose()
 
 
 def runs_of(items: Sequence[Any], batch_size: int) -> list[Sequence[Any]]:
