@@ -1,23 +1,24 @@
 """What each client's images cost the cascade, measured, and which clients run in the costly lane.
 
 The cascade's time per image is not the same for every image: a 16-MP image costs the default
-pipeline about ten times an ordinary dashcam frame (its stages bring it to their input size and read
-signs from its full resolution). The micro-batcher runs batches one after the other, so an ordinary
-image queued behind, or batched with, a costly one waits for all of it: two clients sending legal
-24-MP WebPs back to back cut a third client's throughput to 0.73x although they used less of the
-cascade's time than it did.
+pipeline many times what an ordinary dashcam frame costs (its stages bring it to their input size
+and read signs from its full resolution). The micro-batcher runs batches one after the other, so an
+ordinary image queued behind, or batched with, a costly one waits for all of it: two clients sending
+legal 24-MP WebPs back to back cut a third client's throughput below 0.8x (benchmarks/reliability.py,
+section cpu-bombs, with the costly lane off).
 
 :class:`ClientCosts` charges every batch's measured time to the clients whose images were in it, in
 proportion to their pixels (the part of a stage's work that grows with the image), and keeps a
 smoothed cost per image for each client. A client whose images cost more than ``costly_image_s``
 each, and more than ``ratio`` times what a typical image costs now (the 25th percentile of the last
-256 images charged), is *costly*: :class:`workzone.service.DetectionService` runs its images in their own lane (one
-image at a time, never batched with other clients' images), so nobody waits behind them; together,
-costly clients get at most that lane's one worker while everyone else keeps the shared lane.
-A client is judged on what its images were measured to cost; until it has been measured, on its
-image's pixels at the typical image's cost per pixel (which overestimates a large image: the fixed
-part of an image's cost is counted per pixel too, so a large first image errs towards the costly lane).
-A client whose images become cheap again leaves the costly lane after a few of them. The typical image's cost keeps a saturated server in one lane: when every batch is
+256 images charged), is *costly*: :class:`workzone.service.DetectionService` runs its images in
+their own lane (one image at a time, never batched with other clients' images), so nobody waits
+behind them; together, costly clients get at most that lane's one worker while everyone else keeps
+the shared lane. A client is judged on what its images were measured to cost; until it has been
+measured, on its image's pixels at the typical image's cost per pixel (which overestimates a large
+image: the fixed part of an image's cost is counted per pixel too, so a large first image errs
+towards the costly lane). A client whose images become cheap again leaves the costly lane after a
+few of them. The typical image's cost keeps a saturated server in one lane: when every batch is
 slow, every client's images cost more than ``costly_image_s``, but none costs more than the others.
 """
 
