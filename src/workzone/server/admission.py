@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 from workzone.errors import InvalidImageError, Overloaded, RequestTimeout, ShuttingDown
+from workzone.server.errors import REFUSAL_KEY
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from workzone.service import DetectionService
 
 __all__ = ["Admission", "AdmissionMiddleware", "RefusalLog", "arrival_time", "reserve", "working_memory", "client_group",
-           "header_timeout_protocol", "GUARDED_PATHS", "ENDPOINT_KEY", "REFUSAL_KEY"]
+           "header_timeout_protocol", "GUARDED_PATHS", "ENDPOINT_KEY"]
 
 access_log = logging.getLogger("workzone.access")
 
@@ -59,8 +60,6 @@ _STRIKE = "workzone.strike"  # the request's own images could not be reserved (4
 GUARDED_PATHS = frozenset({"/v1/detect", "/v1/detect/batch", "/v1/detect/stream"})
 #: Scope key naming the endpoint of a request refused before routing (for the metrics label).
 ENDPOINT_KEY = "workzone.endpoint"
-#: Scope key where the error handlers leave the server's own reason for a 429/503 (for the refusal log).
-REFUSAL_KEY = "workzone.refusal"
 _BODY_FLOOR_S = 0.01
 _FRESH_S = 0.25  # an upload counts as upcoming work for 0.25 to 0.5 s after its headers
 _WAIT_SHARE = 0.5  # of a deadline that queueing may use; the rest is for decoding and the cascade

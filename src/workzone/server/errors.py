@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from workzone.server.admission import REFUSAL_KEY
 from workzone.errors import (
     BackendUnavailable,
     ConfigError,
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request
     from starlette.responses import JSONResponse
 
-__all__ = ["error_status", "error_body", "public_message", "register_exception_handlers"]
+__all__ = ["error_status", "error_body", "public_message", "register_exception_handlers", "REFUSAL_KEY"]
 
 log = logging.getLogger("workzone.server")
 
@@ -76,6 +75,10 @@ _STATUS: dict[type[BaseException], tuple[int, str]] = {
     WorkzoneError: (500, "internal_error"),
 }
 
+
+#: Scope key where the handlers leave the server's own reason for a 429/503, for the refusal log
+#: (:class:`workzone.server.admission.RefusalLog`); the client is told a fixed sentence.
+REFUSAL_KEY = "workzone.refusal"
 
 def error_status(exc: BaseException) -> tuple[int, str]:
     """HTTP status and error type for ``exc``; unknown exceptions are 500 ``internal_error``."""
