@@ -83,8 +83,9 @@ class Server:
     def start(self) -> float:
         """Start and wait for /readyz; returns the seconds it took."""
         t = time.perf_counter()
+        self.log = tempfile.TemporaryFile()  # its warnings (the refusal log, clients changing lanes)
         self.proc = subprocess.Popen([sys.executable, "-m", "workzone.cli.main", "serve"], env=self.env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
         import httpx
 
         while True:
@@ -96,6 +97,11 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
+
+    def log_count(self, text: str) -> int:
+        """Lines of the server's log so far that contain ``text``."""
+        self.log.seek(0)
+        return sum(text.encode() in line for line in self.log)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -312,6 +318,16 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
     return results
 
 
+def _client_loop(kind: str) -> asyncio.Runner:
+    """The load generator's event loop: Python's own, or uvloop's (libuv in C: less of the two shared
+    cores per request, so less of the generator's own delay in the latencies it measures)."""
+    if kind == "uvloop":
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    return asyncio.Runner()
+
+
 def _refusal_latencies(res: list[Any]) -> tuple[list[float], list[float], list[float]]:
     """Seconds of each 429/503 by the client's clock, the same from its connection to the status line,
     and the server's own (its Server-Timing header). The client's connect is part of its clock; on 2
@@ -333,7 +349,7 @@ def overload(args: argparse.Namespace) -> list[str]:
     rows = ["## Overload: loopback clients in a closed loop (a refused client waits 0.5-1.5 s, honouring "
             "Retry-After: 1; the clients use 200 loopback addresses, 127.0.1.1-200)", ""]
     bodies = [_scene_jpeg(k) for k in range(16)]
-    for deadline in (None, "2"):
+    for deadline, loop_kind in [(d, k) for d in (None, "2") for k in args.client_loops]:  # A/B back to back
         srv = Server()
         srv.start()
         pid = srv.proc.pid  # type: ignore[union-attr]
@@ -359,7 +375,8 @@ def overload(args: argparse.Namespace) -> list[str]:
             return res
 
         try:
-            res = asyncio.run(go())
+            with _client_loop(loop_kind) as runner:
+                res = runner.run(go())
             time.sleep(10)
             after = _rss_mb(pid)
         finally:
@@ -374,7 +391,7 @@ def overload(args: argparse.Namespace) -> list[str]:
             if r.status in other:
                 other[r.status] += 1
         rows += [
-            f"{args.clients} clients for {args.seconds:.0f} s, {'no deadline header (the pipeline default, 30 s)' if deadline is None else f'X-Deadline-S: {deadline}'}: "
+            f"{args.clients} clients ({loop_kind} event loop) for {args.seconds:.0f} s, {'no deadline header (the pipeline default, 30 s)' if deadline is None else f'X-Deadline-S: {deadline}'}: "
             f"{len(res)} responses; 200: {len(ok)} ({degraded} marked degraded; p50 {_pct(ok, .5):.2f} s, p99 {_pct(ok, .99):.2f} s, max "
             f"{max(ok, default=float('nan')):.2f} s; past the deadline: {late}); 429/503: {len(refused)} (p50 "
             f"{_pct(refused, .5) * 1000:.0f} ms, p99 {_pct(refused, .99) * 1000:.0f} ms; from connected to status line "
@@ -689,44 +706,54 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
              "send a bomb back to back (or paced); each attack right after its own baseline (the client "
              "alone). Pillow alone takes the times given to decode each bomb "
              "(in-process, no limits but Pillow's). Default settings: an address with more than 5 images refused "
-             "in 10 s has each further request held 1 s.", ""]
+             "in 10 s has each further request held 1 s; a client address whose images cost the cascade more than 0.2 s each "
+             "(measured; before its first is measured, its pixels at a typical image's cost per pixel), and twice a typical image, has its images run in the costly lane, one at a time beside the shared batches "
+             "(`WORKZONE_COSTLY_IMAGE_S`). The last attack is repeated on a server with that lane off "
+             "(`WORKZONE_COSTLY_IMAGE_S=0`: one lane for all, as before it), right after.", ""]
+    loop = asyncio.new_event_loop()
+
+    def attack(srv: Server, name: str, ctype: str, every: float, label: str = "") -> None:
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", "import io,sys; from PIL import Image; "
+                              "Image.open(io.BytesIO(open(sys.argv[1],'rb').read())).load()", "/dev/stdin"],
+                             input=att[name], env=ENV, capture_output=True, timeout=300)
+        pillow_s = time.perf_counter() - t
+        # The baseline right before each attack (back to back): the machine's load drifts by the minute.
+        time.sleep(5)  # the previous attack's work is over
+        load0 = _load_now()
+        alone = loop.run_until_complete(_closed_loop(srv.port, args.attack_seconds, honest))
+        base = len(alone) / args.attack_seconds
+        lines.append(f"- honest client alone, right before ({load0}){label}: {_stats(alone, args.attack_seconds)}.")
+
+        async def attacked() -> tuple[list[Any], list[Any]]:
+            bomb = _bomb_req(att[name], ctype)
+            b = [asyncio.ensure_future(_closed_loop(srv.port, args.attack_seconds, bomb, local_addr=a,
+                                                    pause_on_refusal=False, every_s=every)) for a in ATTACKERS]
+            h = await _closed_loop(srv.port, args.attack_seconds, honest)
+            bombs_res = [r for x in await asyncio.gather(*b) for r in x]
+            return h, bombs_res
+
+        load0 = _load_now()
+        moved = srv.log_count("now run in the costly lane")
+        h, b = loop.run_until_complete(attacked())
+        moved = srv.log_count("now run in the costly lane") - moved
+        kinds: dict[str, int] = {}
+        for r in b:
+            k = f"{r.status} {json.loads(r.body).get('error', {}).get('type', 'decided') if r.body else ''}".strip()
+            kinds[k] = kinds.get(k, 0) + 1
+        pace = "back to back" if not every else f"one per {every:g} s each (the issue's rate was one per 2.8 s)"
+        lines.append(f"- with two clients sending `{name}` ({len(att[name]) / 1024:.0f} KB; Pillow alone "
+                     f"{pillow_s:.2f} s, exit {out.returncode}) {pace}{label} ({load0} before, {_load_now()} after): "
+                     f"honest {_stats(h, args.attack_seconds)}: {len(h) / args.attack_seconds / base:.2f}x its "
+                     f"throughput alone just before; the bombs got {kinds} (p50 {_pct([r.latency_s for r in b], .5) * 1000:.0f} ms); "
+                     f"clients moved to the costly lane meanwhile: {moved}.")
+
     srv = Server()
     srv.start()
     try:
-        loop = asyncio.new_event_loop()
         for name, ctype, every in (("rle_bmp_4000", "image/bmp", 0.0), ("rle_bmp_4000", "image/bmp", 1.0),
                                    ("webp_4896", "image/webp", 0.0)):
-            t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", "import io,sys; from PIL import Image; "
-                                  "Image.open(io.BytesIO(open(sys.argv[1],'rb').read())).load()", "/dev/stdin"],
-                                 input=att[name], env=ENV, capture_output=True, timeout=300)
-            pillow_s = time.perf_counter() - t
-            # The baseline right before each attack (back to back): the machine's load drifts by the minute.
-            time.sleep(5)  # the previous attack's work is over
-            load0 = _load_now()
-            alone = loop.run_until_complete(_closed_loop(srv.port, args.attack_seconds, honest))
-            base = len(alone) / args.attack_seconds
-            lines.append(f"- honest client alone, right before ({load0}): {_stats(alone, args.attack_seconds)}.")
-
-            async def attacked() -> tuple[list[Any], list[Any]]:
-                bomb = _bomb_req(att[name], ctype)
-                b = [asyncio.ensure_future(_closed_loop(srv.port, args.attack_seconds, bomb, local_addr=a,
-                                                        pause_on_refusal=False, every_s=every)) for a in ATTACKERS]
-                h = await _closed_loop(srv.port, args.attack_seconds, honest)
-                bombs_res = [r for x in await asyncio.gather(*b) for r in x]
-                return h, bombs_res
-
-            load0 = _load_now()
-            h, b = loop.run_until_complete(attacked())
-            kinds: dict[str, int] = {}
-            for r in b:
-                k = f"{r.status} {json.loads(r.body).get('error', {}).get('type', 'decided') if r.body else ''}".strip()
-                kinds[k] = kinds.get(k, 0) + 1
-            pace = "back to back" if not every else f"one per {every:g} s each (the issue's rate was one per 2.8 s)"
-            lines.append(f"- with two clients sending `{name}` ({len(att[name]) / 1024:.0f} KB; Pillow alone "
-                         f"{pillow_s:.2f} s, exit {out.returncode}) {pace} ({load0} before, {_load_now()} after): "
-                         f"honest {_stats(h, args.attack_seconds)}: {len(h) / args.attack_seconds / base:.2f}x its "
-                         f"throughput alone just before; the bombs got {kinds} (p50 {_pct([r.latency_s for r in b], .5) * 1000:.0f} ms).")
+            attack(srv, name, ctype, every)
         import base64
 
         for name, n in (("rle_bmp_4000", 64), ("webp_4896", 64)):
@@ -737,9 +764,15 @@ def cpu_bombs(args: argparse.Namespace) -> list[str]:
             kind = json.loads(r.body).get("error", {}).get("type", "-") if r.body else "-"
             lines.append(f"- one batch request of {n} `{name}` ({len(doc) / 1024:.0f} KB, {load0}): {r.status} "
                          f"{kind} in {r.latency_s:.2f} s.")
-        loop.close()
     finally:
         srv.stop()
+    srv = Server(WORKZONE_COSTLY_IMAGE_S="0")
+    srv.start()
+    try:
+        attack(srv, "webp_4896", "image/webp", 0.0, label=", costly lane off")
+    finally:
+        srv.stop()
+        loop.close()
     return lines + [""]
 
 
@@ -899,6 +932,8 @@ def main() -> None:
     ap.add_argument("--http-inputs", type=int, default=1200)
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--client-loops", nargs="+", choices=("asyncio", "uvloop"), default=["asyncio"],
+                    help="overload: the load generator's event loops, each run in turn")
     ap.add_argument("--slow-connections", type=int, default=300)
     ap.add_argument("--attack-seconds", type=float, default=20.0)
     ap.add_argument("--degraded-requests", type=int, default=200)

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("workzone.config", "workzone.engine_options", "workzone.routing")),
     ("evaluation", ("workzone.evaluation",)),
     ("fusion", ("workzone.fusion",)),
-    ("cascade", ("workzone.cascade", "workzone.micro_batcher")),
+    ("cascade", ("workzone.cascade", "workzone.micro_batcher", "workzone.client_costs")),
     ("application", ("workzone.api", "workzone.service", "workzone.tuning", "workzone.checking", "workzone.planning",
                      "workzone.throughput")),
     ("public API", ("workzone",)),

@@ -130,13 +130,15 @@ class DataError(WorkzoneError, ValueError):
 
 
 class Overloaded(WorkzoneError):
-    """The batcher's queue is full; retry after ``retry_after_s`` seconds."""
+    """The batcher's queue is full (or another limit, named by ``reason``, is reached); retry after
+    ``retry_after_s`` seconds."""
 
-    def __init__(self, queued: int, limit: int, retry_after_s: float) -> None:
+    def __init__(self, queued: int, limit: int, retry_after_s: float, reason: str | None = None) -> None:
         self.queued = queued
         self.limit = limit
         self.retry_after_s = retry_after_s
         super().__init__(
+            f"{reason}; retry after {retry_after_s:g} s" if reason else
             f"the request queue is full ({queued} of {limit} waiting); retry after {retry_after_s:g} s "
             "or raise WORKZONE_QUEUE_SIZE"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, ContextManager, Literal, Protocol, Sequence
 
 from workzone.micro_batcher import BatchPolicy, MicroBatcher
+from workzone.client_costs import ClientCosts
 from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
@@ -153,6 +155,7 @@ class _Job:
     image: Image
     deadline: float | None  # absolute, on the time.perf_counter() clock
     on_event: EventHandler | None
+    client: str | None = None  # whose image it is (the server's client address), for ClientCosts
 
 
 class DetectionService:
@@ -170,25 +173,37 @@ class DetectionService:
         decoder: the decode policy (default: the CPU within ``limits``; :meth:`from_config` picks it for the device).
         request_decode_cpu_s: most CPU seconds the decodes of one request may take together (in
             decoder processes; a batch shares it).
+        client_costs: the measured cascade cost of each client's images; the images of a client it
+            calls costly run in the costly lane (see :mod:`workzone.client_costs`). Default: costly
+            past 0.2 s per image.
     """
 
     def __init__(self, cascade: Cascade, *, limits: ImageLimits = ImageLimits(),
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
                  decode_workers: int = 2, decoder: ImageDecoder | None = None,
-                 request_decode_cpu_s: float = 2.0) -> None:
+                 request_decode_cpu_s: float = 2.0, client_costs: ClientCosts | None = None) -> None:
         self.cascade = cascade
         self.decoder = decoder or ImageDecoder(limits=limits)
         self.request_decode_cpu_s = request_decode_cpu_s
         self._decode_slots = asyncio.Semaphore(decode_workers)
         self._trimmer = Trimmer()
-        #: Smoothed seconds of cascade time per image (batch time / batch size); admission uses it.
+        #: Smoothed seconds of cascade time per image (batch time / batch size) in the shared lane;
+        #: admission uses it.
         self.seconds_per_image: float | None = None
+        self._costly_seconds_per_image: float | None = None
+        self.client_costs = client_costs if client_costs is not None else ClientCosts()
         self.limits = limits
         self.default_deadline_s = default_deadline_s
         self.max_deadline_s = max_deadline_s
         self.observer = observer
         self.batcher: MicroBatcher[_Job, Decision] = MicroBatcher(self._process, policy, on_batch=self._on_batch)
+        # The costly lane: images of clients whose images were measured costly, one at a time, by one
+        # worker beside the shared lane's, so no other client's batch waits behind them.
+        costly_policy = BatchPolicy(max_batch_size=1, max_wait_s=0.0, max_queue=policy.max_queue, workers=1,
+                                    retry_after_s=policy.retry_after_s)
+        self.costly_batcher: MicroBatcher[_Job, Decision] = MicroBatcher(
+            functools.partial(self._process, costly=True), costly_policy, on_batch=self._on_batch)
         self.state: State = "created"
         self.load_error: str | None = None
         self._start_task: asyncio.Task[None] | None = None
@@ -226,6 +241,7 @@ class DetectionService:
             self.load_error = f"{type(exc).__name__}: {exc}"
             raise
         self.batcher.start()
+        self.costly_batcher.start()
         self.state = "ready"
 
     def start_in_background(self) -> asyncio.Task[None]:
@@ -251,6 +267,7 @@ class DetectionService:
         if self.state in ("ready", "starting", "created"):
             self.state = "stopping"
         self.batcher.stop_accepting()
+        self.costly_batcher.stop_accepting()
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Stop accepting, finish queued work (up to ``timeout`` seconds), then free the stages."""
@@ -258,7 +275,7 @@ class DetectionService:
             self._start_task.cancel()
             await asyncio.gather(self._start_task, return_exceptions=True)
         self.state = "stopping"
-        await self.batcher.aclose(timeout)
+        await asyncio.gather(self.batcher.aclose(timeout), self.costly_batcher.aclose(timeout))
         try:
             await self.cascade.aclose()
         finally:
@@ -383,7 +400,7 @@ class DetectionService:
 
     def submit(self, images: Sequence[Image], *, deadline_s: float | None = None,
                on_event: EventHandler | Sequence[EventHandler | None] | None = None,
-               arrived_at: float | None = None) -> list[asyncio.Future[Decision]]:
+               arrived_at: float | None = None, client: str | None = None) -> list[asyncio.Future[Decision]]:
         """Queue images for the cascade without waiting; all are queued or none is.
 
         Args:
@@ -392,6 +409,8 @@ class DetectionService:
             arrived_at: when the request arrived (``time.perf_counter()`` clock); now when omitted.
                 Time spent reading and decoding the request counts against its deadline.
             on_event: one handler for every image, or one per image, called after each tier.
+            client: who sent them (the server's client address): their measured cost is charged to
+                it, and the images of a client measured costly run in the costly lane.
 
         Raises:
             NotReady: the pipeline is not loaded yet (or failed to load).
@@ -405,15 +424,20 @@ class DetectionService:
             handlers: Sequence[EventHandler | None] = [on_event] * len(images)
         else:
             handlers = list(on_event)
-        return self.batcher.submit_many([_Job(img, end, h) for img, h in zip(images, handlers)])
+        pixels = max((img.width * img.height for img in images), default=0)
+        lane = self.costly_batcher if self.client_costs.is_costly(client, pixels) else self.batcher
+        return lane.submit_many([_Job(img, end, h, client) for img, h in zip(images, handlers)])
 
     async def detect(self, image: Image, *, deadline_s: float | None = None,
-                     on_event: EventHandler | None = None, arrived_at: float | None = None) -> Decision:
+                     on_event: EventHandler | None = None, arrived_at: float | None = None,
+                     client: str | None = None) -> Decision:
         """Decide one image (it shares a batch with concurrent callers), within its deadline."""
-        return (await self.detect_many([image], deadline_s=deadline_s, arrived_at=arrived_at, on_event=on_event))[0]
+        return (await self.detect_many([image], deadline_s=deadline_s, arrived_at=arrived_at, on_event=on_event,
+                                       client=client))[0]
 
     async def detect_many(self, images: Sequence[Image], *, deadline_s: float | None = None,
-                          arrived_at: float | None = None, on_event: EventHandler | None = None) -> list[Decision]:
+                          arrived_at: float | None = None, on_event: EventHandler | None = None,
+                          client: str | None = None) -> list[Decision]:
         """Decide several images; they are queued together and usually share a batch.
 
         The answer never comes after the deadline: the cascade stops slow tiers before it (keeping
@@ -422,7 +446,7 @@ class DetectionService:
         the prior, marked degraded.
         """
         start = time.perf_counter() if arrived_at is None else arrived_at
-        futures = self.submit(images, deadline_s=deadline_s, arrived_at=start, on_event=on_event)
+        futures = self.submit(images, deadline_s=deadline_s, arrived_at=start, on_event=on_event, client=client)
         if deadline_s is None:
             return list(await asyncio.gather(*futures))
         # The cascade stops at answer_by(); half the margin more lets a batch cut there finish
@@ -438,12 +462,13 @@ class DetectionService:
                 out.append(self.prior_decision(img.source, "the deadline passed before the cascade answered"))
         return out
 
-    async def _process(self, jobs: list[_Job]) -> list[Decision]:
+    async def _process(self, jobs: list[_Job], costly: bool = False) -> list[Decision]:
         # Work that cannot finish by its deadline (it passed while the image was queued, or less is
         # left than the batch is expected to take) is answered at once (the prior, marked degraded)
         # instead of holding the batch to a deadline it cannot meet, or taking CPU from work that can.
         now = time.perf_counter()
-        expected = 0.0 if self.seconds_per_image is None else self.seconds_per_image * len(jobs)
+        spi = self._costly_seconds_per_image if costly else self.seconds_per_image
+        expected = 0.0 if spi is None else spi * len(jobs)
         expired = [k for k, j in enumerate(jobs) if j.deadline is not None and j.deadline - now <= expected]
         if expired:
             out: list[Decision | None] = [None] * len(jobs)
@@ -453,10 +478,10 @@ class DetectionService:
                 out[k] = self.prior_decision(jobs[k].image.source, why)
             live = [k for k in range(len(jobs)) if out[k] is None]
             if live:
-                for k, d in zip(live, await self._run_jobs([jobs[k] for k in live])):
+                for k, d in zip(live, await self._run_jobs([jobs[k] for k in live], costly)):
                     out[k] = d
             return [d for d in out if d is not None]
-        return await self._run_jobs(jobs)
+        return await self._run_jobs(jobs, costly)
 
     async def _decode_batch(self, jobs: list[_Job]) -> tuple[list[_Job], dict[int, Decision]]:
         """Decode the batch's deferred JPEGs in one call; a file that fails is answered with the prior
@@ -475,20 +500,20 @@ class DetectionService:
             if isinstance(img, Exception):
                 failed[k] = self.prior_decision(jobs[k].image.source, f"the image could not be decoded: {img}")
             else:
-                jobs[k] = _Job(img, jobs[k].deadline, jobs[k].on_event)
+                jobs[k] = _Job(img, jobs[k].deadline, jobs[k].on_event, jobs[k].client)
         return jobs, failed
 
-    async def _run_jobs(self, jobs: list[_Job]) -> list[Decision]:
+    async def _run_jobs(self, jobs: list[_Job], costly: bool) -> list[Decision]:
         jobs, failed = await self._decode_batch(jobs)
         if failed:
             live = [k for k in range(len(jobs)) if k not in failed]
             out = dict(failed)
             if live:
-                out.update(zip(live, await self._run_decoded([jobs[k] for k in live])))
+                out.update(zip(live, await self._run_decoded([jobs[k] for k in live], costly)))
             return [out[k] for k in range(len(jobs))]
-        return await self._run_decoded(jobs)
+        return await self._run_decoded(jobs, costly)
 
-    async def _run_decoded(self, jobs: list[_Job]) -> list[Decision]:
+    async def _run_decoded(self, jobs: list[_Job], costly: bool) -> list[Decision]:
         now = time.perf_counter()
         # A batch runs under its tightest deadline, so nobody in it is answered late.
         ends = [j.deadline for j in jobs if j.deadline is not None]
@@ -509,9 +534,15 @@ class DetectionService:
         listen = dispatch if any(h is not None for h in handlers) else None
         t = time.perf_counter()
         decisions = await self.cascade.run([j.image for j in jobs], deadline_s=remaining, on_event=listen)
-        per = (time.perf_counter() - t) / len(jobs)
-        spi = self.seconds_per_image
-        self.seconds_per_image = per if spi is None else 0.8 * spi + 0.2 * per
+        took = time.perf_counter() - t
+        self.client_costs.charge([j.client for j in jobs], [j.image.width * j.image.height for j in jobs], took)
+        per = took / len(jobs)
+        spi = self._costly_seconds_per_image if costly else self.seconds_per_image
+        spi = per if spi is None else 0.8 * spi + 0.2 * per
+        if costly:
+            self._costly_seconds_per_image = spi
+        else:
+            self.seconds_per_image = spi
         if self.observer is not None:
             for d in decisions:
                 self.observer.on_decision(d)

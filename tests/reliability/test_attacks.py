@@ -433,3 +433,118 @@ def test_decoding_in_threads_reserves_the_decodes_memory_too(live_server, model_
                    timeout=60)
     assert r.status_code == 200, r.text[:300]
     assert _released(admission)
+
+
+def _costly_image_pipeline(model_dir: Path) -> Path:
+    # The tiny classifier, then 0.5 s per megapixel: a 2-MP image costs the cascade about 1 s, a
+    # 64x48 one under 2 ms (as a 16-MP image costs the default pipeline ten times a dashcam frame).
+    tier = """\
+  - name: sized
+    stages:
+      - name: clf
+        kind: onnx_classifier
+        model: tiny.onnx
+        threads: 1
+      - name: resize
+        kind: test_sleep
+        per_megapixel_s: 0.5
+"""
+    return write_pipeline(model_dir, "costly", first_tier=tier, deadline_s=10.0)
+
+
+@pytest.mark.parametrize("costly_image_s", [0.2, 0.0])
+def test_a_client_whose_images_cost_the_cascade_more_does_not_hold_up_others(live_server, model_dir: Path,
+                                                                             costly_image_s: float):
+    """Two clients: one sends 2-MP images back to back (1 s of cascade each), one sends small images
+    in a closed loop. With the costly lane (0.2 s), the small images never wait behind a large one;
+    with one lane for all (0), they do (the control: this test fails without the costly lane)."""
+    try:
+        socket.socket().bind((ATTACKER, 0))
+    except OSError:
+        pytest.skip(f"cannot bind {ATTACKER}")
+    srv = live_server(pipeline=str(_costly_image_pipeline(model_dir)), costly_image_s=costly_image_s)
+    big = {"content": _noise_png(1414), "headers": {"Content-Type": "image/png"}}  # 2.0 MP
+    small = {"content": _noise_png(64), "headers": {"Content-Type": "image/png"}}
+    with httpx.Client(timeout=30) as honest:  # what a typical image costs now
+        assert all(honest.post(srv.url + "/v1/detect", **small).status_code == 200 for _ in range(8))
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=ATTACKER), timeout=30) as attacker:
+        first = attacker.post(srv.url + "/v1/detect", **big)  # measured: from now on the client is costly
+        assert first.status_code == 200, first.text
+        stop = threading.Event()
+
+        def attack() -> None:
+            while not stop.is_set():
+                assert attacker.post(srv.url + "/v1/detect", **big).status_code == 200
+
+        thread = threading.Thread(target=attack, daemon=True)
+        thread.start()
+        latencies = []
+        with httpx.Client(timeout=30) as honest:
+            end = time.perf_counter() + 4.0
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                assert honest.post(srv.url + "/v1/detect", **small).status_code == 200
+                latencies.append(time.perf_counter() - t)
+        stop.set()
+        thread.join(30)
+    costs = srv.app.state.service.client_costs
+    assert costs.cost(ATTACKER) > 0.5 > costs.cost("127.0.0.1")  # each charged its own images' time
+    if costly_image_s:
+        assert max(latencies) < 0.5, f"a small image waited behind a large one: {max(latencies):.2f} s"
+        assert len(latencies) > 20
+    else:
+        assert max(latencies) > 0.5  # one lane: the small images wait for the large ones' batches
+
+
+def _refusal_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "workzone.access"]
+
+
+def test_each_refusal_is_logged_with_its_reason_and_client_at_a_bounded_rate(live_server, model_dir: Path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="workzone.access")
+    loading = write_pipeline(model_dir, "loading", first_tier=FAST_TIER + "      - name: wait\n        kind: test_sleep\n"
+                                                                           "        load_s: 60\n")
+    srv = live_server(wait_ready=False, pipeline=str(loading), refusal_log_per_s=2)
+    t = time.perf_counter()
+    with httpx.Client(timeout=10) as client:
+        codes = [client.post(srv.url + "/v1/detect?api_key=s3cret-in-query", content=b"x",
+                             headers={"Content-Type": "image/jpeg"}).status_code for _ in range(40)]
+        took = time.perf_counter() - t
+        assert set(codes) == {503}  # still loading: refused before the body
+        lines = _refusal_lines(caplog)
+        assert 1 <= len(lines) <= 2 + 2 * took + 1, (took, lines)  # one second's burst, then 2 a second
+        assert all("refused 503 not_ready client=127.0.0.1 POST /v1/detect" in line for line in lines)
+        assert not any("s3cret" in line or "?" in line for line in lines)  # no query string
+        time.sleep(1.1)
+        client.post(srv.url + "/v1/detect", content=b"x", headers={"Content-Type": "image/jpeg"})
+    import re
+
+    every = _refusal_lines(caplog)  # the last request's line counts the ones left out before it
+    left_out = sum(int(m) for line in every for m in re.findall(r"\((\d+) more refusals not logged", line))
+    assert len(every) + left_out == 41 and left_out > 0, every
+
+
+def test_a_refusal_decided_after_the_body_is_logged_with_the_limit_that_refused_it(live_server, model_dir: Path,
+                                                                                   caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="workzone.access")
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "heldlog")), max_held_bytes=16 << 20)
+    # A body still arriving: its bytes count against the budget as they arrive.
+    hog = socket.create_connection(("127.0.0.1", srv.port))
+    hog.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 19000000\r\n\r\n"
+                + b"\0" * 15_000_000)
+    flat = io.BytesIO()
+    PILImage.new("RGB", (1000, 1000)).save(flat, "PNG")  # a 3-KB body, 2.9 MiB of pixels
+    try:
+        time.sleep(0.5)
+        r = httpx.post(srv.url + "/v1/detect", content=flat.getvalue(), headers={"Content-Type": "image/png"},
+                       timeout=10)  # its pixels and the 14.3 MiB held pass the 16 MiB
+        assert r.status_code == 429, r.text
+        assert "MiB" not in r.text  # the client is told a fixed sentence; the log has the reason
+    finally:
+        hog.close()
+    (line,) = [x for x in _refusal_lines(caplog) if "429" in x]
+    assert "refused 429 overloaded client=127.0.0.1 POST /v1/detect: the request's images need memory" in line, line

@@ -25,6 +25,8 @@ from workzone.types import EarlierReports, Evidence, Image, StageOutput
 # -- test-only stages ------------------------------------------------------------------------------
 class SleepParams(StageParams):
     sleep_s: float = Field(default=0.0, ge=0, description="seconds predict takes (asyncio.sleep, like a remote call)")
+    per_megapixel_s: float = Field(default=0.0, ge=0, description="more seconds per megapixel of the batch: work "
+                                   "that grows with the image, as a detector's resize does")
     load_s: float = Field(default=0.0, ge=0, description="seconds load takes")
     log_odds: float = 2.0
     fail: bool = Field(default=False, description="raise from predict instead of answering")
@@ -41,7 +43,8 @@ class SleepStage(Stage):
         await asyncio.sleep(self.params.load_s)
 
     async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
-        await asyncio.sleep(self.params.sleep_s)
+        megapixels = sum(im.width * im.height for im in batch) / 1e6
+        await asyncio.sleep(self.params.sleep_s + self.params.per_megapixel_s * megapixels)
         if self.params.fail:
             raise RuntimeError("test_sleep stage told to fail")
         return [StageOutput(self.params.log_odds, Evidence(notes=(f"slept {self.params.sleep_s}s",)))

@@ -21,6 +21,12 @@ held is released when its response is sent.
 :func:`header_timeout_protocol` gives uvicorn a protocol class that answers 408 and closes a
 connection whose request headers do not arrive within the header timeout (slow-loris clients), and
 431 when they pass the header size limit.
+
+Every 429 and 503 a detect route answers is logged on one line (logger ``workzone.access``): the
+status, the error type, the client address, the method and path (never the query string, which
+may carry secrets), and the server's own reason (which limit refused it). :class:`RefusalLog` keeps
+an attack from flooding the log: at most ``per_s`` lines a second, and the next line says how many
+refusals were not logged.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 from workzone.errors import InvalidImageError, Overloaded, RequestTimeout, ShuttingDown
+from workzone.server.errors import REFUSAL_KEY
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -41,8 +49,10 @@ if TYPE_CHECKING:
 
     from workzone.service import DetectionService
 
-__all__ = ["Admission", "AdmissionMiddleware", "arrival_time", "reserve", "working_memory", "client_group", "header_timeout_protocol",
-           "GUARDED_PATHS", "ENDPOINT_KEY"]
+__all__ = ["Admission", "AdmissionMiddleware", "RefusalLog", "arrival_time", "reserve", "working_memory", "client_group",
+           "header_timeout_protocol", "GUARDED_PATHS", "ENDPOINT_KEY"]
+
+access_log = logging.getLogger("workzone.access")
 
 _ARRIVED = "workzone.arrived"
 _HELD = "workzone.held"
@@ -99,8 +109,14 @@ class Admission:
         memory limit is reached, or the work already admitted would take more than half the
         request's deadline (it could not be answered in time: better refused now than late)."""
         late = deadline_s is not None and expected_wait_s > _WAIT_SHARE * deadline_s
-        if self.inflight >= self.max_inflight or self.held_bytes >= self.max_held_bytes or late:
-            self._refuse()
+        if self.inflight >= self.max_inflight:
+            self._refuse(f"{self.inflight} requests in flight, the limit (WORKZONE_MAX_INFLIGHT)")
+        if self.held_bytes >= self.max_held_bytes:
+            self._refuse(f"{self.held_bytes / 2**20:.0f} MiB held of {self.max_held_bytes / 2**20:.0f} MiB "
+                         "(WORKZONE_MAX_HELD_BYTES)")
+        if late:
+            self._refuse(f"the work admitted would take {expected_wait_s:.2f} s, more than half the request's "
+                         f"{deadline_s:g}-s deadline")
 
     def begin_upload(self, client: str) -> int:
         """Count one more body arriving from ``client``; :class:`Overloaded` past its limit.
@@ -110,7 +126,7 @@ class Admission:
         """
         n = self.uploads.get(client, 0)
         if n >= self.max_uploads_per_client:
-            self._refuse()
+            self._refuse(f"{n} bodies arriving from this client address, the limit (WORKZONE_MAX_UPLOADS_PER_CLIENT)")
         self.uploads[client] = n + 1
         window = int(time.monotonic() / _FRESH_S)
         for old in [w for w in self.fresh if w < window - 1]:
@@ -146,9 +162,45 @@ class Admission:
             return 0.0
         return self.penalty_s if time.monotonic() - q[0] < self.strike_window_s else 0.0
 
-    def _refuse(self) -> None:
+    def _refuse(self, reason: str) -> None:
         self.refused += 1
-        raise Overloaded(self.inflight, self.max_inflight, self.retry_after_s)
+        raise Overloaded(self.inflight, self.max_inflight, self.retry_after_s, reason)
+
+
+@dataclass
+class RefusalLog:
+    """One warning line per refused request, at most ``per_s`` lines a second (a token bucket holding
+    one second's worth); the refusals past it are counted, and the next line logged says how many.
+
+    Attributes:
+        per_s: most lines a second (0: none are logged).
+        logger: where the lines go.
+    """
+
+    per_s: float = 2.0
+    logger: logging.Logger = access_log
+    suppressed: int = 0
+    _tokens: float = -1.0
+    _at: float = 0.0
+
+    def refused(self, status: int, kind: str, client: str, scope: "Scope", reason: str) -> bool:
+        """Log the refusal of ``scope``'s request unless over the rate; returns whether it was logged."""
+        if self.per_s <= 0:
+            return False
+        now = time.monotonic()
+        burst = max(1.0, self.per_s)
+        self._tokens = burst if self._tokens < 0 else min(burst, self._tokens + (now - self._at) * self.per_s)
+        self._at = now
+        if self._tokens < 1.0:
+            self.suppressed += 1
+            return False
+        self._tokens -= 1.0
+        more = f" ({self.suppressed} more refusals not logged since the last line)" if self.suppressed else ""
+        self.suppressed = 0
+        # The path without its query string: a query may carry a key.
+        self.logger.warning("refused %d %s client=%s %s %s: %s%s", status, kind, client, scope.get("method", "-"),
+                            scope.get("path", "-"), reason.replace("\n", " ")[:300], more)
+        return True
 
 
 def arrival_time(request: "Request") -> float:
@@ -207,7 +259,8 @@ def _refuse_for_its_images(request: "Request", admission: Admission) -> None:
     # A strike for its client, as a 422 is: a client sending large images back to back, each refused
     # in milliseconds, would otherwise keep the server busy refusing them by sheer rate.
     request.scope[_STRIKE] = True
-    admission._refuse()
+    admission._refuse(f"the request's images need memory that the budget cannot give now "
+                      f"({admission.held_bytes / 2**20:.0f} MiB held of {admission.max_held_bytes / 2**20:.0f} MiB)")
 
 
 def client_group(scope: "Scope") -> str:
@@ -236,14 +289,16 @@ class AdmissionMiddleware:
         admission: the shared counters and limits.
         body_timeout_s: longest time a whole body may take to arrive (the request's deadline, if
             shorter, bounds it too).
+        refusal_log: where each 429 and 503 is logged (rate-limited); none when omitted.
     """
 
     def __init__(self, app: "ASGIApp", service: "DetectionService", admission: Admission,
-                 body_timeout_s: float) -> None:
+                 body_timeout_s: float, refusal_log: RefusalLog | None = None) -> None:
         self.app = app
         self.service = service
         self.admission = admission
         self.body_timeout_s = body_timeout_s
+        self.refusal_log = refusal_log or RefusalLog(per_s=0)
 
     async def __call__(self, scope: "Scope", receive: "Receive", send: "Send") -> None:
         if scope["type"] != "http":
@@ -262,9 +317,11 @@ class AdmissionMiddleware:
             admission.check(self.service.expected_wait_s(admission.inflight + admission.upcoming()), deadline)
             token = admission.begin_upload(client)
         except Exception as exc:  # noqa: BLE001 - NotReady, ShuttingDown, Overloaded: answered before the body
-            from workzone.server.errors import error_response
+            from workzone.server.errors import error_response, error_status
 
             scope[ENDPOINT_KEY] = scope["path"]
+            status, kind = error_status(exc)
+            self.refusal_log.refused(status, kind, client, scope, f"before the body: {exc}")
             await error_response(exc, admission.retry_after_s)(scope, receive, send)
             return
         delay = admission.penalty(client)
@@ -316,9 +373,13 @@ class AdmissionMiddleware:
             return message
 
         async def watched_send(message: "Message") -> None:
-            if message["type"] == "http.response.start" and (
-                    message.get("status") == 422 or message.get("status") == 429 and scope.get(_STRIKE)):
-                admission.strike(client)  # an unreadable or too costly image: see Admission.penalty
+            if message["type"] == "http.response.start":
+                status = message.get("status")
+                if status == 422 or status == 429 and scope.get(_STRIKE):
+                    admission.strike(client)  # an unreadable or too costly image: see Admission.penalty
+                if status in (429, 503):
+                    kind, reason = scope.get(REFUSAL_KEY, ("-", "-"))
+                    self.refusal_log.refused(status, kind, client, scope, reason)
             await send(message)
 
         try:

@@ -19,8 +19,9 @@ from fastapi.openapi.utils import get_openapi
 
 import workzone
 from workzone.micro_batcher import BatchPolicy
+from workzone.client_costs import ClientCosts
 from workzone.io.images import ImageLimits
-from workzone.server.admission import Admission, AdmissionMiddleware, header_timeout_protocol
+from workzone.server.admission import Admission, AdmissionMiddleware, RefusalLog, header_timeout_protocol
 from workzone.server.errors import register_exception_handlers
 from workzone._loop import lower_priority_executor
 from workzone._memory import freeze_loaded_objects, limit_malloc_arenas
@@ -54,7 +55,8 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
                                           decode_workers=settings.decode_workers,
                                           decoder=ImageDecoder(settings.device, limits=limits, gpu_decode=settings.gpu_decode,
                                                                processes=processes),
-                                          request_decode_cpu_s=settings.request_decode_cpu_s)
+                                          request_decode_cpu_s=settings.request_decode_cpu_s,
+                                          client_costs=ClientCosts(settings.costly_image_s))
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -102,7 +104,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     # admission's 429s, which are sent before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdmissionMiddleware, service=service, admission=admission,
-                       body_timeout_s=settings.body_timeout_s)
+                       body_timeout_s=settings.body_timeout_s, refusal_log=RefusalLog(settings.refusal_log_per_s))
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request
     from starlette.responses import JSONResponse
 
-__all__ = ["error_status", "error_body", "public_message", "register_exception_handlers"]
+__all__ = ["error_status", "error_body", "public_message", "register_exception_handlers", "REFUSAL_KEY"]
 
 log = logging.getLogger("workzone.server")
 
@@ -75,6 +75,10 @@ _STATUS: dict[type[BaseException], tuple[int, str]] = {
     WorkzoneError: (500, "internal_error"),
 }
 
+
+#: Scope key where the handlers leave the server's own reason for a 429/503, for the refusal log
+#: (:class:`workzone.server.admission.RefusalLog`); the client is told a fixed sentence.
+REFUSAL_KEY = "workzone.refusal"
 
 def error_status(exc: BaseException) -> tuple[int, str]:
     """HTTP status and error type for ``exc``; unknown exceptions are 500 ``internal_error``."""
@@ -142,7 +146,10 @@ def register_exception_handlers(app: "FastAPI", default_retry_after: float = 1.0
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.responses import JSONResponse
 
-    async def _workzone(_: "Request", exc: Exception) -> JSONResponse:
+    async def _workzone(request: "Request", exc: Exception) -> JSONResponse:
+        status, kind = error_status(exc)
+        if status in (429, 503):  # the reason for the refusal log (admission.RefusalLog), not for the client
+            request.scope[REFUSAL_KEY] = (kind, str(exc))
         return error_response(exc, default_retry_after)
 
     async def _validation(_: "Request", exc: Exception) -> JSONResponse:

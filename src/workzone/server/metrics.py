@@ -84,9 +84,9 @@ class _ServiceCollector(Collector):
     def collect(self) -> Iterable[Any]:
         svc = self.service
         depth = GaugeMetricFamily("workzone_queue_depth", "images waiting for a batch")
-        depth.add_metric([], svc.batcher.depth)
+        depth.add_metric([], svc.batcher.depth + svc.costly_batcher.depth)
         running = GaugeMetricFamily("workzone_batch_running", "images inside running batches")
-        running.add_metric([], svc.batcher.running)
+        running.add_metric([], svc.batcher.running + svc.costly_batcher.running)
         ready = GaugeMetricFamily("workzone_ready", "1 when every stage is warmed up and work is accepted")
         ready.add_metric([], 1.0 if svc.ready else 0.0)
         breakers = GaugeMetricFamily("workzone_breaker_state", "circuit breaker state of remote stages "

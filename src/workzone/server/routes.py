@@ -21,7 +21,7 @@ from workzone.answer import public_answer
 from workzone.cascade import TierEvent
 from workzone.errors import DeadlineExceeded, DecodeBudgetExceeded, InvalidImageError, Overloaded, Unauthorized
 from workzone.io.images import ImageHeader
-from workzone.server.admission import arrival_time, reserve, working_memory
+from workzone.server.admission import arrival_time, client_group, reserve, working_memory
 from workzone.server.errors import error_body, error_status, public_message
 from workzone.server.inputs import RawImage, deadline_header, image_bytes, read_batch, read_single
 from workzone.server.protocol import (
@@ -151,7 +151,8 @@ async def detect(request: Request) -> dict[str, Any]:
         (image,) = await _load(request, [raw], deadline)
     except DeadlineExceeded:
         return public_answer(svc.prior_decision(raw.source, "the deadline passed before the image was decoded"))
-    decision = await svc.detect(image, deadline_s=deadline, arrived_at=arrived)  # type: ignore[arg-type]
+    decision = await svc.detect(image, deadline_s=deadline, arrived_at=arrived,  # type: ignore[arg-type]
+                                client=client_group(request.scope))
     return public_answer(decision)
 
 
@@ -181,7 +182,7 @@ async def detect_batch(request: Request) -> dict[str, Any]:
                                 f"{public_message(loaded[0])}")  # type: ignore[arg-type]
     if ok:
         decisions = await svc.detect_many([loaded[i] for i in ok], deadline_s=deadline,  # type: ignore[misc]
-                                          arrived_at=arrived)
+                                          arrived_at=arrived, client=client_group(request.scope))
         for i, d in zip(ok, decisions):
             results[i]["decision"] = public_answer(d)
     return {"results": results}
@@ -264,7 +265,8 @@ async def detect_stream(request: Request) -> StreamingResponse:
         return StreamingResponse(iter([_sse("decision", public_answer(prior))]), media_type="text/event-stream",
                                  headers=headers)
     events: asyncio.Queue[TierEvent] = asyncio.Queue()
-    (future,) = svc.submit([image], deadline_s=deadline, on_event=events.put_nowait, arrived_at=arrival_time(request))
+    (future,) = svc.submit([image], deadline_s=deadline, on_event=events.put_nowait, arrived_at=arrival_time(request),
+                           client=client_group(request.scope))
     return StreamingResponse(_stream(future, events), media_type="text/event-stream", headers=headers)
 
 

@@ -56,9 +56,18 @@ class ServerSettings(BaseSettings):
                                      "requests refused for their images in 10 s (422, or 429 because their memory "
                                      "could not be reserved) has each further request held this long before any "
                                      "work (0: never)")
+    refusal_log_per_s: float = Field(default=2.0, ge=0, le=1000, description="most lines a second in the log "
+                                     "(logger workzone.access, level warning) about refused detect requests (429, "
+                                     "503), one per refusal with its reason and client address; the refusals past "
+                                     "it are counted in the next line (0: none)")
     compute_nice: int = Field(default=5, ge=0, le=19, description="how many nice steps below the event loop the "
                               "threads that load and run the stages run (0: the same priority); the loop admits "
                               "and refuses requests, and must not wait for the CPU behind the cascade")
+    costly_image_s: float = Field(default=0.2, ge=0, le=60, description="cascade seconds per image (measured, "
+                                  "smoothed, by client address) above which, when it is also twice what a "
+                                  "typical image costs now, a client's images run in the costly lane: one image at "
+                                  "a time beside the shared batches, so no other client waits behind them (0: one "
+                                  "lane for all)")
     decode_workers: int = Field(default=2, ge=1, le=64, description="images decoded at the same time")
     decode_processes: bool = Field(default=True, description="decode in worker processes that are killed past the "
                                    "CPU budget (false: in threads, which cannot be stopped)")
