@@ -229,3 +229,51 @@ def test_pseudo_labels_take_unboxed_candidates_on_road_work_images_outside_the_f
     assert with_pseudo["pseudo_labels"] == {"floor": 0.5, "classes": list(PSEUDO_CLASSES), "crops": 1}
     assert with_pseudo["train_crops_by_class"]["cone"] == plain["train_crops_by_class"]["cone"] + 1
     assert plain["pseudo_labels"]["crops"] == 0
+
+
+def test_bags_are_the_candidates_of_each_road_work_image(pack: tuple) -> None:
+    from workzone_train.verifier_tune import positive_bags, read_crop_pack
+
+    items, path, _ = pack
+    p = read_crop_pack(path)
+    everything = np.ones(len(p["labels"]), bool)
+    bags = positive_bags(p, everything)
+    keys = [{items[p["owner"][r]].key for r in bag} for bag in bags]
+    # c0 (a cone on a boxed cone) and w0 (an unboxed cone) are road-work images; n0 and the German scene are not
+    assert keys == [{"roadwork-v1/images/c0.jpg"}, {"roadwork-v1/images/w0.jpg"}]
+    assert all(p["scored"][bag].all() for bag in bags)
+    # a fold's rows are left out of its bags
+    assert positive_bags(p, p["image"] != "roadwork-v1/images/w0.jpg") == bags[:1]
+
+
+def test_the_bag_loss_is_minus_the_log_of_each_bags_best_work_zone_probability() -> None:
+    from workzone_train.verifier import VERIFIER_CLASSES
+    from workzone_train.verifier_tune import bag_loss
+
+    none = VERIFIER_CLASSES.index("none")
+    logits = torch.zeros(3, len(VERIFIER_CLASSES), requires_grad=True)
+    with torch.no_grad():
+        logits[0, none] = 4.0  # crop 0: almost surely none
+        logits[1, none] = 1.0  # crop 1, same bag: less sure
+        logits[2, none] = -2.0  # crop 2, its own bag: a work-zone class, surely
+    loss = bag_loss(logits, torch.tensor([0, 0, 1]), 2)
+    p_work = 1 - torch.softmax(logits.detach(), 1)[:, [none, VERIFIER_CLASSES.index("sign_other")]].sum(1)
+    assert float(loss) == pytest.approx(float(-(torch.log(p_work[1]) + torch.log(p_work[2])) / 2), rel=1e-5)
+    loss.backward()
+    # only each bag's best crop learns; in bag 0 that is crop 1, pushed away from none
+    assert float(logits.grad[0].abs().sum()) == 0.0 and float(logits.grad[1, none]) > 0
+
+
+def test_a_fold_trains_with_the_bag_loss_of_road_work_images_outside_it(pack: tuple, tmp_path: Path) -> None:
+    from workzone.errors import DataError
+    from workzone_train.verifier_tune import finetune_fold, read_crop_pack
+
+    _, path, _ = pack
+    p = read_crop_pack(path)
+    summary = finetune_fold(p, "b", tmp_path / "mil", epochs=1, batch_size=4, workers=0, device="cpu",
+                            mil_weight=1.0, mil_bags=2, log=lambda _: None)
+    assert summary["mil"] == {"weight": 1.0, "bags": 2, "bags_per_step": 2}
+    assert (tmp_path / "mil" / "b-probs.npz").exists()
+    with pytest.raises(DataError, match="each crop's image"):
+        finetune_fold({**p, "image": None}, "b", tmp_path / "old", epochs=1, mil_weight=1.0, device="cpu",
+                      log=lambda _: None)

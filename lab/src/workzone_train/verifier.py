@@ -587,6 +587,7 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
                             "to end", "epochs": full["epochs"], "seconds": full["seconds"],
                 "backbone_lr": full.get("backbone_lr", 1.0), "match_resolution": full.get("match_resolution", 0.0),
                 "pseudo_labels": full.get("pseudo_labels", {"floor": 0.0, "classes": [], "crops": 0}),
+                "mil": full.get("mil", {"weight": 0.0, "bags": 0, "bags_per_step": 0}),
                 "recipe": "workzone train verifier-pack, verifier-loso (one GPU), loso-scores --verifier-run"}
             export_finetuned_verifier(finetuned / "verifier-seed0.pt", target, sidecar=sidecar)
         else:

