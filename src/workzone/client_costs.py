@@ -29,6 +29,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
+from workzone.errors import ConfigError
+
 __all__ = ["ClientCosts"]
 
 log = logging.getLogger("workzone.client_costs")
@@ -64,11 +66,11 @@ class ClientCosts:
 
     def __post_init__(self) -> None:
         if self.ratio < 1:
-            raise ValueError(f"ratio: expected >= 1, got {self.ratio}")
+            raise ConfigError(f"ratio: expected >= 1, got {self.ratio}")
         if self.costly_image_s < 0:
-            raise ValueError(f"costly_image_s: expected >= 0, got {self.costly_image_s}")
+            raise ConfigError(f"costly_image_s: expected >= 0, got {self.costly_image_s}")
         if not 0 < self.smoothing <= 1:
-            raise ValueError(f"smoothing: expected in (0, 1], got {self.smoothing}")
+            raise ConfigError(f"smoothing: expected in (0, 1], got {self.smoothing}")
 
     def is_costly(self, client: Hashable | None, pixels: int = 0) -> bool:
         """Whether ``client``'s images (of ``pixels`` each, for a client not measured yet) run in the

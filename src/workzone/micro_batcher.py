@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
-from workzone.errors import Overloaded, ShuttingDown
+from workzone.errors import ConfigError, Overloaded, ShuttingDown
 
 __all__ = ["MicroBatcher", "BatchPolicy"]
 
@@ -55,13 +55,13 @@ class BatchPolicy:
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size: expected >= 1, got {self.max_batch_size}")
+            raise ConfigError(f"max_batch_size: expected >= 1, got {self.max_batch_size}")
         if self.max_wait_s < 0:
-            raise ValueError(f"max_wait_s: expected >= 0, got {self.max_wait_s}")
+            raise ConfigError(f"max_wait_s: expected >= 0, got {self.max_wait_s}")
         if self.max_queue < 1:
-            raise ValueError(f"max_queue: expected >= 1, got {self.max_queue}")
+            raise ConfigError(f"max_queue: expected >= 1, got {self.max_queue}")
         if self.workers < 1:
-            raise ValueError(f"workers: expected >= 1, got {self.workers}")
+            raise ConfigError(f"workers: expected >= 1, got {self.workers}")
 
 
 @dataclass

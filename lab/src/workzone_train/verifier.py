@@ -33,7 +33,7 @@ import numpy as np
 from workzone_train._deps import require
 from workzone_train.detector import box_iou
 from workzone_train.frozen_lr import IMAGENET_MEAN as _MEAN_RGB, IMAGENET_STD as _STD_RGB, lite0_backbone, lite0_feature_session
-from workzone.verified_evidence import candidate_crops, select_candidates
+from workzone.verified_evidence import candidate_crops, select_candidates, window_side
 
 __all__ = ["VERIFIER_CLASSES", "VERIFY_FEATURE_SETS", "CropItem", "VerifierHead", "build_crop_table", "degrade",
            "embed_crops", "item_crops", "fit_verifier", "fit_mlp_verifier", "fit_head", "VERIFIER_HEADS", "verifier_probs",
@@ -44,8 +44,6 @@ VERIFIER_CLASSES: tuple[str, ...] = ("cone", "drum", "post", "barricade", "barri
                                      "machine", "sign_other", "none")
 CROP_SIZE = 96
 CONTEXT = 2.0
-# candidate_crops' smallest window side (its default), in image pixels.
-_MIN_WINDOW = 12.0
 # Candidates the verifier judges per image, and the lowest detector score that makes one.
 CANDIDATE_FLOOR = 0.05
 MAX_CANDIDATES = 8
@@ -157,10 +155,19 @@ def _prop_crops(item: CropItem, load: Callable[[Path], np.ndarray]) -> tuple[lis
 
 
 def crop_window_side(box: np.ndarray) -> float:
-    """The side, in the image's own pixels, of the window :func:`candidate_crops` cuts around ``box`` (x1, y1,
-    x2, y2 in pixels): how much detail the crop really holds once resized to ``CROP_SIZE``."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return max(_MIN_WINDOW, CONTEXT * max(x2 - x1, y2 - y1))
+    """The side, in the image's own pixels, of the window the verifier's crop of ``box`` (x1, y1, x2, y2 in pixels)
+    is cut from (:func:`workzone.verified_evidence.window_side` at the verifier's context)."""
+    return window_side(box, context=CONTEXT)
+
+
+def seen_at(x: np.ndarray, m: int) -> np.ndarray:
+    """A (3, S, S) crop in [0, 1] as a window of ``m`` pixels shows it: down to m x m and back up (bilinear)."""
+    from PIL import Image as PILImage
+
+    s = x.shape[-1]
+    im = PILImage.fromarray((x.transpose(1, 2, 0) * 255).astype(np.uint8))
+    return np.asarray(im.resize((m, m), PILImage.BILINEAR).resize((s, s), PILImage.BILINEAR), np.float32
+                      ).transpose(2, 0, 1) / 255.0
 
 
 def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -173,7 +180,6 @@ def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     x = crop.copy()
     kind = rng.integers(5)
-    s = x.shape[-1]
     if kind == 0:  # night: dark, blue-shifted, noisy, highlights kept (lamps, reflective sheeting)
         g = rng.uniform(0.15, 0.4)
         x = np.clip(x ** rng.uniform(1.6, 2.6) * g * 2.5, 0, 1) * np.array([0.8, 0.85, 1.0])[:, None, None]
@@ -182,10 +188,7 @@ def degrade(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         a = rng.uniform(0.35, 0.7)
         x = x * (1 - a) + a * rng.uniform(0.6, 0.85)
     elif kind == 2:  # far and small: the crop seen at 12-32 px, then upscaled
-        m = int(rng.integers(12, 33))
-        im = PILImage.fromarray((x.transpose(1, 2, 0) * 255).astype(np.uint8))
-        x = np.asarray(im.resize((m, m), PILImage.BILINEAR).resize((s, s), PILImage.BILINEAR), np.float32
-                       ).transpose(2, 0, 1) / 255.0
+        x = seen_at(x, int(rng.integers(12, 33)))
     elif kind == 3:  # blur (motion or focus)
         im = PILImage.fromarray((x.transpose(1, 2, 0) * 255).astype(np.uint8))
         x = np.asarray(im.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.5))), np.float32).transpose(2, 0, 1) / 255.0

@@ -33,7 +33,7 @@ from workzone.errors import DataError
 from workzone_train._deps import require
 from workzone_train.frozen_lr import IMAGENET_MEAN, IMAGENET_STD
 from workzone_train.verifier import (CROP_SIZE, VERIFIER_CLASSES, CropItem, degrade, fold_of_source, item_crops,
-                                     items_digest)
+                                     items_digest, seen_at)
 
 __all__ = ["write_crop_pack", "read_crop_pack", "build_verifier_net", "finetune_fold", "read_verifier_run",
            "export_finetuned_verifier", "run_verifier_loso", "match_resolution", "add_matched_copies",
@@ -189,17 +189,12 @@ def match_resolution(x: np.ndarray, side: float, seen: float) -> np.ndarray:
     """A (3, S, S) crop cut from a ``side``-pixel window, as it would look cut from a ``seen``-pixel one.
 
     A crop holds ``min(side, S)`` pixels of detail; where ``seen`` is less, it is brought down to ``seen`` pixels
-    and back up to S, as :func:`candidate_crops` upsamples a small window. Unchanged otherwise.
+    and back up to S (:func:`seen_at`, as a small window is upsampled at run time). Unchanged otherwise.
     """
-    from PIL import Image as PILImage
-
-    s = x.shape[-1]
     m = int(round(seen))
-    if m >= min(side, s) or m < 1:
+    if m >= min(side, x.shape[-1]) or m < 1:
         return x
-    im = PILImage.fromarray((x.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8))
-    return np.asarray(im.resize((m, m), PILImage.BILINEAR).resize((s, s), PILImage.BILINEAR), np.float32
-                      ).transpose(2, 0, 1) / 255.0
+    return seen_at(x, m)
 
 
 def _augment(x: np.ndarray, rng: np.random.Generator, *, side: float = 0.0,
