@@ -58,3 +58,22 @@ def test_zero_turns_it_off_and_the_quietest_clients_are_forgotten():
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         ClientCosts(**kwargs)
+
+
+def test_a_client_alone_is_never_costly_however_its_batches_vary():
+    """One client sending all the traffic (a load test, one validator): a slow batch must not move it,
+    and with it the whole server, to the one-image lane; it is compared with other clients' images."""
+    costs = ClientCosts(costly_image_s=0.2)
+    costs.charge(["a"] * 16, [300_000] * 16, 16 * 0.03)
+    costs.charge(["a"], [300_000], 2.0)  # one slow batch: 1 s smoothed, 33x its typical image
+    assert costs.cost("a") > 0.2 and not costs.is_costly("a")
+    costs.charge(["b"] * 16, [300_000] * 16, 16 * 0.03)  # another client, typical images
+    assert costs.is_costly("a") and not costs.is_costly("b")  # now someone waits behind a's images
+
+
+def test_a_client_sending_most_images_is_costly_beside_cheap_ones():
+    costs = ClientCosts(costly_image_s=0.2)
+    costs.charge(["h"] * 8, [300_000] * 8, 8 * 0.03)  # an honest client's few images
+    for _ in range(40):  # an attacker's large images, back to back: most of the recent ones
+        costs.charge(["a"], [16_000_000], 1.0)
+    assert costs.is_costly("a") and not costs.is_costly("h")

@@ -20,12 +20,20 @@ image: the fixed part of an image's cost is counted per pixel too, so a large fi
 towards the costly lane). A client whose images become cheap again leaves the costly lane after a
 few of them. The typical image's cost keeps a saturated server in one lane: when every batch is
 slow, every client's images cost more than ``costly_image_s``, but none costs more than the others.
+
+A client that sent more than a quarter of the recent images is compared with the images of the
+others only, and never called costly when the others sent fewer than ``_MIN_OTHERS`` of them: the
+lane protects other clients, and with one client (a load test, a single validator, a proxy in front)
+there is nobody to protect, while sending all of the traffic one image at a time, unbatched, would
+cut the whole server's rate to that of one-image batches (on a GPU, a small fraction of it). Its
+images are compared with themselves otherwise, and a batch that happened to be slow (a first run, a
+busy CPU) would flag it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
@@ -34,6 +42,10 @@ from workzone.errors import ConfigError
 __all__ = ["ClientCosts"]
 
 log = logging.getLogger("workzone.client_costs")
+
+_WINDOW = 256  # recent images the typical cost is taken over
+_DOMINANT = 0.25  # share of the recent images above which a client is compared with the others only
+_MIN_OTHERS = 8  # images of other clients needed to compare a dominant client with
 
 
 @dataclass
@@ -59,9 +71,13 @@ class ClientCosts:
     smoothing: float = 0.5
     max_clients: int = 10_000
     _per_image: OrderedDict[Hashable, float] = field(default_factory=OrderedDict)
-    _recent: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    _recent: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    _recent_clients: deque[Hashable | None] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     _typical: float = 0.0
-    _recent_per_pixel: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    #: The typical cost of the other clients' images, for the clients that sent most of the recent ones
+    #: (None: too few others to compare with).
+    _typical_apart: dict[Hashable, float | None] = field(default_factory=dict)
+    _recent_per_pixel: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     _typical_per_pixel: float = 0.0
 
     def __post_init__(self) -> None:
@@ -80,7 +96,12 @@ class ClientCosts:
         cost = self._per_image.get(client)
         if cost is None:  # not measured yet: its pixels at the typical cost per pixel
             cost = pixels * self._typical_per_pixel
-        return cost > self.costly_image_s and cost > self.ratio * self._typical
+        typical = self._typical_apart.get(client, self._typical)
+        return typical is not None and cost > self.costly_image_s and cost > self.ratio * typical
+
+    def _typical_of_others(self, client: Hashable) -> float | None:
+        others = sorted(c for c, who in zip(self._recent, self._recent_clients) if who != client)
+        return others[len(others) // 4] if len(others) >= _MIN_OTHERS else None
 
     def cost(self, client: Hashable) -> float | None:
         """The smoothed seconds per image charged to ``client``, or None before its first image."""
@@ -96,6 +117,7 @@ class ClientCosts:
         for client, px in zip(clients, pixels):
             spent = seconds * px / total
             self._recent.append(spent)
+            self._recent_clients.append(client)
             self._recent_per_pixel.append(seconds / total)
             if client is None:
                 continue
@@ -105,6 +127,8 @@ class ClientCosts:
             self._per_image.popitem(last=False)
         ordered = sorted(self._recent)
         self._typical = ordered[len(ordered) // 4]
+        self._typical_apart = {c: self._typical_of_others(c) for c, n in Counter(self._recent_clients).items()
+                               if c is not None and n > _DOMINANT * len(self._recent_clients)}
         ordered = sorted(self._recent_per_pixel)
         self._typical_per_pixel = ordered[len(ordered) // 4]
         for client, costly in was.items():  # one line when a client changes lanes, not one per image

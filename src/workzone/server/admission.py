@@ -150,8 +150,12 @@ class Admission:
         if len(self.strikes) > 10_000:  # many addresses: forget the quiet ones
             for key in [k for k, q in self.strikes.items() if not q or now - q[-1] > self.strike_window_s]:
                 del self.strikes[key]
+        held = self.penalty(client) > 0
         q = self.strikes.setdefault(client, deque(maxlen=self.free_strikes + 1))
         q.append(now)
+        if not held and self.penalty(client):  # once per onset, so the log says why a client slowed down
+            access_log.warning("penalised: client=%s had %d requests refused for their images within %g s; each "
+                               "further request is held %g s", client, len(q), self.strike_window_s, self.penalty_s)
 
     def penalty(self, client: str) -> float:
         """Seconds ``client``'s next request waits: ``penalty_s`` once it has more than ``free_strikes``

@@ -4,6 +4,15 @@ Requests are sent on a fixed schedule (``rate`` per second, not waiting for answ
 server shows up as latency, not as a lower offered rate. Latency runs from the scheduled send time
 to the end of the response. The percentiles that matter for the subnet are those of images that
 exit at tier 1, reported apart from the rest.
+
+Every answer that is not a 200 is counted by what it was (each status, its error type, transport
+errors by exception), and the server's own refusal log says which limit refused (in-flight, queue,
+memory, the per-client upload limit, ...): a row that went wrong says why.
+
+The load comes from ``addresses`` loopback source addresses (127.0.0.1, 127.0.0.2, ...; Linux routes
+all of 127.0.0.0/8 to loopback), requests dealt round-robin: a deployment is called by many
+validators and clients, and the server's per-client defences (the upload limit, the refusal penalty)
+count by address. ``addresses=1`` measures one client alone.
 """
 
 from __future__ import annotations
@@ -11,25 +20,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Iterator, Sequence
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from workzone.throughput.runs import Row
 from workzone.errors import WorkzoneError
 
-__all__ = ["http_latency", "http_sweep", "served"]
+__all__ = ["http_latency", "http_sweep", "served", "Served", "DEFAULT_ADDRESSES"]
+
+#: Loopback source addresses the load comes from unless told otherwise (see the module docstring).
+DEFAULT_ADDRESSES = 64
 
 
 @contextlib.contextmanager
 def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: float = 2.0, queue_size: int = 4096,
-           start_timeout_s: float = 240.0, probe: bytes | None = None) -> Iterator[str]:
-    """``workzone serve`` in a child process on a free loopback port; yields its base URL once it is ready.
+           start_timeout_s: float = 240.0, probe: bytes | None = None) -> Iterator["Served"]:
+    """``workzone serve`` in a child process on a free loopback port; yields it once it is ready.
 
     Ready means: ``/readyz`` answered 200 and, with ``probe``, one ``/v1/detect`` of it answered 200 with a
     probability (a server that started but cannot decide is not timed).
@@ -44,7 +59,9 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
            "--queue-size", str(queue_size), "--log-level", "warning"]
     # stderr to a file, not a pipe: a server that logs under load would block on a full pipe.
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=log)
+    # Every refusal logged (not 2 a second), so that the rows can say which limit refused.
+    env = {"WORKZONE_REFUSAL_LOG_PER_S": str(_REFUSAL_LOG_PER_S)} | dict(os.environ)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(httpx, base, proc, start_timeout_s, log)
@@ -53,7 +70,7 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
             body = r.json() if r.status_code == 200 else {}
             if r.status_code != 200 or not isinstance(body.get("probability"), float):
                 raise WorkzoneError(f"workzone serve started but answered a probe with {r.status_code}: {r.text[:300]}")
-        yield base
+        yield Served(base, log, log.seek(0, os.SEEK_END))
     finally:
         proc.terminate()
         try:
@@ -64,30 +81,38 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
 
 
 def http_latency(blobs: list[bytes], size: str, *, pipeline: str, device: str, rate: float, seconds: float,
-                 batch_size: int = 64, batch_wait_ms: float = 2.0, start_timeout_s: float = 240.0) -> Row:
-    """Serve ``pipeline`` on loopback and time ``rate`` requests/s of ``blobs`` for ``seconds``.
+                 batch_size: int = 64, batch_wait_ms: float = 2.0, start_timeout_s: float = 240.0,
+                 addresses: int = DEFAULT_ADDRESSES) -> Row:
+    """Serve ``pipeline`` on loopback and time ``rate`` requests/s of ``blobs`` for ``seconds``, sent
+    from ``addresses`` loopback source addresses.
 
     Raises:
         WorkzoneError: the server did not become ready within ``start_timeout_s``.
     """
     with served(pipeline, device, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
-                queue_size=max(256, int(rate * 2)), start_timeout_s=start_timeout_s, probe=blobs[0]) as base:
-        return _timed(base, blobs, size, device, rate, seconds, batch_size, batch_wait_ms)
+                queue_size=max(256, int(rate * 2)), start_timeout_s=start_timeout_s, probe=blobs[0]) as server:
+        return _timed(server, blobs, size, device, rate, seconds, batch_size, batch_wait_ms, addresses=addresses)
 
 
 def http_sweep(blobs: list[bytes], size: str, *, pipeline: str, device: str, rates: Sequence[float], seconds: float,
                p99_limit_ms: float = 100.0, search_seconds: float = 5.0, max_rate: float = 20000.0,
-               batch_size: int = 64, batch_wait_ms: float = 2.0, start_timeout_s: float = 240.0) -> list[Row]:
-    """One server, timed at each of ``rates``, then the highest rate whose p99 stays within ``p99_limit_ms``.
+               batch_size: int = 64, batch_wait_ms: float = 2.0, start_timeout_s: float = 240.0,
+               addresses: int = DEFAULT_ADDRESSES) -> list[Row]:
+    """One server, timed at each of ``rates``, then the highest rate whose p99 stays within ``p99_limit_ms``
+    (the load from ``addresses`` loopback source addresses).
 
     The search doubles past the last rate that held (up to ``max_rate``), then bisects three times between
     the best that held and the first that did not, ``search_seconds`` each; its rows say "search".
     """
     rows: list[Row] = []
     with served(pipeline, device, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
-                queue_size=max(1024, int(max(rates) * 2)), start_timeout_s=start_timeout_s, probe=blobs[0]) as base:
+                queue_size=max(1024, int(max(rates) * 2)), start_timeout_s=start_timeout_s, probe=blobs[0]) as server:
+        def timed(rate: float, secs: float, search: bool = False) -> Row:
+            return _timed(server, blobs, size, device, rate, secs, batch_size, batch_wait_ms, search=search,
+                          addresses=addresses)
+
         for rate in rates:
-            rows.append(_timed(base, blobs, size, device, rate, seconds, batch_size, batch_wait_ms))
+            rows.append(timed(rate, seconds))
 
         def holds(row: Row) -> bool:
             answered = row.stages.get("all requests", {})
@@ -98,7 +123,7 @@ def http_sweep(blobs: list[bytes], size: str, *, pipeline: str, device: str, rat
         hi = min((rate for rate, r in zip(rates, rows) if not holds(r) and rate > lo), default=None)
         steps = 0
         while hi is None and lo and lo * 2 <= max_rate and steps < 3:
-            row = _timed(base, blobs, size, device, lo * 2, search_seconds, batch_size, batch_wait_ms, search=True)
+            row = timed(lo * 2, search_seconds, search=True)
             rows.append(row)
             steps += 1
             if holds(row):
@@ -107,7 +132,7 @@ def http_sweep(blobs: list[bytes], size: str, *, pipeline: str, device: str, rat
                 hi = lo * 2
         for _ in range(3 if hi is not None else 0):
             mid = (lo + hi) / 2 if lo else hi / 2
-            row = _timed(base, blobs, size, device, mid, search_seconds, batch_size, batch_wait_ms, search=True)
+            row = timed(mid, search_seconds, search=True)
             rows.append(row)
             if holds(row):
                 lo, good = mid, row
@@ -122,24 +147,87 @@ def http_sweep(blobs: list[bytes], size: str, *, pipeline: str, device: str, rat
     return rows
 
 
-def _timed(base: str, blobs: list[bytes], size: str, device: str, rate: float, seconds: float, batch_size: int,
-           batch_wait_ms: float, *, search: bool = False) -> Row:
+def _timed(server: "Served", blobs: list[bytes], size: str, device: str, rate: float, seconds: float,
+           batch_size: int, batch_wait_ms: float, *, search: bool = False, addresses: int = DEFAULT_ADDRESSES) -> Row:
     httpx = __import__("httpx")
-    lat, tiers, errors, sent_s = asyncio.run(_load(httpx, base, blobs, rate, seconds))
-    lat_a, tier_a = np.array(lat), np.array(tiers)
+    # What the warm-up and earlier rows were refused is not this row's.
+    load = asyncio.run(_load(httpx, server.url, blobs, rate, seconds, addresses, warmed=server.refusals))
+    refused = server.refusals()
+    lat_a, tier_a = np.array(load.lat), np.array(load.tiers)
     t1 = lat_a[tier_a == 0] if len(lat_a) else lat_a
     pct = {"p50_ms": 50, "p95_ms": 95, "p99_ms": 99}
     stages = {"tier-1 exits": {k: float(np.percentile(t1, q)) for k, q in pct.items()} | {"n": float(len(t1))}} if len(t1) else {}
     if len(lat_a):
         stages["all requests"] = ({k: float(np.percentile(lat_a, q)) for k, q in pct.items()}
-                                  | {"n": float(len(lat_a)), "errors": float(errors)})
+                                  | {"n": float(len(lat_a)), "errors": float(load.errors)})
+    stages["answers"] = {k: float(v) for k, v in sorted(load.answers.items())}
+    if refused:
+        stages["server log"] = {k: float(v) for k, v in refused.most_common()}
     p99 = f"p99 {np.percentile(lat_a, 99):.1f} ms; " if len(lat_a) else ""
+    answers = ", ".join(f"{v} {k}" for k, v in sorted(load.answers.items()))
+    why = "; server log: " + ", ".join(f"{k} {v}" for k, v in refused.most_common()) if refused else ""
+    origin = f"from {addresses} loopback address{'es' if addresses != 1 else ''}"
     return Row(f"HTTP /v1/detect at {rate:.0f} req/s (open loop, loopback{', search' if search else ''})", device,
-               size, 1, len(lat), sent_s,
+               size, 1, len(load.lat), load.sent_s,
                float(np.percentile(lat_a, 50)) if len(lat_a) else float("nan"),
                float(np.percentile(lat_a, 95)) if len(lat_a) else float("nan"), stages=stages,
-               notes=f"{p99}{errors} errors; server batch {batch_size}, wait {batch_wait_ms} ms; "
-                     "images/s = answered/s; batch p50/p95 = request latency")
+               notes=f"{p99}{load.errors} errors; answers: {answers}{why}; {origin}; server batch {batch_size}, "
+                     f"wait {batch_wait_ms} ms; images/s = answered/s; batch p50/p95 = request latency")
+
+
+@dataclass
+class Served:
+    """A running ``workzone serve`` child: its base URL, and its log read for refusals."""
+
+    url: str
+    log: IO[bytes]
+    read_to: int = 0
+
+    def refusals(self) -> Counter[str]:
+        """What the server refused (and penalised) since the last call, from its log: by status, error
+        type and the limit that refused (see :func:`workzone.server.admission.RefusalLog`)."""
+        self.log.seek(self.read_to)
+        text = self.log.read().decode(errors="replace")
+        self.read_to = self.log.tell()
+        return refusal_counts(text)
+
+
+_REFUSAL_LOG_PER_S = 1000  # the most the server takes; past it the log counts what it left out
+#: What the server logs when a client address begins to be held (Admission.strike).
+_PENALISED = "penalised: client="
+_REFUSED = re.compile(r"refused (\d{3}) (\S+) client=\S+ \S+ \S+: (.*?)(?: \((\d+) more refusals not logged.*)?$")
+#: What workzone.client_costs logs when a client changes lanes: with one client address, the costly
+#: lane (one image at a time) would be the whole server.
+_LANES = (("now run in the costly lane", "client moved to the costly lane"),
+          ("back to the shared lane", "client back to the shared lane"))
+#: The limit a refusal names -> a short label (first match wins).
+_LIMITS = (("WORKZONE_MAX_UPLOADS_PER_CLIENT", "uploads per client"), ("WORKZONE_MAX_INFLIGHT", "in flight"),
+           ("WORKZONE_MAX_HELD_BYTES", "memory held"), ("budget cannot give", "memory for its images"),
+           ("more than half the request", "expected wait"), ("queue is full", "queue full"))
+
+
+def refusal_counts(log_text: str) -> Counter[str]:
+    """Count the refusal lines of a ``workzone serve`` log (``"429 overloaded: in flight"``, ...), the
+    penalties begun (``"penalty begun"``) and the clients' lane changes; refusals the log left out
+    are ``"not logged"``."""
+    out: Counter[str] = Counter()
+    for line in log_text.splitlines():
+        if _PENALISED in line:
+            out["penalty begun"] += 1
+            continue
+        lane = next((label for key, label in _LANES if key in line), None)
+        if lane is not None:
+            out[lane] += 1
+            continue
+        m = _REFUSED.search(line)
+        if m is None:
+            continue
+        status, kind, reason, skipped = m.groups()
+        label = next((short for key, short in _LIMITS if key in reason), reason.split(";")[0][:60])
+        out[f"{status} {kind}: {label}"] += 1
+        if skipped:
+            out["not logged"] += int(skipped)
+    return out
 
 
 def _free_port() -> int:
@@ -164,48 +252,69 @@ def _wait_ready(httpx: Any, base: str, proc: subprocess.Popen, timeout: float, l
     raise WorkzoneError(f"workzone serve was not ready within {timeout:.0f} s")
 
 
-async def _load(httpx: Any, base: str, blobs: list[bytes], rate: float, seconds: float
-                ) -> tuple[list[float], list[int], int, float]:
+@dataclass
+class _Load:
+    lat: list[float] = field(default_factory=list)
+    tiers: list[int] = field(default_factory=list)
+    #: Answers by what they were: "200", "429 overloaded", "transport ClientOSError", ...
+    answers: Counter[str] = field(default_factory=Counter)
+    sent_s: float = 0.0
+
+    @property
+    def errors(self) -> int:
+        return sum(n for k, n in self.answers.items() if k != "200")
+
+
+async def _load(httpx: Any, base: str, blobs: list[bytes], rate: float, seconds: float,
+                addresses: int = DEFAULT_ADDRESSES, warmed: Callable[[], Any] | None = None) -> _Load:
     try:
         import aiohttp  # lighter per request than httpx, so the generator's own cost stays out of the latency
     except ImportError:
         aiohttp = None
-    lat: list[float] = []
-    tiers: list[int] = []
-    errors = 0
     headers = {"content-type": "image/jpeg"}
+    sources = [f"127.0.0.{1 + a % 254}" if a < 254 else f"127.0.{a // 254}.{1 + a % 254}" for a in range(max(1, addresses))]
+    per = max(1, 2000 // len(sources))
     if aiohttp is not None:
-        session: Any = aiohttp.ClientSession(base_url=base, connector=aiohttp.TCPConnector(limit=2000),
-                                             timeout=aiohttp.ClientTimeout(total=30))
+        sessions: list[Any] = [aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=30),
+                                                     connector=aiohttp.TCPConnector(limit=per, local_addr=(a, 0)))
+                               for a in sources]
 
         async def post(i: int) -> tuple[int, Any]:
-            async with session.post("/v1/detect", data=blobs[i % len(blobs)], headers=headers) as r:
-                return r.status, (await r.json() if r.status == 200 else None)
+            async with sessions[i % len(sessions)].post("/v1/detect", data=blobs[i % len(blobs)], headers=headers) as r:
+                return r.status, _json(await r.read())
     else:
-        session = httpx.AsyncClient(base_url=base, timeout=30.0,
-                                    limits=httpx.Limits(max_connections=2000, max_keepalive_connections=2000))
+        sessions = [httpx.AsyncClient(base_url=base, timeout=30.0,
+                                      transport=httpx.AsyncHTTPTransport(local_address=a),
+                                      limits=httpx.Limits(max_connections=per, max_keepalive_connections=per))
+                    for a in sources]
 
         async def post(i: int) -> tuple[int, Any]:
-            r = await session.post("/v1/detect", content=blobs[i % len(blobs)], headers=headers)
-            return r.status_code, (r.json() if r.status_code == 200 else None)
+            r = await sessions[i % len(sessions)].post("/v1/detect", content=blobs[i % len(blobs)], headers=headers)
+            return r.status_code, _json(r.content)
 
-    async with session:
-        # Warm the connection pool and the server's batches before the timed window.
-        await asyncio.gather(*(post(i) for i in range(64)), return_exceptions=True)
+    out = _Load()
+    async with contextlib.AsyncExitStack() as stack:
+        for s in sessions:
+            await stack.enter_async_context(s)
+        # Warm the connection pools and the server's batches before the timed window.
+        await asyncio.gather(*(post(i) for i in range(max(64, len(sessions)))), return_exceptions=True)
+        if warmed is not None:
+            warmed()
 
         async def one(i: int, due: float) -> None:
-            nonlocal errors
             try:
                 status, body = await post(i)
-            except Exception:  # noqa: BLE001 - any transport failure counts as an error
-                errors += 1
+            except Exception as exc:  # noqa: BLE001 - any transport failure is counted by its kind
+                out.answers[f"transport {type(exc).__name__}"] += 1
                 return
             done = time.perf_counter()
             if status != 200:
-                errors += 1
+                kind = body.get("error", {}).get("type", "-") if isinstance(body, dict) else "-"
+                out.answers[f"{status} {kind}"] += 1
                 return
-            lat.append((done - due) * 1000.0)
-            tiers.append(int(body.get("exit_tier", -1)))
+            out.answers["200"] += 1
+            out.lat.append((done - due) * 1000.0)
+            out.tiers.append(int(body.get("exit_tier", -1)))
 
         n = int(rate * seconds)
         t0 = time.perf_counter()
@@ -216,6 +325,15 @@ async def _load(httpx: Any, base: str, blobs: list[bytes], rate: float, seconds:
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i, due)))
-        sent_s = time.perf_counter() - t0
+        out.sent_s = max(time.perf_counter() - t0, 1e-9)
         await asyncio.gather(*tasks)
-    return lat, tiers, errors, max(sent_s, 1e-9)
+    return out
+
+
+def _json(data: bytes) -> Any:
+    import json
+
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None  # a proxy's or a crashed handler's text: counted by its status alone
