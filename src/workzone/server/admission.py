@@ -10,7 +10,8 @@ A body that is still arriving is not queued work: it counts only against its cli
 ``body_timeout_s`` and the request's deadline) or the request is answered 408. Once the whole body
 is in, the request is admitted again as work (429 if the work admitted meanwhile leaves no room).
 A client address whose images keep being refused (more than ``free_strikes`` 422s, or 429s because
-its own images' memory could not be reserved, within ``strike_window_s``) has each further request
+its own images' memory could not be reserved and they alone need more than ``1 / max_uploads_per_client``
+of the budget, within ``strike_window_s``) has each further request
 held ``penalty_s`` before any work: refusing is cheap, but a client sending bombs back to back would
 otherwise take the CPU by sheer rate.
 Body bytes count against the memory budget as they arrive; decoded pixels are reserved from each
@@ -233,7 +234,7 @@ def reserve(request: "Request", nbytes: int, working: int = 0) -> None:
     held[0] += nbytes
     admission.held_bytes += nbytes
     if admission.held_bytes > admission.max_held_bytes:
-        _refuse_for_its_images(request, admission)
+        _refuse_for_its_images(request, admission, held[0] + working)
 
 
 @contextlib.contextmanager
@@ -251,7 +252,7 @@ def working_memory(request: "Request", nbytes: int) -> Iterator[None]:
         return
     admission: Admission = held[1]
     if admission.held_bytes + nbytes > admission.max_held_bytes:
-        _refuse_for_its_images(request, admission)
+        _refuse_for_its_images(request, admission, held[0] + nbytes)
     admission.held_bytes += nbytes
     try:
         yield
@@ -259,10 +260,14 @@ def working_memory(request: "Request", nbytes: int) -> Iterator[None]:
         admission.held_bytes -= nbytes
 
 
-def _refuse_for_its_images(request: "Request", admission: Admission) -> None:
+def _refuse_for_its_images(request: "Request", admission: Admission, need: int) -> None:
     # A strike for its client, as a 422 is: a client sending large images back to back, each refused
-    # in milliseconds, would otherwise keep the server busy refusing them by sheer rate.
-    request.scope[_STRIKE] = True
+    # in milliseconds, would otherwise keep the server busy refusing them by sheer rate. Only when the
+    # request alone needs more than its client's share of the budget (``need``: its bytes and its
+    # largest decode), so that its client's allowed uploads could hold all of it: an ordinary image
+    # refused because the server is full is the server's overload, not its client's doing.
+    if need * admission.max_uploads_per_client > admission.max_held_bytes:
+        request.scope[_STRIKE] = True
     admission._refuse(f"the request's images need memory that the budget cannot give now "
                       f"({admission.held_bytes / 2**20:.0f} MiB held of {admission.max_held_bytes / 2**20:.0f} MiB)")
 

@@ -266,7 +266,7 @@ class _Load:
 
 
 async def _load(httpx: Any, base: str, blobs: list[bytes], rate: float, seconds: float,
-                addresses: int = DEFAULT_ADDRESSES, warmed: Callable[[], Any] | None = None) -> _Load:
+                addresses: int = DEFAULT_ADDRESSES, warmed: Callable[[], Any] | None = None, warm: int = 64) -> _Load:
     try:
         import aiohttp  # lighter per request than httpx, so the generator's own cost stays out of the latency
     except ImportError:
@@ -297,7 +297,7 @@ async def _load(httpx: Any, base: str, blobs: list[bytes], rate: float, seconds:
         for s in sessions:
             await stack.enter_async_context(s)
         # Warm the connection pools and the server's batches before the timed window.
-        await asyncio.gather(*(post(i) for i in range(max(64, len(sessions)))), return_exceptions=True)
+        await asyncio.gather(*(post(i) for i in range(max(warm, len(sessions)) if warm else 0)), return_exceptions=True)
         if warmed is not None:
             warmed()
 
