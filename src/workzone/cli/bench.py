@@ -31,6 +31,9 @@ def bench(
                                                    "--http-p99-ms is searched; needs the serve extra)")] = [],  # noqa: B006
     http_seconds: Annotated[float, typer.Option(help="seconds of HTTP load per rate")] = 10.0,
     http_p99_ms: Annotated[float, typer.Option(help="p99 bound of the highest-rate search")] = 100.0,
+    http_addresses: Annotated[int, typer.Option(min=1, max=60000, help="loopback source addresses the HTTP load "
+                                                "comes from (127.0.0.1, .2, ...), as many clients call a deployment; "
+                                                "1: one client, whom the per-client limits apply to")] = 64,
     tier1: Annotated[bool, typer.Option("--tier1/--no-tier1", help="also time the --model classifier alone "
                                         "(the old tier 1)")] = True,
     data: Annotated[Optional[Path], typer.Option(help="also time real JPEGs: a manifest folder (its dev split, "
@@ -134,7 +137,7 @@ def bench(
             from workzone.throughput.http import http_sweep
 
             add(http_sweep, blobs, label, pipeline=pipeline[0], device=device, rates=http_rate, seconds=http_seconds,
-                p99_limit_ms=http_p99_ms, timed=False)
+                p99_limit_ms=http_p99_ms, addresses=http_addresses, timed=False)
         for k, name in enumerate(pipeline):
             # The first pipeline is also timed with every tier on every image (the synthesised
             # inputs are easy: few leave tier 1 undecided), from which the estimate row is derived.
