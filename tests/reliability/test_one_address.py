@@ -71,12 +71,14 @@ def test_a_brief_overload_from_one_address_recovers_to_the_full_rate(live_server
 
 
 def test_memory_refusals_strike_only_requests_that_need_much_of_the_budget(live_server, model_dir: Path, attacks):
-    """A small image refused because the server's memory is full is not its client's doing: no
-    penalty after many. A 24-MP WebP refused the same way still is (and its client is held)."""
+    """An ordinary image (224 px, a 1920x1080 frame) refused because the server's memory is full is not
+    its client's doing: no penalty after sixteen. A 24-MP WebP refused the same way still is (its client is held)."""
     srv = live_server(pipeline=str(write_pipeline(model_dir, "strikes")), refusal_penalty_s=0.5,
                       max_held_bytes=270 * 2**20)
     admission = srv.app.state.admission
     small = _jpeg(224)
+    frame = io.BytesIO()
+    PILImage.new("RGB", (1920, 1080), (90, 120, 80)).save(frame, "JPEG", quality=75)
 
     async def eight(body: bytes, ctype: str) -> list[float]:
         times = []
@@ -86,10 +88,12 @@ def test_memory_refusals_strike_only_requests_that_need_much_of_the_budget(live_
             times.append(r.latency_s)
         return times
 
-    full = admission.max_held_bytes - 100_000 - admission.held_bytes  # 224x224 pixels (150 kB) no longer fit
+    # 100 kB left: a 224x224 image's pixels (150 kB) no longer fit, nor a 1920x1080 frame's (6 MB; 24 MiB with its
+    # decode), which is under an eighth of the budget, so no strike either.
+    full = admission.max_held_bytes - 100_000 - admission.held_bytes
     admission.held_bytes += full
     try:
-        small_times = asyncio.run(eight(small, "image/jpeg"))
+        small_times = asyncio.run(eight(small, "image/jpeg")) + asyncio.run(eight(frame.getvalue(), "image/jpeg"))
         assert admission.penalty(ATTACKER) == 0 and max(small_times) < 0.4, small_times
     finally:
         admission.held_bytes -= full

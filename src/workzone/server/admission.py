@@ -10,8 +10,8 @@ A body that is still arriving is not queued work: it counts only against its cli
 ``body_timeout_s`` and the request's deadline) or the request is answered 408. Once the whole body
 is in, the request is admitted again as work (429 if the work admitted meanwhile leaves no room).
 A client address whose images keep being refused (more than ``free_strikes`` 422s, or 429s because
-its own images' memory could not be reserved and they alone need more than ``1 / max_uploads_per_client``
-of the budget, within ``strike_window_s``) has each further request
+its own images' memory could not be reserved and they alone need more than an eighth of the budget,
+within ``strike_window_s``) has each further request
 held ``penalty_s`` before any work: refusing is cheap, but a client sending bombs back to back would
 otherwise take the CPU by sheer rate.
 Body bytes count against the memory budget as they arrive; decoded pixels are reserved from each
@@ -64,6 +64,7 @@ ENDPOINT_KEY = "workzone.endpoint"
 _BODY_FLOOR_S = 0.01
 _FRESH_S = 0.25  # an upload counts as upcoming work for 0.25 to 0.5 s after its headers
 _WAIT_SHARE = 0.5  # of a deadline that queueing may use; the rest is for decoding and the cascade
+_STRIKE_SHARE = 8  # a request refused for memory is a strike when it alone needs 1/8 of the budget
 
 
 @dataclass
@@ -263,10 +264,10 @@ def working_memory(request: "Request", nbytes: int) -> Iterator[None]:
 def _refuse_for_its_images(request: "Request", admission: Admission, need: int) -> None:
     # A strike for its client, as a 422 is: a client sending large images back to back, each refused
     # in milliseconds, would otherwise keep the server busy refusing them by sheer rate. Only when the
-    # request alone needs more than its client's share of the budget (``need``: its bytes and its
-    # largest decode), so that its client's allowed uploads could hold all of it: an ordinary image
+    # request alone needs more than an eighth of the budget (``need``: its bytes and its largest decode;
+    # a 24-MP WebP needs over 100 MiB, a 1920x1080 JPEG 24 MiB of the default 256): an ordinary image
     # refused because the server is full is the server's overload, not its client's doing.
-    if need * admission.max_uploads_per_client > admission.max_held_bytes:
+    if need * _STRIKE_SHARE > admission.max_held_bytes:
         request.scope[_STRIKE] = True
     admission._refuse(f"the request's images need memory that the budget cannot give now "
                       f"({admission.held_bytes / 2**20:.0f} MiB held of {admission.max_held_bytes / 2**20:.0f} MiB)")
