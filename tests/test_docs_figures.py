@@ -277,6 +277,20 @@ QUOTES: list[Quote] = [
            router_best_cost(False))),
 ]
 
+HTTP_MAIN, HTTP_NOW = "http_overload_cpu_main.json", "http_overload_cpu.json"  # rows: 3 steps x (1, 64) addresses
+QUOTES.append(
+    # serving.md: the overload step (the second row of each address count), one address against 64.
+    Quote("docs/serving.md", "(load {} and {}, 1080x1080 JPEGs, 20 requests/s for 8 s, about 15 a second of capacity), "
+                             "one address got {} answers a second with the old rule (moved to the costly lane {} times) "
+                             "and 64 addresses {}; with this rule {} and {}", f"{HTTP_MAIN}, {HTTP_NOW}",
+          (lambda: json_value(HTTP_NOW, "machine.load average (1 min)"),
+           lambda: json_value(HTTP_MAIN, "machine.load average (1 min)"),
+           lambda: fixed(json_value(HTTP_MAIN, "rows.1.images_per_s"), 1),
+           lambda: f'{json_value(HTTP_MAIN, "rows.1.stages.server log.client moved to the costly lane"):.0f}',
+           lambda: fixed(json_value(HTTP_MAIN, "rows.4.images_per_s"), 1),
+           lambda: fixed(json_value(HTTP_NOW, "rows.1.images_per_s"), 1),
+           lambda: fixed(json_value(HTTP_NOW, "rows.4.images_per_s"), 1))))
+
 #: Paragraphs that link a results file without quoting a figure from it (or whose figures are the file's
 #: own command line): (document, words that identify the paragraph).
 QUOTE_NONE = [
