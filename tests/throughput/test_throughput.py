@@ -115,3 +115,43 @@ def test_the_default_decides_the_same_bits_by_image_as_by_operator():
     report, before, now = cpu_scheme_parity(dev_jpegs(DATA, limit=40))
     assert report.n == 40 and report.flips == 0
     assert np.array_equal(before, now)
+
+
+def test_the_http_rows_read_what_the_server_refused_from_its_log():
+    """The refusal lines a workzone server logs (RefusalLog, Admission.strike, ClientCosts) are counted by
+    the limit that refused; lines read once are not counted again."""
+    import logging
+    import tempfile
+
+    from workzone.client_costs import ClientCosts
+    from workzone.server.admission import Admission, RefusalLog
+    from workzone.throughput.http import Served
+
+    log = tempfile.TemporaryFile()
+    handler = logging.StreamHandler(open(log.fileno(), "w", closefd=False, buffering=1))
+    loggers = [logging.getLogger(n) for n in ("workzone.access", "workzone.client_costs")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        served = Served("http://127.0.0.1:1", log)
+        admission = Admission(max_inflight=1, max_held_bytes=2**20, max_uploads_per_client=1, free_strikes=1)
+        refusals = RefusalLog(per_s=1000)
+        scope = {"method": "POST", "path": "/v1/detect"}
+        admission.begin_upload("a")
+        for _ in range(2):
+            try:
+                admission.begin_upload("a")
+            except Exception as exc:  # noqa: BLE001 - the Overloaded to log
+                refusals.refused(429, "overloaded", "a", scope, f"before the body: {exc}")
+        admission.strike("a")
+        admission.strike("a")
+        costs = ClientCosts(costly_image_s=0.2)
+        costs.charge(["x"] * 16, [1] * 16, 16 * 0.03)
+        costs.charge(["b"], [1], 2.0)
+        first = served.refusals()
+        assert first == {"429 overloaded: uploads per client": 2, "penalty begun": 1,
+                         "client moved to the costly lane": 1}, first
+        assert served.refusals() == {}
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)

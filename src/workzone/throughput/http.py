@@ -70,7 +70,7 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
             body = r.json() if r.status_code == 200 else {}
             if r.status_code != 200 or not isinstance(body.get("probability"), float):
                 raise WorkzoneError(f"workzone serve started but answered a probe with {r.status_code}: {r.text[:300]}")
-        yield Served(base, log, log.seek(0, os.SEEK_END))
+        yield Served(base, log, os.fstat(log.fileno()).st_size)
     finally:
         proc.terminate()
         try:
@@ -186,10 +186,12 @@ class Served:
     def refusals(self) -> Counter[str]:
         """What the server refused (and penalised) since the last call, from its log: by status, error
         type and the limit that refused (see :func:`workzone.server.admission.RefusalLog`)."""
-        self.log.seek(self.read_to)
-        text = self.log.read().decode(errors="replace")
-        self.read_to = self.log.tell()
-        return refusal_counts(text)
+        # pread, not seek and read: the child writes through the same file offset.
+        fd = self.log.fileno()
+        data = os.pread(fd, os.fstat(fd).st_size - self.read_to, self.read_to)
+        data = data[:data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self.read_to += len(data)
+        return refusal_counts(data.decode(errors="replace"))
 
 
 _REFUSAL_LOG_PER_S = 1000  # the most the server takes; past it the log counts what it left out
@@ -272,7 +274,7 @@ async def _load(httpx: Any, base: str, blobs: list[bytes], rate: float, seconds:
     except ImportError:
         aiohttp = None
     headers = {"content-type": "image/jpeg"}
-    sources = [f"127.0.0.{1 + a % 254}" if a < 254 else f"127.0.{a // 254}.{1 + a % 254}" for a in range(max(1, addresses))]
+    sources = [f"127.0.{a // 254}.{1 + a % 254}" for a in range(max(1, addresses))]  # 127.0.0.1, .2, ...
     per = max(1, 2000 // len(sources))
     if aiohttp is not None:
         sessions: list[Any] = [aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=30),
