@@ -40,6 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
+from workzone._memory import MemoryCeiling
 from workzone.errors import InvalidImageError, Overloaded, RequestTimeout, ShuttingDown
 from workzone.server.errors import REFUSAL_KEY
 
@@ -79,6 +80,10 @@ class Admission:
             requests are held ``penalty_s`` before any work.
         strike_window_s: the window those refusals are counted in.
         penalty_s: how long such a client's requests wait (0: no penalty).
+        memory: the process's resident-memory ceiling: at or above it new requests are refused while
+            any other request is held (with none held, refusing would free nothing: one is admitted,
+            so the service never stops answering). It bounds what the byte budget does not count:
+            the cascade's working set, the allocator's free space, buffers.
     """
 
     max_inflight: int
@@ -88,6 +93,7 @@ class Admission:
     free_strikes: int = 5
     strike_window_s: float = 10.0
     penalty_s: float = 1.0
+    memory: MemoryCeiling | None = None
     inflight: int = 0
     held_bytes: int = 0
     refused: int = 0
@@ -105,8 +111,8 @@ class Admission:
         return self.fresh.get(now, 0) + self.fresh.get(now - 1, 0)
 
     def check(self, expected_wait_s: float = 0.0, deadline_s: float | None = None) -> None:
-        """Raise :class:`Overloaded` when one more request must not be admitted: the in-flight or
-        memory limit is reached, or the work already admitted would take more than half the
+        """Raise :class:`Overloaded` when one more request must not be admitted: the in-flight limit,
+        the byte budget or the resident-memory ceiling is reached, or the work already admitted would take more than half the
         request's deadline (it could not be answered in time: better refused now than late)."""
         late = deadline_s is not None and expected_wait_s > _WAIT_SHARE * deadline_s
         if self.inflight >= self.max_inflight:
@@ -114,6 +120,10 @@ class Admission:
         if self.held_bytes >= self.max_held_bytes:
             self._refuse(f"{self.held_bytes / 2**20:.0f} MiB held of {self.max_held_bytes / 2**20:.0f} MiB "
                          "(WORKZONE_MAX_HELD_BYTES)")
+        rss = None if self.memory is None or not (self.inflight or self.held_bytes) else self.memory.passed()
+        if rss is not None:
+            self._refuse(f"the server's resident memory is {rss / 2**20:.0f} MiB, at or above its ceiling of "
+                         f"{self.memory.limit_bytes / 2**20:.0f} MiB (WORKZONE_MAX_RSS_BYTES)")  # type: ignore[union-attr]
         if late:
             self._refuse(f"the work admitted would take {expected_wait_s:.2f} s, more than half the request's "
                          f"{deadline_s:g}-s deadline")

@@ -9,6 +9,9 @@ Exposed at ``GET /metrics``:
 * ``workzone_queue_depth``, ``workzone_batch_running``, ``workzone_ready`` and
   ``workzone_breaker_state{stage,state}`` (1 for the current state), ``workzone_decoder_kills_total``,
   read at scrape time.
+* ``workzone_held_bytes`` (bodies and reserved pixels, against ``max_held_bytes``),
+  ``workzone_resident_bytes`` and ``workzone_resident_ceiling_bytes`` (``max_rss_bytes``; 0: none),
+  ``workzone_inflight``: admission's state, read at scrape time.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from workzone._memory import resident_bytes
 from workzone.server.admission import ENDPOINT_KEY
 from workzone.types import Decision
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from workzone.server.admission import Admission
     from workzone.service import DetectionService
 
 __all__ = ["ServerMetrics", "MetricsMiddleware", "CONTENT_TYPE_LATEST"]
@@ -58,6 +63,10 @@ class ServerMetrics:
     def bind_service(self, service: "DetectionService") -> None:
         """Expose the service's live state (queue depth, readiness, breakers) at scrape time."""
         self.registry.register(_ServiceCollector(service))
+
+    def bind_admission(self, admission: "Admission") -> None:
+        """Expose what admission holds (bytes, resident memory and its ceiling, requests) at scrape time."""
+        self.registry.register(_AdmissionCollector(admission))
 
     # -- ServiceObserver --------------------------------------------------------------------------
     def on_batch(self, size: int, waited_s: float) -> None:
@@ -101,6 +110,23 @@ class _ServiceCollector(Collector):
         processes = getattr(getattr(svc, "decoder", None), "processes", None)
         killed.add_metric([], float(processes.killed if processes is not None else 0))
         yield from (depth, running, ready, breakers, killed)
+
+
+class _AdmissionCollector(Collector):
+    def __init__(self, admission: "Admission") -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterable[Any]:
+        adm = self.admission
+        gauges = (("held_bytes", "request bodies and reserved pixels held now", adm.held_bytes),
+                  ("resident_bytes", "resident memory of the server process", resident_bytes() or 0),
+                  ("resident_ceiling_bytes", "resident memory at which detect requests are refused (0: none)",
+                   (adm.memory.limit_bytes or 0) if adm.memory is not None else 0),
+                  ("inflight", "detect requests admitted as work", adm.inflight))
+        for name, doc, value in gauges:
+            g = GaugeMetricFamily(f"workzone_{name}", doc)
+            g.add_metric([], float(value))
+            yield g
 
 
 class MetricsMiddleware:
