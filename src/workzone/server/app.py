@@ -90,9 +90,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             service.memory.settle(2 * settings.max_held_bytes)  # type: ignore[union-attr]
 
         service.start_in_background().add_done_callback(loaded)
+        lag_probe = asyncio.ensure_future(metrics.probe_loop_lag())
         try:
             yield
         finally:
+            lag_probe.cancel()
             log.info("shutting down: finishing %d queued image(s)", service.batcher.depth)
             await service.aclose(timeout=settings.shutdown_timeout_s)
 
