@@ -9,8 +9,8 @@ Under a queue that never runs empty that trim never comes, and the heaps grow: g
 is dynamic (it rises from 128 KiB to the size of the largest mapped block freed, up to 32 MiB), so
 decoded images and the cascade's tensors come from the arena heaps, where the freed space between the
 live blocks of hundreds of queued requests is reused only in part and not given back. Under 500 clients
-without a deadline a server went from 0.2 to 3.25 GB of RSS in 15 s with 245 MB of bodies and pixels
-held (benchmarks/results/reliability.md, memory under overload). The space is free, not live:
+without a deadline a server went from 0.2 to 3.25 GB of RSS in 15 s with at most 256 MiB of bodies and
+pixels held (benchmarks/results/reliability.md, "Memory under overload"). The space is free, not live:
 ``malloc_trim`` gives it back. :class:`MemoryCeiling` trims while the resident size is above a mark,
 whatever the queue, and tells admission when it reaches its ceiling. :func:`fix_mmap_threshold` (off
 by default) avoids the growth instead, at the price of a page fault per fresh page of every large
@@ -19,15 +19,14 @@ allocation: about 45 % more CPU per image for the default pipeline.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import functools
 import gc
 import logging
 import os
+import threading
 import time
-from typing import Any
 
 __all__ = ["limit_malloc_arenas", "fix_mmap_threshold", "release_free_memory", "resident_bytes", "Trimmer",
            "MemoryCeiling", "freeze_loaded_objects", "MAX_MMAP_THRESHOLD"]
@@ -110,8 +109,8 @@ class MemoryCeiling:
     """The process's resident memory against a ceiling, with a trim mark below it.
 
     At or above the trim mark, freed memory is given back to the system (``malloc_trim``, at most once
-    per ``trimmer.every_s``, four times as often past the ceiling, in the event loop's default executor when there is a running loop: a trim
-    of a fragmented heap takes milliseconds that requests should not wait); at or above the ceiling,
+    per ``trimmer.every_s``, four times as often past the ceiling, in a thread: a trim of a fragmented
+    heap takes milliseconds that requests should not wait); at or above the ceiling,
     :meth:`passed` says so (the server's admission refuses new work). The resident size is read at
     most once per ``every_s`` (a read is a system call; admission asks for every request).
 
@@ -131,7 +130,7 @@ class MemoryCeiling:
         self.trims = 0
         self._at = -1.0
         self._rss: int | None = None
-        self._trimming: Any = None
+        self._trimming: threading.Thread | None = None
 
     @property
     def trim_bytes(self) -> int:
@@ -165,19 +164,16 @@ class MemoryCeiling:
         if not self.trimmer.claim(None if rss < self.limit_bytes else self.trimmer.every_s / 4):  # type: ignore[operator]
             return rss
         self.trims += 1
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            release_free_memory()
-            self._at = -1.0
-            return self.resident()
-        self._trimming = loop.run_in_executor(None, release_free_memory)
-        self._trimming.add_done_callback(self._trimmed)
+        # In a thread of its own, at the caller's (the event loop's) priority: one below it could hold
+        # an arena's lock while other processes take the CPU, and the loop's next allocation would wait.
+        self._trimming = threading.Thread(target=self._trim, name="workzone-trim", daemon=True)
+        self._trimming.start()
         return rss
 
-    def _trimmed(self, _: Any) -> None:
-        self._trimming = None
+    def _trim(self) -> None:
+        release_free_memory()
         self._at = -1.0  # read afresh: the trim may have given back much
+        self._trimming = None
 
     def passed(self) -> int | None:
         """The resident size when it is at or above the ceiling, else None (a trim is started first

@@ -201,7 +201,7 @@ def test_the_ceiling_trims_past_its_mark_and_says_when_it_is_passed():
     far = MemoryCeiling(rss + (1 << 30), headroom_bytes=256 << 20)
     assert far.passed() is None and far.trims == 0  # far below its mark: not even a trim
     low = MemoryCeiling(1 << 20)  # this process holds far more
-    assert low.passed() is not None and low.trims == 1  # trimmed (here, no event loop: in this thread) first
+    assert low.passed() is not None and low.trims == 1  # a trim started (in a thread of its own)
     assert low.passed() is not None and low.trims == 1  # no second trim within a quarter of the trimmer's second
     off = MemoryCeiling(0)
     assert off.passed() is None and off.trim_bytes == 0 and off.trims == 0
