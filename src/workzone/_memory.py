@@ -9,12 +9,12 @@ Under a queue that never runs empty that trim never comes, and the heaps grow: g
 is dynamic (it rises from 128 KiB to the size of the largest mapped block freed, up to 32 MiB), so
 decoded images and the cascade's tensors come from the arena heaps, where the freed space between the
 live blocks of hundreds of queued requests is reused only in part and not given back. Under 500 clients
-without a deadline a server went from 0.2 to 3.25 GB of RSS in 15 s with at most 256 MiB of bodies and
+without a deadline a server went from 0.35 to 3.25 GB of RSS in 15 s with at most 256 MiB of bodies and
 pixels held (benchmarks/results/reliability.md, "Memory under overload"). The space is free, not live:
 ``malloc_trim`` gives it back. :class:`MemoryCeiling` trims while the resident size is above a mark,
 whatever the queue, and tells admission when it reaches its ceiling. :func:`fix_mmap_threshold` (off
 by default) avoids the growth instead, at the price of a page fault per fresh page of every large
-allocation: about 45 % more CPU per image for the default pipeline.
+allocation: 45-55 % more CPU per image for the default pipeline.
 """
 
 from __future__ import annotations
