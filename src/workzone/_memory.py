@@ -161,7 +161,8 @@ class MemoryCeiling:
         if not mark or rss is None or rss < mark or self._trimming is not None:
             return rss
         # Past the ceiling the heap grows by hundreds of MB a second under load: trim more often.
-        if not self.trimmer.claim(None if rss < self.limit_bytes else self.trimmer.every_s / 4):  # type: ignore[operator]
+        past = rss >= (self.limit_bytes or 0)
+        if not self.trimmer.claim(self.trimmer.every_s / 4 if past else None):
             return rss
         self.trims += 1
         # In a thread of its own, at the caller's (the event loop's) priority: one below it could hold

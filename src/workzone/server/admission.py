@@ -50,8 +50,8 @@ if TYPE_CHECKING:
 
     from workzone.service import DetectionService
 
-__all__ = ["Admission", "AdmissionMiddleware", "RefusalLog", "arrival_time", "reserve", "working_memory", "client_group",
-           "header_timeout_protocol", "GUARDED_PATHS", "ENDPOINT_KEY", "ACCEPTED_KEY", "READ_KEY"]
+__all__ = ["Admission", "AdmissionMiddleware", "RefusalLog", "arrival_time", "reserve", "working_memory",
+           "client_group", "header_timeout_protocol", "GUARDED_PATHS", "ENDPOINT_KEY", "ACCEPTED_KEY", "READ_KEY"]
 
 access_log = logging.getLogger("workzone.access")
 
@@ -116,8 +116,9 @@ class Admission:
 
     def check(self, expected_wait_s: float = 0.0, deadline_s: float | None = None, own_bytes: int = 0) -> None:
         """Raise :class:`Overloaded` when one more request must not be admitted: the in-flight limit,
-        the byte budget or the resident-memory ceiling is reached, or the work already admitted would take more than half the
-        request's deadline (it could not be answered in time: better refused now than late).
+        the byte budget or the resident-memory ceiling is reached, or the work already admitted would
+        take more than half the request's deadline (it could not be answered in time: better refused
+        now than late).
         ``own_bytes`` are the request's own bytes already counted in ``held_bytes`` (its body): not
         other work, which alone makes the memory ceiling refuse."""
         late = deadline_s is not None and expected_wait_s > _WAIT_SHARE * deadline_s
@@ -129,8 +130,9 @@ class Admission:
         others = self.inflight or self.held_bytes > own_bytes
         rss = None if self.memory is None or not others else self.memory.passed()
         if rss is not None:
+            ceiling = (self.memory.limit_bytes or 0) / 2**20  # type: ignore[union-attr]
             self._refuse(f"the server's resident memory is {rss / 2**20:.0f} MiB, at or above its ceiling of "
-                         f"{self.memory.limit_bytes / 2**20:.0f} MiB (WORKZONE_MAX_RSS_BYTES)")  # type: ignore[union-attr]
+                         f"{ceiling:.0f} MiB (WORKZONE_MAX_RSS_BYTES)")
         if late:
             self._refuse(f"the work admitted would take {expected_wait_s:.2f} s, more than half the request's "
                          f"{deadline_s:g}-s deadline")
