@@ -39,6 +39,10 @@ __all__ = ["create_app", "create_server", "build_service", "warn_if_exposed"]
 
 log = logging.getLogger("workzone.server")
 
+#: What the default resident-memory ceiling allows beyond the loaded pipeline and the byte budget: the
+#: cascade's working set on a batch, buffers and the heap's free space.
+_WORKING_ALLOWANCE = 256 * 1024 * 1024
+
 
 def build_service(settings: ServerSettings, observer: Any = None) -> DetectionService:
     """The detection service described by ``settings`` (validates the pipeline; loads nothing)."""
@@ -85,9 +89,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             # Once loaded, the pipeline's objects are never garbage: out of the collector's full walks.
             freeze_loaded_objects()
             release_free_memory()
-            # What the loaded pipeline holds at rest, plus the byte budget (bodies and pixels) and as
-            # much again for the cascade's working set on them, buffers and free space.
-            service.memory.settle(2 * settings.max_held_bytes)  # type: ignore[union-attr]
+            # What the loaded pipeline holds at rest, plus the byte budget (bodies and pixels) and an
+            # allowance for the cascade's working set on them, buffers and free space.
+            service.memory.settle(settings.max_held_bytes + _WORKING_ALLOWANCE)  # type: ignore[union-attr]
 
         service.start_in_background().add_done_callback(loaded)
         lag_probe = asyncio.ensure_future(metrics.probe_loop_lag())
