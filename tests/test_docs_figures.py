@@ -270,6 +270,26 @@ QUOTES: list[Quote] = [
            lambda: bench_cell("bench_cpu.md", BARE_DETECTOR, DEV_JPEGS, "images/s", notes_has="scheme before"),
            lambda: bench_cell("bench_cpu.md", BARE_DETECTOR, DEV_JPEGS, "images per CPU-s", notes_has="scheme before"),
            same_bits_of_all)),
+    # docs/stages/roadwork_detector.md and the README: where the CPU time goes (issue 23's CPU item).
+    Quote("docs/stages/roadwork_detector.md", "of the {} CPU-ms per image that the steps cost one after another on one "
+                                              "thread, the detector's session takes {} and the verifier's {}; two "
+                                              "detector runs at once cost {} the CPU of each alone (two verifier runs "
+                                              "{})", "cpu_floor.md",
+          (lambda: table_cell("cpu_floor.md", "sum of the steps", "CPU-ms per image").strip("*"),
+           lambda: fixed(table_cell("cpu_floor.md", "detector session (1 thread)", "CPU-ms per image"), 0),
+           lambda: fixed(table_cell("cpu_floor.md", "verifier session (1 thread, one run per image)", "CPU-ms per image"),
+                         0),
+           lambda: table_cell("cpu_floor.md", "detector + detector (64 images each)", "CPU against the runs alone"),
+           lambda: table_cell("cpu_floor.md", "verifier + verifier (64 images each)", "CPU against the runs alone"))),
+    Quote("docs/stages/roadwork_detector.md", "moves the probabilities too far ({} % of dev images within 0.02, {} "
+                                              "decisions flipped)", "cpu_floor.md",
+          (lambda: sentence("cpu_floor.md", r"images: ([0-9.]+)% within 0\.02"),
+           lambda: sentence("cpu_floor.md", r"within 0\.02 \(max \|dp\| [0-9.]+\); (\d+) decisions differ"))),
+    Quote("README.md", "the detector and verifier sessions take {} of the {} CPU-ms per image from JPEG bytes",
+          "cpu_floor.md",
+          (lambda: sentence("cpu_floor.md", r"The two sessions take ([0-9.]+) CPU-ms"),
+           lambda: table_cell("cpu_floor.md", "whole pipeline from bytes as shipped (runs of one image over 2 workers), "
+                                              "CPU-ms per image", "CPU-ms per image"))),
     # docs/routing.md: the router benchmark (on the previous default).
     Quote("docs/routing.md", "the router reaches the best out-of-fold dev MCC ({}) at {} ms per image, but the fixed "
                              "order with its tier-1 exits moved to 0.2 / 0.85 reaches it at {} ms", "router_vs_fixed.md",

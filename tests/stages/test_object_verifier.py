@@ -178,3 +178,20 @@ def test_images_spread_over_workers_give_what_one_run_at_a_time_gives(tmp_path: 
     assert [o.log_odds for o in by_image] == [o.log_odds for o in by_op]
     assert [o.evidence for o in by_image] == [o.evidence for o in by_op]
     assert by_image[2].log_odds is None and by_image[1].log_odds is not None  # abstains / no candidates, in place
+
+
+def test_an_image_without_candidates_skips_the_model_and_keeps_its_answer(tmp_path: Path) -> None:
+    """The verifier runs only on images with a candidate above its floor; the others get the decision of no
+    candidates, the same alone as beside images that do run it."""
+    stage = _stage(tmp_path)
+    cone, low = Box("cone", 0.6, 20, 40, 40, 80), Box("cone", 0.05, 20, 40, 40, 80)  # low: under the 0.1 floor
+    made: list[int] = []
+    crops = stage._crops
+    stage._crops = lambda item: (made.append(len(item[1])), crops(item))[1]  # type: ignore[method-assign]
+    img = Image(_scene())
+    mixed = _run(stage, [img, img, img], [(_report(()),), (_report((cone,)),), (_report((low,)),)])
+    assert made == [1]  # one image's crops went to the model
+    [alone_empty] = _run(_stage(tmp_path), [img], [(_report(()),)])
+    [alone_cone] = _run(_stage(tmp_path), [img], [(_report((cone,)),)])
+    assert mixed[0].log_odds == mixed[2].log_odds == alone_empty.log_odds
+    assert mixed[1].log_odds == alone_cone.log_odds != alone_empty.log_odds
