@@ -63,12 +63,63 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, key: str = "VmRSS") -> float:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _reset_peak_rss(pid: int) -> None:
+    """Reset the kernel's peak-RSS mark of ``pid`` (VmHWM) to its RSS now."""
+    with open(f"/proc/{pid}/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _listen_counters() -> dict[str, int]:
+    """The kernel's counts of connections a full accept queue turned away (``ListenOverflows``) and of
+    SYNs dropped at a listener (``ListenDrops``), machine-wide (/proc/net/netstat)."""
+    with open("/proc/net/netstat") as fh:
+        lines = fh.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:])))
+            return {k: row.get(k, 0) for k in ("ListenOverflows", "ListenDrops")}
+    return {}
+
+
+def _loop_lag_buckets(url: str) -> dict[float, float]:
+    """The server's event-loop lag histogram (``workzone_event_loop_lag_seconds``): count per upper bound."""
+    import httpx
+
+    out: dict[float, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("workzone_event_loop_lag_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _lag_quantile(before: dict[float, float], after: dict[float, float], q: float) -> str:
+    """The ``q`` quantile of the lag probes between two histogram readings, as the bucket bound it
+    falls under ("<= 5 ms"), and how many probes that is."""
+    counts = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = counts[-1][1] if counts else 0
+    for le, n in counts:
+        if total and n >= q * total:
+            return f"<= {le * 1000:g} ms" if le != float("inf") else "> 1 s"
+    return "-"
+
+
+def _accept_queue(port: int) -> int | None:
+    """Connections waiting in the accept queue of the listener on ``port`` (/proc/net/tcp, its rx_queue)."""
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                return int(f[4].split(":")[1], 16)
+    return None
 
 
 class Server:
@@ -354,15 +405,22 @@ def overload(args: argparse.Namespace) -> list[str]:
         srv.start()
         pid = srv.proc.pid  # type: ignore[union-attr]
         start_rss, start_tree = _rss_mb(pid), _tree_rss_mb(pid)
+        _reset_peak_rss(pid)
+        listen0, lag0 = _listen_counters(), _loop_lag_buckets(srv.url)
         samples: list[float] = []
         tree: list[float] = []  # the server with its decoder processes
+        backlog: list[int] = []  # the listener's accept queue
         done = False
 
         async def sample() -> None:
             while not done:
                 samples.append(_rss_mb(pid))
-                tree.append(await asyncio.to_thread(_tree_rss_mb, pid))  # walks /proc: off the clients' loop
-                await asyncio.sleep(0.5)
+                q = _accept_queue(srv.port)
+                if q is not None:
+                    backlog.append(q)
+                if len(samples) % 5 == 0:
+                    tree.append(await asyncio.to_thread(_tree_rss_mb, pid))  # walks /proc: off the clients' loop
+                await asyncio.sleep(0.1)
 
         lags: list[float] = []
 
@@ -377,14 +435,19 @@ def overload(args: argparse.Namespace) -> list[str]:
         try:
             with _client_loop(loop_kind) as runner:
                 res = runner.run(go())
+            listen1, lag1 = _listen_counters(), _loop_lag_buckets(srv.url)
             time.sleep(10)
-            after = _rss_mb(pid)
+            after, hwm = _rss_mb(pid), _rss_mb(pid, "VmHWM")
         finally:
             srv.stop()
         limit = 30.0 if deadline is None else float(deadline)
         ok = [r.latency_s for r in res if r.status == 200]
         degraded = sum(1 for r in res if r.status == 200 and b'"degraded":true' in r.body)
         refused, answered, inside = _refusal_latencies(res)
+        from_accept = [r.accept_s for r in res if r.status in (429, 503) and r.accept_s is not None]
+        from_read = [r.read_s for r in res if r.status in (429, 503) and r.read_s is not None]
+        connects = [r.connect_s for r in res if r.status in (429, 503) and r.connect_s is not None]
+        overflows = {k: listen1[k] - listen0.get(k, 0) for k in listen1}
         late = sum(1 for x in ok if x > limit)
         other = {r.status: 0 for r in res if r.status not in (200, 429, 503)}
         for r in res:
@@ -394,13 +457,20 @@ def overload(args: argparse.Namespace) -> list[str]:
             f"{args.clients} clients ({loop_kind} event loop) for {args.seconds:.0f} s, {'no deadline header (the pipeline default, 30 s)' if deadline is None else f'X-Deadline-S: {deadline}'}: "
             f"{len(res)} responses; 200: {len(ok)} ({degraded} marked degraded; p50 {_pct(ok, .5):.2f} s, p99 {_pct(ok, .99):.2f} s, max "
             f"{max(ok, default=float('nan')):.2f} s; past the deadline: {late}); 429/503: {len(refused)} (p50 "
-            f"{_pct(refused, .5) * 1000:.0f} ms, p99 {_pct(refused, .99) * 1000:.0f} ms; from connected to status line "
-            f"p99 {_pct(answered, .99) * 1000:.0f} ms; inside the server p99 {_ms(inside, .99)}; the "
+            f"{_pct(refused, .5) * 1000:.0f} ms, p99 {_pct(refused, .99) * 1000:.0f} ms; the client's connect p99 "
+            f"{_ms(connects, .99)}; from connected to status line p99 {_pct(answered, .99) * 1000:.0f} ms; inside the "
+            f"server from its accept of the connection p99 {_ms(from_accept, .99)}, from reading the request's first "
+            f"bytes p99 {_ms(from_read, .99)}, from the app p99 {_ms(inside, .99)}; the server's event-loop lag "
+            f"p99 {_lag_quantile(lag0, lag1, .99)}, p99.9 {_lag_quantile(lag0, lag1, .999)} (a probe every 50 ms); "
+            f"the listener's accept queue p99 {_pct(backlog, .99):.0f}, max {max(backlog, default=0)} connections "
+            f"(sampled every 0.1 s), turned away by a full queue: {overflows.get('ListenOverflows', '?')} (machine-wide "
+            f"ListenOverflows; ListenDrops {overflows.get('ListenDrops', '?')}); the "
             f"load generator's own loop lag p99 {_ms(lags, .99)}); other statuses {other or 0}; "
             f"dropped connections: {other.get(None, 0)} {_errors(res)}. Server RSS: {start_rss:.0f} MB at start, peak "
-            f"{max(samples, default=float('nan')):.0f} MB, {after:.0f} MB 10 s after the load "
+            f"{hwm:.0f} MB (the kernel's high-water mark; sampled every 0.1 s: "
+            f"{max(samples, default=float('nan')):.0f} MB), {after:.0f} MB 10 s after the load "
             f"({(after / start_rss - 1) * 100:+.0f} %); with its decoder processes: {start_tree:.0f} MB at start, "
-            f"peak {max(tree, default=float('nan')):.0f} MB.",
+            f"peak {max(tree, default=float('nan')):.0f} MB (sampled every 0.5 s).",
             "",
         ]
     return rows

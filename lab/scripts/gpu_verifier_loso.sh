@@ -6,7 +6,8 @@
 #   .gpu/whl/                wheels the machine lacks: efficientnet-lite-pytorch, pydantic and its four deps
 # Usage: run(command="bash lab/scripts/gpu_verifier_loso.sh [EPOCHS] [verifier-loso options...]",
 #            carry=[".gpu/verifier_pack.npz", ".gpu/lite0_fp16.pt", ".gpu/whl"]);
-# TAG names the run (default v), SEEDS the full model's seeds (default 0,1). The run comes back in $OUT as
+# TAG names the run (default v), SEEDS the full model's seeds (default 0,1), PACK the crop pack (default
+# .gpu/verifier_pack.npz; e.g. .gpu/verifier_pack_union2.npz, the candidates of the whole-image and tiled passes). The run comes back in $OUT as
 # $TAG-run.tar.gz (probabilities, summaries, logs) and $TAG-verifier-seed*.pt (the full models).
 set -euo pipefail
 EPOCHS=${1:-15}
@@ -21,7 +22,7 @@ python -c "import pydantic, efficientnet_lite_pytorch"
 python -c "from PIL import features; assert features.check('webp'), 'Pillow without WebP: repack as JPEG'"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; } > "$OUT/$TAG-device.txt"
 start=$(date +%s)
-python -m workzone_train.verifier_tune --pack .gpu/verifier_pack.npz --out "$RUN" --weights .gpu/lite0_fp16.pt \
+python -m workzone_train.verifier_tune --pack "${PACK:-.gpu/verifier_pack.npz}" --out "$RUN" --weights .gpu/lite0_fp16.pt \
   --epochs "$EPOCHS" --workers 2 --seeds "${SEEDS:-0,1}" --max-seconds "${MAX_SECONDS:-420}" "$@" \
   || echo "some folds failed"
 echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/$TAG-device.txt"

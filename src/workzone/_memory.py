@@ -1,9 +1,20 @@
-"""Give memory back to the operating system after load (glibc only; a no-op elsewhere), and keep
-what was loaded out of the garbage collector's way.
+"""Give memory back to the operating system after load (glibc only; a no-op elsewhere), keep what
+was loaded out of the garbage collector's way, and watch the process's resident memory.
 
 Under load, decoding and the cascade's worker threads allocate from several glibc malloc arenas;
 freed blocks stay in the process (RSS does not come down after the load). The server limits the
 arenas at start and trims the heap once its queue runs empty.
+
+Under a queue that never runs empty that trim never comes, and the heaps grow: glibc's mmap threshold
+is dynamic (it rises from 128 KiB to the size of the largest mapped block freed, up to 32 MiB), so
+decoded images and the cascade's tensors come from the arena heaps, where the freed space between the
+live blocks of hundreds of queued requests is reused only in part and not given back. Under 500 clients
+without a deadline a server went from 0.35 to 3.25 GB of RSS in 15 s with at most 256 MiB of bodies and
+pixels held (benchmarks/results/reliability.md, "Memory under overload"). The space is free, not live:
+``malloc_trim`` gives it back. :class:`MemoryCeiling` trims while the resident size is above a mark,
+whatever the queue, and tells admission when it reaches its ceiling. :func:`fix_mmap_threshold` (off
+by default) avoids the growth instead, at the price of a page fault per fresh page of every large
+allocation: 45-55 % more CPU per image for the default pipeline.
 """
 
 from __future__ import annotations
@@ -13,13 +24,19 @@ import ctypes.util
 import functools
 import gc
 import logging
+import os
+import threading
 import time
 
-__all__ = ["limit_malloc_arenas", "release_free_memory", "Trimmer", "freeze_loaded_objects"]
+__all__ = ["limit_malloc_arenas", "fix_mmap_threshold", "release_free_memory", "resident_bytes", "Trimmer",
+           "MemoryCeiling", "freeze_loaded_objects", "MAX_MMAP_THRESHOLD"]
 
 log = logging.getLogger("workzone.server")
 
-_M_ARENA_MAX = -8  # mallopt parameter number in glibc's malloc.h
+_M_ARENA_MAX = -8  # mallopt parameter numbers in glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+#: glibc's largest mmap threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``): mallopt refuses more.
+MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,6 +57,29 @@ def limit_malloc_arenas(n: int) -> bool:
     return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, n))
 
 
+def fix_mmap_threshold(nbytes: int) -> bool:
+    """Serve every allocation of ``nbytes`` or more from its own mapping, returned to the OS when freed,
+    and stop glibc from raising that threshold (see the module docstring). True if applied.
+
+    Args:
+        nbytes: the threshold, at most :data:`MAX_MMAP_THRESHOLD` (mallopt refuses more).
+    """
+    libc = _libc()
+    return bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
+
+
+def resident_bytes() -> int | None:
+    """The process's resident set size in bytes (``/proc/self/statm``), or None where there is none."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def release_free_memory() -> bool:
     """Return freed heap memory to the OS (``malloc_trim(0)``). True if anything was released."""
     libc = _libc()
@@ -53,12 +93,96 @@ class Trimmer:
         self.every_s = every_s
         self._last = 0.0
 
-    def maybe_trim(self) -> bool:
+    def claim(self, every_s: float | None = None) -> bool:
+        """True (and the time noted) when a trim is due: none in the last ``every_s`` (default: the trimmer's)."""
         now = time.monotonic()
-        if now - self._last < self.every_s:
+        if now - self._last < (self.every_s if every_s is None else every_s):
             return False
         self._last = now
-        return release_free_memory()
+        return True
+
+    def maybe_trim(self) -> bool:
+        return self.claim() and release_free_memory()
+
+
+class MemoryCeiling:
+    """The process's resident memory against a ceiling, with a trim mark below it.
+
+    At or above the trim mark, freed memory is given back to the system (``malloc_trim``, at most once
+    per ``trimmer.every_s``, four times as often past the ceiling, in a thread: a trim of a fragmented
+    heap takes milliseconds that requests should not wait); at or above the ceiling,
+    :meth:`passed` says so (the server's admission refuses new work). The resident size is read at
+    most once per ``every_s`` (a read is a system call; admission asks for every request).
+
+    Args:
+        limit_bytes: the ceiling; None until :meth:`settle` sets it, 0 for none.
+        headroom_bytes: how far below the ceiling the trim mark is.
+        every_s: how long a reading is reused.
+        trimmer: rate-limits the trims.
+    """
+
+    def __init__(self, limit_bytes: int | None, headroom_bytes: int = 0, every_s: float = 0.05,
+                 trimmer: Trimmer | None = None) -> None:
+        self.limit_bytes = limit_bytes
+        self.headroom_bytes = headroom_bytes
+        self.every_s = every_s
+        self.trimmer = trimmer or Trimmer(every_s=1.0)
+        self.trims = 0
+        self._at = -1.0
+        self._rss: int | None = None
+        self._trimming: threading.Thread | None = None
+
+    @property
+    def trim_bytes(self) -> int:
+        """The trim mark (0: none)."""
+        return max(0, self.limit_bytes - self.headroom_bytes) if self.limit_bytes else 0
+
+    def resident(self) -> int | None:
+        """The resident size, at most ``every_s`` old (None where it cannot be read)."""
+        now = time.monotonic()
+        if now - self._at >= self.every_s:
+            self._rss, self._at = resident_bytes(), now
+        return self._rss
+
+    def settle(self, headroom_bytes: int) -> int | None:
+        """Set an unset ceiling to the resident size now plus ``headroom_bytes`` (called once the
+        pipeline is loaded and warm: what it holds at rest plus what its work may add). Returns the ceiling."""
+        if self.limit_bytes is None:
+            rss = resident_bytes()
+            if rss is not None:
+                self.limit_bytes = rss + headroom_bytes
+        return self.limit_bytes
+
+    def tidy(self) -> int | None:
+        """Start a trim when the resident size is at or above the trim mark (and none ran within
+        ``trimmer.every_s``). Returns the resident size."""
+        rss = self.resident()
+        mark = self.trim_bytes
+        if not mark or rss is None or rss < mark or self._trimming is not None:
+            return rss
+        # Past the ceiling the heap grows by hundreds of MB a second under load: trim more often.
+        past = rss >= (self.limit_bytes or 0)
+        if not self.trimmer.claim(self.trimmer.every_s / 4 if past else None):
+            return rss
+        self.trims += 1
+        # In a thread of its own, at the caller's (the event loop's) priority: one below it could hold
+        # an arena's lock while other processes take the CPU, and the loop's next allocation would wait.
+        self._trimming = threading.Thread(target=self._trim, name="workzone-trim", daemon=True)
+        self._trimming.start()
+        return rss
+
+    def _trim(self) -> None:
+        release_free_memory()
+        self._at = -1.0  # read afresh: the trim may have given back much
+        self._trimming = None
+
+    def passed(self) -> int | None:
+        """The resident size when it is at or above the ceiling, else None (a trim is started first
+        when the trim mark is passed)."""
+        if not self.limit_bytes:
+            return None
+        rss = self.tidy()
+        return rss if rss is not None and rss >= self.limit_bytes else None
 
 
 def freeze_loaded_objects() -> int:

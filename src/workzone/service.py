@@ -27,7 +27,7 @@ from workzone.config.schema import PipelineConfig
 from workzone.io.decode_pool import DecodeBudget, DecodePool
 from workzone.io.images import DEFAULT_LIMITS, ImageHeader, ImageLimits, decode_image, probe_image
 from workzone.errors import DeadlineExceeded, NotReady
-from workzone._memory import Trimmer
+from workzone._memory import MemoryCeiling, Trimmer
 from workzone.types import Decision, Image
 
 __all__ = ["DetectionService", "ImageDecoder", "ServiceObserver", "EventHandler", "answer_by", "answer_margin"]
@@ -182,8 +182,12 @@ class DetectionService:
                  policy: BatchPolicy = BatchPolicy(), default_deadline_s: float | None = None,
                  max_deadline_s: float | None = None, observer: ServiceObserver | None = None,
                  decode_workers: int = 2, decoder: ImageDecoder | None = None,
-                 request_decode_cpu_s: float = 2.0, client_costs: ClientCosts | None = None) -> None:
+                 request_decode_cpu_s: float = 2.0, client_costs: ClientCosts | None = None,
+                 memory: MemoryCeiling | None = None) -> None:
         self.cascade = cascade
+        #: The process's resident-memory ceiling and trim mark (the server's; None: trims only when
+        #: the queue runs empty).
+        self.memory = memory
         self.decoder = decoder or ImageDecoder(limits=limits)
         self.request_decode_cpu_s = request_decode_cpu_s
         self._decode_slots = asyncio.Semaphore(decode_workers)
@@ -548,6 +552,8 @@ class DetectionService:
                 self.observer.on_decision(d)
         if self.batcher.depth == 0:  # the queue ran empty: give freed memory back to the OS
             self._trimmer.maybe_trim()
+        elif self.memory is not None:  # a queue that never runs empty: trimmed past the mark
+            self.memory.tidy()
         return decisions
 
     def _on_batch(self, size: int, waited_s: float) -> None:

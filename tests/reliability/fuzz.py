@@ -150,17 +150,24 @@ class RawResult:
     error: str | None = None
     connect_s: float | None = None  # of latency_s, the time to connect (the client's side of the clock)
     server_s: float | None = None  # the server's own time to the status line (its Server-Timing header)
+    accept_s: float | None = None  # the same from the server's accept of the connection
+    read_s: float | None = None  # the same from the server's reading the request's first bytes
 
 
-def _server_timing(head: bytes) -> float | None:
-    """Seconds of the ``app`` entry of a ``Server-Timing: app;dur=<ms>`` header, if the answer has one."""
+def _server_timing(head: bytes, entry: bytes = b"app") -> float | None:
+    """Seconds of the ``entry`` of a ``Server-Timing: app;dur=<ms>, accept;dur=<ms>`` header, if the
+    answer has one."""
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"server-timing" and b"dur=" in value:
-            try:
-                return float(value.split(b"dur=", 1)[1].split(b",")[0].split(b";")[0]) / 1000
-            except ValueError:
-                return None
+        if name.strip().lower() != b"server-timing":
+            continue
+        for part in value.split(b","):
+            key, _, params = part.strip().partition(b";")
+            if key == entry and params.startswith(b"dur="):
+                try:
+                    return float(params[4:].split(b";")[0]) / 1000
+                except ValueError:
+                    return None
     return None
 
 
@@ -192,7 +199,8 @@ async def raw_request(host: str, port: int, req: HttpRequest, timeout_s: float =
         latency = time.perf_counter() - t
         rest = await asyncio.wait_for(reader.read(), timeout_s)
         head_part, sep, body = rest.partition(b"\r\n\r\n")
-        return RawResult(status, latency, body if sep else rest, connect_s=connected, server_s=_server_timing(head_part))
+        return RawResult(status, latency, body if sep else rest, connect_s=connected, server_s=_server_timing(head_part),
+                         accept_s=_server_timing(head_part, b"accept"), read_s=_server_timing(head_part, b"read"))
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
         return RawResult(None, time.perf_counter() - t, error=f"{type(exc).__name__}: {exc}")
     except asyncio.TimeoutError:

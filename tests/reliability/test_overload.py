@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from server_support import jpeg_bytes, slow_first_tier, write_pipeline
 
@@ -151,3 +152,103 @@ def test_the_stages_and_decoders_run_below_the_event_loops_priority(live_server,
     # The decoder processes were started from those threads: they inherit the lower priority too.
     pool = srv.app.state.service.decoder.processes
     assert all(os.getpriority(os.PRIO_PROCESS, w.proc.pid) >= min(19, base + 5) for w in pool._all)
+
+
+def _post(srv, body: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(srv.url + "/v1/detect", content=body, headers={"Content-Type": "image/jpeg", **headers},
+                      timeout=30)
+
+
+def test_past_the_resident_memory_ceiling_new_work_waits_for_the_work_held(live_server, model_dir: Path, caplog):
+    import logging
+
+    from server_support import metric_value
+
+    # This process holds more than 64 MiB (its models, the test run): the ceiling is passed from the start.
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "ceiling")), max_held_bytes=32 << 20,
+                      max_rss_bytes=64 << 20)
+    metrics = srv.metrics()
+    assert metric_value(metrics, "workzone_resident_ceiling_bytes") == 64 << 20
+    assert metric_value(metrics, "workzone_resident_bytes") > 64 << 20
+    body = jpeg_bytes()
+    # Alone, a request is admitted however much the process holds: refusing it would free nothing.
+    assert _post(srv, body).status_code == 200
+    admission = srv.app.state.admission
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/jpeg\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+        end = time.monotonic() + 10
+        while admission.held_bytes == 0 and time.monotonic() < end:  # its first bytes are held
+            time.sleep(0.01)
+        assert admission.held_bytes > 0
+        with caplog.at_level(logging.WARNING, logger="workzone.access"):
+            refused = _post(srv, body)
+        assert refused.status_code == 429 and refused.json()["error"]["type"] == "overloaded"
+        assert any("WORKZONE_MAX_RSS_BYTES" in rec.getMessage() for rec in caplog.records)
+        # The held request's own bytes do not count against it: once whole, it is served.
+        s.sendall(body[100:])
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_the_ceiling_trims_past_its_mark_and_says_when_it_is_passed():
+    from workzone._memory import MemoryCeiling, resident_bytes
+
+    rss = resident_bytes()
+    assert rss is not None and rss > 8 << 20
+    far = MemoryCeiling(rss + (1 << 30), headroom_bytes=256 << 20)
+    assert far.passed() is None and far.trims == 0  # far below its mark: not even a trim
+    low = MemoryCeiling(1 << 20)  # this process holds far more
+    assert low.passed() is not None and low.trims == 1  # a trim started (in a thread of its own)
+    assert low.passed() is not None and low.trims == 1  # no second trim within a quarter of the trimmer's second
+    off = MemoryCeiling(0)
+    assert off.passed() is None and off.trim_bytes == 0 and off.trims == 0
+    auto = MemoryCeiling(None)
+    assert auto.passed() is None  # unknown until the pipeline has loaded
+    limit = auto.settle(512 << 20)
+    assert limit is not None and abs(limit - (rss + (512 << 20))) < 256 << 20
+    assert auto.settle(1) == limit  # settled once
+
+
+@pytest.mark.parametrize(("env", "field"), [
+    ({"WORKZONE_MAX_RSS_BYTES": "1000000"}, "max_rss_bytes"),  # below the byte budget it must hold
+    ({"WORKZONE_MAX_RSS_BYTES": "-1"}, "max_rss_bytes"),
+    ({"WORKZONE_MAX_RSS_BYTES": "a lot"}, "max_rss_bytes"),
+    ({"WORKZONE_MALLOC_MMAP_THRESHOLD": "4096"}, "malloc_mmap_threshold"),  # a system call per small block
+    ({"WORKZONE_MALLOC_MMAP_THRESHOLD": str(64 << 20)}, "malloc_mmap_threshold"),  # glibc's most is 32 MiB
+])
+def test_memory_settings_out_of_range_are_config_errors(monkeypatch, env: dict[str, str], field: str):
+    from workzone.cli.serve import _settings
+    from workzone.errors import ConfigError
+    from workzone.server.settings import ServerSettings
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=field):
+        _settings(ServerSettings, {})
+
+
+def test_memory_settings_in_range_are_taken(monkeypatch):
+    from workzone.server.settings import ServerSettings
+
+    monkeypatch.setenv("WORKZONE_MAX_RSS_BYTES", str(1 << 30))
+    monkeypatch.setenv("WORKZONE_MALLOC_MMAP_THRESHOLD", str(128 << 10))
+    s = ServerSettings()
+    assert (s.max_rss_bytes, s.malloc_mmap_threshold) == (1 << 30, 128 << 10)
+    assert ServerSettings(max_rss_bytes=0).max_rss_bytes == 0  # no ceiling
+
+
+def test_each_answer_times_itself_from_the_accept_and_from_its_first_bytes(live_server, model_dir: Path):
+    from server_support import metric_value
+    from tests.reliability.fuzz import _server_timing
+
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "timing")))
+    r = _post(srv, jpeg_bytes())  # a fresh connection: its first request
+    head = "\r\n".join(f"{k}: {v}" for k, v in r.headers.items()).encode()
+    app, read, accept = (_server_timing(head, name) for name in (b"app", b"read", b"accept"))
+    assert r.status_code == 200 and None not in (app, read, accept)
+    assert accept >= read >= app > 0  # type: ignore[operator]
+    time.sleep(0.3)  # the event loop's lag is probed every 50 ms
+    assert metric_value(srv.metrics(), "workzone_event_loop_lag_seconds_count") >= 3

@@ -91,3 +91,54 @@ def test_the_command_writes_the_packed_file_of_the_five_folds(lookalike_root: Pa
     res = CliRunner().invoke(app, args + ["--size", "64"])
     assert res.exit_code == 0, res.output
     assert len(read_fold_detections(tmp_path / "o.json.gz")) == int(res.output.split(" images")[0].split()[-1])
+
+
+def test_tile_windows_cover_the_image_and_overlap() -> None:
+    from workzone_train.fold_detect import tile_windows
+
+    assert tile_windows(640, 480, 1) == [(0, 0, 640, 480)]
+    for grid in (2, 3):
+        wins = tile_windows(1000, 700, grid, overlap=0.2)
+        assert len(wins) == grid * grid
+        covered = np.zeros((700, 1000), bool)
+        for x0, y0, x1, y1 in wins:
+            assert 0 <= x0 < x1 <= 1000 and 0 <= y0 < y1 <= 700
+            covered[y0:y1, x0:x1] = True
+        assert covered.all()
+        # neighbours share a strip: an object cut by one window's edge is whole in the next
+        (ax0, _, ax1, _), (bx0, _, bx1, _) = wins[0], wins[1]
+        assert bx0 < ax1 and (ax1 - bx0) >= 0.15 * (ax1 - ax0)
+    with pytest.raises(ValueError):
+        tile_windows(100, 100, 0)
+
+
+def test_tiled_detections_are_in_the_whole_images_coordinates(lookalike_root: Path, states: dict,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    from workzone_train.fold_detect import fold_detections_at
+    from workzone_train.oof_scores import read_fold_detections
+
+    torch.save(states, tmp_path / "s.pt")
+    fold_detections_at(lookalike_root, tmp_path / "s.pt", size=64, out=tmp_path / "t.json.gz", folds=FOLDS,
+                       sidecar=SIDECAR, tiles=2)
+    whole = _run(lookalike_root, states, tmp_path / "w.json.gz")
+    tiled = read_fold_detections(tmp_path / "t.json.gz")
+    assert set(tiled) == set(whole)
+    boxes = np.concatenate([d for d in tiled.values() if len(d)])
+    assert (boxes[:, :4] >= 0).all() and (boxes[:, :4] <= 1).all()
+    # windows in the right and lower halves put boxes there: the offsets were added back
+    assert boxes[:, 0].max() > 0.5 and boxes[:, 1].max() > 0.5
+    assert any(not np.array_equal(whole[k], tiled[k]) for k in whole)
+
+
+def test_union_keeps_an_object_seen_twice_once() -> None:
+    from workzone_train.fold_detect import union_detections
+
+    first = np.array([[0.1, 0.1, 0.2, 0.3, 0.6, 0], [0.5, 0.5, 0.6, 0.6, 0.4, 5]])
+    second = np.array([[0.11, 0.1, 0.21, 0.3, 0.9, 0],   # the same cone, seen closer: dropped
+                       [0.11, 0.1, 0.21, 0.3, 0.7, 1],   # same place, other class: kept
+                       [0.8, 0.8, 0.9, 0.9, 0.5, 0]])    # a cone only the closer look found: kept
+    got = union_detections(first, second)
+    assert got.shape == (4, 6)
+    assert list(got[:, 4]) == [0.7, 0.6, 0.5, 0.4]  # by falling score
+    assert union_detections(first, np.zeros((0, 6))).shape == (2, 6)
+    assert union_detections(np.zeros((0, 6)), second).shape == (3, 6)

@@ -21,7 +21,23 @@ import numpy as np
 
 from workzone_train._deps import require
 
-__all__ = ["fold_detections_at"]
+__all__ = ["fold_detections_at", "tile_windows", "union_detections"]
+
+
+def tile_windows(width: int, height: int, grid: int, overlap: float = 0.2) -> list[tuple[int, int, int, int]]:
+    """``grid`` x ``grid`` windows ``(x0, y0, x1, y1)`` that cover the image, neighbours sharing ``overlap`` of a
+    window, so an object cut by one window's edge is whole in the next (grid 1: the whole image).
+
+    >>> tile_windows(1000, 500, 2)
+    [(0, 0, 556, 278), (444, 0, 1000, 278), (0, 222, 556, 500), (444, 222, 1000, 500)]
+    """
+    if grid < 1 or not 0.0 <= overlap < 1.0:
+        raise ValueError(f"grid {grid} must be >= 1 and overlap {overlap} in [0, 1)")
+    fw = 1.0 / (grid - (grid - 1) * overlap)  # each window's share of a side
+    step = fw * (1.0 - overlap)
+    cuts = [(round(i * step * width), round(min(1.0, i * step + fw) * width)) for i in range(grid)]
+    rows = [(round(i * step * height), round(min(1.0, i * step + fw) * height)) for i in range(grid)]
+    return [(x0, y0, x1, y1) for y0, y1 in rows for x0, x1 in cuts]
 
 
 def _normalised(det: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -33,7 +49,7 @@ def _normalised(det: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def fold_detections_at(root: str | Path, fold_states: str | Path, *, size: int, out: str | Path,
-                       folds: Mapping[str, Sequence[str]], sidecar: Mapping | None = None,
+                       folds: Mapping[str, Sequence[str]], sidecar: Mapping | None = None, tiles: int = 1,
                        progress: Callable[[int], None] | None = None) -> Path:
     """Held-out detections of every fold at input ``size``, in the packed ``oof_detections.json.gz`` format.
 
@@ -44,6 +60,10 @@ def fold_detections_at(root: str | Path, fold_states: str | Path, *, size: int, 
         out: the ``.json.gz`` to write.
         folds: fold name -> the sources it leaves out (:data:`workzone_train.object_train.LOSO_FOLDS`).
         sidecar: the shipped detector's sidecar (its as-trained treatment and class names are kept).
+        tiles: with N > 1, the detector looks at each of N x N overlapping windows (:func:`tile_windows`) instead
+            of the whole image, each given the as-trained treatment on its own: N times the detail per object,
+            for the question whether proposals at full resolution reach what the whole-image pass misses.
+            Boxes come back in the whole image's coordinates, every window's (overlaps are not merged).
         progress: called with the number of images done after each.
 
     Raises:
@@ -84,14 +104,15 @@ def fold_detections_at(root: str | Path, fold_states: str | Path, *, size: int, 
             try:
                 for sample in (s for s in corpus if s.source in sources):
                     im = decode_image(sample.path.read_bytes())
-                    det = runner.detect([im], score_threshold=DETECTION_FLOOR, max_detections=MAX_DETECTIONS)[0]
+                    det = _detect_tiled(runner, im, tiles, DETECTION_FLOOR, MAX_DETECTIONS)
                     rows[sample.key] = _normalised(det, im.width, im.height).tolist()
                     done += 1
                     if progress is not None:
                         progress(done)
             finally:
                 runner.close()
-            packed[fold] = {"fold": fold, "summary": {"input_size": size, "rescored_from": str(fold_states)},
+            packed[fold] = {"fold": fold, "summary": {"input_size": size, "tiles": tiles,
+                                                      "rescored_from": str(fold_states)},
                             "detections": rows}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,3 +121,41 @@ def fold_detections_at(root: str | Path, fold_states: str | Path, *, size: int, 
         json.dump(packed, fh)
     part.replace(out)
     return out
+
+
+def _detect_tiled(runner, im, grid: int, floor: float, top: int) -> np.ndarray:  # noqa: ANN001
+    """The runner's detections of ``im`` (pixel boxes), over ``grid`` x ``grid`` windows when ``grid`` > 1."""
+    if grid <= 1:
+        return runner.detect([im], score_threshold=floor, max_detections=top)[0]
+    from workzone.types import Image
+
+    wins = tile_windows(im.width, im.height, grid)
+    crops = [Image(np.ascontiguousarray(im.pixels[y0:y1, x0:x1])) for x0, y0, x1, y1 in wins]
+    parts = []
+    for (x0, y0, _, _), det in zip(wins, runner.detect(crops, score_threshold=floor, max_detections=top)):
+        det = np.asarray(det, np.float64).reshape(-1, 6).copy()
+        det[:, [0, 2]] += x0
+        det[:, [1, 3]] += y0
+        parts.append(det)
+    return np.concatenate(parts) if parts else np.zeros((0, 6))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area_a, area_b = np.prod(a[:, 2:4] - a[:, :2], axis=1), np.prod(b[:, 2:4] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def union_detections(first: np.ndarray, second: np.ndarray, iou: float = 0.5) -> np.ndarray:
+    """One image's (D, 6) detections of two passes as one list, by falling score: every box of ``first``, and
+    those of ``second`` that overlap no box of the same class in ``first`` by ``iou`` or more (the same object
+    seen twice is kept once, as the first pass saw it)."""
+    a, b = np.asarray(first, np.float64).reshape(-1, 6), np.asarray(second, np.float64).reshape(-1, 6)
+    if len(a) and len(b):
+        same = (_iou(a[:, :4], b[:, :4]) >= iou) & (a[:, None, 5] == b[None, :, 5])
+        b = b[~same.any(axis=0)]
+    rows = np.concatenate([a, b])
+    return rows[np.argsort(-rows[:, 4], kind="stable")]

@@ -41,6 +41,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
+from workzone._memory import MemoryCeiling
 from workzone.errors import InvalidImageError, Overloaded, RequestTimeout, ShuttingDown
 from workzone.server.errors import REFUSAL_KEY
 
@@ -50,12 +51,16 @@ if TYPE_CHECKING:
 
     from workzone.service import DetectionService
 
-__all__ = ["Admission", "AdmissionMiddleware", "RefusalLog", "arrival_time", "reserve", "working_memory", "client_group",
-           "header_timeout_protocol", "GUARDED_PATHS", "ENDPOINT_KEY"]
+__all__ = ["Admission", "AdmissionMiddleware", "RefusalLog", "arrival_time", "reserve", "working_memory",
+           "client_group", "header_timeout_protocol", "GUARDED_PATHS", "ENDPOINT_KEY", "ACCEPTED_KEY", "READ_KEY"]
 
 access_log = logging.getLogger("workzone.access")
 
 _ARRIVED = "workzone.arrived"
+#: Scope keys set by the protocol (``time.perf_counter()``): when the request's connection was accepted
+#: (its first request only), and when the server read the request's first bytes.
+ACCEPTED_KEY = "workzone.accepted"
+READ_KEY = "workzone.read"
 _HELD = "workzone.held"
 _STRIKE = "workzone.strike"  # the request's own images could not be reserved (429): counted as a 422 is
 GUARDED_PATHS = frozenset({"/v1/detect", "/v1/detect/batch", "/v1/detect/stream"})
@@ -81,6 +86,10 @@ class Admission:
             requests are held ``penalty_s`` before any work.
         strike_window_s: the window those refusals are counted in.
         penalty_s: how long such a client's requests wait (0: no penalty).
+        memory: the process's resident-memory ceiling: at or above it new requests are refused while
+            any other request is held (with none held, refusing would free nothing: one is admitted,
+            so the service never stops answering). It bounds what the byte budget does not count:
+            the cascade's working set, the allocator's free space, buffers.
     """
 
     max_inflight: int
@@ -90,6 +99,7 @@ class Admission:
     free_strikes: int = 5
     strike_window_s: float = 10.0
     penalty_s: float = 1.0
+    memory: MemoryCeiling | None = None
     inflight: int = 0
     held_bytes: int = 0
     refused: int = 0
@@ -106,16 +116,25 @@ class Admission:
         now = int(time.monotonic() / _FRESH_S)
         return self.fresh.get(now, 0) + self.fresh.get(now - 1, 0)
 
-    def check(self, expected_wait_s: float = 0.0, deadline_s: float | None = None) -> None:
-        """Raise :class:`Overloaded` when one more request must not be admitted: the in-flight or
-        memory limit is reached, or the work already admitted would take more than half the
-        request's deadline (it could not be answered in time: better refused now than late)."""
+    def check(self, expected_wait_s: float = 0.0, deadline_s: float | None = None, own_bytes: int = 0) -> None:
+        """Raise :class:`Overloaded` when one more request must not be admitted: the in-flight limit,
+        the byte budget or the resident-memory ceiling is reached, or the work already admitted would
+        take more than half the request's deadline (it could not be answered in time: better refused
+        now than late).
+        ``own_bytes`` are the request's own bytes already counted in ``held_bytes`` (its body): not
+        other work, which alone makes the memory ceiling refuse."""
         late = deadline_s is not None and expected_wait_s > _WAIT_SHARE * deadline_s
         if self.inflight >= self.max_inflight:
             self._refuse(f"{self.inflight} requests in flight, the limit (WORKZONE_MAX_INFLIGHT)")
         if self.held_bytes >= self.max_held_bytes:
             self._refuse(f"{self.held_bytes / 2**20:.0f} MiB held of {self.max_held_bytes / 2**20:.0f} MiB "
                          "(WORKZONE_MAX_HELD_BYTES)")
+        others = self.inflight or self.held_bytes > own_bytes
+        rss = None if self.memory is None or not others else self.memory.passed()
+        if rss is not None:
+            ceiling = (self.memory.limit_bytes or 0) / 2**20  # type: ignore[union-attr]
+            self._refuse(f"the server's resident memory is {rss / 2**20:.0f} MiB, at or above its ceiling of "
+                         f"{ceiling:.0f} MiB (WORKZONE_MAX_RSS_BYTES)")
         if late:
             self._refuse(f"the work admitted would take {expected_wait_s:.2f} s, more than half the request's "
                          f"{deadline_s:g}-s deadline")
@@ -355,7 +374,7 @@ class AdmissionMiddleware:
             uploading = False
             admission.end_upload(client, token)
             remaining = None if deadline is None else max(0.0, deadline - (time.perf_counter() - arrived))
-            admission.check(self.service.expected_wait_s(admission.inflight), remaining)
+            admission.check(self.service.expected_wait_s(admission.inflight), remaining, own_bytes=held[0])
             admission.inflight += 1
             working = True
 
@@ -473,8 +492,11 @@ def header_timeout_protocol(base: type, timeout_s: float, max_header_bytes: int 
         _wz_cycle: Any = None
         _wz_bytes = 0
         _wz_transport: _LingeringTransport | None = None
+        _wz_accepted = 0.0
+        _wz_read = 0.0
 
         def connection_made(self, transport: Any) -> None:
+            self._wz_accepted = time.perf_counter()
             self._wz_transport = _LingeringTransport(transport, self)
             super().connection_made(self._wz_transport)
             self._wz_arm()
@@ -483,6 +505,8 @@ def header_timeout_protocol(base: type, timeout_s: float, max_header_bytes: int 
             if self._wz_transport is not None and self._wz_transport.lingering:
                 self._wz_transport.discard(data)  # the rest of a refused body: never parsed
                 return
+            if not self._wz_bytes:
+                self._wz_read = time.perf_counter()
             self._wz_bytes += len(data)
             super().data_received(data)
             if self._wz_timer is None:
@@ -490,6 +514,11 @@ def header_timeout_protocol(base: type, timeout_s: float, max_header_bytes: int 
             if getattr(self, "cycle", None) is not self._wz_cycle:
                 self._wz_timer.cancel()  # a new request's headers are complete
                 self._wz_timer = None
+                scope = getattr(self.cycle, "scope", None)
+                if isinstance(scope, dict):  # its app has not started yet (one thread): for the metrics
+                    scope[READ_KEY] = self._wz_read
+                    if not self._wz_cycle:  # the connection's first request
+                        scope[ACCEPTED_KEY] = self._wz_accepted
             elif (self._wz_bytes > max_header_bytes and not self.transport.is_closing()
                   # the rest of a body answered before it was read (413) is not a header
                   and not getattr(getattr(self, "cycle", None), "more_body", False)):

@@ -24,7 +24,8 @@ from workzone.io.images import ImageLimits
 from workzone.server.admission import Admission, AdmissionMiddleware, RefusalLog, header_timeout_protocol
 from workzone.server.errors import register_exception_handlers
 from workzone._loop import lower_priority_executor
-from workzone._memory import freeze_loaded_objects, limit_malloc_arenas
+from workzone._memory import (MemoryCeiling, fix_mmap_threshold, freeze_loaded_objects, limit_malloc_arenas,
+                              release_free_memory)
 from workzone.server.middleware import BodyLimitMiddleware
 from workzone.server.metrics import MetricsMiddleware, ServerMetrics
 from workzone.server.protocol import BatchDetectRequest, DetectRequest, ErrorResponse, TierEventModel
@@ -37,6 +38,10 @@ from workzone.server.ui import attach_ui
 __all__ = ["create_app", "create_server", "build_service", "warn_if_exposed"]
 
 log = logging.getLogger("workzone.server")
+
+#: What the default resident-memory ceiling allows beyond the loaded pipeline and the byte budget: the
+#: cascade's working set on a batch, buffers and the heap's free space.
+_WORKING_ALLOWANCE = 256 * 1024 * 1024
 
 
 def build_service(settings: ServerSettings, observer: Any = None) -> DetectionService:
@@ -56,7 +61,8 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
                                           decoder=ImageDecoder(settings.device, limits=limits, gpu_decode=settings.gpu_decode,
                                                                processes=processes),
                                           request_decode_cpu_s=settings.request_decode_cpu_s,
-                                          client_costs=ClientCosts(settings.costly_image_s))
+                                          client_costs=ClientCosts(settings.costly_image_s),
+                                          memory=MemoryCeiling(settings.max_rss_bytes, settings.max_held_bytes))
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -74,13 +80,25 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limit_malloc_arenas(2)  # before the worker threads allocate: fewer arenas, less RSS kept after load
+        if settings.malloc_mmap_threshold:  # decoded images in their own mappings, not fragmenting heaps
+            fix_mmap_threshold(settings.malloc_mmap_threshold)
         if settings.compute_nice:  # before the stages load: their threads (and ONNX Runtime's) inherit it
             asyncio.get_running_loop().set_default_executor(lower_priority_executor(settings.compute_nice))
-        # Once loaded, the pipeline's objects are never garbage: out of the collector's full walks.
-        service.start_in_background().add_done_callback(lambda _: freeze_loaded_objects())
+
+        def loaded(_: Any) -> None:
+            # Once loaded, the pipeline's objects are never garbage: out of the collector's full walks.
+            freeze_loaded_objects()
+            release_free_memory()
+            # What the loaded pipeline holds at rest, plus the byte budget (bodies and pixels) and an
+            # allowance for the cascade's working set on them, buffers and free space.
+            service.memory.settle(settings.max_held_bytes + _WORKING_ALLOWANCE)  # type: ignore[union-attr]
+
+        service.start_in_background().add_done_callback(loaded)
+        lag_probe = asyncio.ensure_future(metrics.probe_loop_lag())
         try:
             yield
         finally:
+            lag_probe.cancel()
             log.info("shutting down: finishing %d queued image(s)", service.batcher.depth)
             await service.aclose(timeout=settings.shutdown_timeout_s)
 
@@ -96,7 +114,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.admission = admission = Admission(settings.max_inflight, settings.max_held_bytes,
                                                 float(settings.retry_after_s),
                                                 max_uploads_per_client=settings.max_uploads_per_client,
-                                                penalty_s=settings.refusal_penalty_s)
+                                                penalty_s=settings.refusal_penalty_s, memory=service.memory)
+    metrics.bind_admission(admission)
     register_exception_handlers(app, default_retry_after=float(settings.retry_after_s))
     attach_routes(app)
     attach_ui(app)

@@ -6,13 +6,19 @@ Exposed at ``GET /metrics``:
 * ``workzone_stage_latency_seconds{stage}``, ``workzone_stage_errors_total{stage}``
 * ``workzone_exits_total{tier,reason}``: where images leave the cascade
 * ``workzone_batch_size`` and ``workzone_queue_wait_seconds``: what the micro-batcher forms
+* ``workzone_event_loop_lag_seconds``: how late a timer probe on the event loop ran (every request
+  waits as long)
 * ``workzone_queue_depth``, ``workzone_batch_running``, ``workzone_ready`` and
   ``workzone_breaker_state{stage,state}`` (1 for the current state), ``workzone_decoder_kills_total``,
   read at scrape time.
+* ``workzone_held_bytes`` (bodies and reserved pixels, against ``max_held_bytes``),
+  ``workzone_resident_bytes`` and ``workzone_resident_ceiling_bytes`` (``max_rss_bytes``; 0: none),
+  ``workzone_inflight``: admission's state, read at scrape time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -21,17 +27,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from workzone.server.admission import ENDPOINT_KEY
+from workzone._memory import resident_bytes
+from workzone.server.admission import ACCEPTED_KEY, ENDPOINT_KEY, READ_KEY
 from workzone.types import Decision
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from workzone.server.admission import Admission
     from workzone.service import DetectionService
 
 __all__ = ["ServerMetrics", "MetricsMiddleware", "CONTENT_TYPE_LATEST"]
 
+#: Seconds between two probes of the event loop's lag.
+LOOP_PROBE_S = 0.05
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -54,10 +65,24 @@ class ServerMetrics:
                                     buckets=_BATCH_BUCKETS, registry=r)
         self.queue_wait = Histogram("workzone_queue_wait_seconds", "time the oldest job of a batch waited",
                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.loop_lag = Histogram("workzone_event_loop_lag_seconds", "how late a timer on the event loop ran "
+                                  f"(a probe every {LOOP_PROBE_S * 1000:.0f} ms): every request waits as long",
+                                  buckets=_LAG_BUCKETS, registry=r)
+
+    async def probe_loop_lag(self) -> None:
+        """Observe the event loop's lag every ``LOOP_PROBE_S`` until cancelled (the server's lifespan runs it)."""
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(LOOP_PROBE_S)
+            self.loop_lag.observe(max(0.0, time.perf_counter() - t - LOOP_PROBE_S))
 
     def bind_service(self, service: "DetectionService") -> None:
         """Expose the service's live state (queue depth, readiness, breakers) at scrape time."""
         self.registry.register(_ServiceCollector(service))
+
+    def bind_admission(self, admission: "Admission") -> None:
+        """Expose what admission holds (bytes, resident memory and its ceiling, requests) at scrape time."""
+        self.registry.register(_AdmissionCollector(admission))
 
     # -- ServiceObserver --------------------------------------------------------------------------
     def on_batch(self, size: int, waited_s: float) -> None:
@@ -103,9 +128,29 @@ class _ServiceCollector(Collector):
         yield from (depth, running, ready, breakers, killed)
 
 
+class _AdmissionCollector(Collector):
+    def __init__(self, admission: "Admission") -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterable[Any]:
+        adm = self.admission
+        gauges = (("held_bytes", "request bodies and reserved pixels held now", adm.held_bytes),
+                  ("resident_bytes", "resident memory of the server process", resident_bytes() or 0),
+                  ("resident_ceiling_bytes", "resident memory at which detect requests are refused (0: none)",
+                   (adm.memory.limit_bytes or 0) if adm.memory is not None else 0),
+                  ("inflight", "detect requests admitted as work", adm.inflight))
+        for name, doc, value in gauges:
+            g = GaugeMetricFamily(f"workzone_{name}", doc)
+            g.add_metric([], float(value))
+            yield g
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware counting requests and timing them per route template; each answer tells
-    its client the server's own time (``Server-Timing: app;dur=<ms>``).
+    its client the server's own time to the status line (``Server-Timing: app;dur=<ms>``: from the
+    request reaching the app; ``read;dur=<ms>``: from the server reading its first bytes, so parsing and
+    the event loop's delay before the app are in it; on a connection's first request ``accept;dur=<ms>``:
+    from the connection's accept, so the client's own time to send its request is in it too).
 
     Pure ASGI (not BaseHTTPMiddleware) so streamed responses (SSE) pass through untouched; the
     endpoint label is the matched route's path template, so label cardinality stays bounded.
@@ -127,7 +172,12 @@ class MetricsMiddleware:
                 status[0] = int(message["status"])
                 # The server's own time to the status line (W3C Server-Timing): a client can tell it
                 # from the network's and its own (a load generator on the same cores, for one).
-                took = f"app;dur={(time.perf_counter() - start) * 1000:.1f}".encode()
+                now = time.perf_counter()
+                took = f"app;dur={(now - start) * 1000:.1f}"
+                for key, name in ((READ_KEY, "read"), (ACCEPTED_KEY, "accept")):
+                    if scope.get(key) is not None:
+                        took += f", {name};dur={(now - scope[key]) * 1000:.1f}"
+                took = took.encode()
                 message = {**message, "headers": [*message.get("headers", ()), (b"server-timing", took)]}
             await send(message)
 

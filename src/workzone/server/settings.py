@@ -12,7 +12,11 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workzone._memory import MAX_MMAP_THRESHOLD
+
 __all__ = ["ServerSettings"]
+
+_MIN_MMAP_THRESHOLD = 16 * 1024
 
 
 class ServerSettings(BaseSettings):
@@ -49,6 +53,17 @@ class ServerSettings(BaseSettings):
     max_held_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024,
                                 description="request bodies and decoded pixels held at once; above it new "
                                 "requests are refused (429) before their body is read")
+    max_rss_bytes: int | None = Field(default=None, ge=0, description="resident memory of the server process at "
+                                      "or above which detect requests are refused (429) while any other is held; "
+                                      "from max_held_bytes below it, freed memory is given back to the system "
+                                      "(malloc_trim, at most once a second); None: the resident size once the "
+                                      "pipeline is loaded plus max_held_bytes plus 256 MiB (the cascade's working set, buffers, free "
+                                      "space); 0: no ceiling, no trims")
+    malloc_mmap_threshold: int = Field(default=0, ge=0, le=MAX_MMAP_THRESHOLD,
+                                       description="allocations of this many bytes or more get their own memory "
+                                       "mapping, returned to the system when freed (glibc); fixed, so glibc does "
+                                       "not raise it and serve decoded images from heaps that fragment; costs a "
+                                       "page fault per fresh page of each; 0: glibc's own moving threshold")
     max_uploads_per_client: int = Field(default=16, ge=1, description="request bodies one client address (IPv6: "
                                         "its /64) may be sending at once; more are refused (429) before their "
                                         "body is read. Bodies still arriving are not counted as queued work")
@@ -116,6 +131,13 @@ class ServerSettings(BaseSettings):
         if self.default_deadline_s is not None and self.default_deadline_s > self.max_deadline_s:
             raise ValueError(f"default_deadline_s ({self.default_deadline_s}) must not exceed "
                              f"max_deadline_s ({self.max_deadline_s})")
+        if self.max_rss_bytes and self.max_rss_bytes <= self.max_held_bytes:
+            raise ValueError(f"max_rss_bytes ({self.max_rss_bytes}) must be above max_held_bytes "
+                             f"({self.max_held_bytes}), which the server itself may fill, or 0 for no ceiling")
+        if 0 < self.malloc_mmap_threshold < _MIN_MMAP_THRESHOLD:
+            raise ValueError(f"malloc_mmap_threshold must be 0 (glibc's own) or at least {_MIN_MMAP_THRESHOLD} "
+                             f"bytes (a mapping per small allocation costs a system call each), got "
+                             f"{self.malloc_mmap_threshold}")
         if any(len(k) < 8 for k in self.api_keys):
             raise ValueError("api_keys: every key must be at least 8 characters long")
         return self

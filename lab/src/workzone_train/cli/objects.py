@@ -52,6 +52,9 @@ def oof(
     sidecar: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                            help="detector sidecar whose as-trained treatment and classes are kept "
                                                 "(default: the shipped roadwork_objects.json)"),
+    tiles: int = typer.Option(1, min=1, max=4, help="look at N x N overlapping windows of each image instead of "
+                                                    "the whole (each with the as-trained treatment): N times the "
+                                                    "detail per object"),
 ) -> None:
     """Re-score every fold's held-out images at another input size, through the runtime's detector path (CPU)."""
     import json
@@ -70,10 +73,11 @@ def oof(
         raise typer.BadParameter(f"{size} is not a multiple of 32", param_hint="--size")
     total = sum(1 for s in load_corpus(data) if any(s.source in srcs for srcs in LOSO_FOLDS.values()))
     with Progress() as bar:
-        task = bar.add_task(f"detecting at {size} px", total=total)
+        task = bar.add_task(f"detecting at {size} px" + (f" over {tiles}x{tiles} windows" if tiles > 1 else ""),
+                            total=total)
         try:
             path = fold_detections_at(data, fold_states, size=size, out=out, folds=LOSO_FOLDS,
-                                      sidecar=json.loads(sidecar.read_text(encoding="utf-8")),
+                                      sidecar=json.loads(sidecar.read_text(encoding="utf-8")), tiles=tiles,
                                       progress=lambda n: bar.update(task, completed=n))
         except KeyError as exc:  # a run of other folds: say which, not a traceback
             raise typer.BadParameter(str(exc.args[0]), param_hint="--fold-states") from exc
