@@ -240,6 +240,17 @@ def test_memory_settings_in_range_are_taken(monkeypatch):
     assert ServerSettings(max_rss_bytes=0).max_rss_bytes == 0  # no ceiling
 
 
+
+def test_the_automatic_ceiling_is_the_cpus_and_a_set_one_holds_on_any_device():
+    from workzone.server.app import default_rss_ceiling
+    from workzone.server.settings import ServerSettings
+
+    assert default_rss_ceiling(ServerSettings(device="cpu")) is None  # settled from the loaded pipeline
+    assert default_rss_ceiling(ServerSettings(device="cuda")) == 0  # none: CUDA grows RSS after loading
+    assert default_rss_ceiling(ServerSettings(device="cuda:1")) == 0
+    assert default_rss_ceiling(ServerSettings(device="cuda", max_rss_bytes=3 << 30)) == 3 << 30
+    assert default_rss_ceiling(ServerSettings(device="cpu", max_rss_bytes=0)) == 0
+
 def test_each_answer_times_itself_from_the_accept_and_from_its_first_bytes(live_server, model_dir: Path):
     from server_support import metric_value
     from tests.reliability.fuzz import _server_timing

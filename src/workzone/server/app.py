@@ -35,13 +35,23 @@ from workzone.service import DetectionService, ImageDecoder
 from workzone.server.settings import ServerSettings
 from workzone.server.ui import attach_ui
 
-__all__ = ["create_app", "create_server", "build_service", "warn_if_exposed"]
+__all__ = ["create_app", "create_server", "build_service", "default_rss_ceiling", "warn_if_exposed"]
 
 log = logging.getLogger("workzone.server")
 
 #: What the default resident-memory ceiling allows beyond the loaded pipeline and the byte budget: the
 #: cascade's working set on a batch, buffers and the heap's free space.
 _WORKING_ALLOWANCE = 256 * 1024 * 1024
+
+
+def default_rss_ceiling(settings: ServerSettings) -> int | None:
+    """``max_rss_bytes`` as set; unset, None (set from the loaded pipeline's resident size, see
+    ``MemoryCeiling.settle``) on the CPU and 0 (no ceiling) on a CUDA device: there the CUDA runtime, pinned
+    buffers and ``torch.compile`` grow the resident size after loading by amounts no request holds, and the
+    automatic ceiling was measured on the CPU only. Set ``WORKZONE_MAX_RSS_BYTES`` to have one on a GPU."""
+    if settings.max_rss_bytes is None and settings.device.startswith("cuda"):
+        return 0
+    return settings.max_rss_bytes
 
 
 def build_service(settings: ServerSettings, observer: Any = None) -> DetectionService:
@@ -62,7 +72,7 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
                                                                processes=processes),
                                           request_decode_cpu_s=settings.request_decode_cpu_s,
                                           client_costs=ClientCosts(settings.costly_image_s),
-                                          memory=MemoryCeiling(settings.max_rss_bytes, settings.max_held_bytes))
+                                          memory=MemoryCeiling(default_rss_ceiling(settings), settings.max_held_bytes))
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:

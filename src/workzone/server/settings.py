@@ -58,7 +58,7 @@ class ServerSettings(BaseSettings):
                                       "from max_held_bytes below it, freed memory is given back to the system "
                                       "(malloc_trim, at most once a second); None: the resident size once the "
                                       "pipeline is loaded plus max_held_bytes plus 256 MiB (the cascade's working set, buffers, free "
-                                      "space); 0: no ceiling, no trims")
+                                      "space) on the CPU, no ceiling on a CUDA device; 0: no ceiling, no trims")
     malloc_mmap_threshold: int = Field(default=0, ge=0, le=MAX_MMAP_THRESHOLD,
                                        description="allocations of this many bytes or more get their own memory "
                                        "mapping, returned to the system when freed (glibc); fixed, so glibc does "
