@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from server_support import write_pipeline  # noqa: E402  (tests/server on sys.path, see conftest)
+from server_support import slow_first_tier, write_pipeline  # noqa: E402  (tests/server on sys.path, see conftest)
 from tests.reliability.corpus import attack_inputs
 from tests.reliability.fuzz import HttpRequest, raw_request
 from workzone.throughput.http import _load
@@ -34,26 +34,12 @@ def _jpeg(side: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _batch_cost_tier(sleep_s: float) -> str:
-    # A fixed cost per batch, whatever its size (as a GPU's): an image costs 8x more alone than in a batch of 8.
-    return f"""\
-  - name: batched
-    stages:
-      - name: clf
-        kind: onnx_classifier
-        model: tiny.onnx
-        threads: 1
-      - name: wait
-        kind: test_sleep
-        sleep_s: {sleep_s}
-"""
-
-
 def test_a_brief_overload_from_one_address_recovers_to_the_full_rate(live_server, model_dir: Path):
     """Overload, a lull of one-image batches (0.4 s an image, 8x what an image cost in the full
     batches), then 12 requests/s: the shared lane's batches answer them all. Were the one client moved
     to the costly lane (one image at a time, 2.5 a second), it would answer a fifth of them, seconds late."""
-    pipeline = write_pipeline(model_dir, "one_address", first_tier=_batch_cost_tier(0.4), deadline_s=10.0)
+    # a fixed cost per batch, whatever its size (as a GPU's)
+    pipeline = write_pipeline(model_dir, "one_address", first_tier=slow_first_tier(0.4), deadline_s=10.0)
     srv = live_server(pipeline=str(pipeline), batch_size=8, batch_wait_ms=50)
     blobs = [_jpeg(64, seed) for seed in range(8)]
 
