@@ -47,7 +47,8 @@ def main() -> None:
             counts[(group, s.sample.label)] += (1, w, t, w or t)
     print(f"| source | images | with a box >= {args.threshold}: whole image | tiles | either |")
     print("|---|---|---|---|---|")
-    for (group, label), (n, w, t, e) in sorted(counts.items(), key=lambda kv: (kv[0][0] == "all", kv[0][0].startswith("*"), kv[0])):
+    order = sorted(counts.items(), key=lambda kv: (kv[0][0] == "all", kv[0][0].startswith("*"), kv[0]))
+    for (group, label), (n, w, t, e) in order:
         kind = "road work" if label else "none"
         print(f"| {group} ({kind}) | {n} | {w / n:.2f} | {t / n:.2f} | {e / n:.2f} |")
 

@@ -193,6 +193,22 @@ def test_past_the_resident_memory_ceiling_new_work_waits_for_the_work_held(live_
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
+
+def test_the_default_ceiling_is_the_loaded_size_plus_the_byte_budget(live_server, model_dir: Path):
+    from server_support import metric_value
+
+    # Counted once, not twice: admitted work overshoots the ceiling by up to the budget again.
+    for budget, headroom in ((512 << 20, 512 << 20), (32 << 20, 256 << 20)):  # at least 256 MiB of headroom
+        srv = live_server(pipeline=str(write_pipeline(model_dir, f"auto{budget}")), max_held_bytes=budget)
+        end = time.monotonic() + 30
+        ceiling = 0
+        while not ceiling and time.monotonic() < end:  # settled once the pipeline has loaded
+            ceiling = metric_value(srv.metrics(), "workzone_resident_ceiling_bytes")
+            time.sleep(0.1)
+        resident = metric_value(srv.metrics(), "workzone_resident_bytes")
+        # the loaded size was read before: it is at most what the process holds now, and not far below it
+        assert resident - (64 << 20) < ceiling - headroom <= resident + (8 << 20), (ceiling, resident, headroom)
+
 def test_the_ceiling_trims_past_its_mark_and_says_when_it_is_passed():
     from workzone._memory import MemoryCeiling, resident_bytes
 

@@ -39,9 +39,9 @@ __all__ = ["create_app", "create_server", "build_service", "default_rss_ceiling"
 
 log = logging.getLogger("workzone.server")
 
-#: What the default resident-memory ceiling allows beyond the loaded pipeline and the byte budget: the
-#: cascade's working set on a batch, buffers and the heap's free space.
-_WORKING_ALLOWANCE = 256 * 1024 * 1024
+#: The least the default resident-memory ceiling allows beyond the loaded pipeline (a smaller byte budget
+#: would put the ceiling within the noise of the resident size at rest).
+_MIN_HEADROOM = 256 * 1024 * 1024
 
 
 def default_rss_ceiling(settings: ServerSettings) -> int | None:
@@ -99,9 +99,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             # Once loaded, the pipeline's objects are never garbage: out of the collector's full walks.
             freeze_loaded_objects()
             release_free_memory()
-            # What the loaded pipeline holds at rest, plus the byte budget (bodies and pixels) and an
-            # allowance for the cascade's working set on them, buffers and free space.
-            service.memory.settle(settings.max_held_bytes + _WORKING_ALLOWANCE)  # type: ignore[union-attr]
+            # What the loaded pipeline holds at rest plus the byte budget (at least 256 MiB). Not more: the
+            # ceiling stops admissions, and the work already admitted (up to the byte budget again, plus each
+            # batch's tensors) overshoots it until it ends; with the budget counted twice, the peak under 500
+            # clients reached 1,064 MB on 2 cores, with it once at most 763 MB at as many answers
+            # (benchmarks/results/reliability.md, "Memory under overload").
+            service.memory.settle(max(settings.max_held_bytes, _MIN_HEADROOM))  # type: ignore[union-attr]
 
         service.start_in_background().add_done_callback(loaded)
         lag_probe = asyncio.ensure_future(metrics.probe_loop_lag())

@@ -57,8 +57,9 @@ class ServerSettings(BaseSettings):
                                       "or above which detect requests are refused (429) while any other is held; "
                                       "from max_held_bytes below it, freed memory is given back to the system "
                                       "(malloc_trim, at most once a second); None: the resident size once the "
-                                      "pipeline is loaded plus max_held_bytes plus 256 MiB (the cascade's working set, buffers, free "
-                                      "space) on the CPU, no ceiling on a CUDA device; 0: no ceiling, no trims")
+                                      "pipeline is loaded plus max_held_bytes (at least 256 MiB; admitted work "
+                                      "overshoots the ceiling by up to the budget again) on the CPU, no ceiling on "
+                                      "a CUDA device; 0: no ceiling, no trims")
     malloc_mmap_threshold: int = Field(default=0, ge=0, le=MAX_MMAP_THRESHOLD,
                                        description="allocations of this many bytes or more get their own memory "
                                        "mapping, returned to the system when freed (glibc); fixed, so glibc does "
