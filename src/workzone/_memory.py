@@ -37,6 +37,7 @@ _M_ARENA_MAX = -8  # mallopt parameter numbers in glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 #: glibc's largest mmap threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``): mallopt refuses more.
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,8 +77,6 @@ def resident_bytes() -> int | None:
     except (OSError, IndexError, ValueError):
         return None
 
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def release_free_memory() -> bool:

@@ -127,10 +127,8 @@ def _detect_tiled(runner, im, grid: int, floor: float, top: int) -> np.ndarray: 
     """The runner's detections of ``im`` (pixel boxes), over ``grid`` x ``grid`` windows when ``grid`` > 1."""
     if grid <= 1:
         return runner.detect([im], score_threshold=floor, max_detections=top)[0]
-    from workzone.types import Image
-
     wins = tile_windows(im.width, im.height, grid)
-    crops = [Image(np.ascontiguousarray(im.pixels[y0:y1, x0:x1])) for x0, y0, x1, y1 in wins]
+    crops = [np.ascontiguousarray(im.pixels[y0:y1, x0:x1]) for x0, y0, x1, y1 in wins]
     parts = []
     for (x0, y0, _, _), det in zip(wins, runner.detect(crops, score_threshold=floor, max_detections=top)):
         det = np.asarray(det, np.float64).reshape(-1, 6).copy()
@@ -140,22 +138,15 @@ def _detect_tiled(runner, im, grid: int, floor: float, top: int) -> np.ndarray: 
     return np.concatenate(parts) if parts else np.zeros((0, 6))
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area_a, area_b = np.prod(a[:, 2:4] - a[:, :2], axis=1), np.prod(b[:, 2:4] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
 def union_detections(first: np.ndarray, second: np.ndarray, iou: float = 0.5) -> np.ndarray:
     """One image's (D, 6) detections of two passes as one list, by falling score: every box of ``first``, and
     those of ``second`` that overlap no box of the same class in ``first`` by ``iou`` or more (the same object
     seen twice is kept once, as the first pass saw it)."""
+    from workzone_train.detector import box_iou
+
     a, b = np.asarray(first, np.float64).reshape(-1, 6), np.asarray(second, np.float64).reshape(-1, 6)
     if len(a) and len(b):
-        same = (_iou(a[:, :4], b[:, :4]) >= iou) & (a[:, None, 5] == b[None, :, 5])
+        same = (box_iou(a[:, :4], b[:, :4]) >= iou) & (a[:, None, 5] == b[None, :, 5])
         b = b[~same.any(axis=0)]
     rows = np.concatenate([a, b])
     return rows[np.argsort(-rows[:, 4], kind="stable")]
