@@ -59,6 +59,28 @@ class ModelStage(Stage):
             await self.run_blocking(self._predict_evidence_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n,
                                     self._warmup_evidence(n))
 
+    async def warm_batches(self, largest: int) -> None:
+        """One blank batch per bucket of the stage's torch runner (none without one, or unpadded)."""
+        runner = self._torch_runner()
+        rows = self._rows_per_image()
+        for size in [] if runner is None else runner.warm_sizes(largest * rows):
+            n = -(-size // rows)
+            await self.run_blocking(self._predict_evidence_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n,
+                                    self._warmup_evidence(n))
+
+    @property
+    def cold_runs(self) -> int:
+        runner = self._torch_runner()
+        return 0 if runner is None else runner.cold_runs
+
+    def _torch_runner(self) -> Any:
+        """The stage's :class:`~workzone.accel.runner.TorchModelRunner` on the torch backend, else None."""
+        return None
+
+    def _rows_per_image(self) -> int:
+        """Rows of the runner's batch per image (2 with mirror views)."""
+        return 1
+
     async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._model)
         batch = list(batch)

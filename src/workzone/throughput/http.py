@@ -201,7 +201,9 @@ _REFUSED = re.compile(r"refused (\d{3}) (\S+) client=\S+ \S+ \S+: (.*?)(?: \((\d
 #: What workzone.client_costs logs when a client changes lanes: with one client address, the costly
 #: lane (one image at a time) would be the whole server.
 _LANES = (("now run in the costly lane", "client moved to the costly lane"),
-          ("back to the shared lane", "client back to the shared lane"))
+          ("back to the shared lane", "client back to the shared lane"),
+          # DetectionService: a served batch beside a compile or kernel choice (warm-up missed a shape).
+          ("met a shape for the first time", "batch beside a first run of a shape (not charged)"))
 #: The limit a refusal names -> a short label (first match wins).
 _LIMITS = (("WORKZONE_MAX_UPLOADS_PER_CLIENT", "uploads per client"), ("WORKZONE_MAX_INFLIGHT", "in flight"),
            ("WORKZONE_MAX_HELD_BYTES", "memory held"), ("budget cannot give", "memory for its images"),
