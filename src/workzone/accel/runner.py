@@ -103,6 +103,8 @@ class TorchModelRunner:
             except Exception as exc:  # noqa: BLE001 - compile is an optimisation; eager is always right
                 self.notes.append(f"torch.compile unavailable ({type(exc).__name__}: {exc}); eager")
         self.pads = (compile or self.device.startswith("cuda")) if pad is None else pad
+        if self.pads and not self.compiled:
+            self.notes.append("batches padded to power-of-two buckets")
         # One-image batches on the CPU stay one image (every padded row costs a row's compute there).
         self._least = 8 if self.device.startswith("cuda") else 1
         self.cold_runs = 0

@@ -56,17 +56,18 @@ class ModelStage(Stage):
     async def warmup(self) -> None:
         """One throw-away batch of blank images per size in :attr:`warmup_batches`, through the whole path."""
         for n in self.warmup_batches:
-            await self.run_blocking(self._predict_evidence_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n,
-                                    self._warmup_evidence(n))
+            await self._blank_batch(n)
+
+    async def _blank_batch(self, n: int) -> None:
+        await self.run_blocking(self._predict_evidence_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n,
+                                self._warmup_evidence(n))
 
     async def warm_batches(self, largest: int) -> None:
         """One blank batch per bucket of the stage's torch runner (none without one, or unpadded)."""
         runner = self._torch_runner()
         rows = self._rows_per_image()
         for size in [] if runner is None else runner.warm_sizes(largest * rows):
-            n = -(-size // rows)
-            await self.run_blocking(self._predict_evidence_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n,
-                                    self._warmup_evidence(n))
+            await self._blank_batch(-(-size // rows))
 
     @property
     def cold_runs(self) -> int:
