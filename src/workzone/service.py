@@ -553,8 +553,8 @@ class DetectionService:
         if self.observer is not None:
             for d in decisions:
                 self.observer.on_decision(d)
-        if self.batcher.depth == 0:  # the queue ran empty: give freed memory back to the OS
-            self._trimmer.maybe_trim()
+        if self.batcher.depth == 0:  # the queue ran empty: give freed memory back to the OS (off the loop)
+            self._trimmer.maybe_trim(in_thread=True)
         elif self.memory is not None:  # a queue that never runs empty: trimmed past the mark
             self.memory.tidy()
         return decisions
