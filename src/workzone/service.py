@@ -233,15 +233,21 @@ class DetectionService:
         return self.cascade.config
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load and warm up every stage, then accept work. Raises what the cascade raises."""
+    async def start(self, *, serving: bool = True) -> None:
+        """Load and warm up every stage, then accept work. Raises what the cascade raises.
+
+        Args:
+            serving: the micro-batcher will serve (a server, a miner): every batch shape it can form is
+                run first. The sync API, whose callers' batches go past it, leaves this off (a
+                ``torch.compile`` of a bucket no caller sends costs seconds to minutes).
+        """
         self.state = "starting"
         try:
             if self.decoder.processes is not None and not self.decoder.processes.started:
                 await self.decoder.processes.start()
             # Every batch the batcher can form runs on warmed shapes: a compile inside a served batch
             # would hold its requests for seconds to minutes.
-            await self.cascade.start(largest_batch=self.batcher.policy.max_batch_size)
+            await self.cascade.start(largest_batch=self.batcher.policy.max_batch_size if serving else None)
         except BaseException as exc:
             self.state = "failed"
             self.load_error = f"{type(exc).__name__}: {exc}"

@@ -108,3 +108,9 @@ def test_every_batch_the_server_forms_runs_on_a_compiled_bucket(model_dir: Path)
     ready, after, answered = asyncio.run(go())
     assert answered == list(range(1, 17))
     assert ready == 5 and after == ready  # buckets 1, 2, 4, 8, 16 on the CPU, all before ready
+
+    # The sync API's batches go past the micro-batcher: it compiles no bucket its callers may never send.
+    from workzone.api import load_pipeline
+
+    with load_pipeline(str(pipeline)) as pipe:
+        assert pipe.cascade.cold_runs == 1  # the stage's own warm-up input
