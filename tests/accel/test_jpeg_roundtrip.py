@@ -42,6 +42,24 @@ def test_a_batch_is_the_images_one_by_one():
         assert np.array_equal(got.permute(1, 2, 0).numpy().astype(np.uint8), _pillow(a, 72))
 
 
+def test_the_block_transforms_run_once_per_batch_for_every_plane(monkeypatch):
+    # Luma and both chroma planes share one pass of each transform (its ~300 operators are a kernel launch
+    # each on a GPU: a transform per plane tripled the fixed cost of a served batch of a few images).
+    import workzone.accel.jpeg_roundtrip as jr
+    from tests.accel.dispatch_count import counted_ops
+
+    passes = []
+    real = jr._fdct_pass
+    monkeypatch.setattr(jr, "_fdct_pass", lambda *a: passes.append(1) or real(*a))
+    x = torch.from_numpy(np.stack([_street_like(48, 32, s) for s in range(4)])).permute(0, 3, 1, 2)
+    with counted_ops() as one:
+        jpeg_roundtrip(x[:1], 72)
+    with counted_ops() as four:
+        jpeg_roundtrip(x, 72)
+    assert len(passes) == 2 * 2  # two forward passes (rows, columns) per call, all planes together
+    assert abs(one[0] - four[0]) <= 4 and four[0] < 450  # 928 with a transform per plane
+
+
 def test_quality_outside_range_is_refused():
     with pytest.raises(ValueError, match="1..100"):
         quant_tables(0)

@@ -83,6 +83,81 @@ def test_device_features_cover_every_class_column():
     assert float(z[0]) == pytest.approx(want, abs=1e-9)
 
 
+def test_the_device_decision_dispatches_as_many_operators_for_any_class_count():
+    # The per-class columns as one [N, D, K] reduction: a loop over the classes cost ~10 operators per class per
+    # batch (kernel launches on a GPU, paid per batch, so per image by the small batches a server forms).
+    from tests.accel.dispatch_count import counted_ops
+    from workzone.accel.objects import DeviceObjectDetector
+    from workzone.object_evidence import COUNT_AT, LOGIT_CLIP, feature_names
+
+    counts, values = [], []
+    for names in (["cone", "drum"], [f"c{k}" for k in range(12)]):
+        spec = {"version": 1, "features": feature_names(names), "bias": 0.1,
+                "weights": list(np.linspace(-1, 1, len(feature_names(names))))}
+        det = DeviceObjectDetector.__new__(DeviceObjectDetector)
+        det.decision, det.count_at, det.logit_clip = ObjectDecision(spec, names), COUNT_AT, LOGIT_CLIP
+        rows = np.array([[10, 5, 30, 80, 0.9, 1], [0, 0, 4, 4, 0.35, 0], [1, 1, 2, 9, 0.2, 1]], np.float32)
+        with counted_ops() as n:
+            z, _ = det._decide(torch.from_numpy(rows)[None], torch.tensor([3]), torch.tensor([100.0], dtype=torch.float64))
+        counts.append(n[0])
+        want = det.decision.bias + det.decision.weights @ object_features(rows, len(names), 100.0)[det.decision.columns]
+        values.append(float(z[0]) - want)
+    assert counts[0] == counts[1] and max(map(abs, values)) < 1e-9
+
+
+def test_served_requests_share_one_batched_device_pass_and_its_operators(roadwork_data, monkeypatch):
+    # What `workzone serve` does with default-gpu's detector on the torch path (here on the CPU): requests
+    # decoded in the server's decoder processes, then batched; the batch goes through the same batched
+    # as-trained treatment as the in-process path (one call for the batch, no per-image Pillow re-encode),
+    # and the operators it dispatches do not grow with the batch (their count is the per-batch fixed cost).
+    import asyncio
+
+    from tests.accel.dispatch_count import counted_ops
+    from workzone.accel.objects import DeviceObjectDetector
+    from workzone.config.backend import with_backend
+    from workzone.config.loader import load_pipeline_config
+    from workzone.io.decode_pool import DecodePool
+    from workzone.io.images import ImageLimits, decode_image
+    from workzone.micro_batcher import BatchPolicy
+    from workzone.service import DetectionService, ImageDecoder
+
+    items = dev_jpegs(roadwork_data, limit=8)
+    calls: list[int] = []
+    real_inputs = DeviceObjectDetector.inputs
+    monkeypatch.setattr(DeviceObjectDetector, "inputs", lambda self, t: calls.append(len(t)) or real_inputs(self, t))
+
+    def per_image(*_a):
+        raise AssertionError("the per-image Pillow treatment ran on the torch path")
+
+    monkeypatch.setattr(ObjectDetectorRunner, "_as_trained", per_image)
+    cfg, path = load_pipeline_config("default-gpu")
+
+    async def run():
+        limits = ImageLimits()
+        svc = DetectionService.from_config(with_backend(cfg, "torch"), path.parent,
+                                           policy=BatchPolicy(max_batch_size=8, max_wait_s=0.5),
+                                           decoder=ImageDecoder("cpu", limits=limits, processes=DecodePool(2, limits)))
+        await svc.start(serving=False)
+        try:
+            imgs = [await svc.decode(b, s) for s, b in items]
+            calls.clear()
+            served = await asyncio.gather(*(svc.detect_many([im], client=f"c{k}") for k, im in enumerate(imgs)))
+            stage = svc.cascade.stages[0]
+            ops = []
+            for n in (1, 8):  # images of one size (the as-trained treatment runs once per distinct size)
+                with counted_ops() as c:
+                    stage._predict_sync([decode_image(items[0][1])] * n)
+                ops.append(c[0])
+            return [d[0] for d in served], await svc.run([decode_image(b, source=s) for s, b in items]), ops
+        finally:
+            await svc.aclose()
+
+    served, in_process, ops = asyncio.run(run())
+    assert calls[0] == 8  # the eight requests' images in one batched call
+    assert [d.probability for d in served] == pytest.approx([d.probability for d in in_process], abs=1e-6)
+    assert ops[0] == pytest.approx(ops[1], abs=20) and ops[1] < 900  # 1,370 before the plane and class loops went
+
+
 def test_candidate_crops_cut_the_top_boxes_from_full_resolution_images():
     a = torch.zeros((3, 40, 60), dtype=torch.uint8)
     a[:, 8:22, 28:52] = 200  # a bright patch a little larger than the first box

@@ -268,11 +268,14 @@ class DeviceObjectDetector:
             p = p.clamp(1e-3, 1 - 1e-3)
             return torch.log(p / (1 - p)).clamp(-self.logit_clip, self.logit_clip)
 
-        cols = []
-        for c in range(d.num_classes):
-            of_c = valid & (cls == c)
-            cols.append(logit(torch.where(of_c, score, torch.zeros_like(score)).amax(dim=1)))
-            cols.append(torch.log1p((strong & (cls == c)).sum(dim=1).double()))
+        # Per class, its best score and its count of strong boxes, every class at once ([N, D, K]): a loop over the
+        # classes cost some ten operators per class per batch (kernel launches on a GPU, whatever the batch size).
+        n, k = b.shape[0], d.num_classes
+        is_c = cls[..., None] == torch.arange(k, device=b.device)
+        best = torch.where(valid[..., None] & is_c, score[..., None], torch.zeros((), dtype=score.dtype,
+                                                                                    device=b.device)).amax(dim=1)
+        many = torch.log1p((strong[..., None] & is_c).sum(dim=1).double())
+        per_class = torch.stack([logit(best), many], dim=2).reshape(n, 2 * k)  # class 0's two, class 1's two ...
         # A look-alike class (a traffic sign that is not the road-work sign) is never evidence: the class-blind
         # summaries leave it out, as object_features does.
         evidence = valid.clone()
@@ -280,11 +283,9 @@ class DeviceObjectDetector:
             evidence &= cls != c
         ev_score = torch.where(evidence, score, torch.zeros_like(score))
         ev_strong = strong & evidence
-        cols.append(logit(ev_score.amax(dim=1)))
-        cols.append(torch.log1p(ev_strong.sum(dim=1).double()))
         tall = torch.where(ev_strong, b[..., 3] - b[..., 1], torch.zeros_like(score)).amax(dim=1)
-        cols.append(tall / heights.clamp(min=1e-9))
-        feats = torch.stack(cols, dim=1)
+        feats = torch.cat([per_class, torch.stack([logit(ev_score.amax(dim=1)), torch.log1p(ev_strong.sum(dim=1).double()),
+                                                   tall / heights.clamp(min=1e-9)], dim=1)], dim=1)
         w = torch.as_tensor(d.weights, dtype=torch.float64, device=b.device)
         parts = feats[:, torch.as_tensor(d.columns, device=b.device)] * w
         return d.bias + parts.sum(dim=1), parts
