@@ -205,3 +205,33 @@ def test_graceful_shutdown_finishes_in_flight_work(live_server, model_dir: Path)
     assert srv.app.state.service.state == "stopped"
     with pytest.raises(httpx.ConnectError):
         httpx.get(srv.url + "/healthz", timeout=2)
+
+
+def test_expected_wait_counts_a_batchs_fixed_cost_once_per_batch(model_dir: Path) -> None:
+    # A tier that costs 50 ms per batch whatever its size (as kernel launches do on a GPU): after batches of
+    # 1 to 8 images, a queue of 256 is four batches of 64 (about 0.2 s), not 256 times a small batch's share
+    # per image (>= 1.6 s: what refused a GPU server's requests at 250/s for an expected wait it would meet).
+    import asyncio
+
+    import numpy as np
+
+    from workzone.micro_batcher import BatchPolicy
+    from workzone.service import DetectionService
+    from workzone.types import Image
+
+    p = write_pipeline(model_dir, "per_batch", first_tier=slow_first_tier(0.05), deadline_s=30)
+    img = Image(np.full((32, 32, 3), 90, np.uint8))
+
+    async def go() -> tuple[float, float]:
+        svc = DetectionService.from_pipeline(p, policy=BatchPolicy(max_batch_size=64, max_wait_s=0.0))
+        await svc.start()
+        try:
+            for n in (1, 2, 4, 8, 1, 8, 2, 4):
+                await svc.detect_many([img] * n, client="a")
+            return svc.expected_wait_s(256), svc.seconds_per_image
+        finally:
+            await svc.aclose()
+
+    wait, per_image = asyncio.run(go())
+    assert per_image * 256 > 1.6  # the small batches' share per image, taken for a long queue
+    assert 0.15 < wait < 0.6
