@@ -9,7 +9,8 @@
 # decoder; 3. if 50 s are left of 520, HTTP at 1,000 requests/s again with the costly lane off (one lane for all clients:
 # http_one_lane.md), the control for the costly lane. Results in $OUT: bench_gpu.md, bench_gpu.json, the logs,
 # http_server_log.txt (what the HTTP rows' server logged besides its refusals: lane changes, batches beside a first
-# run of a shape, errors) and env.txt (what was installed).
+# run of a shape, errors), served_cost_cuda.md (per-step ms per image, served against in process, if time is left)
+# and env.txt (what was installed).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
@@ -46,6 +47,14 @@ timeout "$LEFT" python3 -m workzone.cli.main bench --device cuda --size 224 --si
 { grep -Ev 'refused [0-9]{3} [a-z_]+ client=' /tmp/http_server_log.txt | tail -n 400; echo "--- last lines, refusals included:";
   tail -n 40 /tmp/http_server_log.txt; } > "$OUT/http_server_log.txt" 2>&1
 echo "bench done after $(( $(date +%s) - START )) s"
+
+# Where a served image's time goes on the device, against the in-process batch (per step, torch operators per
+# batch; issue 23 item 3), if 100 s are left of 520 (the one-lane control below keeps its 50).
+LEFT=$(( 520 - ($(date +%s) - START) ))
+if [ "$LEFT" -ge 100 ]; then
+  timeout 45 python3 benchmarks/served_cost.py --device cuda --repeats 3 > "$OUT/served_cost_cuda.md" 2>&1
+  tail -n 8 "$OUT/served_cost_cuda.md"
+fi
 
 # Interrupted (not killed) at the limit, so that it stops its server.
 LEFT=$(( 520 - ($(date +%s) - START) ))

@@ -1,6 +1,7 @@
 """Where a served image's time goes, against the in-process batched pipeline, on the torch path (issue 23 item 3).
 
-default-gpu's detector through the torch backend on the CPU (the code the GPU server runs, less CUDA), 224-px
+default-gpu's detector through the torch backend on the CPU (the code the GPU server runs, less CUDA; ``--device
+cuda`` on a GPU, where step times are mostly launch times, the device running behind until the copy to host), 224-px
 JPEGs, at batch sizes 1, 8 and 64:
 
 - *in process*: the batch decoded in this process (Pillow) and run by ``DetectionService.run`` (what the sync
@@ -30,7 +31,7 @@ import numpy as np
 from workzone.config.backend import with_backend
 from workzone.config.loader import load_pipeline_config
 from workzone.io.decode_pool import DecodePool
-from workzone.io.images import ImageLimits, decode_image
+from workzone.io.images import ImageLimits
 from workzone.micro_batcher import BatchPolicy
 from workzone.service import DetectionService, ImageDecoder
 
@@ -130,7 +131,7 @@ async def _measure(svc: DetectionService, blobs: list[bytes], batch: int, repeat
                 await asyncio.gather(*(svc.detect_many([g[0]], client=f"c{k}") for k, g in enumerate(got)))
                 steps.s["batcher + cascade (wall)"] += time.perf_counter() - t_c
             else:
-                images = [decode_image(b, source=f"r{k}") for k, b in enumerate(chunk)]
+                images = svc.decoder.decode(chunk, [f"r{k}" for k in range(len(chunk))])
                 t_dec = time.perf_counter()
                 steps.s["decode (in process)"] += t_dec - t
                 await svc.run(images)
@@ -139,7 +140,8 @@ async def _measure(svc: DetectionService, blobs: list[bytes], batch: int, repeat
             n += len(chunk)
     # The operators one batch dispatches, counted in this thread (a dispatch mode is per thread; the stage runs
     # in a worker thread when served), with the images as this path hands them to the stage.
-    images = [await svc.decode(b, "x") for b in blobs[:batch]] if served else [decode_image(b) for b in blobs[:batch]]
+    images = svc.decoder.decode(blobs[:batch]) if svc.decoder.defers(blobs[0]) or not served else [
+        await svc.decode(b, "x") for b in blobs[:batch]]
     steps.ops = 0
     with count_ops(steps):
         svc.cascade.stages[0]._predict_sync(images)
@@ -164,6 +166,7 @@ async def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, action="append")
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (JPEGs then decoded by nvJPEG, in batches)")
     ap.add_argument("--loop-busy", type=float, default=0.0,
                     help="share of the event loop's time spent in Python meanwhile (what HTTP requests cost it)")
     ap.add_argument("--switch-interval-ms", type=float, default=None, help="sys.setswitchinterval for the run")
@@ -179,9 +182,10 @@ async def main() -> None:
     limits = ImageLimits()
     rows = []
     for served in (False, True):
-        processes = DecodePool(2, limits) if served else None
-        svc = DetectionService.from_config(cfg, path.parent, policy=BatchPolicy(max_batch_size=64, max_wait_s=0.002),
-                                           decoder=ImageDecoder("cpu", limits=limits, processes=processes))
+        processes = DecodePool(2, limits) if served and args.device == "cpu" else None
+        svc = DetectionService.from_config(cfg, path.parent, device=args.device,
+                                           policy=BatchPolicy(max_batch_size=64, max_wait_s=0.002),
+                                           decoder=ImageDecoder(args.device, limits=limits, processes=processes))
         await svc.start(serving=served)
         busy = asyncio.create_task(_busy_loop(args.loop_busy)) if served and args.loop_busy else None
         try:
@@ -196,7 +200,8 @@ async def main() -> None:
 
     import sys
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.size}-px JPEGs q75, "
+    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{args.size}-px JPEGs q75, "
           f"repeats {args.repeats} (after one warm-up round), served loop busy {args.loop_busy:.0%}, "
           f"switch interval {sys.getswitchinterval() * 1000:g} ms")
     keys = []

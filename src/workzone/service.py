@@ -30,7 +30,8 @@ from workzone.errors import DeadlineExceeded, NotReady
 from workzone._memory import MemoryCeiling, Trimmer
 from workzone.types import Decision, Image
 
-__all__ = ["DetectionService", "BatchTimes", "ImageDecoder", "ServiceObserver", "EventHandler", "answer_by", "answer_margin"]
+__all__ = ["DetectionService", "BatchTimes", "ImageDecoder", "ServiceObserver", "EventHandler", "answer_by",
+           "answer_margin"]
 
 log = logging.getLogger("workzone.service")
 

@@ -98,7 +98,8 @@ def test_the_device_decision_dispatches_as_many_operators_for_any_class_count():
         det.decision, det.count_at, det.logit_clip = ObjectDecision(spec, names), COUNT_AT, LOGIT_CLIP
         rows = np.array([[10, 5, 30, 80, 0.9, 1], [0, 0, 4, 4, 0.35, 0], [1, 1, 2, 9, 0.2, 1]], np.float32)
         with counted_ops() as n:
-            z, _ = det._decide(torch.from_numpy(rows)[None], torch.tensor([3]), torch.tensor([100.0], dtype=torch.float64))
+            z, _ = det._decide(torch.from_numpy(rows)[None], torch.tensor([3]),
+                               torch.tensor([100.0], dtype=torch.float64))
         counts.append(n[0])
         want = det.decision.bias + det.decision.weights @ object_features(rows, len(names), 100.0)[det.decision.columns]
         values.append(float(z[0]) - want)

@@ -284,8 +284,9 @@ class DeviceObjectDetector:
         ev_score = torch.where(evidence, score, torch.zeros_like(score))
         ev_strong = strong & evidence
         tall = torch.where(ev_strong, b[..., 3] - b[..., 1], torch.zeros_like(score)).amax(dim=1)
-        feats = torch.cat([per_class, torch.stack([logit(ev_score.amax(dim=1)), torch.log1p(ev_strong.sum(dim=1).double()),
-                                                   tall / heights.clamp(min=1e-9)], dim=1)], dim=1)
+        blind = torch.stack([logit(ev_score.amax(dim=1)), torch.log1p(ev_strong.sum(dim=1).double()),
+                             tall / heights.clamp(min=1e-9)], dim=1)
+        feats = torch.cat([per_class, blind], dim=1)
         w = torch.as_tensor(d.weights, dtype=torch.float64, device=b.device)
         parts = feats[:, torch.as_tensor(d.columns, device=b.device)] * w
         return d.bias + parts.sum(dim=1), parts
