@@ -350,7 +350,8 @@ def main() -> None:
         variant_rows.append(f"| **this graph**: blocks {', '.join(map(str, QUANTISED_BLOCKS))} without their Adds | "
                             f"{speed['int8 (this graph)']:.2f} | "
                             f"{speed['fp32 (shipped)'] / speed['int8 (this graph)']:.2f} | {dev_rep.within:.1%} | "
-                            f"{dev_rep.max_abs:.4f} | {dev_rep.flips} | {drift['dz_p50']:.3f} | {drift['dz_p99']:.3f} |")
+                            f"{dev_rep.max_abs:.4f} | {dev_rep.flips} | {drift['dz_p50']:.3f} | "
+                            f"{drift['dz_p99']:.3f} |")
     for name, path in variants.items():
         rep = swapped(path, items, p32)
         d = crop_drift(classes, verifier_probs(src, all_crops), verifier_probs(path, all_crops))
