@@ -216,7 +216,8 @@ def detector_section(data: Path, cfg: Any, base: Path, items: list, p32: np.ndar
     with _locked(lock):
         speed = {"fp32 (shipped)": det_ms(src)} | {name: det_ms(p) for name, p in made.items()}
     lines = ["## The detector: int8 variants tried (none kept the decision)", "",
-             "Static QDQ as above (per-channel int8 weights, uint8 MinMax activations), calibrated on as-trained "
+             "Static QDQ as for the verifier (int8_verifier.md: per-channel int8 weights, uint8 MinMax activations), "
+             "calibrated on as-trained "
              f"inputs of {sum(len(c) for c in calib)} train images (every 12th); the sigmoid, peak suppression and "
              "box decoding stay fp32 in every variant. Speed: CPU-ms per image of the bare session, one thread, "
              "runs of one image, fastest of 3 over 32 dev images. Parity: the default pipeline on the dev images "
@@ -231,8 +232,8 @@ def detector_section(data: Path, cfg: Any, base: Path, items: list, p32: np.ndar
                      + parity_row("", rep)[4:])
     lines += ["", "Why none passes: the pipeline reads the detector through more than its best score. Its candidates "
               "(boxes scoring >= 0.05, the best 8) and their boxes choose the verifier's crops, so a box crossing the "
-              "floor or a box edge moving a few pixels changes what the verifier sees. Even the heads alone in int8 "
-              "(a median change of 0.01 in a peak's log-odds) moved 6 % of dev probabilities by more than 0.02.", ""]
+              "floor or a box edge moving a few pixels changes what the verifier sees. Even the heads' convs alone "
+              "in int8 moved 6 % of dev probabilities by more than 0.02.", ""]
     return lines
 
 
