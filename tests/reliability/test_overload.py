@@ -279,3 +279,88 @@ def test_each_answer_times_itself_from_the_accept_and_from_its_first_bytes(live_
     assert accept >= read >= app > 0  # type: ignore[operator]
     time.sleep(0.3)  # the event loop's lag is probed every 50 ms
     assert metric_value(srv.metrics(), "workzone_event_loop_lag_seconds_count") >= 3
+
+
+def _raw_refused(port: int, body: bytes, sent: int, extra: bytes = b"") -> tuple[bytes, int]:
+    """Send a detect request's headers and ``sent`` bytes of ``body``, then the rest while reading the
+    answer until the server's end of file; returns the answer and how many body bytes were sent.
+    A reset (the server closing with body bytes unread) raises ConnectionResetError."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/jpeg\r\n" + extra
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:sent])
+        answer, at = b"", sent
+        s.setblocking(False)
+        while True:
+            if at < len(body):  # the client goes on sending its body, as a real one does
+                try:
+                    at += s.send(body[at:at + 65536])
+                except BlockingIOError:
+                    pass
+                except BrokenPipeError:
+                    at = len(body)  # the server shut its side after the answer: stop sending
+            try:
+                chunk = s.recv(65536)
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            if not chunk:
+                return answer, at
+            answer += chunk
+
+
+def _head_and_body(answer: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), fields, body
+
+
+def test_a_refusal_from_the_headers_is_answered_by_the_protocol_not_reset(live_server, model_dir: Path, caplog):
+    # Refused in the callback that parsed the headers (no ASGI task): the documented 429 with
+    # Retry-After, Connection: close and the server's own time, while the client still sends its
+    # 3-MB body; the connection then closes without a reset (the rest is read and discarded).
+    import json
+    import logging
+
+    from server_support import metric_value
+
+    caplog.set_level(logging.WARNING, logger="workzone.access")
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "early")), refusal_log_per_s=100)
+    srv.app.state.admission.max_inflight = 0  # every detect request is refused from its headers
+    body = b"\xff" * (3 << 20)
+    answer, _ = _raw_refused(srv.port, body, 4096)
+    status, fields, text = _head_and_body(answer)
+    assert status == 429 and fields[b"retry-after"] == b"1" and fields[b"connection"] == b"close"
+    assert fields[b"content-type"] == b"application/json" and int(fields[b"content-length"]) == len(text)
+    assert json.loads(text) == {"error": {"type": "overloaded", "status": 429,
+                                          "message": "the server is at capacity; retry after the Retry-After delay"}}
+    timing = fields[b"server-timing"]
+    assert b"read;dur=" in timing and b"accept;dur=" in timing and b"app;" not in timing  # no app ran
+    assert any("refused 429 overloaded client=127.0.0.1 POST /v1/detect: before the body (at the protocol layer)"
+               in r.getMessage() for r in caplog.records if r.name == "workzone.access")
+    assert metric_value(srv.metrics(), "workzone_requests_total", {"endpoint": "/v1/detect", "status": "429"}) == 1
+    # The server goes on: admitted again, the same connection type is served.
+    srv.app.state.admission.max_inflight = 8
+    assert _post(srv, jpeg_bytes()).status_code == 200
+
+
+def test_the_protocol_layers_refusal_is_the_apps_refusal(live_server, model_dir: Path):
+    # A request with Origin is left to the ASGI stack (CORS headers are its business): both answers
+    # carry the same status, error body and Retry-After, whether the body arrived whole or not.
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "same")))
+    srv.app.state.admission.max_inflight = 0
+    for body, sent in ((jpeg_bytes(), None), (b"\0" * (1 << 20), 1000)):
+        sent = len(body) if sent is None else sent
+        early = _head_and_body(_raw_refused(srv.port, body, sent)[0])
+        late = _head_and_body(_raw_refused(srv.port, body, sent, b"Origin: http://example.test\r\n")[0])
+        assert early[0] == late[0] == 429 and early[2] == late[2]
+        assert early[1][b"retry-after"] == late[1][b"retry-after"] == b"1"
+        assert b"app;" not in early[1][b"server-timing"] and b"app;dur=" in late[1][b"server-timing"]
+    # Not ready: 503 from the protocol too, on a keep-alive client (it reconnects after Connection: close).
+    srv.app.state.admission.max_inflight = 8
+    srv.app.state.service.state = "starting"
+    with httpx.Client(timeout=10) as client:
+        rs = [client.post(srv.url + "/v1/detect", content=b"x", headers={"Content-Type": "image/jpeg"})
+              for _ in range(3)]
+    assert [r.status_code for r in rs] == [503] * 3 and all(r.json()["error"]["type"] == "not_ready" for r in rs)
+    assert all(r.headers["retry-after"] == "1" and "app;" not in r.headers["server-timing"] for r in rs)
