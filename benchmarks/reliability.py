@@ -40,7 +40,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from benchmarks._machine import describe_machine  # noqa: E402
 from tests.reliability.corpus import _scene, bombs  # noqa: E402
-from tests.reliability.fuzz import HttpRequest, http_requests, mutated_images, raw_request  # noqa: E402
+from tests.reliability.fuzz import (HttpRequest, http_requests, mutated_images, raw_request,  # noqa: E402
+                                   raw_request_in_callbacks)
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
@@ -337,9 +338,10 @@ def _scene_jpeg(k: int) -> bytes:
 
 
 async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes], deadline: str | None,
-                    lags: list[float] | None = None) -> list[Any]:
+                    lags: list[float] | None = None, request: Any = raw_request) -> list[Any]:
     """Run the closed-loop clients; ``lags`` (if given) receives the generator's own event-loop lag,
-    sampled every 5 ms: how late the load generator itself ran, a delay its clock adds to every answer."""
+    sampled every 5 ms: how late the load generator itself ran, a delay its clock adds to every answer.
+    ``request`` sends one request (``raw_request`` or ``raw_request_in_callbacks``: the same clock)."""
     # The load generator shares the 2 cores and its clock is the one measured: a full collection of
     # its heap (tens of ms) would stall all 500 clients at once and show as the server's latency.
     gc.collect()
@@ -358,8 +360,8 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
         i = k
         while time.perf_counter() < stop:
             # Clients spread over 200 loopback addresses: the per-address upload limit is not what is measured.
-            r = await raw_request("127.0.0.1", port, HttpRequest("/v1/detect", "image/jpeg", bodies[i % len(bodies)],
-                                                                 headers), timeout_s=120, local_addr=f"127.0.1.{k % 200 + 1}")
+            r = await request("127.0.0.1", port, HttpRequest("/v1/detect", "image/jpeg", bodies[i % len(bodies)],
+                                                             headers), timeout_s=120, local_addr=f"127.0.1.{k % 200 + 1}")
             results.append(r)
             i += 1
             if r.status in (429, 503):
@@ -369,10 +371,23 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
     return results
 
 
+#: The load generators of the overload section: event loop, and how each client sends and reads.
+CLIENT_KINDS = {"asyncio": "asyncio event loop, stream clients",
+                "uvloop": "uvloop event loop, stream clients",
+                "uvloop-callbacks": "uvloop event loop, clients in protocol callbacks"}
+
+
+def _client_request(kind: str) -> Any:
+    """How the ``kind`` of generator sends a request: the stream client (``raw_request``: each step
+    resumes a coroutine, a loop turn later) or the same request and clock in the loop's callbacks
+    (``raw_request_in_callbacks``: the status line stamped in the callback that receives it)."""
+    return raw_request_in_callbacks if kind.endswith("-callbacks") else raw_request
+
+
 def _client_loop(kind: str) -> asyncio.Runner:
     """The load generator's event loop: Python's own, or uvloop's (libuv in C: less of the two shared
     cores per request, so less of the generator's own delay in the latencies it measures)."""
-    if kind == "uvloop":
+    if kind.startswith("uvloop"):
         import uvloop
 
         return asyncio.Runner(loop_factory=uvloop.new_event_loop)
@@ -427,7 +442,8 @@ def overload(args: argparse.Namespace) -> list[str]:
         async def go() -> list[Any]:
             nonlocal done
             s = asyncio.ensure_future(sample())
-            res = await _overload(srv.port, args.clients, args.seconds, bodies, deadline, lags)
+            res = await _overload(srv.port, args.clients, args.seconds, bodies, deadline, lags,
+                                  _client_request(loop_kind))
             done = True
             await s
             return res
@@ -444,6 +460,9 @@ def overload(args: argparse.Namespace) -> list[str]:
         ok = [r.latency_s for r in res if r.status == 200]
         degraded = sum(1 for r in res if r.status == 200 and b'"degraded":true' in r.body)
         refused, answered, inside = _refusal_latencies(res)
+        # Refused at the protocol layer (no app ran: no "app" entry in Server-Timing) or by the app.
+        early = [r.latency_s for r in res if r.status in (429, 503) and r.server_s is None]
+        by_app = [r.latency_s for r in res if r.status in (429, 503) and r.server_s is not None]
         from_accept = [r.accept_s for r in res if r.status in (429, 503) and r.accept_s is not None]
         from_read = [r.read_s for r in res if r.status in (429, 503) and r.read_s is not None]
         connects = [r.connect_s for r in res if r.status in (429, 503) and r.connect_s is not None]
@@ -454,10 +473,12 @@ def overload(args: argparse.Namespace) -> list[str]:
             if r.status in other:
                 other[r.status] += 1
         rows += [
-            f"{args.clients} clients ({loop_kind} event loop) for {args.seconds:.0f} s, {'no deadline header (the pipeline default, 30 s)' if deadline is None else f'X-Deadline-S: {deadline}'}: "
+            f"{args.clients} clients ({CLIENT_KINDS[loop_kind]}) for {args.seconds:.0f} s, {'no deadline header (the pipeline default, 30 s)' if deadline is None else f'X-Deadline-S: {deadline}'}: "
             f"{len(res)} responses; 200: {len(ok)} ({degraded} marked degraded; p50 {_pct(ok, .5):.2f} s, p99 {_pct(ok, .99):.2f} s, max "
             f"{max(ok, default=float('nan')):.2f} s; past the deadline: {late}); 429/503: {len(refused)} (p50 "
-            f"{_pct(refused, .5) * 1000:.0f} ms, p99 {_pct(refused, .99) * 1000:.0f} ms; the client's connect p99 "
+            f"{_pct(refused, .5) * 1000:.0f} ms, p99 {_pct(refused, .99) * 1000:.0f} ms, p99.9 "
+            f"{_pct(refused, .999) * 1000:.0f} ms; refused at the protocol layer {len(early)} (p99 {_ms(early, .99)}), "
+            f"by the app {len(by_app)} (p99 {_ms(by_app, .99)}); the client's connect p99 "
             f"{_ms(connects, .99)}; from connected to status line p99 {_pct(answered, .99) * 1000:.0f} ms; inside the "
             f"server from its accept of the connection p99 {_ms(from_accept, .99)}, from reading the request's first "
             f"bytes p99 {_ms(from_read, .99)}, from the app p99 {_ms(inside, .99)}; the server's event-loop lag "
@@ -1002,8 +1023,9 @@ def main() -> None:
     ap.add_argument("--http-inputs", type=int, default=1200)
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--client-loops", nargs="+", choices=("asyncio", "uvloop"), default=["asyncio"],
-                    help="overload: the load generator's event loops, each run in turn")
+    ap.add_argument("--client-loops", nargs="+", choices=tuple(CLIENT_KINDS), default=["asyncio"],
+                    help="overload: the load generators (event loop; '-callbacks': clients in protocol callbacks), "
+                         "each run in turn")
     ap.add_argument("--slow-connections", type=int, default=300)
     ap.add_argument("--attack-seconds", type=float, default=20.0)
     ap.add_argument("--degraded-requests", type=int, default=200)

@@ -104,6 +104,10 @@ class Trimmer:
         return self.claim() and release_free_memory()
 
 
+#: Seconds the trimmer thread waits for another trim before it ends.
+_TRIMMER_IDLE_S = 30.0
+
+
 class MemoryCeiling:
     """The process's resident memory against a ceiling, with a trim mark below it.
 
@@ -129,7 +133,10 @@ class MemoryCeiling:
         self.trims = 0
         self._at = -1.0
         self._rss: int | None = None
-        self._trimming: threading.Thread | None = None
+        self._trimming = False
+        self._wake = threading.Condition()
+        self._due = False  # a trim asked for and not started (under _wake)
+        self._thread: threading.Thread | None = None  # the trimmer, while it waits for work (under _wake)
 
     @property
     def trim_bytes(self) -> int:
@@ -157,23 +164,37 @@ class MemoryCeiling:
         ``trimmer.every_s``). Returns the resident size."""
         rss = self.resident()
         mark = self.trim_bytes
-        if not mark or rss is None or rss < mark or self._trimming is not None:
+        if not mark or rss is None or rss < mark or self._trimming:
             return rss
         # Past the ceiling the heap grows by hundreds of MB a second under load: trim more often.
         past = rss >= (self.limit_bytes or 0)
         if not self.trimmer.claim(self.trimmer.every_s / 4 if past else None):
             return rss
         self.trims += 1
+        self._trimming = True
         # In a thread of its own, at the caller's (the event loop's) priority: one below it could hold
         # an arena's lock while other processes take the CPU, and the loop's next allocation would wait.
-        self._trimming = threading.Thread(target=self._trim, name="workzone-trim", daemon=True)
-        self._trimming.start()
+        # One thread for the trims of a busy spell, woken, not started each time: a start waits until
+        # the new thread runs, which on loaded cores held the event loop (up to 4 trims a second).
+        with self._wake:
+            self._due = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._trim_when_due, name="workzone-trim", daemon=True)
+                self._thread.start()
+            else:
+                self._wake.notify()
         return rss
 
-    def _trim(self) -> None:
-        release_free_memory()
-        self._at = -1.0  # read afresh: the trim may have given back much
-        self._trimming = None
+    def _trim_when_due(self) -> None:
+        while True:
+            with self._wake:
+                if not self._wake.wait_for(lambda: self._due, timeout=_TRIMMER_IDLE_S):
+                    self._thread = None  # idle: the next trim starts another
+                    return
+                self._due = False
+            release_free_memory()
+            self._at = -1.0  # read afresh: the trim may have given back much
+            self._trimming = False
 
     def passed(self) -> int | None:
         """The resident size when it is at or above the ceiling, else None (a trim is started first

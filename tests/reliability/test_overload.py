@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -228,6 +229,23 @@ def test_the_ceiling_trims_past_its_mark_and_says_when_it_is_passed():
     assert auto.settle(1) == limit  # settled once
 
 
+def test_trims_are_done_by_one_thread_woken_not_started_each_time():
+    # Starting a thread waits until it runs: on loaded cores, the event loop (which asks for the
+    # trims) waited with it. One trimmer thread is woken for every trim of a busy spell.
+    from workzone._memory import MemoryCeiling, Trimmer
+
+    low = MemoryCeiling(1 << 20, every_s=0.0, trimmer=Trimmer(every_s=0.0))
+    trimmers = set()
+    for _ in range(4):
+        assert low.passed() is not None
+        end = time.monotonic() + 10
+        while low._trimming and time.monotonic() < end:
+            time.sleep(0.005)
+        assert not low._trimming
+        trimmers.add(low._thread)
+    assert low.trims == 4 and len(trimmers) == 1 and None not in trimmers
+
+
 @pytest.mark.parametrize(("env", "field"), [
     ({"WORKZONE_MAX_RSS_BYTES": "1000000"}, "max_rss_bytes"),  # below the byte budget it must hold
     ({"WORKZONE_MAX_RSS_BYTES": "-1"}, "max_rss_bytes"),
@@ -364,3 +382,36 @@ def test_the_protocol_layers_refusal_is_the_apps_refusal(live_server, model_dir:
               for _ in range(3)]
     assert [r.status_code for r in rs] == [503] * 3 and all(r.json()["error"]["type"] == "not_ready" for r in rs)
     assert all(r.headers["retry-after"] == "1" and "app;" not in r.headers["server-timing"] for r in rs)
+
+
+def test_the_callback_client_measures_what_the_stream_client_measures(live_server, model_dir: Path):
+    # The overload section's lighter load generator: the same request, the same outcomes (an answer,
+    # a refusal, a connection closed without a status line), the same clock (connect within it).
+    from tests.reliability.fuzz import HttpRequest, raw_request, raw_request_in_callbacks
+
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "clients")))
+    req = HttpRequest("/v1/detect", "image/jpeg", jpeg_bytes())
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+
+    def close_unanswered() -> None:
+        for _ in range(2):
+            conn, _ = mute.accept()
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=close_unanswered, daemon=True).start()
+
+    async def both(port: int) -> list[Any]:
+        return [await send("127.0.0.1", port, req, 10, "127.0.1.7") for send in (raw_request, raw_request_in_callbacks)]
+
+    ok = asyncio.run(both(srv.port))
+    srv.app.state.admission.max_inflight = 0
+    refused = asyncio.run(both(srv.port))
+    dropped = asyncio.run(both(mute.getsockname()[1]))
+    mute.close()
+    assert [r.status for r in ok] == [200, 200] and all(b'"probability"' in r.body for r in ok)
+    assert [r.status for r in refused] == [429, 429] and refused[0].body == refused[1].body
+    assert [r.status for r in dropped] == [None, None]
+    assert all(0 < r.connect_s <= r.latency_s and r.read_s is not None for r in ok + refused)
