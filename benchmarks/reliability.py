@@ -5,6 +5,7 @@ Usage:
                                            slow-bodies cpu-bombs memory degraded]
         [--api-inputs 25000] [--http-inputs 1200] [--clients 500] [--seconds 60]
         [--slow-connections 300] [--attack-seconds 20] [--degraded-requests 200]
+        [--client-loops asyncio uvloop uvloop-callbacks]
         [--sections overload-ab --baseline-src OTHER_CHECKOUT/src --baseline-env KEY=VALUE --ab-seconds 25]
         [--out benchmarks/results/reliability.md]
 
@@ -507,8 +508,9 @@ def overload_ab(args: argparse.Namespace) -> list[str]:
     baseline = " ".join(f"`{kv}`" for kv in [*([str(args.baseline_src)] if args.baseline_src else []),
                                                *args.baseline_env])
     bodies = [_scene_jpeg(k) for k in range(16)]
-    rows = [f"## Overload A/B: {args.clients} clients, `X-Deadline-S: 2`, {args.ab_seconds:.0f} s per run, this tree "
-            f"against {baseline} alternately", "",
+    kind = args.client_loops[0]
+    rows = [f"## Overload A/B: {args.clients} clients ({CLIENT_KINDS[kind]}), `X-Deadline-S: 2`, {args.ab_seconds:.0f} s "
+            f"per run, this tree against {baseline} alternately", "",
             "| code | load before -> after | answers | 200 | 200 past the deadline | 429/503 p50 | 429/503 p99 | "
             "429/503 p99 from connected | 429/503 p99 inside the server | generator loop lag p99 | dropped |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -519,7 +521,9 @@ def overload_ab(args: argparse.Namespace) -> list[str]:
         l0 = os.getloadavg()[0]
         lags: list[float] = []
         try:
-            res = asyncio.run(_overload(srv.port, args.clients, args.ab_seconds, bodies, "2", lags))
+            with _client_loop(kind) as runner:
+                res = runner.run(_overload(srv.port, args.clients, args.ab_seconds, bodies, "2", lags,
+                                           _client_request(kind)))
         finally:
             srv.stop()
         ok = [r.latency_s for r in res if r.status == 200]
