@@ -415,3 +415,22 @@ def test_the_callback_client_measures_what_the_stream_client_measures(live_serve
     assert [r.status for r in refused] == [429, 429] and refused[0].body == refused[1].body
     assert [r.status for r in dropped] == [None, None]
     assert all(0 < r.connect_s <= r.latency_s and r.read_s is not None for r in ok + refused)
+
+
+def test_requests_let_through_at_the_protocol_layer_count_as_upcoming_work(live_server, model_dir: Path):
+    # The headers of a burst are parsed in one loop turn, before any of their ASGI tasks runs: each
+    # request the protocol layer lets through counts as upcoming work at once, so the burst is refused
+    # there, from its headers, not one by one by the middleware a loop turn later.
+    from workzone.server.admission import HeaderRefusal
+
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "burst")))
+    service, admission = srv.app.state.service, srv.app.state.admission
+    service.seconds_per_image = 1.0  # each request admitted adds 1 s / workers to the wait
+    workers = service.batcher.policy.workers
+    refusal = HeaderRefusal(service, admission)
+    answers = [refusal({"type": "http", "method": "POST", "path": "/v1/detect", "client": ("127.0.0.1", 5),
+                        "headers": [(b"x-deadline-s", b"2")]}) for _ in range(workers + 6)]
+    # A 2-s deadline leaves 1 s of queueing: the first workers + 1 pass, the rest wait too long.
+    assert [a is None for a in answers] == [True] * (workers + 1) + [False] * 5
+    assert {a[0] for a in answers if a is not None} == {429}
+    assert admission.upcoming() == workers + 1
