@@ -53,8 +53,8 @@ if TYPE_CHECKING:
 
     from workzone.service import DetectionService
 
-__all__ = ["Admission", "AdmissionMiddleware", "HeaderRefusal", "RefusalLog", "check_before_body", "server_timing", "arrival_time", "reserve", "working_memory",
-           "client_group", "header_timeout_protocol", "GUARDED_PATHS", "ENDPOINT_KEY", "ACCEPTED_KEY", "READ_KEY"]
+__all__ = ["Admission", "AdmissionMiddleware", "HeaderRefusal", "RefusalLog", "check_before_body", "server_timing",
+           "arrival_time", "reserve", "working_memory", "client_group", "header_timeout_protocol", "GUARDED_PATHS", "ENDPOINT_KEY", "ACCEPTED_KEY", "READ_KEY"]
 
 access_log = logging.getLogger("workzone.access")
 
@@ -464,8 +464,9 @@ class HeaderRefusal:
     protocol (:func:`header_timeout_protocol`) as soon as a request's headers are parsed, in the same
     event-loop callback that read them, it answers a request the server would refuse anyway without an
     ASGI task, the middleware stack or a single body byte read. Under 500 clients on 2 cores the ASGI
-    path's refusals waited p99 20-70 ms inside the server, after reading their first bytes, for the
-    loop turn that ran their task (benchmarks/results/reliability.md, "The 429 tail").
+    path's refusals waited p99 19-40 ms inside the server after reading their first bytes (at load
+    1.8-2.7), mostly for the loop turn that ran their task; these are answered within p99 0-5 ms
+    (benchmarks/results/reliability.md, "The 429 tail").
 
     The answer is the one the ASGI path gives (:func:`~workzone.server.errors.error_response`: the
     documented error body, ``Retry-After``), with ``Server-Timing`` and ``Connection: close``; it is
@@ -498,7 +499,9 @@ class HeaderRefusal:
         start = time.perf_counter()
         try:
             check_before_body(self.service, self.admission, scope)
-        except (Overloaded, ShuttingDown, NotReady) as exc:
+        except Exception as exc:  # noqa: BLE001 - anything but a refusal is the app's to answer (the same check)
+            if not isinstance(exc, (Overloaded, ShuttingDown, NotReady)):
+                return None
             from workzone.server.errors import error_response, error_status
 
             status, kind = error_status(exc)
