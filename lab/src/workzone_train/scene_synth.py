@@ -227,7 +227,9 @@ def _site_kit(h: int, w: int, cones: Sequence[Cutout], site: SiteCutouts, rng: n
         x, y, height = places[int(rng.integers(0, max(1, n // 2)))]
         rgba = _flip_and_stretch(site.machines[int(rng.integers(len(site.machines)))], rng)
         size = height * rng.uniform(*_MACHINE_PER_CONE)
-        size = min(size, 0.6 * h, 0.75 * w * rgba.shape[0] / rgba.shape[1])
+        # A machine filling the frame hides the scene and no dashcam drives into one: at most 0.45 of the height
+        # and 0.6 of the width (slightly small for its distance when near; the cones beside it stay exact).
+        size = min(size, 0.45 * h, 0.6 * w * rgba.shape[0] / rgba.shape[1])
         dx = side * (0.5 * size * rgba.shape[1] / rgba.shape[0] + height * rng.uniform(0.2, 1.0))
         items.append((rgba, 1.0, "machine", (x + dx, y - 0.15 * height, size)))
     n_workers = int(rng.integers(0, 2)) if machine else int(rng.integers(1, min(3, n - 1) + 1))

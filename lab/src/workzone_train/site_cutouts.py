@@ -163,7 +163,8 @@ def cut_site_object(pixels: np.ndarray, box: Sequence[float], cls: str, *, key: 
     except cv2.error:
         return None
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
-    fg = _largest_component(cv2, cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    fg = _largest_component(cv2, fg & _off_plain_background(small))
     inside = fg[rect[1]:rect[1] + rect[3], rect[0]:rect[0] + rect[2]]
     if inside.size == 0 or not _plausible(inside, cls):
         return None
@@ -176,6 +177,19 @@ def cut_site_object(pixels: np.ndarray, box: Sequence[float], cls: str, *, key: 
     rgb = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
     rgba = np.dstack([rgb, np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)])
     return SiteCutout(rgba, cls, key, hivis_share(rgba) if cls == "worker" else 0.0)
+
+
+def _off_plain_background(small: np.ndarray) -> np.ndarray:
+    """1 where a pixel differs from a plain backdrop (product photos on white or grey), else 0; all 1 otherwise.
+
+    GrabCut keeps the backdrop seen between an excavator's boom and body (it is enclosed by the object); on a
+    plain backdrop, recognised by a uniform border ring, those pixels are removed by their colour.
+    """
+    ring = np.concatenate([small[:3].reshape(-1, 3), small[-3:].reshape(-1, 3), small[:, :3].reshape(-1, 3),
+                           small[:, -3:].reshape(-1, 3)]).astype(np.float32)
+    if float(ring.std(0).mean()) > 12.0:
+        return np.ones(small.shape[:2], np.uint8)
+    return (np.linalg.norm(small.astype(np.float32) - np.median(ring, 0), axis=2) > 30.0).astype(np.uint8)
 
 
 def _largest_component(cv2, fg: np.ndarray) -> np.ndarray:  # noqa: ANN001 - cv2 is the lazily imported module
