@@ -175,19 +175,24 @@ def test_without_site_cutouts_the_kits_are_unchanged() -> None:
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_cutouts_written_into_a_corpus_are_read_back_by_role(tmp_path: Path) -> None:
-    pytest.importorskip("cv2")
-    ob = tmp_path / "objects-v1"
+def _site_photos(ob: Path, torsos: dict[str, tuple[int, int, int]], *, border_box: bool = False) -> None:
+    """An objects-v1 folder of site photos, one boxed person each (torso colour by file name)."""
     (ob / "images").mkdir(parents=True)
     rows = ["path,source,scene,width,height,origin_repo,origin_ref,origin_path,license,notes"]
     boxes = ["path,class,cx,cy,w,h"]
-    for name, torso in (("vest", _VEST), ("plain", _SHIRT)):
+    for name, torso in torsos.items():
         Image.fromarray(_photo(_person(torso))).save(ob / f"images/{name}.png")
         rows.append(f"images/{name}.png,css_construction_site_safety,site,240,200,r,c,p,l,")
         boxes.append(f"images/{name}.png,worker,{120 / 240},{100 / 200},{60 / 240},{160 / 200}")
-        boxes.append(f"images/{name}.png,worker,0.02,0.5,0.04,0.3")  # at the border: rejected, still listed
+        if border_box:
+            boxes.append(f"images/{name}.png,worker,0.02,0.5,0.04,0.3")  # at the border: rejected, still listed
     (ob / "manifest.csv").write_text("\n".join(rows) + "\n")
     (ob / "boxes.csv").write_text("\n".join(boxes) + "\n")
+
+
+def test_cutouts_written_into_a_corpus_are_read_back_by_role(tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    _site_photos(tmp_path / "objects-v1", {"vest": _VEST, "plain": _SHIRT}, border_box=True)
     counts = write_site_cutouts(tmp_path, tmp_path / "out" / "objects-v1" / "cutouts")
     assert counts == {"worker": 1, "pedestrian": 1, "rejected": 2}
     cuts = load_site_cutouts(tmp_path / "out")
@@ -222,17 +227,8 @@ def test_training_reads_the_corpus_cutouts_and_fold_models_leave_out_held_out_ph
     (src / "roadwork-v2" / "images").mkdir(parents=True)
     Image.fromarray(np.full((96, 128, 3), 20, np.uint8)).save(src / "roadwork-v2" / "images" / "n.jpg")
     (src / "roadwork-v2" / "manifest.csv").write_text("path,label,split,source,notes\nimages/n.jpg,0,train,nexar-eduardo,\n")
-    ob = src / "objects-v1"
-    (ob / "images").mkdir(parents=True)
-    orows = ["path,source,scene,width,height,origin_repo,origin_ref,origin_path,license,notes"]
-    oboxes = ["path,class,cx,cy,w,h"]
     # "v1" is one of the photos fold models hold out (object_holdout), "p1" is not.
-    for name, torso in (("v1", _VEST), ("p1", _SHIRT)):
-        Image.fromarray(_photo(_person(torso))).save(ob / f"images/{name}.png")
-        orows.append(f"images/{name}.png,css_construction_site_safety,site,240,200,r,c,p,l,")
-        oboxes.append(f"images/{name}.png,worker,{120 / 240},{100 / 200},{60 / 240},{160 / 200}")
-    (ob / "manifest.csv").write_text("\n".join(orows) + "\n")
-    (ob / "boxes.csv").write_text("\n".join(oboxes) + "\n")
+    _site_photos(src / "objects-v1", {"v1": _VEST, "p1": _SHIRT})
     corpus = write_compact_corpus(src, tmp_path / "compact", max_side=96, object_max_side=64)
     _, summary = train_object_detector(corpus, class_names=OBJECT_CLASSES, size=64, batch_size=2, max_steps=2,
                                        log=lambda _: None)
