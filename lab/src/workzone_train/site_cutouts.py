@@ -304,6 +304,11 @@ def load_site_cutouts(root: str | Path, *, exclude_key: Callable[[str], bool] = 
     index = folder / "cutouts.csv"
     if not index.is_file():
         return []
+    from PIL import features
+
+    if not features.check("webp"):
+        raise DataError(f"{folder} holds WebP cut-outs but this Pillow was built without WebP: install a Pillow "
+                        "wheel from PyPI (they include it), or train with --p-site 0")
     out = []
     with index.open(newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
