@@ -100,8 +100,16 @@ class Trimmer:
         self._last = now
         return True
 
-    def maybe_trim(self) -> bool:
-        return self.claim() and release_free_memory()
+    def maybe_trim(self, in_thread: bool = False) -> bool:
+        """Trim when one is due; ``in_thread``: in a thread of its own, so that an event loop calling this
+        does not stop for it (tens of milliseconds in a process running the torch detector on the 2-core
+        machine: benchmarks/results/http_cold_shapes_cpu.md). Returns whether a trim was done or started."""
+        if not self.claim():
+            return False
+        if not in_thread:
+            return release_free_memory()
+        threading.Thread(target=release_free_memory, name="workzone-trim", daemon=True).start()
+        return True
 
 
 #: Seconds the trimmer thread waits for another trim before it ends.

@@ -434,3 +434,36 @@ def test_requests_let_through_at_the_protocol_layer_count_as_upcoming_work(live_
     assert [a is None for a in answers] == [True] * (workers + 1) + [False] * 5
     assert {a[0] for a in answers if a is not None} == {429}
     assert admission.upcoming() == workers + 1
+
+
+def test_freed_memory_is_given_back_off_the_event_loop(model_dir: Path, monkeypatch):
+    """When the queue runs empty the service trims the heap: in a thread of its own, as a trim of a process
+    running the torch detector stopped the loop for up to 123 ms (benchmarks/results/http_cold_shapes_cpu.md)."""
+    import workzone._memory as memory
+    from workzone.service import DetectionService
+
+    ran_on: list[str] = []
+    trim = memory.release_free_memory
+
+    def recorded() -> bool:
+        ran_on.append(threading.current_thread().name)
+        return trim()
+
+    monkeypatch.setattr(memory, "release_free_memory", recorded)
+
+    async def go() -> str:
+        svc = DetectionService.from_pipeline(write_pipeline(model_dir, "trims"))
+        await svc.start()
+        try:
+            image = svc.decoder.decode([jpeg_bytes()])[0]
+            await svc.detect(image)
+            for _ in range(100):  # the thread has started; it runs the trim at once
+                if ran_on:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await svc.aclose()
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(go())
+    assert ran_on and loop_thread not in ran_on, ran_on
