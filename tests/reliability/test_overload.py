@@ -242,8 +242,27 @@ def test_trims_are_done_by_one_thread_woken_not_started_each_time():
         while low._trimming and time.monotonic() < end:
             time.sleep(0.005)
         assert not low._trimming
-        trimmers.add(low._thread)
+        trimmers.add(low.trimmer._thread)
     assert low.trims == 4 and len(trimmers) == 1 and None not in trimmers
+
+
+def test_the_services_trims_share_the_woken_thread_and_each_waiter_is_told():
+    # The queue-empty trims (Trimmer.maybe_trim(in_thread=True)) go to the same woken thread as the
+    # ceiling's; a caller's follow-up runs after its trim, in that thread.
+    from workzone._memory import Trimmer
+
+    trimmer = Trimmer(every_s=0.0)
+    done: list[str] = []
+    threads = set()
+    for _ in range(3):
+        assert trimmer.maybe_trim(in_thread=True)
+        trimmer.trim_in_thread(then=lambda: done.append(threading.current_thread().name))
+        threads.add(trimmer._thread)
+        end = time.monotonic() + 10
+        while len(done) < len(threads) and time.monotonic() < end:
+            time.sleep(0.005)
+    assert len(threads) == 1 and None not in threads
+    assert done and set(done) == {"workzone-trim"}
 
 
 @pytest.mark.parametrize(("env", "field"), [
