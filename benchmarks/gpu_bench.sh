@@ -6,7 +6,10 @@
 # on CPU threads, and the service's batch decode; 2. workzone bench: parity rows with nvJPEG and with libjpeg
 # decode, decode alone (nvJPEG; libjpeg threads), HTTP /v1/detect at 1,000 and 3,000 requests/s over loopback and
 # the highest rate with p99 <= 100 ms, default-gpu from JPEG bytes at 224 and 640 px (batch 1024) with either
-# decoder. Results in $OUT: bench_gpu.md, bench_gpu.json, the logs and env.txt (what was installed).
+# decoder; 3. if 50 s are left of 520, HTTP at 1,000 requests/s again with the costly lane off (one lane for all clients:
+# http_one_lane.md), the control for the costly lane. Results in $OUT: bench_gpu.md, bench_gpu.json, the logs,
+# http_server_log.txt (what the HTTP rows' server logged besides its refusals: lane changes, batches beside a first
+# run of a shape, errors) and env.txt (what was installed).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
@@ -38,5 +41,17 @@ timeout "$LEFT" python3 -m workzone.cli.main bench --device cuda --size 224 --si
   --batch 1024 --cascade-batch 1024 -p default-gpu --no-tier1 --no-all-tiers --parity-data .gpu/roadwork-v1 \
   --cpu-share 0 --cpu-share 1 \
   --http-rate 1000 --http-rate 3000 --http-seconds 8 --http-p99-ms 100 --http-addresses 64 --out "$OUT/bench_gpu.md" \
-  2>&1 | tee "$OUT/bench_gpu_log.txt"
+  --http-server-log /tmp/http_server_log.txt 2>&1 | tee "$OUT/bench_gpu_log.txt"
+# The refusals are counted in the rows; the rest of the server's log says why a row went wrong.
+{ grep -Ev 'refused [0-9]{3} [a-z_]+ client=' /tmp/http_server_log.txt | tail -n 400; echo "--- last lines, refusals included:";
+  tail -n 40 /tmp/http_server_log.txt; } > "$OUT/http_server_log.txt" 2>&1
+echo "bench done after $(( $(date +%s) - START )) s"
+
+# Interrupted (not killed) at the limit, so that it stops its server.
+LEFT=$(( 520 - ($(date +%s) - START) ))
+if [ "$LEFT" -ge 50 ]; then
+  WORKZONE_COSTLY_IMAGE_S=0 timeout -s INT -k 15 "$LEFT" python3 benchmarks/http_overload.py --device cuda --pipeline default-gpu \
+    --batch-size 64 --batch-wait-ms 2 --queue-size 6000 --addresses 64 --rate 1000 --seconds 8 \
+    --out "$OUT/http_one_lane.md" 2>&1 | tail -n 5 | tee "$OUT/http_one_lane_log.txt"
+fi
 echo "done after $(( $(date +%s) - START )) s"

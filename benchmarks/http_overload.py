@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+import tempfile
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -30,8 +31,14 @@ def main(addresses: List[int] = typer.Option([1, 64], help="loopback source addr
          pipeline: str = "default", device: str = "cpu", size: int = 224,
          batch_size: int = typer.Option(16, help="the server's batch (workzone serve's default)"),
          batch_wait_ms: float = 5.0, queue_size: int = 256,
+         backend: Optional[str] = typer.Option(None, help="serve the pipeline's ONNX stages on this backend "
+                                               "(torch: the GPU path, here on the CPU)"),
+         compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="with --backend torch: "
+                                                "torch.compile the graphs"),
          out: Path = Path("benchmarks/results/http_overload_cpu.md")) -> None:
     root = Path(__file__).resolve().parent.parent
+    if backend is not None or compile is not None:
+        pipeline = _with_backend(pipeline, backend, compile)
     blobs = synth_jpegs(256, (size, size), sources=sample_images(root / "samples"))
     label = f"{size}x{size} JPEG q75"
     rows = []
@@ -46,6 +53,24 @@ def main(addresses: List[int] = typer.Option([1, 64], help="loopback source addr
                 print(f"{row.name}: {row.images_per_s:.1f} answered/s; {row.notes}", flush=True)
     write_results(rows, describe_machine(device), out, title="HTTP overload and recovery, one address vs many",
                   command="python " + " ".join(shlex.quote(a) for a in sys.argv))
+
+
+def _with_backend(pipeline: str, backend: Optional[str], compile: Optional[bool]) -> str:
+    """A copy of ``pipeline``'s YAML whose model stages name ``backend`` and ``compile`` (a temporary file)."""
+    import yaml
+
+    from workzone.config.loader import load_pipeline_config
+
+    _, path = load_pipeline_config(pipeline)
+    doc = yaml.safe_load(path.read_text())
+    for tier in doc["tiers"]:
+        for stage in tier["stages"]:
+            if "model" in stage:  # the ONNX stages, which have both params
+                stage.update({k: v for k, v in (("backend", backend), ("compile", compile)) if v is not None})
+    doc["name"] = f"{doc['name']}-{backend or 'auto'}{'-compiled' if compile else ''}"
+    folder = Path(tempfile.mkdtemp(prefix="workzone-bench-"))
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(folder / "pipeline.yaml")
 
 
 def _time_wait() -> int:

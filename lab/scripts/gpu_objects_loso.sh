@@ -7,6 +7,7 @@
 # Usage: run(command="SECONDS_PER_FOLD=500 bash lab/scripts/gpu_objects_loso.sh",
 #            carry=[".gpu/corpus", ".gpu/lite0_trimmed_fp16.pt", ".gpu/whl"], timeout_s=590)
 # FOLDS picks the folds (default: the five of LOSO_FOLDS, no full model); FULL_SEEDS=0,1 adds the full model.
+# P_SITE: share of pasted kits that are site kits (workers, machines from .gpu/corpus/objects-v1/cutouts; 0 = none).
 # Fewer processes than the shipped run's seven get more steps each in the same wall time (the loaders, on the
 # machine's 16 cores, are what limits them). The run comes back in $OUT as TAG-objects/ (`objects-pack`:
 # fold_states.pt, oof_detections.json.gz, logs.txt, and the full model's ONNX when trained).
@@ -24,6 +25,7 @@ if [ -n "${FULL_SEEDS:-}" ]; then FOLDS="$FOLDS,full"; fi
 start=$(date +%s)
 python -m workzone_train.object_train loso --data .gpu/corpus --out "$RUN" --gpus 1 --workers "${WORKERS:-2}" \
   --seconds "${SECONDS_PER_FOLD:-500}" --full-seconds "${SECONDS_FULL:-500}" --folds "$FOLDS" \
-  --seeds "${FULL_SEEDS:-0}" --device "${DEVICE:-cuda}" --weights .gpu/lite0_trimmed_fp16.pt || echo "some folds failed"
+  --seeds "${FULL_SEEDS:-0}" --device "${DEVICE:-cuda}" --weights .gpu/lite0_trimmed_fp16.pt \
+  --p-site "${P_SITE:-0.2}" || echo "some folds failed"
 echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/$TAG-device.txt"
 python -m workzone_train.object_train pack --run "$RUN" --out "$OUT/$TAG-objects"

@@ -44,7 +44,7 @@ class Pipeline:
         self.service = service
         self._loop = LoopThread("workzone-loop")
         try:
-            self._loop.run(self.service.start())
+            self._loop.run(self.service.start(serving=False))  # its batches go past the micro-batcher
         except BaseException:
             self._loop.stop()
             self.service.decoder.close()

@@ -88,8 +88,19 @@ class Cascade:
     def ready(self) -> bool:
         return self._started
 
-    async def start(self) -> None:
-        """Load and warm up every stage, concurrently. A stage that fails to load raises."""
+    @property
+    def cold_runs(self) -> int:
+        """The stages' runs that met a shape for the first time (see :attr:`Stage.cold_runs`)."""
+        return sum(s.cold_runs for s in self.stages)
+
+    async def start(self, largest_batch: int | None = None) -> None:
+        """Load and warm up every stage, concurrently. A stage that fails to load raises.
+
+        Args:
+            largest_batch: the most images a batch will hold (a server's batch size): each stage also
+                runs what makes every batch up to it meet no shape for the first time (see
+                :meth:`Stage.warm_batches`), so that no served batch waits for a compile.
+        """
         if self._started:
             return
 
@@ -97,6 +108,8 @@ class Cascade:
             try:
                 await stage.load()
                 await stage.warmup()
+                if largest_batch:
+                    await stage.warm_batches(largest_batch)
             except WorkzoneError:
                 raise
             except Exception as exc:  # noqa: BLE001 - wrap third-party errors with the stage name

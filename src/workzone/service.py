@@ -233,13 +233,21 @@ class DetectionService:
         return self.cascade.config
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load and warm up every stage, then accept work. Raises what the cascade raises."""
+    async def start(self, *, serving: bool = True) -> None:
+        """Load and warm up every stage, then accept work. Raises what the cascade raises.
+
+        Args:
+            serving: the micro-batcher will serve (a server, a miner): every batch shape it can form is
+                run first. The sync API, whose callers' batches go past it, leaves this off (a
+                ``torch.compile`` of a bucket no caller sends costs seconds to minutes).
+        """
         self.state = "starting"
         try:
             if self.decoder.processes is not None and not self.decoder.processes.started:
                 await self.decoder.processes.start()
-            await self.cascade.start()
+            # Every batch the batcher can form runs on warmed shapes: a compile inside a served batch
+            # would hold its requests for seconds to minutes.
+            await self.cascade.start(largest_batch=self.batcher.policy.max_batch_size if serving else None)
         except BaseException as exc:
             self.state = "failed"
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -536,9 +544,29 @@ class DetectionService:
                 log.exception("an on_event handler failed")
 
         listen = dispatch if any(h is not None for h in handlers) else None
+        cold = self.cascade.cold_runs
         t = time.perf_counter()
         decisions = await self.cascade.run([j.image for j in jobs], deadline_s=remaining, on_event=listen)
         took = time.perf_counter() - t
+        if self.cascade.cold_runs != cold:
+            # A stage met a shape for the first time during it (a compile, a kernel choice; this batch's
+            # or one beside it): its time is not what the images cost. Charged, it would send every
+            # client of the batch to the one-image lane and make admission expect seconds per image.
+            log.warning("a batch of %d image(s) ran while a stage met a shape for the first time (%.2f s): not "
+                        "charged to its clients", len(jobs), took)
+        else:
+            self._charge(jobs, took, costly)
+        if self.observer is not None:
+            for d in decisions:
+                self.observer.on_decision(d)
+        if self.batcher.depth == 0:  # the queue ran empty: give freed memory back to the OS (off the loop)
+            self._trimmer.maybe_trim(in_thread=True)
+        elif self.memory is not None:  # a queue that never runs empty: trimmed past the mark
+            self.memory.tidy()
+        return decisions
+
+    def _charge(self, jobs: list[_Job], took: float, costly: bool) -> None:
+        """A batch's measured time: to its clients (by pixels), and to its lane's seconds per image."""
         self.client_costs.charge([j.client for j in jobs], [j.image.width * j.image.height for j in jobs], took)
         per = took / len(jobs)
         spi = self._costly_seconds_per_image if costly else self.seconds_per_image
@@ -547,14 +575,6 @@ class DetectionService:
             self._costly_seconds_per_image = spi
         else:
             self.seconds_per_image = spi
-        if self.observer is not None:
-            for d in decisions:
-                self.observer.on_decision(d)
-        if self.batcher.depth == 0:  # the queue ran empty: give freed memory back to the OS
-            self._trimmer.maybe_trim()
-        elif self.memory is not None:  # a queue that never runs empty: trimmed past the mark
-            self.memory.tidy()
-        return decisions
 
     def _on_batch(self, size: int, waited_s: float) -> None:
         if self.observer is not None:

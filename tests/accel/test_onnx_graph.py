@@ -119,3 +119,29 @@ def test_compile_pads_batches_to_buckets_and_returns_n_rows(tiny_onnx):
     runner = TorchModelRunner(tiny_onnx, compile=False, max_batch=4)
     x = torch.rand(6, 3, 32, 32)
     assert runner(x)["out"].shape == (6, 2)
+
+
+def test_padded_batches_meet_only_the_warmed_buckets(tiny_onnx):
+    """Padded (compiled, or on CUDA), every batch of 1 to 64 rows runs on a bucket that warm_sizes(64) ran;
+    each shape's first run is counted (a server charges nobody for it)."""
+    runner = TorchModelRunner(tiny_onnx, max_batch=64, pad=True)
+    sizes = runner.warm_sizes(64)
+    assert sizes == [1, 2, 4, 8, 16, 32, 64]  # on the CPU a lone image is not padded to eight
+    for n in sizes:
+        runner(torch.rand(n, 3, 32, 32))
+    assert runner.cold_runs == len(sizes)
+    for n in range(1, 65):
+        assert runner(torch.rand(n, 3, 32, 32))["out"].shape == (n, 2)
+    assert runner.cold_runs == len(sizes)
+    assert runner.warm_sizes(12) == [1, 2, 4, 8, 16]
+
+
+def test_eager_on_the_cpu_pads_nothing_and_counts_each_new_size(tiny_onnx):
+    """Every padded row costs a row's compute on the CPU: eager there runs the batch as it is, so warming
+    every size is not offered (64 batches); each new size's first run is counted."""
+    runner = TorchModelRunner(tiny_onnx, max_batch=64)
+    assert not runner.pads and runner.warm_sizes(64) == []
+    for n in (3, 3, 5):
+        runner(torch.rand(n, 3, 32, 32))
+    assert runner.cold_runs == 2
+    assert TorchModelRunner(tiny_onnx, max_batch=64, compile=True).pads

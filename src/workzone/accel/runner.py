@@ -2,9 +2,15 @@
 
 ``TorchModelRunner`` is the seam the stages use when their ``backend`` is ``torch``: it builds the
 module from the ONNX file (:func:`workzone.accel.onnx_graph.load_onnx_module`), moves it to the
-device, and runs batches of model inputs. With ``compile`` on, batches are padded up to a few
-bucket sizes so ``torch.compile`` (default mode: "max-autotune" crashed on the H100 probe) builds a
-handful of graphs instead of one per batch size.
+device, and runs batches of model inputs. With ``compile`` on, and on CUDA, batches are padded up to
+a few bucket sizes so ``torch.compile`` (default mode: "max-autotune" crashed on the H100 probe) builds
+a handful of graphs instead of one per batch size, and CUDA chooses kernels for a handful of shapes.
+
+The first run of a shape is slow (a compile: about a minute per graph on the 2-core CPU; a kernel
+choice), and it is not what the batch's images cost: :attr:`TorchModelRunner.cold_runs` counts those
+runs, so that a server does not charge them to its clients (:mod:`workzone.client_costs`), and
+:meth:`TorchModelRunner.warm_sizes` names the batches that run every bucket a server will use before
+it says it is ready.
 """
 
 from __future__ import annotations
@@ -51,15 +57,19 @@ class TorchModelRunner:
         compile: wrap the module in ``torch.compile`` (default mode); a failure to compile falls
             back to eager, recorded in :attr:`notes`.
         max_batch: the largest batch one forward runs; larger inputs are split.
+        pad: pad batches up to power-of-two buckets (None: when compiled or on CUDA, where a batch
+            runs at the cost of launches, not of its rows; on the CPU in eager mode every row costs).
 
     Attributes:
         device: where the module runs.
         input_name: the graph's (single) input name.
         notes: what was chosen (dtype, compile outcome), for ``describe()`` and benchmark files.
+        cold_runs: forwards that ran a shape for the first time (a compile, a kernel choice).
     """
 
     def __init__(self, path: str | Path, *, device: str = "cpu", precision: Precision = "auto",
-                 channels_last: bool = True, compile: bool = False, max_batch: int = 1024) -> None:
+                 channels_last: bool = True, compile: bool = False, max_batch: int = 1024,
+                 pad: bool | None = None) -> None:
         torch = require("torch", "gpu", "the torch backend")
         self.device = resolve_device(device)
         dtype = default_precision(self.device) if precision == "auto" else precision
@@ -92,7 +102,21 @@ class TorchModelRunner:
                 self.notes.append("torch.compile (default mode), batches padded to power-of-two buckets")
             except Exception as exc:  # noqa: BLE001 - compile is an optimisation; eager is always right
                 self.notes.append(f"torch.compile unavailable ({type(exc).__name__}: {exc}); eager")
+        self.pads = (compile or self.device.startswith("cuda")) if pad is None else pad
+        if self.pads and not self.compiled:
+            self.notes.append("batches padded to power-of-two buckets")
+        # One-image batches on the CPU stay one image (every padded row costs a row's compute there).
+        self._least = 8 if self.device.startswith("cuda") else 1
+        self.cold_runs = 0
+        self._shapes: set[tuple[int, ...]] = set()
         self._lock = threading.Lock()
+
+    def warm_sizes(self, largest: int) -> list[int]:
+        """Batch sizes whose runs leave every batch of up to ``largest`` images on a shape already run:
+        one per bucket when batches are padded, none otherwise (a shape per batch size: too many)."""
+        if not self.pads:
+            return []
+        return sorted({_bucket(n, self.max_batch, self._least) for n in range(1, min(largest, self.max_batch) + 1)})
 
     def __call__(self, x: "torch.Tensor") -> dict[str, "torch.Tensor"]:
         """Run a float batch [N, C, H, W] (any float dtype, on any device); outputs stay on the device.
@@ -107,10 +131,14 @@ class TorchModelRunner:
             for i in range(0, n, self.max_batch):
                 chunk = x[i:i + self.max_batch].to(self.device, self.dtype, non_blocking=True)
                 m = int(chunk.shape[0])
-                if self.compiled:
-                    chunk = _pad_batch(torch, chunk, _bucket(m, self.max_batch))
+                if self.pads:
+                    chunk = _pad_batch(torch, chunk, _bucket(m, self.max_batch, self._least))
                 if self.channels_last and chunk.dim() == 4:
                     chunk = chunk.contiguous(memory_format=torch.channels_last)
+                shape = tuple(chunk.shape)
+                if shape not in self._shapes:  # counted before it runs: a batch beside it ends during it
+                    self._shapes.add(shape)
+                    self.cold_runs += 1
                 try:
                     out = self._forward(chunk)
                 except Exception as exc:  # noqa: BLE001 - compiling happens on the first call; eager is always right
@@ -132,9 +160,14 @@ class TorchModelRunner:
         return out.double().cpu().numpy()
 
 
-def _bucket(n: int, cap: int) -> int:
-    """The smallest power of two >= n (at least 8), capped at ``cap``."""
-    b = 8
+def _bucket(n: int, cap: int, least: int = 8) -> int:
+    """The smallest power of two >= n (at least ``least``), capped at ``cap``.
+
+    Examples:
+        >>> _bucket(3, 512), _bucket(3, 512, 1), _bucket(33, 512), _bucket(600, 512)
+        (8, 4, 64, 600)
+    """
+    b = least
     while b < n:
         b *= 2
     return min(b, max(cap, n))

@@ -56,8 +56,31 @@ class ModelStage(Stage):
     async def warmup(self) -> None:
         """One throw-away batch of blank images per size in :attr:`warmup_batches`, through the whole path."""
         for n in self.warmup_batches:
-            await self.run_blocking(self._predict_evidence_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n,
-                                    self._warmup_evidence(n))
+            await self._blank_batch(n)
+
+    async def _blank_batch(self, n: int) -> None:
+        await self.run_blocking(self._predict_evidence_sync, [Image(np.zeros((64, 64, 3), np.uint8))] * n,
+                                self._warmup_evidence(n))
+
+    async def warm_batches(self, largest: int) -> None:
+        """One blank batch per bucket of the stage's torch runner (none without one, or unpadded)."""
+        runner = self._torch_runner()
+        rows = self._rows_per_image()
+        for size in [] if runner is None else runner.warm_sizes(largest * rows):
+            await self._blank_batch(-(-size // rows))
+
+    @property
+    def cold_runs(self) -> int:
+        runner = self._torch_runner()
+        return 0 if runner is None else runner.cold_runs
+
+    def _torch_runner(self) -> Any:
+        """The stage's :class:`~workzone.accel.runner.TorchModelRunner` on the torch backend, else None."""
+        return None
+
+    def _rows_per_image(self) -> int:
+        """Rows of the runner's batch per image (2 with mirror views)."""
+        return 1
 
     async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         self.require_loaded(self._model)

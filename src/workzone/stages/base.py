@@ -136,6 +136,17 @@ class Stage(ABC):
     async def warmup(self) -> None:
         """Run a throw-away prediction so the first real request is not slow."""
 
+    async def warm_batches(self, largest: int) -> None:
+        """Run throw-away batches so that no batch of up to ``largest`` images (what a server sends at
+        most) meets a shape for the first time while serving (a compile, a kernel choice). Default:
+        nothing (a stage without such first runs)."""
+
+    @property
+    def cold_runs(self) -> int:
+        """Runs since loading that met a shape for the first time (their time is not what their images
+        cost: a server charges no client for a batch during which this grew). Default: 0."""
+        return 0
+
     @abstractmethod
     async def predict(self, batch: Sequence[Image], evidence: EarlierReports | None = None) -> list[StageOutput]:
         """Score a batch of images.

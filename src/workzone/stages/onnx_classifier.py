@@ -13,7 +13,7 @@ road-work log-odds. A JSON sidecar next to the ``.onnx`` file gives ``input_size
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -74,6 +74,13 @@ class OnnxClassifierStage(ModelStage):
             return
         self._model = open_session(path, threads=self.params.threads, device=self.context.device,
                                    inputs=["image"], prefix=f"stage {self.name!r}: ", feature="the ONNX classifier")
+
+    def _torch_runner(self) -> Any:
+        return self._runner
+
+    def _rows_per_image(self) -> int:
+        p = self.params
+        return 2 if p.flip and p.tiles == 1 and not p.crops else 1
 
     async def warmup(self) -> None:
         # One model-sized input, whatever the tiling: the session's first run, not the pre-processing.

@@ -251,6 +251,9 @@ class RoadworkDetectorStage(ModelStage):
         except ModelFileError as exc:
             raise ModelFileError(f"stage {self.name!r}: {exc}") from exc
 
+    def _torch_runner(self) -> Any:
+        return None if self._model is None else self._model.torch_runner
+
     def _predict_sync(self, batch: list[Image]) -> list[StageOutput]:
         p = self.params
         runner: ObjectDetectorRunner = self._model

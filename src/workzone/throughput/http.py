@@ -43,11 +43,13 @@ DEFAULT_ADDRESSES = 64
 
 @contextlib.contextmanager
 def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: float = 2.0, queue_size: int = 4096,
-           start_timeout_s: float = 240.0, probe: bytes | None = None) -> Iterator["Served"]:
+           start_timeout_s: float = 240.0, probe: bytes | None = None,
+           log_path: str | os.PathLike[str] | None = None) -> Iterator["Served"]:
     """``workzone serve`` in a child process on a free loopback port; yields it once it is ready.
 
     Ready means: ``/readyz`` answered 200 and, with ``probe``, one ``/v1/detect`` of it answered 200 with a
-    probability (a server that started but cannot decide is not timed).
+    probability (a server that started but cannot decide is not timed). The server's log (stderr) is
+    kept in ``log_path`` when given (a row that went wrong can then be read line by line).
 
     Raises:
         WorkzoneError: the server exited (its stderr is quoted), was not ready in time, or failed the probe.
@@ -58,7 +60,7 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
            "--port", str(port), "--batch-size", str(batch_size), "--batch-wait-ms", str(batch_wait_ms),
            "--queue-size", str(queue_size), "--log-level", "warning"]
     # stderr to a file, not a pipe: a server that logs under load would block on a full pipe.
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile() if log_path is None else open(log_path, "w+b")  # noqa: SIM115 - closed below
     # Every refusal logged (not 2 a second), so that the rows can say which limit refused.
     env = {"WORKZONE_REFUSAL_LOG_PER_S": str(_REFUSAL_LOG_PER_S)} | dict(os.environ)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -97,16 +99,17 @@ def http_latency(blobs: list[bytes], size: str, *, pipeline: str, device: str, r
 def http_sweep(blobs: list[bytes], size: str, *, pipeline: str, device: str, rates: Sequence[float], seconds: float,
                p99_limit_ms: float = 100.0, search_seconds: float = 5.0, max_rate: float = 20000.0,
                batch_size: int = 64, batch_wait_ms: float = 2.0, start_timeout_s: float = 240.0,
-               addresses: int = DEFAULT_ADDRESSES) -> list[Row]:
+               addresses: int = DEFAULT_ADDRESSES, server_log: str | os.PathLike[str] | None = None) -> list[Row]:
     """One server, timed at each of ``rates``, then the highest rate whose p99 stays within ``p99_limit_ms``
-    (the load from ``addresses`` loopback source addresses).
+    (the load from ``addresses`` loopback source addresses; the server's log kept in ``server_log`` if given).
 
     The search doubles past the last rate that held (up to ``max_rate``), then bisects three times between
     the best that held and the first that did not, ``search_seconds`` each; its rows say "search".
     """
     rows: list[Row] = []
     with served(pipeline, device, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
-                queue_size=max(1024, int(max(rates) * 2)), start_timeout_s=start_timeout_s, probe=blobs[0]) as server:
+                queue_size=max(1024, int(max(rates) * 2)), start_timeout_s=start_timeout_s, probe=blobs[0],
+                log_path=server_log) as server:
         def timed(rate: float, secs: float, search: bool = False) -> Row:
             return _timed(server, blobs, size, device, rate, secs, batch_size, batch_wait_ms, search=search,
                           addresses=addresses)
@@ -201,11 +204,14 @@ _REFUSED = re.compile(r"refused (\d{3}) (\S+) client=\S+ \S+ \S+: (.*?)(?: \((\d
 #: What workzone.client_costs logs when a client changes lanes: with one client address, the costly
 #: lane (one image at a time) would be the whole server.
 _LANES = (("now run in the costly lane", "client moved to the costly lane"),
-          ("back to the shared lane", "client back to the shared lane"))
+          ("back to the shared lane", "client back to the shared lane"),
+          # DetectionService: a served batch beside a compile or kernel choice (warm-up missed a shape).
+          ("met a shape for the first time", "batch beside a first run of a shape (not charged)"))
 #: The limit a refusal names -> a short label (first match wins).
 _LIMITS = (("WORKZONE_MAX_UPLOADS_PER_CLIENT", "uploads per client"), ("WORKZONE_MAX_INFLIGHT", "in flight"),
            ("WORKZONE_MAX_HELD_BYTES", "memory held"), ("budget cannot give", "memory for its images"),
-           ("more than half the request", "expected wait"), ("queue is full", "queue full"))
+           ("more than half the request", "expected wait"), ("queue is full", "queue full"),
+           ("WORKZONE_MAX_RSS_BYTES", "resident memory ceiling"))
 
 
 def refusal_counts(log_text: str) -> Counter[str]:
