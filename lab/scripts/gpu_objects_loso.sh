@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Train the object detector's leave-one-source-out fold models (and, with FULL_SEEDS, the full model) on one GPU
 # machine (`device` run), from the compact corpus this machine wrote. Carry .gpu holding:
-#   .gpu/corpus/                  the compact copy (OBJECT_DETECTOR_CARD.md, Reproduce step 1; ~49 MB)
+#   .gpu/corpus/                  the compact copy with the site cut-outs (OBJECT_DETECTOR_CARD.md, Reproduce
+#                                 step 1; 44.7 MB on 2026-12-07). With the tracked tree (~29 MB, 25 MB of it the
+#                                 shipped ONNX models, which training does not read) it passes the call's 64 MiB:
+#                                 leave the models out of the copied tree for this call (untracked in the index
+#                                 and excluded, working files untouched; restored right after).
 #   .gpu/lite0_trimmed_fp16.pt    the trimmed ImageNet backbone (1.5 MB)
 #   .gpu/whl/                     wheels the machine lacks (efficientnet-lite-pytorch, pydantic and its deps)
 # Usage: run(command="SECONDS_PER_FOLD=500 bash lab/scripts/gpu_objects_loso.sh",
