@@ -11,7 +11,8 @@ The server runs in a child process (``--serve``) with, beside uvicorn:
 - a loop-lag probe (a 5-ms sleep, and by how much it overshot);
 - ``gc.callbacks`` timing every collection, by generation;
 - the server-side time of every response, from the end of its headers to its status line, with the
-  429/503s split into those refused from the headers (``early``) and later (``late:`` the raise site).
+  429/503s split into those refused at the protocol layer (``protocol``: from their first bytes read;
+  no ASGI task), by the middleware from the headers (``early``) and later (``late:`` the raise site).
 
 The client side splits each refusal's latency into connecting, writing and waiting for the status
 line. The report is printed; nothing is written to benchmarks/results/ (the figures quoted in
@@ -120,6 +121,18 @@ def serve(out: Path) -> None:
         where.set("/".join(names))
         overloaded_init(self, *a, **k)
 
+    from workzone.server import admission
+
+    header_refusal = admission.HeaderRefusal.__call__
+
+    def refuse_early(self: Any, scope: Any) -> Any:
+        # Refused at the protocol layer (no cycle, no task): timed from the request's first bytes read.
+        answer = header_refusal(self, scope)
+        if answer is not None:
+            responses.append((f"{answer[0]}-protocol", time.perf_counter() - scope[admission.READ_KEY]))
+        return answer
+
+    admission.HeaderRefusal.__call__ = refuse_early
     httptools_impl.RequestResponseCycle.__init__ = init
     httptools_impl.RequestResponseCycle.send = send
     errors.Overloaded.__init__ = overloaded

@@ -5,6 +5,7 @@ Usage:
                                            slow-bodies cpu-bombs memory degraded]
         [--api-inputs 25000] [--http-inputs 1200] [--clients 500] [--seconds 60]
         [--slow-connections 300] [--attack-seconds 20] [--degraded-requests 200]
+        [--client-loops asyncio uvloop uvloop-callbacks]
         [--sections overload-ab --baseline-src OTHER_CHECKOUT/src --baseline-env KEY=VALUE --ab-seconds 25]
         [--out benchmarks/results/reliability.md]
 
@@ -40,7 +41,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from benchmarks._machine import describe_machine  # noqa: E402
 from tests.reliability.corpus import _scene, bombs  # noqa: E402
-from tests.reliability.fuzz import HttpRequest, http_requests, mutated_images, raw_request  # noqa: E402
+from tests.reliability.fuzz import (HttpRequest, http_requests, mutated_images, raw_request,  # noqa: E402
+                                   raw_request_in_callbacks)
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
@@ -337,9 +339,10 @@ def _scene_jpeg(k: int) -> bytes:
 
 
 async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes], deadline: str | None,
-                    lags: list[float] | None = None) -> list[Any]:
+                    lags: list[float] | None = None, request: Any = raw_request) -> list[Any]:
     """Run the closed-loop clients; ``lags`` (if given) receives the generator's own event-loop lag,
-    sampled every 5 ms: how late the load generator itself ran, a delay its clock adds to every answer."""
+    sampled every 5 ms: how late the load generator itself ran, a delay its clock adds to every answer.
+    ``request`` sends one request (``raw_request`` or ``raw_request_in_callbacks``: the same clock)."""
     # The load generator shares the 2 cores and its clock is the one measured: a full collection of
     # its heap (tens of ms) would stall all 500 clients at once and show as the server's latency.
     gc.collect()
@@ -358,8 +361,8 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
         i = k
         while time.perf_counter() < stop:
             # Clients spread over 200 loopback addresses: the per-address upload limit is not what is measured.
-            r = await raw_request("127.0.0.1", port, HttpRequest("/v1/detect", "image/jpeg", bodies[i % len(bodies)],
-                                                                 headers), timeout_s=120, local_addr=f"127.0.1.{k % 200 + 1}")
+            r = await request("127.0.0.1", port, HttpRequest("/v1/detect", "image/jpeg", bodies[i % len(bodies)],
+                                                             headers), timeout_s=120, local_addr=f"127.0.1.{k % 200 + 1}")
             results.append(r)
             i += 1
             if r.status in (429, 503):
@@ -369,10 +372,23 @@ async def _overload(port: int, clients: int, seconds: float, bodies: list[bytes]
     return results
 
 
+#: The load generators of the overload section: event loop, and how each client sends and reads.
+CLIENT_KINDS = {"asyncio": "asyncio event loop, stream clients",
+                "uvloop": "uvloop event loop, stream clients",
+                "uvloop-callbacks": "uvloop event loop, clients in protocol callbacks"}
+
+
+def _client_request(kind: str) -> Any:
+    """How the ``kind`` of generator sends a request: the stream client (``raw_request``: each step
+    resumes a coroutine, a loop turn later) or the same request and clock in the loop's callbacks
+    (``raw_request_in_callbacks``: the status line stamped in the callback that receives it)."""
+    return raw_request_in_callbacks if kind.endswith("-callbacks") else raw_request
+
+
 def _client_loop(kind: str) -> asyncio.Runner:
     """The load generator's event loop: Python's own, or uvloop's (libuv in C: less of the two shared
     cores per request, so less of the generator's own delay in the latencies it measures)."""
-    if kind == "uvloop":
+    if kind.startswith("uvloop"):
         import uvloop
 
         return asyncio.Runner(loop_factory=uvloop.new_event_loop)
@@ -427,7 +443,8 @@ def overload(args: argparse.Namespace) -> list[str]:
         async def go() -> list[Any]:
             nonlocal done
             s = asyncio.ensure_future(sample())
-            res = await _overload(srv.port, args.clients, args.seconds, bodies, deadline, lags)
+            res = await _overload(srv.port, args.clients, args.seconds, bodies, deadline, lags,
+                                  _client_request(loop_kind))
             done = True
             await s
             return res
@@ -444,6 +461,9 @@ def overload(args: argparse.Namespace) -> list[str]:
         ok = [r.latency_s for r in res if r.status == 200]
         degraded = sum(1 for r in res if r.status == 200 and b'"degraded":true' in r.body)
         refused, answered, inside = _refusal_latencies(res)
+        # Refused at the protocol layer (no app ran: no "app" entry in Server-Timing) or by the app.
+        early = [r.latency_s for r in res if r.status in (429, 503) and r.server_s is None]
+        by_app = [r.latency_s for r in res if r.status in (429, 503) and r.server_s is not None]
         from_accept = [r.accept_s for r in res if r.status in (429, 503) and r.accept_s is not None]
         from_read = [r.read_s for r in res if r.status in (429, 503) and r.read_s is not None]
         connects = [r.connect_s for r in res if r.status in (429, 503) and r.connect_s is not None]
@@ -454,10 +474,12 @@ def overload(args: argparse.Namespace) -> list[str]:
             if r.status in other:
                 other[r.status] += 1
         rows += [
-            f"{args.clients} clients ({loop_kind} event loop) for {args.seconds:.0f} s, {'no deadline header (the pipeline default, 30 s)' if deadline is None else f'X-Deadline-S: {deadline}'}: "
+            f"{args.clients} clients ({CLIENT_KINDS[loop_kind]}) for {args.seconds:.0f} s, {'no deadline header (the pipeline default, 30 s)' if deadline is None else f'X-Deadline-S: {deadline}'}: "
             f"{len(res)} responses; 200: {len(ok)} ({degraded} marked degraded; p50 {_pct(ok, .5):.2f} s, p99 {_pct(ok, .99):.2f} s, max "
             f"{max(ok, default=float('nan')):.2f} s; past the deadline: {late}); 429/503: {len(refused)} (p50 "
-            f"{_pct(refused, .5) * 1000:.0f} ms, p99 {_pct(refused, .99) * 1000:.0f} ms; the client's connect p99 "
+            f"{_pct(refused, .5) * 1000:.0f} ms, p99 {_pct(refused, .99) * 1000:.0f} ms, p99.9 "
+            f"{_pct(refused, .999) * 1000:.0f} ms; refused at the protocol layer {len(early)} (p99 {_ms(early, .99)}), "
+            f"by the app {len(by_app)} (p99 {_ms(by_app, .99)}); the client's connect p99 "
             f"{_ms(connects, .99)}; from connected to status line p99 {_pct(answered, .99) * 1000:.0f} ms; inside the "
             f"server from its accept of the connection p99 {_ms(from_accept, .99)}, from reading the request's first "
             f"bytes p99 {_ms(from_read, .99)}, from the app p99 {_ms(inside, .99)}; the server's event-loop lag "
@@ -487,26 +509,31 @@ def overload_ab(args: argparse.Namespace) -> list[str]:
                                                *args.baseline_env])
     bodies = [_scene_jpeg(k) for k in range(16)]
     rows = [f"## Overload A/B: {args.clients} clients, `X-Deadline-S: 2`, {args.ab_seconds:.0f} s per run, this tree "
-            f"against {baseline} alternately", "",
-            "| code | load before -> after | answers | 200 | 200 past the deadline | 429/503 p50 | 429/503 p99 | "
-            "429/503 p99 from connected | 429/503 p99 inside the server | generator loop lag p99 | dropped |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            f"against {baseline} alternately, for each load generator", "",
+            "| generator | code | load before -> after | answers | 200 | 200 past the deadline | 429/503 p50 | 429/503 p99 | "
+            "429/503 p99 from connected | 429/503 p99 inside the server (from its first bytes read) | "
+            "generator loop lag p99 | dropped |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     here = str(ROOT / "src")
-    for label, src, env in [("baseline", str(args.baseline_src or here), base_env), ("this tree", here, {})] * 2:
-        srv = Server(PYTHONPATH=src, **env)
-        srv.start()
-        l0 = os.getloadavg()[0]
-        lags: list[float] = []
-        try:
-            res = asyncio.run(_overload(srv.port, args.clients, args.ab_seconds, bodies, "2", lags))
-        finally:
-            srv.stop()
-        ok = [r.latency_s for r in res if r.status == 200]
-        ref, answered, inside = _refusal_latencies(res)
-        rows.append(f"| {label} | {l0:.1f} -> {os.getloadavg()[0]:.1f} | {len(res)} | {len(ok)} | "
-                    f"{sum(x > 2 for x in ok)} | {_pct(ref, .5) * 1000:.0f} ms | {_pct(ref, .99) * 1000:.0f} ms | "
-                    f"{_pct(answered, .99) * 1000:.0f} ms | {_ms(inside, .99)} | {_ms(lags, .99)} | "
-                    f"{sum(r.status is None for r in res)} |")
+    for kind in args.client_loops:
+        for label, src, env in [("baseline", str(args.baseline_src or here), base_env), ("this tree", here, {})] * 2:
+            srv = Server(PYTHONPATH=src, **env)
+            srv.start()
+            l0 = os.getloadavg()[0]
+            lags: list[float] = []
+            try:
+                with _client_loop(kind) as runner:
+                    res = runner.run(_overload(srv.port, args.clients, args.ab_seconds, bodies, "2", lags,
+                                               _client_request(kind)))
+            finally:
+                srv.stop()
+            ok = [r.latency_s for r in res if r.status == 200]
+            ref, answered, _ = _refusal_latencies(res)
+            read = [r.read_s for r in res if r.status in (429, 503) and r.read_s is not None]
+            rows.append(f"| {CLIENT_KINDS[kind]} | {label} | {l0:.1f} -> {os.getloadavg()[0]:.1f} | {len(res)} | "
+                        f"{len(ok)} | {sum(x > 2 for x in ok)} | {_pct(ref, .5) * 1000:.0f} ms | "
+                        f"{_pct(ref, .99) * 1000:.0f} ms | {_pct(answered, .99) * 1000:.0f} ms | {_ms(read, .99)} | "
+                        f"{_ms(lags, .99)} | {sum(r.status is None for r in res)} |")
     return rows + [""]
 
 
@@ -1002,8 +1029,9 @@ def main() -> None:
     ap.add_argument("--http-inputs", type=int, default=1200)
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--client-loops", nargs="+", choices=("asyncio", "uvloop"), default=["asyncio"],
-                    help="overload: the load generator's event loops, each run in turn")
+    ap.add_argument("--client-loops", nargs="+", choices=tuple(CLIENT_KINDS), default=["asyncio"],
+                    help="overload: the load generators (event loop; '-callbacks': clients in protocol callbacks), "
+                         "each run in turn")
     ap.add_argument("--slow-connections", type=int, default=300)
     ap.add_argument("--attack-seconds", type=float, default=20.0)
     ap.add_argument("--degraded-requests", type=int, default=200)

@@ -132,6 +132,7 @@ SHIPPED = "default (signs+objects)"
 LOSO11 = "loso_eleven_sources.md"
 SHIPPED11 = "default (signs+verify)"
 VERIFY = "verify (fine-tuned, class-aware)"
+INT8 = "int8_verifier.md"
 
 
 def loso(row: str, column: str = SHIPPED, k: int = 0, places: int | None = None) -> Callable[[], str]:
@@ -290,6 +291,18 @@ QUOTES: list[Quote] = [
           (lambda: sentence("cpu_floor.md", r"The two sessions take ([0-9.]+) CPU-ms"),
            lambda: table_cell("cpu_floor.md", "whole pipeline from bytes as shipped (runs of one image over 2 workers), "
                                               "CPU-ms per image", "CPU-ms per image"))),
+    # The int8 verifier the default runs on the CPU (issue 23's CPU item).
+    *(Quote(doc, words, "int8_verifier.md",
+            (lambda: table_cell(INT8, "roadwork-v1 dev", "n"), lambda: table_cell(INT8, "roadwork-v1 dev", "within 0.02"),
+             lambda: table_cell(INT8, "roadwork-v1 dev", "decisions differ"),
+             lambda: fixed(table_cell(INT8, "int8 (this graph)", "CPU-ms per image"), 1),
+             lambda: fixed(table_cell(INT8, "fp32 (shipped)", "CPU-ms per image"), 1)))
+      for doc, words in (("docs/stages/object_verifier.md", "on the {} dev images {} of the default's probabilities "
+                          "within 0.02 of the fp32 graph's, {} decisions changed; {} against {} CPU-ms per image of "
+                          "the bare session"),
+                         ("src/workzone/models/VERIFIER_CARD.md", "(dev: {} images, {} of the default's probabilities "
+                          "within 0.02 of the fp32 graph's, {} decisions changed; {} against {} CPU-ms per image of "
+                          "the bare session"))),
     # docs/routing.md: the router benchmark (on the previous default).
     Quote("docs/routing.md", "the router reaches the best out-of-fold dev MCC ({}) at {} ms per image, but the fixed "
                              "order with its tier-1 exits moved to 0.2 / 0.85 reaches it at {} ms", "router_vs_fixed.md",

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 __all__ = ["limit_malloc_arenas", "fix_mmap_threshold", "release_free_memory", "resident_bytes", "Trimmer",
            "MemoryCeiling", "freeze_loaded_objects", "MAX_MMAP_THRESHOLD"]
@@ -85,12 +86,20 @@ def release_free_memory() -> bool:
     return bool(libc is not None and libc.malloc_trim(0))
 
 
+#: Seconds the trimmer thread waits for another trim before it ends.
+_TRIMMER_IDLE_S = 30.0
+
+
 class Trimmer:
-    """Calls :func:`release_free_memory` when asked, at most once per ``every_s`` seconds."""
+    """Calls :func:`release_free_memory` when asked, at most once per ``every_s`` seconds; in its own thread
+    when asked to (:meth:`trim_in_thread`)."""
 
     def __init__(self, every_s: float = 2.0) -> None:
         self.every_s = every_s
         self._last = 0.0
+        self._wake = threading.Condition()
+        self._due: list[Callable[[], None] | None] = []  # trims asked for and not started (under _wake)
+        self._thread: threading.Thread | None = None  # the trimmer, while it waits for work (under _wake)
 
     def claim(self, every_s: float | None = None) -> bool:
         """True (and the time noted) when a trim is due: none in the last ``every_s`` (default: the trimmer's)."""
@@ -101,15 +110,43 @@ class Trimmer:
         return True
 
     def maybe_trim(self, in_thread: bool = False) -> bool:
-        """Trim when one is due; ``in_thread``: in a thread of its own, so that an event loop calling this
+        """Trim when one is due; ``in_thread``: in the trimmer's thread, so that an event loop calling this
         does not stop for it (tens of milliseconds in a process running the torch detector on the 2-core
         machine: benchmarks/results/http_cold_shapes_cpu.md). Returns whether a trim was done or started."""
         if not self.claim():
             return False
         if not in_thread:
             return release_free_memory()
-        threading.Thread(target=release_free_memory, name="workzone-trim", daemon=True).start()
+        self.trim_in_thread()
         return True
+
+    def trim_in_thread(self, then: Callable[[], None] | None = None) -> None:
+        """Trim in the trimmer's thread (``then`` called there after it), whether or not one is due.
+
+        One thread for the trims of a busy spell, woken, not started each time: a start waits until the new
+        thread runs, which on loaded cores held the event loop (up to 4 trims a second). It runs at the
+        caller's priority: one below it could hold an arena's lock while other processes take the CPU, and
+        the loop's next allocation would wait.
+        """
+        with self._wake:
+            self._due.append(then)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._trim_when_due, name="workzone-trim", daemon=True)
+                self._thread.start()
+            else:
+                self._wake.notify()
+
+    def _trim_when_due(self) -> None:
+        while True:
+            with self._wake:
+                if not self._wake.wait_for(lambda: bool(self._due), timeout=_TRIMMER_IDLE_S):
+                    self._thread = None  # idle: the next trim starts another
+                    return
+                after, self._due = self._due, []
+            release_free_memory()  # one trim serves every request that came while it waited
+            for then in after:
+                if then is not None:
+                    then()
 
 
 class MemoryCeiling:
@@ -137,7 +174,7 @@ class MemoryCeiling:
         self.trims = 0
         self._at = -1.0
         self._rss: int | None = None
-        self._trimming: threading.Thread | None = None
+        self._trimming = False
 
     @property
     def trim_bytes(self) -> int:
@@ -165,23 +202,20 @@ class MemoryCeiling:
         ``trimmer.every_s``). Returns the resident size."""
         rss = self.resident()
         mark = self.trim_bytes
-        if not mark or rss is None or rss < mark or self._trimming is not None:
+        if not mark or rss is None or rss < mark or self._trimming:
             return rss
         # Past the ceiling the heap grows by hundreds of MB a second under load: trim more often.
         past = rss >= (self.limit_bytes or 0)
         if not self.trimmer.claim(self.trimmer.every_s / 4 if past else None):
             return rss
         self.trims += 1
-        # In a thread of its own, at the caller's (the event loop's) priority: one below it could hold
-        # an arena's lock while other processes take the CPU, and the loop's next allocation would wait.
-        self._trimming = threading.Thread(target=self._trim, name="workzone-trim", daemon=True)
-        self._trimming.start()
+        self._trimming = True
+        self.trimmer.trim_in_thread(then=self._trimmed)  # a trim of a fragmented heap takes milliseconds
         return rss
 
-    def _trim(self) -> None:
-        release_free_memory()
+    def _trimmed(self) -> None:
         self._at = -1.0  # read afresh: the trim may have given back much
-        self._trimming = None
+        self._trimming = False
 
     def passed(self) -> int | None:
         """The resident size when it is at or above the ceiling, else None (a trim is started first

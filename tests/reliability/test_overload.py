@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -228,6 +229,42 @@ def test_the_ceiling_trims_past_its_mark_and_says_when_it_is_passed():
     assert auto.settle(1) == limit  # settled once
 
 
+def test_trims_are_done_by_one_thread_woken_not_started_each_time():
+    # Starting a thread waits until it runs: on loaded cores, the event loop (which asks for the
+    # trims) waited with it. One trimmer thread is woken for every trim of a busy spell.
+    from workzone._memory import MemoryCeiling, Trimmer
+
+    low = MemoryCeiling(1 << 20, every_s=0.0, trimmer=Trimmer(every_s=0.0))
+    trimmers = set()
+    for _ in range(4):
+        assert low.passed() is not None
+        end = time.monotonic() + 10
+        while low._trimming and time.monotonic() < end:
+            time.sleep(0.005)
+        assert not low._trimming
+        trimmers.add(low.trimmer._thread)
+    assert low.trims == 4 and len(trimmers) == 1 and None not in trimmers
+
+
+def test_the_services_trims_share_the_woken_thread_and_each_waiter_is_told():
+    # The queue-empty trims (Trimmer.maybe_trim(in_thread=True)) go to the same woken thread as the
+    # ceiling's; a caller's follow-up runs after its trim, in that thread.
+    from workzone._memory import Trimmer
+
+    trimmer = Trimmer(every_s=0.0)
+    done: list[str] = []
+    threads = set()
+    for _ in range(3):
+        assert trimmer.maybe_trim(in_thread=True)
+        trimmer.trim_in_thread(then=lambda: done.append(threading.current_thread().name))
+        threads.add(trimmer._thread)
+        end = time.monotonic() + 10
+        while len(done) < len(threads) and time.monotonic() < end:
+            time.sleep(0.005)
+    assert len(threads) == 1 and None not in threads
+    assert done and set(done) == {"workzone-trim"}
+
+
 @pytest.mark.parametrize(("env", "field"), [
     ({"WORKZONE_MAX_RSS_BYTES": "1000000"}, "max_rss_bytes"),  # below the byte budget it must hold
     ({"WORKZONE_MAX_RSS_BYTES": "-1"}, "max_rss_bytes"),
@@ -279,6 +316,143 @@ def test_each_answer_times_itself_from_the_accept_and_from_its_first_bytes(live_
     assert accept >= read >= app > 0  # type: ignore[operator]
     time.sleep(0.3)  # the event loop's lag is probed every 50 ms
     assert metric_value(srv.metrics(), "workzone_event_loop_lag_seconds_count") >= 3
+
+
+def _raw_refused(port: int, body: bytes, sent: int, extra: bytes = b"") -> tuple[bytes, int]:
+    """Send a detect request's headers and ``sent`` bytes of ``body``, then the rest while reading the
+    answer until the server's end of file; returns the answer and how many body bytes were sent.
+    A reset (the server closing with body bytes unread) raises ConnectionResetError."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/jpeg\r\n" + extra
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:sent])
+        answer, at = b"", sent
+        s.setblocking(False)
+        while True:
+            if at < len(body):  # the client goes on sending its body, as a real one does
+                try:
+                    at += s.send(body[at:at + 65536])
+                except BlockingIOError:
+                    pass
+                except BrokenPipeError:
+                    at = len(body)  # the server shut its side after the answer: stop sending
+            try:
+                chunk = s.recv(65536)
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            if not chunk:
+                return answer, at
+            answer += chunk
+
+
+def _head_and_body(answer: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), fields, body
+
+
+def test_a_refusal_from_the_headers_is_answered_by_the_protocol_not_reset(live_server, model_dir: Path, caplog):
+    # Refused in the callback that parsed the headers (no ASGI task): the documented 429 with
+    # Retry-After, Connection: close and the server's own time, while the client still sends its
+    # 3-MB body; the connection then closes without a reset (the rest is read and discarded).
+    import json
+    import logging
+
+    from server_support import metric_value
+
+    caplog.set_level(logging.WARNING, logger="workzone.access")
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "early")), refusal_log_per_s=100)
+    srv.app.state.admission.max_inflight = 0  # every detect request is refused from its headers
+    body = b"\xff" * (3 << 20)
+    answer, _ = _raw_refused(srv.port, body, 4096)
+    status, fields, text = _head_and_body(answer)
+    assert status == 429 and fields[b"retry-after"] == b"1" and fields[b"connection"] == b"close"
+    assert fields[b"content-type"] == b"application/json" and int(fields[b"content-length"]) == len(text)
+    assert json.loads(text) == {"error": {"type": "overloaded", "status": 429,
+                                          "message": "the server is at capacity; retry after the Retry-After delay"}}
+    timing = fields[b"server-timing"]
+    assert b"read;dur=" in timing and b"accept;dur=" in timing and b"app;" not in timing  # no app ran
+    assert any("refused 429 overloaded client=127.0.0.1 POST /v1/detect: before the body (at the protocol layer)"
+               in r.getMessage() for r in caplog.records if r.name == "workzone.access")
+    assert metric_value(srv.metrics(), "workzone_requests_total", {"endpoint": "/v1/detect", "status": "429"}) == 1
+    # The server goes on: admitted again, the same connection type is served.
+    srv.app.state.admission.max_inflight = 8
+    assert _post(srv, jpeg_bytes()).status_code == 200
+
+
+def test_the_protocol_layers_refusal_is_the_apps_refusal(live_server, model_dir: Path):
+    # A request with Origin is left to the ASGI stack (CORS headers are its business): both answers
+    # carry the same status, error body and Retry-After, whether the body arrived whole or not.
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "same")))
+    srv.app.state.admission.max_inflight = 0
+    for body, sent in ((jpeg_bytes(), None), (b"\0" * (1 << 20), 1000)):
+        sent = len(body) if sent is None else sent
+        early = _head_and_body(_raw_refused(srv.port, body, sent)[0])
+        late = _head_and_body(_raw_refused(srv.port, body, sent, b"Origin: http://example.test\r\n")[0])
+        assert early[0] == late[0] == 429 and early[2] == late[2]
+        assert early[1][b"retry-after"] == late[1][b"retry-after"] == b"1"
+        assert b"app;" not in early[1][b"server-timing"] and b"app;dur=" in late[1][b"server-timing"]
+    # Not ready: 503 from the protocol too, on a keep-alive client (it reconnects after Connection: close).
+    srv.app.state.admission.max_inflight = 8
+    srv.app.state.service.state = "starting"
+    with httpx.Client(timeout=10) as client:
+        rs = [client.post(srv.url + "/v1/detect", content=b"x", headers={"Content-Type": "image/jpeg"})
+              for _ in range(3)]
+    assert [r.status_code for r in rs] == [503] * 3 and all(r.json()["error"]["type"] == "not_ready" for r in rs)
+    assert all(r.headers["retry-after"] == "1" and "app;" not in r.headers["server-timing"] for r in rs)
+
+
+def test_the_callback_client_measures_what_the_stream_client_measures(live_server, model_dir: Path):
+    # The overload section's lighter load generator: the same request, the same outcomes (an answer,
+    # a refusal, a connection closed without a status line), the same clock (connect within it).
+    from tests.reliability.fuzz import HttpRequest, raw_request, raw_request_in_callbacks
+
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "clients")))
+    req = HttpRequest("/v1/detect", "image/jpeg", jpeg_bytes())
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+
+    def close_unanswered() -> None:
+        for _ in range(2):
+            conn, _ = mute.accept()
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=close_unanswered, daemon=True).start()
+
+    async def both(port: int) -> list[Any]:
+        return [await send("127.0.0.1", port, req, 10, "127.0.1.7") for send in (raw_request, raw_request_in_callbacks)]
+
+    ok = asyncio.run(both(srv.port))
+    srv.app.state.admission.max_inflight = 0
+    refused = asyncio.run(both(srv.port))
+    dropped = asyncio.run(both(mute.getsockname()[1]))
+    mute.close()
+    assert [r.status for r in ok] == [200, 200] and all(b'"probability"' in r.body for r in ok)
+    assert [r.status for r in refused] == [429, 429] and refused[0].body == refused[1].body
+    assert [r.status for r in dropped] == [None, None]
+    assert all(0 < r.connect_s <= r.latency_s and r.read_s is not None for r in ok + refused)
+
+
+def test_requests_let_through_at_the_protocol_layer_count_as_upcoming_work(live_server, model_dir: Path):
+    # The headers of a burst are parsed in one loop turn, before any of their ASGI tasks runs: each
+    # request the protocol layer lets through counts as upcoming work at once, so the burst is refused
+    # there, from its headers, not one by one by the middleware a loop turn later.
+    from workzone.server.admission import HeaderRefusal
+
+    srv = live_server(pipeline=str(write_pipeline(model_dir, "burst")))
+    service, admission = srv.app.state.service, srv.app.state.admission
+    service.seconds_per_image = 1.0  # each request admitted adds 1 s / workers to the wait
+    workers = service.batcher.policy.workers
+    refusal = HeaderRefusal(service, admission)
+    answers = [refusal({"type": "http", "method": "POST", "path": "/v1/detect", "client": ("127.0.0.1", 5),
+                        "headers": [(b"x-deadline-s", b"2")]}) for _ in range(workers + 6)]
+    # A 2-s deadline leaves 1 s of queueing: the first workers + 1 pass, the rest wait too long.
+    assert [a is None for a in answers] == [True] * (workers + 1) + [False] * 5
+    assert {a[0] for a in answers if a is not None} == {429}
+    assert admission.upcoming() == workers + 1
 
 
 def test_freed_memory_is_given_back_off_the_event_loop(model_dir: Path, monkeypatch):

@@ -155,12 +155,16 @@ def load_lookalike_crops(root: str | Path) -> list[Path]:
 
 
 def write_compact_corpus(root: str | Path, out: str | Path, *, max_side: int = 384, quality: int = 82,
-                         object_max_side: int = 320) -> Path:
+                         object_max_side: int = 320, site_cutouts: bool = True) -> Path:
     """Downscaled copy of the three data sets (images, manifests, boxes) under ``out``.
 
     For the GPU machine, whose whole payload is capped at 64 MiB. Boxes stay valid: they are
     normalised and the aspect ratio is kept. Keep ``out`` git-ignored: the images must never be
     committed. Existing files are kept, so a rerun only fills in what is missing.
+
+    With ``site_cutouts`` (needs OpenCV), the workers and machines of objects-v1 are also cut out here, from the
+    full-resolution photos, into ``out/objects-v1/cutouts`` (:func:`workzone_train.site_cutouts.write_site_cutouts`):
+    training reads them with Pillow alone, and cutting from the downscaled copies would lose the small people.
 
     Returns:
         ``out``.
@@ -191,4 +195,8 @@ def write_compact_corpus(root: str | Path, out: str | Path, *, max_side: int = 3
         for name in ("manifest.csv", "boxes.csv"):
             if (src / name).is_file():
                 (dst / name).write_bytes((src / name).read_bytes())
+    if site_cutouts and (root / OBJECTS / "manifest.csv").is_file():
+        from workzone_train.site_cutouts import CUTOUT_DIR, write_site_cutouts
+
+        write_site_cutouts(root, out / OBJECTS / CUTOUT_DIR)
     return out

@@ -31,8 +31,8 @@ from workzone_train.corpus import ObjectBox, load_corpus, load_lookalike_crops, 
 from workzone_train.data import ConeBox, load_pixels
 from workzone_train.detector import encode_targets
 from workzone_train.detector_data import clip_boxes, random_geometry
-from workzone_train.scene_synth import (OBJECT_CLASSES, SignCutout, paste_lookalike_signs, paste_work_zone_objects,
-                                           sign_cutout)
+from workzone_train.scene_synth import (OBJECT_CLASSES, SignCutout, SiteCutouts, paste_lookalike_signs,
+                                           paste_work_zone_objects, sign_cutout)
 from workzone_train.synth import Cutout, cut_cones, paste_distractors
 
 __all__ = ["ObjectItem", "load_object_items", "make_cutouts", "ObjectDetectionSet", "object_holdout"]
@@ -152,7 +152,8 @@ class ObjectDetectionSet:
     def __init__(self, items: Sequence[ObjectItem], cones: Sequence[Cutout], signs: Sequence[SignCutout], *,
                  size: int = 384, seed: int = 0, scene_repeat: int = 2, p_paste: float = 0.65,
                  p_distract: float = 0.35, p_zoom_out: float = 0.35, augment: bool = True,
-                 photometric: bool = True, lookalikes: Sequence[SignCutout] = (), p_lookalike: float = 0.3) -> None:
+                 photometric: bool = True, lookalikes: Sequence[SignCutout] = (), p_lookalike: float = 0.3,
+                 site: SiteCutouts | None = None, p_site: float = 0.2) -> None:
         if size % 32:
             raise ValueError(f"size: expected a multiple of 32, got {size}")
         self.items, self.cones, self.signs = list(items), list(cones), list(signs)
@@ -162,6 +163,8 @@ class ObjectDetectionSet:
         self.photometric = photometric
         self.p_paste, self.p_distract, self.p_zoom_out = p_paste, p_distract, p_zoom_out
         self.lookalikes, self.p_lookalike = list(lookalikes), p_lookalike
+        # Workers, machines (labelled) and pedestrians (not) pasted into scenes at dashcam scale, p_site of the kits.
+        self.site, self.p_site = site, p_site
         self.index = [i for i, it in enumerate(self.items) for _ in range(scene_repeat if it.scene else 1)]
         self.epoch = 0
         # Night, fog and rain are what the hidden cameras show and the boxed photos never do.
@@ -194,7 +197,8 @@ class ObjectDetectionSet:
                 px, nb, nc = paste_lookalike_signs(px, self.lookalikes, rng)
                 boxes, classes = np.concatenate([boxes, nb]), np.concatenate([classes, nc])
             if not self.augment or rng.random() < self.p_paste:
-                px, nb, nc = paste_work_zone_objects(px, self.cones, self.signs, rng)
+                px, nb, nc = paste_work_zone_objects(px, self.cones, self.signs, rng, site=self.site,
+                                                     p_site=self.p_site)
                 boxes, classes = np.concatenate([boxes, nb]), np.concatenate([classes, nc])
         if self.augment:
             px, boxes, classes = random_geometry(px, boxes, classes, rng, self.p_zoom_out)

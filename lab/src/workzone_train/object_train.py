@@ -56,7 +56,7 @@ def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclu
                           holdout_objects: bool = False, seed: int = 0, device: str = "cpu", size: int = 384,
                           batch_size: int = 32, lr: float = 2e-3, workers: int = 0, epochs: int = 200,
                           max_seconds: float = 0.0, max_steps: int = 0, weights: str | None = None,
-                          checkpoint: Path | None = None,
+                          checkpoint: Path | None = None, p_site: float = 0.2,
                           log=print) -> tuple[Any, dict[str, Any]]:  # noqa: ANN001 - log: str -> None
     """Train on every training source but ``exclude_sources``.
 
@@ -67,16 +67,23 @@ def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclu
     from workzone_train.batch_augment import augment_batch
     from workzone_train.detector_loop import fit_detector
     from workzone_train.object_data import (ObjectDetectionSet, load_lookalike_cutouts, load_object_items,
-                                               make_cutouts)
+                                               make_cutouts, object_holdout)
+    from workzone_train.scene_synth import SiteCutouts
+    from workzone_train.site_cutouts import load_site_cutouts
 
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = True
     items, sign_crops = load_object_items(root, exclude_sources=exclude_sources, holdout_objects=holdout_objects)
     cones, signs = make_cutouts([it for it in items if not it.scene], sign_crops)
     lookalikes = load_lookalike_cutouts(root) if "sign_other" in class_names else []
+    # Cut-outs of the photos held out of fold models stay out with them; none without "worker" / "machine".
+    site = SiteCutouts.from_cutouts(load_site_cutouts(
+        root, exclude_key=object_holdout if holdout_objects else lambda key: False)) if p_site > 0 else SiteCutouts()
+    site = site if {"worker", "machine"} <= set(class_names) else SiteCutouts()
     on_gpu = device.startswith("cuda")
     # On a GPU the colour and weather work runs batched on the device (batch_augment), not in the loader.
-    ds = ObjectDetectionSet(items, cones, signs, size=size, seed=seed, photometric=not on_gpu, lookalikes=lookalikes)
+    ds = ObjectDetectionSet(items, cones, signs, size=size, seed=seed, photometric=not on_gpu, lookalikes=lookalikes,
+                            site=site, p_site=p_site)
     aug_gen = torch.Generator(device=device).manual_seed(seed) if on_gpu else None
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0,
@@ -92,7 +99,8 @@ def train_object_detector(root: str | Path, *, class_names: Sequence[str], exclu
     t0 = time.time() - (logs[-1]["seconds"] if logs else 0.0)
     summary = {"steps": step, "epochs": epoch, "seconds": round(time.time() - t0, 1), "images": len(items),
                "scenes": sum(it.scene for it in items), "cone_cutouts": len(cones), "sign_cutouts": len(signs),
-               "lookalike_cutouts": len(lookalikes),
+               "lookalike_cutouts": len(lookalikes), "worker_cutouts": len(site.workers),
+               "machine_cutouts": len(site.machines), "pedestrian_cutouts": len(site.pedestrians), "p_site": p_site,
                "excluded_sources": list(exclude_sources), "seed": seed, "size": size, "batch_size": batch_size,
                "lr": lr}
     return model.eval().float().cpu(), summary
@@ -162,6 +170,8 @@ def run_fold(args: list[str]) -> None:
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--p-site", type=float, default=0.2,
+                    help="share of pasted kits that are site kits (workers, machines); 0 = none")
     a = ap.parse_args(args)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +186,7 @@ def run_fold(args: list[str]) -> None:
     model, summary = train_object_detector(
         a.data, class_names=OBJECT_CLASSES, exclude_sources=excluded, holdout_objects=not full, seed=a.seed,
         device=a.device, size=a.size, workers=a.workers, max_seconds=a.seconds, max_steps=a.max_steps,
-        weights=a.weights, checkpoint=out / f"{a.fold}-seed{a.seed}.ckpt", log=log)
+        weights=a.weights, checkpoint=out / f"{a.fold}-seed{a.seed}.ckpt", p_site=a.p_site, log=log)
     log(json.dumps(summary))
     if full:
         torch = require("torch", "saving the detector")
@@ -214,11 +224,12 @@ def run_loso(args: list[str]) -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the full model")
+    ap.add_argument("--p-site", type=float, default=0.2, help="share of pasted kits that are site kits")
     a = ap.parse_args(args)
     def command(fold: str, seed: int) -> list[str]:
         cmd = [sys.executable, "-m", "workzone_train.object_train", "fold", "--data", a.data, "--fold", fold,
                "--out", a.out, "--workers", str(a.workers), "--device", a.device, "--seed", str(seed),
-               "--seconds", str(a.full_seconds if fold == "full" else a.seconds)]
+               "--seconds", str(a.full_seconds if fold == "full" else a.seconds), "--p-site", str(a.p_site)]
         return cmd + (["--weights", a.weights] if a.weights else [])
 
     run_fold_processes(fold_runs(list(LOSO_FOLDS), a.folds, a.seeds), command, gpus=a.gpus)

@@ -21,7 +21,8 @@ import workzone
 from workzone.micro_batcher import BatchPolicy
 from workzone.client_costs import ClientCosts
 from workzone.io.images import ImageLimits
-from workzone.server.admission import Admission, AdmissionMiddleware, RefusalLog, header_timeout_protocol
+from workzone.server.admission import (Admission, AdmissionMiddleware, HeaderRefusal, RefusalLog,
+                                       header_timeout_protocol)
 from workzone.server.errors import register_exception_handlers
 from workzone._loop import lower_priority_executor
 from workzone._memory import (MemoryCeiling, fix_mmap_threshold, freeze_loaded_objects, limit_malloc_arenas,
@@ -135,8 +136,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     # Added last = outermost: metrics see every answer, including the body limit's 413s and the
     # admission's 429s, which are sent before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # One refusal log for the middleware and the protocol layer (HeaderRefusal): one rate limit.
+    app.state.refusal_log = refusal_log = RefusalLog(settings.refusal_log_per_s)
     app.add_middleware(AdmissionMiddleware, service=service, admission=admission,
-                       body_timeout_s=settings.body_timeout_s, refusal_log=RefusalLog(settings.refusal_log_per_s))
+                       body_timeout_s=settings.body_timeout_s, refusal_log=refusal_log)
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -203,8 +206,10 @@ def create_server(settings: ServerSettings, app: FastAPI | None = None, **config
 
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+    # Refusals decided from the headers are answered by the protocol, before an ASGI task exists.
+    refusal = HeaderRefusal(service, app.state.admission, app.state.refusal_log, app.state.metrics.observe_request)
     config.setdefault("http", header_timeout_protocol(AutoHTTPProtocol, settings.header_timeout_s,
-                                                      settings.max_header_bytes))
+                                                      settings.max_header_bytes, refusal))
     cfg = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                          timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None, **config)
     return _Server(cfg)

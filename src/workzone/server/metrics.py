@@ -28,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from workzone._memory import resident_bytes
-from workzone.server.admission import ACCEPTED_KEY, ENDPOINT_KEY, READ_KEY
+from workzone.server.admission import ENDPOINT_KEY, server_timing
 from workzone.types import Decision
 
 if TYPE_CHECKING:
@@ -75,6 +75,11 @@ class ServerMetrics:
             t = time.perf_counter()
             await asyncio.sleep(LOOP_PROBE_S)
             self.loop_lag.observe(max(0.0, time.perf_counter() - t - LOOP_PROBE_S))
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answer (also those refused at the protocol layer, which no middleware sees)."""
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
 
     def bind_service(self, service: "DetectionService") -> None:
         """Expose the service's live state (queue depth, readiness, breakers) at scrape time."""
@@ -172,21 +177,14 @@ class MetricsMiddleware:
                 status[0] = int(message["status"])
                 # The server's own time to the status line (W3C Server-Timing): a client can tell it
                 # from the network's and its own (a load generator on the same cores, for one).
-                now = time.perf_counter()
-                took = f"app;dur={(now - start) * 1000:.1f}"
-                for key, name in ((READ_KEY, "read"), (ACCEPTED_KEY, "accept")):
-                    if scope.get(key) is not None:
-                        took += f", {name};dur={(now - scope[key]) * 1000:.1f}"
-                took = took.encode()
+                took = server_timing(scope, time.perf_counter(), start)
                 message = {**message, "headers": [*message.get("headers", ()), (b"server-timing", took)]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         finally:
-            endpoint = _endpoint_label(scope)
-            self.metrics.requests.labels(endpoint, str(status[0])).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            self.metrics.observe_request(_endpoint_label(scope), status[0], time.perf_counter() - start)
 
 
 def _endpoint_label(scope: "Scope") -> str:

@@ -11,11 +11,15 @@ what the detector proposed weighed against what the verifier confirmed, by class
 Model contract: input ``crops`` float32 [N, 3, S, S] in [0, 1]; output ``probs`` [N, C]. The sidecar gives
 ``crop_size``, ``context``, ``classes`` (C names), ``candidate_floor``, ``max_candidates``, ``decision`` and
 ``source_max_side`` (the longest side of the images it was trained on; crops of larger images are brought to that
-detail, see :func:`~workzone.verified_evidence.candidate_crops`).
+detail, see :func:`~workzone.verified_evidence.candidate_crops`). An int8 graph's sidecar also carries
+``quantisation`` (how it was made, from which fp32 graph, its parity): the default pipeline runs
+``roadwork_verifier_int8.onnx`` on the CPU, and on CUDA the stage opens the fp32 graph it names instead
+(:func:`float_graph_on_gpu`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,7 +31,7 @@ from workzone.stages._onnx import CpuRunParams, SessionPool, providers_for, read
 from workzone.verified_evidence import NONE_CLASSES, VerifiedDecision, candidate_crops, verified_features
 from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, StageReport
 
-__all__ = ["ObjectVerifierParams", "ObjectVerifierStage"]
+__all__ = ["ObjectVerifierParams", "ObjectVerifierStage", "float_graph_on_gpu"]
 
 
 class ObjectVerifierParams(CpuRunParams):
@@ -56,7 +60,7 @@ class ObjectVerifierStage(ModelStage):
     params: ObjectVerifierParams
 
     def _load_sync(self) -> None:
-        path = self.context.resolve(self.params.model)
+        path = float_graph_on_gpu(self.context.resolve(self.params.model), self.context.device)
         sessions = SessionPool(path, threads=self.params.threads, parallel=self.params.parallel,
                                providers=providers_for(self.context.device, feature="the object verifier"),
                                inputs=["crops"], hint="; train one with `workzone train verifier`",
@@ -125,6 +129,19 @@ class ObjectVerifierStage(ModelStage):
                 + ", ".join(f"{n} {v:+.2f}" for n, v in self._decision.contributions(feats)))
         return StageOutput(z, Evidence(boxes=tuple(verified), notes=(head, *notes)))
 
+
+
+def float_graph_on_gpu(path: Path, device: str) -> Path:
+    """The graph to open on ``device``: on CUDA, the fp32 graph an int8 one was made from (its sidecar's
+    ``quantisation.float_model``, beside it), else ``path``.
+
+    Why: the int8 verifier is a saving measured on the CPU only (``benchmarks/results/int8_verifier.md``); on a GPU
+    the fp32 graph costs little, and it is the graph the GPU path's parity was measured with.
+    """
+    if not device.startswith("cuda"):
+        return path
+    made_from = (read_sidecar(path).get("quantisation") or {}).get("float_model")
+    return path.with_name(made_from) if made_from else path
 
 
 def _run_crops(session: Any, crops: np.ndarray) -> np.ndarray:
