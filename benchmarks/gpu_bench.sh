@@ -10,7 +10,8 @@
 # http_one_lane.md), the control for the costly lane. Results in $OUT: bench_gpu.md, bench_gpu.json, the logs,
 # http_server_log.txt (what the HTTP rows' server logged besides its refusals: lane changes, batches beside a first
 # run of a shape, errors), served_cost_cuda.md (per-step ms per image, served against in process, if time is left)
-# and env.txt (what was installed).
+# and env.txt (what was installed); then http_switch_5ms.md and http_switch_0.1ms.md (1,000 requests/s at those GIL
+# switch intervals). All but bench_gpu.md and .json come back in extra.tar.gz (the tool returns at most 8 files).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
@@ -62,5 +63,21 @@ if [ "$LEFT" -ge 50 ]; then
   WORKZONE_COSTLY_IMAGE_S=0 timeout -s INT -k 15 "$LEFT" python3 benchmarks/http_overload.py --device cuda --pipeline default-gpu \
     --batch-size 64 --batch-wait-ms 2 --queue-size 6000 --addresses 64 --rate 1000 --seconds 8 \
     --out "$OUT/http_one_lane.md" 2>&1 | tail -n 5 | tee "$OUT/http_one_lane_log.txt"
+fi
+# The GIL switch interval the server sets on CUDA (0.5 ms by default; served_gap_cuda.md): 1,000 requests/s again at
+# Python's 5 ms (the control) and at 0.1 ms, while time is left.
+for MS in 5 0.1; do
+  LEFT=$(( 560 - ($(date +%s) - START) ))
+  if [ "$LEFT" -ge 45 ]; then
+    WORKZONE_GIL_SWITCH_MS=$MS timeout -s INT -k 10 "$LEFT" python3 benchmarks/http_overload.py --device cuda \
+      --pipeline default-gpu --batch-size 64 --batch-wait-ms 2 --queue-size 6000 --addresses 64 --rate 1000 \
+      --seconds 8 --out "$OUT/http_switch_${MS}ms.md" 2>&1 | tail -n 3
+  fi
+done
+# The device tool brings back at most 8 files: on its machine ($OUT set by it), everything but the bench's own two
+# and the caller's *-log.txt goes into one archive.
+if [ "$OUT" != benchmarks/results ]; then
+  ( cd "$OUT" && EXTRA=$(ls | grep -v -e '^bench_gpu\.md$' -e '^bench_gpu\.json$' -e '-log\.txt$') \
+    && tar -czf extra.tar.gz --remove-files $EXTRA )
 fi
 echo "done after $(( $(date +%s) - START )) s"

@@ -324,6 +324,40 @@ QUOTES.append(
            lambda: fixed(json_value(HTTP_NOW, "rows.1.images_per_s"), 1),
            lambda: fixed(json_value(HTTP_NOW, "rows.4.images_per_s"), 1))))
 
+def gap_batches(how: str, batch: str) -> Callable[[], str]:
+    """Batches completed in a row of served_gap_cuda.md's second table (the event loop against the compute thread)."""
+    def read() -> str:
+        text = (RESULTS / "served_gap_cuda.md").read_text(encoding="utf-8").split("## 2.", 1)[1]
+        for line in text.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if line.startswith("|") and cells[:2] == [how, batch]:
+                return cells[2]
+        raise AssertionError(f"served_gap_cuda.md: no row {how!r} at batch {batch} in section 2")
+    return read
+
+
+GPU_PIPE = "pipeline 'default-gpu' from JPEG bytes"
+HTTP_HELD = "HTTP highest rate held with p99 <= 100 ms"
+QUOTES += [
+    Quote("docs/gpu.md", "in batches of 1,024, {} images/s at 224 px and {} at 640 px with nvJPEG ({} and {} with "
+          "libjpeg on 8 CPU threads); over HTTP, one-image requests from 64 addresses, {} requests/s held with p99 {} "
+          "ms, and past it fewer answers, not more ({} a second answered at 1,000 offered)", "bench_gpu.md",
+          (lambda: bench_cell("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: bench_cell("bench_gpu.md", GPU_PIPE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: bench_cell("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="libjpeg"),
+           lambda: bench_cell("bench_gpu.md", GPU_PIPE, "640x640 JPEG q75", "images/s", notes_has="libjpeg"),
+           lambda: bench_cell("bench_gpu.md", HTTP_HELD, "224x224 JPEG q75", "images/s"),
+           lambda: re.search(r"p99 ([\d.]+) ms", bench_cell("bench_gpu.md", HTTP_HELD, "224x224 JPEG q75",
+                                                              "notes")).group(1),
+           lambda: bench_cell("bench_gpu.md", "HTTP /v1/detect at 1000 req/s (open loop, loopback)",
+                              "224x224 JPEG q75", "images/s"))),
+    Quote("docs/serving.md", "batches of 8 one-image requests ran {} in 5 s at 0.5 ms against {} at 5 ms ({} with the "
+          "loop idle), and with it busy 90 % of its time {} and {} at 0.1 ms against {}", "served_gap_cuda.md",
+          (gap_batches("served, loop busy 50%, switch interval 0.5 ms", "8"), gap_batches("served, loop busy 50%", "8"),
+           gap_batches("served", "8"), gap_batches("served, loop busy 90%, switch interval 0.5 ms", "8"),
+           gap_batches("served, loop busy 90%, switch interval 0.1 ms", "8"), gap_batches("served, loop busy 90%", "8"))),
+]
+
 #: Paragraphs that link a results file without quoting a figure from it (or whose figures are the file's
 #: own command line): (document, words that identify the paragraph).
 QUOTE_NONE = [

@@ -31,5 +31,7 @@ for f in "$RUN"/verifier-seed*.pt; do cp "$f" "$OUT/$TAG-$(basename "$f")"; done
 # FOLD_WEIGHTS=1 also brings back each fold model (9.5 MB each): with SEEDS=0 that is 8 files, ~57 MB, within
 # what a call returns (8 files, 64 MiB); needed to score candidates that the run did not see out of fold.
 if [ "${FOLD_WEIGHTS:-0}" = 1 ]; then
-  for f in "$RUN"/*-seed0.pt; do cp "$f" "$OUT/$TAG-$(basename "$f")"; done
+  # '+' (in fold names such as tracon+culane) is a character the device tool does not bring back: '_' instead;
+  # rename them back before use (for f in TAG-*_*-seed0.pt ...).
+  for f in "$RUN"/*-seed0.pt; do b=$(basename "$f"); cp "$f" "$OUT/$TAG-${b//+/_}"; done
 fi

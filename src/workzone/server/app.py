@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import sys
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -95,6 +96,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             fix_mmap_threshold(settings.malloc_mmap_threshold)
         if settings.compute_nice:  # before the stages load: their threads (and ONNX Runtime's) inherit it
             asyncio.get_running_loop().set_default_executor(lower_priority_executor(settings.compute_nice))
+        interval = sys.getswitchinterval()
+        if settings.switch_interval_s is not None:  # process-wide: put back when the app stops
+            sys.setswitchinterval(settings.switch_interval_s)
+            log.info("GIL switch interval %.2g ms (was %.2g ms)", 1000 * settings.switch_interval_s, 1000 * interval)
 
         def loaded(_: Any) -> None:
             # Once loaded, the pipeline's objects are never garbage: out of the collector's full walks.
@@ -115,6 +120,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             lag_probe.cancel()
             log.info("shutting down: finishing %d queued image(s)", service.batcher.depth)
             await service.aclose(timeout=settings.shutdown_timeout_s)
+            sys.setswitchinterval(interval)
 
     app = FastAPI(
         title="workzone",

@@ -17,6 +17,10 @@ from workzone._memory import MAX_MMAP_THRESHOLD
 __all__ = ["ServerSettings"]
 
 _MIN_MMAP_THRESHOLD = 16 * 1024
+#: The GIL switch interval on a CUDA device: 0.5 ms and 0.1 ms were measured against Python's 5 ms with the event
+#: loop busy 50 % and 90 % (benchmarks/results/served_gap_cuda.md); 0.5 ms is the longer of the two, as each switch
+#: also costs the loop, whose share of that cost the measurement does not show.
+_CUDA_SWITCH_INTERVAL_S = 0.0005
 
 
 class ServerSettings(BaseSettings):
@@ -79,6 +83,13 @@ class ServerSettings(BaseSettings):
     compute_nice: int = Field(default=5, ge=0, le=19, description="how many nice steps below the event loop the "
                               "threads that load and run the stages run (0: the same priority); the loop admits "
                               "and refuses requests, and must not wait for the CPU behind the cascade")
+    gil_switch_ms: float | None = Field(default=None, gt=0, le=100, description="how long (ms) a thread may hold "
+                                       "Python's GIL while another waits for it (sys.setswitchinterval, for the "
+                                       "server process). The torch path's compute thread releases the GIL at each of "
+                                       "the ~700 operators a batch dispatches, and each time waits up to this long "
+                                       "for an event loop busy with requests to give it back. None: 0.5 ms on a "
+                                       "CUDA device (under a loop busy half its time, 4.7x the batches of Python's "
+                                       "5 ms: benchmarks/results/served_gap_cuda.md), Python's own (5 ms) otherwise")
     costly_image_s: float = Field(default=0.2, ge=0, le=60, description="cascade seconds per image (measured, "
                                   "smoothed, by client address) above which, when it is also twice what a "
                                   "typical image costs now, a client's images run in the costly lane: one image at "
@@ -101,6 +112,13 @@ class ServerSettings(BaseSettings):
                                   description="largest request line + headers (then 431 and close)")
     body_timeout_s: float = Field(default=30.0, gt=0, le=600, description="time to receive the whole body (never "
                                   "past the request's deadline); then 408")
+
+    @property
+    def switch_interval_s(self) -> float | None:
+        """The GIL switch interval the server sets, in seconds (None: leave Python's)."""
+        if self.gil_switch_ms is not None:
+            return self.gil_switch_ms / 1000
+        return _CUDA_SWITCH_INTERVAL_S if self.device.startswith("cuda") else None
 
     # -- batching and deadlines -------------------------------------------------------------------
     batch_size: int = Field(default=16, ge=1, le=1024, description="most images the cascade runs together")
