@@ -351,6 +351,10 @@ QUOTES += [
                                                               "notes")).group(1),
            lambda: bench_cell("bench_gpu.md", "HTTP /v1/detect at 1000 req/s (open loop, loopback)",
                               "224x224 JPEG q75", "images/s"))),
+    Quote("docs/batch.md", "on one H100 from JPEG bytes: {} images/s at 224 px, {} at 640 px, batches of 1,024",
+          "bench_gpu.md",
+          (lambda: bench_cell("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: bench_cell("bench_gpu.md", GPU_PIPE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"))),
     Quote("docs/serving.md", "batches of 8 one-image requests ran {} in 5 s at 0.5 ms against {} at 5 ms ({} with the "
           "loop idle), and with it busy 90 % of its time {} and {} at 0.1 ms against {}", "served_gap_cuda.md",
           (gap_batches("served, loop busy 50%, switch interval 0.5 ms", "8"), gap_batches("served, loop busy 50%", "8"),
