@@ -155,3 +155,16 @@ def test_the_http_rows_read_what_the_server_refused_from_its_log():
     finally:
         for lg in loggers:
             lg.removeHandler(handler)
+
+
+def test_http_rows_name_the_gil_switch_interval_the_server_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pydantic_settings")
+    from workzone.throughput.http import _interval, _switch_interval_ms
+
+    monkeypatch.delenv("WORKZONE_GIL_SWITCH_MS", raising=False)
+    assert _switch_interval_ms("cuda") == pytest.approx(0.5)
+    assert _switch_interval_ms("cpu") is None
+    assert _interval(None).endswith("ms (Python's)")
+    monkeypatch.setenv("WORKZONE_GIL_SWITCH_MS", "0.1")  # the child reads the same environment
+    assert _switch_interval_ms("cpu") == pytest.approx(0.1)
+    assert _interval(_switch_interval_ms("cuda")) == "0.1 ms"

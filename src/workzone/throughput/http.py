@@ -72,7 +72,7 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
             body = r.json() if r.status_code == 200 else {}
             if r.status_code != 200 or not isinstance(body.get("probability"), float):
                 raise WorkzoneError(f"workzone serve started but answered a probe with {r.status_code}: {r.text[:300]}")
-        yield Served(base, log, os.fstat(log.fileno()).st_size)
+        yield Served(base, log, os.fstat(log.fileno()).st_size, switch_interval_ms=_switch_interval_ms(device))
     finally:
         proc.terminate()
         try:
@@ -175,7 +175,14 @@ def _timed(server: "Served", blobs: list[bytes], size: str, device: str, rate: f
                float(np.percentile(lat_a, 50)) if len(lat_a) else float("nan"),
                float(np.percentile(lat_a, 95)) if len(lat_a) else float("nan"), stages=stages,
                notes=f"{p99}{load.errors} errors; answers: {answers}{why}; {origin}; server batch {batch_size}, "
-                     f"wait {batch_wait_ms} ms; images/s = answered/s; batch p50/p95 = request latency")
+                     f"wait {batch_wait_ms} ms, GIL switch interval {_interval(server.switch_interval_ms)}; "
+                     "images/s = answered/s; batch p50/p95 = request latency")
+
+
+def _interval(ms: float | None) -> str:
+    import sys
+
+    return f"{ms:g} ms" if ms is not None else f"{1000 * sys.getswitchinterval():g} ms (Python's)"
 
 
 @dataclass
@@ -185,6 +192,8 @@ class Served:
     url: str
     log: IO[bytes]
     read_to: int = 0
+    #: The GIL switch interval the server set (ms), None where it kept Python's (``WORKZONE_GIL_SWITCH_MS``).
+    switch_interval_ms: float | None = None
 
     def refusals(self) -> Counter[str]:
         """What the server refused (and penalised) since the last call, from its log: by status, error
@@ -236,6 +245,14 @@ def refusal_counts(log_text: str) -> Counter[str]:
         if skipped:
             out["not logged"] += int(skipped)
     return out
+
+
+def _switch_interval_ms(device: str) -> float | None:
+    """The GIL switch interval (ms) a ``workzone serve --device device`` child sets: it reads the same environment."""
+    from workzone.server.settings import ServerSettings
+
+    s = ServerSettings(device=device).switch_interval_s
+    return None if s is None else 1000 * s
 
 
 def _free_port() -> int:
