@@ -80,3 +80,11 @@ def test_onnx_contract_names_and_dynamic_batch(tmp_path: Path) -> None:
     for n in (1, 5):
         y = sess.run(["logit"], {"image": np.random.rand(n, 3, 32, 32).astype(np.float32)})[0]
         assert y.shape in ((n,), (n, 1))
+
+
+def test_the_detector_export_check_is_relative_on_box_sizes() -> None:
+    from workzone_train.detector_loop import export_error
+
+    # 0.03 px on a 300-px box (float32 rounding in a longer-trained model) is no disagreement; 0.02 on a probability is.
+    assert export_error(np.array([[0.5, 300.0]]), np.array([[0.5, 300.03]])) < 1e-3
+    assert export_error(np.array([0.52, 300.0]), np.array([0.5, 300.0])) == pytest.approx(0.02)
