@@ -12,15 +12,12 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workzone._loop import gil_switch_interval_s
 from workzone._memory import MAX_MMAP_THRESHOLD
 
 __all__ = ["ServerSettings"]
 
 _MIN_MMAP_THRESHOLD = 16 * 1024
-#: The GIL switch interval on a CUDA device: 0.5 ms and 0.1 ms were measured against Python's 5 ms with the event
-#: loop busy 50 % and 90 % (benchmarks/results/served_gap_cuda.md); 0.5 ms is the longer of the two, as each switch
-#: also costs the loop, whose share of that cost the measurement does not show.
-_CUDA_SWITCH_INTERVAL_S = 0.0005
 
 
 class ServerSettings(BaseSettings):
@@ -116,9 +113,7 @@ class ServerSettings(BaseSettings):
     @property
     def switch_interval_s(self) -> float | None:
         """The GIL switch interval the server sets, in seconds (None: leave Python's)."""
-        if self.gil_switch_ms is not None:
-            return self.gil_switch_ms / 1000
-        return _CUDA_SWITCH_INTERVAL_S if self.device.startswith("cuda") else None
+        return gil_switch_interval_s(self.device, self.gil_switch_ms)
 
     # -- batching and deadlines -------------------------------------------------------------------
     batch_size: int = Field(default=16, ge=1, le=1024, description="most images the cascade runs together")

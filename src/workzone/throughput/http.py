@@ -248,10 +248,16 @@ def refusal_counts(log_text: str) -> Counter[str]:
 
 
 def _switch_interval_ms(device: str) -> float | None:
-    """The GIL switch interval (ms) a ``workzone serve --device device`` child sets: it reads the same environment."""
-    from workzone.server.settings import ServerSettings
+    """The GIL switch interval (ms) a ``workzone serve --device device`` child sets, from the environment it
+    inherits (``WORKZONE_GIL_SWITCH_MS``; a bad value stops the child, which the start reports)."""
+    from workzone._loop import gil_switch_interval_s
 
-    s = ServerSettings(device=device).switch_interval_s
+    raw = os.environ.get("WORKZONE_GIL_SWITCH_MS", "").strip()
+    try:
+        override = float(raw) if raw else None
+    except ValueError:
+        override = None
+    s = gil_switch_interval_s(device, override)
     return None if s is None else 1000 * s
 
 
