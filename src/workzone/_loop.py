@@ -1,4 +1,5 @@
-"""An asyncio event loop running in a daemon thread, and worker threads that yield the CPU to the loop.
+"""An asyncio event loop running in a daemon thread, worker threads that yield the CPU to the loop, and the GIL
+switch interval that lets a server's compute thread win the GIL back from a busy loop.
 
 The sync API and the miner both host the async cascade from code that is not on its loop (plain
 Python callers; the axon's own uvicorn loop). Stages and their clients are bound to this loop.
