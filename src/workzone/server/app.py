@@ -96,10 +96,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             fix_mmap_threshold(settings.malloc_mmap_threshold)
         if settings.compute_nice:  # before the stages load: their threads (and ONNX Runtime's) inherit it
             asyncio.get_running_loop().set_default_executor(lower_priority_executor(settings.compute_nice))
-        interval = sys.getswitchinterval()
-        if settings.switch_interval_s is not None:  # process-wide: put back when the app stops
-            sys.setswitchinterval(settings.switch_interval_s)
-            log.info("GIL switch interval %.2g ms (was %.2g ms)", 1000 * settings.switch_interval_s, 1000 * interval)
 
         def loaded(_: Any) -> None:
             # Once loaded, the pipeline's objects are never garbage: out of the collector's full walks.
@@ -114,13 +110,19 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
         service.start_in_background().add_done_callback(loaded)
         lag_probe = asyncio.ensure_future(metrics.probe_loop_lag())
+        interval = sys.getswitchinterval()
+        if settings.switch_interval_s is not None:  # process-wide: put back when the app stops
+            sys.setswitchinterval(settings.switch_interval_s)
+            log.info("GIL switch interval %.2g ms (was %.2g ms)", 1000 * settings.switch_interval_s, 1000 * interval)
         try:
             yield
         finally:
             lag_probe.cancel()
             log.info("shutting down: finishing %d queued image(s)", service.batcher.depth)
-            await service.aclose(timeout=settings.shutdown_timeout_s)
-            sys.setswitchinterval(interval)
+            try:
+                await service.aclose(timeout=settings.shutdown_timeout_s)
+            finally:
+                sys.setswitchinterval(interval)
 
     app = FastAPI(
         title="workzone",
