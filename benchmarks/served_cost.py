@@ -50,10 +50,12 @@ def _jpegs(n: int, size: int = 224) -> list[bytes]:
 
 
 class Steps:
-    """Wall time per named step, and torch operators dispatched, by wrapping the functions the steps are."""
+    """Wall time per named step (in total, ``s``, and per call, ``calls``), and torch operators dispatched, by
+    wrapping the functions the steps are."""
 
     def __init__(self) -> None:
         self.s: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, list[float]] = defaultdict(list)
         self.ops = 0
 
     @contextmanager
@@ -68,7 +70,9 @@ class Steps:
                 try:
                     return __fn(*a, **k)
                 finally:
-                    self.s[__name] += time.perf_counter() - t
+                    took = time.perf_counter() - t
+                    self.s[__name] += took
+                    self.calls[__name].append(took)
             setattr(obj, attr, timed)
         try:
             yield

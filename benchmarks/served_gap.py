@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 
@@ -39,29 +38,7 @@ from workzone.micro_batcher import BatchPolicy
 from workzone.service import DetectionService, ImageDecoder
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from served_cost import _busy_loop, _jpegs  # noqa: E402 - the served-cost table's JPEGs and busy loop
-
-
-class Timed:
-    """Wall time of every call of ``obj.attr`` (a list of seconds), while inside the ``with``."""
-
-    def __init__(self, obj: object, attr: str) -> None:
-        self.obj, self.attr, self.calls = obj, attr, []
-
-    def __enter__(self) -> "Timed":
-        fn = self.fn = getattr(self.obj, self.attr)
-
-        def timed(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.calls.append(time.perf_counter() - t)
-        setattr(self.obj, self.attr, timed)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        setattr(self.obj, self.attr, self.fn)
+from served_cost import Steps, _busy_loop, _jpegs  # noqa: E402 - the served-cost table's JPEGs, timer, busy loop
 
 
 def _ms(xs: list[float], q: float) -> float:
@@ -83,7 +60,8 @@ async def _variant(svc: DetectionService, blobs: list[bytes], batch: int, second
         sys.setswitchinterval(switch_ms / 1000)
     spinner = asyncio.create_task(_busy_loop(busy)) if busy else None
     try:
-        with Timed(type(runner), "__call__") as net, Timed(_memory, "release_free_memory") as trims:
+        steps = Steps()
+        with steps.wrapped([(type(runner), "__call__", "net"), (_memory, "release_free_memory", "trim")]):
             end = time.perf_counter() + seconds
             k = 0
             while time.perf_counter() < end or len(times) < 3:
@@ -110,7 +88,7 @@ async def _variant(svc: DetectionService, blobs: list[bytes], batch: int, second
     if switch_ms is not None:
         how += f", switch interval {switch_ms:g} ms"
     return {"how": how, "batch": batch, "batches": len(times), "p50": _ms(times, 0.5), "p90": _ms(times, 0.9),
-            "net_per_batch": 1000 * sum(net.calls) / max(1, len(times)), "trims": trims.calls}
+            "net_per_batch": 1000 * steps.s["net"] / max(1, len(times)), "trims": steps.calls["trim"]}
 
 
 async def main() -> None:

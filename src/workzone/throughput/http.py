@@ -180,8 +180,6 @@ def _timed(server: "Served", blobs: list[bytes], size: str, device: str, rate: f
 
 
 def _interval(ms: float | None) -> str:
-    import sys
-
     return f"{ms:g} ms" if ms is not None else f"{1000 * sys.getswitchinterval():g} ms (Python's)"
 
 
