@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from workzone.accel.objects import DeviceObjectDetector, treat_for_detector, _treatment_matrices  # noqa: E402
+from workzone.accel.objects import (DeviceObjectDetector, _graphs_compiled, _treatment_matrices,  # noqa: E402
+                                    treat_for_detector)
 from workzone.stages._torch_backend import TorchBackendParams  # noqa: E402
 from workzone.stages.base import StageContext  # noqa: E402
 from workzone.stages.roadwork_detector import ObjectDetectorRunner  # noqa: E402
@@ -53,11 +54,18 @@ def test_the_compiled_treatment_gives_the_eager_pixels_exactly(eager):
     # Compiling costs about 30 s a graph on a 2-core CPU: two graphs here (without and with the shrink), images
     # of sizes in one size class sharing the first.
     det = _like(eager, compile_treatment=True)
+    cold, compiled = [], []
     for h, w in [(37, 53), (45, 61), (330, 500)]:
         x = _images(h, w, n=3)
+        before, graphs = det.runner.cold_runs, _graphs_compiled()
         got = det.treated(x)
+        cold.append(det.runner.cold_runs - before)
+        compiled.append(int(_graphs_compiled() != graphs))
         assert det.notes == [], det.notes  # compiled, not fallen back to eager
         assert torch.equal(got, eager.treated(x)), (h, w, float((got - eager.treated(x)).abs().max()))
+    # A compile is a cold run (a server charges it to no client); a size in a class already compiled is not. (The
+    # other sizes' graphs may have been compiled by an earlier test of this process: dynamo's cache is per function.)
+    assert cold == compiled and cold[1] == 0
     # and through inputs(): two sizes in one batch, interleaved (the index_copy path)
     a, b = _images(37, 53, n=2, seed=1), _images(45, 61, n=2, seed=1)
     tensors = [a[0], b[0], a[1], b[1]]

@@ -210,7 +210,13 @@ class DeviceObjectDetector:
                     # Each distinct shrink / letterbox case (a few) is a graph of this one function.
                     allow_recompiles(torch)
                     self._compiled = torch.compile(treat_for_detector, dynamic=True)
-                return self._compiled(x, *mats, self.source_jpeg_quality)
+                graphs = _graphs_compiled()
+                out = self._compiled(x, *mats, self.source_jpeg_quality)
+                if _graphs_compiled() != graphs:
+                    # A new size class compiled inside this batch (seconds): a first run, which a server charges
+                    # to no client (TorchModelRunner.cold_runs).
+                    self.runner.cold_runs += 1
+                return out
             except Exception as exc:  # noqa: BLE001 - compiling happens on the first call; eager is always right
                 note = f"compiled treatment failed ({type(exc).__name__}: {str(exc)[:200]}); eager"
                 self.notes.append(note)
@@ -382,6 +388,13 @@ def _treatment_matrices(h: int, w: int, side: int | None, size: int, device: str
         h, w = nh, nw
     br, bc = letterbox_matrices(h, w, size, device=device)
     return sr, sc, br, bc
+
+
+def _graphs_compiled() -> int:
+    """The graphs dynamo has compiled in this process so far (any function's; a change means one compiled)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _upload(t: "torch.Tensor", device: Any) -> "torch.Tensor":
