@@ -151,8 +151,9 @@ class DeviceObjectDetector:
         chunk: most images pre-processed at once (bounds the float32 working memory).
         compile_treatment: run the as-trained treatment and the letterbox as one ``torch.compile``'d function
             (:func:`treat_for_detector`, dynamic shapes: a graph per size class (odd sides, multiples of 8 or 16:
-            a handful), not per image or batch size); ``None``: when the runner is compiled. Eager if compiling fails, recorded in :attr:`notes`
-            (and the runner's). The pixels are the eager path's exactly (integer values, exact sums).
+            a handful), not per image or batch size); ``None``: when the runner is compiled. Eager if compiling
+            fails, recorded in :attr:`notes` (and the runner's). The pixels are the eager path's exactly (integer
+            values, exact sums).
 
     Attributes:
         notes: what became of the compiled treatment, if it was asked for.
