@@ -14,14 +14,8 @@
 # switch intervals). All but bench_gpu.md and .json come back in extra.tar.gz (the tool returns at most 8 files).
 set -o pipefail
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-benchmarks/results}
-mkdir -p "$OUT"
 START=$(date +%s)
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; python3 --version; } \
-  2>&1 | tee "$OUT/env.txt"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  2>&1 | tee -a "$OUT/env.txt"
-export PYTHONPATH=/tmp/site:$PWD/src
+source benchmarks/gpu_env.sh  # $OUT, env.txt, the carried wheels, PYTHONPATH
 # Fail here, loudly, if the service's imports are broken (the cause, not a later "not installed").
 python3 -c 'import fastapi, uvicorn, pydantic, pydantic_settings, multipart, torch, torchvision, onnxruntime, aiohttp
 print("fastapi", fastapi.__version__, "uvicorn", uvicorn.__version__, "pydantic", pydantic.VERSION, "torch",

@@ -62,8 +62,15 @@ def quant_tables(quality: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pad_edge(torch: Any, x: Any, height: int, width: int) -> Any:
-    """Replicate the last row and column of [..., H, W] out to ``height`` x ``width``."""
+    """Replicate the last row and column of int [N, H, W] out to ``height`` x ``width``."""
     h, w = x.shape[-2:]
+    if torch.compiler.is_compiling():
+        # Under torch.compile (dynamic shapes) the ``if``s below, or a cat of an expanded edge, are guards on the
+        # size, and every image size on the other side of one a recompile; a replicate pad (of float values: the
+        # samples are 0..255, exact) guards on nothing. (The crops in jpeg_roundtrip still guard on whether they
+        # are contiguous: a few size classes, a graph each.)
+        pad = torch.nn.functional.pad(x.float(), (0, width - w, 0, height - h), mode="replicate")
+        return pad.to(x.dtype)
     if w < width:
         x = torch.cat([x, x[..., :, -1:].expand(*x.shape[:-1], width - w)], dim=-1)
     if h < height:

@@ -23,13 +23,15 @@ Only the log-odds and the kept boxes (N x ``max_detections`` x 6 floats) are cop
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
 from workzone.accel.device_image import image_tensor
 from workzone.accel.jpeg_roundtrip import jpeg_roundtrip
-from workzone.accel.resample import letterbox_geometry, letterbox_like_pillow, resize_like_pillow
+from workzone.accel.resample import (letterbox_geometry, letterbox_like_pillow, letterbox_matrices, resample_matrix,
+                                     resample_with, resize_like_pillow)
 from workzone.types import Image
 
 if TYPE_CHECKING:
@@ -37,7 +39,8 @@ if TYPE_CHECKING:
 
     from workzone.accel.runner import TorchModelRunner
 
-__all__ = ["ObjectBatch", "CropVerifier", "LinearDecision", "DeviceObjectDetector", "candidate_crops"]
+__all__ = ["ObjectBatch", "CropVerifier", "LinearDecision", "DeviceObjectDetector", "candidate_crops",
+           "treat_for_detector"]
 
 
 class LinearDecision(Protocol):
@@ -146,12 +149,21 @@ class DeviceObjectDetector:
         logit_clip: the bound of the features' clipped logits.
         verifier: an optional :class:`CropVerifier` run after the decision.
         chunk: most images pre-processed at once (bounds the float32 working memory).
+        compile_treatment: run the as-trained treatment and the letterbox as one ``torch.compile``'d function
+            (:func:`treat_for_detector`, dynamic shapes: a graph per size class (odd sides, multiples of 8 or 16:
+            a handful), not per image or batch size); ``None``: when the runner is compiled. Eager if compiling
+            fails, recorded in :attr:`notes` (and the runner's). The pixels are the eager path's exactly (integer
+            values, exact sums).
+
+    Attributes:
+        notes: what became of the compiled treatment, if it was asked for.
     """
 
     def __init__(self, runner: "TorchModelRunner", *, size: int, stride: int, num_classes: int,
                  source_max_side: int | None, source_jpeg_quality: int | None,
                  decision: LinearDecision | None, count_at: float = 0.3, logit_clip: float = 6.0,
-                 verifier: CropVerifier | None = None, chunk: int = 512) -> None:
+                 verifier: CropVerifier | None = None, chunk: int = 512,
+                 compile_treatment: bool | None = None) -> None:
         self.runner = runner
         self.size = size
         self.stride = stride
@@ -163,6 +175,9 @@ class DeviceObjectDetector:
         self.logit_clip = logit_clip
         self.verifier = verifier
         self.chunk = chunk
+        self.compile_treatment = bool(runner.compiled) if compile_treatment is None else compile_treatment
+        self._compiled: Any = None  # the compiled treat_for_detector, made on first use
+        self.notes: list[str] = []
 
     @property
     def device(self) -> str:
@@ -181,20 +196,57 @@ class DeviceObjectDetector:
             x = jpeg_roundtrip(x, self.source_jpeg_quality)
         return x
 
+    def treated(self, x: "torch.Tensor") -> "torch.Tensor":
+        """[n, 3, H, W] uint8 values of one size -> float32 [n, 3, S, S] pixel values (0..255): the image as
+        trained, letterboxed; compiled when :attr:`compile_treatment` is on."""
+        if self.compile_treatment:
+            import torch
+
+            h, w = int(x.shape[2]), int(x.shape[3])
+            mats = _treatment_matrices(h, w, self.source_max_side, self.size, str(x.device))
+            try:
+                if self._compiled is None:
+                    from workzone.accel.runner import allow_recompiles
+
+                    # Each distinct shrink / letterbox case (a few) is a graph of this one function.
+                    allow_recompiles(torch)
+                    self._compiled = torch.compile(treat_for_detector, dynamic=True)
+                graphs = _graphs_compiled()
+                out = self._compiled(x, *mats, self.source_jpeg_quality)
+                if _graphs_compiled() != graphs:
+                    # A new size class compiled inside this batch (seconds): a first run, which a server charges
+                    # to no client (TorchModelRunner.cold_runs).
+                    self.runner.cold_runs += 1
+                return out
+            except Exception as exc:  # noqa: BLE001 - compiling happens on the first call; eager is always right
+                note = f"compiled treatment failed ({type(exc).__name__}: {str(exc)[:200]}); eager"
+                self.notes.append(note)
+                self.runner.notes.append(note)
+                self.compile_treatment, self._compiled = False, None
+        return letterbox_like_pillow(self.as_trained(x), self.size)
+
     def inputs(self, tensors: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """Detector inputs [N, 3, S, S] in [0, 1] (the runner's dtype) for [3, H, W] uint8 tensors."""
         import torch
 
-        out = torch.empty((len(tensors), 3, self.size, self.size), dtype=self.runner.dtype, device=self.device)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, t in enumerate(tensors):
             groups.setdefault((int(t.shape[1]), int(t.shape[2])), []).append(i)
+        out = None
         for idx in groups.values():
             for j in range(0, len(idx), self.chunk):
                 part = idx[j:j + self.chunk]
-                x = self.as_trained(torch.stack([tensors[i] for i in part]))
-                x = letterbox_like_pillow(x, self.size).div_(255.0)
-                out.index_copy_(0, torch.tensor(part, device=self.device), x.to(out.dtype))
+                x = self.treated(torch.stack([tensors[i] for i in part])).div_(255.0)
+                if len(part) == len(tensors):  # the whole batch in one piece (one size, one chunk): no copy
+                    return x.to(self.runner.dtype)
+                if out is None:
+                    out = torch.empty((len(tensors), 3, self.size, self.size), dtype=self.runner.dtype,
+                                      device=self.device)
+                if part[-1] - part[0] == len(part) - 1:  # consecutive images: a slice, no index upload
+                    out[part[0]:part[-1] + 1] = x
+                else:
+                    out.index_copy_(0, _upload(torch.tensor(part), self.device), x.to(out.dtype))
+        assert out is not None, "inputs() of an empty batch"
         return out
 
     def detect(self, images: Sequence[Image], *, floor: float, max_detections: int) -> ObjectBatch:
@@ -210,17 +262,19 @@ class DeviceObjectDetector:
         with torch.inference_mode():
             tensors = [image_tensor(im, self.device) for im in images]
             raw = self.runner(self.inputs(tensors))[self.runner.output_names[0]].float()
-            boxes, counts = self._decode(raw, images, floor, max_detections)
+            sizes = np.array([(im.width, im.height) for im in images], dtype=np.int64).reshape(-1, 2)
+            boxes, counts = self._decode(raw, sizes, floor, max_detections)
             batch = ObjectBatch(boxes, counts, None, tensors)
             if self.decision is not None:
-                heights = torch.tensor([float(im.height) for im in images], dtype=torch.float64, device=self.device)
+                heights = _upload(torch.from_numpy(sizes[:, 1].astype(np.float64)), self.device)
                 batch.log_odds, batch.parts = self._decide(boxes, counts, heights)
             if self.verifier is not None:
                 batch.log_odds = self.verifier(batch)
         return batch
 
-    def _decode(self, raw: "torch.Tensor", images: Sequence[Image], floor: float, most: int
+    def _decode(self, raw: "torch.Tensor", sizes: np.ndarray, floor: float, most: int
                 ) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Boxes [N, D, 6] in image pixels and kept counts [N] from the raw output, ``sizes`` [N, 2] (width, height)."""
         import torch
 
         n, k = raw.shape[0], self.num_classes
@@ -236,11 +290,14 @@ class DeviceObjectDetector:
         dx, dy, bw, bh = (geo[:, j].gather(1, cell) for j in range(4))
         cx, cy = (gx + dx) * self.stride, (gy + dy) * self.stride
         # The letterbox inverse of roadwork_detector._to_image_coords, from each image's own size.
-        geom = []
-        for im in images:
-            nw, nh, padx, pady = letterbox_geometry(im.width, im.height, self.size)
-            geom.append((padx, pady, im.width / nw, im.height / nh, im.width, im.height))
-        g = torch.tensor(geom, dtype=torch.float32, device=raw.device)
+        # Per distinct size, not per image (a batch of 1,024 camera frames has a handful); float64 then float32, as
+        # torch.tensor made it of Python floats.
+        distinct, which = np.unique(sizes, axis=0, return_inverse=True)
+        geom = np.empty((len(distinct), 6), np.float64)
+        for r, (w, h) in enumerate(distinct.tolist()):
+            nw, nh, padx, pady = letterbox_geometry(w, h, self.size)
+            geom[r] = (padx, pady, w / nw, h / nh, w, h)
+        g = _upload(torch.from_numpy(geom[which.reshape(-1)]).float(), raw.device)
         padx, pady, sx, sy, w, h = (g[:, j:j + 1] for j in range(6))
         x1 = torch.minimum(((cx - bw / 2) - padx).mul(sx).clamp(min=0), w)
         x2 = torch.minimum(((cx + bw / 2) - padx).mul(sx).clamp(min=0), w)
@@ -290,3 +347,60 @@ class DeviceObjectDetector:
         w = torch.as_tensor(d.weights, dtype=torch.float64, device=b.device)
         parts = feats[:, torch.as_tensor(d.columns, device=b.device)] * w
         return d.bias + parts.sum(dim=1), parts
+
+
+def treat_for_detector(x: "torch.Tensor", shrink_rows: "torch.Tensor | None", shrink_cols: "torch.Tensor | None",
+                       box_rows: "torch.Tensor | None", box_cols: "torch.Tensor | None",
+                       quality: int | None) -> "torch.Tensor":
+    """:meth:`DeviceObjectDetector.as_trained` then :func:`letterbox_like_pillow`, with every size-dependent number
+    in the matrices handed in (:func:`_treatment_matrices`), so that ``torch.compile(dynamic=True)`` traces one
+    graph for every image size instead of specialising on each.
+
+    Args:
+        x: [n, 3, H, W] uint8 values, one size.
+        shrink_rows, shrink_cols: the Lanczos shrink's float64 matrices, ``None`` for an axis kept.
+        box_rows, box_cols: the letterbox's (:func:`~workzone.accel.resample.letterbox_matrices`).
+        quality: the JPEG round trip's quality, ``None`` for none.
+
+    Returns:
+        float32 [n, 3, S, S] of uint8 values.
+    """
+    x = x.float()
+    if shrink_rows is not None or shrink_cols is not None:
+        x = resample_with(x, shrink_rows, shrink_cols)
+    if quality is not None:
+        x = jpeg_roundtrip(x, quality)
+    return resample_with(x, box_rows, box_cols)
+
+
+@lru_cache(maxsize=64)
+def _treatment_matrices(h: int, w: int, side: int | None, size: int, device: str) -> tuple[Any, Any, Any, Any]:
+    """The four matrices of :func:`treat_for_detector` for H x W images (kept on the device: a serving process
+    sees the same few camera sizes again and again, and each upload would wait for the device)."""
+    import torch
+
+    sr = sc = None
+    if side is not None and max(h, w) > side:
+        s = side / max(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))  # as DeviceObjectDetector.as_trained
+        f64 = torch.float64
+        sr = resample_matrix(h, nh, "lanczos", device=device, dtype=f64) if nh != h else None
+        sc = resample_matrix(w, nw, "lanczos", device=device, dtype=f64) if nw != w else None
+        h, w = nh, nw
+    br, bc = letterbox_matrices(h, w, size, device=device)
+    return sr, sc, br, bc
+
+
+def _graphs_compiled() -> int:
+    """The graphs dynamo has compiled in this process so far (any function's; a change means one compiled)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _upload(t: "torch.Tensor", device: Any) -> "torch.Tensor":
+    """A small host tensor on ``device``: from pinned memory on CUDA, so the copy does not wait for the device's
+    queue to drain (a pageable upload does, and the host then stops queueing work)."""
+    if str(device).startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

@@ -20,7 +20,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Filter", "resample_matrix", "resize_like_pillow", "letterbox_like_pillow", "letterbox_geometry"]
+__all__ = ["Filter", "resample_matrix", "resize_like_pillow", "resample_with", "letterbox_like_pillow",
+           "letterbox_geometry", "letterbox_matrices"]
 
 Filter = Literal["bilinear", "lanczos"]
 
@@ -112,15 +113,60 @@ def resize_like_pillow(x: "torch.Tensor", height: int, width: int, kind: Filter)
     n, c, h, w = x.shape
     if (h, w) == (height, width):
         return x
-    # Pillow resamples horizontally first (rounding to uint8), then vertically; only the axes that change.
+    # Only the axes that change.
+    f64 = torch.float64
+    return resample_with(x, resample_matrix(h, height, kind, device=x.device, dtype=f64) if h != height else None,
+                         resample_matrix(w, width, kind, device=x.device, dtype=f64) if w != width else None)
+
+
+def resample_with(x: "torch.Tensor", rows: "torch.Tensor | None", cols: "torch.Tensor | None") -> "torch.Tensor":
+    """Apply float64 resampling matrices as Pillow does: horizontally first, rounded to uint8 values, then vertically.
+
+    Args:
+        x: float [N, C, H, W] holding uint8 values.
+        rows: (height, H) weights, or ``None`` to keep the rows.
+        cols: (width, W) weights, or ``None`` to keep the columns.
+
+    Returns:
+        float32 [N, C, height, width] of uint8 values. Every sum is exact (see below), so any summation order
+        (a compiled graph's, another BLAS's) gives the same pixels.
+    """
+    import torch
+
     # float64: a uint8 value times a 22-bit coefficient needs 30 bits, more than float32 holds exactly,
     # and the rounding to uint8 must see the exact sums (float32 put 2 % of the samples one level off).
     x = x.double()
-    if w != width:
-        x = _round_u8(torch, torch.matmul(x, resample_matrix(w, width, kind, device=x.device, dtype=torch.float64).T))
-    if h != height:
-        x = _round_u8(torch, torch.matmul(resample_matrix(h, height, kind, device=x.device, dtype=torch.float64), x))
+    if cols is not None:
+        x = _round_u8(torch, torch.matmul(x, cols.T))
+    if rows is not None:
+        x = _round_u8(torch, torch.matmul(rows, x))
     return x.float()
+
+
+def letterbox_matrices(height: int, width: int, size: int, *, device: Any = "cpu"
+                       ) -> tuple["torch.Tensor | None", "torch.Tensor | None"]:
+    """:func:`letterbox_like_pillow` as two float64 matrices for :func:`resample_with`: (size, height) and (size,
+    width), Pillow's bilinear weights placed at the letterbox's offset, zero rows where it pads (a zero row sums to
+    the fill, 0); ``None`` for an axis that neither resizes nor pads.
+
+    Examples:
+        >>> rows, cols = letterbox_matrices(2, 4, 4)
+        >>> rows.sum(dim=1).tolist(), cols is None
+        ([0.0, 1.0, 1.0, 0.0], True)
+    """
+    import torch
+
+    nw, nh, left, top = letterbox_geometry(width, height, size)
+    out = []
+    for n_in, n_new, start in ((height, nh, top), (width, nw, left)):
+        if n_in == n_new == size:
+            out.append(None)
+            continue
+        m = torch.zeros((size, n_in), dtype=torch.float64)
+        m[start:start + n_new] = (torch.eye(n_in, dtype=torch.float64) if n_in == n_new
+                                  else resample_matrix(n_in, n_new, "bilinear", dtype=torch.float64))
+        out.append(m.to(device))
+    return out[0], out[1]
 
 
 def letterbox_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:

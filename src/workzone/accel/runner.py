@@ -28,7 +28,7 @@ from workzone.errors import ModelFileError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TorchModelRunner", "Precision", "resolve_device", "default_precision"]
+__all__ = ["TorchModelRunner", "Precision", "resolve_device", "default_precision", "allow_recompiles"]
 
 Precision = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -93,10 +93,7 @@ class TorchModelRunner:
             try:
                 # Every graph module shares one forward code object, so each compiled model counts
                 # against dynamo's per-code recompile limit (8 by default): allow a few dozen.
-                dyn = torch._dynamo.config
-                for key in ("recompile_limit", "cache_size_limit"):
-                    if hasattr(dyn, key):
-                        setattr(dyn, key, max(getattr(dyn, key), 64))
+                allow_recompiles(torch)
                 self._forward = torch.compile(module)
                 self.compiled = True
                 self.notes.append("torch.compile (default mode), batches padded to power-of-two buckets")
@@ -158,6 +155,15 @@ class TorchModelRunner:
         torch = require("torch", "gpu", "the torch backend")
         out = self(torch.from_numpy(np.ascontiguousarray(x, np.float32)))[self.output_names[0]]
         return out.double().cpu().numpy()
+
+
+def allow_recompiles(torch: Any, limit: int = 64) -> None:
+    """Raise dynamo's per-code recompile limit (8 by default) to at least ``limit``: past it, a function silently
+    runs eager. A process-wide setting of torch's, which only ever goes up here."""
+    dyn = torch._dynamo.config
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dyn, key):
+            setattr(dyn, key, max(getattr(dyn, key), limit))
 
 
 def _bucket(n: int, cap: int, least: int = 8) -> int:
