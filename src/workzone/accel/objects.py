@@ -23,7 +23,6 @@ Only the log-odds and the kept boxes (N x ``max_detections`` x 6 floats) are cop
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
@@ -177,6 +176,9 @@ class DeviceObjectDetector:
         self.chunk = chunk
         self.compile_treatment = bool(runner.compiled) if compile_treatment is None else compile_treatment
         self._compiled: Any = None  # the compiled treat_for_detector, made on first use
+        # treat_for_detector's matrices per image size, kept on the device: a serving process sees the same few
+        # camera sizes again and again, and each upload would wait for the device's queue.
+        self._matrices: dict[tuple[int, int], tuple[Any, Any, Any, Any]] = {}
         self.notes: list[str] = []
 
     @property
@@ -203,7 +205,12 @@ class DeviceObjectDetector:
             import torch
 
             h, w = int(x.shape[2]), int(x.shape[3])
-            mats = _treatment_matrices(h, w, self.source_max_side, self.size, str(x.device))
+            mats = self._matrices.get((h, w))
+            if mats is None:
+                if len(self._matrices) >= 64:  # bound the cache (odd sizes from a file upload, say)
+                    self._matrices.clear()
+                mats = self._matrices[(h, w)] = _treatment_matrices(h, w, self.source_max_side, self.size,
+                                                                    str(x.device))
             try:
                 if self._compiled is None:
                     from workzone.accel.runner import allow_recompiles
@@ -373,10 +380,8 @@ def treat_for_detector(x: "torch.Tensor", shrink_rows: "torch.Tensor | None", sh
     return resample_with(x, box_rows, box_cols)
 
 
-@lru_cache(maxsize=64)
 def _treatment_matrices(h: int, w: int, side: int | None, size: int, device: str) -> tuple[Any, Any, Any, Any]:
-    """The four matrices of :func:`treat_for_detector` for H x W images (kept on the device: a serving process
-    sees the same few camera sizes again and again, and each upload would wait for the device)."""
+    """The four matrices of :func:`treat_for_detector` for H x W images, on ``device``."""
     import torch
 
     sr = sc = None
