@@ -38,6 +38,11 @@ import numpy as np
 FLOOR, MOST = 0.02, 50  # ObjectDetectorRunner.detect's defaults
 
 
+def _cell(text: str) -> str:
+    """A table cell of free text (a compiler's error spans lines and may hold '|', which would end the table)."""
+    return " ".join(text.split()).replace("|", "/")
+
+
 class Profile:
     """Timed steps of one input size, as markdown rows; stops starting steps once ``deadline`` has passed."""
 
@@ -60,11 +65,11 @@ class Profile:
             self.sync()
             took.append(time.perf_counter() - t)
         best, mid = min(took), statistics.median(took)
-        self.rows.append(f"| {name} | {best * 1e3:.2f} | {mid * 1e3:.2f} | {self.batch / best:,.0f} | {note} |")
+        self.rows.append(f"| {name} | {best * 1e3:.2f} | {mid * 1e3:.2f} | {self.batch / best:,.0f} | {_cell(note)} |")
         return out
 
     def skip(self, name: str, why: str) -> None:
-        self.rows.append(f"| {name} | - | - | - | {why} |")
+        self.rows.append(f"| {name} | - | - | - | {_cell(why)} |")
 
 
 def first_call(sync: Callable[[], None], fn: Callable[[], Any]) -> tuple[Any, float]:

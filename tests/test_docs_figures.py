@@ -351,6 +351,13 @@ QUOTES += [
                                                               "notes")).group(1),
            lambda: bench_cell("bench_gpu.md", "HTTP /v1/detect at 1000 req/s (open loop, loopback)",
                               "224x224 JPEG q75", "images/s"))),
+    Quote("docs/gpu.md", "nvJPEG decode {} ms, the treatment {} ms (JPEG round trip {} ms, letterbox {} ms), the "
+          "detector network {} ms ({} images/s on its own) and box decoding with the decision {} ms",
+          "gpu_stage_profile.md",
+          tuple((lambda r=r, c=c: table_cell("gpu_stage_profile.md", r, c)) for r, c in (
+              ("decode", "min ms"), ("steps 2-5 as inputs(), eager", "min ms"), ("JPEG round trip (q72)", "min ms"),
+              ("letterbox to 384 (+ /255, to float16)", "min ms"), ("detector network", "min ms"),
+              ("detector network", "images/s (at min)"), ("box decoding + decision", "min ms")))),
     Quote("docs/batch.md", "on one H100 from JPEG bytes: {} images/s at 224 px, {} at 640 px, batches of 1,024",
           "bench_gpu.md",
           (lambda: bench_cell("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),

@@ -150,9 +150,11 @@ class DeviceObjectDetector:
         chunk: most images pre-processed at once (bounds the float32 working memory).
         compile_treatment: run the as-trained treatment and the letterbox as one ``torch.compile``'d function
             (:func:`treat_for_detector`, dynamic shapes: a graph per size class (odd sides, multiples of 8 or 16:
-            a handful), not per image or batch size); ``None``: when the runner is compiled. Eager if compiling
-            fails, recorded in :attr:`notes` (and the runner's). The pixels are the eager path's exactly (integer
-            values, exact sums).
+            a handful), not per image or batch size). Off by default: on one H100 (torch 2.11) inductor spent 29 s
+            and then failed to compile it with dynamic shapes, and the treatment is a quarter of a 224-px batch
+            against the network's half (benchmarks/results/gpu_stage_profile.md); on the CPU it compiles, with
+            the eager path's pixels exactly (integer values, exact sums). Eager if compiling fails, recorded in
+            :attr:`notes` (and the runner's).
 
     Attributes:
         notes: what became of the compiled treatment, if it was asked for.
@@ -162,7 +164,7 @@ class DeviceObjectDetector:
                  source_max_side: int | None, source_jpeg_quality: int | None,
                  decision: LinearDecision | None, count_at: float = 0.3, logit_clip: float = 6.0,
                  verifier: CropVerifier | None = None, chunk: int = 512,
-                 compile_treatment: bool | None = None) -> None:
+                 compile_treatment: bool = False) -> None:
         self.runner = runner
         self.size = size
         self.stride = stride
@@ -174,7 +176,7 @@ class DeviceObjectDetector:
         self.logit_clip = logit_clip
         self.verifier = verifier
         self.chunk = chunk
-        self.compile_treatment = bool(runner.compiled) if compile_treatment is None else compile_treatment
+        self.compile_treatment = compile_treatment
         self._compiled: Any = None  # the compiled treat_for_detector, made on first use
         # treat_for_detector's matrices per image size, kept on the device: a serving process sees the same few
         # camera sizes again and again, and each upload would wait for the device's queue.
