@@ -22,6 +22,7 @@ from PIL import Image
 
 from workzone.evaluation.loso_table import cross_fit, loso_summary, read_oof_rows
 from workzone.fusion.calibration import fit_logistic, score_matrix
+from workzone_train.contact_sheet import box_tile, save_sheet
 from workzone_train.oof_scores import read_fold_detections
 from workzone_train.scene_synth import OBJECT_CLASSES
 from workzone_train.verifier import VERIFIER_CLASSES, build_crop_table, items_digest
@@ -45,27 +46,11 @@ def default_log_odds(rows: list) -> np.ndarray:  # noqa: ANN001 - OofRow
     return cross_fit(rows, fit, predict)
 
 
-def contact_sheet(items: list, picks: list, p_object, verifier_class, out: Path, tile: int = 128) -> None:  # noqa: ANN001
-    """Each pick (source, crop index) as a tile: the box with its context (1.5 x its longer side, at least 8 px),
-    labelled with the source, the verifier's class and its P(object)."""
-    from PIL import ImageDraw
-
-    tiles = []
-    for source, i in sorted(picks):
-        it = items[i]
-        im = Image.open(it.path).convert("RGB")
-        w, h = im.size
-        x0, y0, x1, y1 = it.box
-        cx, cy = (x0 + x1) / 2 * w, (y0 + y1) / 2 * h
-        s = max((x1 - x0) * w, (y1 - y0) * h) * 1.5 + 8
-        t = im.crop((int(cx - s), int(cy - s), int(cx + s), int(cy + s))).resize((tile, tile))
-        ImageDraw.Draw(t).text((2, 2), f"{source[:8]} {verifier_class(i)[:6]} {p_object(i):.2f}", fill=(255, 255, 0))
-        tiles.append(t)
-    cols = 8
-    sheet = Image.new("RGB", (tile * cols, tile * max(1, -(-len(tiles) // cols))))
-    for k, t in enumerate(tiles):
-        sheet.paste(t, ((k % cols) * tile, (k // cols) * tile))
-    sheet.save(out)
+def contact_sheet(items: list, picks: list, p_object, verifier_class, out: Path) -> None:  # noqa: ANN001
+    """Each pick (source, crop index) as a tile labelled with the source, the verifier's class and its P(object)."""
+    tiles = [box_tile(items[i].path, items[i].box, f"{source[:8]} {verifier_class(i)[:6]} {p_object(i):.2f}")
+             for source, i in sorted(picks)]
+    save_sheet(tiles, out)
     print(f"{len(tiles)} tiles -> {out}")
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from workzone.evaluation.loso_table import read_oof_rows
+from workzone_train.contact_sheet import box_tile, save_sheet
 from workzone_train.oof_scores import read_fold_detections
 from workzone_train.scene_synth import OBJECT_CLASSES
 from workzone_train.verifier import VERIFIER_CLASSES, build_crop_table, items_digest
@@ -99,27 +100,13 @@ def main() -> None:
               f"{np.median([p_object(i) for i in b]):.2f} |")
 
     if args.sheet is not None:
-        from PIL import ImageDraw
-
         tiles = []
         for key in groups["objects yes, verified no"]:
             i = best(key)
-            if i is None:
-                continue
-            it = items[i]
-            im = Image.open(it.path).convert("RGB")
-            w, h = im.size
-            x0, y0, x1, y1 = it.box
-            cx, cy = (x0 + x1) / 2 * w, (y0 + y1) / 2 * h
-            s = max((x1 - x0) * w, (y1 - y0) * h) * 1.5 + 8
-            tile = im.crop((int(cx - s), int(cy - s), int(cx + s), int(cy + s))).resize((128, 128))
-            ImageDraw.Draw(tile).text((2, 2), f"{it.det_class[:5]} d{it.det_score:.2f} v{p_object(i):.2f}",
-                                      fill=(255, 255, 0))
-            tiles.append(tile)
-        sheet = Image.new("RGB", (128 * 6, 128 * max(1, (len(tiles) + 5) // 6)))
-        for k, t in enumerate(tiles):
-            sheet.paste(t, ((k % 6) * 128, (k // 6) * 128))
-        sheet.save(args.sheet)
+            if i is not None:
+                it = items[i]
+                tiles.append(box_tile(it.path, it.box, f"{it.det_class[:5]} d{it.det_score:.2f} v{p_object(i):.2f}"))
+        save_sheet(tiles, args.sheet, cols=6)
         print(f"\n{len(tiles)} tiles -> {args.sheet}")
 
 
