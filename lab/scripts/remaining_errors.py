@@ -23,10 +23,8 @@ from PIL import Image
 from workzone.evaluation.loso_table import cross_fit, loso_summary, read_oof_rows
 from workzone.fusion.calibration import fit_logistic, score_matrix
 from workzone_train.contact_sheet import box_tile, save_sheet
-from workzone_train.oof_scores import read_fold_detections
-from workzone_train.scene_synth import OBJECT_CLASSES
-from workzone_train.verifier import VERIFIER_CLASSES, build_crop_table, items_digest
-from workzone_train.verifier_tune import read_verifier_run
+from workzone_train.verifier import VERIFIER_CLASSES
+from workzone_train.verifier_tune import add_judged_candidates_arguments, judged_candidates
 
 NOT_OBJECT = ("none", "sign_other")
 STAGES = ("signs", "verify")
@@ -56,10 +54,7 @@ def contact_sheet(items: list, picks: list, p_object, verifier_class, out: Path)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--detections", type=Path, required=True)
-    ap.add_argument("--verifier-run", type=Path, required=True)
-    ap.add_argument("--scores", type=Path, required=True)
+    add_judged_candidates_arguments(ap)
     ap.add_argument("--out", type=Path, help="also write the tables here (markdown)")
     ap.add_argument("--set-aside", type=Path, help="image keys (one per line, '#' comments) that an audit found "
                                                   "mislabelled: the pooled MCC is also given without them")
@@ -67,8 +62,7 @@ def main() -> None:
                                               "not for committing: most sources grant no redistribution)")
     args = ap.parse_args()
 
-    items = build_crop_table(args.data, read_fold_detections(args.detections), OBJECT_CLASSES)
-    probs = read_verifier_run(args.verifier_run, items_digest(items))
+    items, probs = judged_candidates(args.data, args.detections, args.verifier_run)
     none_cols = [VERIFIER_CLASSES.index(c) for c in NOT_OBJECT]
     obj_cols = [i for i, c in enumerate(VERIFIER_CLASSES) if c not in NOT_OBJECT]
     heights: dict[str, int] = {}

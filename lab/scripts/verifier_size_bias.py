@@ -23,10 +23,8 @@ from PIL import Image
 
 from workzone.evaluation.loso_table import read_oof_rows
 from workzone_train.contact_sheet import box_tile, save_sheet
-from workzone_train.oof_scores import read_fold_detections
-from workzone_train.scene_synth import OBJECT_CLASSES
-from workzone_train.verifier import VERIFIER_CLASSES, build_crop_table, items_digest
-from workzone_train.verifier_tune import read_verifier_run
+from workzone_train.verifier import VERIFIER_CLASSES
+from workzone_train.verifier_tune import add_judged_candidates_arguments, judged_candidates
 
 NOT_OBJECT = ("none", "sign_other")
 BINS = (0, 16, 24, 32, 48, 64, 96)
@@ -34,16 +32,12 @@ BINS = (0, 16, 24, 32, 48, 64, 96)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--detections", type=Path, required=True)
-    ap.add_argument("--verifier-run", type=Path, required=True)
-    ap.add_argument("--scores", type=Path, required=True)
+    add_judged_candidates_arguments(ap)
     ap.add_argument("--source", default="WMaia9-workzone")
     ap.add_argument("--sheet", type=Path, help="contact sheet of the best candidate of each image the verifier lost")
     args = ap.parse_args()
 
-    items = build_crop_table(args.data, read_fold_detections(args.detections), OBJECT_CLASSES)
-    probs = read_verifier_run(args.verifier_run, items_digest(items))
+    items, probs = judged_candidates(args.data, args.detections, args.verifier_run)
     none_cols = [VERIFIER_CLASSES.index(c) for c in NOT_OBJECT]
     sizes: dict[str, tuple[int, int]] = {}
 

@@ -527,3 +527,23 @@ def run_verifier_loso(args: list[str]) -> None:
 
 if __name__ == "__main__":
     run_verifier_loso(sys.argv[1:])
+
+
+def add_judged_candidates_arguments(ap: Any) -> None:
+    """The arguments (on an ``argparse.ArgumentParser``) of a script that reads a verifier run's out-of-fold
+    judgements of a detector run's candidates (:func:`judged_candidates`) beside the loso-scores CSV scored with them."""
+    ap.add_argument("--data", type=Path, required=True, help="../shared/data")
+    ap.add_argument("--detections", type=Path, required=True, help="the detector run's oof_detections.json(.gz)")
+    ap.add_argument("--verifier-run", type=Path, required=True, help="a verifier-loso run over those candidates")
+    ap.add_argument("--scores", type=Path, required=True, help="`workzone train loso-scores --verifier-run` CSV")
+
+
+def judged_candidates(data: Path, detections: Path, verifier_run: Path) -> tuple[list, dict]:
+    """The crop table of ``detections`` (as `workzone train verifier-pack` builds it) and the verifier run's
+    out-of-fold class probabilities by crop index (checked against the table's digest)."""
+    from workzone_train.oof_scores import read_fold_detections
+    from workzone_train.scene_synth import OBJECT_CLASSES
+    from workzone_train.verifier import build_crop_table, items_digest
+
+    items = build_crop_table(data, read_fold_detections(detections), OBJECT_CLASSES)
+    return items, read_verifier_run(verifier_run, items_digest(items))
