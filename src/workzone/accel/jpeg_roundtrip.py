@@ -12,10 +12,9 @@ batched, on any device:
 - blocks: the 8 x 8 DCT, quantisation by the IJG tables scaled to ``quality`` (``jcparam.c``),
   rounding half away from zero (``jcdctmgr.c``), dequantisation and the inverse DCT.
 
-The DCTs run in float32 where libjpeg uses its integer "islow" approximation, so a coefficient on
-the edge of a quantisation step can land one step apart, and a decoded sample can differ by one:
-on the 469 dev images the detector's probabilities stay within the parity test's bounds
-(``tests/accel/test_object_path.py``).
+The DCTs are libjpeg's integer "islow" transforms (``jfdctint.c``, ``jidctint.c``) in int32, with its
+descaling between the passes; on the 469 dev images the detector's probabilities stay within the parity
+test's bounds (``tests/accel/test_object_path.py``).
 """
 
 from __future__ import annotations
