@@ -50,14 +50,21 @@ class Profile:
         self.sync, self.repeats, self.batch, self.deadline = sync, repeats, batch, deadline
         self.rows: list[str] = []
 
-    def time(self, name: str, fn: Callable[[], Any], note: str = "") -> Any:
-        """Run ``fn`` once untimed (a first call) and then ``repeats`` times timed; returns its last result."""
+    def time(self, name: str, fn: Callable[[], Any], note: str | Callable[[], str] = "", *,
+             first_call: bool = False) -> Any:
+        """Run ``fn`` once untimed (a first call: a compile, a kernel choice) and then ``repeats`` times timed;
+        returns its last result. ``note``: text, or a callable read after the first call (what became of a
+        compile); ``first_call``: the note also gives the first call's time."""
         if time.perf_counter() > self.deadline:
-            self.rows.append(f"| {name} | - | - | - | skipped: past the --seconds budget |")
+            self.skip(name, "skipped: past the --seconds budget")
             return None
         self.sync()
+        t = time.perf_counter()
         out = fn()
         self.sync()
+        note = note() if callable(note) else note
+        if first_call:
+            note = f"first call {time.perf_counter() - t:.1f} s; {note}"
         took = []
         for _ in range(self.repeats):
             t = time.perf_counter()
@@ -70,15 +77,6 @@ class Profile:
 
     def skip(self, name: str, why: str) -> None:
         self.rows.append(f"| {name} | - | - | - | {_cell(why)} |")
-
-
-def first_call(sync: Callable[[], None], fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``fn()`` and its wall time, synchronised (for a first call: a compile)."""
-    sync()
-    t = time.perf_counter()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - t
 
 
 def profile_size(side: int, args: argparse.Namespace, det: Any, comp: Any, sources: list, sync: Callable[[], None],
@@ -127,14 +125,12 @@ def profile_size(side: int, args: argparse.Namespace, det: Any, comp: Any, sourc
             eager_in = prof.time("steps 2-5 as inputs(), eager", lambda: det.inputs(tensors),
                                  f"chunks of {det.chunk}")
             exact = "not run"
-            comp_in = None
-            if time.perf_counter() < deadline:
-                _, took = first_call(sync, lambda: comp.inputs(tensors))
-                comp_in = prof.time("steps 2-5 as inputs(), compiled treatment", lambda: comp.inputs(tensors),
-                                    f"first call (compile) {took:.1f} s; {'; '.join(comp.notes) or 'compiled'}")
-            else:
-                prof.skip("steps 2-5 as inputs(), compiled treatment", "skipped: past the --seconds budget")
-            if comp_in is not None and eager_in is not None:
+            comp_in = prof.time("steps 2-5 as inputs(), compiled treatment", lambda: comp.inputs(tensors),
+                                lambda: "; ".join(comp.notes) or "compiled", first_call=True)
+            if comp_in is not None and not comp.compile_treatment:
+                # It fell back to eager on its first call: the row timed eager, and there is nothing to compare.
+                exact = "not compared: the compiled treatment fell back to eager (see its row)"
+            elif comp_in is not None and eager_in is not None:
                 px_e, px_c = det.treated(x), comp.treated(x)
                 diff = (px_c - px_e).abs()
                 exact = (f"compiled vs eager treatment: max abs diff {float(diff.max()):g} pixel levels, "
@@ -144,9 +140,8 @@ def profile_size(side: int, args: argparse.Namespace, det: Any, comp: Any, sourc
             raw = None
             if net_in is not None:
                 out_name = det.runner.output_names[0]
-                _, took = first_call(sync, lambda: det.runner(net_in))
                 raw = prof.time("detector network", lambda: det.runner(net_in)[out_name].float(),
-                                f"{'compiled' if det.runner.compiled else 'eager'}; first call {took:.1f} s")
+                                "compiled" if det.runner.compiled else "eager", first_call=True)
             if raw is not None:
                 sizes = np.array([(im.width, im.height) for im in images], dtype=np.int64)
                 heights = torch.from_numpy(sizes[:, 1].astype(np.float64)).to(dev)
@@ -159,7 +154,8 @@ def profile_size(side: int, args: argparse.Namespace, det: Any, comp: Any, sourc
             prof.time("detect() + to_host, eager treatment",
                       lambda: det.detect(images, floor=FLOOR, max_detections=MOST).to_host())
             prof.time("detect() + to_host, compiled treatment",
-                      lambda: comp.detect(images, floor=FLOOR, max_detections=MOST).to_host())
+                      lambda: comp.detect(images, floor=FLOOR, max_detections=MOST).to_host(),
+                      "" if comp.compile_treatment else "fell back to eager")
     finally:
         decoder.close()
     return lines + prof.rows + ["", f"Exactness: {exact}.", ""]

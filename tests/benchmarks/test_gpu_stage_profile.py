@@ -44,3 +44,23 @@ def test_a_spent_budget_skips_the_steps_and_says_so(tmp_path):
                            "--samples", str(REPO / "samples")])
     assert "| decode | - | - | - | skipped: past the --seconds budget |" in text
     assert "Exactness" not in text and "Total run" in text
+
+
+def test_a_failed_compile_is_reported_not_compared(tmp_path, monkeypatch):
+    # On the H100 inductor failed and the path ran eager: the profile must say so, not "max abs diff 0".
+    import torch
+
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    text = _script().main(["--device", "cpu", "--size", "64", "--batch", "2", "--repeats", "1",
+                           "--samples", str(REPO / "samples")])
+    row = next(ln for ln in text.splitlines() if ln.startswith("| steps 2-5 as inputs(), compiled treatment |"))
+    assert "no compiler here" in row and "first call" in row
+    assert "Exactness: not compared: the compiled treatment fell back to eager" in text
+    assert "max abs diff" not in text
+    detect_row = next(ln for ln in text.splitlines() if ln.startswith("| detect() + to_host, compiled treatment |"))
+    assert "fell back to eager" in detect_row
