@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--seconds", type=float, default=140.0, help="start no step past this many seconds")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the detector network (default: on CUDA)")
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="the detector's input side (default: its sidecar's; another needs the sidecar's "
+                         "decisions_by_input_size block, as the glance pipeline's 224 px)")
+    ap.add_argument("--static-treatment", action="store_true",
+                    help="compile the treatment for each shape (dynamic=False) instead of per size class")
     ap.add_argument("--samples", type=Path, default=Path("samples"), help="images the JPEGs are cropped from")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> str:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     # default-gpu's detector as its stage builds it (fp16 on CUDA), batches up to --batch per forward.
     model = StageContext().resolve("builtin:roadwork_objects.onnx")
-    path = ObjectDetectorRunner(model, torch_params=TorchBackendParams(backend="torch", compile=compile_net,
+    path = ObjectDetectorRunner(model, input_size=args.input_size, torch_params=TorchBackendParams(backend="torch", compile=compile_net,
                                                                        max_batch=args.batch), device=args.device
                                 ).device_path
 
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> str:
         return DeviceObjectDetector(path.runner, size=path.size, stride=path.stride, num_classes=path.num_classes,
                                     source_max_side=path.source_max_side,
                                     source_jpeg_quality=path.source_jpeg_quality, decision=path.decision,
-                                    count_at=path.count_at, logit_clip=path.logit_clip, compile_treatment=compiled)
+                                    count_at=path.count_at, logit_clip=path.logit_clip, compile_treatment=compiled,
+                                    treatment_dynamic=not args.static_treatment)
 
     det, comp = like(False), like(True)
     sources = sample_images(args.samples)
@@ -211,7 +217,8 @@ def main(argv: list[str] | None = None) -> str:
              "- Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
              f"- Runner: {'; '.join(path.runner.notes)}",
              f"- Detector input {path.size} px; as trained: shrink to {path.source_max_side} px, JPEG "
-             f"q{path.source_jpeg_quality}; inputs from {len(sources)} sample images"
+             f"q{path.source_jpeg_quality}; treatment compiled with "
+             f"{'static' if args.static_treatment else 'dynamic'} shapes; inputs from {len(sources)} sample images"
              + ("" if sources else " (none found: smooth random colour fields)"),
              f"- Each step synchronised, min and median of {args.repeats} after one untimed call; images/s = batch "
              "/ min. Rows 'inputs()' and 'detect()' are whole; the others are parts of them.", ""]

@@ -62,7 +62,7 @@ def main() -> None:
                                               "not for committing: most sources grant no redistribution)")
     args = ap.parse_args()
 
-    items, probs = judged_candidates(args.data, args.detections, args.verifier_run)
+    items, probs = judged_candidates(args.data, args.detections, args.verifier_run, args.hand_labels)
     none_cols = [VERIFIER_CLASSES.index(c) for c in NOT_OBJECT]
     obj_cols = [i for i, c in enumerate(VERIFIER_CLASSES) if c not in NOT_OBJECT]
     heights: dict[str, int] = {}

@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--sheet", type=Path, help="contact sheet of the best candidate of each image the verifier lost")
     args = ap.parse_args()
 
-    items, probs = judged_candidates(args.data, args.detections, args.verifier_run)
+    items, probs = judged_candidates(args.data, args.detections, args.verifier_run, args.hand_labels)
     none_cols = [VERIFIER_CLASSES.index(c) for c in NOT_OBJECT]
     sizes: dict[str, tuple[int, int]] = {}
 

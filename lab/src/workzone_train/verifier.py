@@ -32,6 +32,7 @@ import numpy as np
 
 from workzone_train._deps import require
 from workzone_train.detector import box_iou
+from workzone_train.hand_labels import HandLabels, label_of
 from workzone_train.frozen_lr import IMAGENET_MEAN as _MEAN_RGB, IMAGENET_STD as _STD_RGB, lite0_backbone, lite0_feature_session
 from workzone.verified_evidence import candidate_crops, select_candidates, window_side
 
@@ -86,13 +87,15 @@ _TRUTH_CLASS = {"cone": "cone", "sign_roadwork": "sign", "worker": "worker", "ma
 
 
 def build_crop_table(root: str | Path, detections: Mapping[str, np.ndarray], detector_classes: Sequence[str], *,
-                     props_per_source: int = 120, seed: int = 0) -> list[CropItem]:
+                     props_per_source: int = 120, seed: int = 0,
+                     hand_labels: "HandLabels | None" = None) -> list[CropItem]:
     """Every crop the verifier trains on or scores, from ``root`` (../shared/data) and out-of-fold detections.
 
     Candidates are each corpus image's detections (normalised) scoring >= CANDIDATE_FLOOR, best
     MAX_CANDIDATES. A candidate on an image without road work is ``none`` (or ``sign_other`` where it covers
-    a boxed other sign); on a road-work image it takes the class of the real box it covers, and stays
-    unlabelled where nobody boxed the objects (it is still scored, for the image decision).
+    a boxed other sign); on a road-work image it takes the class of the real box it covers, else its
+    ``hand_labels`` name (:mod:`workzone_train.hand_labels`), and stays unlabelled where neither names it (it is
+    still scored, for the image decision).
     """
     from workzone_train.corpus import load_corpus, load_lookalike_crops, load_object_boxes, load_object_images
 
@@ -116,7 +119,7 @@ def build_crop_table(root: str | Path, detections: Mapping[str, np.ndarray], det
             elif s.label == 0:
                 label = "none"
             else:
-                label = ""
+                label = label_of(hand_labels, s.key, d[:4]) if hand_labels else ""
             items.append(CropItem(s.key, s.path, s.source, tuple(float(v) for v in d[:4]), label, "candidate",
                                   float(d[4]), detector_classes[int(d[5])]))
     for key, path, source, _scene in load_object_images(root):
@@ -523,7 +526,7 @@ def items_digest(items: Sequence[CropItem]) -> str:
 def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: Mapping[str, np.ndarray],
                       folds: Mapping[str, Sequence[str]], *, cache: Path | None = None, export_to: Path | None = None,
                       shipped_features: str = "blind", augment: int = 1, finetuned: Path | None = None,
-                      head: str = "linear",
+                      head: str = "linear", hand_labels: HandLabels | None = None,
                       log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
     """Out-of-fold ``verify`` scores (one column per feature set) of the corpus images, in ``rows`` order.
 
@@ -531,13 +534,14 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
     its fold, and summarised by a verified decision cross-fitted over the folds. With ``export_to``, the
     shipped verifier (fitted on every labelled crop) and its decision (fitted on every fold's out-of-fold
     features) are written there. With ``finetuned`` (a ``workzone train verifier-loso`` run), the candidates'
-    probabilities are the fine-tuned fold models' and the exported verifier is its full model.
+    probabilities are the fine-tuned fold models' and the exported verifier is its full model. ``hand_labels``:
+    as the crop table the run was packed from (:func:`build_crop_table`).
     """
     from workzone_train.oof_scores import decision_scores
     from workzone_train.scene_synth import OBJECT_CLASSES
     from workzone.verified_evidence import verified_feature_names
 
-    items = build_crop_table(root, dets, OBJECT_CLASSES)
+    items = build_crop_table(root, dets, OBJECT_CLASSES, hand_labels=hand_labels)
     digest = items_digest(items)
     if finetuned is not None:
         from workzone_train.verifier_tune import read_verifier_run

@@ -536,14 +536,19 @@ def add_judged_candidates_arguments(ap: Any) -> None:
     ap.add_argument("--detections", type=Path, required=True, help="the detector run's oof_detections.json(.gz)")
     ap.add_argument("--verifier-run", type=Path, required=True, help="a verifier-loso run over those candidates")
     ap.add_argument("--scores", type=Path, required=True, help="`workzone train loso-scores --verifier-run` CSV")
+    ap.add_argument("--hand-labels", type=Path, help="candidates named by eye, as packed for the verifier run")
 
 
-def judged_candidates(data: Path, detections: Path, verifier_run: Path) -> tuple[list, dict]:
-    """The crop table of ``detections`` (as `workzone train verifier-pack` builds it) and the verifier run's
-    out-of-fold class probabilities by crop index (checked against the table's digest)."""
+def judged_candidates(data: Path, detections: Path, verifier_run: Path,
+                      hand_labels: Path | None = None) -> tuple[list, dict]:
+    """The crop table of ``detections`` (as `workzone train verifier-pack` builds it, with ``hand_labels`` if it
+    was given one) and the verifier run's out-of-fold class probabilities by crop index (checked against the
+    table's digest)."""
+    from workzone_train.hand_labels import read_hand_labels
     from workzone_train.oof_scores import read_fold_detections
     from workzone_train.scene_synth import OBJECT_CLASSES
     from workzone_train.verifier import build_crop_table, items_digest
 
-    items = build_crop_table(data, read_fold_detections(detections), OBJECT_CLASSES)
+    items = build_crop_table(data, read_fold_detections(detections), OBJECT_CLASSES,
+                             hand_labels=read_hand_labels(hand_labels) if hand_labels else None)
     return items, read_verifier_run(verifier_run, items_digest(items))

@@ -155,6 +155,8 @@ class DeviceObjectDetector:
             against the network's half (benchmarks/results/gpu_stage_profile.md); on the CPU it compiles, with
             the eager path's pixels exactly (integer values, exact sums). Eager if compiling fails, recorded in
             :attr:`notes` (and the runner's).
+        treatment_dynamic: compile the treatment with dynamic shapes (one graph per size class); ``False`` compiles
+            one graph per input shape, batch size included (for a fixed-shape batch: a benchmark, a camera feed).
 
     Attributes:
         notes: what became of the compiled treatment, if it was asked for.
@@ -164,7 +166,7 @@ class DeviceObjectDetector:
                  source_max_side: int | None, source_jpeg_quality: int | None,
                  decision: LinearDecision | None, count_at: float = 0.3, logit_clip: float = 6.0,
                  verifier: CropVerifier | None = None, chunk: int = 512,
-                 compile_treatment: bool = False) -> None:
+                 compile_treatment: bool = False, treatment_dynamic: bool = True) -> None:
         self.runner = runner
         self.size = size
         self.stride = stride
@@ -177,6 +179,7 @@ class DeviceObjectDetector:
         self.verifier = verifier
         self.chunk = chunk
         self.compile_treatment = compile_treatment
+        self.treatment_dynamic = treatment_dynamic
         self._compiled: Any = None  # the compiled treat_for_detector, made on first use
         # treat_for_detector's matrices per image size, kept on the device: a serving process sees the same few
         # camera sizes again and again, and each upload would wait for the device's queue.
@@ -217,9 +220,9 @@ class DeviceObjectDetector:
                 if self._compiled is None:
                     from workzone.accel.runner import allow_recompiles
 
-                    # Each distinct shrink / letterbox case (a few) is a graph of this one function.
+                    # Each distinct shrink / letterbox case (a few; static: each shape) is a graph of this function.
                     allow_recompiles(torch)
-                    self._compiled = torch.compile(treat_for_detector, dynamic=True)
+                    self._compiled = torch.compile(treat_for_detector, dynamic=self.treatment_dynamic)
                 graphs = _graphs_compiled()
                 out = self._compiled(x, *mats, self.source_jpeg_quality)
                 if _graphs_compiled() != graphs:

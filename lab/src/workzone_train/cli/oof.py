@@ -46,6 +46,9 @@ def loso_scores(
                                                           "block for that size"),
     verify_features: str = typer.Option("blind", help="verified decision's features: 'classes' (class-aware) "
                                                         "or 'blind'"),
+    hand_labels: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                               help="candidates named by eye, as given to `verifier-pack` for the "
+                                                    "--verifier-run (the crop table must be the same)"),
 ) -> None:
     """Out-of-fold scores per image: objects (class-blind and per-class decisions), verify (the crop verifier's
     verified decision, class-aware and class-blind), signs and context (frozen-lr)."""
@@ -78,11 +81,13 @@ def loso_scores(
     x = object_feature_matrix(corpus, dets, OBJECT_CLASSES)
     objects = decision_scores(rows, x)
     per_class = decision_scores(rows, object_feature_matrix(corpus, dets, OBJECT_CLASSES, PER_CLASS_FEATURES))
+    from workzone_train.hand_labels import read_hand_labels
     from workzone_train.verifier import verify_oof_scores
 
     verify = verify_oof_scores(data, corpus, rows, dets, LOSO_FOLDS, cache=verifier_cache, export_to=verifier_out,
                                shipped_features=verify_features, augment=verifier_augment,
-                               finetuned=verifier_run, head=verifier_head, log=con.print)
+                               finetuned=verifier_run, head=verifier_head, log=con.print,
+                               hand_labels=read_hand_labels(hand_labels) if hand_labels else None)
     glance = None
     if glance_detections is not None:
         x_glance = object_feature_matrix(corpus, read_fold_detections(glance_detections), OBJECT_CLASSES)

@@ -8,6 +8,7 @@ GPU machine; ``verifier-loso`` (GPU) fine-tunes the fold models and the full mod
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -20,6 +21,9 @@ def pack(
     detections: Path = typer.Option(..., exists=True, dir_okay=False, help="oof_detections.json(.gz) of a detector "
                                                                            "LOSO run (the candidates)"),
     out: Path = typer.Option(..., help="crop pack to write (.npz)"),
+    hand_labels: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                               help="candidates named by eye (lab/labels/candidate_labels.csv): "
+                                                    "they label candidates nobody boxed"),
 ) -> None:
     """Every candidate, real, look-alike and drawn crop of the verifier's table, with its fold, in one file."""
     from rich.console import Console
@@ -31,8 +35,11 @@ def pack(
     from workzone_train.verifier import build_crop_table
     from workzone_train.verifier_tune import write_crop_pack
 
+    from workzone_train.hand_labels import read_hand_labels
+
     con = Console(stderr=True)
-    items = build_crop_table(data, read_fold_detections(detections), OBJECT_CLASSES)
+    items = build_crop_table(data, read_fold_detections(detections), OBJECT_CLASSES,
+                             hand_labels=read_hand_labels(hand_labels) if hand_labels else None)
     with Progress(console=con) as bar:
         task = bar.add_task("cropping", total=len(items))
         counts = write_crop_pack(items, LOSO_FOLDS, out, progress=lambda n: bar.advance(task, n))
