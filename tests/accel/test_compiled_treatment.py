@@ -72,6 +72,21 @@ def test_the_compiled_treatment_gives_the_eager_pixels_exactly(eager):
     assert torch.equal(det.inputs(tensors), eager.inputs(tensors))
 
 
+def test_the_static_compile_is_asked_for_by_shape_and_keeps_the_eager_pixels(eager, monkeypatch):
+    asked = []
+    real = torch.compile
+
+    def spy(fn, **kw):
+        asked.append(kw.get("dynamic"))
+        return real(fn, **kw) if shutil.which("g++") or shutil.which("c++") else fn
+
+    monkeypatch.setattr(torch, "compile", spy)
+    det = _like(eager, compile_treatment=True, treatment_dynamic=False)
+    x = _images(224, 224)
+    assert torch.equal(det.treated(x), eager.treated(x))
+    assert asked == [False] and det.notes == []
+
+
 def test_a_treatment_that_fails_to_compile_falls_back_to_eager_and_says_so(eager, monkeypatch):
     det = _like(eager, compile_treatment=True)
 
