@@ -16,7 +16,10 @@ Usage: python lab/scripts/label_sheets.py sheets --data ../shared/data --detecti
            --out /tmp/label_sheets [--max-height 64]
        python lab/scripts/label_sheets.py collect --manifest /tmp/label_sheets/manifest.csv \
            --labels /tmp/label_sheets/labels-*.csv --out lab/labels/candidate_labels.csv
-(``collect`` joins the per-person label files, ``id,label``, with the manifest's keys and boxes.)
+       python lab/scripts/label_sheets.py subset --labels lab/labels/candidate_labels.csv --keep negatives --out neg.csv
+(``collect`` joins the per-person label files, ``id,label``, with the manifest's keys and boxes; ``subset`` keeps
+some of the labels, for asking which of them help: negatives (none, sign_other), positives (the work-zone classes),
+no-wmaia9 (all but WMaia9's images).)
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ from PIL import Image
 
 from workzone_train.contact_sheet import box_tile, save_sheet
 from workzone_train.hand_labels import collect_hand_labels
+
+SUBSETS = {"negatives": lambda key, label: label in ("none", "sign_other"),
+           "positives": lambda key, label: label not in ("none", "sign_other", "unsure"),
+           "no-wmaia9": lambda key, label: "wmaia9" not in key.lower()}
 from workzone_train.oof_scores import read_fold_detections
 from workzone_train.scene_synth import OBJECT_CLASSES
 from workzone_train.verifier import build_crop_table
@@ -48,7 +55,19 @@ def main() -> None:
     co.add_argument("--manifest", type=Path, required=True)
     co.add_argument("--labels", type=Path, nargs="+", required=True)
     co.add_argument("--out", type=Path, required=True)
+    su = sub.add_parser("subset", help="keep some of a labels CSV's rows")
+    su.add_argument("--labels", type=Path, required=True)
+    su.add_argument("--keep", choices=sorted(SUBSETS), required=True)
+    su.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if args.command == "subset":
+        with args.labels.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        kept = [r for r in rows[1:] if SUBSETS[args.keep](r[0], r[5])]
+        with args.out.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([rows[0], *kept])
+        print(f"{len(kept)} of {len(rows) - 1} labels ({args.keep}) -> {args.out}")
+        return
     if args.command == "collect":
         counts = collect_hand_labels(args.manifest, args.labels, args.out)
         print(f"{sum(counts.values())} labels -> {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -17,7 +17,6 @@ Usage: python lab/scripts/row_features.py --data ../shared/data --detections run
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 from workzone.evaluation.loso_table import read_oof_rows
 from workzone.verified_evidence import verified_feature_names
 from workzone_train.detector import box_iou
-from workzone_train.oof_scores import decision_scores
+from workzone_train.oof_scores import append_score_columns, decision_scores
 from workzone_train.verifier import VERIFIER_CLASSES, VERIFY_FEATURE_SETS, image_verified_features
 from workzone_train.verifier_tune import add_judged_candidates_arguments, judged_candidates
 
@@ -73,15 +72,8 @@ def main() -> None:
     extra = row_features(items, probs, keys)
     cols = {name: decision_scores(rows, np.c_[shipped, extra[:, :n]])
             for name, n in (("verify2nd", 1), ("verify23", 2), ("verify23n", 3))}
-    with args.scores.open(newline="", encoding="utf-8") as f:
-        src = list(csv.DictReader(f))
-    with args.out.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(list(src[0]) + list(cols))
-        for i, r in enumerate(src):
-            assert r["key"] == keys[i], "the scores CSV and its rows disagree on order"
-            w.writerow(list(r.values()) + [f"{cols[k][i]:.5f}" for k in cols])
-    print(f"{len(src)} images -> {args.out}")
+    append_score_columns(args.scores, cols, args.out)
+    print(f"{len(rows)} images -> {args.out}")
 
 
 if __name__ == "__main__":

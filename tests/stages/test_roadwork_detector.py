@@ -146,6 +146,22 @@ def test_another_input_size_reads_its_own_decision(tmp_path: Path):
         run_stage(native, [image])
 
 
+@pytest.mark.parametrize("value", [None, 0])
+def test_a_sidecar_step_set_to_null_or_zero_is_no_step(tmp_path: Path, value):
+    # A sidecar copied to score a model without its as-trained JPEG round trip says so with null (or 0).
+    pytest.importorskip("onnxruntime")
+    path = build_red_detector(tmp_path / "red.onnx", size=64)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta.update(source_max_side=value, source_jpeg_quality=value)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    runner = rd.ObjectDetectorRunner(path)
+    assert runner.source_max_side is None and runner.source_jpeg_quality is None
+    meta.update(source_max_side=48, source_jpeg_quality=72)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    runner = rd.ObjectDetectorRunner(path)
+    assert (runner.source_max_side, runner.source_jpeg_quality) == (48, 72)
+
+
 # The default (the ten-class object detector), and the superseded cone detector a pipeline may still name.
 @pytest.mark.parametrize("params", [{}, {"model": "builtin:cone_detector.onnx"}], ids=["default", "cone_detector"])
 @pytest.mark.skipif(not SHIPPED.is_file() or not (DATA / "boxes.csv").is_file(), reason="needs the shipped model and roadwork-v1")

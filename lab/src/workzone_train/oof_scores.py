@@ -27,7 +27,7 @@ from workzone.fusion.calibration import fit_logistic
 from workzone.object_evidence import FEATURE_VERSION, feature_names, lookalike_indices, object_features
 from workzone_train.corpus import CorpusSample
 
-__all__ = ["DECISION_FEATURES", "PER_CLASS_FEATURES", "read_fold_detections", "detection_input_size", "object_feature_matrix", "fit_decision", "decision_scores",
+__all__ = ["DECISION_FEATURES", "PER_CLASS_FEATURES", "read_fold_detections", "append_score_columns", "detection_input_size", "object_feature_matrix", "fit_decision", "decision_scores",
            "write_scores_csv"]
 
 # The summaries the decision uses. Chosen by pooled out-of-fold MCC over the ten sources: per-class
@@ -109,6 +109,23 @@ def decision_scores(rows: Sequence[OofRow], x: np.ndarray, *, l2: float = 1e-2) 
         return model.bias + x[ii] @ model.weights
 
     return cross_fit(rows, fit, predict)
+
+
+def append_score_columns(scores_csv: str | Path, columns: Mapping[str, np.ndarray], out: str | Path) -> Path:
+    """Write ``scores_csv`` (a loso-scores CSV) to ``out`` with ``columns`` added, each one value per row in the
+    CSV's order (as :func:`workzone.evaluation.loso_table.read_oof_rows` reads it): an experiment's variants beside
+    the shipped columns, for `workzone train loso-table`."""
+    with Path(scores_csv).open(newline="", encoding="utf-8") as f:
+        src = list(csv.DictReader(f))
+    for name, col in columns.items():
+        if len(col) != len(src):
+            raise ValueError(f"column {name!r} has {len(col)} values for {len(src)} rows of {scores_csv}")
+    with Path(out).open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(list(src[0]) + list(columns))
+        for i, r in enumerate(src):
+            w.writerow(list(r.values()) + [f"{columns[k][i]:.5f}" for k in columns])
+    return Path(out)
 
 
 def write_scores_csv(rows: Sequence[OofRow], path: str | Path) -> Path:

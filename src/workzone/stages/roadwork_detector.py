@@ -97,9 +97,9 @@ class ObjectDetectorRunner:
         self.class_names: list[str] = list(self.meta.get("class_names", _UNNAMED_CLASSES))
         self.score_threshold = float(self.meta.get("score_threshold", 0.3))
         # A model trained (and its decision fitted) on shrunk JPEG copies sees images so treated first:
-        # see _as_trained.
-        self.source_max_side = int(self.meta.get("source_max_side", 0)) or None
-        self.source_jpeg_quality = int(self.meta.get("source_jpeg_quality", 0)) or None
+        # see _as_trained. Absent, 0 or null: no such step.
+        self.source_max_side = int(self.meta.get("source_max_side") or 0) or None
+        self.source_jpeg_quality = int(self.meta.get("source_jpeg_quality") or 0) or None
         spec = self.meta.get("decision")
         if self.size != native and spec is not None:
             # A decision reads box scores and counts, which change with the input size (a 224-px glance
