@@ -53,6 +53,14 @@ def table_cell(name: str, row: str, column: str) -> str:
     raise AssertionError(f"{name}: no table row {row!r} with a column {column!r}")
 
 
+def named_share(source: str, kind: str, band: str) -> str:
+    """hand_labels.md: the share of a source's named candidates of one kind that the verifier accepts, in a band."""
+    for header, cells in _table_rows("hand_labels.md"):
+        if header[:2] == ["source", "named"] and cells[:2] == [source, kind]:
+            return cells[header.index(band)].split(" (")[0]
+    raise AssertionError(f"hand_labels.md: no row {source!r} / {kind!r}")
+
+
 def bench_cell(name: str, run: str, size: str, column: str, *, notes_has: str = "", notes_lacks: str = "") -> str:
     """A cell of a ``workzone bench`` table: the row of that run and input whose notes hold ``notes_has`` and not
     ``notes_lacks`` (one run name appears once per input, and the bare detector row once per run scheme)."""
@@ -200,6 +208,10 @@ QUOTES: list[Quote] = [
           "hand_labels.md",
           (lambda: table_cell("hand_labels.md", "pooled MCC", "verifier trained with the hand labels").split(" [")[0],
            lambda: table_cell("hand_labels.md", "pooled MCC", "default (shipped verifier)").split(" [")[0])),
+    Quote("src/workzone/models/VERIFIER_CARD.md", "out of fold, the verifier accepts WMaia9's named work-zone objects "
+          "{} of the time under 24 px and {} at 24-32 px, against {} from 64 px", "hand_labels.md",
+          tuple((lambda c=c: named_share("WMaia9-workzone", "work-zone object", c))
+                for c in ("under 24 px", "24-32 px", "64 px and more"))),
     # README: the dev split, from `workzone eval` on it.
     Quote("README.md", "MCC **{}** (recall {}, specificity {}, ROC-AUC {})", "eval_dev_default.json",
           (lambda: fixed(json_value("eval_dev_default.json", "overall.mcc"), 3),
