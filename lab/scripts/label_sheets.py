@@ -3,8 +3,8 @@
 Why: the verifier learns which candidates are work-zone objects from real boxes, and almost none of them are small
 (`benchmarks/results/verifier_small_objects.md`: 38 labelled positives under 32 px against 14,369 negatives). The
 road-work images of WMaia9, TraCon, QEW and the stock sources hold thousands of candidates nobody boxed; naming them
-by eye (a cone, a drum, a sign, or nothing) is the cheapest source of small real positives, and of hard negatives
-inside work zones. Each candidate is shown with its context and its box outlined; the person writes one label per
+by eye (a cone, a drum, a sign, or nothing; the rules: ``lab/labels/GUIDE.md``) is the cheapest source of small real
+positives, and of hard negatives inside work zones. Each candidate is shown with its context and its box outlined; the person writes one label per
 tile id into a CSV, and `workzone train verifier-pack --hand-labels` folds those labels into the crop table
 (:func:`workzone_train.hand_labels.read_hand_labels`).
 
