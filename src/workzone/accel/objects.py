@@ -156,7 +156,9 @@ class DeviceObjectDetector:
             the eager path's pixels exactly (integer values, exact sums). Eager if compiling fails, recorded in
             :attr:`notes` (and the runner's).
         treatment_dynamic: compile the treatment with dynamic shapes (one graph per size class); ``False`` compiles
-            one graph per input shape, batch size included (for a fixed-shape batch: a benchmark, a camera feed).
+            one graph per input shape, batch size included (for a fixed-shape batch: a benchmark, a camera feed). On
+            the H100 the static compile failed with the same inductor error as the dynamic one
+            (benchmarks/results/gpu_stage_profile_static.md).
 
     Attributes:
         notes: what became of the compiled treatment, if it was asked for.
