@@ -27,17 +27,18 @@ import argparse
 import csv
 from pathlib import Path
 
-from PIL import Image
 
 from workzone_train.contact_sheet import box_tile, save_sheet
-from workzone_train.hand_labels import collect_hand_labels
+from workzone.verified_evidence import NONE_CLASSES
+from workzone_train.hand_labels import UNSURE, collect_hand_labels
 
-SUBSETS = {"negatives": lambda key, label: label in ("none", "sign_other"),
-           "positives": lambda key, label: label not in ("none", "sign_other", "unsure"),
+SUBSETS = {"negatives": lambda key, label: label in NONE_CLASSES,
+           "positives": lambda key, label: label not in (*NONE_CLASSES, UNSURE),
            "no-wmaia9": lambda key, label: "wmaia9" not in key.lower()}
 from workzone_train.oof_scores import read_fold_detections
 from workzone_train.scene_synth import OBJECT_CLASSES
 from workzone_train.verifier import build_crop_table
+from workzone_train.verifier_tune import ImageHeights
 
 
 def main() -> None:
@@ -77,14 +78,12 @@ def main() -> None:
 
 def write_sheets(args: argparse.Namespace) -> None:
     items = build_crop_table(args.data, read_fold_detections(args.detections), OBJECT_CLASSES)
-    heights: dict[str, int] = {}
+    height_px = ImageHeights()
     picks = []
     for it in items:
         if it.kind != "candidate" or it.label != "":
             continue
-        if it.key not in heights:
-            heights[it.key] = Image.open(it.path).size[1]
-        h = (it.box[3] - it.box[1]) * heights[it.key]
+        h = height_px(it)
         if args.max_height is None or h <= args.max_height:
             picks.append((it.source, it.key, it.box, h, it))
     picks.sort(key=lambda p: (p[0], p[1], p[2]))

@@ -18,15 +18,16 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from workzone.evaluation.loso_table import cross_fit, loso_summary, read_oof_rows
 from workzone.fusion.calibration import fit_logistic, score_matrix
 from workzone_train.contact_sheet import box_tile, save_sheet
+from workzone.verified_evidence import NONE_CLASSES
 from workzone_train.verifier import VERIFIER_CLASSES
-from workzone_train.verifier_tune import add_judged_candidates_arguments, judged_candidates
+from workzone_train.verifier_tune import ImageHeights, add_judged_candidates_arguments, judged_candidates
+from workzone_train.verifier_tune import p_object as object_probability
 
-NOT_OBJECT = ("none", "sign_other")
+NOT_OBJECT = NONE_CLASSES  # what a candidate called so is not: none, sign_other
 STAGES = ("signs", "verify")
 
 
@@ -63,18 +64,14 @@ def main() -> None:
     args = ap.parse_args()
 
     items, probs = judged_candidates(args.data, args.detections, args.verifier_run, args.hand_labels)
-    none_cols = [VERIFIER_CLASSES.index(c) for c in NOT_OBJECT]
     obj_cols = [i for i, c in enumerate(VERIFIER_CLASSES) if c not in NOT_OBJECT]
-    heights: dict[str, int] = {}
+    heights = ImageHeights()
 
     def height_px(i: int) -> float:
-        it = items[i]
-        if it.key not in heights:
-            heights[it.key] = Image.open(it.path).size[1]
-        return (it.box[3] - it.box[1]) * heights[it.key]
+        return heights(items[i])
 
     def p_object(i: int) -> float:
-        return float(1.0 - probs[i][none_cols].sum())
+        return object_probability(probs[i])
 
     def verifier_class(i: int) -> str:
         return VERIFIER_CLASSES[obj_cols[int(np.argmax(probs[i][obj_cols]))]]

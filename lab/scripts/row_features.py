@@ -26,8 +26,8 @@ from workzone.evaluation.loso_table import read_oof_rows
 from workzone.verified_evidence import verified_feature_names
 from workzone_train.detector import box_iou
 from workzone_train.oof_scores import append_score_columns, decision_scores
-from workzone_train.verifier import VERIFIER_CLASSES, VERIFY_FEATURE_SETS, image_verified_features
-from workzone_train.verifier_tune import add_judged_candidates_arguments, judged_candidates
+from workzone_train.verifier import VERIFY_FEATURE_SETS, candidates_by_image, image_verified_features
+from workzone_train.verifier_tune import add_judged_candidates_arguments, judged_candidates, p_object
 
 
 def _logit(p: float) -> float:
@@ -38,14 +38,10 @@ def _logit(p: float) -> float:
 def row_features(items: list, probs: dict, keys: list[str]) -> np.ndarray:
     """(N, 3): logit of the 2nd and 3rd best P(object) among an image's distinct candidate boxes, log1p of the
     distinct boxes at P >= 0.5."""
-    none_cols = [VERIFIER_CLASSES.index(c) for c in ("none", "sign_other")]
-    by: dict[str, list[int]] = {}
-    for i, it in enumerate(items):
-        if it.kind == "candidate" and i in probs:
-            by.setdefault(it.key, []).append(i)
+    by = candidates_by_image(items, probs)
     out = []
     for k in keys:
-        ps = sorted(((1 - probs[i][none_cols].sum(), np.array(items[i].box)) for i in by.get(k, [])),
+        ps = sorted(((p_object(probs[i]), np.array(items[i].box)) for i in by.get(k, [])),
                     key=lambda t: -t[0])
         kept: list = []
         for p, b in ps:

@@ -15,11 +15,9 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
-from PIL import Image
-
 from workzone_train.hand_labels import label_of, read_hand_labels
-from workzone_train.verifier import VERIFIER_CLASSES
-from workzone_train.verifier_tune import add_judged_candidates_arguments, judged_candidates
+from workzone.verified_evidence import NONE_CLASSES
+from workzone_train.verifier_tune import ImageHeights, add_judged_candidates_arguments, judged_candidates, p_object
 
 BANDS = ((24, "under 24 px"), (32, "24-32 px"), (64, "32-64 px"), (float("inf"), "64 px and more"))
 
@@ -31,21 +29,18 @@ def main() -> None:
     args = ap.parse_args()
     items, probs = judged_candidates(args.data, args.detections, args.verifier_run, args.hand_labels)
     named = read_hand_labels(args.named)
-    none_cols = [VERIFIER_CLASSES.index(c) for c in ("none", "sign_other")]
-    heights: dict[str, int] = {}
+    height_px = ImageHeights()
     counts: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for i, it in enumerate(items):
         label = label_of(named, it.key, it.box) if it.kind == "candidate" and it.label == "" and i in probs else ""
         if not label:
             continue
-        if it.key not in heights:
-            heights[it.key] = Image.open(it.path).size[1]
-        h = (it.box[3] - it.box[1]) * heights[it.key]
+        h = height_px(it)
         band = next(k for k, (top, _) in enumerate(BANDS) if h < top)
-        kind = "look-alike" if label in ("none", "sign_other") else "work-zone object"
+        kind = "look-alike" if label in NONE_CLASSES else "work-zone object"
         c = counts[(it.source, kind, band)]
         c[0] += 1
-        c[1] += int(1.0 - probs[i][none_cols].sum() >= 0.5)
+        c[1] += int(p_object(probs[i]) >= 0.5)
     print("| source | named | " + " | ".join(name for _, name in BANDS) + " |")
     print("| --- | --- |" + " ---: |" * len(BANDS))
     for source, kind in sorted({(s, k) for s, k, _ in counts}):

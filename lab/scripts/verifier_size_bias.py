@@ -19,14 +19,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from workzone.evaluation.loso_table import read_oof_rows
 from workzone_train.contact_sheet import box_tile, save_sheet
-from workzone_train.verifier import VERIFIER_CLASSES
-from workzone_train.verifier_tune import add_judged_candidates_arguments, judged_candidates
+from workzone.verified_evidence import NONE_CLASSES
+from workzone_train.verifier_tune import ImageHeights, add_judged_candidates_arguments, judged_candidates
+from workzone_train.verifier_tune import p_object as object_probability
 
-NOT_OBJECT = ("none", "sign_other")
+NOT_OBJECT = NONE_CLASSES  # what a candidate called so is not: none, sign_other
 BINS = (0, 16, 24, 32, 48, 64, 96)
 
 
@@ -38,16 +38,10 @@ def main() -> None:
     args = ap.parse_args()
 
     items, probs = judged_candidates(args.data, args.detections, args.verifier_run, args.hand_labels)
-    none_cols = [VERIFIER_CLASSES.index(c) for c in NOT_OBJECT]
-    sizes: dict[str, tuple[int, int]] = {}
-
-    def height_px(it) -> float:  # noqa: ANN001
-        if it.key not in sizes:
-            sizes[it.key] = Image.open(it.path).size
-        return (it.box[3] - it.box[1]) * sizes[it.key][1]
+    height_px = ImageHeights()
 
     def p_object(i: int) -> float:
-        return float(1.0 - probs[i][none_cols].sum())
+        return object_probability(probs[i])
 
     # 1. Labelled candidates by height.
     table: dict[tuple[bool, int], list[float]] = defaultdict(list)

@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from workzone.errors import DataError
+from workzone.io.atomic import atomic_path
 
 __all__ = ["MATCH_IOU", "UNSURE", "HandLabels", "read_hand_labels", "label_of", "collect_hand_labels"]
 
@@ -104,8 +105,6 @@ def collect_hand_labels(manifest: Path, label_files: Iterable[Path], out: Path) 
                     raise DataError(f"{lf}:{n}: id {tid} labelled twice ({named[tid]!r}, {label!r})")
                 named[tid] = label
     rows = sorted((tiles[t]["key"], *(tiles[t][c] for c in ("x1", "y1", "x2", "y2")), lab) for t, lab in named.items())
-    from workzone.io.atomic import atomic_path
-
     counts: dict[str, int] = {}
     with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

@@ -39,7 +39,7 @@ from workzone.verified_evidence import candidate_crops, select_candidates, windo
 __all__ = ["VERIFIER_CLASSES", "VERIFY_FEATURE_SETS", "CropItem", "VerifierHead", "build_crop_table", "degrade",
            "embed_crops", "item_crops", "fit_verifier", "fit_mlp_verifier", "fit_head", "VERIFIER_HEADS", "verifier_probs",
            "export_verifier", "export_probs_model", "fold_of_source", "loso_verifier_probs",
-           "image_verified_features", "items_digest", "verify_oof_scores"]
+           "candidates_by_image", "image_verified_features", "items_digest", "verify_oof_scores"]
 
 VERIFIER_CLASSES: tuple[str, ...] = ("cone", "drum", "post", "barricade", "barrier", "sign", "arrow_board", "worker",
                                      "machine", "sign_other", "none")
@@ -489,15 +489,21 @@ def loso_verifier_probs(items: Sequence[CropItem], feats: np.ndarray, owner: Seq
     return out
 
 
+def candidates_by_image(items: Sequence[CropItem], probs: Mapping[int, np.ndarray]) -> dict[str, list[int]]:
+    """The indices of the judged candidates (those with probabilities) of each image, by image key."""
+    by_key: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        if it.kind == "candidate" and i in probs:
+            by_key.setdefault(it.key, []).append(i)
+    return by_key
+
+
 def image_verified_features(items: Sequence[CropItem], probs: Mapping[int, np.ndarray], keys: Sequence[str]
                             ) -> np.ndarray:
     """(N, F) verified features of the images ``keys`` from their candidates' verifier probabilities."""
     from workzone.verified_evidence import verified_feature_names, verified_features
 
-    by_key: dict[str, list[int]] = {}
-    for i, it in enumerate(items):
-        if it.kind == "candidate" and i in probs:
-            by_key.setdefault(it.key, []).append(i)
+    by_key = candidates_by_image(items, probs)
     rows = []
     for k in keys:
         idx = by_key.get(k, [])

@@ -37,7 +37,8 @@ from workzone_train.verifier import (CROP_SIZE, VERIFIER_CLASSES, CropItem, degr
 
 __all__ = ["write_crop_pack", "read_crop_pack", "build_verifier_net", "finetune_fold", "read_verifier_run",
            "export_finetuned_verifier", "run_verifier_loso", "match_resolution", "add_matched_copies",
-           "pseudo_labels", "PSEUDO_CLASSES", "positive_bags", "bag_loss"]
+           "pseudo_labels", "PSEUDO_CLASSES", "positive_bags", "bag_loss", "judged_candidates", "p_object",
+           "ImageHeights"]
 
 # WebP at quality 80: about 0.95 KB a 96-px crop against 2.6 KB for JPEG at 90, so the eleven sources' 29k
 # crops (27 MiB) travel to a GPU machine beside the working tree within its 64 MiB.
@@ -552,3 +553,27 @@ def judged_candidates(data: Path, detections: Path, verifier_run: Path,
     items = build_crop_table(data, read_fold_detections(detections), OBJECT_CLASSES,
                              hand_labels=read_hand_labels(hand_labels) if hand_labels else None)
     return items, read_verifier_run(verifier_run, items_digest(items))
+
+
+def p_object(probs: np.ndarray) -> float:
+    """One candidate's P(work-zone object) from its verifier class probabilities: 1 - P(none) - P(sign_other),
+    as the verified decision reads it (:data:`workzone.verified_evidence.NONE_CLASSES`)."""
+    from workzone.verified_evidence import NONE_CLASSES
+
+    return float(1.0 - sum(probs[VERIFIER_CLASSES.index(c)] for c in NONE_CLASSES))
+
+
+class ImageHeights:
+    """A crop item's box height in pixels of its image, each image's size read once."""
+
+    def __init__(self) -> None:
+        self._heights: dict[str, int] = {}
+
+    def __call__(self, item: CropItem) -> float:
+        if item.key not in self._heights:
+            from PIL import Image
+
+            with Image.open(item.path) as im:
+                self._heights[item.key] = im.size[1]
+        return (item.box[3] - item.box[1]) * self._heights[item.key]
+
