@@ -5,8 +5,9 @@
 # 1. the CUDA tests (tests/accel/test_object_path.py): parity on the 469 dev images with JPEGs decoded by libjpeg
 # on CPU threads, and the service's batch decode; 2. workzone bench: parity rows with nvJPEG and with libjpeg
 # decode, decode alone (nvJPEG; libjpeg threads), HTTP /v1/detect at 1,000 and 3,000 requests/s over loopback and
-# the highest rate with p99 <= 100 ms, default-gpu from JPEG bytes at 224 and 640 px (batch 1024) with either
-# decoder; 3. if 50 s are left of 520, HTTP at 1,000 requests/s again with the costly lane off (one lane for all clients:
+# the highest rate with p99 <= 100 ms, default-gpu from JPEG bytes at 224 and 640 px (batch 1024), and beside it
+# the baseline benchmarks/pipelines/objects-only-gpu.yaml (the detector's decision alone, default-gpu before its
+# verifier tier); libjpeg decode is timed by the parity test (the rows at 765 and 328 images/s of 2026-12-07 14:18); 3. if 50 s are left of 520, HTTP at 1,000 requests/s again with the costly lane off (one lane for all clients:
 # http_one_lane.md), the control for the costly lane. Results in $OUT: bench_gpu.md, bench_gpu.json, the logs,
 # http_server_log.txt (what the HTTP rows' server logged besides its refusals: lane changes, batches beside a first
 # run of a shape, errors), served_cost_cuda.md (per-step ms per image, served against in process, if time is left)
@@ -34,8 +35,8 @@ echo "parity test done after $(( $(date +%s) - START )) s"
 # Left for the bench: what remains of about 8.5 minutes (the call's limit is 10).
 LEFT=$(( 510 - ($(date +%s) - START) ))
 timeout "$LEFT" python3 -m workzone.cli.main bench --device cuda --size 224 --size 640 --images 1024 --seconds 3 \
-  --batch 1024 --cascade-batch 1024 -p default-gpu --no-tier1 --no-all-tiers --parity-data .gpu/roadwork-v1 \
-  --cpu-share 0 --cpu-share 1 \
+  --batch 1024 --cascade-batch 1024 -p default-gpu -p benchmarks/pipelines/objects-only-gpu.yaml --no-tier1 \
+  --no-all-tiers --parity-data .gpu/roadwork-v1 --cpu-share 0 \
   --http-rate 1000 --http-rate 3000 --http-seconds 8 --http-p99-ms 100 --http-addresses 64 --out "$OUT/bench_gpu.md" \
   --http-server-log /tmp/http_server_log.txt 2>&1 | tee "$OUT/bench_gpu_log.txt"
 # The refusals are counted in the rows; the rest of the server's log says why a row went wrong.

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import io
 import time
+from pathlib import Path
 from collections import defaultdict
 from contextlib import contextmanager
 
@@ -35,6 +36,9 @@ from workzone.io.images import ImageLimits
 from workzone.micro_batcher import BatchPolicy
 from workzone.service import DetectionService, ImageDecoder
 
+
+#: The detector's path alone (default-gpu before its verifier tier): what this script's numbers were measured on.
+OBJECTS_ONLY = Path(__file__).resolve().parent / "pipelines" / "objects-only-gpu.yaml"
 
 def _jpegs(n: int, size: int = 224) -> list[bytes]:
     from PIL import Image as PILImage
@@ -186,7 +190,7 @@ async def main() -> None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
     batches = args.batch or [1, 8, 64]
     blobs = _jpegs(max(batches), args.size)
-    cfg, path = load_pipeline_config("default-gpu")
+    cfg, path = load_pipeline_config(str(OBJECTS_ONLY))
     cfg = with_backend(cfg, "torch")
     limits = ImageLimits()
     rows = []

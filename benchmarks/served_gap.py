@@ -7,7 +7,8 @@ in-process path does not: it runs the micro-batcher, and after a batch that leav
 and in a process with CUDA, cuDNN and inductor loaded the heap is large: a thread that allocates meanwhile (the compute
 thread, for every tensor's host-side bookkeeping) waits for it.
 
-This script times, on one warmed service (``default-gpu`` through the torch backend, micro-batches of up to 8):
+This script times, on one warmed service (``objects-only-gpu``, default-gpu's detector alone, through the torch backend,
+micro-batches of up to 8):
 
 - ``malloc_trim(0)`` alone, three times, with the process's resident size;
 - batches of B concurrent one-image requests through ``detect_many`` (what ``workzone serve`` does), back to back for
@@ -29,6 +30,7 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 
 from workzone import _memory
 from workzone.config.backend import with_backend
@@ -40,6 +42,9 @@ from workzone.service import DetectionService, ImageDecoder
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from served_cost import Steps, _busy_loop, _jpegs  # noqa: E402 - the served-cost table's JPEGs, timer, busy loop
 
+
+#: The detector's path alone (default-gpu before its verifier tier): what this script's numbers were measured on.
+OBJECTS_ONLY = Path(__file__).resolve().parent / "pipelines" / "objects-only-gpu.yaml"
 
 def _ms(xs: list[float], q: float) -> float:
     if not xs:
@@ -102,7 +107,7 @@ async def main() -> None:
     args = ap.parse_args()
     batches = args.batch or [1, 8]
     blobs = _jpegs(max(batches))
-    cfg, path = load_pipeline_config("default-gpu")
+    cfg, path = load_pipeline_config(str(OBJECTS_ONLY))
     cfg = with_backend(cfg, "torch")
     limits = ImageLimits()
     svc = DetectionService.from_config(cfg, path.parent, device=args.device,

@@ -354,27 +354,60 @@ def gap_batches(how: str, batch: str) -> Callable[[], str]:
 
 
 GPU_PIPE = "pipeline 'default-gpu' from JPEG bytes"
+GPU_BASE = "pipeline 'benchmarks/pipelines/objects-only-gpu.yaml' from JPEG bytes"
+
+
+def stage_measure(name: str, run: str, inputs: str, stage: str, key: str) -> str:
+    """One measure of a results file's "Per stage" table (``key value, key value``), as written there."""
+    for line in (RESULTS / name).read_text(encoding="utf-8").split("## Per stage", 1)[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[:3] == [run, inputs, stage]:
+            return dict(kv.split(" ", 1) for kv in cells[3].split(", "))[key]
+    raise AssertionError(f"{name}: no per-stage row {run!r} / {inputs!r} / {stage!r}")
+
+
+def served_network(path: str, batch: str) -> str:
+    """The detector network's ms per image in served_cost_cuda.md's row (path, batch)."""
+    lines = [ln for ln in (RESULTS / "served_cost_cuda.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[:2] == [path, batch]:
+            return cells[head.index("detector network")]
+    raise AssertionError(f"served_cost_cuda.md: no row {path!r} at batch {batch}")
 HTTP_LOWEST = "HTTP /v1/detect at 125 req/s (open loop, loopback, search)"
 HTTP_1000 = "HTTP /v1/detect at 1000 req/s (open loop, loopback)"
 HTTP_1000_STEP = "HTTP /v1/detect at 1000 req/s (open loop, loopback), step 1, 64 addresses"
 QUOTES += [
-    Quote("docs/gpu.md", "in batches of 1,024, {} images/s at 224 px and {} at 640 px with nvJPEG ({} and {} with "
-          "libjpeg on 8 CPU threads); over HTTP, one-image requests from 64 addresses, no rate tried held p99 <= 100 "
-          "ms: at {} requests/s, the lowest tried, p99 was {} ms, and at 1,000 offered {} a second were answered",
-          "bench_gpu.md",
+    Quote("docs/gpu.md", "in batches of 1,024, {} images/s at 224 px and {} at 640 px with nvJPEG; in the same run "
+          "its baseline, the detector's decision alone (`benchmarks/pipelines/objects-only-gpu.yaml`, what "
+          "`default-gpu` was before the verifier tier ran on the device), {} and {}. The verifier tier took {} ms per "
+          "image at 224 px and {} at 640", "bench_gpu.md",
           (lambda: bench_cell("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
            lambda: bench_cell("bench_gpu.md", GPU_PIPE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"),
-           lambda: bench_cell("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="libjpeg"),
-           lambda: bench_cell("bench_gpu.md", GPU_PIPE, "640x640 JPEG q75", "images/s", notes_has="libjpeg"),
+           lambda: bench_cell("bench_gpu.md", GPU_BASE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: bench_cell("bench_gpu.md", GPU_BASE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: stage_measure("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "verify", "ms_per_image"),
+           lambda: stage_measure("bench_gpu.md", GPU_PIPE, "640x640 JPEG q75", "verify", "ms_per_image"))),
+    Quote("docs/gpu.md", "with the JPEGs decoded by libjpeg, {} within 0.02 and no decision changed", "gpu_parity_log.txt",
+          (lambda: re.search(r"GPU parity \(libjpeg decode\): \d+ images: ([\d.]+%) within",
+                             (RESULTS / "gpu_parity_log.txt").read_text(encoding="utf-8")).group(1).replace("%", " %"),)),
+    Quote("docs/gpu.md", "at {} requests/s, the lowest tried, {} a second were answered with p99 {} ms, and at 1,000 "
+          "offered {} a second were answered", "bench_gpu.md",
+          (lambda: HTTP_LOWEST.split(" at ")[1].split(" ")[0],
            lambda: bench_cell("bench_gpu.md", HTTP_LOWEST, "224x224 JPEG q75", "images/s"),
            lambda: re.search(r"p99 ([\d.]+) ms", bench_cell("bench_gpu.md", HTTP_LOWEST, "224x224 JPEG q75",
                                                               "notes")).group(1),
            lambda: bench_cell("bench_gpu.md", HTTP_1000, "224x224 JPEG q75", "images/s"))),
     Quote("docs/gpu.md", "at 1,000 offered, {} answers a second at the server's 0.5 ms (`WORKZONE_GIL_SWITCH_MS`, "
-          "[serving.md](serving.md)) against {} at Python's 5 ms and {} at 0.1 ms", "http_switch_5ms.md",
+          "[serving.md](serving.md)) against {} at Python's 5 ms", "http_switch_5ms.md",
           (lambda: bench_cell("bench_gpu.md", HTTP_1000, "224x224 JPEG q75", "images/s"),
-           lambda: bench_cell("http_switch_5ms.md", HTTP_1000_STEP, "224x224 JPEG q75", "images/s"),
-           lambda: bench_cell("http_switch_0.1ms.md", HTTP_1000_STEP, "224x224 JPEG q75", "images/s"))),
+           lambda: bench_cell("http_switch_5ms.md", HTTP_1000_STEP, "224x224 JPEG q75", "images/s"))),
+    Quote("docs/gpu.md", "alone (14:18 UTC), answered {} at 0.1 ms", "http_switch_0.1ms.md",
+          (lambda: bench_cell("http_switch_0.1ms.md", HTTP_1000_STEP, "224x224 JPEG q75", "images/s"),)),
+    Quote("docs/gpu.md", "process, {} and {} ms per image against {} and {}", "served_cost_cuda.md",
+          tuple((lambda r=r: served_network(*r)) for r in (("served", "8"), ("served", "64"), ("in process", "8"),
+                                                             ("in process", "64")))),
     Quote("docs/gpu.md", "the network takes {} ms a batch ({} images/s on its own) and `detect()` {} ms ({} images/s, "
           "decode not included), of which the JPEG round trip is {} ms", "gpu_stage_profile_input224.md",
           tuple((lambda r=r, c=c: table_cell("gpu_stage_profile_input224.md", r, c)) for r, c in (

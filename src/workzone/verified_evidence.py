@@ -14,15 +14,16 @@ Candidates: the detector's boxes scoring at least ``candidate_floor``, best firs
 
 from __future__ import annotations
 
-import math
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from workzone.accel.crops import MIN_WINDOW, crop_windows
 from workzone.object_evidence import LinearDecision, clipped_logit
 
 __all__ = ["VERIFIED_FEATURE_VERSION", "NONE_CLASSES", "GROUPS", "candidate_crops", "window_side", "MIN_WINDOW",
-           "select_candidates",
+           "select_candidates", "object_probability",
            "verified_feature_names", "verified_features", "VerifiedDecision"]
 
 VERIFIED_FEATURE_VERSION = 1
@@ -40,10 +41,6 @@ _VERIFIED_AT = 0.5
 
 def _logit(p: float) -> float:
     return float(clipped_logit(p))
-
-
-#: The smallest window :func:`candidate_crops` cuts, in image pixels.
-MIN_WINDOW = 12.0
 
 
 def window_side(box: Sequence[float], *, context: float, min_side: float = MIN_WINDOW) -> float:
@@ -88,16 +85,14 @@ def candidate_crops(pixels: np.ndarray, boxes: np.ndarray, *, size: int, context
     if not len(boxes):
         return out
     h, w = pixels.shape[:2]
-    shrink = min(1.0, max_side / max(h, w)) if max_side else 1.0
+    # The window arithmetic is shared with the device path (workzone.accel.crops.crops_like_pillow).
+    win = crop_windows(boxes, np.full(len(boxes), h), np.full(len(boxes), w), context=context, min_side=min_side,
+                       max_side=max_side)
     im = PILImage.fromarray(np.ascontiguousarray(pixels))
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        side = window_side((x1, y1, x2, y2), context=context, min_side=min_side)
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-        right, bottom = left + max(1, int(round(side))), top + max(1, int(round(side)))
-        crop = im.crop((left, top, right, bottom))  # zero-filled beyond the image
-        if shrink < 1.0:
-            seen = max(1, round(crop.width * shrink))
+    for i, (left, top, side, seen) in enumerate(zip(win.left.tolist(), win.top.tolist(), win.side.tolist(),
+                                                    win.seen.tolist())):
+        crop = im.crop((left, top, left + side, top + side))  # zero-filled beyond the image
+        if seen != side:
             crop = crop.resize((seen, seen), PILImage.BILINEAR)
         out[i] = np.asarray(crop.resize((size, size), PILImage.BILINEAR), np.float32).transpose(2, 0, 1) / 255.0
     return out
@@ -141,24 +136,40 @@ def verified_features(scores: np.ndarray, det_classes: Sequence[str], probs: np.
         [1.39, 2.2, 0.94, 0.69]
     """
     scores = np.asarray(scores, np.float64).reshape(-1)
-    probs = np.asarray(probs, np.float64).reshape(len(scores), len(verifier_classes))
-    col = {c: i for i, c in enumerate(verifier_classes)}
-    none_cols = [col[c] for c in NONE_CLASSES if c in col]
-    p_obj = 1.0 - probs[:, none_cols].sum(1) if none_cols else np.ones(len(scores))
-    wz = np.array([c not in NONE_CLASSES for c in det_classes], bool)
-    out = [
-        _logit(scores[wz].max() if wz.any() else 0.0),
-        _logit(p_obj.max() if len(p_obj) else 0.0),
-        _logit((scores * p_obj).max() if len(scores) else 0.0),
-        math.log1p(int((p_obj >= _VERIFIED_AT).sum())),
-    ]
-    top = probs.argmax(1) if len(scores) else np.zeros(0, int)
-    for members in GROUPS.values():
-        cols = [col[c] for c in members if c in col]
-        g = probs[:, cols].sum(1) if cols else np.zeros(len(scores))
-        out.append(_logit(g.max() if len(g) else 0.0))
-        out.append(math.log1p(int(sum(1 for i in range(len(scores)) if top[i] in cols and p_obj[i] >= _VERIFIED_AT))))
-    return np.asarray(out, np.float64)
+    n = len(scores)
+    probs = np.asarray(probs, np.float64).reshape(n, len(verifier_classes))
+    p_obj = object_probability(probs, verifier_classes)
+    wz = np.fromiter((c not in NONE_CLASSES for c in det_classes), bool, n)
+    verified = p_obj >= _VERIFIED_AT
+    member = _group_members(tuple(verifier_classes))  # (C, G) 0/1
+    # Every maximum first, then one clipped logit over all of them (a GPU batch forms thousands of these a second).
+    maxima = np.zeros(3 + member.shape[1])
+    counts = np.zeros(1 + member.shape[1])
+    if n:
+        maxima[:3] = (scores[wz].max() if wz.any() else 0.0), p_obj.max(), (scores * p_obj).max()
+        maxima[3:] = (probs @ member).max(0)
+        counts[0] = verified.sum()
+        counts[1:] = member[probs.argmax(1)[verified]].sum(0)  # verified candidates by their top class's group
+    logits, many = clipped_logit(maxima), np.log1p(counts)
+    groups = np.stack([logits[3:], many[1:]], 1).reshape(-1)  # group 0's two, group 1's two ...
+    return np.concatenate([logits[:3], many[:1], groups])
+
+
+@lru_cache(maxsize=16)
+def _group_members(verifier_classes: tuple[str, ...]) -> np.ndarray:
+    """(C, G) float: 1 where verifier class c belongs to group g of :data:`GROUPS`."""
+    out = np.zeros((len(verifier_classes), len(GROUPS)))
+    for g, members in enumerate(GROUPS.values()):
+        for c, name in enumerate(verifier_classes):
+            out[c, g] = name in members
+    out.setflags(write=False)
+    return out
+
+
+def object_probability(probs: np.ndarray, verifier_classes: Sequence[str]) -> np.ndarray:
+    """(N,) the verifier's P(work-zone object) of each candidate: one minus its ``NONE_CLASSES`` probabilities."""
+    none_cols = [i for i, c in enumerate(verifier_classes) if c in NONE_CLASSES]
+    return 1.0 - probs[:, none_cols].sum(1) if none_cols else np.ones(len(probs))
 
 
 class VerifiedDecision(LinearDecision):

@@ -11,7 +11,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from workzone.accel.objects import candidate_crops  # noqa: E402
 from workzone.throughput.parity import dev_jpegs, object_parity  # noqa: E402
 from workzone.object_evidence import ObjectDecision, object_features  # noqa: E402
 from workzone.stages._torch_backend import TorchBackendParams  # noqa: E402
@@ -157,17 +156,6 @@ def test_served_requests_share_one_batched_device_pass_and_its_operators(roadwor
     assert calls[0] == 8  # the eight requests' images in one batched call
     assert [d.probability for d in served] == pytest.approx([d.probability for d in in_process], abs=1e-6)
     assert ops[0] == pytest.approx(ops[1], abs=20) and ops[1] < 900  # 1,370 before the plane and class loops went
-
-
-def test_candidate_crops_cut_the_top_boxes_from_full_resolution_images():
-    a = torch.zeros((3, 40, 60), dtype=torch.uint8)
-    a[:, 8:22, 28:52] = 200  # a bright patch a little larger than the first box
-    b = torch.zeros((3, 30, 30), dtype=torch.uint8)
-    boxes = torch.tensor([[[30, 10, 50, 20, 0.9, 0], [0, 0, 10, 10, 0.5, 1]],
-                          [[0, 0, 30, 30, 0.8, 2], [0, 0, 0, 0, 0.0, 0]]])
-    crops, owner = candidate_crops([a, b], boxes, torch.tensor([2, 1]), 8)
-    assert crops.shape == (3, 3, 8, 8) and owner.tolist() == [0, 0, 1]
-    assert float(crops[0].min()) == pytest.approx(200.0) and float(crops[1].max()) == 0.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU machine)")

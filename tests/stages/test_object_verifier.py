@@ -308,3 +308,50 @@ def test_the_int8_verifier_answers_each_candidate_as_the_float_one() -> None:
     dz = np.abs(clipped_logit(obj_int8) - clipped_logit(obj_float))
     assert np.median(dz) <= 0.05 and dz.max() <= 0.5, (np.median(dz), dz.max())
     assert (p_int8.argmax(1) == p_float.argmax(1)).all()  # every crop named as the float graph names it
+
+
+def test_the_torch_backend_answers_as_onnxruntime(tmp_path: Path) -> None:
+    # The crops cut on the torch device (here the CPU) and the graph run through torch: the same verified decision and
+    # the same evidence as Pillow and onnxruntime, image by image, in one batch that mixes every case.
+    pytest.importorskip("torch")
+    cone, blue = Box("cone", 0.6, 20, 40, 40, 80), Box("sign", 0.7, 150, 40, 170, 80)
+    edge = Box("drum", 0.5, 190, 100, 200, 120)  # its window reaches past the image
+    failed = StageReport("objects", "roadwork_detector", 1, None, Evidence(), 1.0, error="boom", error_type="StageError")
+    big = np.kron(_scene(), np.ones((8, 8, 1), np.uint8))  # 960 x 1600: crops first brought to the trained detail
+    images = [Image(_scene()), Image(_scene()), Image(_scene()), Image(big)]
+    reports = [(_report((cone, blue, edge)),), (_report(()),), (failed,),
+               (_report((Box("cone", 0.8, 160, 320, 320, 640),)),)]
+    _tiny_verifier(tmp_path)
+    meta = json.loads((tmp_path / "verifier.json").read_text())
+    (tmp_path / "verifier.json").write_text(json.dumps({**meta, "source_max_side": 640}))
+
+    def run(backend: str):
+        stage = ObjectVerifierStage("verify", ObjectVerifierParams(model="verifier.onnx", backend=backend),
+                                    context=StageContext(base_dir=tmp_path))
+        return _run(stage, images, reports), stage
+
+    ref, _ = run("onnxruntime")
+    got, stage = run("torch")
+    assert [o.log_odds is None for o in got] == [False, False, True, False]
+    for r, g in zip(ref, got):
+        assert (r.log_odds is None and g.log_odds is None) or r.log_odds == pytest.approx(g.log_odds, abs=1e-6)
+        assert [b.label for b in r.evidence.boxes] == [b.label for b in g.evidence.boxes]
+        assert r.evidence.notes == g.evidence.notes
+    assert [b.label for b in got[0].evidence.boxes] == ["cone"] and [b.label for b in got[3].evidence.boxes] == ["cone"]
+
+
+def test_the_torch_backend_warms_the_runner_buckets_it_will_use(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    stage = _stage(tmp_path, backend="torch")
+
+    async def go():
+        await stage.load()
+        try:
+            runner = stage._torch_runner()
+            assert runner is not None and runner.pads is False  # eager on the CPU: no buckets, nothing to warm
+            await stage.warmup()
+            return runner.cold_runs
+        finally:
+            await stage.aclose()
+
+    assert asyncio.run(go()) >= 1  # the warm-up ran the graph through torch

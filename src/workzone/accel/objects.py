@@ -13,9 +13,6 @@ on the device (CUDA, or the CPU where CI runs it):
 4. the sidecar's decision (:class:`workzone.object_evidence.ObjectDecision`, handed in by the stage, as
    accel imports nothing above io) over the same features as
    :func:`workzone.object_evidence.object_features`, as tensor reductions;
-5. optionally a crop verifier: a callable handed the decoded full-resolution images and the
-   candidate boxes (see :class:`CropVerifier` and :func:`candidate_crops`), which returns the
-   adjusted log-odds.
 
 Only the log-odds and the kept boxes (N x ``max_detections`` x 6 floats) are copied back to the host.
 """
@@ -38,8 +35,7 @@ if TYPE_CHECKING:
 
     from workzone.accel.runner import TorchModelRunner
 
-__all__ = ["ObjectBatch", "CropVerifier", "LinearDecision", "DeviceObjectDetector", "candidate_crops",
-           "treat_for_detector"]
+__all__ = ["ObjectBatch", "LinearDecision", "DeviceObjectDetector", "treat_for_detector"]
 
 
 class LinearDecision(Protocol):
@@ -62,7 +58,7 @@ class ObjectBatch:
             falling score; rows past ``counts[i]`` are padding (score below the floor).
         counts: int64 [N] kept boxes per image.
         log_odds: float64 [N] the decision's log-odds, or ``None`` without a decision block.
-        images: the decoded full-resolution [3, H, W] uint8 tensors (for crop verifiers).
+        images: the decoded full-resolution [3, H, W] uint8 tensors.
         parts: float64 [N, F] each decision feature's weight x value (the "decided by" evidence), or ``None``.
     """
 
@@ -83,56 +79,6 @@ class ObjectBatch:
         return dets, z, parts
 
 
-class CropVerifier(Protocol):
-    """A second look at the candidate boxes (issue 22's verifier plugs in here).
-
-    Called with the batch after detection; returns new log-odds [N] (float64, on the device).
-    :func:`candidate_crops` cuts the candidates out of the full-resolution decoded images.
-    """
-
-    def __call__(self, batch: ObjectBatch) -> "torch.Tensor": ...
-
-
-def candidate_crops(images: Sequence["torch.Tensor"], boxes: "torch.Tensor", counts: "torch.Tensor", size: int,
-                    *, top: int = 8) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """The ``top`` highest-scoring boxes of each image as ``size`` x ``size`` crops (``roi_align``).
-
-    Args:
-        images: per image a [3, H, W] uint8 tensor, all on one device (any sizes).
-        boxes: [N, D, 6] as :attr:`ObjectBatch.boxes` (image pixels).
-        counts: [N] valid boxes per image.
-        size: crop side.
-        top: most crops per image.
-
-    Returns:
-        ``(crops, owner)``: float32 [M, 3, size, size] in 0..255 and int64 [M] the image of each crop.
-        Images of one size share one ``roi_align`` call.
-    """
-    import torch
-    from torchvision.ops import roi_align
-
-    device = boxes.device
-    k = min(top, boxes.shape[1])
-    keep = torch.arange(k, device=device)[None, :] < counts.to(device)[:, None].clamp(max=k)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        groups.setdefault((int(im.shape[1]), int(im.shape[2])), []).append(i)
-    crops, owners = [], []
-    for idx in groups.values():
-        sel = torch.tensor(idx, device=device)
-        rois = boxes[sel, :k, :4].float()
-        mask = keep[sel]
-        local = torch.arange(len(idx), device=device)[:, None].expand(-1, k)
-        batch = torch.stack([images[i] for i in idx]).float()
-        r = torch.cat([local[mask][:, None].float(), rois[mask]], dim=1)
-        if len(r):
-            crops.append(roi_align(batch, r, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True))
-            owners.append(sel[local[mask]])
-    if not crops:
-        return torch.zeros((0, 3, size, size), device=device), torch.zeros((0,), dtype=torch.int64, device=device)
-    return torch.cat(crops), torch.cat(owners)
-
-
 class DeviceObjectDetector:
     """The detector's pre-processing, network, box decoding and decision on the runner's device.
 
@@ -146,7 +92,6 @@ class DeviceObjectDetector:
         decision: the sidecar's decision, or ``None`` (then :attr:`ObjectBatch.log_odds` is ``None``).
         count_at: the score from which a box counts (the decision's features' threshold).
         logit_clip: the bound of the features' clipped logits.
-        verifier: an optional :class:`CropVerifier` run after the decision.
         chunk: most images pre-processed at once (bounds the float32 working memory).
         compile_treatment: run the as-trained treatment and the letterbox as one ``torch.compile``'d function
             (:func:`treat_for_detector`, dynamic shapes: a graph per size class (odd sides, multiples of 8 or 16:
@@ -167,7 +112,7 @@ class DeviceObjectDetector:
     def __init__(self, runner: "TorchModelRunner", *, size: int, stride: int, num_classes: int,
                  source_max_side: int | None, source_jpeg_quality: int | None,
                  decision: LinearDecision | None, count_at: float = 0.3, logit_clip: float = 6.0,
-                 verifier: CropVerifier | None = None, chunk: int = 512,
+                 chunk: int = 512,
                  compile_treatment: bool = False, treatment_dynamic: bool = True) -> None:
         self.runner = runner
         self.size = size
@@ -178,7 +123,6 @@ class DeviceObjectDetector:
         self.decision = decision
         self.count_at = count_at
         self.logit_clip = logit_clip
-        self.verifier = verifier
         self.chunk = chunk
         self.compile_treatment = compile_treatment
         self.treatment_dynamic = treatment_dynamic
@@ -282,8 +226,6 @@ class DeviceObjectDetector:
             if self.decision is not None:
                 heights = _upload(torch.from_numpy(sizes[:, 1].astype(np.float64)), self.device)
                 batch.log_odds, batch.parts = self._decide(boxes, counts, heights)
-            if self.verifier is not None:
-                batch.log_odds = self.verifier(batch)
         return batch
 
     def _decode(self, raw: "torch.Tensor", sizes: np.ndarray, floor: float, most: int

@@ -22,7 +22,7 @@ from workzone.types import Image
 if TYPE_CHECKING:
     from workzone.accel.runner import TorchModelRunner
 
-__all__ = ["Backend", "TorchBackendParams", "use_torch", "open_runner", "torch_inputs"]
+__all__ = ["Backend", "TorchBackendParams", "use_torch", "open_runner", "thresholded_precision", "torch_inputs"]
 
 Backend = Literal["auto", "onnxruntime", "torch"]
 
@@ -48,6 +48,15 @@ def use_torch(backend: Backend, device: str) -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def thresholded_precision(params: TorchBackendParams, device: str) -> TorchBackendParams:
+    """``params`` with ``precision: auto`` made fp16 on CUDA and fp32 on the CPU, for a model whose probabilities
+    a decision thresholds: fp16's three more mantissa bits than the backend's bf16 keep it within the parity bound
+    of the onnxruntime path."""
+    if params.precision != "auto":
+        return params
+    return params.model_copy(update={"precision": "float16" if device.startswith("cuda") else "float32"})
 
 
 def open_runner(path: Path, params: TorchBackendParams, device: str) -> "TorchModelRunner":

@@ -15,6 +15,10 @@ detail, see :func:`~workzone.verified_evidence.candidate_crops`). An int8 graph'
 ``quantisation`` (how it was made, from which fp32 graph, its parity): the default pipeline runs
 ``roadwork_verifier_int8.onnx`` on the CPU, and on CUDA the stage opens the fp32 graph it names instead
 (:func:`float_graph_on_gpu`).
+
+Backends (``backend``): onnxruntime on the CPU; on CUDA (``auto``) torch, where the crops are cut on the device from
+the decoded images already there, with Pillow's pixels, and every candidate of a batch runs at once
+(:class:`~workzone.accel.verifier.DeviceCropVerifier`). Both feed the same verified decision.
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ from pydantic import Field
 from workzone.errors import ModelFileError
 from workzone.stages._model_stage import ModelStage
 from workzone.stages._onnx import CpuRunParams, SessionPool, providers_for, read_sidecar
-from workzone.verified_evidence import NONE_CLASSES, VerifiedDecision, candidate_crops, verified_features
+from workzone.stages._torch_backend import TorchBackendParams, open_runner, thresholded_precision, use_torch
+from workzone.verified_evidence import (NONE_CLASSES, VerifiedDecision, candidate_crops, object_probability,
+                                        verified_features)
 from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, StageReport
 
-__all__ = ["ObjectVerifierParams", "ObjectVerifierStage", "float_graph_on_gpu"]
+__all__ = ["ObjectVerifierParams", "ObjectVerifierStage", "float_graph_on_gpu", "float_graph"]
 
 
-class ObjectVerifierParams(CpuRunParams):
+class ObjectVerifierParams(TorchBackendParams, CpuRunParams):
     model: str = Field(default="builtin:roadwork_verifier.onnx", description="ONNX file, or builtin:NAME")
     from_stage: str = Field(default="objects", description="the detector stage whose boxes are the candidates")
     candidate_floor: float | None = Field(default=None, ge=0.0, le=1.0,
@@ -60,11 +66,11 @@ class ObjectVerifierStage(ModelStage):
     params: ObjectVerifierParams
 
     def _load_sync(self) -> None:
-        path = float_graph_on_gpu(self.context.resolve(self.params.model), self.context.device)
-        sessions = SessionPool(path, threads=self.params.threads, parallel=self.params.parallel,
-                               providers=providers_for(self.context.device, feature="the object verifier"),
-                               inputs=["crops"], hint="; train one with `workzone train verifier`",
-                               feature="the object verifier")
+        device = self.context.device
+        torch_params = self.params if use_torch(self.params.backend, device) else None
+        path = self.context.resolve(self.params.model)
+        # The torch backend runs the fp32 graph an int8 one was made from (its graph holds no quantised operators).
+        path = float_graph(path) if torch_params is not None else float_graph_on_gpu(path, device)
         meta = read_sidecar(path)
         try:
             self._size = int(meta["crop_size"])
@@ -76,22 +82,42 @@ class ObjectVerifierStage(ModelStage):
             self._most = int(meta["max_candidates"] if self.params.max_candidates is None else self.params.max_candidates)
             self._decision = VerifiedDecision(meta["decision"])
         except (KeyError, TypeError, ValueError) as exc:
-            sessions.close()
             raise ModelFileError(f"stage {self.name!r}: {path.with_suffix('.json')}: {exc}") from exc
-        self._model = sessions
+        if torch_params is not None:
+            from workzone.accel.verifier import DeviceCropVerifier
+
+            runner = open_runner(path, thresholded_precision(torch_params, device), device)
+            self._model = DeviceCropVerifier(runner, size=self._size, context=self._context, max_side=self._max_side)
+            return
+        self._model = SessionPool(path, threads=self.params.threads, parallel=self.params.parallel,
+                                  providers=providers_for(device, feature="the object verifier"),
+                                  inputs=["crops"], hint="; train one with `workzone train verifier`",
+                                  feature="the object verifier")
+
+    def _torch_runner(self) -> Any:
+        model = self._model
+        return model.runner if model is not None and not isinstance(model, SessionPool) else None
 
     def _warmup_evidence(self, n: int) -> EarlierReports:
-        # One sure candidate per blank image, reported by the stage it reads: its crop goes through the model.
-        seen = StageReport(self.params.from_stage, "roadwork_detector", 0, 0.0,
-                           Evidence(boxes=(Box("cone", 1.0, 16, 8, 40, 56),)), 0.0)
+        # Sure candidates on each blank image, reported by the stage it reads: their crops go through the model. As
+        # many as the stage verifies per image, so a warm-up batch of n images runs n x that many crops, the
+        # runner's batch a served batch of n images makes (see _rows_per_image).
+        boxes = tuple(Box("cone", 1.0, 4 * k, 8, 4 * k + 24, 56) for k in range(self._most))
+        seen = StageReport(self.params.from_stage, "roadwork_detector", 0, 0.0, Evidence(boxes=boxes), 0.0)
         return [(seen,)] * n
+
+    def _rows_per_image(self) -> int:
+        return self._most
 
     def _predict_evidence_sync(self, batch: list[Image], evidence: EarlierReports | None) -> list[StageOutput]:
         """Every image's outcome: its candidates' crops and runs over the pool, then the verified decision."""
         candidates = [self._candidates(() if evidence is None else evidence[i]) for i in range(len(batch))]
         todo = [i for i, boxes in enumerate(candidates) if boxes]
-        sessions: SessionPool = self._model
-        probs = dict(zip(todo, sessions.map(self._crops, _run_crops, [(batch[i], candidates[i]) for i in todo])))
+        if isinstance(self._model, SessionPool):
+            probs = dict(zip(todo, self._model.map(self._crops, _run_crops, [(batch[i], candidates[i]) for i in todo])))
+        else:  # DeviceCropVerifier: every candidate of the batch in one run on the device
+            xyxy = [np.array([(b.x1, b.y1, b.x2, b.y2) for b in candidates[i]], np.float64) for i in todo]
+            probs = dict(zip(todo, self._model.probabilities([batch[i] for i in todo], xyxy)))
         none = np.zeros((0, len(self._classes)))
         return [StageOutput(None, Evidence(notes=(
                     f"verifier: stage {self.params.from_stage!r} did not report on this image; abstains",)))
@@ -117,14 +143,15 @@ class ObjectVerifierStage(ModelStage):
         feats = verified_features(scores, [b.label for b in boxes], probs, self._classes)
         z = self._decision.log_odds(feats)
         verified, notes = [], []
-        for b, p in zip(boxes, probs):
-            k = int(p.argmax())
+        tops = probs.argmax(1).tolist() if len(boxes) else []
+        # One conversion per image, not a numpy scalar per candidate: a GPU batch verifies thousands a second.
+        for b, k, p_k, p_obj in zip(boxes, tops, probs.max(1).tolist() if len(boxes) else [],
+                                    object_probability(probs, self._classes).tolist()):
             answer = self._classes[k]
-            p_obj = 1.0 - sum(float(p[self._classes.index(c)]) for c in NONE_CLASSES if c in self._classes)
             notes.append(f"{b.label} {b.score:.2f} at ({b.x1:.0f},{b.y1:.0f})-({b.x2:.0f},{b.y2:.0f}): "
-                         f"verifier says {answer} {float(p[k]):.2f}")
+                         f"verifier says {answer} {p_k:.2f}")
             if answer not in NONE_CLASSES:
-                verified.append(Box(answer, float(min(1.0, max(0.0, p_obj))), b.x1, b.y1, b.x2, b.y2))
+                verified.append(Box(answer, min(1.0, max(0.0, p_obj)), b.x1, b.y1, b.x2, b.y2))
         head = (f"verifier: {len(verified)} of {len(boxes)} candidate(s) confirmed; decided by: "
                 + ", ".join(f"{n} {v:+.2f}" for n, v in self._decision.contributions(feats)))
         return StageOutput(z, Evidence(boxes=tuple(verified), notes=(head, *notes)))
@@ -132,14 +159,17 @@ class ObjectVerifierStage(ModelStage):
 
 
 def float_graph_on_gpu(path: Path, device: str) -> Path:
-    """The graph to open on ``device``: on CUDA, the fp32 graph an int8 one was made from (its sidecar's
-    ``quantisation.float_model``, beside it), else ``path``.
+    """The graph to open on ``device``: on CUDA, :func:`float_graph`, else ``path``.
 
     Why: the int8 verifier is a saving measured on the CPU only (``benchmarks/results/int8_verifier.md``); on a GPU
     the fp32 graph costs little, and it is the graph the GPU path's parity was measured with.
     """
-    if not device.startswith("cuda"):
-        return path
+    return float_graph(path) if device.startswith("cuda") else path
+
+
+def float_graph(path: Path) -> Path:
+    """The fp32 graph an int8 one was made from (its sidecar's ``quantisation.float_model``, beside it), else
+    ``path``."""
     made_from = (read_sidecar(path).get("quantisation") or {}).get("float_model")
     return path.with_name(made_from) if made_from else path
 

@@ -25,7 +25,7 @@ from pydantic import Field
 from workzone.errors import ModelFileError
 from workzone.io.images import resize_for_model
 from workzone.stages._onnx import CpuRunParams, Parallel, SessionPool, providers_for, read_sidecar
-from workzone.stages._torch_backend import TorchBackendParams, open_runner, use_torch
+from workzone.stages._torch_backend import TorchBackendParams, open_runner, thresholded_precision, use_torch
 from workzone.stages._model_stage import ModelStage
 from workzone.object_evidence import COUNT_AT, DETECTION_FLOOR, LOGIT_CLIP, MAX_DETECTIONS, ObjectDecision
 from workzone.types import Box, Evidence, Image, StageOutput, logit
@@ -76,12 +76,7 @@ class ObjectDetectorRunner:
         self.torch_runner = None
         self.device_path: Any = None
         if torch_params is not None:
-            if torch_params.precision == "auto":
-                # fp16, not the backend's bf16, on CUDA: the decision thresholds a probability, and fp16's
-                # three extra mantissa bits keep it within the parity bound of the CPU path.
-                torch_params = torch_params.model_copy(
-                    update={"precision": "float16" if device.startswith("cuda") else "float32"})
-            self.torch_runner = open_runner(path, torch_params, device)
+            self.torch_runner = open_runner(path, thresholded_precision(torch_params, device), device)
         self.meta = read_sidecar(path)
         native = int(self.meta.get("input_size", 448))
         self.size = int(input_size or native)
