@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -153,7 +154,7 @@ def timing_rows(torch: Any, device: str, size: int, batch: int, precision: str) 
         ("crops on the device", lambda: crops_like_pillow(tensors, owner, win, model.size)),
         (f"verifier network ({precision})", lambda: model.runner(crops)),
         ("probabilities to the host", lambda: model.runner(crops)[model.runner.output_names[0]].double().cpu().numpy()),
-        ("verified decisions + evidence (host)", lambda: [stage._verify(c, p) for c, p in zip(cands, per)]),
+        ("verified decisions + evidence (host)", lambda: stage._verify(cands, dict(enumerate(per)))),
         ("whole stage (_predict_evidence_sync)", lambda: stage._predict_evidence_sync(imgs, evidence)),
     ]
     rows = []
@@ -204,7 +205,7 @@ def main() -> None:
 
     machine = describe_machine(args.device)
     lines = ["# The candidate verifier on the torch device (issue 23)", "",
-             f"- Command: `python benchmarks/gpu_verifier_profile.py --device {args.device} ...`",
+             "- Command: `python3 " + " ".join(["benchmarks/gpu_verifier_profile.py", *sys.argv[1:]]) + "`",
              f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              "- Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), "", "## 1. Precision", ""]
     lines += precision_rows(torch, args.device, args.data, args.limit)

@@ -355,6 +355,16 @@ def gap_batches(how: str, batch: str) -> Callable[[], str]:
 
 GPU_PIPE = "pipeline 'default-gpu' from JPEG bytes"
 GPU_BASE = "pipeline 'benchmarks/pipelines/objects-only-gpu.yaml' from JPEG bytes"
+PIPES = "bench_gpu_pipelines.md"
+
+
+def profile_ms(step: str, size: str = "224") -> str:
+    """The ms of a step in gpu_verifier_profile.md's section 2, at ``size`` px."""
+    for line in (RESULTS / "gpu_verifier_profile.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] == size and cells[2] == step:
+            return cells[3]
+    raise AssertionError(f"gpu_verifier_profile.md: no step {step!r} at {size} px")
 
 
 def stage_measure(name: str, run: str, inputs: str, stage: str, key: str) -> str:
@@ -379,16 +389,33 @@ HTTP_LOWEST = "HTTP /v1/detect at 125 req/s (open loop, loopback, search)"
 HTTP_1000 = "HTTP /v1/detect at 1000 req/s (open loop, loopback)"
 HTTP_1000_STEP = "HTTP /v1/detect at 1000 req/s (open loop, loopback), step 1, 64 addresses"
 QUOTES += [
-    Quote("docs/gpu.md", "in batches of 1,024, {} images/s at 224 px and {} at 640 px with nvJPEG; in the same run "
-          "its baseline, the detector's decision alone (`benchmarks/pipelines/objects-only-gpu.yaml`, what "
-          "`default-gpu` was before the verifier tier ran on the device), {} and {}. The verifier tier took {} ms per "
-          "image at 224 px and {} at 640", "bench_gpu.md",
-          (lambda: bench_cell("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
-           lambda: bench_cell("bench_gpu.md", GPU_PIPE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"),
-           lambda: bench_cell("bench_gpu.md", GPU_BASE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
-           lambda: bench_cell("bench_gpu.md", GPU_BASE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"),
-           lambda: stage_measure("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "verify", "ms_per_image"),
-           lambda: stage_measure("bench_gpu.md", GPU_PIPE, "640x640 JPEG q75", "verify", "ms_per_image"))),
+    Quote("docs/gpu.md", "in batches of 1,024, {} images/s at 224 px and {}\nat 640 px with nvJPEG; in the same run "
+          "its baseline, the detector's decision alone\n(`benchmarks/pipelines/objects-only-gpu.yaml`, what `default-gpu` "
+          "was before the verifier tier ran on the device),\n{} and {}. The verifier tier took {} ms per image at 224 px "
+          "and {} at 640", "bench_gpu_pipelines.md",
+          (lambda: bench_cell(PIPES, GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: bench_cell(PIPES, GPU_PIPE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: bench_cell(PIPES, GPU_BASE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: bench_cell(PIPES, GPU_BASE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: stage_measure(PIPES, GPU_PIPE, "224x224 JPEG q75", "verify", "ms_per_image"),
+           lambda: stage_measure(PIPES, GPU_PIPE, "640x640 JPEG q75", "verify", "ms_per_image"))),
+    Quote("docs/gpu.md", "at 224 px the crops {} ms, the network at fp16\n{} ms (eager; at fp32 {} ms), the verified "
+          "decisions and evidence on the host {} ms", "gpu_verifier_profile.md",
+          tuple((lambda r=r: profile_ms(r)) for r in ("crops on the device", "verifier network (float16)",
+                                                       "verifier network (float32)",
+                                                       "verified decisions + evidence (host)"))),
+    Quote("docs/gpu.md", "went from {} to {} ms per image between the two bench runs", "bench_gpu.md, bench_gpu_pipelines.md",
+          (lambda: stage_measure("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "verify", "ms_per_image"),
+           lambda: stage_measure(PIPES, GPU_PIPE, "224x224 JPEG q75", "verify", "ms_per_image"))),
+    Quote("docs/gpu.md", "the baseline moved between them too, {} to\n{} images/s at 224 px", "bench_gpu.md, bench_gpu_pipelines.md",
+          (lambda: bench_cell("bench_gpu.md", GPU_BASE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: bench_cell(PIPES, GPU_BASE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"))),
+    Quote("docs/gpu.md", "of onnxruntime's (max {}, and strict fp32 {}; section 1 of the profile), and the whole pipeline "
+          "with the\nverifier at fp32 gives {} (section 3)", "gpu_verifier_profile.md",
+          (lambda: table_cell("gpu_verifier_profile.md", "fp16", "max abs dp (decision)"),
+           lambda: table_cell("gpu_verifier_profile.md", "fp32, TF32 off", "max abs dp (decision)"),
+           lambda: re.search(r"\| float32 \| libjpeg on CPU threads \| \d+ images: ([\d.]+%)",
+                             (RESULTS / "gpu_verifier_profile.md").read_text(encoding="utf-8")).group(1).replace("%", " %"))),
     Quote("docs/gpu.md", "with the JPEGs decoded by libjpeg, {} within 0.02 and no decision changed", "gpu_parity_log.txt",
           (lambda: re.search(r"GPU parity \(libjpeg decode\): \d+ images: ([\d.]+%) within",
                              (RESULTS / "gpu_parity_log.txt").read_text(encoding="utf-8")).group(1).replace("%", " %"),)),
@@ -427,9 +454,9 @@ QUOTES += [
            lambda: table_cell("jpeg_roundtrip_needed.md", "pooled MCC",
                               "objects, CPU re-run, no JPEG round trip").split(" [")[0].strip("*"))),
     Quote("docs/batch.md", "on one H100 from JPEG bytes: {} images/s at 224 px, {} at 640 px, batches of 1,024",
-          "bench_gpu.md",
-          (lambda: bench_cell("bench_gpu.md", GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
-           lambda: bench_cell("bench_gpu.md", GPU_PIPE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"))),
+          PIPES,
+          (lambda: bench_cell(PIPES, GPU_PIPE, "224x224 JPEG q75", "images/s", notes_has="nvJPEG"),
+           lambda: bench_cell(PIPES, GPU_PIPE, "640x640 JPEG q75", "images/s", notes_has="nvJPEG"))),
     Quote("docs/serving.md", "batches of 8 one-image requests ran {} in 5 s at 0.5 ms against {} at 5 ms ({} with the "
           "loop idle), and with it busy 90 % of its time {} and {} at 0.1 ms against {}", "served_gap_cuda.md",
           (gap_batches("served, loop busy 50%, switch interval 0.5 ms", "8"), gap_batches("served, loop busy 50%", "8"),

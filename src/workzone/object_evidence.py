@@ -122,10 +122,22 @@ class LinearDecision:
         """Log-odds from a full feature row of the layout."""
         return float(self.bias + self.weights @ np.asarray(features)[self.columns])
 
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Log-odds of many full feature rows (N, F) at once: (N,)."""
+        return self.bias + np.asarray(features)[:, self.columns] @ self.weights
+
+    def parts_of_rows(self, features: np.ndarray, top: int = 3) -> list[list[tuple[str, float]]]:
+        """:meth:`parts` of many rows (N, F) at once."""
+        parts = np.asarray(features)[:, self.columns] * self.weights
+        order = np.argsort(-np.abs(parts), axis=1, kind="stable")[:, :top]
+        picked = np.take_along_axis(parts, order, axis=1).tolist()
+        names = self.feature_names
+        return [[(names[i], v) for i, v in zip(o, vals)] for o, vals in zip(order.tolist(), picked)]
+
     def parts(self, features: np.ndarray, top: int = 3) -> list[tuple[str, float]]:
         """The features that pushed this decision most, as (name, weight x value), largest first."""
         parts = self.weights * np.asarray(features)[self.columns]
-        order = np.argsort(-np.abs(parts))[:top]
+        order = np.argsort(-np.abs(parts), kind="stable")[:top]
         return [(self.feature_names[i], float(parts[i])) for i in order]
 
 

@@ -23,7 +23,7 @@ from workzone.accel.crops import MIN_WINDOW, crop_windows
 from workzone.object_evidence import LinearDecision, clipped_logit
 
 __all__ = ["VERIFIED_FEATURE_VERSION", "NONE_CLASSES", "GROUPS", "candidate_crops", "window_side", "MIN_WINDOW",
-           "select_candidates", "object_probability",
+           "select_candidates", "object_probability", "verified_features_batch",
            "verified_feature_names", "verified_features", "VerifiedDecision"]
 
 VERIFIED_FEATURE_VERSION = 1
@@ -163,6 +163,44 @@ def _group_members(verifier_classes: tuple[str, ...]) -> np.ndarray:
         for c, name in enumerate(verifier_classes):
             out[c, g] = name in members
     out.setflags(write=False)
+    return out
+
+
+def verified_features_batch(scores: np.ndarray, det_classes: Sequence[str], probs: np.ndarray, counts: Sequence[int],
+                            verifier_classes: Sequence[str]) -> np.ndarray:
+    """:func:`verified_features` of many images at once: their candidates concatenated, ``counts[i]`` of image i.
+
+    Returns:
+        (N, F) float64, row i equal to ``verified_features`` of image i's candidates (to float rounding). A GPU batch
+        verifies a thousand images at once; one pass of array operations instead of a thousand calls.
+
+    Examples:
+        >>> f = verified_features_batch(np.array([0.8, 0.3]), ["cone", "cone"], np.array([[0.9, 0.1], [0.2, 0.8]]),
+        ...                             [1, 0, 1], ["cone", "none"])
+        >>> [round(float(v), 2) for v in f[0, :4]], [round(float(v), 2) for v in f[1, :4]]
+        ([1.39, 2.2, 0.94, 0.69], [-6.0, -6.0, -6.0, 0.0])
+    """
+    counts = np.asarray(counts, np.int64).reshape(-1)
+    n, m = len(counts), int(counts.sum())
+    scores = np.asarray(scores, np.float64).reshape(m)
+    probs = np.asarray(probs, np.float64).reshape(m, len(verifier_classes))
+    member = _group_members(tuple(verifier_classes))
+    groups = member.shape[1]
+    maxima = np.zeros((n, 3 + groups))
+    many = np.zeros((n, 1 + groups))
+    if m:
+        owner = np.repeat(np.arange(n), counts)
+        p_obj = object_probability(probs, verifier_classes)
+        wz = np.fromiter((c not in NONE_CLASSES for c in det_classes), bool, m)
+        verified = p_obj >= _VERIFIED_AT
+        cols = np.column_stack([np.where(wz, scores, 0.0), p_obj, scores * p_obj, probs @ member])  # (M, 3 + G)
+        # Each image's maxima over its candidates (zero where it has none, as the single-image form gives).
+        np.maximum.at(maxima, owner, cols)
+        np.add.at(many, owner, np.column_stack([verified, member[probs.argmax(1)] * verified[:, None]]))
+    logits, counted = clipped_logit(maxima), np.log1p(many)
+    out = np.empty((n, 4 + 2 * groups))
+    out[:, :3], out[:, 3] = logits[:, :3], counted[:, 0]
+    out[:, 4::2], out[:, 5::2] = logits[:, 3:], counted[:, 1:]
     return out
 
 

@@ -355,3 +355,24 @@ def test_the_torch_backend_warms_the_runner_buckets_it_will_use(tmp_path: Path) 
             await stage.aclose()
 
     assert asyncio.run(go()) >= 1  # the warm-up ran the graph through torch
+
+
+def test_batched_features_equal_each_image_s_own() -> None:
+    # The stage forms a whole batch's features in one pass; each row must be what the single-image form (the one the
+    # lab fits the decision on) gives, including images without candidates and look-alike detector boxes.
+    from workzone.verified_evidence import verified_features_batch
+
+    rng = np.random.default_rng(5)
+    classes = ["cone", "drum", "post", "sign", "worker", "sign_other", "none"]
+    counts = [int(rng.integers(0, 6)) for _ in range(200)]
+    m = sum(counts)
+    scores = rng.uniform(0.05, 1.0, m)
+    labels = list(rng.choice(["cone", "sign", "worker", "sign_other"], m))
+    probs = rng.dirichlet(np.full(len(classes), 0.5), m) if m else np.zeros((0, len(classes)))
+    got = verified_features_batch(scores, labels, probs, counts, classes)
+    k = 0
+    for i, n in enumerate(counts):
+        want = verified_features(scores[k:k + n], labels[k:k + n], probs[k:k + n], classes)
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-12)
+        k += n
+    assert (got[:, 3] > 0).any() and (np.array(counts) == 0).any()  # confirmed candidates and empty images both met

@@ -34,7 +34,7 @@ from workzone.stages._model_stage import ModelStage
 from workzone.stages._onnx import CpuRunParams, SessionPool, providers_for, read_sidecar
 from workzone.stages._torch_backend import TorchBackendParams, open_runner, thresholded_precision, use_torch
 from workzone.verified_evidence import (NONE_CLASSES, VerifiedDecision, candidate_crops, object_probability,
-                                        verified_features)
+                                        verified_features_batch)
 from workzone.types import Box, EarlierReports, Evidence, Image, StageOutput, StageReport
 
 __all__ = ["ObjectVerifierParams", "ObjectVerifierStage", "float_graph_on_gpu", "float_graph"]
@@ -118,11 +118,7 @@ class ObjectVerifierStage(ModelStage):
         else:  # DeviceCropVerifier: every candidate of the batch in one run on the device
             xyxy = [np.array([(b.x1, b.y1, b.x2, b.y2) for b in candidates[i]], np.float64) for i in todo]
             probs = dict(zip(todo, self._model.probabilities([batch[i] for i in todo], xyxy)))
-        none = np.zeros((0, len(self._classes)))
-        return [StageOutput(None, Evidence(notes=(
-                    f"verifier: stage {self.params.from_stage!r} did not report on this image; abstains",)))
-                if boxes is None else self._verify(boxes, probs.get(i, none))
-                for i, boxes in enumerate(candidates)]
+        return self._verify(candidates, probs)
 
     def _candidates(self, reports: Sequence[StageReport]) -> list[Box] | None:
         for rep in reports:
@@ -138,23 +134,41 @@ class ObjectVerifierStage(ModelStage):
         xyxy = np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes], np.float64)
         return candidate_crops(img.pixels, xyxy, size=self._size, context=self._context, max_side=self._max_side)
 
-    def _verify(self, boxes: list[Box], probs: np.ndarray) -> StageOutput:
-        scores = np.array([b.score for b in boxes])
-        feats = verified_features(scores, [b.label for b in boxes], probs, self._classes)
-        z = self._decision.log_odds(feats)
-        verified, notes = [], []
-        tops = probs.argmax(1).tolist() if len(boxes) else []
-        # One conversion per image, not a numpy scalar per candidate: a GPU batch verifies thousands a second.
-        for b, k, p_k, p_obj in zip(boxes, tops, probs.max(1).tolist() if len(boxes) else [],
-                                    object_probability(probs, self._classes).tolist()):
-            answer = self._classes[k]
-            notes.append(f"{b.label} {b.score:.2f} at ({b.x1:.0f},{b.y1:.0f})-({b.x2:.0f},{b.y2:.0f}): "
-                         f"verifier says {answer} {p_k:.2f}")
-            if answer not in NONE_CLASSES:
-                verified.append(Box(answer, min(1.0, max(0.0, p_obj)), b.x1, b.y1, b.x2, b.y2))
-        head = (f"verifier: {len(verified)} of {len(boxes)} candidate(s) confirmed; decided by: "
-                + ", ".join(f"{n} {v:+.2f}" for n, v in self._decision.contributions(feats)))
-        return StageOutput(z, Evidence(boxes=tuple(verified), notes=(head, *notes)))
+    def _verify(self, candidates: list[list[Box] | None], probs: dict[int, np.ndarray]) -> list[StageOutput]:
+        """Each image's verified decision and evidence from its candidates (``None``: the detector did not report)
+        and the verifier's probabilities (by image index; absent where it had none): the features and decisions of
+        the whole batch in one pass of array operations, then each image's evidence."""
+        c = len(self._classes)
+        boxes = [b or [] for b in candidates]
+        counts = [len(b) for b in boxes]
+        p_all = np.concatenate([probs[i] if counts[i] else np.zeros((0, c)) for i in range(len(boxes))]
+                               or [np.zeros((0, c))]).reshape(-1, c)
+        flat = [b for bs in boxes for b in bs]
+        feats = verified_features_batch(np.array([b.score for b in flat], np.float64), [b.label for b in flat], p_all,
+                                        counts, self._classes)
+        zs = self._decision.scores(feats).tolist()
+        why = self._decision.parts_of_rows(feats)
+        tops, p_top = (p_all.argmax(1).tolist(), p_all.max(1).tolist()) if len(flat) else ([], [])
+        p_obj = object_probability(p_all, self._classes).tolist()
+        out, k = [], 0
+        for i, bs in enumerate(boxes):
+            if candidates[i] is None:
+                out.append(StageOutput(None, Evidence(notes=(
+                    f"verifier: stage {self.params.from_stage!r} did not report on this image; abstains",))))
+                continue
+            verified, notes = [], []
+            # Plain floats from one conversion per batch, not a numpy scalar per candidate.
+            for b, j in zip(bs, range(k, k + len(bs))):
+                answer = self._classes[tops[j]]
+                notes.append(f"{b.label} {b.score:.2f} at ({b.x1:.0f},{b.y1:.0f})-({b.x2:.0f},{b.y2:.0f}): "
+                             f"verifier says {answer} {p_top[j]:.2f}")
+                if answer not in NONE_CLASSES:
+                    verified.append(Box(answer, min(1.0, max(0.0, p_obj[j])), b.x1, b.y1, b.x2, b.y2))
+            k += len(bs)
+            head = (f"verifier: {len(verified)} of {len(bs)} candidate(s) confirmed; decided by: "
+                    + ", ".join(f"{n} {v:+.2f}" for n, v in why[i]))
+            out.append(StageOutput(zs[i], Evidence(boxes=tuple(verified), notes=(head, *notes))))
+        return out
 
 
 
