@@ -2,8 +2,8 @@
 # The GPU acceptance run of issue 23: ONE call on the device machine (about 6-8 minutes), from the repo root,
 # after `bash benchmarks/prepare_gpu_carry.sh` here (wheels into .whl/, the dev split into .gpu/):
 #   run(command="bash benchmarks/gpu_bench.sh", carry=[".whl", ".gpu/roadwork-v1"], timeout_s=560)
-# 1. the CUDA tests (tests/accel/test_object_path.py): parity on the 469 dev images with JPEGs decoded by libjpeg
-# on CPU threads, and the service's batch decode; 2. workzone bench: parity rows with nvJPEG and with libjpeg
+# 1. the CUDA tests (tests/accel/test_object_path.py, test_crops.py): parity on the 469 dev images with JPEGs decoded
+# by libjpeg on CPU threads, the service's batch decode, and the verifier's crops on CUDA against Pillow's; 2. workzone bench: parity rows with nvJPEG and with libjpeg
 # decode, decode alone (nvJPEG; libjpeg threads), HTTP /v1/detect at 1,000 and 3,000 requests/s over loopback and
 # the highest rate with p99 <= 100 ms, default-gpu from JPEG bytes at 224 and 640 px (batch 1024), and beside it
 # the baseline benchmarks/pipelines/objects-only-gpu.yaml (the detector's decision alone, default-gpu before its
@@ -25,7 +25,8 @@ print("fastapi", fastapi.__version__, "uvicorn", uvicorn.__version__, "pydantic"
 python3 -m workzone.cli.main serve --help >/dev/null 2>&1 && echo "workzone CLI ok" | tee -a "$OUT/env.txt"
 ls .gpu/roadwork-v1/manifest.csv >/dev/null 2>&1 || echo "NO DEV IMAGES: run benchmarks/prepare_gpu_carry.sh" | tee -a "$OUT/env.txt"
 
-timeout 150 python3 -m pytest -q -p no:cacheprovider -s -rA tests/accel/test_object_path.py -k "libjpeg or gpu_service" \
+timeout 150 python3 -m pytest -q -p no:cacheprovider -s -rA tests/accel/test_object_path.py tests/accel/test_crops.py \
+  -k "libjpeg or gpu_service or pillow_cuts" \
   2>&1 | tee "$OUT/parity_test_log.txt"
 echo "parity test done after $(( $(date +%s) - START )) s"
 

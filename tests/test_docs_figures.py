@@ -416,6 +416,12 @@ QUOTES += [
            lambda: table_cell("gpu_verifier_profile.md", "fp32, TF32 off", "max abs dp (decision)"),
            lambda: re.search(r"\| float32 \| libjpeg on CPU threads \| \d+ images: ([\d.]+%)",
                              (RESULTS / "gpu_verifier_profile.md").read_text(encoding="utf-8")).group(1).replace("%", " %"))),
+    Quote("docs/gpu.md", "moving each coordinate of the detector's boxes by up to 0.25 px left {} of the dev\nimages' "
+          "verified decisions within 0.02 of the exact boxes' (max {}); scaling each score by up to 1 % left {}",
+          "verifier_box_sensitivity.md",
+          (lambda: table_cell("verifier_box_sensitivity.md", "coordinates +-0.25 px", "images within 0.02").replace("%", " %"),
+           lambda: table_cell("verifier_box_sensitivity.md", "coordinates +-0.25 px", "max abs dp"),
+           lambda: table_cell("verifier_box_sensitivity.md", "scores x (1 +- 0.01)", "images within 0.02").replace("%", " %"))),
     Quote("docs/gpu.md", "with the JPEGs decoded by libjpeg, {} within 0.02 and no decision changed", "gpu_parity_log.txt",
           (lambda: re.search(r"GPU parity \(libjpeg decode\): \d+ images: ([\d.]+%) within",
                              (RESULTS / "gpu_parity_log.txt").read_text(encoding="utf-8")).group(1).replace("%", " %"),)),

@@ -29,8 +29,13 @@ def _boxes(rng: np.random.Generator, h: int, w: int, n: int) -> np.ndarray:
     return np.stack([x1, y1, x1 + bw, y1 + bh], 1)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="needs CUDA (runs on the GPU machine)"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("max_side", [None, 640])
-def test_device_crops_are_the_pixels_pillow_cuts(max_side):
+def test_device_crops_are_the_pixels_pillow_cuts(max_side, device):
     rng = np.random.default_rng(7)
     images = _images(rng)
     counts = [8, 3, 1, 8, 5, 2]
@@ -41,11 +46,11 @@ def test_device_crops_are_the_pixels_pillow_cuts(max_side):
     heights = np.array([px.shape[0] for px in images])[owner]
     widths = np.array([px.shape[1] for px in images])[owner]
     windows = crop_windows(np.concatenate(boxes), heights, widths, context=2.0, max_side=max_side)
-    tensors = [torch.from_numpy(px).permute(2, 0, 1).contiguous() for px in images]
+    tensors = [torch.from_numpy(px).permute(2, 0, 1).contiguous().to(device) for px in images]
     got = crops_like_pillow(tensors, owner, windows, 96)
-    assert got.shape == want.shape == (sum(counts), 3, 96, 96)
-    # Pillow's fixed-point filter reproduced: every sample equal, not just close.
-    assert np.array_equal(got.numpy(), np.round(want * 255.0))
+    assert got.shape == want.shape == (sum(counts), 3, 96, 96) and got.device.type == device
+    # Pillow's fixed-point filter reproduced: every sample equal, not just close (float64 sums are exact on any BLAS).
+    assert np.array_equal(got.cpu().numpy(), np.round(want * 255.0))
 
 
 def test_windows_past_the_image_are_black_and_a_shuffled_owner_order_is_kept():
