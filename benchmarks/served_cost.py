@@ -118,6 +118,9 @@ async def _measure(svc: DetectionService, blobs: list[bytes], batch: int, repeat
             if r == 1:  # the first round warms shapes and the decoder processes
                 steps.s.clear()
                 n = 0
+                # What the timed rounds compile or run for the first time (a served row 100x the in-process one on
+                # CUDA, twice: bench_gpu.md 14:18 and 16:29 UTC, is the size of one re-trace; these say if it is).
+                graphs0, cold0 = _graphs_compiled(), runner.cold_runs
             chunk = blobs[:batch]
             t = time.perf_counter()
             if served:
@@ -146,7 +149,15 @@ async def _measure(svc: DetectionService, blobs: list[bytes], batch: int, repeat
                 steps.s["cascade (wall)"] += time.perf_counter() - t_dec
             steps.s["total (wall)"] += time.perf_counter() - t
             n += len(chunk)
-    return {"n": n, "ms": {k: 1000 * v / n for k, v in steps.s.items()}}
+    return {"n": n, "ms": {k: 1000 * v / n for k, v in steps.s.items()},
+            "compiled": _graphs_compiled() - graphs0, "cold": runner.cold_runs - cold0}
+
+
+def _graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process so far (0 without torch.compile)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 async def _ops_per_batch(svc: DetectionService, blobs: list[bytes], batch: int, served: bool) -> int:
@@ -227,11 +238,13 @@ async def main() -> None:
     keys = []
     for _, _, r in rows:
         keys += [k for k in r["ms"] if k not in keys]
-    print("| path | batch | " + " | ".join(keys) + " | torch ops per batch |")
-    print("| --- | ---: | " + " | ".join("---:" for _ in keys) + " | ---: |")
+    print("| path | batch | " + " | ".join(keys) + " | torch ops per batch | graphs compiled in the timed rounds | "
+          "first runs of a shape in the timed rounds |")
+    print("| --- | ---: | " + " | ".join("---:" for _ in keys) + " | ---: | ---: | ---: |")
     for path_name, b, r in rows:
         cells = [f"{r['ms'][k]:.2f}" if k in r["ms"] else "-" for k in keys]
-        print(f"| {path_name} | {b} | " + " | ".join(cells) + f" | {r['ops_per_batch']:.0f} |")
+        print(f"| {path_name} | {b} | " + " | ".join(cells) + f" | {r['ops_per_batch']:.0f} | {r['compiled']} | "
+              f"{r['cold']} |")
 
 
 if __name__ == "__main__":
