@@ -422,6 +422,12 @@ QUOTES += [
           (lambda: table_cell("verifier_box_sensitivity.md", "coordinates +-0.25 px", "images within 0.02").replace("%", " %"),
            lambda: table_cell("verifier_box_sensitivity.md", "coordinates +-0.25 px", "max abs dp"),
            lambda: table_cell("verifier_box_sensitivity.md", "scores x (1 +- 0.01)", "images within 0.02").replace("%", " %"))),
+    Quote("src/workzone/models/VERIFIER_CARD.md", "moving each coordinate of the\ndetector's boxes by up to 0.25 px "
+          "left {} of the dev images' verified decisions within 0.02", "verifier_box_sensitivity.md",
+          (lambda: table_cell("verifier_box_sensitivity.md", "coordinates +-0.25 px", "images within 0.02").replace("%", " %"),)),
+    Quote("src/workzone/models/VERIFIER_CARD.md", "keeps {} of the dev decisions within 0.02 of the CPU's", "gpu_parity_log.txt",
+          (lambda: re.search(r"GPU parity \(libjpeg decode\): \d+ images: ([\d.]+%) within",
+                             (RESULTS / "gpu_parity_log.txt").read_text(encoding="utf-8")).group(1).replace("%", " %"),)),
     Quote("docs/gpu.md", "with the JPEGs decoded by libjpeg, {} within 0.02 and no decision changed", "gpu_parity_log.txt",
           (lambda: re.search(r"GPU parity \(libjpeg decode\): \d+ images: ([\d.]+%) within",
                              (RESULTS / "gpu_parity_log.txt").read_text(encoding="utf-8")).group(1).replace("%", " %"),)),
