@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from _report import publish
 from workzone.accel.crops import crop_windows, crops_like_pillow
 from workzone.accel.device_image import DeviceImage, image_tensor
 from workzone.stages.base import StageContext
@@ -217,10 +218,7 @@ def main() -> None:
             lines += rows if precision == "float16" else [r for r in rows if "network" in r or "whole" in r]
     lines += ["", "## 3. default-gpu against onnxruntime on the dev images, by verifier precision", ""]
     lines += parity_rows(args.device, args.data, args.limit)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

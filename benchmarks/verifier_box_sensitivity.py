@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _report import publish
 from workzone.config.loader import load_pipeline_config
 from workzone.io.images import decode_image
 from workzone.stages.base import StageContext
@@ -92,10 +93,7 @@ def main() -> None:
     for name, q in zip(cases, p):
         d = np.abs(q - p[0])
         lines.append(f"| {name} | {(d <= 0.02).mean():.1%} | {d.max():.4f} | {int(((q > 0.5) != (p[0] > 0.5)).sum())} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":
