@@ -39,10 +39,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
 _VERIFIED_AT = 0.5
 
 
-def _logit(p: float) -> float:
-    return float(clipped_logit(p))
-
-
 def window_side(box: Sequence[float], *, context: float, min_side: float = MIN_WINDOW) -> float:
     """The side, in image pixels, of the square window :func:`candidate_crops` cuts around ``box`` (x1, y1, x2, y2):
     ``context`` times its longer side, at least ``min_side``. It is how much detail the crop holds once resized."""
