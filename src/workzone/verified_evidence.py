@@ -132,23 +132,8 @@ def verified_features(scores: np.ndarray, det_classes: Sequence[str], probs: np.
         [1.39, 2.2, 0.94, 0.69]
     """
     scores = np.asarray(scores, np.float64).reshape(-1)
-    n = len(scores)
-    probs = np.asarray(probs, np.float64).reshape(n, len(verifier_classes))
-    p_obj = object_probability(probs, verifier_classes)
-    wz = np.fromiter((c not in NONE_CLASSES for c in det_classes), bool, n)
-    verified = p_obj >= _VERIFIED_AT
-    member = _group_members(tuple(verifier_classes))  # (C, G) 0/1
-    # Every maximum first, then one clipped logit over all of them (a GPU batch forms thousands of these a second).
-    maxima = np.zeros(3 + member.shape[1])
-    counts = np.zeros(1 + member.shape[1])
-    if n:
-        maxima[:3] = (scores[wz].max() if wz.any() else 0.0), p_obj.max(), (scores * p_obj).max()
-        maxima[3:] = (probs @ member).max(0)
-        counts[0] = verified.sum()
-        counts[1:] = member[probs.argmax(1)[verified]].sum(0)  # verified candidates by their top class's group
-    logits, many = clipped_logit(maxima), np.log1p(counts)
-    groups = np.stack([logits[3:], many[1:]], 1).reshape(-1)  # group 0's two, group 1's two ...
-    return np.concatenate([logits[:3], many[:1], groups])
+    # One image is a batch of one: a single implementation for the lab's fits and the stage's batches.
+    return verified_features_batch(scores, det_classes, probs, [len(scores)], verifier_classes)[0]
 
 
 @lru_cache(maxsize=16)

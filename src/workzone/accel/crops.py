@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from workzone.accel.device_image import upload
+from workzone.accel.resample import round_u8
+
 if TYPE_CHECKING:
     import torch
 
@@ -125,10 +128,6 @@ def _tap_count(length: np.ndarray, out: np.ndarray | int) -> int:
     return int(np.ceil(2 * max(1.0, float(np.max(np.asarray(length, np.float64) / out))))) + 2
 
 
-def _round_u8(x: "torch.Tensor") -> "torch.Tensor":
-    return x.add_(0.5).floor_().clamp_(0.0, 255.0)
-
-
 def _resize_windows(torch: Any, x: "torch.Tensor", owner: "torch.Tensor", slot: "torch.Tensor", slots: int,
                     rows: "torch.Tensor", cols: "torch.Tensor") -> "torch.Tensor":
     """Pillow's two passes over ``x`` [n, 3, H, W] (float64 of uint8 values) for M windows: window ``i`` of image
@@ -139,10 +138,10 @@ def _resize_windows(torch: Any, x: "torch.Tensor", owner: "torch.Tensor", slot: 
     # Horizontal: every window of an image in one product with its rows (no per-window copy of the image).
     per_image = torch.zeros((n, slots, o, w), dtype=x.dtype, device=x.device)
     per_image[owner, slot] = cols
-    mid = _round_u8(torch.bmm(x.reshape(n, c * h, w), per_image.reshape(n, slots * o, w).transpose(1, 2)))
+    mid = round_u8(torch.bmm(x.reshape(n, c * h, w), per_image.reshape(n, slots * o, w).transpose(1, 2)))
     mid = mid.reshape(n, c, h, slots, o)[owner, :, :, slot]  # [M, 3, H, O]
     mid = mid.permute(0, 2, 1, 3).reshape(m, h, c * o)  # [M, H, 3*O]
-    res = _round_u8(torch.bmm(rows, mid))  # [M, O, 3*O]
+    res = round_u8(torch.bmm(rows, mid))  # [M, O, 3*O]
     return res.reshape(m, o, c, o).permute(0, 2, 1, 3)
 
 
@@ -223,7 +222,4 @@ def _slots(owner: np.ndarray) -> np.ndarray:
 
 
 def _upload(torch: Any, a: np.ndarray, device: Any) -> "torch.Tensor":
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    if str(device).startswith("cuda"):
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    return upload(torch.from_numpy(np.ascontiguousarray(a)), device)

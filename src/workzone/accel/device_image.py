@@ -17,7 +17,7 @@ from workzone.types import Image
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceImage", "EncodedImage", "image_tensor"]
+__all__ = ["DeviceImage", "EncodedImage", "image_tensor", "upload"]
 
 
 class _PixelsLater(Image):
@@ -116,7 +116,12 @@ def image_tensor(img: Image, device: str) -> Any:
     t = getattr(img, "tensor", None)
     if t is not None:
         return t if str(t.device) == str(torch.device(device)) else t.to(device, non_blocking=True)
-    t = torch.from_numpy(np.ascontiguousarray(img.pixels)).permute(2, 0, 1)
-    if device != "cpu":
-        t = t.pin_memory().to(device, non_blocking=True)
-    return t
+    return upload(torch.from_numpy(np.ascontiguousarray(img.pixels)).permute(2, 0, 1), device)
+
+
+def upload(t: "torch.Tensor", device: Any) -> "torch.Tensor":
+    """A small host tensor on ``device``: from pinned memory on CUDA, so the copy does not wait for the device's
+    queue to drain (a pageable upload does, and the host then stops queueing work)."""
+    if str(device).startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t if str(t.device) == str(device) else t.to(device)  # no operator for a tensor already there

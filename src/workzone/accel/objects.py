@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
-from workzone.accel.device_image import image_tensor
+from workzone.accel.device_image import image_tensor, upload
 from workzone.accel.jpeg_roundtrip import jpeg_roundtrip
 from workzone.accel.resample import (letterbox_geometry, letterbox_like_pillow, letterbox_matrices, resample_matrix,
                                      resample_with, resize_like_pillow)
@@ -203,7 +203,7 @@ class DeviceObjectDetector:
                 if part[-1] - part[0] == len(part) - 1:  # consecutive images: a slice, no index upload
                     out[part[0]:part[-1] + 1] = x
                 else:
-                    out.index_copy_(0, _upload(torch.tensor(part), self.device), x.to(out.dtype))
+                    out.index_copy_(0, upload(torch.tensor(part), self.device), x.to(out.dtype))
         assert out is not None, "inputs() of an empty batch"
         return out
 
@@ -224,7 +224,7 @@ class DeviceObjectDetector:
             boxes, counts = self._decode(raw, sizes, floor, max_detections)
             batch = ObjectBatch(boxes, counts, None, tensors)
             if self.decision is not None:
-                heights = _upload(torch.from_numpy(sizes[:, 1].astype(np.float64)), self.device)
+                heights = upload(torch.from_numpy(sizes[:, 1].astype(np.float64)), self.device)
                 batch.log_odds, batch.parts = self._decide(boxes, counts, heights)
         return batch
 
@@ -253,7 +253,7 @@ class DeviceObjectDetector:
         for r, (w, h) in enumerate(distinct.tolist()):
             nw, nh, padx, pady = letterbox_geometry(w, h, self.size)
             geom[r] = (padx, pady, w / nw, h / nh, w, h)
-        g = _upload(torch.from_numpy(geom[which.reshape(-1)]).float(), raw.device)
+        g = upload(torch.from_numpy(geom[which.reshape(-1)]).float(), raw.device)
         padx, pady, sx, sy, w, h = (g[:, j:j + 1] for j in range(6))
         x1 = torch.minimum(((cx - bw / 2) - padx).mul(sx).clamp(min=0), w)
         x2 = torch.minimum(((cx + bw / 2) - padx).mul(sx).clamp(min=0), w)
@@ -350,11 +350,3 @@ def _graphs_compiled() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
-
-
-def _upload(t: "torch.Tensor", device: Any) -> "torch.Tensor":
-    """A small host tensor on ``device``: from pinned memory on CUDA, so the copy does not wait for the device's
-    queue to drain (a pageable upload does, and the host then stops queueing work)."""
-    if str(device).startswith("cuda"):
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Filter", "resample_matrix", "resize_like_pillow", "resample_with", "letterbox_like_pillow",
-           "letterbox_geometry", "letterbox_matrices"]
+           "letterbox_geometry", "letterbox_matrices", "round_u8"]
 
 Filter = Literal["bilinear", "lanczos"]
 
@@ -87,8 +87,9 @@ def resample_matrix(in_size: int, out_size: int, kind: Filter, *, device: Any = 
     return torch.tensor(_weights(int(in_size), int(out_size), kind), dtype=dtype or torch.float32, device=device)
 
 
-def _round_u8(torch: Any, x: Any) -> Any:
-    # Pillow adds half an LSB and shifts (floor), then clips to 0..255.
+def round_u8(x: "torch.Tensor") -> "torch.Tensor":
+    """Float sums rounded to uint8 values as Pillow's 8-bit resampling does: half an LSB added and floored (its shift),
+    clipped to 0..255. In place."""
     return x.add_(0.5).floor_().clamp_(0.0, 255.0)
 
 
@@ -137,9 +138,9 @@ def resample_with(x: "torch.Tensor", rows: "torch.Tensor | None", cols: "torch.T
     # and the rounding to uint8 must see the exact sums (float32 put 2 % of the samples one level off).
     x = x.double()
     if cols is not None:
-        x = _round_u8(torch, torch.matmul(x, cols.T))
+        x = round_u8(torch.matmul(x, cols.T))
     if rows is not None:
-        x = _round_u8(torch, torch.matmul(rows, x))
+        x = round_u8(torch.matmul(rows, x))
     return x.float()
 
 
