@@ -148,14 +148,13 @@ def timing_rows(torch: Any, device: str, size: int, batch: int, precision: str) 
     win = crop_windows(allxy, hs, ws, context=model.context, max_side=model.max_side)
     crops = crops_like_pillow(tensors, owner, win, model.size).div_(255.0)
     probs = model.runner(crops)[model.runner.output_names[0]].double().cpu().numpy()
-    per = np.split(probs, batch)
     steps = [
         ("candidate lists (host)", lambda: [stage._candidates(e) for e in evidence]),
         ("windows (host)", lambda: crop_windows(allxy, hs, ws, context=model.context, max_side=model.max_side)),
         ("crops on the device", lambda: crops_like_pillow(tensors, owner, win, model.size)),
         (f"verifier network ({precision})", lambda: model.runner(crops)),
         ("probabilities to the host", lambda: model.runner(crops)[model.runner.output_names[0]].double().cpu().numpy()),
-        ("verified decisions + evidence (host)", lambda: stage._verify(cands, dict(enumerate(per)))),
+        ("verified decisions + evidence (host)", lambda: stage._verify(cands, probs)),
         ("whole stage (_predict_evidence_sync)", lambda: stage._predict_evidence_sync(imgs, evidence)),
     ]
     rows = []

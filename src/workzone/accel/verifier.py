@@ -41,29 +41,21 @@ class DeviceCropVerifier:
         self.context = context
         self.max_side = max_side
 
-    def probabilities(self, images: Sequence[Image], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Per image, the (n_i, C) float64 probabilities of its (n_i, 4) boxes x1, y1, x2, y2 (image pixels)."""
+    def probabilities(self, images: Sequence[Image], boxes: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        """The (M, C) float64 probabilities of the (M, 4) boxes x1, y1, x2, y2 (image pixels), ``counts[i]`` of them
+        in ``images[i]``, in order."""
         import torch
 
-        counts = [len(b) for b in boxes]
-        if not sum(counts):
-            return [np.zeros((0, 0)) for _ in boxes]
-        todo = [i for i, n in enumerate(counts) if n]
-        tensors = [image_tensor(images[i], self.runner.device) for i in todo]
-        owner = np.repeat(np.arange(len(todo)), [counts[i] for i in todo])
-        xyxy = np.concatenate([np.asarray(boxes[i], np.float64).reshape(-1, 4) for i in todo])
-        heights = np.array([int(t.shape[1]) for t in tensors])[owner]
-        widths = np.array([int(t.shape[2]) for t in tensors])[owner]
-        windows = crop_windows(xyxy, heights, widths, context=self.context, max_side=self.max_side)
+        counts = np.asarray(counts, np.int64).reshape(-1)
+        tensors = [image_tensor(im, self.runner.device) for im in images]
+        owner = np.repeat(np.arange(len(images)), counts)
+        heights = np.array([int(t.shape[1]) for t in tensors], np.int64)[owner]
+        widths = np.array([int(t.shape[2]) for t in tensors], np.int64)[owner]
+        windows = crop_windows(np.asarray(boxes, np.float64).reshape(-1, 4), heights, widths, context=self.context,
+                               max_side=self.max_side)
         with torch.inference_mode():
             crops = crops_like_pillow(tensors, owner, windows, self.size).div_(255.0)
-            out = self.runner(crops)[self.runner.output_names[0]]
-            probs = out.double().cpu().numpy()
-        split = np.split(probs, np.cumsum([counts[i] for i in todo])[:-1])
-        result = [np.zeros((0, probs.shape[1])) for _ in boxes]
-        for i, p in zip(todo, split):
-            result[i] = p
-        return result
+            return self.runner(crops)[self.runner.output_names[0]].double().cpu().numpy()
 
     def close(self) -> None:
         close = getattr(self.runner, "close", None)

@@ -113,12 +113,17 @@ class ObjectVerifierStage(ModelStage):
         """Every image's outcome: its candidates' crops and runs over the pool, then the verified decision."""
         candidates = [self._candidates(() if evidence is None else evidence[i]) for i in range(len(batch))]
         todo = [i for i, boxes in enumerate(candidates) if boxes]
-        if isinstance(self._model, SessionPool):
-            probs = dict(zip(todo, self._model.map(self._crops, _run_crops, [(batch[i], candidates[i]) for i in todo])))
+        c = len(self._classes)
+        if not todo:
+            probs = np.zeros((0, c))
+        elif isinstance(self._model, SessionPool):
+            probs = np.concatenate(self._model.map(self._crops, _run_crops, [(batch[i], candidates[i]) for i in todo]))
         else:  # DeviceCropVerifier: every candidate of the batch in one run on the device
-            xyxy = [np.array([(b.x1, b.y1, b.x2, b.y2) for b in candidates[i]], np.float64) for i in todo]
-            probs = dict(zip(todo, self._model.probabilities([batch[i] for i in todo], xyxy)))
-        return self._verify(candidates, probs)
+            flat = [b for i in todo for b in candidates[i]]  # type: ignore[union-attr]
+            probs = self._model.probabilities([batch[i] for i in todo],
+                                              np.array([(b.x1, b.y1, b.x2, b.y2) for b in flat], np.float64),
+                                              [len(candidates[i]) for i in todo])  # type: ignore[arg-type]
+        return self._verify(candidates, probs.reshape(-1, c))
 
     def _candidates(self, reports: Sequence[StageReport]) -> list[Box] | None:
         for rep in reports:
@@ -134,15 +139,12 @@ class ObjectVerifierStage(ModelStage):
         xyxy = np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes], np.float64)
         return candidate_crops(img.pixels, xyxy, size=self._size, context=self._context, max_side=self._max_side)
 
-    def _verify(self, candidates: list[list[Box] | None], probs: dict[int, np.ndarray]) -> list[StageOutput]:
+    def _verify(self, candidates: list[list[Box] | None], p_all: np.ndarray) -> list[StageOutput]:
         """Each image's verified decision and evidence from its candidates (``None``: the detector did not report)
-        and the verifier's probabilities (by image index; absent where it had none): the features and decisions of
-        the whole batch in one pass of array operations, then each image's evidence."""
-        c = len(self._classes)
+        and the verifier's probabilities of all of them, in order (M, C): the features and decisions of the whole
+        batch in one pass of array operations, then each image's evidence."""
         boxes = [b or [] for b in candidates]
         counts = [len(b) for b in boxes]
-        p_all = np.concatenate([probs[i] if counts[i] else np.zeros((0, c)) for i in range(len(boxes))]
-                               or [np.zeros((0, c))]).reshape(-1, c)
         flat = [b for bs in boxes for b in bs]
         feats = verified_features_batch(np.array([b.score for b in flat], np.float64), [b.label for b in flat], p_all,
                                         counts, self._classes)
