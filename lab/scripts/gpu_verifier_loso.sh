@@ -6,7 +6,8 @@
 #   .gpu/whl/                wheels the machine lacks: efficientnet-lite-pytorch, pydantic and its four deps
 # Usage: run(command="bash lab/scripts/gpu_verifier_loso.sh [EPOCHS] [verifier-loso options...]",
 #            carry=[".gpu/verifier_pack.npz", ".gpu/lite0_fp16.pt", ".gpu/whl"]);
-# TAG names the run (default v), SEEDS the full model's seeds (default 0,1), PACK the crop pack (default
+# TAG names the run (default v), SEEDS the full model's seeds (default 0,1; `--folds A,B --fold-seed 1` after
+# EPOCHS: a second seed of the fold models alone), PACK the crop pack (default
 # .gpu/verifier_pack.npz; e.g. .gpu/verifier_pack_union2.npz, the candidates of the whole-image and tiled passes). The run comes back in $OUT as
 # $TAG-run.tar.gz (probabilities, summaries, logs) and $TAG-verifier-seed*.pt (the full models).
 set -euo pipefail
@@ -27,7 +28,7 @@ python -m workzone_train.verifier_tune --pack "${PACK:-.gpu/verifier_pack.npz}" 
   || echo "some folds failed"
 echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/$TAG-device.txt"
 tar -C "$RUN" -czf "$OUT/$TAG-run.tar.gz" --exclude='*.ckpt' --exclude='*.pt' .
-for f in "$RUN"/verifier-seed*.pt; do cp "$f" "$OUT/$TAG-$(basename "$f")"; done
+for f in "$RUN"/verifier-seed*.pt; do [ -e "$f" ] || continue; cp "$f" "$OUT/$TAG-$(basename "$f")"; done  # none: folds only
 # FOLD_WEIGHTS=1 also brings back each fold model (9.5 MB each): with SEEDS=0 that is 8 files, ~57 MB, within
 # what a call returns (8 files, 64 MiB); needed to score candidates that the run did not see out of fold.
 if [ "${FOLD_WEIGHTS:-0}" = 1 ]; then

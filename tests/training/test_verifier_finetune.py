@@ -175,6 +175,7 @@ def test_fold_runs_name_every_fold_and_each_seed_of_the_full_model() -> None:
     assert fold_runs(["a", "b"], "all", "0,1") == [("a", 0), ("b", 0), ("full", 0), ("full", 1)]
     assert fold_runs(["a", "b"], "b", "0,1") == [("b", 0)]
     assert fold_runs(["a", "b"], "full", "3") == [("full", 3)]
+    assert fold_runs(["a", "b"], "all", "0", fold_seed=1) == [("a", 1), ("b", 1), ("full", 0)]
 
 
 def test_matched_copies_join_the_frozen_verifiers_cache(pack: tuple, tmp_path: Path) -> None:

@@ -13,10 +13,15 @@ from typing import Callable, Sequence
 __all__ = ["fold_runs", "run_fold_processes"]
 
 
-def fold_runs(folds: Sequence[str], which: str, seeds: str) -> list[tuple[str, int]]:
-    """(fold, seed) pairs: ``which`` is ``all`` (every fold and ``full``) or a comma list; ``full`` once per seed."""
+def fold_runs(folds: Sequence[str], which: str, seeds: str, *, fold_seed: int = 0) -> list[tuple[str, int]]:
+    """(fold, seed) pairs: ``which`` is ``all`` (every fold and ``full``) or a comma list; ``full`` once per seed.
+
+    The fold models all take ``fold_seed``: a second seed of the whole out-of-fold table (its spread, or an
+    ensemble of two tables) is a second run with another ``fold_seed``.
+    """
     names = list(folds) + ["full"] if which == "all" else which.split(",")
-    return [(f, 0) for f in names if f != "full"] + [("full", int(s)) for s in seeds.split(",") if "full" in names]
+    return ([(f, fold_seed) for f in names if f != "full"]
+            + [("full", int(s)) for s in seeds.split(",") if "full" in names])
 
 
 def run_fold_processes(runs: Sequence[tuple[str, int]], command: Callable[[str, int], list[str]], *, gpus: int = 1
