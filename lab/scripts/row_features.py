@@ -22,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from workzone.evaluation.loso_table import read_oof_rows
-from workzone.verified_evidence import verified_feature_names
 from workzone_train.detector import box_iou
 from workzone_train.oof_scores import append_score_columns, decision_scores
-from workzone_train.verifier import VERIFY_FEATURE_SETS, candidates_by_image, image_verified_features
-from workzone_train.verifier_tune import add_judged_candidates_arguments, judged_candidates, p_object
+from workzone_train.verifier import candidates_by_image
+from workzone_train.verifier_tune import add_judged_candidates_arguments, p_object, shipped_decision_inputs
 
 
 def _logit(p: float) -> float:
@@ -57,14 +55,8 @@ def main() -> None:
     add_judged_candidates_arguments(ap)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    rows = read_oof_rows(args.scores)
-    items, probs = judged_candidates(args.data, args.detections, args.verifier_run, args.hand_labels)
+    rows, items, probs, shipped = shipped_decision_inputs(args)
     keys = [r.key for r in rows]
-    names = verified_feature_names()
-    shipped = image_verified_features(items, probs, keys)[:, [names.index(c) for c in VERIFY_FEATURE_SETS["classes"]]]
-    again = decision_scores(rows, shipped)
-    was = np.array([r.scores.get("verify", np.nan) for r in rows], float)
-    print(f"the shipped decision recomputed: max |difference| from the CSV's verify column {np.nanmax(np.abs(again - was)):.1e}")
     extra = row_features(items, probs, keys)
     cols = {name: decision_scores(rows, np.c_[shipped, extra[:, :n]])
             for name, n in (("verify2nd", 1), ("verify23", 2), ("verify23n", 3))}

@@ -37,10 +37,11 @@ _LOGIT_CLIP = 6.0
 COUNT_AT, LOGIT_CLIP = _COUNT_AT, _LOGIT_CLIP
 
 
-def clipped_logit(p: np.ndarray | float) -> np.ndarray:
-    """Log-odds of ``p`` (taken in [0.001, 0.999]) clipped to ±LOGIT_CLIP: bounded, so no box dominates."""
+def clipped_logit(p: np.ndarray | float, clip: float = _LOGIT_CLIP) -> np.ndarray:
+    """Log-odds of ``p`` (taken in [0.001, 0.999]) clipped to ±``clip`` (default LOGIT_CLIP): bounded, so no box
+    dominates."""
     p = np.clip(np.asarray(p, np.float64), 1e-3, 1 - 1e-3)
-    return np.clip(np.log(p / (1 - p)), -_LOGIT_CLIP, _LOGIT_CLIP)
+    return np.clip(np.log(p / (1 - p)), -clip, clip)
 
 
 def feature_names(class_names: Sequence[str]) -> list[str]:

@@ -22,11 +22,16 @@ import numpy as np
 from workzone.accel.crops import MIN_WINDOW, crop_windows
 from workzone.object_evidence import LinearDecision, clipped_logit
 
-__all__ = ["VERIFIED_FEATURE_VERSION", "NONE_CLASSES", "GROUPS", "candidate_crops", "window_side", "MIN_WINDOW",
+__all__ = ["VERIFIED_FEATURE_VERSION", "VERIFIED_LOGIT_CLIP", "NONE_CLASSES", "GROUPS", "candidate_crops", "window_side", "MIN_WINDOW",
            "select_candidates", "object_probability", "verified_features_batch",
            "verified_feature_names", "verified_features", "VerifiedDecision"]
 
-VERIFIED_FEATURE_VERSION = 1
+# Version 2: the verifier's and the detector's maxima clipped at ±3 instead of ±6. A confident answer's logit is
+# steep (P 0.99 -> 0.999 moves it 4.6 -> 6.9), so a quarter-pixel move of a box could move the decision; at ±3
+# (P 0.047 to 0.953) the pooled out-of-fold MCC rose in both seeds of the verifier's folds
+# (benchmarks/results/verified_steepness.md).
+VERIFIED_FEATURE_VERSION = 2
+VERIFIED_LOGIT_CLIP = 3.0
 #: Verifier answers that are not work-zone objects.
 NONE_CLASSES: tuple[str, ...] = ("none", "sign_other")
 #: Class groups of the class-aware features: what a work zone is built from.
@@ -124,7 +129,7 @@ def verified_features(scores: np.ndarray, det_classes: Sequence[str], probs: np.
         candidates the detector did not call a look-alike; ``ver_max`` logit of the best verifier P(work-zone
         object); ``joint_max`` logit of the best product of both; ``n_verified`` log1p of candidates with
         P(object) >= 0.5; per group, logit of the best verifier probability of that group and log1p of the
-        verified candidates the verifier puts in it.
+        verified candidates the verifier puts in it. Every logit is clipped to ±:data:`VERIFIED_LOGIT_CLIP`.
 
     Examples:
         >>> f = verified_features(np.array([0.8]), ["cone"], np.array([[0.9, 0.1]]), ["cone", "none"])
@@ -159,7 +164,7 @@ def verified_features_batch(scores: np.ndarray, det_classes: Sequence[str], prob
         >>> f = verified_features_batch(np.array([0.8, 0.3]), ["cone", "cone"], np.array([[0.9, 0.1], [0.2, 0.8]]),
         ...                             [1, 0, 1], ["cone", "none"])
         >>> [round(float(v), 2) for v in f[0, :4]], [round(float(v), 2) for v in f[1, :4]]
-        ([1.39, 2.2, 0.94, 0.69], [-6.0, -6.0, -6.0, 0.0])
+        ([1.39, 2.2, 0.94, 0.69], [-3.0, -3.0, -3.0, 0.0])
     """
     counts = np.asarray(counts, np.int64).reshape(-1)
     n, m = len(counts), int(counts.sum())
@@ -178,7 +183,7 @@ def verified_features_batch(scores: np.ndarray, det_classes: Sequence[str], prob
         # Each image's maxima over its candidates (zero where it has none, as the single-image form gives).
         np.maximum.at(maxima, owner, cols)
         np.add.at(many, owner, np.column_stack([verified, member[probs.argmax(1)] * verified[:, None]]))
-    logits, counted = clipped_logit(maxima), np.log1p(many)
+    logits, counted = clipped_logit(maxima, VERIFIED_LOGIT_CLIP), np.log1p(many)
     out = np.empty((n, 4 + 2 * groups))
     out[:, :3], out[:, 3] = logits[:, :3], counted[:, 0]
     out[:, 4::2], out[:, 5::2] = logits[:, 3:], counted[:, 1:]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from workzone.errors import ModelFileError
-from workzone.verified_evidence import candidate_crops, verified_feature_names, verified_features
+from workzone.verified_evidence import (VERIFIED_FEATURE_VERSION, VERIFIED_LOGIT_CLIP, candidate_crops,
+                                        verified_feature_names, verified_features)
 from workzone.stages.object_verifier import ObjectVerifierParams, ObjectVerifierStage, float_graph_on_gpu
 from workzone.stages.base import StageContext
 from workzone.types import Box, Evidence, Image, StageReport
@@ -45,7 +46,8 @@ def _tiny_verifier(folder: Path, decision: dict | None = None) -> Path:
     path = folder / "verifier.onnx"
     onnx.save(model, str(path))
     sidecar = {"crop_size": 16, "context": 1.5, "classes": CLASSES, "candidate_floor": 0.1, "max_candidates": 4,
-               "decision": decision or {"version": 1, "features": ["ver_max", "channelizer_n", "sign_max"],
+               "decision": decision or {"version": VERIFIED_FEATURE_VERSION,
+                                        "features": ["ver_max", "channelizer_n", "sign_max"],
                                         "bias": -1.0, "weights": [1.0, 1.0, 0.5]}}
     path.with_suffix(".json").write_text(json.dumps(sidecar))
     return path
@@ -149,7 +151,7 @@ def test_class_aware_features_count_only_what_the_verifier_confirms() -> None:
     assert f["channelizer_n"] == pytest.approx(np.log1p(2)) and f["sign_n"] == 0.0
     assert f["sign_max"] < 0  # 0.1 for the triangle: not a road-work sign
     empty = dict(zip(names, verified_features(np.zeros(0), [], np.zeros((0, 5)), classes)))
-    assert empty["ver_max"] == empty["det_max"] == -6.0 and empty["n_verified"] == 0.0
+    assert empty["ver_max"] == empty["det_max"] == -VERIFIED_LOGIT_CLIP and empty["n_verified"] == 0.0
 
 
 def test_crops_of_a_larger_image_hold_the_detail_of_the_trained_size() -> None:
@@ -376,3 +378,19 @@ def test_batched_features_equal_each_image_s_own() -> None:
         np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-12)
         k += n
     assert (got[:, 3] > 0).any() and (np.array(counts) == 0).any()  # confirmed candidates and empty images both met
+
+
+def test_confident_answers_saturate_so_certainty_beyond_the_clip_does_not_move_the_decision() -> None:
+    # Version 2 of the features: a verifier at P 0.96 and at P 0.999 about the same cone give the same features,
+    # so the decision does not swing with how sure the verifier is about an object it already confirmed
+    # (benchmarks/results/verified_steepness.md); below the clip the logit still moves.
+    classes = ["cone", "none"]
+    names = verified_feature_names()
+
+    def feats(p: float) -> dict:
+        return dict(zip(names, verified_features(np.array([0.9]), ["cone"], np.array([[p, 1 - p]]), classes)))
+
+    sure, surer, unsure = feats(0.96), feats(0.999), feats(0.8)
+    assert sure["ver_max"] == surer["ver_max"] == VERIFIED_LOGIT_CLIP == 3.0
+    assert sure["channelizer_max"] == surer["channelizer_max"] == VERIFIED_LOGIT_CLIP
+    assert unsure["ver_max"] == pytest.approx(np.log(4.0)) and unsure["ver_max"] < sure["ver_max"]

