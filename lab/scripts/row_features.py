@@ -16,16 +16,14 @@ Usage: python lab/scripts/row_features.py --data ../shared/data --detections run
 """
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import numpy as np
 
 from workzone_train.detector import box_iou
 from workzone_train.oof_scores import append_score_columns, decision_scores
 from workzone_train.verifier import candidates_by_image
-from workzone_train.verifier_tune import add_judged_candidates_arguments, p_object, shipped_decision_inputs
+from workzone_train.verifier_tune import decision_probe, p_object
 
 
 def _logit(p: float) -> float:
@@ -51,11 +49,7 @@ def row_features(items: list, probs: dict, keys: list[str]) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_judged_candidates_arguments(ap)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    rows, items, probs, shipped = shipped_decision_inputs(args)
+    args, rows, items, probs, shipped = decision_probe(__doc__)
     keys = [r.key for r in rows]
     extra = row_features(items, probs, keys)
     cols = {name: decision_scores(rows, np.c_[shipped, extra[:, :n]])

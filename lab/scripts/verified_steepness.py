@@ -20,8 +20,6 @@ Usage: python lab/scripts/verified_steepness.py --data ../shared/data --detectio
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +27,7 @@ from workzone.object_evidence import clipped_logit
 from workzone.verified_evidence import GROUPS, NONE_CLASSES, VERIFIED_LOGIT_CLIP
 from workzone_train.oof_scores import append_score_columns, decision_scores
 from workzone_train.verifier import VERIFIER_CLASSES, candidates_by_image
-from workzone_train.verifier_tune import add_judged_candidates_arguments, shipped_decision_inputs
+from workzone_train.verifier_tune import decision_probe
 
 #: The clips tried: 6 was version 1 of the verified features, 3 is version 2 (shipped).
 CLIPS = (1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
@@ -71,11 +69,7 @@ def features(maxima: np.ndarray, counts: np.ndarray, *, clip: float | None) -> n
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_judged_candidates_arguments(ap)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    rows, items, probs, shipped = shipped_decision_inputs(args)
+    args, rows, items, probs, shipped = decision_probe(__doc__)
     keys = [r.key for r in rows]
     maxima, hard, soft = raw_parts(items, probs, keys)
     # The layout rebuilt from the raw parts at the shipped clip must be the shipped features, or the variants lie.

@@ -556,6 +556,19 @@ def judged_candidates(data: Path, detections: Path, verifier_run: Path,
     return items, read_verifier_run(verifier_run, items_digest(items))
 
 
+def decision_probe(doc: str) -> tuple[Any, list, list, dict, np.ndarray]:
+    """The start of a lab script that tries variants of the verified decision (its docstring ``doc``): its command
+    line (:func:`add_judged_candidates_arguments` and ``--out``, the CSV it writes) and
+    :func:`shipped_decision_inputs` of it. Returns the arguments, then what that returns."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_judged_candidates_arguments(ap)
+    ap.add_argument("--out", type=Path, required=True, help="the scores CSV with the variants' columns added")
+    args = ap.parse_args()
+    return (args, *shipped_decision_inputs(args))
+
+
 def shipped_decision_inputs(args: Any) -> tuple[list, list, dict, np.ndarray]:
     """What a decision probe starts from, for the arguments of :func:`add_judged_candidates_arguments`: the scores
     CSV's rows, the judged candidates (:func:`judged_candidates`) and the shipped class-aware verified features of
