@@ -58,8 +58,8 @@ def main() -> None:
              f"- Machine: {describe_machine()}", f"- Card: {_card(args.device)}",
              f"- {len(items)} dev images of roadwork-v1; reference: the same pipeline on onnxruntime (CPU, fp32); "
              "the verifier runs its fp32 graph on both sides", "",
-             "| detector precision | decode | images within 0.02 | max abs dp | decisions differ | of them away from 0.5 "
-             "| parity call s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| detector precision | decode | images within 0.02 | max abs dp | decisions differ "
+             "| of them away from 0.5 | parity call s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ("float16", "float32"):
             pipe = str(pipeline_with_detector_precision(precision, Path(tmp)))

@@ -73,7 +73,8 @@ def main() -> None:
     keys = [r.key for r in rows]
     maxima, hard, soft = raw_parts(items, probs, keys)
     # The layout rebuilt from the raw parts at the shipped clip must be the shipped features, or the variants lie.
-    print(f"shipped features rebuilt: max |difference| {np.abs(features(maxima, hard, clip=VERIFIED_LOGIT_CLIP) - shipped).max():.1e}")
+    rebuilt = features(maxima, hard, clip=VERIFIED_LOGIT_CLIP)
+    print(f"shipped features rebuilt: max |difference| {np.abs(rebuilt - shipped).max():.1e}")
     variants = {f"c{c:g}".replace(".", "p"): features(maxima, hard, clip=c) for c in CLIPS}  # c2p5: +-2.5
     variants |= {"soft": features(maxima, soft, clip=6.0), "softclip3": features(maxima, soft, clip=3.0),
                  "prob": features(maxima, soft, clip=None)}

@@ -22,8 +22,8 @@ import numpy as np
 from workzone.accel.crops import MIN_WINDOW, crop_windows
 from workzone.object_evidence import LinearDecision, clipped_logit
 
-__all__ = ["VERIFIED_FEATURE_VERSION", "VERIFIED_LOGIT_CLIP", "NONE_CLASSES", "GROUPS", "candidate_crops", "window_side", "MIN_WINDOW",
-           "select_candidates", "object_probability", "verified_features_batch",
+__all__ = ["VERIFIED_FEATURE_VERSION", "VERIFIED_LOGIT_CLIP", "NONE_CLASSES", "GROUPS", "candidate_crops",
+           "window_side", "MIN_WINDOW", "select_candidates", "object_probability", "verified_features_batch",
            "verified_feature_names", "verified_features", "VerifiedDecision"]
 
 # Version 2: the verifier's and the detector's maxima clipped at ±3 instead of ±6. A confident answer's logit is
