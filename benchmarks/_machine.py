@@ -29,4 +29,16 @@ def describe_machine() -> str:
     except ImportError:
         ort = ""
     return (f"{cpu}, {len(os.sched_getaffinity(0))} usable cores{mem}, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}{ort}; no GPU")
+            f"{platform.system()} {platform.release()}{ort}; {describe_gpus()}")
+
+
+def describe_gpus() -> str:
+    """The NVIDIA cards the driver lists (name, memory), or "no GPU". Asks ``nvidia-smi`` rather than torch: a results
+    file of an onnxruntime-only benchmark run on a GPU machine must still say which machine it was."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "no GPU"
+    cards = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+    return "GPU: " + "; ".join(cards) if cards else "no GPU"

@@ -38,12 +38,6 @@ def pipeline_with_detector_precision(precision: str, folder: Path) -> Path:
     return out
 
 
-def _card(device: str) -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else "none (CPU run)"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="roadwork-v1 (its dev split)")
@@ -55,7 +49,7 @@ def main() -> None:
     lines = ["# default-gpu against the CPU path, detector in fp16 and in fp32", "",
              f"- Command: `python3 benchmarks/gpu_detector_precision.py --data {args.data}`",
              f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             f"- Machine: {describe_machine()}", f"- Card: {_card(args.device)}",
+             f"- Machine: {describe_machine()}",
              f"- {len(items)} dev images of roadwork-v1; reference: the same pipeline on onnxruntime (CPU, fp32); "
              "the verifier runs its fp32 graph on both sides", "",
              "| detector precision | decode | images within 0.02 | max abs dp | decisions differ "
