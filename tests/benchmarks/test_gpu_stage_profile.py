@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.benchmarks import load_script
 
 pytest.importorskip("torch")
 
@@ -13,10 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("gpu_stage_profile", REPO / "benchmarks" / "gpu_stage_profile.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("gpu_stage_profile")
 
 
 def test_the_profile_times_each_step_and_checks_the_compiled_pixels(tmp_path):

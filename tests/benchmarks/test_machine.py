@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import stat
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("_machine", REPO / "benchmarks" / "_machine.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("_machine")
 
 
 def _fake_nvidia_smi(folder: Path, stdout: str, rc: int = 0) -> None:
