@@ -17,24 +17,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from _machine import describe_machine
 from _report import publish
-from workzone.config.loader import load_pipeline_config
+from workzone.config.backend import with_stage_params
+from workzone.config.loader import dump_pipeline, load_pipeline_config
 from workzone.throughput.parity import dev_jpegs, object_parity
 
 
 def pipeline_with_detector_precision(precision: str, folder: Path) -> Path:
-    """A copy of default-gpu whose detector stage runs at ``precision`` on the torch backend."""
-    _, path = load_pipeline_config("default-gpu")
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for tier in doc["tiers"]:
-        for stage in tier["stages"]:
-            if stage["kind"] == "roadwork_detector":
-                stage["precision"] = precision
+    """A copy of default-gpu whose detector stage (``objects``) runs at ``precision`` on the torch backend."""
+    cfg, _ = load_pipeline_config("default-gpu")
     out = folder / f"default-gpu-detector-{precision}.yaml"
-    out.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    out.write_text(dump_pipeline(with_stage_params(cfg, {"objects": {"precision": precision}})), encoding="utf-8")
     return out
 
 
