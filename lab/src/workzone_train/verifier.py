@@ -145,7 +145,8 @@ def build_crop_table(root: str | Path, detections: Mapping[str, np.ndarray], det
     return items
 
 
-def _prop_crops(item: CropItem, load: Callable[[Path], np.ndarray]) -> tuple[list[np.ndarray], list[str], list[float]]:
+def _prop_crops(item: CropItem, load: Callable[[Path], np.ndarray], context: float = CONTEXT
+                ) -> tuple[list[np.ndarray], list[str], list[float]]:
     """Paste one drawn kit into the item's scene; its objects' crops and classes."""
     from workzone_train.scene_synth import OBJECT_CLASSES, paste_work_zone_objects
 
@@ -153,14 +154,14 @@ def _prop_crops(item: CropItem, load: Callable[[Path], np.ndarray]) -> tuple[lis
     out, boxes, classes = paste_work_zone_objects(px, [], [], np.random.default_rng(item.seed))
     keep = [(b, OBJECT_CLASSES[int(c)]) for b, c in zip(boxes, classes) if b[3] - b[1] >= 6]
     kept = np.array([b for b, _ in keep]).reshape(-1, 4)
-    crops = candidate_crops(out, kept, size=CROP_SIZE, context=CONTEXT)
-    return list(crops), [c for _, c in keep], [crop_window_side(b) for b in kept]
+    crops = candidate_crops(out, kept, size=CROP_SIZE, context=context)
+    return list(crops), [c for _, c in keep], [crop_window_side(b, context) for b in kept]
 
 
-def crop_window_side(box: np.ndarray) -> float:
+def crop_window_side(box: np.ndarray, context: float = CONTEXT) -> float:
     """The side, in the image's own pixels, of the window the verifier's crop of ``box`` (x1, y1, x2, y2 in pixels)
     is cut from (:func:`workzone.verified_evidence.window_side` at the verifier's context)."""
-    return window_side(box, context=CONTEXT)
+    return window_side(box, context=context)
 
 
 def seen_at(x: np.ndarray, m: int) -> np.ndarray:
@@ -211,11 +212,11 @@ _STD = _STD_RGB[:, None, None]
 
 
 def item_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0,
-               progress: Callable[[int], None] | None = None
+               progress: Callable[[int], None] | None = None, context: float = CONTEXT
                ) -> Iterator[tuple[int, np.ndarray, str, bool, float]]:
     """Every item's crop (a prop item yields one crop per pasted object) plus ``augment`` degraded copies of each
     labelled crop: (item index, (3, S, S) crop in [0, 1], label, whether it is a degraded copy, the crop window's
-    side in the image's own pixels (:func:`crop_window_side`))."""
+    side in the image's own pixels (:func:`crop_window_side`)). ``context``: crop side over the box's longer side."""
     from workzone_train.data import load_pixels
 
     cache: dict[Path, np.ndarray] = {}
@@ -230,13 +231,13 @@ def item_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0,
     rng = np.random.default_rng(seed)
     for i, it in enumerate(items):
         if it.kind == "prop":
-            crops, classes, sides = _prop_crops(it, load)
+            crops, classes, sides = _prop_crops(it, load, context)
         else:
             px = load(it.path)
             h, w = px.shape[:2]
             box = np.array(it.box) * np.array([w, h, w, h])
-            crops, classes = list(candidate_crops(px, box[None], size=CROP_SIZE, context=CONTEXT)), [it.label]
-            sides = [crop_window_side(box)]
+            crops, classes = list(candidate_crops(px, box[None], size=CROP_SIZE, context=context)), [it.label]
+            sides = [crop_window_side(box, context)]
         # Degraded copies of every labelled crop, but of only a share of the mined "none" candidates: they are
         # most of the crops (up to MAX_CANDIDATES on every image without road work) and alike.
         copies = augment if it.kind != "candidate" or it.label != "none" or rng.random() < NONE_AUGMENT_SHARE else 0

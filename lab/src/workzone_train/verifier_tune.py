@@ -46,8 +46,10 @@ PACK_FORMAT, PACK_QUALITY = "WEBP", 80
 
 
 def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]], out: Path, *,
-                    quality: int = PACK_QUALITY, progress: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Every item's original crop (WebP at ``quality``), its label, item, fold and whether it needs a score.
+                    quality: int = PACK_QUALITY, progress: Callable[[int], None] | None = None,
+                    context: float | None = None) -> dict[str, int]:
+    """Every item's original crop (WebP at ``quality``), its label, item, fold and whether it needs a score; the
+    crops cut at ``context`` times their box's longer side (None: the verifier's ``CONTEXT``), kept in the pack.
 
     Returns counts per label ("" for unlabelled candidates, which are only scored).
     """
@@ -59,7 +61,10 @@ def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]
     owner: list[int] = []
     labels: list[str] = []
     sides: list[float] = []
-    for i, crop, label, _, side in item_crops(items, augment=0, progress=progress):
+    from workzone_train.verifier import CONTEXT
+
+    context = CONTEXT if context is None else float(context)
+    for i, crop, label, _, side in item_crops(items, augment=0, progress=progress, context=context):
         buf = io.BytesIO()
         PILImage.fromarray((crop.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)).save(buf, PACK_FORMAT, quality=quality)
         chunks.append(buf.getvalue())
@@ -80,7 +85,7 @@ def write_crop_pack(items: Sequence[CropItem], folds: Mapping[str, Sequence[str]
             np.savez_compressed(fh, images=np.frombuffer(b"".join(chunks), np.uint8), offsets=offsets, owner=np.array(owner),
                      labels=np.array(labels), fold=fold_names, scored=scored, side=np.array(sides, np.float32),
                      det_score=det_score, det_class=det_class, image=image,
-                     digest=np.array(items_digest(items)),
+                     digest=np.array(items_digest(items)), context=np.array(context),
                      folds=np.array(json.dumps({k: list(v) for k, v in folds.items()})))
     return {lab: labels.count(lab) for lab in sorted(set(labels))}
 
@@ -98,7 +103,9 @@ def read_crop_pack(path: Path) -> dict[str, Any]:
     return {"pixels": pixels, "owner": blob["owner"], "labels": blob["labels"], "fold": blob["fold"],
             "scored": blob["scored"],
             **{k: blob[k] if k in blob.files else None for k in ("side", "det_score", "det_class", "image")},
-            "digest": str(blob["digest"]), "folds": json.loads(str(blob["folds"]))}
+            "digest": str(blob["digest"]), "folds": json.loads(str(blob["folds"])),
+            # Packs written before it was kept were all cut at the verifier's CONTEXT, 2.0.
+            "context": float(blob["context"]) if "context" in blob.files else 2.0}
 
 
 def build_verifier_net(weights: str | None = None, *, drop_connect: float = 0.1, dropout: float = 0.2,

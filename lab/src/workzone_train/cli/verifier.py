@@ -24,6 +24,8 @@ def pack(
     hand_labels: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                                help="candidates named by eye (lab/labels/candidate_labels.csv): "
                                                     "they label candidates nobody boxed"),
+    context: Optional[float] = typer.Option(None, min=1.0, max=8.0, help="crop side over the box's longer side "
+                                            "(default: the verifier's, 2.0)"),
 ) -> None:
     """Every candidate, real, look-alike and drawn crop of the verifier's table, with its fold, in one file."""
     from rich.console import Console
@@ -42,7 +44,7 @@ def pack(
                              hand_labels=read_hand_labels(hand_labels) if hand_labels else None)
     with Progress(console=con) as bar:
         task = bar.add_task("cropping", total=len(items))
-        counts = write_crop_pack(items, LOSO_FOLDS, out, progress=lambda n: bar.advance(task, n))
+        counts = write_crop_pack(items, LOSO_FOLDS, out, progress=lambda n: bar.advance(task, n), context=context)
     con.print(f"{sum(counts.values())} crops of {len(items)} items -> {out} ({out.stat().st_size / 2**20:.1f} MiB): "
               + ", ".join(f"{k or 'unlabelled'} {v}" for k, v in counts.items()))
 
