@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib.util
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +22,12 @@ from workzone.client_costs import ClientCosts
 from workzone.cascade import Cascade, TierEvent
 from workzone.config.loader import load_pipeline_config
 from workzone.config.schema import PipelineConfig
-from workzone.io.decode_pool import DecodeBudget, DecodePool
-from workzone.io.images import DEFAULT_LIMITS, ImageHeader, ImageLimits, decode_image, probe_image
+from workzone.io.decode_pool import DecodeBudget
+from workzone.io.images import ImageHeader, ImageLimits
 from workzone.errors import DeadlineExceeded, NotReady
 from workzone._memory import MemoryCeiling, Trimmer
 from workzone.types import Decision, Image
+from workzone.image_decoder import ImageDecoder
 
 __all__ = ["DetectionService", "BatchTimes", "ImageDecoder", "ServiceObserver", "EventHandler", "answer_by",
            "answer_margin"]
@@ -73,82 +72,6 @@ class ServiceObserver(Protocol):
     def on_batch(self, size: int, waited_s: float) -> None: ...
 
     def on_decision(self, decision: Decision) -> None: ...
-
-
-class ImageDecoder:
-    """The one decode policy of a service: Pillow on the CPU for any input; on a CUDA device with
-    torchvision, batches of encoded bytes decoded by nvJPEG straight into GPU memory. With
-    ``processes`` (the HTTP server's default), a caller's encoded bytes on the CPU are decoded in
-    worker processes that are killed past a CPU budget (:mod:`workzone.io.decode_pool`).
-
-    Args:
-        device: the cascade's device (``cpu``, ``cuda``, ``cuda:N``).
-        limits: size, memory and work limits every decoded image respects.
-        gpu_decode: on CUDA, ``nvjpeg`` (fastest) or ``libjpeg`` (the batch's JPEGs decoded on CPU threads:
-            the CPU path's exact pixels, which the object decision is sensitive to; see docs/gpu.md).
-        processes: the decoder processes for untrusted bytes (:meth:`decode_bytes`) on the CPU, or None.
-    """
-
-    def __init__(self, device: str = "cpu", *, limits: ImageLimits = DEFAULT_LIMITS, gpu_decode: str = "nvjpeg",
-                 processes: DecodePool | None = None) -> None:
-        self.limits = limits
-        self._device = _device_decoder(device, limits, 1.0 if gpu_decode == "libjpeg" else 0.0)
-        # nvJPEG (or libjpeg threads) decode a GPU server's JPEGs; the processes serve the CPU policy.
-        self.processes = processes if self._device is None else None
-
-    def defers(self, data: Any) -> tuple[int, int] | None:
-        """``(width, height)`` when ``data`` is a JPEG best decoded with its batch on the device (see
-        :meth:`decode_each`), from its header alone; ``None`` when it must be decoded now."""
-        return self._device.accepts(data) if self._device is not None else None
-
-    def decode_each(self, blobs: Sequence[bytes], labels: Sequence[str]) -> list[Image | Exception]:
-        """Decode a batch of JPEGs that :meth:`defers` passed; a file that fails is its exception."""
-        return self._device.decode_each(blobs, labels)
-
-    def decode(self, items: Sequence[Any], sources: Sequence[str | None] | None = None) -> list[Image]:
-        """Decode ``items`` (path, bytes, base64, PIL image, numpy array, Image), in order.
-
-        Raises:
-            InvalidImageError: an item cannot be decoded or breaks a limit.
-        """
-        labels = list(sources) if sources is not None else [None] * len(items)
-        if self._device is not None and items and all(isinstance(x, (bytes, bytearray, memoryview)) for x in items):
-            return self._device.decode(items, [s or "<bytes>" for s in labels])
-        return [decode_image(x, limits=self.limits, source=s) for x, s in zip(items, labels)]
-
-    async def probe_bytes(self, data: bytes, source: str, budget: DecodeBudget, end: float | None) -> ImageHeader:
-        """The header of encoded bytes, checked against every limit (in a decoder process, if any)."""
-        if self.processes is not None:
-            return await self.processes.probe(data, source, budget, end)
-        return await asyncio.to_thread(probe_image, data, limits=self.limits, source=source)
-
-    async def decode_bytes(self, data: bytes, source: str, budget: DecodeBudget, end: float | None,
-                           cost_s: float = 0.0, memory: Callable[[], ContextManager[None]] | None = None) -> Image:
-        """Decode encoded bytes: in a decoder process under ``budget`` (``cost_s``, the header's
-        estimate, picks its lane; ``memory`` is held while it decodes), else with :meth:`decode` in a
-        thread (the caller holds ``memory`` then)."""
-        if self.processes is not None:
-            return await self.processes.decode(data, source, budget, end, cost_s, memory)
-        return (await asyncio.to_thread(self.decode, [data], [source]))[0]
-
-    def close(self) -> None:
-        if self._device is not None:
-            self._device.close()
-        if self.processes is not None:
-            self.processes.close()
-
-
-def _device_decoder(device: str, limits: ImageLimits, cpu_share: float = 0.0) -> Any:
-    """A batched GPU decoder for ``device`` (:mod:`workzone.accel.decode`), or None on the CPU or without torch."""
-    if not device.startswith("cuda") or importlib.util.find_spec("torchvision") is None:
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    from workzone.accel.decode import DeviceDecoder
-
-    return DeviceDecoder(device, limits=limits, cpu_share=cpu_share, workers=min(16, len(os.sched_getaffinity(0))))
 
 
 class BatchTimes:
@@ -273,11 +196,24 @@ class DetectionService:
     @classmethod
     def from_config(cls, config: PipelineConfig, base_dir: Path, *, device: str = "cpu",
                     extras: dict[str, Any] | None = None, **kwargs: Any) -> "DetectionService":
-        """Build from a validated config whose relative paths resolve against ``base_dir`` (loads no weights)."""
+        """Build from a validated config whose relative paths resolve against ``base_dir`` (loads no weights).
+
+        ``engine_process=True`` runs the cascade in a process of its own (:mod:`workzone.cascade_process`);
+        the decoder passed with it should be made ``for_engine``.
+        """
         gpu_decode = kwargs.pop("gpu_decode", "nvjpeg")
+        engine = kwargs.pop("engine_process", False)
+        limits = kwargs.get("limits", ImageLimits())
         if "decoder" not in kwargs:
-            kwargs["decoder"] = ImageDecoder(device, limits=kwargs.get("limits", ImageLimits()), gpu_decode=gpu_decode)
-        return cls(Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras), **kwargs)
+            kwargs["decoder"] = ImageDecoder(device, limits=limits, gpu_decode=gpu_decode, for_engine=engine)
+        if engine:
+            from workzone.cascade_process import CascadeProcess
+
+            cascade: Any = CascadeProcess(config, base_dir=base_dir, device=device, extras=extras,
+                                          gpu_decode=gpu_decode, limits=limits)
+        else:
+            cascade = Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras)
+        return cls(cascade, **kwargs)
 
     @property
     def config(self) -> PipelineConfig:
@@ -575,6 +511,8 @@ class DetectionService:
         return jobs, failed
 
     async def _run_jobs(self, jobs: list[_Job], costly: bool) -> list[Decision]:
+        if getattr(self.cascade, "decodes_encoded", False):  # an engine process decodes the deferred JPEGs
+            return await self._run_decoded(jobs, costly)
         jobs, failed = await self._decode_batch(jobs)
         if failed:
             live = [k for k in range(len(jobs)) if k not in failed]

@@ -26,7 +26,7 @@ from workzone.types import Image
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceDecoder", "resize_batch", "jpeg_header"]
+__all__ = ["DeviceDecoder", "resize_batch", "jpeg_header", "nvjpeg_size"]
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -65,6 +65,21 @@ def jpeg_header(data: bytes) -> tuple[int, int, int, bool, bool] | None:
             return w, h, data[i + 9], marker == 0xC2, exif
         i += 2 + length
     return None
+
+
+def nvjpeg_size(data: Any, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[int, int] | None:
+    """``(width, height)`` when ``data`` is a JPEG that nvJPEG decodes as the CPU decoder would (no EXIF
+    rotation, 1 or 3 components, within ``limits``), else ``None``. Reads the header only, needs no device."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > limits.max_bytes:
+        return None
+    head = jpeg_header(bytes(data[:65536]) if len(data) > 65536 else bytes(data))
+    if head is None:
+        return None
+    w, h, comps, _progressive, exif = head
+    # EXIF may rotate the image (nvJPEG ignores it); CMYK and over-limit sizes need the CPU decoder.
+    ok = (not exif and comps in (1, 3) and w * h <= limits.max_pixels and min(w, h) >= limits.min_side
+          and (not limits.max_side or max(w, h) <= limits.max_side))
+    return (w, h) if ok else None
 
 
 class DeviceDecoder:
@@ -132,19 +147,9 @@ class DeviceDecoder:
         self._pool.shutdown(wait=False)
 
     def accepts(self, data: Any) -> tuple[int, int] | None:
-        """``(width, height)`` when ``data`` is a JPEG nvJPEG decodes as the CPU decoder would (no EXIF
-        rotation, 1 or 3 components, within the limits), else ``None``. Reads the header only."""
-        if not self.cuda or not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > self.limits.max_bytes:
-            return None
-        head = jpeg_header(bytes(data[:65536]) if len(data) > 65536 else bytes(data))
-        if head is None:
-            return None
-        w, h, comps, _progressive, exif = head
-        lim = self.limits
-        # EXIF may rotate the image (nvJPEG ignores it); CMYK and over-limit sizes need the CPU decoder.
-        ok = (not exif and comps in (1, 3) and w * h <= lim.max_pixels and min(w, h) >= lim.min_side
-              and (not lim.max_side or max(w, h) <= lim.max_side))
-        return (w, h) if ok else None
+        """``(width, height)`` when ``data`` is a JPEG nvJPEG decodes as the CPU decoder would (see
+        :func:`nvjpeg_size`) and this decoder is on CUDA, else ``None``. Reads the header only."""
+        return nvjpeg_size(data, self.limits) if self.cuda else None
 
     def _nvjpeg_ok(self, data: Any) -> bool:
         return self.accepts(data) is not None

@@ -40,6 +40,9 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     gpu_decode: Annotated[Optional[str], typer.Option(help="on CUDA: nvjpeg (default) or libjpeg (CPU threads: "
                                                       "the CPU path's exact pixels)")] = None,
+    engine_process: Annotated[Optional[bool], typer.Option("--engine-process/--no-engine-process",
+                                                           help="run the cascade in a process of its own "
+                                                           "(env WORKZONE_ENGINE_PROCESS; default off)")] = None,
     api_key: Annotated[Optional[List[str]], typer.Option("--api-key", help="accepted API key (repeat for several); "
                                                          "prefer WORKZONE_API_KEYS=k1,k2 to keep keys out of ps")] = None,
     allow_url_fetch: Annotated[Optional[bool], typer.Option("--allow-url-fetch/--no-url-fetch",
@@ -62,7 +65,7 @@ def serve(
     from workzone.server.settings import ServerSettings
 
     settings = _settings(ServerSettings, {
-        "pipeline": pipeline, "host": host, "port": port, "device": device, "gpu_decode": gpu_decode,
+        "pipeline": pipeline, "host": host, "port": port, "device": device, "gpu_decode": gpu_decode, "engine_process": engine_process,
         "api_keys": tuple(api_key) if api_key else None, "allow_url_fetch": allow_url_fetch,
         "batch_size": batch_size, "batch_wait_ms": batch_wait_ms, "queue_size": queue_size,
         "max_body_bytes": max_body_bytes, "default_deadline_s": default_deadline, "max_deadline_s": max_deadline,

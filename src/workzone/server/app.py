@@ -67,11 +67,12 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
     processes = (DecodePool(settings.decode_workers, limits, image_cpu_s=settings.image_decode_cpu_s,
                             heavy_s=settings.heavy_decode_s) if settings.decode_processes else None)
     return DetectionService.from_pipeline(settings.pipeline, device=settings.device, limits=limits, policy=policy,
+                                          engine_process=settings.engine_process, gpu_decode=settings.gpu_decode,
                                           default_deadline_s=settings.default_deadline_s,
                                           max_deadline_s=settings.max_deadline_s, observer=observer,
                                           decode_workers=settings.decode_workers,
                                           decoder=ImageDecoder(settings.device, limits=limits, gpu_decode=settings.gpu_decode,
-                                                               processes=processes),
+                                                               processes=processes, for_engine=settings.engine_process),
                                           request_decode_cpu_s=settings.request_decode_cpu_s,
                                           client_costs=ClientCosts(settings.costly_image_s),
                                           memory=MemoryCeiling(default_rss_ceiling(settings), settings.max_held_bytes))

@@ -32,6 +32,9 @@ class ServerSettings(BaseSettings):
     gpu_decode: Literal["nvjpeg", "libjpeg"] = Field(
         default="nvjpeg", description="on CUDA, who decodes a batch's JPEGs: nvJPEG (fastest), or libjpeg on CPU "
                                       "threads (the CPU path's exact pixels, so the same decisions)")
+    engine_process: bool = Field(
+        default=False, description="run the cascade in a process of its own (the engine), so that the HTTP event "
+                                   "loop and the device's compute never share a GIL (docs/serving.md)")
     host: str = Field(default="127.0.0.1", description="interface to bind; 0.0.0.0 exposes the service")
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -72,7 +72,9 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
             body = r.json() if r.status_code == 200 else {}
             if r.status_code != 200 or not isinstance(body.get("probability"), float):
                 raise WorkzoneError(f"workzone serve started but answered a probe with {r.status_code}: {r.text[:300]}")
-        yield Served(base, log, os.fstat(log.fileno()).st_size, switch_interval_ms=_switch_interval_ms(device))
+        yield Served(base, log, os.fstat(log.fileno()).st_size, switch_interval_ms=_switch_interval_ms(device),
+                     engine_process=_env_flag("WORKZONE_ENGINE_PROCESS"),
+                     batch_workers=int(os.environ.get("WORKZONE_BATCH_WORKERS", "1") or 1))
     finally:
         proc.terminate()
         try:
@@ -175,7 +177,9 @@ def _timed(server: "Served", blobs: list[bytes], size: str, device: str, rate: f
                float(np.percentile(lat_a, 50)) if len(lat_a) else float("nan"),
                float(np.percentile(lat_a, 95)) if len(lat_a) else float("nan"), stages=stages,
                notes=f"{p99}{load.errors} errors; answers: {answers}{why}; {origin}; server batch {batch_size}, "
-                     f"wait {batch_wait_ms} ms, GIL switch interval {_interval(server.switch_interval_ms)}; "
+                     f"wait {batch_wait_ms} ms, {server.batch_workers} batch worker(s), GIL switch interval "
+                     f"{_interval(server.switch_interval_ms)}; cascade "
+                     f"{'in an engine process' if server.engine_process else 'in the server process'}; "
                      "images/s = answered/s; batch p50/p95 = request latency")
 
 
@@ -192,6 +196,10 @@ class Served:
     read_to: int = 0
     #: The GIL switch interval the server set (ms), None where it kept Python's (``WORKZONE_GIL_SWITCH_MS``).
     switch_interval_ms: float | None = None
+    #: Whether its cascade runs in an engine process (``WORKZONE_ENGINE_PROCESS``, inherited by the child).
+    engine_process: bool = False
+    #: Batches that may run at once (``WORKZONE_BATCH_WORKERS``).
+    batch_workers: int = 1
 
     def refusals(self) -> Counter[str]:
         """What the server refused (and penalised) since the last call, from its log: by status, error
@@ -257,6 +265,11 @@ def _switch_interval_ms(device: str) -> float | None:
         override = None
     s = gil_switch_interval_s(device, override)
     return None if s is None else 1000 * s
+
+
+def _env_flag(name: str) -> bool:
+    """A boolean setting the ``workzone serve`` child inherits, read as its settings read it."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on", "t", "y")
 
 
 def _free_port() -> int:

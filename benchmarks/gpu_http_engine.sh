@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# HTTP on the GPU machine with the cascade in the server's process and in an engine process (issue 23, item 3):
+# ONE device call, after `bash benchmarks/prepare_gpu_carry.sh` here:
+#   run(command="bash benchmarks/gpu_http_engine.sh", carry=[".whl"], timeout_s=560)
+# Three servers of default-gpu, one after the other, each timed at 1,000 and 3,000 requests/s from 64 loopback
+# addresses and searched for the highest rate held with p99 <= 100 ms: the cascade in the server's process (the
+# baseline, as bench_gpu_http.md), in an engine process with one batch worker, and with two (a batch formed while
+# the engine runs the last one; the engine merges what waits). Results: $OUT/http_engine_{inproc,w1,w2}.md.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
+python3 -c 'import fastapi, uvicorn, aiohttp, torch; print("cuda", torch.cuda.is_available())' 2>&1 | tee -a "$OUT/env.txt"
+bench() {  # name, then env assignments
+  local name=$1; shift
+  env "$@" timeout -s INT -k 15 165 python3 -m workzone.cli.main bench --device cuda --size 224 --images 512 \
+    --seconds 2 --batch 1024 --cascade-batch 1024 -p default-gpu --no-tier1 --no-all-tiers --no-compile --cpu-share 0 \
+    --http-rate 1000 --http-rate 3000 --http-seconds 8 --http-p99-ms 100 --http-addresses 64 \
+    --out "$OUT/http_engine_$name.md" --http-server-log "/tmp/log_$name.txt" 2>&1 | tail -n 30 > "$OUT/log_$name.txt"
+  tail -n 60 "/tmp/log_$name.txt" >> "$OUT/log_$name.txt"
+  grep -h "HTTP" "$OUT/http_engine_$name.md" | cut -c1-260
+}
+bench w2 WORKZONE_ENGINE_PROCESS=1 WORKZONE_BATCH_WORKERS=2
+bench w1 WORKZONE_ENGINE_PROCESS=1 WORKZONE_BATCH_WORKERS=1
+bench inproc WORKZONE_ENGINE_PROCESS=0
+cd "$OUT" && tar -czf logs.tar.gz log_*.txt env.txt && rm -f log_*.txt
