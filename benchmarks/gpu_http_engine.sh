@@ -3,9 +3,10 @@
 # ONE device call, after `bash benchmarks/prepare_gpu_carry.sh` here:
 #   run(command="bash benchmarks/gpu_http_engine.sh", carry=[".whl"], timeout_s=560)
 # Three servers of default-gpu, one after the other, each timed at 1,000 and 3,000 requests/s from 64 loopback
-# addresses and searched for the highest rate held with p99 <= 100 ms: the cascade in the server's process (the
-# baseline, as bench_gpu_http.md), in an engine process with one batch worker, and with two (a batch formed while
-# the engine runs the last one; the engine merges what waits). Results: $OUT/http_engine_{inproc,w1,w2}.md.
+# addresses and searched for the highest rate held with p99 <= 100 ms: four HTTP processes in front of one engine
+# process (--http-workers 4, two batch workers each), one HTTP process with an engine process (two batch workers: a
+# batch formed while the engine runs the last one; the engine merges what waits), and the cascade in the server's
+# process (the baseline, as bench_gpu_http.md). Results: $OUT/http_engine_{workers4,w2,inproc}.md.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 source benchmarks/gpu_env.sh
@@ -19,7 +20,7 @@ bench() {  # name, then env assignments
   tail -n 60 "/tmp/log_$name.txt" >> "$OUT/log_$name.txt"
   grep -h "HTTP" "$OUT/http_engine_$name.md" | cut -c1-260
 }
+bench workers4 WORKZONE_HTTP_WORKERS=4 WORKZONE_BATCH_WORKERS=2
 bench w2 WORKZONE_ENGINE_PROCESS=1 WORKZONE_BATCH_WORKERS=2
-bench w1 WORKZONE_ENGINE_PROCESS=1 WORKZONE_BATCH_WORKERS=1
 bench inproc WORKZONE_ENGINE_PROCESS=0
 cd "$OUT" && tar -czf logs.tar.gz log_*.txt env.txt && rm -f log_*.txt

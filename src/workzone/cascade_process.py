@@ -30,6 +30,7 @@ import asyncio
 import itertools
 import logging
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +47,7 @@ from workzone.errors import BackendUnavailable, ConfigError, StageError
 from workzone.io.images import DEFAULT_LIMITS, ImageLimits
 from workzone.types import Decision, Image
 
-__all__ = ["CascadeProcess", "EngineStopped"]
+__all__ = ["CascadeProcess", "EngineAddress", "EngineStopped"]
 
 log = logging.getLogger("workzone.engine")
 
@@ -63,7 +64,7 @@ class EngineStopped(BackendUnavailable):
 
 @dataclass(frozen=True)
 class _Spec:
-    """What the engine needs to build the cascade (everything picklable)."""
+    """What the engine needs to build the cascade (everything picklable), and where more servers reach it."""
 
     config: PipelineConfig
     base_dir: str
@@ -72,6 +73,16 @@ class _Spec:
     gpu_decode: str
     limits: ImageLimits
     largest_batch: int | None
+    listen: str | None = None  # a Unix socket path where more servers' CascadeProcess may attach
+    authkey: bytes = b""  # what they must prove (multiprocessing's HMAC handshake)
+
+
+@dataclass(frozen=True)
+class EngineAddress:
+    """Where a running engine takes more servers: its Unix socket and the key they must know."""
+
+    path: str
+    authkey: bytes
 
 
 # -- messages ------------------------------------------------------------------------------------------
@@ -101,6 +112,10 @@ class CascadeProcess:
         extras: stage extras (must pickle: they cross to the engine).
         gpu_decode: the engine's JPEG decoder on CUDA (``nvjpeg`` or ``libjpeg``).
         limits: the limits every image the engine decodes respects.
+        listen: a Unix socket path: the engine this starts also takes other servers there (:attr:`address`),
+            so that several HTTP processes share one engine and its batches.
+        attach: start no engine; use the one at this address (another process started it with ``listen``).
+            The engine is stopped by whoever started it, not by :meth:`aclose` here.
 
     Raises:
         ConfigError: ``extras`` cannot be sent to another process.
@@ -111,8 +126,10 @@ class CascadeProcess:
 
     def __init__(self, config: PipelineConfig, base_dir: str | Path = ".", device: str = "cpu",
                  extras: dict[str, Any] | None = None, *, gpu_decode: str = "nvjpeg",
-                 limits: ImageLimits = DEFAULT_LIMITS) -> None:
+                 limits: ImageLimits = DEFAULT_LIMITS, listen: str | None = None,
+                 attach: EngineAddress | None = None) -> None:
         import pickle
+        import secrets
 
         try:
             pickle.dumps(dict(extras or {}))
@@ -123,7 +140,11 @@ class CascadeProcess:
         self._local = Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras)
         self.config = config
         self.tiers = self._local.tiers
-        self._spec = _Spec(config, str(base_dir), device, dict(extras or {}), gpu_decode, limits, None)
+        self._spec = _Spec(config, str(base_dir), device, dict(extras or {}), gpu_decode, limits, None, listen,
+                           secrets.token_bytes(32) if listen else b"")
+        #: Where other servers attach to the engine this starts (None without ``listen``).
+        self.address = EngineAddress(listen, self._spec.authkey) if listen else None
+        self._attach = attach
         self._proc: Any = None
         self._conn: Any = None
         self._reader: threading.Thread | None = None
@@ -168,6 +189,9 @@ class CascadeProcess:
             return
         self._loop = asyncio.get_running_loop()
         self._ready_msg = self._loop.create_future()
+        if self._attach is not None:
+            await self._attach_to(self._attach)
+            return
         # A fresh interpreter (never a fork of a process that may hold CUDA or threads), started as a module so
         # that nothing of the caller's main script is imported again; a private socket pair carries the messages.
         ours, theirs = socket.socketpair()
@@ -185,6 +209,20 @@ class CascadeProcess:
             raise StageError("engine", f"the engine process could not load the pipeline: {msg[1]}")
         self._started = True
         log.info("engine process %d ready on %s", self._proc.pid, self._spec.device)
+
+    async def _attach_to(self, address: EngineAddress) -> None:
+        from multiprocessing.connection import Client
+
+        try:
+            self._conn = await asyncio.to_thread(Client, address.path, "AF_UNIX", address.authkey)
+        except (OSError, EOFError) as exc:
+            raise EngineStopped(f"no engine answers at {address.path} ({type(exc).__name__}: {exc})") from exc
+        self._reader = threading.Thread(target=self._read, name="workzone-engine-reader", daemon=True)
+        self._reader.start()
+        msg = await self._ready_msg  # the engine greets every server it takes
+        if msg[0] != "ready":
+            raise EngineStopped(f"the engine at {address.path} did not take this server: {msg[1]}")
+        self._started = True
 
     async def run(self, images: Sequence[Image], *, deadline_s: float | None = None,
                   on_event: EventCallback | None = None, run_all: bool = False) -> list[Decision]:
@@ -211,7 +249,19 @@ class CascadeProcess:
         return await fut
 
     async def aclose(self) -> None:
-        """Ask the engine to close its stages and exit (terminated if it does not within 30 s)."""
+        """Ask the engine to close its stages and exit (terminated if it does not within 30 s); an attached one
+        is only let go."""
+        if self._attach is not None and self._conn is not None:
+            self._stopped = self._stopped or "this server let the engine go"
+            self._started = False
+            try:
+                await asyncio.to_thread(self._send, ("bye",))  # the engine closes its end: the reader ends
+            except (OSError, EOFError, ValueError):
+                pass
+            if self._reader is not None:
+                await asyncio.to_thread(self._reader.join, 5.0)
+            self._conn.close()
+            return
         if self._proc is None:
             return
         proc, self._proc = self._proc, None
@@ -301,6 +351,10 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
 def _engine_main(fd: int) -> None:
     """The engine process: read its spec, build and warm the cascade, then answer until told to close."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s")
+    # Stopped by its owner only (a "close" message, or the owner's end of the socket closing): a SIGTERM or Ctrl-C
+    # sent to the whole process group must not end it while its servers still finish their requests.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     conn = Connection(fd)
     try:
         kind, spec = conn.recv()
@@ -312,28 +366,55 @@ def _engine_main(fd: int) -> None:
 
 
 class _Engine:
+    """The engine's side: one owner connection (the server that started it; its end closes the engine) and, with
+    ``spec.listen``, the servers that attach later. A message's id is kept with its connection, ``(conn, id)``."""
+
     def __init__(self, conn: Any, spec: _Spec) -> None:
-        self.conn = conn
+        self.owner = conn
         self.spec = spec
-        self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[Any, tuple[Any, ...]]] = queue.SimpleQueue()
         self.cascade: Cascade | None = None
         self.decoder: Any = None
+        self._locks: dict[int, threading.Lock] = {}
 
-    def send(self, msg: tuple[Any, ...]) -> None:
-        self.conn.send(msg)  # only the engine's event loop thread sends
+    def send(self, conn: Any, msg: tuple[Any, ...]) -> None:
+        lock = self._locks.setdefault(id(conn), threading.Lock())
+        try:
+            with lock:
+                conn.send(msg)
+        except (OSError, ValueError):  # that server went away: its answers are dropped, the others go on
+            pass
 
-    def _receive(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
-        # Its own thread: messages are taken off the pipe while a batch computes, so the server never blocks
-        # on a full pipe.
+    def _receive(self, conn: Any, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        # One thread per connection: messages are taken off the socket while a batch computes, so no server
+        # blocks on a full socket.
         while True:
             try:
-                msg = self.conn.recv()
+                msg = conn.recv()
             except (EOFError, OSError):
-                msg = ("close",)
-            self.inbox.put(msg)
+                msg = ("close",) if conn is self.owner else ("bye",)
+            if msg[0] == "bye":
+                conn.close()  # ends the attached server's reader
+                return
+            self.inbox.put((conn, msg))
             loop.call_soon_threadsafe(wake.set)
             if msg[0] == "close":
                 return
+
+    def _listen(self, listener: Any, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        from multiprocessing import AuthenticationError
+
+        while True:
+            try:
+                conn = listener.accept()
+            except AuthenticationError:
+                log.warning("a connection to the engine without its key was refused")
+                continue
+            except OSError:  # the listener was closed: the engine is stopping
+                return
+            self.send(conn, ("ready",))
+            threading.Thread(target=self._receive, args=(conn, loop, wake), name="workzone-engine-receiver",
+                             daemon=True).start()
 
     async def serve(self) -> None:
         from workzone.image_decoder import ImageDecoder
@@ -345,12 +426,20 @@ class _Engine:
             self.decoder = ImageDecoder(spec.device, limits=spec.limits, gpu_decode=spec.gpu_decode)
             await self.cascade.start(largest_batch=spec.largest_batch)
         except BaseException as exc:  # noqa: BLE001 - reported to the server, which raises it
-            self.send(("failed", f"{type(exc).__name__}: {exc}"))
+            self.send(self.owner, ("failed", f"{type(exc).__name__}: {exc}"))
             return
-        self.send(("ready",))
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        threading.Thread(target=self._receive, args=(loop, wake), name="workzone-engine-receiver", daemon=True).start()
+        listener = None
+        if spec.listen:
+            from multiprocessing.connection import Listener
+
+            listener = Listener(spec.listen, "AF_UNIX", authkey=spec.authkey)
+            threading.Thread(target=self._listen, args=(listener, loop, wake), name="workzone-engine-listener",
+                             daemon=True).start()
+        self.send(self.owner, ("ready",))
+        threading.Thread(target=self._receive, args=(self.owner, loop, wake), name="workzone-engine-receiver",
+                         daemon=True).start()
         try:
             while True:
                 await wake.wait()
@@ -358,26 +447,29 @@ class _Engine:
                 runs = []
                 while True:
                     try:
-                        runs.append(self.inbox.get_nowait())
+                        conn, msg = self.inbox.get_nowait()
                     except queue.Empty:
                         break
+                    runs.append(msg if msg[0] != "run" else (msg[0], (conn, msg[1]), *msg[2:]))
                 closing = any(m[0] == "close" for m in runs)
-                runs = [m for m in runs if m[0] == "run"]
-                for group in _merged(runs, self.spec.largest_batch):
+                for group in _merged([m for m in runs if m[0] == "run"], self.spec.largest_batch):
                     await self._run(group)
                 if closing:
                     return
         finally:
+            if listener is not None:
+                listener.close()  # also removes the socket file
             await self.cascade.aclose()
             self.decoder.close()
 
     async def _run(self, group: list[tuple[Any, ...]]) -> None:
-        """One cascade run over the merged messages' images; each message answered with its own part."""
+        """One cascade run over the merged messages' images; each message answered with its own part. A message's
+        key (its second field) is ``(connection, id)``."""
         assert self.cascade is not None
-        owners: list[tuple[int, int]] = []  # per merged image: (message id, its index there)
+        owners: list[tuple[Any, int]] = []  # per merged image: (message key, its index there)
         items: list[tuple[Any, ...]] = []
-        for _, rid, its, *_rest in group:
-            owners.extend((rid, k) for k in range(len(its)))
+        for _, key, its, *_rest in group:
+            owners.extend((key, k) for k in range(len(its)))
             items.extend(its)
         deadlines = [m[3] for m in group if m[3] is not None]
         deadline = min(deadlines) if deadlines else None
@@ -387,26 +479,26 @@ class _Engine:
         live = [k for k in range(len(items)) if k not in failed]
 
         def on_event(ev: TierEvent) -> None:
-            rid, k = owners[live[ev.index]]
-            if rid in wants:
-                self.send(("event", rid, _reindexed(ev, k)))
+            key, k = owners[live[ev.index]]
+            if key in wants:
+                self.send(key[0], ("event", key[1], _reindexed(ev, k)))
 
         try:
             decided = await self.cascade.run([images[k] for k in live], deadline_s=deadline,
                                              on_event=on_event if wants else None, run_all=run_all)
         except Exception as exc:  # noqa: BLE001 - the batch's callers get it; the engine serves on
             log.warning("a batch of %d image(s) failed: %s", len(live), traceback.format_exc(limit=3))
-            for rid in dict.fromkeys(m[1] for m in group):
-                self.send(("error", rid, type(exc).__name__, str(exc)))
+            for key in dict.fromkeys(m[1] for m in group):
+                self.send(key[0], ("error", key[1], type(exc).__name__, str(exc)))
             return
         out: dict[int, Decision] = dict(failed)
         out.update(zip(live, decided))
-        answers: dict[int, list[Decision]] = {m[1]: [] for m in group}
+        answers: dict[Any, list[Decision]] = {m[1]: [] for m in group}
         for k in range(len(items)):
             answers[owners[k][0]].append(out[k])
         cold = self.cascade.cold_runs
-        for rid, decisions in answers.items():
-            self.send(("done", rid, decisions, cold))
+        for key, decisions in answers.items():
+            self.send(key[0], ("done", key[1], decisions, cold))
 
     def _decode(self, items: list[tuple[Any, ...]]) -> tuple[list[Any], dict[int, Decision]]:
         """The items as images: deferred JPEGs decoded together (a file that fails gets the prior, as in

@@ -198,11 +198,13 @@ class DetectionService:
                     extras: dict[str, Any] | None = None, **kwargs: Any) -> "DetectionService":
         """Build from a validated config whose relative paths resolve against ``base_dir`` (loads no weights).
 
-        ``engine_process=True`` runs the cascade in a process of its own (:mod:`workzone.cascade_process`);
-        the decoder passed with it should be made ``for_engine``.
+        ``engine_process=True`` runs the cascade in a process of its own (:mod:`workzone.cascade_process`), or in
+        the running one at ``engine_attach`` (an ``EngineAddress``); the decoder passed with it should be made
+        ``for_engine``.
         """
         gpu_decode = kwargs.pop("gpu_decode", "nvjpeg")
         engine = kwargs.pop("engine_process", False)
+        attach = kwargs.pop("engine_attach", None)
         limits = kwargs.get("limits", ImageLimits())
         if "decoder" not in kwargs:
             kwargs["decoder"] = ImageDecoder(device, limits=limits, gpu_decode=gpu_decode, for_engine=engine)
@@ -210,7 +212,7 @@ class DetectionService:
             from workzone.cascade_process import CascadeProcess
 
             cascade: Any = CascadeProcess(config, base_dir=base_dir, device=device, extras=extras,
-                                          gpu_decode=gpu_decode, limits=limits)
+                                          gpu_decode=gpu_decode, limits=limits, attach=attach)
         else:
             cascade = Cascade.from_config(config, base_dir=base_dir, device=device, extras=extras)
         return cls(cascade, **kwargs)

@@ -43,6 +43,9 @@ def serve(
     engine_process: Annotated[Optional[bool], typer.Option("--engine-process/--no-engine-process",
                                                            help="run the cascade in a process of its own "
                                                            "(env WORKZONE_ENGINE_PROCESS; default off)")] = None,
+    http_workers: Annotated[Optional[int], typer.Option(help="HTTP server processes in front of one engine process "
+                                                          "(env WORKZONE_HTTP_WORKERS; default 1; more implies "
+                                                          "--engine-process)")] = None,
     api_key: Annotated[Optional[List[str]], typer.Option("--api-key", help="accepted API key (repeat for several); "
                                                          "prefer WORKZONE_API_KEYS=k1,k2 to keep keys out of ps")] = None,
     allow_url_fetch: Annotated[Optional[bool], typer.Option("--allow-url-fetch/--no-url-fetch",
@@ -66,14 +69,25 @@ def serve(
 
     settings = _settings(ServerSettings, {
         "pipeline": pipeline, "host": host, "port": port, "device": device, "gpu_decode": gpu_decode, "engine_process": engine_process,
+        "http_workers": http_workers,
         "api_keys": tuple(api_key) if api_key else None, "allow_url_fetch": allow_url_fetch,
         "batch_size": batch_size, "batch_wait_ms": batch_wait_ms, "queue_size": queue_size,
         "max_body_bytes": max_body_bytes, "default_deadline_s": default_deadline, "max_deadline_s": max_deadline,
         "shutdown_timeout_s": shutdown_timeout, "log_level": log_level,
     })
     _refuse_unrunnable(settings.pipeline, "workzone serve")
+    if settings.http_workers > 1:
+        from workzone.server.workers import run_workers
+
+        raise typer.Exit(run_workers(settings))
     # create_server validates the pipeline file first: a bad file fails here, before binding.
-    create_server(settings).run()
+    server = create_server(settings)
+    if settings.reuse_port:  # one of several servers on one port (http_workers)
+        from workzone.server.workers import reuse_port_socket
+
+        server.run(sockets=[reuse_port_socket(settings.host, settings.port)])
+    else:
+        server.run()
 
 
 def _refuse_unrunnable(pipeline: str, what: str) -> None:

@@ -63,16 +63,22 @@ def build_service(settings: ServerSettings, observer: Any = None) -> DetectionSe
     policy = BatchPolicy(max_batch_size=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000.0,
                          max_queue=settings.queue_size, workers=settings.batch_workers,
                          retry_after_s=float(settings.retry_after_s))
+    engine = settings.engine_process or settings.engine_address is not None
+    attach = None
+    if settings.engine_address is not None:
+        from workzone.cascade_process import EngineAddress
+
+        attach = EngineAddress(settings.engine_address, bytes.fromhex(settings.engine_key))
     # Untrusted bytes are decoded in processes the server can kill (started with the service).
     processes = (DecodePool(settings.decode_workers, limits, image_cpu_s=settings.image_decode_cpu_s,
                             heavy_s=settings.heavy_decode_s) if settings.decode_processes else None)
     return DetectionService.from_pipeline(settings.pipeline, device=settings.device, limits=limits, policy=policy,
-                                          engine_process=settings.engine_process, gpu_decode=settings.gpu_decode,
+                                          engine_process=engine, engine_attach=attach, gpu_decode=settings.gpu_decode,
                                           default_deadline_s=settings.default_deadline_s,
                                           max_deadline_s=settings.max_deadline_s, observer=observer,
                                           decode_workers=settings.decode_workers,
                                           decoder=ImageDecoder(settings.device, limits=limits, gpu_decode=settings.gpu_decode,
-                                                               processes=processes, for_engine=settings.engine_process),
+                                                               processes=processes, for_engine=engine),
                                           request_decode_cpu_s=settings.request_decode_cpu_s,
                                           client_costs=ClientCosts(settings.costly_image_s),
                                           memory=MemoryCeiling(default_rss_ceiling(settings), settings.max_held_bytes))

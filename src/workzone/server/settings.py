@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from workzone._loop import gil_switch_interval_s
 from workzone._memory import MAX_MMAP_THRESHOLD
 
-__all__ = ["ServerSettings"]
+__all__ = ["ServerSettings", "settings_env"]
 
 _MIN_MMAP_THRESHOLD = 16 * 1024
 
@@ -35,6 +35,16 @@ class ServerSettings(BaseSettings):
     engine_process: bool = Field(
         default=False, description="run the cascade in a process of its own (the engine), so that the HTTP event "
                                    "loop and the device's compute never share a GIL (docs/serving.md)")
+    http_workers: int = Field(
+        default=1, ge=1, le=64, description="HTTP server processes in front of one engine process (more than 1 "
+                                            "implies the engine process): each parses, admits and answers requests, "
+                                            "the engine merges their batches")
+    engine_address: str | None = Field(
+        default=None, description="internal (set by http_workers for its servers): attach to the engine listening "
+                                  "at this Unix socket instead of starting one")
+    engine_key: str = Field(default="", repr=False, description="internal: the hex key of engine_address")
+    reuse_port: bool = Field(default=False, description="bind with SO_REUSEPORT (several servers on one port; set "
+                                                        "by http_workers)")
     host: str = Field(default="127.0.0.1", description="interface to bind; 0.0.0.0 exposes the service")
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -155,6 +165,25 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"malloc_mmap_threshold must be 0 (glibc's own) or at least {_MIN_MMAP_THRESHOLD} "
                              f"bytes (a mapping per small allocation costs a system call each), got "
                              f"{self.malloc_mmap_threshold}")
+        if self.engine_address is not None and not self.engine_key:
+            raise ValueError("engine_address needs engine_key (both are set by http_workers for its servers)")
         if any(len(k) < 8 for k in self.api_keys):
             raise ValueError("api_keys: every key must be at least 8 characters long")
         return self
+
+
+def settings_env(settings: ServerSettings) -> dict[str, str]:
+    """``settings`` as the environment variables that make a child ``workzone serve`` read the same settings."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            text = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"WORKZONE_{name.upper()}"] = text
+    return env
