@@ -3,7 +3,7 @@
 # ONE device call, after `bash benchmarks/prepare_gpu_carry.sh` here:
 #   run(command="bash benchmarks/gpu_http_engine.sh", carry=[".whl"], timeout_s=560)
 # Three servers of default-gpu, one after the other, each timed at 1,000 and 3,000 requests/s from 64 loopback
-# addresses and searched for the highest rate held with p99 <= 100 ms: four HTTP processes in front of one engine
+# addresses (load from 4 client processes) and searched for the highest rate held with p99 <= 100 ms: four HTTP processes in front of one engine
 # process (--http-workers 4, two batch workers each), one HTTP process with an engine process (two batch workers: a
 # batch formed while the engine runs the last one; the engine merges what waits), and the cascade in the server's
 # process (the baseline, as bench_gpu_http.md). Results: $OUT/http_engine_{workers4,w2,inproc}.md.
@@ -15,7 +15,7 @@ bench() {  # name, then env assignments
   local name=$1; shift
   env "$@" timeout -s INT -k 15 165 python3 -m workzone.cli.main bench --device cuda --size 224 --images 512 \
     --seconds 2 --batch 1024 --cascade-batch 1024 -p default-gpu --no-tier1 --no-all-tiers --no-compile --cpu-share 0 \
-    --http-rate 1000 --http-rate 3000 --http-seconds 8 --http-p99-ms 100 --http-addresses 64 \
+    --http-rate 1000 --http-rate 3000 --http-seconds 8 --http-p99-ms 100 --http-addresses 64 --http-clients 4 \
     --out "$OUT/http_engine_$name.md" --http-server-log "/tmp/log_$name.txt" 2>&1 | tail -n 30 > "$OUT/log_$name.txt"
   tail -n 60 "/tmp/log_$name.txt" >> "$OUT/log_$name.txt"
   grep -h "HTTP" "$OUT/http_engine_$name.md" | cut -c1-260

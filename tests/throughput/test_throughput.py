@@ -168,3 +168,23 @@ def test_http_rows_name_the_gil_switch_interval_the_server_sets(monkeypatch: pyt
     monkeypatch.setenv("WORKZONE_GIL_SWITCH_MS", "0.1")  # the child reads the same environment
     assert _switch_interval_ms("cpu") == pytest.approx(0.1)
     assert _interval(_switch_interval_ms("cuda")) == "0.1 ms"
+
+
+def test_http_load_from_several_client_processes_sends_every_request_once(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from workzone.throughput.http import http_latency
+
+    build_tiny_classifier(tmp_path / "tiny.onnx")
+    (tmp_path / "tiny.yaml").write_text("name: tiny\ndeadline_s: 5\ntiers:\n  - name: fast\n    stages:\n"
+                                        "      - name: clf\n        kind: onnx_classifier\n        model: tiny.onnx\n")
+    monkeypatch.setenv("WORKZONE_ENGINE_PROCESS", "1")  # the served child inherits it, and the row says so
+    blobs = synth_jpegs(4, (64, 48), seed=1)
+    row = http_latency(blobs, "64x48", pipeline=str(tmp_path / "tiny.yaml"), device="cpu", rate=40, seconds=1.5,
+                       addresses=4, clients=2)
+    answers = row.stages["answers"]
+    # 60 requests were due; the two processes sent the odd and the even ones, each exactly once.
+    assert sum(answers.values()) == 60 and answers.get("200") == 60
+    assert row.images == 60
+    assert "in 2 client processes" in row.notes and "cascade in an engine process" in row.notes

@@ -34,6 +34,8 @@ def bench(
     http_addresses: Annotated[int, typer.Option(min=1, max=60000, help="loopback source addresses the HTTP load "
                                                 "comes from (127.0.0.1, .2, ...), as many clients call a deployment; "
                                                 "1: one client, whom the per-client limits apply to")] = 64,
+    http_clients: Annotated[int, typer.Option(min=1, max=64, help="processes the HTTP load is sent from (one Python "
+                                              "process tops out at a few thousand requests a second)")] = 1,
     http_server_log: Annotated[Optional[Path], typer.Option(help="keep the HTTP rows' server log (stderr) in this "
                                                             "file")] = None,
     tier1: Annotated[bool, typer.Option("--tier1/--no-tier1", help="also time the --model classifier alone "
@@ -139,7 +141,8 @@ def bench(
             from workzone.throughput.http import http_sweep
 
             add(http_sweep, blobs, label, pipeline=pipeline[0], device=device, rates=http_rate, seconds=http_seconds,
-                p99_limit_ms=http_p99_ms, addresses=http_addresses, server_log=http_server_log, timed=False)
+                p99_limit_ms=http_p99_ms, addresses=http_addresses, server_log=http_server_log, clients=http_clients,
+                timed=False)
         for k, name in enumerate(pipeline):
             # The first pipeline is also timed with every tier on every image (the synthesised
             # inputs are easy: few leave tier 1 undecided), from which the estimate row is derived.

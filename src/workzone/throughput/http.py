@@ -86,22 +86,24 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
 
 def http_latency(blobs: list[bytes], size: str, *, pipeline: str, device: str, rate: float, seconds: float,
                  batch_size: int = 64, batch_wait_ms: float = 2.0, start_timeout_s: float = 240.0,
-                 addresses: int = DEFAULT_ADDRESSES) -> Row:
+                 addresses: int = DEFAULT_ADDRESSES, clients: int = 1) -> Row:
     """Serve ``pipeline`` on loopback and time ``rate`` requests/s of ``blobs`` for ``seconds``, sent
-    from ``addresses`` loopback source addresses.
+    from ``addresses`` loopback source addresses, by ``clients`` processes.
 
     Raises:
         WorkzoneError: the server did not become ready within ``start_timeout_s``.
     """
     with served(pipeline, device, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
                 queue_size=max(256, int(rate * 2)), start_timeout_s=start_timeout_s, probe=blobs[0]) as server:
-        return _timed(server, blobs, size, device, rate, seconds, batch_size, batch_wait_ms, addresses=addresses)
+        return _timed(server, blobs, size, device, rate, seconds, batch_size, batch_wait_ms, addresses=addresses,
+                      clients=clients)
 
 
 def http_sweep(blobs: list[bytes], size: str, *, pipeline: str, device: str, rates: Sequence[float], seconds: float,
                p99_limit_ms: float = 100.0, search_seconds: float = 5.0, max_rate: float = 20000.0,
                batch_size: int = 64, batch_wait_ms: float = 2.0, start_timeout_s: float = 240.0,
-               addresses: int = DEFAULT_ADDRESSES, server_log: str | os.PathLike[str] | None = None) -> list[Row]:
+               addresses: int = DEFAULT_ADDRESSES, server_log: str | os.PathLike[str] | None = None,
+               clients: int = 1) -> list[Row]:
     """One server, timed at each of ``rates``, then the highest rate whose p99 stays within ``p99_limit_ms``
     (the load from ``addresses`` loopback source addresses; the server's log kept in ``server_log`` if given).
 
@@ -114,7 +116,7 @@ def http_sweep(blobs: list[bytes], size: str, *, pipeline: str, device: str, rat
                 log_path=server_log) as server:
         def timed(rate: float, secs: float, search: bool = False) -> Row:
             return _timed(server, blobs, size, device, rate, secs, batch_size, batch_wait_ms, search=search,
-                          addresses=addresses)
+                          addresses=addresses, clients=clients)
 
         for rate in rates:
             rows.append(timed(rate, seconds))
@@ -153,10 +155,13 @@ def http_sweep(blobs: list[bytes], size: str, *, pipeline: str, device: str, rat
 
 
 def _timed(server: "Served", blobs: list[bytes], size: str, device: str, rate: float, seconds: float,
-           batch_size: int, batch_wait_ms: float, *, search: bool = False, addresses: int = DEFAULT_ADDRESSES) -> Row:
+           batch_size: int, batch_wait_ms: float, *, search: bool = False, addresses: int = DEFAULT_ADDRESSES,
+           clients: int = 1) -> Row:
     httpx = __import__("httpx")
     # What the warm-up and earlier rows were refused is not this row's.
-    load = asyncio.run(_load(httpx, server.url, blobs, rate, seconds, addresses, warmed=server.refusals))
+    load = (asyncio.run(_load(httpx, server.url, blobs, rate, seconds, addresses, warmed=server.refusals))
+            if clients <= 1 else _load_in_processes(server.url, blobs, rate, seconds, addresses, clients,
+                                                    warmed=server.refusals))
     refused = server.refusals()
     lat_a, tier_a = np.array(load.lat), np.array(load.tiers)
     t1 = lat_a[tier_a == 0] if len(lat_a) else lat_a
@@ -171,7 +176,8 @@ def _timed(server: "Served", blobs: list[bytes], size: str, device: str, rate: f
     p99 = f"p99 {np.percentile(lat_a, 99):.1f} ms; " if len(lat_a) else ""
     answers = ", ".join(f"{v} {k}" for k, v in sorted(load.answers.items()))
     why = "; server log: " + ", ".join(f"{k} {v}" for k, v in refused.most_common()) if refused else ""
-    origin = f"from {addresses} loopback address{'es' if addresses != 1 else ''}"
+    origin = (f"from {addresses} loopback address{'es' if addresses != 1 else ''}"
+              + (f" in {clients} client processes" if clients > 1 else ""))
     return Row(f"HTTP /v1/detect at {rate:.0f} req/s (open loop, loopback{', search' if search else ''})", device,
                size, 1, len(load.lat), load.sent_s,
                float(np.percentile(lat_a, 50)) if len(lat_a) else float("nan"),
@@ -308,13 +314,17 @@ class _Load:
 
 
 async def _load(httpx: Any, base: str, blobs: list[bytes], rate: float, seconds: float,
-                addresses: int = DEFAULT_ADDRESSES, warmed: Callable[[], Any] | None = None, warm: int = 64) -> _Load:
+                addresses: int = DEFAULT_ADDRESSES, warmed: Callable[[], Any] | None = None, warm: int = 64,
+                share: tuple[int, int] = (0, 1), first_address: int = 0) -> _Load:
+    """The open-loop load of one client process: of the ``rate * seconds`` requests due, those whose index is
+    ``share[0]`` modulo ``share[1]``, from ``addresses`` loopback addresses starting at number ``first_address``."""
     try:
         import aiohttp  # lighter per request than httpx, so the generator's own cost stays out of the latency
     except ImportError:
         aiohttp = None
     headers = {"content-type": "image/jpeg"}
-    sources = [f"127.0.{a // 254}.{1 + a % 254}" for a in range(max(1, addresses))]  # 127.0.0.1, .2, ...
+    sources = [f"127.0.{a // 254}.{1 + a % 254}"  # 127.0.0.1, .2, ...
+               for a in range(first_address, first_address + max(1, addresses))]
     per = max(1, 2000 // len(sources))
     if aiohttp is not None:
         sessions: list[Any] = [aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=30),
@@ -361,7 +371,7 @@ async def _load(httpx: Any, base: str, blobs: list[bytes], rate: float, seconds:
         n = int(rate * seconds)
         t0 = time.perf_counter()
         tasks = []
-        for i in range(n):
+        for i in range(share[0], n, share[1]):
             due = t0 + i / rate
             delay = due - time.perf_counter()
             if delay > 0:
@@ -370,6 +380,50 @@ async def _load(httpx: Any, base: str, blobs: list[bytes], rate: float, seconds:
         out.sent_s = max(time.perf_counter() - t0, 1e-9)
         await asyncio.gather(*tasks)
     return out
+
+
+def _load_in_processes(base: str, blobs: list[bytes], rate: float, seconds: float, addresses: int, clients: int,
+                       warmed: Callable[[], Any] | None = None) -> _Load:
+    """:func:`_load` from ``clients`` processes at once (one Python process tops out at a few thousand requests
+    a second, and its own lag would count as the server's latency): each sends every ``clients``-th request due,
+    from its own share of the addresses; all warm up before the timed window, which they start together."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    warmed_up, go = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1)
+    results = ctx.Queue()
+    per = max(1, addresses // clients)
+    procs = [ctx.Process(target=_client_main, args=(base, blobs, rate, seconds, per, (j, clients), j * per,
+                                                    warmed_up, go, results), daemon=True) for j in range(clients)]
+    for p in procs:
+        p.start()
+    warmed_up.wait(timeout=120)
+    if warmed is not None:
+        warmed()  # what the warm-up was refused is not the row's
+    go.wait(timeout=120)
+    out = _Load()
+    for _ in procs:
+        lat, tiers, answers, sent_s = results.get(timeout=seconds + 120)
+        out.lat.extend(lat)
+        out.tiers.extend(tiers)
+        out.answers.update(answers)
+        out.sent_s = max(out.sent_s, sent_s)
+    for p in procs:
+        p.join(timeout=30)
+    return out
+
+
+def _client_main(base: str, blobs: list[bytes], rate: float, seconds: float, addresses: int, share: tuple[int, int],
+                 first_address: int, warmed_up: Any, go: Any, results: Any) -> None:
+    httpx = __import__("httpx")
+
+    def both() -> None:
+        warmed_up.wait(timeout=120)
+        go.wait(timeout=120)
+
+    load = asyncio.run(_load(httpx, base, blobs, rate, seconds, addresses, warmed=both, share=share,
+                             first_address=first_address))
+    results.put((load.lat, load.tiers, dict(load.answers), load.sent_s))
 
 
 def _json(data: bytes) -> Any:
