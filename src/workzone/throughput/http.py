@@ -64,6 +64,7 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
     # Every refusal logged (not 2 a second), so that the rows can say which limit refused.
     env = {"WORKZONE_REFUSAL_LOG_PER_S": str(_REFUSAL_LOG_PER_S)} | dict(os.environ)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    workers = int(os.environ.get("WORKZONE_HTTP_WORKERS", "1") or 1)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(httpx, base, proc, start_timeout_s, log)
@@ -73,7 +74,7 @@ def served(pipeline: str, device: str, *, batch_size: int = 64, batch_wait_ms: f
             if r.status_code != 200 or not isinstance(body.get("probability"), float):
                 raise WorkzoneError(f"workzone serve started but answered a probe with {r.status_code}: {r.text[:300]}")
         yield Served(base, log, os.fstat(log.fileno()).st_size, switch_interval_ms=_switch_interval_ms(device),
-                     engine_process=_env_flag("WORKZONE_ENGINE_PROCESS"),
+                     engine_process=_env_flag("WORKZONE_ENGINE_PROCESS") or workers > 1, http_workers=workers,
                      batch_workers=int(os.environ.get("WORKZONE_BATCH_WORKERS", "1") or 1))
     finally:
         proc.terminate()
@@ -185,8 +186,14 @@ def _timed(server: "Served", blobs: list[bytes], size: str, device: str, rate: f
                notes=f"{p99}{load.errors} errors; answers: {answers}{why}; {origin}; server batch {batch_size}, "
                      f"wait {batch_wait_ms} ms, {server.batch_workers} batch worker(s), GIL switch interval "
                      f"{_interval(server.switch_interval_ms)}; cascade "
-                     f"{'in an engine process' if server.engine_process else 'in the server process'}; "
+                     f"{_where(server)}; "
                      "images/s = answered/s; batch p50/p95 = request latency")
+
+
+def _where(server: "Served") -> str:
+    if not server.engine_process:
+        return "in the server process"
+    return "in an engine process" + (f" behind {server.http_workers} HTTP processes" if server.http_workers > 1 else "")
 
 
 def _interval(ms: float | None) -> str:
@@ -206,6 +213,8 @@ class Served:
     engine_process: bool = False
     #: Batches that may run at once (``WORKZONE_BATCH_WORKERS``).
     batch_workers: int = 1
+    #: HTTP server processes in front of the engine (``WORKZONE_HTTP_WORKERS``).
+    http_workers: int = 1
 
     def refusals(self) -> Counter[str]:
         """What the server refused (and penalised) since the last call, from its log: by status, error
