@@ -126,6 +126,22 @@ def write_pipeline(folder: Path, name: str, more_tiers: str = "", deadline_s: fl
 
 
 # -- live servers ------------------------------------------------------------------------------------
+def wait_until_ready(proc: Any, url: str, timeout: float = 30.0) -> None:
+    """Wait until the ``workzone serve`` process ``proc`` answers ``/readyz`` with 200 at ``url``; fail the test
+    with its output if it exits first, or if ``timeout`` passes."""
+    end = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < end, "server did not become ready"
+        time.sleep(0.1)
+
+
+
 class LiveServer:
     """A real uvicorn server on 127.0.0.1, in a background thread of this process."""
 

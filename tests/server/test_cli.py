@@ -9,13 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server_support import jpeg_bytes, write_pipeline
+from server_support import jpeg_bytes, wait_until_ready, write_pipeline
 
 
 def workzone(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -38,16 +37,7 @@ def test_serve_answers_then_stops_on_sigterm(model_dir: Path) -> None:
                     env={"WORKZONE_PORT": str(port), "WORKZONE_API_KEYS": "cli-test-key-1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        end = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < end, "server did not become ready"
-            time.sleep(0.1)
+        wait_until_ready(proc, url)
         r = httpx.post(url + "/v1/detect", content=jpeg_bytes(),
                        headers={"content-type": "image/jpeg", "X-API-Key": "cli-test-key-1"}, timeout=10)
         assert r.status_code == 200 and 0 <= r.json()["probability"] <= 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_support import jpeg_bytes, write_pipeline
+from server_support import jpeg_bytes, wait_until_ready, write_pipeline
 from workzone.server.settings import ServerSettings, settings_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT and /proc: Linux")
@@ -35,16 +35,8 @@ def _start(pipeline: Path, workers: int) -> tuple[subprocess.Popen, str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "WORKZONE_DECODE_WORKERS": "1"})
     url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < end, "the servers did not become ready"
-        time.sleep(0.1)
+    wait_until_ready(proc, url, timeout=60)
+    end = time.monotonic() + 30
     # Every server must be up, not just the first to answer.
     while len(_children(proc.pid)) < workers + 1 and time.monotonic() < end:
         time.sleep(0.1)
