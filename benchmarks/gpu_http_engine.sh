@@ -20,7 +20,12 @@ bench() {  # name, seconds, then env assignments
   tail -n 60 "/tmp/log_$name.txt" >> "$OUT/log_$name.txt"
   grep -h "HTTP" "$OUT/http_engine_$name.md" | cut -c1-260
 }
-bench workers4 175 WORKZONE_HTTP_WORKERS=4 WORKZONE_BATCH_WORKERS=2
-bench inproc 185 WORKZONE_ENGINE_PROCESS=0
-bench w2 165 WORKZONE_ENGINE_PROCESS=1 WORKZONE_BATCH_WORKERS=2
+# VARIANTS picks and orders them (default: all three).
+for v in ${VARIANTS:-workers4 inproc w2}; do
+  case $v in
+    workers4) bench workers4 175 WORKZONE_HTTP_WORKERS=4 WORKZONE_BATCH_WORKERS=2 ;;
+    inproc) bench inproc 185 WORKZONE_ENGINE_PROCESS=0 ;;
+    w2) bench w2 165 WORKZONE_ENGINE_PROCESS=1 WORKZONE_BATCH_WORKERS=2 ;;
+  esac
+done
 cd "$OUT" && tar -czf logs.tar.gz log_*.txt env.txt && rm -f log_*.txt
