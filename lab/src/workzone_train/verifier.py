@@ -250,8 +250,9 @@ def item_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0,
 
 
 def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, batch_size: int = 64,
-                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[int], list[str], list[bool]]:
-    """Embed every crop of :func:`item_crops` with frozen ImageNet Lite0.
+                progress: Callable[[int], None] | None = None, context: float = CONTEXT
+                ) -> tuple[np.ndarray, list[int], list[str], list[bool]]:
+    """Embed every crop of :func:`item_crops` (cut at ``context``) with frozen ImageNet Lite0.
 
     Returns:
         Features (M, 1280) float32; for each row the index of its item, its label and whether it is a
@@ -264,7 +265,7 @@ def embed_crops(items: Sequence[CropItem], *, augment: int = 1, seed: int = 0, b
     labels: list[str] = []
     aug_flags: list[bool] = []
     pending: list[np.ndarray] = []
-    for i, crop, c, degraded, _ in item_crops(items, augment=augment, seed=seed, progress=progress):
+    for i, crop, c, degraded, _ in item_crops(items, augment=augment, seed=seed, progress=progress, context=context):
         pending.append(crop)
         owner.append(i)
         labels.append(c)
@@ -534,7 +535,7 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
                       folds: Mapping[str, Sequence[str]], *, cache: Path | None = None, export_to: Path | None = None,
                       shipped_features: str = "blind", augment: int = 1, finetuned: Path | None = None,
                       head: str = "linear", hand_labels: HandLabels | None = None,
-                      log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+                      log: Callable[[str], None] = print, context: float = CONTEXT) -> dict[str, np.ndarray]:
     """Out-of-fold ``verify`` scores (one column per feature set) of the corpus images, in ``rows`` order.
 
     Each image's candidates come from its fold's detector (``dets``), are judged by a verifier fitted without
@@ -542,7 +543,8 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
     shipped verifier (fitted on every labelled crop) and its decision (fitted on every fold's out-of-fold
     features) are written there. With ``finetuned`` (a ``workzone train verifier-loso`` run), the candidates'
     probabilities are the fine-tuned fold models' and the exported verifier is its full model. ``hand_labels``:
-    as the crop table the run was packed from (:func:`build_crop_table`).
+    as the crop table the run was packed from (:func:`build_crop_table`). ``context``: the frozen verifier's crop
+    side over its box's longer side (a fine-tuned run's crops were cut when its pack was written).
     """
     from workzone_train.oof_scores import decision_scores
     from workzone_train.scene_synth import OBJECT_CLASSES
@@ -556,13 +558,13 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
         probs = read_verifier_run(finetuned, digest)
         log(f"verifier probabilities of {len(probs)} candidates from the fine-tuned folds in {finetuned}")
         feats = owner = labels = aug = None
-    elif cache is not None and cache.exists() and str(np.load(cache)["digest"]) == digest:
+    elif cache is not None and cache.exists() and str(np.load(cache)["digest"]) == digest and context == CONTEXT:
         blob = np.load(cache)
         feats, owner, labels, aug = blob["feats"], blob["owner"].tolist(), blob["labels"].tolist(), blob["aug"].tolist()
     else:
         log(f"embedding {len(items)} crop items (with {augment} degraded copies of each labelled crop) ...")
-        feats, owner, labels, aug = embed_crops(items, augment=augment)
-        if cache is not None:
+        feats, owner, labels, aug = embed_crops(items, augment=augment, context=context)
+        if cache is not None and context == CONTEXT:  # the cache is of the shipped context's crops
             np.savez(cache, feats=feats, owner=np.array(owner), labels=np.array(labels), aug=np.array(aug),
                      digest=np.array(digest))
     if finetuned is None:
@@ -583,8 +585,12 @@ def verify_oof_scores(root: str | Path, corpus: Sequence, rows: Sequence, dets: 
                                 version=VERIFIED_FEATURE_VERSION,
                                 fitted_on="out-of-fold candidates and verifier answers, eleven sources")
 
+        if finetuned is not None:
+            from workzone_train.verifier_tune import run_context
+
+            context = run_context(finetuned)  # the crops its models learnt from
         sidecar = {
-            "crop_size": CROP_SIZE, "context": CONTEXT, "classes": list(VERIFIER_CLASSES),
+            "crop_size": CROP_SIZE, "context": context, "classes": list(VERIFIER_CLASSES),
             "candidate_floor": CANDIDATE_FLOOR, "max_candidates": MAX_CANDIDATES, "source_max_side": SOURCE_MAX_SIDE,
             "input": "crops", "output": "probs",
             "layout": "crops[N, 3, S, S] RGB in [0, 1] -> probs[N, C] softmax over classes",

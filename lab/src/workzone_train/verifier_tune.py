@@ -440,6 +440,11 @@ def finetune_fold(pack: Mapping[str, Any], fold: str, out: Path, *, epochs: int 
     return summary
 
 
+def run_context(run: Path) -> float:
+    """The crop context (crop side over the box's longer side) a ``verifier-loso`` run's pack was cut at."""
+    return float(json.loads((run / "pack.json").read_text(encoding="utf-8")).get("context", 2.0))
+
+
 def read_verifier_run(run: Path, digest: str) -> dict[int, np.ndarray]:
     """Item index -> out-of-fold probabilities, from every ``*-probs.npz`` of a ``verifier-loso`` run.
 
@@ -521,7 +526,8 @@ def run_verifier_loso(args: list[str]) -> None:
         return
     blob = np.load(a.pack)
     folds = json.loads(str(blob["folds"]))
-    (out / "pack.json").write_text(json.dumps({"digest": str(blob["digest"]), "folds": folds}))
+    context = float(blob["context"]) if "context" in blob.files else 2.0  # packs before it was kept: 2.0
+    (out / "pack.json").write_text(json.dumps({"digest": str(blob["digest"]), "folds": folds, "context": context}))
     def command(fold: str, seed: int) -> list[str]:
         cmd = [sys.executable, "-m", "workzone_train.verifier_tune", "--pack", a.pack, "--out", a.out, "--fold", fold,
                "--seed", str(seed), "--workers", str(a.workers), "--epochs", str(a.epochs), "--batch-size",

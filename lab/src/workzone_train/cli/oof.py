@@ -36,6 +36,8 @@ def loso_scores(
                                                 help="a `workzone train verifier-loso` run: its fine-tuned fold "
                                                      "models' probabilities replace the frozen verifier's, and "
                                                      "--verifier-out exports its full model"),
+    verifier_context: float = typer.Option(2.0, min=1.0, max=8.0, help="the frozen verifier's crop side over the "
+                                           "box's longer side; not used with --verifier-run (its pack's)"),
     verifier_head: str = typer.Option("linear", help="the frozen verifier's head: 'linear' (multinomial logistic "
                                                      "regression) or 'mlp' (one hidden layer); not used with "
                                                      "--verifier-run"),
@@ -86,7 +88,7 @@ def loso_scores(
 
     verify = verify_oof_scores(data, corpus, rows, dets, LOSO_FOLDS, cache=verifier_cache, export_to=verifier_out,
                                shipped_features=verify_features, augment=verifier_augment,
-                               finetuned=verifier_run, head=verifier_head, log=con.print,
+                               finetuned=verifier_run, head=verifier_head, log=con.print, context=verifier_context,
                                hand_labels=read_hand_labels(hand_labels) if hand_labels else None)
     glance = None
     if glance_detections is not None:
