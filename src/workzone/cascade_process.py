@@ -35,12 +35,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from workzone._loop import gil_switch_interval_s
 from workzone.cascade import Cascade, EventCallback, TierEvent
 from workzone.config.schema import PipelineConfig
 from workzone.errors import BackendUnavailable, ConfigError, StageError
@@ -358,6 +360,11 @@ def _engine_main(fd: int) -> None:
     conn = Connection(fd)
     try:
         kind, spec = conn.recv()
+        # The engine's own compute thread meets the same contention as a server's did (its receiver threads), so it
+        # gets the interval a server on its device gets (0.5 ms on CUDA; benchmarks/results/served_gap_cuda.md).
+        switch = gil_switch_interval_s(spec.device)
+        if switch is not None:
+            sys.setswitchinterval(switch)
         asyncio.run(_Engine(conn, spec).serve())
     except EOFError:  # the server went away before the spec came
         pass
@@ -376,6 +383,7 @@ class _Engine:
         self.cascade: Cascade | None = None
         self.decoder: Any = None
         self._locks: dict[int, threading.Lock] = {}
+        self.stats = _Stats()
 
     def send(self, conn: Any, msg: tuple[Any, ...]) -> None:
         lock = self._locks.setdefault(id(conn), threading.Lock())
@@ -396,7 +404,7 @@ class _Engine:
             if msg[0] == "bye":
                 conn.close()  # ends the attached server's reader
                 return
-            self.inbox.put((conn, msg))
+            self.inbox.put((conn, msg if msg[0] != "run" else (*msg, time.monotonic())))
             loop.call_soon_threadsafe(wake.set)
             if msg[0] == "close":
                 return
@@ -453,7 +461,10 @@ class _Engine:
                     runs.append(msg if msg[0] != "run" else (msg[0], (conn, msg[1]), *msg[2:]))
                 closing = any(m[0] == "close" for m in runs)
                 for group in _merged([m for m in runs if m[0] == "run"], self.spec.largest_batch):
+                    waited = time.monotonic() - min(m[-1] for m in group)
+                    t0 = time.perf_counter()
                     await self._run(group)
+                    self.stats.add(sum(len(m[2]) for m in group), time.perf_counter() - t0, waited, self.inbox.qsize())
                 if closing:
                     return
         finally:
@@ -516,6 +527,34 @@ class _Engine:
             else:
                 images[k] = img
         return images, failed
+
+
+class _Stats:
+    """What the engine did, logged every ``every_s`` seconds in which a batch waited ``slow_s`` or more for it: where
+    a served request's time goes when the engine, not the server, is the queue."""
+
+    def __init__(self, every_s: float = 10.0, slow_s: float = 1.0) -> None:
+        self.every_s, self.slow_s = every_s, slow_s
+        self._reset(time.monotonic())
+
+    def _reset(self, now: float) -> None:
+        self.since, self.batches, self.images, self.run_s, self.longest_wait_s, self.deepest = now, 0, 0, 0.0, 0.0, 0
+
+    def add(self, images: int, run_s: float, waited_s: float, inbox: int) -> None:
+        self.batches += 1
+        self.images += images
+        self.run_s += run_s
+        self.longest_wait_s = max(self.longest_wait_s, waited_s)
+        self.deepest = max(self.deepest, inbox)
+        now = time.monotonic()
+        if now - self.since < self.every_s:
+            return
+        if self.longest_wait_s >= self.slow_s:
+            log.warning("engine, last %.0f s: %d runs of %d images (%.1f a run, %.1f ms a run); the longest a batch "
+                        "waited for the engine %.0f ms; deepest inbox %d messages", now - self.since, self.batches,
+                        self.images, self.images / self.batches, 1000 * self.run_s / self.batches,
+                        1000 * self.longest_wait_s, self.deepest)
+        self._reset(now)
 
 
 def _reindexed(ev: TierEvent, index: int) -> TierEvent:

@@ -193,3 +193,16 @@ def test_a_server_whose_engine_died_says_so_with_503s(model_dir: Path, live_serv
     assert httpx.get(srv.url + "/readyz", timeout=5).status_code == 503
     r = httpx.post(srv.url + "/v1/detect", content=body, headers={"content-type": "image/jpeg"}, timeout=30)
     assert r.status_code == 503 and r.json()["error"]["type"] == "backend_unavailable"
+
+
+def test_the_engine_says_when_batches_wait_for_it(caplog: pytest.LogCaptureFixture) -> None:
+    from workzone.cascade_process import _Stats
+
+    stats = _Stats(every_s=0.0, slow_s=1.0)
+    with caplog.at_level("WARNING", logger="workzone.engine"):
+        stats.add(images=8, run_s=0.02, waited_s=0.1, inbox=0)  # kept up: nothing to say
+        assert not caplog.records
+        stats.add(images=64, run_s=0.05, waited_s=2.5, inbox=12)
+    assert len(caplog.records) == 1
+    line = caplog.records[0].getMessage()
+    assert "64 images" in line and "2500 ms" in line and "deepest inbox 12" in line
