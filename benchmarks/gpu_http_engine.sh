@@ -17,7 +17,9 @@ bench() {  # name, seconds, then env assignments
     --seconds 2 --batch 1024 --cascade-batch 1024 -p default-gpu --no-tier1 --no-all-tiers --no-compile --cpu-share 0 \
     --http-rate 1000 --http-rate 3000 --http-seconds 8 --http-p99-ms 100 --http-addresses 64 --http-clients 4 \
     --out "$OUT/http_engine_$name.md" --http-server-log "/tmp/log_$name.txt" 2>&1 | tail -n 30 > "$OUT/log_$name.txt"
-  tail -n 60 "/tmp/log_$name.txt" >> "$OUT/log_$name.txt"
+  # What the servers and the engine logged besides their refusals (the engine says when batches waited for it).
+  { echo "--- server log without refusals:"; grep -Ev 'refused [0-9]{3} ' "/tmp/log_$name.txt" | tail -n 150; } \
+    >> "$OUT/log_$name.txt"
   grep -h "HTTP" "$OUT/http_engine_$name.md" | cut -c1-260
 }
 # VARIANTS picks and orders them (default: all three).

@@ -82,6 +82,7 @@ def bench_cell(name: str, run: str, size: str, column: str, *, notes_has: str = 
 
 BARE_DETECTOR = "object detector, bare onnxruntime session (inputs ready)"
 HTTP_3000 = "HTTP /v1/detect at 3000 req/s (open loop, loopback)"
+CTX2, CTX3 = "frozen MLP, context 2 (class-aware)", "frozen MLP, context 3 (class-aware)"
 HTTP_HELD = "HTTP highest rate held with p99 <= 100 ms"
 DEV_JPEGS = "roadwork-v1 dev JPEGs"
 
@@ -495,6 +496,11 @@ QUOTES += [
           (lambda: bench_cell("http_engine_workers4.md", HTTP_3000, "224x224 JPEG q75", "images/s"),
            lambda: bench_cell("http_engine_inproc.md", HTTP_3000, "224x224 JPEG q75", "images/s"),
            lambda: bench_cell("http_engine_workers4.md", HTTP_HELD, "224x224 JPEG q75", "images/s"))),
+    Quote("src/workzone/models/VERIFIER_CARD.md", "made the decision worse out of fold, pooled MCC {} -> {}\n  class-aware, "
+          "mostly on night dashcam negatives (Nexar {} -> {} specificity)", "verifier_context.md",
+          tuple((lambda row=row, col=col: numbers(table_cell("verifier_context.md", row, col))[0])
+                for row, col in (("pooled MCC", CTX2), ("pooled MCC", CTX3), ("nexar-eduardo", CTX2),
+                                 ("nexar-eduardo", CTX3)))),
     Quote("docs/serving.md", "batches of 8 one-image requests ran {} in 5 s at 0.5 ms against {} at 5 ms ({} with the "
           "loop idle), and with it busy 90 % of its time {} and {} at 0.1 ms against {}", "served_gap_cuda.md",
           (gap_batches("served, loop busy 50%, switch interval 0.5 ms", "8"), gap_batches("served, loop busy 50%", "8"),
