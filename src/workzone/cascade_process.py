@@ -152,7 +152,7 @@ class CascadeProcess:
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._ids = itertools.count()
-        self._waiting: dict[int, tuple[asyncio.Future[list[Decision]], EventCallback | None]] = {}
+        self._waiting: dict[int, tuple[asyncio.Future[tuple[list[Decision], float]], EventCallback | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_msg: asyncio.Future[tuple[Any, ...]] | None = None
         self._cold_runs = 0
@@ -234,12 +234,19 @@ class CascadeProcess:
             EngineStopped: the engine is not running, or exited before answering.
             StageError: the engine's cascade raised (its type and message, quoted).
         """
+        return (await self.run_timed(images, deadline_s=deadline_s, on_event=on_event, run_all=run_all))[0]
+
+    async def run_timed(self, images: Sequence[Image], *, deadline_s: float | None = None,
+                        on_event: EventCallback | None = None, run_all: bool = False) -> tuple[list[Decision], float]:
+        """:meth:`run`, and the seconds these images cost the engine: their share of the run they were merged into
+        (decode and cascade), without the time they waited for it behind other batches. The service charges clients
+        this (the costly lane), not the wall time, which under load is mostly other servers' work."""
         if not images:
-            return []
+            return [], 0.0
         if self._stopped is not None or not self._started:
             raise EngineStopped(self._stopped or "the engine process has not been started")
         rid = next(self._ids)
-        fut: asyncio.Future[list[Decision]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[list[Decision], float]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = (fut, on_event)
         msg = ("run", rid, [_item(im) for im in images], deadline_s, run_all, on_event is not None)
         try:
@@ -324,7 +331,7 @@ class CascadeProcess:
             return
         if kind == "done":
             self._cold_runs = msg[3]
-            fut.set_result(msg[2])
+            fut.set_result((msg[2], msg[4]))
         else:
             fut.set_exception(StageError("engine", f"{msg[2]}: {msg[3]}"))
 
@@ -486,6 +493,7 @@ class _Engine:
         deadline = min(deadlines) if deadlines else None
         run_all = group[0][4]
         wants = {m[1] for m in group if m[5]}
+        t0 = time.perf_counter()
         images, failed = self._decode(items)
         live = [k for k in range(len(items)) if k not in failed]
 
@@ -508,8 +516,10 @@ class _Engine:
         for k in range(len(items)):
             answers[owners[k][0]].append(out[k])
         cold = self.cascade.cold_runs
+        spent = time.perf_counter() - t0
         for key, decisions in answers.items():
-            self.send(key[0], ("done", key[1], decisions, cold))
+            # Each message's share of the run: what its images cost the engine, not how long they waited for it.
+            self.send(key[0], ("done", key[1], decisions, cold, spent * len(decisions) / len(items)))
 
     def _decode(self, items: list[tuple[Any, ...]]) -> tuple[list[Any], dict[int, Decision]]:
         """The items as images: deferred JPEGs decoded together (a file that fails gets the prior, as in

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -206,3 +207,64 @@ def test_the_engine_says_when_batches_wait_for_it(caplog: pytest.LogCaptureFixtu
     assert len(caplog.records) == 1
     line = caplog.records[0].getMessage()
     assert "64 images" in line and "2500 ms" in line and "deepest inbox 12" in line
+
+
+def test_a_batch_is_charged_what_it_cost_the_engine_not_how_long_it_waited(model_dir: Path) -> None:
+    config, base = _pipeline(model_dir)
+    # Large images: the tiny classifier's resize makes their run long enough to be waited for.
+    big = [decode_image(jpeg_bytes(2400, 1800, seed=k), source=f"big{k}") for k in range(24)]
+    small = _images(1)
+
+    async def main() -> tuple[float, float, float]:
+        engine = CascadeProcess(config, base)
+        await engine.start(largest_batch=64)
+        try:
+            first = asyncio.create_task(engine.run_timed(big))
+            await asyncio.sleep(0.05)  # the big batch is running: the small one waits for it, then runs alone
+            t = time.perf_counter()
+            decisions, cost = await engine.run_timed(small)
+            wall = time.perf_counter() - t
+            _, big_cost = await first
+        finally:
+            await engine.aclose()
+        assert len(decisions) == 1
+        return cost, wall, big_cost
+
+    cost, wall, big_cost = asyncio.run(main())
+    assert 0 < cost < wall / 2, (cost, wall)
+    assert big_cost > cost
+
+
+def test_the_service_charges_clients_the_engines_time(model_dir: Path) -> None:
+    from workzone.micro_batcher import BatchPolicy
+    from workzone.service import DetectionService
+
+    config, base = _pipeline(model_dir)
+    big = [decode_image(jpeg_bytes(2400, 1800, seed=k), source=f"big{k}") for k in range(24)]
+    charged: dict[str, float] = {}
+
+    async def main() -> float:
+        service = DetectionService.from_config(config, base, engine_process=True,
+                                               policy=BatchPolicy(max_batch_size=32, max_wait_s=0.001, workers=2))
+        original = service.client_costs.charge
+
+        def record(clients, pixels, seconds):  # noqa: ANN001, ANN202 - the real charge, watched
+            charged[clients[0]] = seconds
+            return original(clients, pixels, seconds)
+
+        service.client_costs.charge = record  # type: ignore[method-assign]
+        await service.start()
+        try:
+            first = asyncio.create_task(service.detect_many(big, client="big"))
+            await asyncio.sleep(0.05)  # a second batch worker sends the small image while the big batch runs
+            t = time.perf_counter()
+            await service.detect_many(_images(1), client="small")
+            wall = time.perf_counter() - t
+            await first
+        finally:
+            await service.aclose()
+        return wall
+
+    wall = asyncio.run(main())
+    assert 0 < charged["small"] < wall / 2, (charged, wall)
+    assert charged["big"] > charged["small"]
