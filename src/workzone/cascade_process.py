@@ -469,9 +469,8 @@ class _Engine:
                 closing = any(m[0] == "close" for m in runs)
                 for group in _merged([m for m in runs if m[0] == "run"], self.spec.largest_batch):
                     waited = time.monotonic() - min(m[-1] for m in group)
-                    t0 = time.perf_counter()
-                    await self._run(group)
-                    self.stats.add(sum(len(m[2]) for m in group), time.perf_counter() - t0, waited, self.inbox.qsize())
+                    spent = await self._run(group)
+                    self.stats.add(sum(len(m[2]) for m in group), spent, waited, self.inbox.qsize())
                 if closing:
                     return
         finally:
@@ -480,9 +479,9 @@ class _Engine:
             await self.cascade.aclose()
             self.decoder.close()
 
-    async def _run(self, group: list[tuple[Any, ...]]) -> None:
+    async def _run(self, group: list[tuple[Any, ...]]) -> float:
         """One cascade run over the merged messages' images; each message answered with its own part. A message's
-        key (its second field) is ``(connection, id)``."""
+        key (its second field) is ``(connection, id)``. Returns the run's seconds (decode and cascade)."""
         assert self.cascade is not None
         owners: list[tuple[Any, int]] = []  # per merged image: (message key, its index there)
         items: list[tuple[Any, ...]] = []
@@ -509,7 +508,7 @@ class _Engine:
             log.warning("a batch of %d image(s) failed: %s", len(live), traceback.format_exc(limit=3))
             for key in dict.fromkeys(m[1] for m in group):
                 self.send(key[0], ("error", key[1], type(exc).__name__, str(exc)))
-            return
+            return time.perf_counter() - t0
         out: dict[int, Decision] = dict(failed)
         out.update(zip(live, decided))
         answers: dict[Any, list[Decision]] = {m[1]: [] for m in group}
@@ -520,6 +519,7 @@ class _Engine:
         for key, decisions in answers.items():
             # Each message's share of the run: what its images cost the engine, not how long they waited for it.
             self.send(key[0], ("done", key[1], decisions, cold, spent * len(decisions) / len(items)))
+        return spent
 
     def _decode(self, items: list[tuple[Any, ...]]) -> tuple[list[Any], dict[int, Decision]]:
         """The items as images: deferred JPEGs decoded together (a file that fails gets the prior, as in

@@ -37,7 +37,7 @@ from workzone.service import DetectionService, ImageDecoder
 from workzone.server.settings import ServerSettings
 from workzone.server.ui import attach_ui
 
-__all__ = ["create_app", "create_server", "build_service", "default_rss_ceiling", "warn_if_exposed"]
+__all__ = ["create_app", "create_server", "build_service", "default_rss_ceiling", "image_limits", "warn_if_exposed"]
 
 log = logging.getLogger("workzone.server")
 
@@ -56,10 +56,15 @@ def default_rss_ceiling(settings: ServerSettings) -> int | None:
     return settings.max_rss_bytes
 
 
+def image_limits(settings: ServerSettings) -> ImageLimits:
+    """The limits every image the server (and its engine) takes must respect."""
+    return ImageLimits(max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels,
+                       max_side=settings.max_image_side, max_decode_bytes=settings.max_decode_bytes)
+
+
 def build_service(settings: ServerSettings, observer: Any = None) -> DetectionService:
     """The detection service described by ``settings`` (validates the pipeline; loads nothing)."""
-    limits = ImageLimits(max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels,
-                         max_side=settings.max_image_side, max_decode_bytes=settings.max_decode_bytes)
+    limits = image_limits(settings)
     policy = BatchPolicy(max_batch_size=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000.0,
                          max_queue=settings.queue_size, workers=settings.batch_workers,
                          retry_after_s=float(settings.retry_after_s))

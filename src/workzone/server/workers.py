@@ -28,7 +28,7 @@ import tempfile
 from workzone.cascade_process import CascadeProcess
 from workzone.config.loader import load_pipeline_config
 from workzone.errors import ConfigError
-from workzone.io.images import ImageLimits
+from workzone.server.app import image_limits
 from workzone.server.settings import ServerSettings, settings_env
 
 __all__ = ["run_workers", "reuse_port_socket"]
@@ -66,10 +66,8 @@ async def _supervise(settings: ServerSettings) -> int:
     held = reuse_port_socket(settings.host, settings.port)
     port = held.getsockname()[1]
     folder = tempfile.mkdtemp(prefix="workzone-engine-")
-    limits = ImageLimits(max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels,
-                         max_side=settings.max_image_side, max_decode_bytes=settings.max_decode_bytes)
     engine = CascadeProcess(config, path.parent, device=settings.device, gpu_decode=settings.gpu_decode,
-                            limits=limits, listen=os.path.join(folder, "engine.sock"))
+                            limits=image_limits(settings), listen=os.path.join(folder, "engine.sock"))
     servers: list[subprocess.Popen[bytes]] = []
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
