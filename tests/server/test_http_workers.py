@@ -37,8 +37,14 @@ def _start(pipeline: Path, workers: int) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}"
     wait_until_ready(proc, url, timeout=60)
     end = time.monotonic() + 30
-    # Every server must be up, not just the first to answer.
+    # Every server must be up, not just the first to answer: each answers 503 until its own pipeline is attached,
+    # and the kernel deals fresh connections to any of them.
     while len(_children(proc.pid)) < workers + 1 and time.monotonic() < end:
+        time.sleep(0.1)
+    while time.monotonic() < end:
+        probes = [httpx.get(url + "/readyz", headers={"connection": "close"}, timeout=5).status_code for _ in range(20)]
+        if all(code == 200 for code in probes):
+            break
         time.sleep(0.1)
     return proc, url
 
